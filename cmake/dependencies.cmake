@@ -1,0 +1,13 @@
+# Third-party packages, all from Debian (scripts/install_deps.sh) or the CUDA toolkit.
+find_package(Threads REQUIRED)
+find_package(fmt REQUIRED)
+find_package(spdlog REQUIRED)
+find_package(CLI11 REQUIRED)
+find_package(yaml-cpp REQUIRED)
+find_package(nlohmann_json REQUIRED)
+if(ZS_GLOO)
+  find_package(Gloo REQUIRED)
+endif()
+if(ZS_BUILD_TESTS)
+  find_package(GTest REQUIRED)
+endif()

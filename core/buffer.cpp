@@ -1,0 +1,121 @@
+// Host, pinned and device allocation behind one function pair, and the ledger-charging Buffer.
+#include "core/buffer.h"
+
+#include <cstdlib>
+#include <utility>
+
+#include "core/error.h"
+#ifdef ZS_WITH_CUDA
+#include "core/cuda_check.h"
+#endif
+
+namespace zs {
+namespace {
+constexpr std::size_t kHostAlignment = 64;
+
+std::string oom_message(MemoryKind kind, Device device, std::size_t bytes, MemCategory category) {
+  const char* what = kind == MemoryKind::host ? "host" : kind == MemoryKind::pinned ? "pinned host" : "device";
+  MemStats held = MemoryLedger::global().total(kind == MemoryKind::device ? device : Device::cpu());
+  return fmt::format(
+      "out of memory: allocating {} bytes ({:.3f} GiB) of {} memory on {} for '{}' failed; this process already "
+      "holds {:.3f} GiB there. Reduce the model or batch, raise the ZeRO stage, or enable offload",
+      bytes, bytes / 1073741824.0, what, device.str(), mem_category_name(category), held.current / 1073741824.0);
+}
+}  // namespace
+
+void* memory_alloc(MemoryKind kind, Device device, std::size_t bytes, MemCategory category) {
+  if (bytes == 0) return nullptr;
+#ifdef ZS_WITH_CUDA
+  if (kind == MemoryKind::pinned) {
+    void* p = nullptr;
+    if (cudaHostAlloc(&p, bytes, cudaHostAllocDefault) != cudaSuccess) {
+      (void)cudaGetLastError();
+      ZS_FAIL("{}", oom_message(kind, device, bytes, category));
+    }
+    return p;
+  }
+  if (kind == MemoryKind::device && device.is_cuda()) {
+    ZS_CHECK_CUDA(cudaSetDevice(device.index));
+    void* p = nullptr;
+    if (cudaMalloc(&p, bytes) != cudaSuccess) {
+      (void)cudaGetLastError();
+      ZS_FAIL("{}", oom_message(kind, device, bytes, category));
+    }
+    return p;
+  }
+#else
+  ZS_CHECK(!(kind == MemoryKind::device && device.is_cuda()),
+           "cannot allocate on {}: this build of ZeroShard has no CUDA support (configure with -DZS_CUDA=ON)",
+           device.str());
+#endif
+  const std::size_t rounded = (bytes + kHostAlignment - 1) / kHostAlignment * kHostAlignment;
+  void* p = std::aligned_alloc(kHostAlignment, rounded);
+  ZS_CHECK(p != nullptr, "{}", oom_message(kind, device, bytes, category));
+  return p;
+}
+
+void memory_free(MemoryKind kind, Device device, void* ptr) noexcept {
+  if (!ptr) return;
+#ifdef ZS_WITH_CUDA
+  if (kind == MemoryKind::pinned) {
+    cudaFreeHost(ptr);
+    return;
+  }
+  if (kind == MemoryKind::device && device.is_cuda()) {
+    cudaFree(ptr);
+    return;
+  }
+#endif
+  std::free(ptr);
+}
+
+Buffer::Buffer(std::size_t bytes, MemoryKind kind, Device device, MemCategory category, MemoryLedger& ledger)
+    : ptr_(memory_alloc(kind, device, bytes, category)),
+      bytes_(bytes),
+      kind_(kind),
+      device_(device),
+      category_(category),
+      ledger_(&ledger) {
+  ledger_->charge(ledger_device(), category_, static_cast<int64_t>(bytes_));
+}
+
+Buffer::~Buffer() { reset(); }
+
+Buffer::Buffer(Buffer&& o) noexcept
+    : ptr_(std::exchange(o.ptr_, nullptr)),
+      bytes_(std::exchange(o.bytes_, 0)),
+      kind_(o.kind_),
+      device_(o.device_),
+      category_(o.category_),
+      ledger_(std::exchange(o.ledger_, nullptr)) {}
+
+Buffer& Buffer::operator=(Buffer&& o) noexcept {
+  if (this != &o) {
+    reset();
+    ptr_ = std::exchange(o.ptr_, nullptr);
+    bytes_ = std::exchange(o.bytes_, 0);
+    kind_ = o.kind_;
+    device_ = o.device_;
+    category_ = o.category_;
+    ledger_ = std::exchange(o.ledger_, nullptr);
+  }
+  return *this;
+}
+
+Device Buffer::ledger_device() const { return kind_ == MemoryKind::device ? device_ : Device::cpu(); }
+
+TensorView Buffer::view(DType dtype, int64_t n) const {
+  ZS_CHECK(static_cast<std::size_t>(n) * dtype_size(dtype) <= bytes_,
+           "a view of {} {} elements does not fit a buffer of {} bytes", n, dtype_name(dtype), bytes_);
+  return TensorView::flat(ptr_, dtype, n, kind_ == MemoryKind::device ? device_ : Device::cpu());
+}
+
+void Buffer::reset() noexcept {
+  if (ledger_ && bytes_) ledger_->release(ledger_device(), category_, static_cast<int64_t>(bytes_));
+  memory_free(kind_, device_, ptr_);
+  ptr_ = nullptr;
+  bytes_ = 0;
+  ledger_ = nullptr;
+}
+
+}  // namespace zs

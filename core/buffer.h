@@ -1,0 +1,52 @@
+// Buffer: memory owned from one of three allocators (host, pinned host, device), charged to the ledger.
+#pragma once
+
+#include <cstddef>
+
+#include "core/memory_ledger.h"
+#include "core/tensor_view.h"
+
+namespace zs {
+
+// host: pageable host memory. pinned: page-locked host memory (cudaHostAlloc in CUDA builds).
+// device: memory on `device`; for Device::cpu() it is a separate host allocation, which is how the CPU
+// build runs the same staging pipelines the GPU build does.
+enum class MemoryKind : uint8_t { host, pinned, device };
+
+// Raw allocation with a clear out-of-memory error (bytes asked, category, what the ledger already holds).
+void* memory_alloc(MemoryKind kind, Device device, std::size_t bytes, MemCategory category);
+void memory_free(MemoryKind kind, Device device, void* ptr) noexcept;
+
+class Buffer {
+ public:
+  Buffer() = default;
+  Buffer(std::size_t bytes, MemoryKind kind, Device device, MemCategory category,
+         MemoryLedger& ledger = MemoryLedger::global());
+  ~Buffer();
+  Buffer(Buffer&& o) noexcept;
+  Buffer& operator=(Buffer&& o) noexcept;
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+
+  void* data() const { return ptr_; }
+  std::size_t bytes() const { return bytes_; }
+  MemoryKind kind() const { return kind_; }
+  // The device the ledger charges: host and pinned memory count as cpu.
+  Device ledger_device() const;
+  Device device() const { return device_; }
+  MemCategory category() const { return category_; }
+  // The first n elements of the buffer as a 1-D view (n must fit).
+  TensorView view(DType dtype, int64_t n) const;
+
+ private:
+  void reset() noexcept;
+
+  void* ptr_ = nullptr;
+  std::size_t bytes_ = 0;
+  MemoryKind kind_ = MemoryKind::host;
+  Device device_;
+  MemCategory category_ = MemCategory::other;
+  MemoryLedger* ledger_ = nullptr;
+};
+
+}  // namespace zs

@@ -1,0 +1,305 @@
+// Gloo collectives: ring reduce-scatter and all-gather on unbound buffers (true reduce-scatter volume),
+// all-reduce as the two, bf16/f16 reduced in f32, every wait bounded by the group's timeout.
+#include "core/comm_gloo.h"
+
+#include <gloo/common/error.h>
+#include <gloo/rendezvous/context.h>
+#include <gloo/rendezvous/store.h>
+#include <gloo/transport/tcp/device.h>
+#include <gloo/transport/unbound_buffer.h>
+#include <gloo/types.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstring>
+
+#include "core/error.h"
+#include "core/ring.h"
+#include "core/stream_cpu.h"
+
+namespace zs {
+namespace {
+
+// Segment of a chunk moved per message: bounds the f32 scratch (2 segments per stream) whatever the size.
+constexpr int64_t kSegment = 1 << 20;
+constexpr uint8_t kRingSlotPrefix = 0x40;
+constexpr uint64_t kConnectTag = 0xffffffffu;  // never reached by a group's op counter in practice
+
+// Adapts our Store to Gloo's rendezvous interface (Gloo's own waits take no deadline of ours).
+class GlooStore final : public gloo::rendezvous::Store {
+ public:
+  GlooStore(zs::Store& s, Millis timeout) : s_(s), timeout_(timeout) {}
+  void set(const std::string& key, const std::vector<char>& data) override {
+    s_.set(key, std::span(reinterpret_cast<const uint8_t*>(data.data()), data.size()));
+  }
+  std::vector<char> get(const std::string& key) override {
+    auto v = s_.get(key, timeout_);
+    return {v.begin(), v.end()};
+  }
+  void wait(const std::vector<std::string>& keys) override { s_.wait(keys, timeout_); }
+  void wait(const std::vector<std::string>& keys, const std::chrono::milliseconds&) override {
+    s_.wait(keys, timeout_);
+  }
+
+ private:
+  zs::Store& s_;
+  Millis timeout_;
+};
+
+class CpuWorkState final : public WorkState {
+ public:
+  bool done() override {
+    std::lock_guard lk(mu_);
+    return done_;
+  }
+  void wait() override {
+    std::unique_lock lk(mu_);
+    cv_.wait(lk, [&] { return done_; });
+    if (!error_.empty()) throw Error(error_);
+  }
+  Event& event() override { return event_; }
+  void finish(std::string error) {
+    {
+      std::lock_guard lk(mu_);
+      done_ = true;
+      error_ = std::move(error);
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::string error_;
+  CpuEvent event_;
+};
+
+// One collective's point-to-point traffic, with errors that name the op and the peer.
+class Ring {
+ public:
+  Ring(gloo::Context& ctx, uint64_t seq, Millis timeout, std::string what)
+      : ctx_(ctx), slot_(gloo::Slot::build(kRingSlotPrefix, static_cast<uint32_t>(seq))), timeout_(timeout),
+        what_(std::move(what)) {}
+
+  int left() const { return (ctx_.rank - 1 + ctx_.size) % ctx_.size; }
+  int right() const { return (ctx_.rank + 1) % ctx_.size; }
+
+  // Sends `send` to `dst` and receives `recv` from `src` concurrently; both may be empty.
+  void exchange(const void* send, std::size_t send_bytes, int dst, void* recv, std::size_t recv_bytes, int src) {
+    std::unique_ptr<gloo::transport::UnboundBuffer> rb, sb;
+    try {
+      if (recv_bytes) {
+        rb = ctx_.createUnboundBuffer(recv, recv_bytes);
+        rb->recv(src, slot_);
+      }
+      if (send_bytes) {
+        sb = ctx_.createUnboundBuffer(const_cast<void*>(send), send_bytes);
+        sb->send(dst, slot_);
+      }
+      if (rb) finish(*rb, true, src);
+      if (sb) finish(*sb, false, dst);
+    } catch (const gloo::Exception& e) {
+      ZS_FAIL("{} failed: the connection to rank {} or {} broke ({}); that rank has probably died — see its log",
+              what_, src, dst, e.what());
+    }
+  }
+
+ private:
+  void finish(gloo::transport::UnboundBuffer& b, bool is_recv, int peer) {
+    auto t0 = std::chrono::steady_clock::now();
+    try {
+      if (is_recv) b.waitRecv(timeout_);
+      else b.waitSend(timeout_);
+    } catch (const gloo::Exception& e) {
+      const bool timed_out = std::chrono::steady_clock::now() - t0 >= timeout_;
+      if (timed_out)
+        ZS_FAIL("{} timed out after {} s waiting to {} rank {}; that rank is stuck, slow or gone (comm.timeout_s "
+                "sets the limit)",
+                what_, timeout_.count() / 1000.0, is_recv ? "receive from" : "send to", peer);
+      ZS_FAIL("{} failed while {} rank {}: {}; that rank has probably died — see its log", what_,
+              is_recv ? "receiving from" : "sending to", peer, e.what());
+    }
+  }
+
+  gloo::Context& ctx_;
+  uint64_t slot_;
+  Millis timeout_;
+  std::string what_;
+};
+
+float combine(ReduceOp op, float a, float b) { return op == ReduceOp::max ? std::max(a, b) : a + b; }
+
+// Ring reduce-scatter of `in` (chunks[c] is rank c's share) into `out` (this rank's chunk), in f32.
+void ring_reduce_scatter(Ring& ring, int rank, int n, const TensorView& in, const std::vector<ring::Range>& chunks,
+                         void* out, ReduceOp op, float* send, float* recv) {
+  const DType t = in.dtype;
+  const float post = op == ReduceOp::avg ? 1.0f / static_cast<float>(n) : 1.0f;
+  if (n == 1) {
+    for (int64_t i = 0; i < chunks[0].count; ++i) store_from_f32(out, t, i, load_as_f32(in.data, t, i) * post);
+    return;
+  }
+  int64_t max_chunk = 0;
+  for (const auto& c : chunks) max_chunk = std::max(max_chunk, c.count);
+  // Segments outermost: each segment makes the whole trip round the ring, so scratch holds one segment.
+  for (int64_t seg = 0; seg < max_chunk; seg += kSegment) {
+    auto seg_len = [&](int c) { return std::clamp<int64_t>(chunks[static_cast<std::size_t>(c)].count - seg, 0, kSegment); };
+    auto elem = [&](int c) { return chunks[static_cast<std::size_t>(c)].offset + seg; };
+    const int c0 = ring::rs_send_chunk(rank, 0, n);
+    for (int64_t i = 0; i < seg_len(c0); ++i) send[i] = load_as_f32(in.data, t, static_cast<std::size_t>(elem(c0) + i));
+    for (int s = 0; s < n - 1; ++s) {
+      const int cs = ring::rs_send_chunk(rank, s, n), cr = ring::rs_recv_chunk(rank, s, n);
+      ring.exchange(send, static_cast<std::size_t>(seg_len(cs)) * 4, ring.right(), recv,
+                    static_cast<std::size_t>(seg_len(cr)) * 4, ring.left());
+      const int64_t len = seg_len(cr), base = elem(cr);
+      if (s < n - 2) {
+        for (int64_t i = 0; i < len; ++i)
+          send[i] = combine(op, recv[i], load_as_f32(in.data, t, static_cast<std::size_t>(base + i)));
+      } else {
+        for (int64_t i = 0; i < len; ++i)
+          store_from_f32(out, t, static_cast<std::size_t>(seg + i),
+                         combine(op, recv[i], load_as_f32(in.data, t, static_cast<std::size_t>(base + i))) * post);
+      }
+    }
+  }
+}
+
+// Ring all-gather in place: `buf` holds every chunk; this rank's chunk is already in place.
+void ring_all_gather(Ring& ring, int rank, int n, void* buf, std::size_t elem_size,
+                     const std::vector<ring::Range>& chunks) {
+  auto* base = static_cast<char*>(buf);
+  for (int s = 0; s < n - 1; ++s) {
+    const auto& cs = chunks[static_cast<std::size_t>(ring::ag_send_chunk(rank, s, n))];
+    const auto& cr = chunks[static_cast<std::size_t>(ring::ag_recv_chunk(rank, s, n))];
+    ring.exchange(base + cs.offset * static_cast<int64_t>(elem_size), static_cast<std::size_t>(cs.count) * elem_size,
+                  ring.right(), base + cr.offset * static_cast<int64_t>(elem_size),
+                  static_cast<std::size_t>(cr.count) * elem_size, ring.left());
+  }
+}
+
+std::shared_ptr<gloo::transport::Device> make_device(const std::string& host) {
+  gloo::transport::tcp::attr attr;
+  attr.hostname = host;
+  return gloo::transport::tcp::CreateDevice(attr);
+}
+
+}  // namespace
+
+GlooComm::GlooComm(std::shared_ptr<Store> store, int rank, int size, CommOptions opts, const std::string& host)
+    : GlooComm(std::move(store), make_device(host), rank, size, std::move(opts)) {}
+
+GlooComm::GlooComm(std::shared_ptr<Store> root_store, std::shared_ptr<gloo::transport::Device> dev, int rank,
+                   int size, CommOptions opts)
+    : Comm(rank, size, std::move(opts)),
+      root_store_(std::move(root_store)),
+      store_(std::make_unique<PrefixStore>(*root_store_, "gloo/" + name())),
+      dev_(std::move(dev)),
+      stream_(make_stream(Device::cpu())) {
+  connect();
+}
+
+GlooComm::~GlooComm() {
+  stream_->synchronize();
+  std::lock_guard lk(scratch_mu_);
+  scratch_.clear();
+}
+
+void GlooComm::connect() {
+  auto ctx = std::make_shared<gloo::rendezvous::Context>(rank(), size());
+  ctx->setTimeout(timeout());
+  GlooStore adapter(*store_, options().rendezvous_timeout);
+  try {
+    ctx->connectFullMesh(adapter, dev_);
+  } catch (const gloo::Exception& e) {
+    ZS_FAIL("rank {}: connecting group '{}' ({} ranks) failed: {}", rank(), name(), size(), e.what());
+  } catch (const Error& e) {
+    ZS_FAIL("rank {}: rendezvous of group '{}' ({} ranks) failed within {} s: {}; is every rank running?", rank(),
+            name(), size(), options().rendezvous_timeout.count() / 1000.0, e.what());
+  }
+  ctx_ = std::move(ctx);
+  // connectFullMesh can return here while a peer is still handshaking; a barrier over the new pairs
+  // makes group creation complete on every rank before any of them uses or destroys the group.
+  std::vector<char> token(static_cast<std::size_t>(size()), 1);
+  Ring ring(*ctx_, kConnectTag, options().rendezvous_timeout,
+            fmt::format("rank {}: connecting group '{}'", rank(), name()));
+  ring_all_gather(ring, rank(), size(), token.data(), 1, ring::split_even(size(), size()));
+}
+
+std::unique_ptr<Comm> GlooComm::split(int color, int key) {
+  SplitPlan plan = plan_split(*store_, *this, splits_++, color, key);
+  if (plan.rank < 0) return nullptr;
+  CommOptions o{plan.name, timeout(), options().rendezvous_timeout};
+  return std::unique_ptr<Comm>(new GlooComm(root_store_, dev_, plan.rank, plan.size, o));
+}
+
+Buffer& GlooComm::scratch_for(Stream& s) {
+  std::lock_guard lk(scratch_mu_);
+  auto it = scratch_.find(&s);
+  if (it == scratch_.end())
+    it = scratch_.emplace(&s, Buffer(2 * kSegment * sizeof(float), MemoryKind::host, Device::cpu(),
+                                     MemCategory::comm_scratch)).first;
+  return it->second;
+}
+
+Work GlooComm::launch(const CollectiveOp& op, Stream& stream) {
+  auto state = std::make_shared<CpuWorkState>();
+  Buffer* scratch = &scratch_for(stream);
+  stream.submit([this, op, state, scratch] {
+    try {
+      run(op, *scratch);
+      state->finish({});
+    } catch (const std::exception& e) {
+      state->finish(e.what());
+      throw;
+    }
+  });
+  stream.record(state->event());
+  return Work(state);
+}
+
+void GlooComm::run(const CollectiveOp& op, Buffer& scratch) {
+  const int n = size(), r = rank();
+  Ring ring(*ctx_, op.seq, timeout(), fmt::format("rank {}: {}", r, describe(op)));
+  auto* send = static_cast<float*>(scratch.data());
+  float* recv = send + kSegment;
+  const std::size_t es = dtype_size(op.in.dtype);
+  switch (op.kind) {
+    case CollectiveKind::all_gather: {
+      const int64_t shard = op.in.numel();
+      char* mine = static_cast<char*>(op.out.data) + static_cast<std::size_t>(shard * r) * es;
+      if (op.in.data != mine) std::memcpy(mine, op.in.data, static_cast<std::size_t>(shard) * es);
+      ring_all_gather(ring, r, n, op.out.data, es, ring::split_even(shard * n, n));
+      break;
+    }
+    case CollectiveKind::reduce_scatter:
+      ring_reduce_scatter(ring, r, n, op.in, ring::split_even(op.in.numel(), n), op.out.data, op.reduce, send, recv);
+      break;
+    case CollectiveKind::all_reduce: {
+      auto chunks = ring::split_even(op.in.numel(), n);
+      const auto& own = chunks[static_cast<std::size_t>(r)];
+      ring_reduce_scatter(ring, r, n, op.in, chunks, static_cast<char*>(op.out.data) + own.offset * static_cast<int64_t>(es),
+                          op.reduce, send, recv);
+      ring_all_gather(ring, r, n, op.out.data, es, chunks);
+      break;
+    }
+    case CollectiveKind::broadcast: {
+      // Root sends to every other rank directly: one hop, (N-1) x bytes from the root.
+      const std::size_t bytes = op.in.bytes();
+      if (r == op.root) {
+        for (int p = 0; p < n; ++p)
+          if (p != r) ring.exchange(op.in.data, bytes, p, nullptr, 0, p);
+      } else {
+        ring.exchange(nullptr, 0, op.root, op.in.data, bytes, op.root);
+      }
+      break;
+    }
+    case CollectiveKind::barrier: {
+      // An all-gather of one byte per rank: no rank leaves before every rank has arrived.
+      std::vector<char> token(static_cast<std::size_t>(n), 1);
+      ring_all_gather(ring, r, n, token.data(), 1, ring::split_even(n, n));
+      break;
+    }
+  }
+}
+
+}  // namespace zs

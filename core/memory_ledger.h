@@ -1,0 +1,63 @@
+// MemoryLedger: bytes charged per device and category, current and peak, thread-safe.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <mutex>
+#include <string_view>
+#include <vector>
+
+#include "core/device.h"
+
+namespace zs {
+
+enum class MemCategory : uint8_t {
+  params,
+  grads,
+  master,
+  optim_state,
+  gather_buffers,
+  comm_scratch,
+  offload_staging,
+  activations,
+  other,
+};
+inline constexpr int kMemCategoryCount = 9;
+std::string_view mem_category_name(MemCategory c);
+
+struct MemStats {
+  int64_t current = 0;
+  int64_t peak = 0;
+};
+
+class MemoryLedger {
+ public:
+  static constexpr int kMaxCudaDevices = 16;
+
+  void charge(Device d, MemCategory c, int64_t bytes);
+  void release(Device d, MemCategory c, int64_t bytes);
+
+  MemStats stats(Device d, MemCategory c) const;
+  // Current and peak of the device's total (the peak of the sum, not the sum of per-category peaks).
+  MemStats total(Device d) const;
+  // Devices that have ever been charged.
+  std::vector<Device> devices() const;
+  // Peaks restart from the current values (e.g. after start-up, to measure one step).
+  void reset_peaks();
+
+  // The process-wide ledger that Buffer charges by default.
+  static MemoryLedger& global();
+
+ private:
+  struct PerDevice {
+    std::array<MemStats, kMemCategoryCount> cat{};
+    MemStats total{};
+    bool used = false;
+  };
+  static int slot(Device d);
+
+  mutable std::mutex mu_;
+  std::array<PerDevice, 1 + kMaxCudaDevices> dev_{};
+};
+
+}  // namespace zs

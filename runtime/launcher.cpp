@@ -1,0 +1,351 @@
+// zsrun's supervisor: fork/exec per local rank (own process group, parent-death signal), line-prefixed
+// output, signal forwarding, fail-fast TERM-then-KILL, optional restarts.
+#include "runtime/launcher.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <random>
+
+#include "core/error.h"
+#include "core/socket.h"
+#include "core/store.h"
+
+extern char** environ;
+
+namespace zs::launcher {
+
+EnvList rank_env(const Options& o, int local_rank, int master_port, const std::string& token, int restart) {
+  const int world = o.nnodes * o.nproc_per_node;
+  const int rank = o.node_rank * o.nproc_per_node + local_rank;
+  return {{"RANK", std::to_string(rank)},
+          {"LOCAL_RANK", std::to_string(local_rank)},
+          {"WORLD_SIZE", std::to_string(world)},
+          {"LOCAL_WORLD_SIZE", std::to_string(o.nproc_per_node)},
+          {"GROUP_RANK", std::to_string(o.node_rank)},
+          {"MASTER_ADDR", o.master_addr},
+          {"MASTER_PORT", std::to_string(master_port)},
+          {"ZS_JOB_TOKEN", token},
+          {"ZS_LAUNCHER", "zsrun"},
+          {"ZS_RESTART_COUNT", std::to_string(restart)}};
+}
+
+std::string validate(const Options& o) {
+  if (o.command.empty()) return "no program given: zsrun [options] -- prog args...";
+  if (o.nproc_per_node < 1) return "--nproc-per-node must be >= 1";
+  if (o.nnodes < 1) return "--nnodes must be >= 1";
+  if (o.node_rank < 0 || o.node_rank >= o.nnodes)
+    return fmt::format("--node-rank {} is outside [0, {})", o.node_rank, o.nnodes);
+  if (o.master_port < 0 || o.master_port > 65535) return fmt::format("--master-port {} is not a port", o.master_port);
+  if (o.nnodes > 1 && o.master_port == 0) return "--master-port 0 (pick a free port) only works with --nnodes 1";
+  if (o.max_restarts < 0) return "--max-restarts must be >= 0";
+  return {};
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Resolves the program like execvp would, so a missing program is reported before anything starts.
+std::optional<std::string> find_program(const std::string& prog) {
+  if (prog.find('/') != std::string::npos) return access(prog.c_str(), X_OK) == 0 ? std::optional(prog) : std::nullopt;
+  const char* path = std::getenv("PATH");
+  std::string p = path ? path : "/usr/bin:/bin";
+  for (std::size_t start = 0; start <= p.size();) {
+    std::size_t end = p.find(':', start);
+    if (end == std::string::npos) end = p.size();
+    std::string cand = (end > start ? p.substr(start, end - start) : ".") + "/" + prog;
+    if (access(cand.c_str(), X_OK) == 0) return cand;
+    start = end + 1;
+  }
+  return std::nullopt;
+}
+
+std::string random_token() {
+  std::random_device rd;
+  return fmt::format("{:08x}{:08x}{:08x}{:08x}", rd(), rd(), rd(), rd());
+}
+
+std::string describe_status(int status) {
+  if (WIFEXITED(status)) return fmt::format("exited with status {}", WEXITSTATUS(status));
+  if (WIFSIGNALED(status))
+    return fmt::format("was killed by signal {} ({})", WTERMSIG(status), sigabbrev_np(WTERMSIG(status)));
+  return "stopped";
+}
+
+void write_all(int fd, const std::string& s) {
+  const char* p = s.data();
+  std::size_t n = s.size();
+  while (n > 0) {
+    ssize_t k = ::write(fd, p, n);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) return;
+    p += k;
+    n -= static_cast<std::size_t>(k);
+  }
+}
+
+// One output pipe of one rank; complete lines are written with the rank's prefix.
+struct OutputPipe {
+  int fd = -1;
+  int out_fd = 1;
+  std::string prefix;
+  std::string pending;
+
+  void drain() {
+    char buf[65536];
+    for (;;) {
+      ssize_t k = ::read(fd, buf, sizeof buf);
+      if (k < 0 && errno == EINTR) continue;
+      if (k < 0 && errno == EAGAIN) return;
+      if (k <= 0) {
+        close_pipe();
+        return;
+      }
+      pending.append(buf, static_cast<std::size_t>(k));
+      std::size_t start = 0, nl;
+      std::string out;
+      while ((nl = pending.find('\n', start)) != std::string::npos) {
+        out += prefix;
+        out.append(pending, start, nl - start + 1);
+        start = nl + 1;
+      }
+      pending.erase(0, start);
+      if (!out.empty()) write_all(out_fd, out);
+    }
+  }
+  void close_pipe() {
+    if (!pending.empty()) write_all(out_fd, prefix + pending + "\n");
+    pending.clear();
+    if (fd >= 0) ::close(fd);
+    fd = -1;
+  }
+};
+
+struct Child {
+  int local_rank = 0;
+  int rank = 0;
+  pid_t pid = -1;
+  bool alive = false;
+  int status = 0;
+};
+
+class Job {
+ public:
+  Job(const Options& o, int master_port, std::string token, int restart, const std::string& program, int sigfd)
+      : o_(o), sigfd_(sigfd) {
+    for (int lr = 0; lr < o.nproc_per_node; ++lr) spawn(lr, master_port, token, restart, program);
+  }
+
+  // Runs until every rank has exited; returns the first failure's description (empty when all exited 0).
+  std::string supervise(int* interrupt_signal) {
+    std::string failure;
+    std::optional<Clock::time_point> kill_at;
+    for (;;) {
+      bool any_alive = false, any_pipe = false;
+      for (auto& c : children_) any_alive |= c.alive;
+      for (auto& p : pipes_) any_pipe |= p.fd >= 0;
+      if (!any_alive && !any_pipe) break;
+      if (!any_alive) {
+        // Every rank is gone; what still holds a pipe open is a stray descendant: finish it.
+        kill_groups(SIGKILL);
+      }
+      std::vector<pollfd> fds;
+      fds.push_back({sigfd_, POLLIN, 0});
+      for (auto& p : pipes_)
+        if (p.fd >= 0) fds.push_back({p.fd, POLLIN, 0});
+      int timeout_ms = -1;
+      if (kill_at) timeout_ms = static_cast<int>(std::max<int64_t>(
+                       0, std::chrono::duration_cast<std::chrono::milliseconds>(*kill_at - Clock::now()).count()));
+      if (!any_alive) timeout_ms = 100;
+      int rc = ::poll(fds.data(), fds.size(), timeout_ms);
+      if (rc < 0 && errno != EINTR) break;
+      for (auto& p : pipes_)
+        if (p.fd >= 0) p.drain();
+      if (fds[0].revents & POLLIN) {
+        signalfd_siginfo si;
+        while (::read(sigfd_, &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
+          if (si.ssi_signo == SIGINT || si.ssi_signo == SIGTERM) {
+            if (!*interrupt_signal) *interrupt_signal = static_cast<int>(si.ssi_signo);
+            signal_all(static_cast<int>(si.ssi_signo));
+            if (!kill_at) kill_at = Clock::now() + grace();
+          }
+        }
+      }
+      reap([&](const Child& c) {
+        if ((!WIFEXITED(c.status) || WEXITSTATUS(c.status) != 0) && failure.empty() && !*interrupt_signal) {
+          failure = fmt::format("rank {} (local rank {}, pid {}) {}", c.rank, c.local_rank, c.pid,
+                                describe_status(c.status));
+          signal_all(SIGTERM);
+          kill_at = Clock::now() + grace();
+        }
+      });
+      if (kill_at && Clock::now() >= *kill_at) {
+        kill_groups(SIGKILL);
+        kill_at = Clock::now() + std::chrono::seconds(3600);
+      }
+    }
+    kill_groups(SIGKILL);  // no descendant outlives the job
+    return failure;
+  }
+
+ private:
+  std::chrono::milliseconds grace() const { return std::chrono::milliseconds(static_cast<int64_t>(o_.grace_s * 1000)); }
+
+  void spawn(int local_rank, int master_port, const std::string& token, int restart, const std::string& program) {
+    EnvList env = rank_env(o_, local_rank, master_port, token, restart);
+    std::vector<std::string> env_strings;
+    for (char** e = environ; *e; ++e) {
+      std::string s(*e);
+      bool overridden = false;
+      for (auto& [k, v] : env) overridden |= s.starts_with(k + "=");
+      if (!overridden) env_strings.push_back(std::move(s));
+    }
+    for (auto& [k, v] : env) env_strings.push_back(k + "=" + v);
+    std::vector<char*> envp, argv;
+    for (auto& s : env_strings) envp.push_back(s.data());
+    envp.push_back(nullptr);
+    std::vector<std::string> args = o_.command;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+
+    int out[2], err[2];
+    ZS_CHECK_SYS(::pipe2(out, O_CLOEXEC), "pipe");
+    ZS_CHECK_SYS(::pipe2(err, O_CLOEXEC), "pipe");
+    const pid_t parent = ::getpid();
+    pid_t pid = ZS_CHECK_SYS(::fork(), "fork");
+    if (pid == 0) {
+      // Child: only async-signal-safe calls until exec.
+      ::setpgid(0, 0);
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != parent) ::_exit(127);
+      sigset_t none;
+      sigemptyset(&none);
+      ::sigprocmask(SIG_SETMASK, &none, nullptr);
+      ::dup2(out[1], 1);
+      ::dup2(err[1], 2);
+      ::execve(program.c_str(), argv.data(), envp.data());
+      ::_exit(127);
+    }
+    ::setpgid(pid, pid);  // also from the parent, so the group exists before any kill
+    ::close(out[1]);
+    ::close(err[1]);
+    const int rank = o_.node_rank * o_.nproc_per_node + local_rank;
+    children_.push_back({local_rank, rank, pid, true, 0});
+    for (auto [fd, to] : {std::pair{out[0], 1}, std::pair{err[0], 2}}) {
+      ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
+      pipes_.push_back({fd, to, fmt::format("[rank{}]: ", rank), {}});
+    }
+  }
+
+  template <typename F>
+  void reap(F on_exit) {
+    for (;;) {
+      int status = 0;
+      pid_t pid = ::waitpid(-1, &status, WNOHANG);
+      if (pid <= 0) return;
+      for (auto& c : children_)
+        if (c.pid == pid && c.alive) {
+          c.alive = false;
+          c.status = status;
+          ::kill(-pid, SIGKILL);  // whatever the rank started dies with it
+          on_exit(c);
+        }
+    }
+  }
+
+  void signal_all(int sig) {
+    for (auto& c : children_)
+      if (c.alive) ::kill(-c.pid, sig);
+  }
+  void kill_groups(int sig) {
+    for (auto& c : children_) ::kill(-c.pid, sig);
+  }
+
+  const Options& o_;
+  int sigfd_;
+  std::vector<Child> children_;
+  std::vector<OutputPipe> pipes_;
+};
+
+}  // namespace
+
+int run(const Options& o) {
+  if (std::string err = validate(o); !err.empty()) {
+    std::fprintf(stderr, "zsrun: %s\n", err.c_str());
+    return 2;
+  }
+  std::optional<std::string> program = find_program(o.command[0]);
+  if (!program) {
+    std::fprintf(stderr, "zsrun: cannot run '%s': no such executable%s\n", o.command[0].c_str(),
+                 o.command[0].find('/') == std::string::npos ? " in PATH" : "");
+    return 2;
+  }
+  std::string token;
+  if (const char* t = std::getenv("ZS_JOB_TOKEN")) token = t;
+  else if (o.nnodes == 1) token = random_token();
+  else {
+    std::fprintf(stderr, "zsrun: a multi-node job needs ZS_JOB_TOKEN set to the same secret on every node\n");
+    return 2;
+  }
+
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGCHLD);
+  sigaddset(&mask, SIGINT);
+  sigaddset(&mask, SIGTERM);
+  ::sigprocmask(SIG_BLOCK, &mask, nullptr);
+  int sigfd = ::signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+  if (sigfd < 0) {
+    std::perror("zsrun: signalfd");
+    return 1;
+  }
+
+  std::unique_ptr<StoreServer> server;
+  int port = o.master_port;
+  if (o.node_rank == 0) {
+    try {
+      // A single-node job never listens beyond loopback.
+      server = std::make_unique<StoreServer>(o.nnodes == 1 ? "127.0.0.1" : "0.0.0.0", o.master_port, token);
+      port = server->port();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "zsrun: cannot host the rendezvous store: %s\n", e.what());
+      return 1;
+    }
+  }
+  Options job = o;
+  if (o.nnodes == 1 && net::is_loopback(o.master_addr) == false) job.master_addr = "127.0.0.1";
+
+  for (int attempt = 0;; ++attempt) {
+    int interrupted = 0;
+    std::string failure;
+    {
+      Job j(job, port, token, attempt, *program, sigfd);
+      failure = j.supervise(&interrupted);
+    }
+    if (interrupted) {
+      std::fprintf(stderr, "zsrun: interrupted by %s; stopped every rank\n", sigabbrev_np(interrupted));
+      return 128 + interrupted;
+    }
+    if (failure.empty()) return 0;
+    if (attempt < o.max_restarts) {
+      std::fprintf(stderr, "zsrun: %s; stopped the other ranks; restarting the job (restart %d of %d)\n",
+                   failure.c_str(), attempt + 1, o.max_restarts);
+      continue;
+    }
+    std::fprintf(stderr, "zsrun: %s; stopped the other ranks\n", failure.c_str());
+    return 1;
+  }
+}
+
+}  // namespace zs::launcher

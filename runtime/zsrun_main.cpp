@@ -1,0 +1,37 @@
+// zsrun: the command-line front end of the launcher (CLI11).
+#include <CLI/CLI.hpp>
+
+#include "runtime/launcher.h"
+
+int main(int argc, char** argv) {
+  zs::launcher::Options o;
+  CLI::App app{
+      "zsrun: launch the ranks of a ZeroShard job (torchrun's contract).\n"
+      "Each rank gets RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT and ZS_JOB_TOKEN;\n"
+      "node 0 hosts the rendezvous store; output lines are prefixed with [rankN]:. When a rank fails the others\n"
+      "get SIGTERM, then SIGKILL after a grace period, and zsrun exits non-zero naming the rank.",
+      "zsrun"};
+  app.add_option("--nproc-per-node", o.nproc_per_node, "ranks to start on this node")->capture_default_str();
+  app.add_option("--nnodes", o.nnodes, "nodes in the job")->capture_default_str();
+  app.add_option("--node-rank", o.node_rank, "this node's index in [0, nnodes)")->capture_default_str();
+  app.add_option("--master-addr", o.master_addr, "address of node 0, which hosts the store")->capture_default_str();
+  app.add_option("--master-port", o.master_port, "store port on node 0; 0 picks a free one (single node)")
+      ->capture_default_str();
+  app.add_option("--max-restarts", o.max_restarts,
+                 "restart the whole job up to N times after a failure (ranks see ZS_RESTART_COUNT and resume from "
+                 "their latest checkpoint)")
+      ->capture_default_str();
+  app.add_option("--grace", o.grace_s, "seconds between SIGTERM and SIGKILL when stopping ranks")
+      ->capture_default_str();
+  app.add_option("command", o.command, "the program to run on every rank, and its arguments")->required();
+  app.positionals_at_end();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);
+    return 2;
+  }
+  return zs::launcher::run(o);
+}

@@ -1,0 +1,158 @@
+// Pure arithmetic: ring chunking and schedules (simulated in-process), launcher variables, job env parsing.
+#include <gtest/gtest.h>
+
+#include <map>
+#include <numeric>
+
+#include "core/bootstrap.h"
+#include "core/error.h"
+#include "core/ring.h"
+#include "runtime/launcher.h"
+
+namespace zs {
+namespace {
+
+TEST(Ring, SplitEvenCoversEverythingOnce) {
+  for (int64_t n : {0, 1, 7, 15, 17, 4096, 1000003})
+    for (int parts = 1; parts <= 9; ++parts) {
+      auto r = ring::split_even(n, parts);
+      ASSERT_EQ(static_cast<int>(r.size()), parts);
+      int64_t off = 0;
+      for (auto& c : r) {
+        ASSERT_EQ(c.offset, off);
+        ASSERT_LE(c.count, r[0].count);
+        ASSERT_GE(c.count, r[0].count - 1);
+        off += c.count;
+      }
+      ASSERT_EQ(off, n);
+    }
+}
+
+// Simulates the ring with exact integer sums: rank r must end holding the full sum of chunk r, having sent
+// exactly N-1 chunks (the reduce-scatter volume).
+TEST(Ring, ReduceScatterAndAllGatherSchedulesAreCorrect) {
+  for (int n = 1; n <= 8; ++n) {
+    // value of chunk c contributed by rank r: 1 << r (so a full sum is 2^n - 1 for every chunk)
+    std::vector<std::vector<int64_t>> acc(static_cast<std::size_t>(n), std::vector<int64_t>(static_cast<std::size_t>(n)));
+    for (int r = 0; r < n; ++r)
+      for (int c = 0; c < n; ++c) acc[static_cast<std::size_t>(r)][static_cast<std::size_t>(c)] = int64_t{1} << r;
+    for (int s = 0; s < n - 1; ++s) {
+      auto next = acc;
+      for (int r = 0; r < n; ++r) {
+        const int left = (r - 1 + n) % n;
+        const int cr = ring::rs_recv_chunk(r, s, n);
+        ASSERT_EQ(cr, ring::rs_send_chunk(left, s, n)) << "rank " << r << " step " << s;
+        next[static_cast<std::size_t>(r)][static_cast<std::size_t>(cr)] =
+            acc[static_cast<std::size_t>(left)][static_cast<std::size_t>(cr)] + (int64_t{1} << r);
+      }
+      acc = next;
+    }
+    for (int r = 0; r < n; ++r)
+      EXPECT_EQ(acc[static_cast<std::size_t>(r)][static_cast<std::size_t>(r)], (int64_t{1} << n) - 1) << n << " " << r;
+    // All-gather: each rank starts with only its chunk; after N-1 steps it has all.
+    std::vector<std::vector<bool>> have(static_cast<std::size_t>(n), std::vector<bool>(static_cast<std::size_t>(n)));
+    for (int r = 0; r < n; ++r) have[static_cast<std::size_t>(r)][static_cast<std::size_t>(r)] = true;
+    for (int s = 0; s < n - 1; ++s) {
+      auto next = have;
+      for (int r = 0; r < n; ++r) {
+        const int left = (r - 1 + n) % n;
+        const int cr = ring::ag_recv_chunk(r, s, n);
+        ASSERT_EQ(cr, ring::ag_send_chunk(left, s, n));
+        ASSERT_TRUE(have[static_cast<std::size_t>(left)][static_cast<std::size_t>(cr)]);
+        next[static_cast<std::size_t>(r)][static_cast<std::size_t>(cr)] = true;
+      }
+      have = next;
+    }
+    for (auto& h : have)
+      for (bool b : h) EXPECT_TRUE(b);
+  }
+}
+
+JobEnv env_of(std::map<std::string, std::string> m) {
+  return job_env_from([&](const char* k) -> const char* {
+    auto it = m.find(k);
+    return it == m.end() ? nullptr : it->second.c_str();
+  });
+}
+
+TEST(JobEnv, TorchrunZsrunSlurmAndMpirunVariables) {
+  JobEnv z = env_of({{"RANK", "3"}, {"WORLD_SIZE", "4"}, {"LOCAL_RANK", "1"}, {"LOCAL_WORLD_SIZE", "2"},
+                     {"MASTER_ADDR", "10.0.0.1"}, {"MASTER_PORT", "29500"}, {"ZS_JOB_TOKEN", "t"},
+                     {"ZS_LAUNCHER", "zsrun"}, {"ZS_RESTART_COUNT", "2"}});
+  EXPECT_EQ(z.rank, 3);
+  EXPECT_EQ(z.world_size, 4);
+  EXPECT_EQ(z.local_rank, 1);
+  EXPECT_EQ(z.local_world_size, 2);
+  EXPECT_EQ(z.master_addr, "10.0.0.1");
+  EXPECT_EQ(z.master_port, 29500);
+  EXPECT_EQ(z.token, "t");
+  EXPECT_TRUE(z.store_hosted);
+  EXPECT_EQ(z.restart_count, 2);
+
+  JobEnv s = env_of({{"SLURM_PROCID", "5"}, {"SLURM_NTASKS", "8"}, {"SLURM_LOCALID", "1"},
+                     {"SLURM_NTASKS_PER_NODE", "4"}, {"SLURM_JOB_ID", "77"}, {"MASTER_PORT", "1234"}});
+  EXPECT_EQ(s.launcher, "slurm");
+  EXPECT_EQ(s.rank, 5);
+  EXPECT_EQ(s.world_size, 8);
+  EXPECT_EQ(s.local_rank, 1);
+  EXPECT_EQ(s.token, "slurm-77");
+  EXPECT_FALSE(s.store_hosted);
+
+  JobEnv m = env_of({{"OMPI_COMM_WORLD_RANK", "0"}, {"OMPI_COMM_WORLD_SIZE", "2"},
+                     {"OMPI_COMM_WORLD_LOCAL_RANK", "0"}, {"MASTER_PORT", "1"}});
+  EXPECT_EQ(m.launcher, "mpirun");
+  EXPECT_EQ(m.world_size, 2);
+
+  JobEnv lone = env_of({});
+  EXPECT_EQ(lone.world_size, 1);
+  EXPECT_EQ(lone.launcher, "none");
+}
+
+TEST(JobEnv, BadVariablesAreNamed) {
+  auto msg = [](std::map<std::string, std::string> m) {
+    try {
+      env_of(std::move(m));
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(msg({{"RANK", "x"}, {"WORLD_SIZE", "2"}}).find("RANK='x'"), std::string::npos);
+  EXPECT_NE(msg({{"RANK", "0"}}).find("WORLD_SIZE"), std::string::npos);
+  EXPECT_NE(msg({{"RANK", "4"}, {"WORLD_SIZE", "4"}, {"MASTER_PORT", "1"}}).find("outside"), std::string::npos);
+  EXPECT_NE(msg({{"RANK", "0"}, {"WORLD_SIZE", "2"}}).find("MASTER_PORT"), std::string::npos);
+}
+
+TEST(Launcher, RankEnvFollowsTorchrunNames) {
+  launcher::Options o;
+  o.nproc_per_node = 4;
+  o.nnodes = 2;
+  o.node_rank = 1;
+  o.master_addr = "h0";
+  auto env = launcher::rank_env(o, 2, 29501, "tok", 1);
+  std::map<std::string, std::string> m(env.begin(), env.end());
+  EXPECT_EQ(m["RANK"], "6");
+  EXPECT_EQ(m["LOCAL_RANK"], "2");
+  EXPECT_EQ(m["WORLD_SIZE"], "8");
+  EXPECT_EQ(m["LOCAL_WORLD_SIZE"], "4");
+  EXPECT_EQ(m["MASTER_ADDR"], "h0");
+  EXPECT_EQ(m["MASTER_PORT"], "29501");
+  EXPECT_EQ(m["ZS_JOB_TOKEN"], "tok");
+  EXPECT_EQ(m["ZS_RESTART_COUNT"], "1");
+}
+
+TEST(Launcher, ValidateRejectsNonsense) {
+  launcher::Options o;
+  EXPECT_NE(launcher::validate(o), "");  // no command
+  o.command = {"true"};
+  EXPECT_EQ(launcher::validate(o), "");
+  o.node_rank = 1;
+  EXPECT_NE(launcher::validate(o).find("--node-rank"), std::string::npos);
+  o.node_rank = 0;
+  o.nnodes = 2;
+  o.master_port = 0;
+  EXPECT_NE(launcher::validate(o).find("--master-port 0"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace zs

@@ -1,0 +1,101 @@
+// Fault tests: run real zsrun jobs whose ranks fail, die, stall or never start; the job must end fast,
+// name the culprit, and leave no process behind.
+#include <gtest/gtest.h>
+
+#include <signal.h>
+#include <stdio.h>
+#include <sys/wait.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string fmt_dir(const std::string& mode) { return "zs_fault_" + mode + "_" + std::to_string(getpid()); }
+
+struct Result {
+  int rc = -1;
+  std::string output;
+  double seconds = 0;
+  std::vector<pid_t> pids;
+};
+
+Result run_job(const std::string& mode, int nproc, const std::string& extra_env = "") {
+  fs::path dir = fs::temp_directory_path() / fmt_dir(mode);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::string cmd = "ZS_TEST_PIDDIR=" + dir.string() + " " + extra_env + " " ZS_ZSRUN_PATH " --nproc-per-node " +
+                    std::to_string(nproc) + " --master-port 0 --grace 2 -- " ZS_FAULT_PROG_PATH " " + mode + " 2>&1";
+  Result r;
+  auto t0 = std::chrono::steady_clock::now();
+  FILE* p = popen(cmd.c_str(), "r");
+  char buf[4096];
+  while (fgets(buf, sizeof buf, p)) r.output += buf;
+  int status = pclose(p);
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  for (int i = 0; i < nproc; ++i) {
+    std::ifstream f(dir / ("pid." + std::to_string(i)));
+    pid_t pid = 0;
+    if (f >> pid) r.pids.push_back(pid);
+  }
+  fs::remove_all(dir);
+  return r;
+}
+
+bool alive(pid_t pid) { return kill(pid, 0) == 0 || errno != ESRCH; }
+
+void expect_all_gone(const Result& r, int nproc) {
+  EXPECT_EQ(static_cast<int>(r.pids.size()), nproc) << r.output;
+  for (pid_t p : r.pids) EXPECT_FALSE(alive(p)) << "rank process " << p << " outlived zsrun";
+}
+
+TEST(Faults, HealthyJobExitsZero) {
+  Result r = run_job("ok", 3);
+  EXPECT_EQ(r.rc, 0) << r.output;
+  EXPECT_NE(r.output.find("[rank2]: rank 2 done"), std::string::npos) << r.output;
+  expect_all_gone(r, 3);
+}
+
+TEST(Faults, RankExitingThreeStopsTheJob) {
+  Result r = run_job("exit3", 3);
+  EXPECT_NE(r.rc, 0) << r.output;
+  EXPECT_LT(r.seconds, 10.0) << r.output;
+  EXPECT_NE(r.output.find("zsrun: rank 1 (local rank 1"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("exited with status 3"), std::string::npos) << r.output;
+  expect_all_gone(r, 3);
+}
+
+TEST(Faults, RankKilledWhileOthersWaitInACollective) {
+  Result r = run_job("sigkill", 4);
+  EXPECT_NE(r.rc, 0) << r.output;
+  EXPECT_LT(r.seconds, 10.0) << r.output;
+  EXPECT_NE(r.output.find("rank 1 (local rank 1"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("killed by signal 9 (KILL)"), std::string::npos) << r.output;
+  expect_all_gone(r, 4);
+}
+
+TEST(Faults, RankThatNeverStartsFailsRendezvousWithATimeout) {
+  Result r = run_job("nostart", 3, "ZS_RENDEZVOUS_TIMEOUT_S=3");
+  EXPECT_NE(r.rc, 0) << r.output;
+  EXPECT_LT(r.seconds, 20.0) << r.output;
+  EXPECT_NE(r.output.find("rendezvous of group 'world'"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("timed out"), std::string::npos) << r.output;
+  expect_all_gone(r, 3);
+}
+
+TEST(Faults, StalledPeerTimesOutNamingOpSequenceAndPeer) {
+  Result r = run_job("stall", 2, "ZS_COMM_TIMEOUT_S=2");
+  EXPECT_NE(r.rc, 0) << r.output;
+  EXPECT_LT(r.seconds, 15.0) << r.output;
+  // Rank 0 waits on rank 1 in all_reduce #3 (0-based sequence numbers) and reports it.
+  EXPECT_NE(r.output.find("all_reduce #3 on group 'world'"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("timed out after 2 s"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("rank 1"), std::string::npos) << r.output;
+  expect_all_gone(r, 2);
+}
+
+}  // namespace
