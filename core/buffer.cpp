@@ -2,6 +2,7 @@
 #include "core/buffer.h"
 
 #include <cstdlib>
+#include <cstring>
 #include <utility>
 
 #include "core/error.h"
@@ -67,6 +68,19 @@ void memory_free(MemoryKind kind, Device device, void* ptr) noexcept {
   }
 #endif
   std::free(ptr);
+}
+
+void memory_copy(void* dst, Device dst_device, const void* src, Device src_device, std::size_t bytes) {
+  if (bytes == 0) return;
+  if (dst_device.is_cpu() && src_device.is_cpu()) {
+    std::memcpy(dst, src, bytes);
+    return;
+  }
+#ifdef ZS_WITH_CUDA
+  ZS_CHECK_CUDA(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault));
+#else
+  ZS_FAIL("cannot copy between {} and {}: this build has no CUDA support", src_device.str(), dst_device.str());
+#endif
 }
 
 Buffer::Buffer(std::size_t bytes, MemoryKind kind, Device device, MemCategory category, MemoryLedger& ledger)

@@ -17,6 +17,10 @@ enum class MemoryKind : uint8_t { host, pinned, device };
 void* memory_alloc(MemoryKind kind, Device device, std::size_t bytes, MemCategory category);
 void memory_free(MemoryKind kind, Device device, void* ptr) noexcept;
 
+// Synchronous copy between any two memories (host <-> device, device <-> device); for set-up and checks,
+// not the hot path (which copies asynchronously on a stream).
+void memory_copy(void* dst, Device dst_device, const void* src, Device src_device, std::size_t bytes);
+
 class Buffer {
  public:
   Buffer() = default;

@@ -128,39 +128,73 @@ class Ring {
   std::string what_;
 };
 
-float combine(ReduceOp op, float a, float b) { return op == ReduceOp::max ? std::max(a, b) : a + b; }
+// Element access with the dtype fixed at compile time, so the reduction loops vectorise.
+template <DType T>
+float ld(const void* p, int64_t i) {
+  if constexpr (T == DType::f32) return static_cast<const float*>(p)[i];
+  else if constexpr (T == DType::bf16) return bf16_bits_to_f32(static_cast<const uint16_t*>(p)[i]);
+  else return f16_bits_to_f32(static_cast<const uint16_t*>(p)[i]);
+}
+template <DType T>
+void st(void* p, int64_t i, float v) {
+  if constexpr (T == DType::f32) static_cast<float*>(p)[i] = v;
+  else if constexpr (T == DType::bf16) static_cast<uint16_t*>(p)[i] = f32_to_bf16_bits(v);
+  else static_cast<uint16_t*>(p)[i] = f32_to_f16_bits(v);
+}
+
+template <DType T>
+void load_segment(float* dst, const void* src, int64_t base, int64_t len) {
+  for (int64_t i = 0; i < len; ++i) dst[i] = ld<T>(src, base + i);
+}
+
+// dst[i] = recv[i] (op) src[base + i], in f32; when `out` is set the result is scaled and stored there instead.
+template <DType T>
+void combine_segment(ReduceOp op, float* dst, const float* recv, const void* src, int64_t base, int64_t len,
+                     void* out = nullptr, int64_t out_base = 0, float post = 1.0f) {
+  for (int64_t i = 0; i < len; ++i) {
+    const float a = recv[i], b = ld<T>(src, base + i);
+    const float v = op == ReduceOp::max ? std::max(a, b) : a + b;
+    if (out) st<T>(out, out_base + i, v * post);
+    else dst[i] = v;
+  }
+}
 
 // Ring reduce-scatter of `in` (chunks[c] is rank c's share) into `out` (this rank's chunk), in f32.
-void ring_reduce_scatter(Ring& ring, int rank, int n, const TensorView& in, const std::vector<ring::Range>& chunks,
-                         void* out, ReduceOp op, float* send, float* recv) {
-  const DType t = in.dtype;
+template <DType T>
+void ring_reduce_scatter_t(Ring& ring, int rank, int n, const TensorView& in, const std::vector<ring::Range>& chunks,
+                           void* out, ReduceOp op, float* send, float* recv) {
   const float post = op == ReduceOp::avg ? 1.0f / static_cast<float>(n) : 1.0f;
   if (n == 1) {
-    for (int64_t i = 0; i < chunks[0].count; ++i) store_from_f32(out, t, i, load_as_f32(in.data, t, i) * post);
+    for (int64_t i = 0; i < chunks[0].count; ++i) st<T>(out, i, ld<T>(in.data, i) * post);
     return;
   }
   int64_t max_chunk = 0;
   for (const auto& c : chunks) max_chunk = std::max(max_chunk, c.count);
   // Segments outermost: each segment makes the whole trip round the ring, so scratch holds one segment.
   for (int64_t seg = 0; seg < max_chunk; seg += kSegment) {
-    auto seg_len = [&](int c) { return std::clamp<int64_t>(chunks[static_cast<std::size_t>(c)].count - seg, 0, kSegment); };
+    auto seg_len = [&](int c) {
+      return std::clamp<int64_t>(chunks[static_cast<std::size_t>(c)].count - seg, 0, kSegment);
+    };
     auto elem = [&](int c) { return chunks[static_cast<std::size_t>(c)].offset + seg; };
     const int c0 = ring::rs_send_chunk(rank, 0, n);
-    for (int64_t i = 0; i < seg_len(c0); ++i) send[i] = load_as_f32(in.data, t, static_cast<std::size_t>(elem(c0) + i));
+    load_segment<T>(send, in.data, elem(c0), seg_len(c0));
     for (int s = 0; s < n - 1; ++s) {
       const int cs = ring::rs_send_chunk(rank, s, n), cr = ring::rs_recv_chunk(rank, s, n);
       ring.exchange(send, static_cast<std::size_t>(seg_len(cs)) * 4, ring.right(), recv,
                     static_cast<std::size_t>(seg_len(cr)) * 4, ring.left());
-      const int64_t len = seg_len(cr), base = elem(cr);
-      if (s < n - 2) {
-        for (int64_t i = 0; i < len; ++i)
-          send[i] = combine(op, recv[i], load_as_f32(in.data, t, static_cast<std::size_t>(base + i)));
-      } else {
-        for (int64_t i = 0; i < len; ++i)
-          store_from_f32(out, t, static_cast<std::size_t>(seg + i),
-                         combine(op, recv[i], load_as_f32(in.data, t, static_cast<std::size_t>(base + i))) * post);
-      }
+      if (s < n - 2) combine_segment<T>(op, send, recv, in.data, elem(cr), seg_len(cr));
+      else combine_segment<T>(op, nullptr, recv, in.data, elem(cr), seg_len(cr), out, seg, post);
     }
+  }
+}
+
+void ring_reduce_scatter(Ring& ring, int rank, int n, const TensorView& in, const std::vector<ring::Range>& chunks,
+                         void* out, ReduceOp op, float* send, float* recv) {
+  switch (in.dtype) {
+    case DType::f32: return ring_reduce_scatter_t<DType::f32>(ring, rank, n, in, chunks, out, op, send, recv);
+    case DType::bf16: return ring_reduce_scatter_t<DType::bf16>(ring, rank, n, in, chunks, out, op, send, recv);
+    case DType::f16: return ring_reduce_scatter_t<DType::f16>(ring, rank, n, in, chunks, out, op, send, recv);
+    case DType::f64: ZS_FAIL("collectives do not take f64");
   }
 }
 
