@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The one GPU check: every `gpu` test and the GPU benchmarks in one go (< 4 minutes), one summary table.
+# Run on the GPU machine from the repository root with build/cuda-sm90/gpu-bundle carried over
+# (made by bench/gpu/build.sh). Prints the card, then PASS/FAIL/SKIP per check.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+bundle=build/cuda-sm90/gpu-bundle
+nccl_lib=$(python3 -c "import nvidia.nccl,os;print(os.path.join(nvidia.nccl.__path__[0],'lib'))" 2>/dev/null || true)
+export LD_LIBRARY_PATH="$bundle/lib:${nccl_lib}:${LD_LIBRARY_PATH:-}"
+export ZS_COMM_TIMEOUT_S=60
+log=${OUT:-/tmp}/gpu_check.log
+: > "$log"
+rows=()
+run() {  # name, command...
+  local name=$1; shift
+  local t0=$SECONDS
+  if output=$("$@" 2>&1); then status=PASS; else status=FAIL; fi
+  if [ "$status" = PASS ] && grep -q "\[  SKIPPED \]" <<<"$output"; then status=SKIP; fi
+  printf '== %s (%s)\n%s\n' "$name" "$status" "$output" >>"$log"
+  rows+=("$(printf '%-34s %-5s %4ss' "$name" "$status" $((SECONDS - t0)))")
+}
+echo "# card: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi')"
+echo "# date: $(date -u +%Y-%m-%dT%H:%MZ)  nccl: ${nccl_lib:-not found}"
+run "gpu tests (CUDA streams, NCCL w1)" "$bundle/bin/zs_gpu_tests"
+run "comm_bench nccl world 1" "$bundle/bin/zsrun" --nproc-per-node 1 --master-port 0 -- \
+  "$bundle/bin/comm_bench" --backend nccl -b 1M -e 1G -f 4
+printf '%s\n' "${rows[@]}"
+echo "# full output: $log"
+grep -A30 "== comm_bench" "$log" | grep -E "^\[rank0\]:" | sed 's/^\[rank0\]: //' || true
+! printf '%s\n' "${rows[@]}" | grep -q FAIL
