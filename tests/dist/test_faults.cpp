@@ -4,6 +4,7 @@
 
 #include <signal.h>
 #include <stdio.h>
+#include <unistd.h>
 #include <sys/wait.h>
 
 #include <chrono>
@@ -96,6 +97,65 @@ TEST(Faults, StalledPeerTimesOutNamingOpSequenceAndPeer) {
   EXPECT_NE(r.output.find("timed out after 2 s"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("rank 1"), std::string::npos) << r.output;
   expect_all_gone(r, 2);
+}
+
+Result run_cmd(const std::string& cmd) {
+  Result r;
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  char buf[4096];
+  while (fgets(buf, sizeof buf, p)) r.output += buf;
+  int status = pclose(p);
+  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+TEST(Zsrun, BadFlagOrMissingProgramExitsTwoWithAMessage) {
+  Result bad = run_cmd(ZS_ZSRUN_PATH " --no-such-flag -- true");
+  EXPECT_EQ(bad.rc, 2) << bad.output;
+  EXPECT_NE(bad.output.find("--no-such-flag"), std::string::npos) << bad.output;
+  Result missing = run_cmd(ZS_ZSRUN_PATH " -- zs-no-such-program");
+  EXPECT_EQ(missing.rc, 2) << missing.output;
+  EXPECT_NE(missing.output.find("cannot run 'zs-no-such-program'"), std::string::npos) << missing.output;
+  Result none = run_cmd(ZS_ZSRUN_PATH " --nproc-per-node 2");
+  EXPECT_EQ(none.rc, 2) << none.output;
+  Result help = run_cmd(ZS_ZSRUN_PATH " --help");
+  EXPECT_EQ(help.rc, 0);
+  for (const char* opt : {"--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port",
+                          "--max-restarts", "--grace", "ZS_JOB_TOKEN"})
+    EXPECT_NE(help.output.find(opt), std::string::npos) << opt;
+}
+
+TEST(Zsrun, SigtermIsForwardedAndNothingSurvives) {
+  fs::path dir = fs::temp_directory_path() / fmt_dir("sigterm");
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string cmd = "ZS_TEST_PIDDIR=" + dir.string() + " " ZS_ZSRUN_PATH
+                          " --nproc-per-node 3 --master-port 0 --grace 2 -- " ZS_FAULT_PROG_PATH " forever";
+  pid_t zsrun = fork();
+  ASSERT_GE(zsrun, 0);
+  if (zsrun == 0) {
+    execl("/bin/sh", "sh", "-c", ("exec env " + cmd + " >/dev/null 2>&1").c_str(), nullptr);
+    _exit(127);
+  }
+  // Wait until all three ranks are up, then stop the job the way a scheduler would.
+  for (int i = 0; i < 200 && std::distance(fs::directory_iterator(dir), fs::directory_iterator()) < 3; ++i)
+    usleep(50000);
+  std::vector<pid_t> pids;
+  for (int i = 0; i < 3; ++i) {
+    std::ifstream f(dir / ("pid." + std::to_string(i)));
+    pid_t pid = 0;
+    if (f >> pid) pids.push_back(pid);
+  }
+  ASSERT_EQ(pids.size(), 3u);
+  usleep(300000);
+  auto t0 = std::chrono::steady_clock::now();
+  kill(zsrun, SIGTERM);
+  int status = 0;
+  waitpid(zsrun, &status, 0);
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 10.0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 128 + SIGTERM) << status;
+  for (pid_t p : pids) EXPECT_FALSE(alive(p)) << "rank process " << p << " outlived zsrun";
+  fs::remove_all(dir);
 }
 
 }  // namespace
