@@ -5,6 +5,7 @@
 #include <thread>
 
 #include "core/cuda_check.h"
+#include "core/nccl_check.h"
 #include "core/stream_cuda.h"
 
 namespace zs {

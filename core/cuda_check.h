@@ -1,25 +1,16 @@
-// ZS_CHECK_CUDA and ZS_CHECK_NCCL, built on the same generic thrower as ZS_CHECK (CUDA builds only).
+// ZS_CHECK_CUDA (CUDA builds only). Free of fmt so .cu files can use it; the message is built out of line
+// by the same thrower as every other ZS_CHECK.
 #pragma once
 
-#include "core/error.h"
-
 #include <cuda_runtime_api.h>
-#include <nccl.h>
 
-#define ZS_CHECK_CUDA(expr)                                                                          \
-  do {                                                                                               \
-    cudaError_t zs_err_ = (expr);                                                                    \
-    if (zs_err_ != cudaSuccess) [[unlikely]]                                                         \
-      ::zs::detail::throw_error(__FILE__, __LINE__, "CUDA",                                          \
-                                ::fmt::format("{}: {} ({})", #expr, cudaGetErrorName(zs_err_),        \
-                                              cudaGetErrorString(zs_err_)));                         \
-  } while (0)
+namespace zs::detail {
+[[noreturn]] void throw_cuda_error(cudaError_t err, const char* expr, const char* file, int line);
+}
 
-#define ZS_CHECK_NCCL(expr, ...)                                                                     \
-  do {                                                                                               \
-    ncclResult_t zs_res_ = (expr);                                                                   \
-    if (zs_res_ != ncclSuccess && zs_res_ != ncclInProgress) [[unlikely]]                            \
-      ::zs::detail::throw_error(__FILE__, __LINE__, "NCCL",                                          \
-                                ::fmt::format("{}: {} ({}) {}", #expr, ncclGetErrorString(zs_res_),   \
-                                              ncclGetLastError(nullptr), ::fmt::format(__VA_ARGS__))); \
+#define ZS_CHECK_CUDA(expr)                                                          \
+  do {                                                                               \
+    cudaError_t zs_err_ = (expr);                                                    \
+    if (zs_err_ != cudaSuccess) [[unlikely]]                                         \
+      ::zs::detail::throw_cuda_error(zs_err_, #expr, __FILE__, __LINE__);            \
   } while (0)

@@ -2,6 +2,7 @@
 #include "core/stream_cuda.h"
 
 #include "core/cuda_check.h"
+#include "core/error.h"
 
 namespace zs {
 

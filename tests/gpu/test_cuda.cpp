@@ -3,6 +3,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstring>
+
 #include "core/bootstrap.h"
 #include "core/buffer.h"
 #include "core/cuda_check.h"

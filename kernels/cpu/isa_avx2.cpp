@@ -1,0 +1,12 @@
+// The CPU kernels compiled for avx2 (flags set in kernels/CMakeLists.txt).
+#include "core/dtype.h"
+#include "kernels/cpu/cpu_impl.h"
+
+namespace zs::kernels::cpu {
+
+const CpuTable& table_avx2() {
+  static const CpuTable t{"avx2", &update, &cast, &scale, &sum_squares};
+  return t;
+}
+
+}  // namespace zs::kernels::cpu
