@@ -233,7 +233,12 @@ GlooComm::GlooComm(std::shared_ptr<Store> root_store, std::shared_ptr<gloo::tran
 }
 
 GlooComm::~GlooComm() {
-  stream_->synchronize();
+  // Drain the stream; a failed collective was already reported through its Work, and a destructor
+  // must not throw it again.
+  try {
+    stream_->synchronize();
+  } catch (const std::exception&) {
+  }
   std::lock_guard lk(scratch_mu_);
   scratch_.clear();
 }

@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -140,6 +141,21 @@ struct Child {
   int status = 0;
 };
 
+// Likely causes first: a rank killed by a signal, then one with an unusual exit status, then the
+// status-1 exits that usually follow a peer's loss; ties by rank.
+std::string describe_failures(std::vector<const Child*> failed) {
+  auto weight = [](const Child* c) { return WIFSIGNALED(c->status) ? 0 : WEXITSTATUS(c->status) != 1 ? 1 : 2; };
+  std::sort(failed.begin(), failed.end(), [&](const Child* a, const Child* b) {
+    return weight(a) != weight(b) ? weight(a) < weight(b) : a->rank < b->rank;
+  });
+  std::string out;
+  for (const Child* c : failed) {
+    if (!out.empty()) out += ", and ";
+    out += fmt::format("rank {} (local rank {}, pid {}) {}", c->rank, c->local_rank, c->pid, describe_status(c->status));
+  }
+  return out;
+}
+
 class Job {
  public:
   Job(const Options& o, int master_port, std::string token, int restart, const std::string& program, int sigfd)
@@ -182,14 +198,18 @@ class Job {
           }
         }
       }
+      // Every rank that failed on its own in the first batch of exits is named: when zsrun is slow to
+      // run, the rank that died first and the peers that failed because of it are reaped together.
+      std::vector<const Child*> failed;
       reap([&](const Child& c) {
-        if ((!WIFEXITED(c.status) || WEXITSTATUS(c.status) != 0) && failure.empty() && !*interrupt_signal) {
-          failure = fmt::format("rank {} (local rank {}, pid {}) {}", c.rank, c.local_rank, c.pid,
-                                describe_status(c.status));
-          signal_all(SIGTERM);
-          kill_at = Clock::now() + grace();
-        }
+        if ((!WIFEXITED(c.status) || WEXITSTATUS(c.status) != 0) && failure.empty() && !*interrupt_signal)
+          failed.push_back(&c);
       });
+      if (!failed.empty()) {
+        failure = describe_failures(failed);
+        signal_all(SIGTERM);
+        kill_at = Clock::now() + grace();
+      }
       if (kill_at && Clock::now() >= *kill_at) {
         kill_groups(SIGKILL);
         kill_at = Clock::now() + std::chrono::seconds(3600);
