@@ -21,10 +21,16 @@ run() {  # name, command...
 }
 echo "# card: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi')"
 echo "# date: $(date -u +%Y-%m-%dT%H:%MZ)  nccl: ${nccl_lib:-not found}"
-run "gpu tests (CUDA streams, NCCL w1)" "$bundle/bin/zs_gpu_tests"
+run "gpu tests (streams, NCCL, kernels)" "$bundle/bin/zs_gpu_tests"
+run "optim_bench adamw 1e9 cuda" "$bundle/bin/optim_bench" --device cuda --params 1e9 --iters 10
+run "torch AdamW(fused) 1e9" python3 bench/gpu/torch_adamw.py 1e9
 run "comm_bench nccl world 1" "$bundle/bin/zsrun" --nproc-per-node 1 --master-port 0 -- \
   "$bundle/bin/comm_bench" --backend nccl -b 1M -e 1G -f 4
 printf '%s\n' "${rows[@]}"
 echo "# full output: $log"
 grep -A30 "== comm_bench" "$log" | grep -E "^\[rank0\]:" | sed 's/^\[rank0\]: //' || true
+ours=$(grep -A4 "== optim_bench" "$log" | awk '$1 == 0 {print $2}')
+theirs=$(grep "torch_adamw_ms" "$log" | awk '{print $2}')
+grep -A4 "== optim_bench" "$log" | tail -3
+[ -n "$ours" ] && [ -n "$theirs" ] && echo "# AdamW 1e9 params: ours ${ours} ms, torch fused ${theirs} ms, ours/torch $(python3 -c "print(round($ours/$theirs, 3))")"
 ! printf '%s\n' "${rows[@]}" | grep -q FAIL

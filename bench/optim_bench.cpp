@@ -1,0 +1,180 @@
+// optim_bench: optimizer-update throughput against copy bandwidth measured in the same run.
+// Effective GB/s counts the bytes the update must move (AdamW, f32 master/grad/m/v: 16 B read + 12 B
+// written = 28 B/param, +2 B with a fused bf16 copy); copy GB/s counts read + write of a copy of the same
+// number of bytes, made without write-allocate traffic (see copy()).
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <thread>
+
+#include "core/buffer.h"
+#include "core/error.h"
+#include "kernels/kernels.h"
+#ifdef ZS_WITH_CUDA
+#include <cuda_runtime_api.h>
+
+#include "core/cuda_check.h"
+#endif
+
+namespace {
+
+using namespace zs;
+using Clock = std::chrono::steady_clock;
+
+struct Args {
+  std::string device = "cpu";
+  double params = 5e7;
+  std::string optimizer = "adamw";
+  std::string grad = "f32";
+  std::string state = "f32";
+  std::string out = "none";
+  std::vector<int> threads;
+  int iters = 5;
+};
+
+// Median seconds of `iters` runs of f (after one warm-up).
+template <typename F>
+double time_median(Device d, int iters, F&& f) {
+  std::vector<double> t;
+  f();
+  for (int i = 0; i < iters; ++i) {
+#ifdef ZS_WITH_CUDA
+    if (d.is_cuda()) {
+      cudaEvent_t a, b;
+      ZS_CHECK_CUDA(cudaEventCreate(&a));
+      ZS_CHECK_CUDA(cudaEventCreate(&b));
+      ZS_CHECK_CUDA(cudaEventRecord(a));
+      f();
+      ZS_CHECK_CUDA(cudaEventRecord(b));
+      ZS_CHECK_CUDA(cudaEventSynchronize(b));
+      float ms = 0;
+      ZS_CHECK_CUDA(cudaEventElapsedTime(&ms, a, b));
+      t.push_back(ms / 1e3);
+      cudaEventDestroy(a);
+      cudaEventDestroy(b);
+      continue;
+    }
+#endif
+    auto t0 = Clock::now();
+    f();
+    t.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+// Fills with distinct non-zero values of dtype t (all-zero pages can be shared or compressed by a VM host,
+// which would make a bandwidth benchmark measure the cache).
+void fill(Device d, Buffer& b, DType t, float scale) {
+  std::mt19937 rng(static_cast<unsigned>(b.bytes()));
+  std::uniform_real_distribution<float> u(0.5f, 1.0f);
+  const std::size_t es = dtype_size(t), chunk = std::size_t{1} << 20;
+  std::vector<uint8_t> host(chunk * es);
+  for (std::size_t i = 0; i < chunk; ++i) store_from_f32(host.data(), t, i, u(rng) * scale);
+  for (std::size_t off = 0; off < b.bytes(); off += host.size())
+    memory_copy(static_cast<char*>(b.data()) + off, d, host.data(), Device::cpu(), std::min(host.size(), b.bytes() - off));
+}
+
+// The reference copy: on CPU one large memcpy per thread (glibc streams it with non-temporal stores, so
+// each byte counted is a byte moved; a cached-store copy would also read every destination line first);
+// on CUDA a device-to-device cudaMemcpyAsync.
+void copy(Device d, Buffer& dst, const Buffer& src, int threads) {
+#ifdef ZS_WITH_CUDA
+  if (d.is_cuda()) {
+    ZS_CHECK_CUDA(cudaMemcpyAsync(dst.data(), src.data(), src.bytes(), cudaMemcpyDeviceToDevice));
+    return;
+  }
+#endif
+  const std::size_t slice = (src.bytes() / static_cast<std::size_t>(threads) + 63) / 64 * 64;
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    const std::size_t off = slice * static_cast<std::size_t>(t);
+    if (off >= src.bytes()) break;
+    pool.emplace_back([&, off] {
+      std::memcpy(static_cast<char*>(dst.data()) + off, static_cast<const char*>(src.data()) + off,
+                  std::min(slice, src.bytes() - off));
+    });
+  }
+  for (auto& th : pool) th.join();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args a;
+  CLI::App app{"optim_bench: optimizer update throughput vs copy bandwidth (same run, same memory)", "optim_bench"};
+  app.add_option("--device", a.device, "cpu or cuda")->capture_default_str();
+  app.add_option("--params", a.params, "parameters in the shard")->capture_default_str();
+  app.add_option("--optimizer", a.optimizer, "adamw, adam, sgd or lion")
+      ->check(CLI::IsMember({"adamw", "adam", "sgd", "lion"}))->capture_default_str();
+  app.add_option("--grad", a.grad, "gradient dtype: f32, bf16, f16")->capture_default_str();
+  app.add_option("--state", a.state, "optimizer state dtype: f32, bf16")->capture_default_str();
+  app.add_option("--param-out", a.out, "fused compute-dtype copy: none, bf16, f16")->capture_default_str();
+  app.add_option("--threads", a.threads, "CPU thread counts to run (default: 1 and all cores)");
+  app.add_option("--iters", a.iters, "timed runs (median reported)")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  try {
+    const Device dev = Device::parse(a.device);
+    const int64_t n = static_cast<int64_t>(a.params);
+    const DType gt = dtype_parse(a.grad), st = dtype_parse(a.state);
+    kernels::OptimizerHyper h;
+    h.kind = a.optimizer == "adamw" ? kernels::Optimizer::adamw
+             : a.optimizer == "adam" ? kernels::Optimizer::adam
+             : a.optimizer == "sgd"  ? kernels::Optimizer::sgd
+                                     : kernels::Optimizer::lion;
+    h.weight_decay = 0.1f;
+    const MemoryKind mk = MemoryKind::device;
+    Buffer p(n * 4, mk, dev, MemCategory::master), g(n * dtype_size(gt), mk, dev, MemCategory::grads);
+    Buffer m(n * dtype_size(st), mk, dev, MemCategory::optim_state), v(n * dtype_size(st), mk, dev, MemCategory::optim_state);
+    Buffer out(a.out == "none" ? 0 : n * 2, mk, dev, MemCategory::params);
+    fill(dev, p, DType::f32, 1.0f);
+    fill(dev, g, gt, 1e-2f);
+    fill(dev, m, st, 1e-3f);
+    fill(dev, v, st, 1e-4f);
+    kernels::UpdateArgs u;
+    u.n = n;
+    u.param = static_cast<float*>(p.data());
+    u.grad = g.data();
+    u.grad_dtype = gt;
+    u.state1 = h.kind == kernels::Optimizer::sgd && h.beta1 == 0 ? nullptr : m.data();
+    u.state2 = h.kind == kernels::Optimizer::adamw || h.kind == kernels::Optimizer::adam ? v.data() : nullptr;
+    u.state_dtype = st;
+    u.param_out = a.out == "none" ? nullptr : out.data();
+    u.param_out_dtype = a.out == "f16" ? DType::f16 : DType::bf16;
+    const int64_t bpe = kernels::update_bytes_per_element(h, u);
+    // The copy moves as many bytes as the update: src + dst of (bpe / 2) bytes per element each.
+    const int64_t copy_elems = n * bpe / 8;
+    Buffer src(copy_elems * 4, mk, dev, MemCategory::other), dst(copy_elems * 4, mk, dev, MemCategory::other);
+    fill(dev, src, DType::f32, 1.0f);
+    fill(dev, dst, DType::f32, 2.0f);
+    std::vector<int> threads = a.threads;
+    if (threads.empty()) threads = dev.is_cpu() ? std::vector<int>{1, kernels::cpu_threads()} : std::vector<int>{0};
+    std::printf("# optim_bench: %s on %s (%s), %.3g params, grad %s, state %s, param-out %s: %ld B/param moved\n",
+                a.optimizer.c_str(), dev.str().c_str(), dev.is_cpu() ? kernels::cpu_isa() : "cuda", a.params,
+                a.grad.c_str(), a.state.c_str(), a.out.c_str(), static_cast<long>(bpe));
+    std::printf("# %7s %12s %12s %10s %10s %8s\n", "threads", "time (ms)", "Gparams/s", "eff GB/s", "copy GB/s", "ratio");
+    for (int t : threads) {
+      if (dev.is_cpu()) kernels::set_cpu_threads(t);
+      const double tu = time_median(dev, a.iters, [&] {
+        h.step++;
+        kernels::optimizer_update(dev, h, u);
+      });
+      const double tc = time_median(dev, a.iters, [&] { copy(dev, dst, src, t); });
+#ifdef ZS_WITH_CUDA
+      if (dev.is_cuda()) ZS_CHECK_CUDA(cudaDeviceSynchronize());
+#endif
+      const double eff = static_cast<double>(n) * static_cast<double>(bpe) / tu / 1e9;
+      const double copy = static_cast<double>(copy_elems) * 8.0 / tc / 1e9;
+      std::printf("  %7d %12.3f %12.3f %10.2f %10.2f %7.1f%%\n", t, tu * 1e3, static_cast<double>(n) / tu / 1e9, eff,
+                  copy, 100.0 * eff / copy);
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "optim_bench: %s\n", e.what());
+    return 1;
+  }
+}
