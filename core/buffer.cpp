@@ -83,6 +83,20 @@ void memory_copy(void* dst, Device dst_device, const void* src, Device src_devic
 #endif
 }
 
+void memory_zero(void* p, Device device, std::size_t bytes, void* cuda_stream) {
+  if (bytes == 0) return;
+  if (device.is_cpu()) {
+    std::memset(p, 0, bytes);
+    return;
+  }
+#ifdef ZS_WITH_CUDA
+  ZS_CHECK_CUDA(cudaMemsetAsync(p, 0, bytes, static_cast<cudaStream_t>(cuda_stream)));
+#else
+  (void)cuda_stream;
+  ZS_FAIL("cannot zero memory on {}: this build has no CUDA support", device.str());
+#endif
+}
+
 Buffer::Buffer(std::size_t bytes, MemoryKind kind, Device device, MemCategory category, MemoryLedger& ledger)
     : ptr_(memory_alloc(kind, device, bytes, category)),
       bytes_(bytes),

@@ -21,6 +21,9 @@ void memory_free(MemoryKind kind, Device device, void* ptr) noexcept;
 // not the hot path (which copies asynchronously on a stream).
 void memory_copy(void* dst, Device dst_device, const void* src, Device src_device, std::size_t bytes);
 
+// Zeroes `bytes` at p: now on the CPU, enqueued on `stream` (or the default stream) on CUDA.
+void memory_zero(void* p, Device device, std::size_t bytes, void* cuda_stream = nullptr);
+
 class Buffer {
  public:
   Buffer() = default;

@@ -1,0 +1,227 @@
+// YAML -> Config with validation: every key known, every value typed and in range, errors at line:column.
+#include "runtime/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <fstream>
+#include <functional>
+#include <sstream>
+#include <vector>
+
+#include "core/error.h"
+
+namespace zs {
+namespace {
+
+std::size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<std::size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j)
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1] ? 1 : 0)});
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+// One mapping of the document: reads known keys, then rejects whatever else is there.
+class Section {
+ public:
+  Section(const YAML::Node& node, std::string path, const std::string& source)
+      : node_(node), path_(std::move(path)), source_(source) {
+    if (node_ && !node_.IsMap()) fail(node_, "expected a mapping of keys");
+  }
+
+  [[noreturn]] void fail(const YAML::Node& at, const std::string& what) const {
+    const YAML::Mark m = at.Mark();
+    ZS_FAIL("{}:{}:{}: {}", source_, m.line + 1, m.column + 1, what);
+  }
+
+  std::string key_path(const char* key) const { return path_.empty() ? key : path_ + "." + key; }
+
+  template <typename T>
+  void get(const char* key, T& out, std::function<bool(const T&)> valid = nullptr, const char* range = "") {
+    known_.push_back(key);
+    if (!node_) return;
+    const YAML::Node v = node_[key];
+    if (!v) return;
+    try {
+      out = v.as<T>();
+    } catch (const YAML::Exception&) {
+      fail(v, fmt::format("{}: expected {}, got '{}'", key_path(key), type_name<T>(), v.IsScalar() ? v.Scalar() : "a structure"));
+    }
+    if (valid && !valid(out)) fail(v, fmt::format("{} must be {}, got {}", key_path(key), range, v.Scalar()));
+  }
+
+  // A string restricted to `choices`.
+  void choice(const char* key, std::string& out, std::vector<std::string> choices) {
+    get<std::string>(key, out);
+    if (std::find(choices.begin(), choices.end(), out) == choices.end())
+      fail(node_[key], fmt::format("{} must be one of {}, got '{}'", key_path(key), fmt::join(choices, ", "), out));
+  }
+
+  Section sub(const char* key) {
+    known_.push_back(key);
+    return Section(node_ ? node_[key] : YAML::Node(), key_path(key), source_);
+  }
+
+  const YAML::Node& node() const { return node_; }
+  void note_known(const char* key) { known_.push_back(key); }
+
+  // Every key present must have been asked for.
+  void finish() const {
+    if (!node_) return;
+    for (auto it = node_.begin(); it != node_.end(); ++it) {
+      const std::string k = it->first.as<std::string>();
+      if (std::find(known_.begin(), known_.end(), k) != known_.end()) continue;
+      std::string best;
+      std::size_t best_d = 1000;
+      for (const auto& c : known_)
+        if (std::size_t d = edit_distance(k, c); d < best_d) best_d = d, best = c;
+      fail(it->first, fmt::format("unknown key '{}' in {}{}", k, path_.empty() ? "the top level" : "'" + path_ + "'",
+                                  best_d <= std::max<std::size_t>(2, k.size() / 3) ? "; did you mean '" + best + "'?"
+                                                                                   : "; valid keys: " + fmt::format("{}", fmt::join(known_, ", "))));
+    }
+  }
+
+ private:
+  template <typename T>
+  static const char* type_name() {
+    if constexpr (std::is_same_v<T, bool>) return "true or false";
+    else if constexpr (std::is_integral_v<T>) return "an integer";
+    else if constexpr (std::is_floating_point_v<T>) return "a number";
+    else return "a string";
+  }
+
+  YAML::Node node_;
+  std::string path_;
+  const std::string& source_;
+  std::vector<std::string> known_;
+};
+
+DType read_dtype(Section& s, const char* key, DType def, std::vector<std::string> allowed) {
+  std::string v(dtype_name(def));
+  if (v == "f32") v = "fp32";
+  if (v == "f16") v = "fp16";
+  std::vector<std::string> spelled;
+  for (auto& a : allowed) spelled.push_back(a);
+  s.get<std::string>(key, v);
+  for (const auto& a : allowed)
+    if (v == a || (a == "fp32" && (v == "f32" || v == "float32")) || (a == "fp16" && (v == "f16" || v == "float16")) ||
+        (a == "bf16" && v == "bfloat16"))
+      return dtype_parse(a);
+  s.fail(s.node()[key], fmt::format("{} must be one of {}, got '{}'", s.key_path(key), fmt::join(spelled, ", "), v));
+}
+
+template <typename T>
+auto at_least(T lo) {
+  return std::function<bool(const T&)>([lo](const T& v) { return v >= lo; });
+}
+template <typename T>
+auto between(T lo, T hi) {
+  return std::function<bool(const T&)>([lo, hi](const T& v) { return v >= lo && v <= hi; });
+}
+
+}  // namespace
+
+Config Config::from_yaml(const std::string& text, const std::string& source) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::ParserException& e) {
+    ZS_FAIL("{}:{}:{}: not valid YAML: {}", source, e.mark.line + 1, e.mark.column + 1, e.msg);
+  }
+  Config c;
+  Section top(root.IsNull() ? YAML::Node() : root, "", source);
+
+  Section z = top.sub("zero");
+  z.get<int>("stage", c.zero.stage, between(0, 3), "0, 1, 2 or 3");
+  z.get<int>("prefetch", c.zero.prefetch, between(0, 64), "between 0 and 64");
+  z.get<int>("max_live_units", c.zero.max_live_units, between(1, 1024), "between 1 and 1024");
+  z.get<bool>("reshard_after_forward", c.zero.reshard_after_forward);
+  z.get<int>("hybrid_group", c.zero.hybrid_group, at_least(0), ">= 0");
+  z.get<int>("grad_accumulation", c.zero.grad_accumulation, between(1, 1 << 20), ">= 1");
+  z.finish();
+  if (c.zero.max_live_units < c.zero.prefetch + 1)
+    top.fail(root["zero"], fmt::format("zero.max_live_units ({}) must be at least prefetch + 1 ({}): the unit in use "
+                                       "and the prefetched ones are live together",
+                                       c.zero.max_live_units, c.zero.prefetch + 1));
+
+  Section p = top.sub("precision");
+  c.precision.param = read_dtype(p, "param", c.precision.param, {"fp32", "bf16", "fp16"});
+  c.precision.reduce = read_dtype(p, "reduce", c.precision.reduce, {"fp32", "bf16"});
+  c.precision.master = read_dtype(p, "master", c.precision.master, {"fp32"});
+  p.choice("loss_scale", c.precision.loss_scale, {"none", "dynamic"});
+  p.finish();
+
+  Section o = top.sub("optimizer");
+  std::string type = "adamw";
+  o.choice("type", type, {"adamw", "adam", "sgd", "lion"});
+  c.optimizer.type = type == "adamw" ? kernels::Optimizer::adamw
+                     : type == "adam" ? kernels::Optimizer::adam
+                     : type == "sgd"  ? kernels::Optimizer::sgd
+                                      : kernels::Optimizer::lion;
+  o.get<float>("lr", c.optimizer.lr, std::function<bool(const float&)>([](const float& v) { return v > 0; }), "> 0");
+  std::vector<float> betas = {c.optimizer.beta1, c.optimizer.beta2};
+  o.get<std::vector<float>>("betas", betas,
+                            std::function<bool(const std::vector<float>&)>([](const std::vector<float>& b) {
+                              return b.size() == 2 && b[0] >= 0 && b[0] < 1 && b[1] >= 0 && b[1] < 1;
+                            }),
+                            "two numbers in [0, 1)");
+  c.optimizer.beta1 = betas[0];
+  c.optimizer.beta2 = betas[1];
+  o.get<float>("eps", c.optimizer.eps, std::function<bool(const float&)>([](const float& v) { return v > 0; }), "> 0");
+  o.get<float>("weight_decay", c.optimizer.weight_decay, at_least(0.0f), ">= 0");
+  o.get<float>("clip_grad_norm", c.optimizer.clip_grad_norm, at_least(0.0f), ">= 0 (0 turns clipping off)");
+  o.get<float>("momentum", c.optimizer.momentum, between(0.0f, 1.0f), "in [0, 1]");
+  o.get<float>("dampening", c.optimizer.dampening, between(0.0f, 1.0f), "in [0, 1]");
+  o.get<bool>("nesterov", c.optimizer.nesterov);
+  o.finish();
+
+  Section s = top.sub("schedule");
+  std::string kind = "constant";
+  s.choice("type", kind, {"constant", "cosine", "linear"});
+  c.schedule.kind = kind == "cosine" ? ScheduleKind::cosine : kind == "linear" ? ScheduleKind::linear : ScheduleKind::constant;
+  s.get<int64_t>("warmup_steps", c.schedule.warmup_steps, at_least<int64_t>(0), ">= 0");
+  s.get<int64_t>("total_steps", c.schedule.total_steps, at_least<int64_t>(0), ">= 0");
+  s.get<double>("min_lr_ratio", c.schedule.min_lr_ratio, between(0.0, 1.0), "in [0, 1]");
+  s.finish();
+  if (c.schedule.kind != ScheduleKind::constant && c.schedule.total_steps <= c.schedule.warmup_steps)
+    top.fail(root["schedule"], fmt::format("schedule.total_steps ({}) must exceed warmup_steps ({}) for a {} decay",
+                                           c.schedule.total_steps, c.schedule.warmup_steps, kind));
+
+  Section off = top.sub("offload");
+  off.choice("optimizer", c.offload.optimizer, {"none", "cpu"});
+  off.choice("params", c.offload.params, {"none", "cpu"});
+  off.get<bool>("pin_memory", c.offload.pin_memory);
+  off.choice("mode", c.offload.mode, {"streaming", "delayed"});
+  off.finish();
+
+  Section cm = top.sub("comm");
+  cm.choice("backend", c.comm.backend, {"auto", "gloo", "nccl"});
+  cm.get<double>("timeout_s", c.comm.timeout_s, std::function<bool(const double&)>([](const double& v) { return v > 0; }), "> 0");
+  cm.finish();
+
+  top.choice("device", c.device, {"auto", "cpu", "cuda"});
+
+  Section ck = top.sub("checkpoint");
+  ck.get<std::string>("dir", c.checkpoint.dir);
+  ck.get<int64_t>("every_steps", c.checkpoint.every_steps, at_least<int64_t>(0), ">= 0");
+  ck.get<int>("keep", c.checkpoint.keep, at_least(1), ">= 1");
+  ck.finish();
+
+  top.finish();
+  return c;
+}
+
+Config Config::from_yaml_file(const std::string& path) {
+  std::ifstream f(path);
+  ZS_CHECK(f.good(), "cannot read the config file '{}': {}", path, detail::sys_error_string(errno));
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return from_yaml(ss.str(), path);
+}
+
+}  // namespace zs

@@ -1,0 +1,64 @@
+// Config: the typed training configuration, read from YAML and validated. Unknown keys, wrong types and
+// out-of-range values are errors that name the key, its line:column and, for unknown keys, the closest
+// valid one.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "core/dtype.h"
+#include "kernels/kernels.h"
+#include "optim/schedule.h"
+
+namespace zs {
+
+struct Config {
+  struct Zero {
+    int stage = 3;
+    int prefetch = 2;
+    int max_live_units = 4;
+    bool reshard_after_forward = true;
+    int hybrid_group = 0;
+    int grad_accumulation = 1;  // micro-batches per step; gradients are reduced on the last one only
+  } zero;
+  struct Precision {
+    DType param = DType::f32;   // compute dtype of gathered parameters
+    DType reduce = DType::f32;  // gradient buffers and reduce-scatter
+    DType master = DType::f32;
+    std::string loss_scale = "none";  // none | dynamic (f16)
+  } precision;
+  struct Optimizer {
+    kernels::Optimizer type = kernels::Optimizer::adamw;
+    float lr = 3e-4f;
+    float beta1 = 0.9f, beta2 = 0.95f;
+    float eps = 1e-8f;
+    float weight_decay = 0.0f;
+    float clip_grad_norm = 0.0f;  // 0: off
+    float momentum = 0.0f;        // SGD
+    float dampening = 0.0f;       // SGD
+    bool nesterov = false;        // SGD
+  } optimizer;
+  Schedule schedule;
+  struct Offload {
+    std::string optimizer = "none";  // none | cpu
+    std::string params = "none";     // none | cpu
+    bool pin_memory = true;
+    std::string mode = "streaming";  // streaming | delayed
+  } offload;
+  struct Comm {
+    std::string backend = "auto";  // auto | gloo | nccl
+    double timeout_s = 300;
+  } comm;
+  std::string device = "auto";  // auto | cpu | cuda
+  struct Checkpoint {
+    std::string dir = "ckpt";
+    int64_t every_steps = 0;
+    int keep = 3;
+  } checkpoint;
+
+  // Throws zs::Error "<source>:<line>:<col>: ..." on the first problem.
+  static Config from_yaml(const std::string& text, const std::string& source = "<config>");
+  static Config from_yaml_file(const std::string& path);
+};
+
+}  // namespace zs

@@ -1,0 +1,477 @@
+// The engine: stages 0-3 over flat unit shards, just-in-time gathers with prefetch from a fixed pool,
+// reduce-scatter (or all-reduce) of gradients, global-norm clipping and the shard update.
+#include "runtime/engine.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "kernels/kernels.h"
+
+namespace zs {
+namespace {
+
+std::size_t es(DType t) { return dtype_size(t); }
+
+bool has_m(kernels::Optimizer k, float momentum) { return k != kernels::Optimizer::sgd || momentum != 0.0f; }
+bool has_v(kernels::Optimizer k) { return k == kernels::Optimizer::adamw || k == kernels::Optimizer::adam; }
+
+Device pick_device(const std::string& want) {
+  if (want == "cpu") return Device::cpu();
+  if (want == "cuda") {
+    ZS_CHECK(cuda_available(), "device: cuda was asked for but no CUDA GPU is visible (or this build has no CUDA)");
+    return Device::cuda(0);
+  }
+  return cuda_available() ? Device::cuda(0) : Device::cpu();
+}
+
+}  // namespace
+
+// ---- GatheredParams --------------------------------------------------------------------------------
+
+GatheredParams::~GatheredParams() {
+  if (engine_) engine_->release(unit_);
+}
+
+TensorView GatheredParams::tensor(std::string_view name) const {
+  return tensor(engine_->tensor_index(engine_->unit(unit_), name));
+}
+
+TensorView GatheredParams::tensor(int index) const {
+  const Unit& u = engine_->unit(unit_);
+  const auto& slot = u.layout.slots.at(static_cast<std::size_t>(index));
+  char* base = static_cast<char*>(engine_->param_base(u));
+  return TensorView{base + slot.offset * static_cast<int64_t>(es(engine_->compute_)), engine_->compute_,
+                    u.tensors[static_cast<std::size_t>(index)].shape, engine_->device_};
+}
+
+// ---- construction and set-up -----------------------------------------------------------------------
+
+Engine::Engine(const Config& cfg) : cfg_(cfg) {
+  ProcessGroupOptions o;
+  o.timeout = Millis(static_cast<int64_t>(cfg.comm.timeout_s * 1000));
+  device_ = pick_device(cfg.device);
+  if (cfg.comm.backend == "gloo") o.backend = Backend::gloo;
+  else if (cfg.comm.backend == "nccl") o.backend = Backend::nccl;
+  else o.backend = device_.is_cuda() ? Backend::nccl : Backend::gloo;
+  owned_pg_ = std::make_unique<ProcessGroup>(init_process_group(o));
+  comm_ = owned_pg_->world.get();
+  device_ = comm_->device();
+  compute_ = cfg.precision.param;
+  reduce_ = cfg.precision.reduce;
+}
+
+Engine::Engine(const Config& cfg, Comm& world)
+    : cfg_(cfg), comm_(&world), device_(world.device()), compute_(cfg.precision.param), reduce_(cfg.precision.reduce) {}
+
+Engine::~Engine() {
+  // Finish whatever is in flight before the buffers it uses go away.
+  try {
+    for (auto& u : units_) u->pending.wait();
+    for (auto& b : grad_pool_) b.last_reduce.wait();
+    for (Stream* s : {gather_stream_.get(), reduce_stream_.get(), compute_stream_.get()})
+      if (s) s->synchronize();
+  } catch (const std::exception& e) {
+    log::warn("engine shutdown after a failed collective: {}", e.what());
+  }
+}
+
+UnitId Engine::add_unit(std::string name, std::vector<TensorSpec> tensors) {
+  ZS_CHECK(!ready_, "add_unit('{}'): units must be added before init_params", name);
+  ZS_CHECK(!tensors.empty(), "add_unit('{}'): a unit needs at least one tensor", name);
+  for (const auto& t : tensors)
+    ZS_CHECK(t.trainable, "add_unit('{}'): tensor '{}' is frozen (trainable=false); frozen tensors are not supported "
+             "yet — put them outside the engine for now", name, t.name);
+  auto u = std::make_unique<Unit>();
+  u->name = std::move(name);
+  u->tensors = std::move(tensors);
+  units_.push_back(std::move(u));
+  return static_cast<UnitId>(units_.size() - 1);
+}
+
+void Engine::setup() {
+  ZS_CHECK(!units_.empty(), "init_params: no units were added");
+  const int stage = cfg_.zero.stage, n = comm_->size(), r = comm_->rank();
+  const bool accumulate = cfg_.zero.grad_accumulation > 1;
+  const auto& o = cfg_.optimizer;
+  compute_stream_ = make_stream(device_);
+  gather_stream_ = make_stream(device_);
+  reduce_stream_ = make_stream(device_);
+  const MemoryKind mk = MemoryKind::device;
+  std::size_t largest = 0;
+  for (auto& up : units_) {
+    Unit& u = *up;
+    u.layout = make_flat_layout(u.tensors, stage == 0 ? 1 : n);
+    const int64_t P = u.layout.padded, S = u.layout.shard;
+    largest = std::max<std::size_t>(largest, static_cast<std::size_t>(P));
+    const bool f32 = compute_ == DType::f32;
+    if (stage <= 2) u.full_params = Buffer(P * es(compute_), mk, device_, MemCategory::params);
+    // The f32 master: for f32 compute at stages 0-2 it is the full parameters themselves.
+    if (stage == 3) u.master = Buffer(S * 4, mk, device_, f32 ? MemCategory::params : MemCategory::master);
+    else if (!f32) u.master = Buffer(S * 4, mk, device_, MemCategory::master);
+    if (has_m(o.type, o.momentum)) u.m = Buffer(S * 4, mk, device_, MemCategory::optim_state);
+    if (has_v(o.type)) u.v = Buffer(S * 4, mk, device_, MemCategory::optim_state);
+    const bool full_grads = stage <= 1 || accumulate;
+    u.grads = Buffer((full_grads ? P : S) * es(reduce_), mk, device_, MemCategory::grads);
+    std::vector<bool> decays;
+    for (const auto& t : u.tensors) decays.push_back(t.weight_decay);
+    auto ranges = u.layout.shard_ranges(stage == 0 ? 0 : r, decays);
+    u.num_decay_ranges = static_cast<int64_t>(ranges.size());
+    u.decay_ranges = Buffer(std::max<std::size_t>(1, ranges.size()) * sizeof(kernels::ElementRange), mk, device_,
+                            MemCategory::other);
+    memory_copy(u.decay_ranges.data(), device_, ranges.data(), Device::cpu(), ranges.size() * sizeof(kernels::ElementRange));
+  }
+  if (stage == 3) {
+    const int count = cfg_.zero.reshard_after_forward ? cfg_.zero.max_live_units
+                                                      : std::max(cfg_.zero.max_live_units, num_units());
+    for (int i = 0; i < count; ++i)
+      gather_pool_.push_back({Buffer(largest * es(compute_), mk, device_, MemCategory::gather_buffers), -1,
+                              make_event(device_), {}});
+  }
+  if (stage >= 2 && !accumulate)
+    for (int i = 0; i < 2; ++i)
+      grad_pool_.push_back({Buffer(largest * es(reduce_), mk, device_, MemCategory::grads), -1, make_event(device_), {}});
+  norm_scratch_ = Buffer(units_.size() * sizeof(float), mk, device_, MemCategory::other);
+  ready_ = true;
+}
+
+void Engine::init_params(const init::Initializer& init) {
+  ZS_CHECK(!ready_, "init_params was already called");
+  setup();
+  const int stage = cfg_.zero.stage, r = comm_->rank();
+  for (auto& up : units_) {
+    Unit& u = *up;
+    const int64_t P = u.layout.padded, S = u.layout.shard, lo = stage == 0 ? 0 : S * r;
+    // Values are a pure function of (seed, "unit/tensor", index): the same at every world size.
+    std::vector<float> full(static_cast<std::size_t>(P), 0.0f);
+    for (std::size_t t = 0; t < u.tensors.size(); ++t) {
+      const std::string key = u.name + "/" + u.tensors[t].name;
+      const auto& slot = u.layout.slots[t];
+      for (int64_t e = 0; e < slot.numel; ++e)
+        full[static_cast<std::size_t>(slot.offset + e)] = init.value(key, static_cast<uint64_t>(e));
+    }
+    if (u.full_params.data()) {
+      std::vector<uint8_t> cd(static_cast<std::size_t>(P) * es(compute_));
+      for (int64_t i = 0; i < P; ++i) store_from_f32(cd.data(), compute_, static_cast<std::size_t>(i), full[static_cast<std::size_t>(i)]);
+      memory_copy(u.full_params.data(), device_, cd.data(), Device::cpu(), cd.size());
+    }
+    if (u.master.data())
+      memory_copy(u.master.data(), device_, full.data() + lo, Device::cpu(), static_cast<std::size_t>(S) * 4);
+    for (Buffer* b : {&u.m, &u.v, &u.grads}) memory_zero(b->data(), device_, b->bytes());
+  }
+  for (auto& b : grad_pool_) memory_zero(b.buf.data(), device_, b.buf.bytes());
+}
+
+// ---- gather / release ------------------------------------------------------------------------------
+
+int Engine::tensor_index(const Unit& unit, std::string_view name) const {
+  for (std::size_t i = 0; i < unit.tensors.size(); ++i)
+    if (unit.tensors[i].name == name) return static_cast<int>(i);
+  ZS_FAIL("unit '{}' has no tensor '{}'", unit.name, name);
+}
+
+void* Engine::param_base(const Unit& u) const {
+  if (cfg_.zero.stage <= 2) return u.full_params.data();
+  ZS_CHECK(u.gather_buffer >= 0, "rank {}: unit '{}' is not gathered", comm_->rank(), u.name);
+  return gather_pool_[static_cast<std::size_t>(u.gather_buffer)].buf.data();
+}
+
+void* Engine::grad_base(const Unit& u) const {
+  if (u.grad_buffer >= 0) return grad_pool_[static_cast<std::size_t>(u.grad_buffer)].buf.data();
+  return u.grads.data();
+}
+
+void Engine::consume(Work& w) {
+  if (device_.is_cpu()) w.wait();  // CPU compute runs on the host: wait for the collective itself
+  else if (Event* e = w.event()) compute_stream_->wait(*e);
+}
+
+int Engine::acquire_gather_buffer(UnitId for_unit) {
+  for (std::size_t i = 0; i < gather_pool_.size(); ++i)
+    if (gather_pool_[i].owner < 0) return static_cast<int>(i);
+  // Evict a unit that is gathered but not held (prefetched, or kept after forward).
+  for (std::size_t i = 0; i < gather_pool_.size(); ++i) {
+    Unit& v = *units_[static_cast<std::size_t>(gather_pool_[i].owner)];
+    if (v.holders == 0) {
+      v.pending.wait();
+      v.param_state = ParamState::sharded;
+      v.gather_buffer = -1;
+      gather_pool_[i].owner = -1;
+      return static_cast<int>(i);
+    }
+  }
+  std::string held;
+  for (const auto& b : gather_pool_) held += (held.empty() ? "" : ", ") + units_[static_cast<std::size_t>(b.owner)]->name;
+  ZS_FAIL("rank {}: gathering unit '{}' would make {} units gathered at once, over zero.max_live_units = {} (held: {}); "
+          "release a GatheredParams handle first, or raise zero.max_live_units",
+          comm_->rank(), units_[static_cast<std::size_t>(for_unit)]->name, gather_pool_.size() + 1,
+          gather_pool_.size(), held);
+}
+
+void Engine::issue_gather(UnitId id) {
+  Unit& u = *units_[static_cast<std::size_t>(id)];
+  const int b = acquire_gather_buffer(id);
+  PoolBuffer& pb = gather_pool_[static_cast<std::size_t>(b)];
+  pb.owner = id;
+  u.gather_buffer = b;
+  const int64_t P = u.layout.padded, S = u.layout.shard;
+  TensorView full = pb.buf.view(compute_, P);
+  TensorView slot = full.slice(S * comm_->rank(), S);
+  TensorView master = u.master.view(DType::f32, S);
+  gather_stream_->wait(*pb.free_after);  // compute is done with the buffer's previous unit
+  Stream* gs = gather_stream_.get();
+  const Device dev = device_;
+  gs->submit([dev, master, slot, gs] { kernels::cast(dev, master, slot, gs); });
+  u.pending = comm_->all_gather(slot, full, gs);
+  u.param_state = ParamState::gathering;
+}
+
+void Engine::prefetch_after(UnitId id) {
+  if (cfg_.zero.stage != 3 || recording_ || cfg_.zero.prefetch == 0) return;
+  int issued = 0;
+  for (std::size_t i = order_pos_; i < order_.size() && issued < cfg_.zero.prefetch; ++i) {
+    Unit& v = *units_[static_cast<std::size_t>(order_[i])];
+    if (order_[i] == id) continue;
+    ++issued;
+    if (v.param_state != ParamState::sharded) continue;
+    const bool free = std::any_of(gather_pool_.begin(), gather_pool_.end(), [](const PoolBuffer& b) { return b.owner < 0; });
+    if (!free) return;
+    issue_gather(order_[i]);
+  }
+}
+
+GatheredParams Engine::gather(UnitId id) {
+  ZS_CHECK(ready_, "gather: call init_params first");
+  ZS_CHECK(id >= 0 && id < num_units(), "gather: no unit {}", id);
+  Unit& u = *units_[static_cast<std::size_t>(id)];
+  ++u.gathers_this_step;
+  if (recording_) {
+    order_.push_back(id);
+  } else {
+    // Follow the recorded order; a unit found later in it moves the position there.
+    auto it = std::find(order_.begin() + static_cast<std::ptrdiff_t>(std::min(order_pos_, order_.size())), order_.end(), id);
+    if (it != order_.end()) order_pos_ = static_cast<std::size_t>(it - order_.begin()) + 1;
+  }
+  if (cfg_.zero.stage == 3) {
+    if (u.param_state == ParamState::sharded) issue_gather(id);
+    prefetch_after(id);  // the next units' all-gathers overlap this unit's compute
+    if (u.param_state == ParamState::gathering) {
+      consume(u.pending);
+      u.param_state = ParamState::gathered;
+    }
+  }
+  ++u.holders;
+  return GatheredParams(this, id);
+}
+
+void Engine::release(UnitId id) {
+  Unit& u = *units_[static_cast<std::size_t>(id)];
+  if (--u.holders > 0 || cfg_.zero.stage != 3) return;
+  // reshard_after_forward=false keeps a unit gathered from its forward to its backward.
+  if (!cfg_.zero.reshard_after_forward && u.gathers_this_step == 1) return;
+  PoolBuffer& pb = gather_pool_[static_cast<std::size_t>(u.gather_buffer)];
+  compute_stream_->record(*pb.free_after);
+  pb.owner = -1;
+  u.gather_buffer = -1;
+  u.param_state = ParamState::sharded;
+}
+
+// ---- gradients -------------------------------------------------------------------------------------
+
+int Engine::acquire_grad_buffer(UnitId id) {
+  const int b = grad_pool_next_;
+  grad_pool_next_ = (grad_pool_next_ + 1) % static_cast<int>(grad_pool_.size());
+  PoolBuffer& pb = grad_pool_[static_cast<std::size_t>(b)];
+  if (pb.owner >= 0) {
+    Unit& prev = *units_[static_cast<std::size_t>(pb.owner)];
+    ZS_CHECK(prev.grad_state == GradState::reducing || prev.grad_state == GradState::reduced,
+             "rank {}: unit '{}' needs a gradient buffer but both are held by units whose gradients were not reduced "
+             "yet ('{}'); call reduce_grads as soon as a unit's backward is done",
+             comm_->rank(), units_[static_cast<std::size_t>(id)]->name, prev.name);
+    consume(pb.last_reduce);
+    prev.grad_buffer = -1;
+  }
+  pb.owner = id;
+  memory_zero(pb.buf.data(), device_, pb.buf.bytes(), compute_stream_->native_handle());
+  return b;
+}
+
+TensorView Engine::grads(UnitId id, std::string_view tensor) {
+  return grads(id, tensor_index(*units_.at(static_cast<std::size_t>(id)), tensor));
+}
+
+TensorView Engine::grads(UnitId id, int index) {
+  ZS_CHECK(ready_, "grads: call init_params first");
+  Unit& u = *units_.at(static_cast<std::size_t>(id));
+  ZS_CHECK(u.grad_state != GradState::reducing && u.grad_state != GradState::reduced,
+           "rank {}: grads('{}') after reduce_grads in the same step", comm_->rank(), u.name);
+  if (u.grad_state == GradState::none) {
+    if (!grad_pool_.empty()) u.grad_buffer = acquire_grad_buffer(id);
+    u.grad_state = GradState::accumulating;
+  }
+  const auto& slot = u.layout.slots.at(static_cast<std::size_t>(index));
+  return TensorView{static_cast<char*>(grad_base(u)) + slot.offset * static_cast<int64_t>(es(reduce_)), reduce_,
+                    u.tensors[static_cast<std::size_t>(index)].shape, device_};
+}
+
+void Engine::reduce_grads(UnitId id) {
+  Unit& u = *units_.at(static_cast<std::size_t>(id));
+  ZS_CHECK(u.grad_state == GradState::accumulating, "rank {}: reduce_grads('{}') without grads() in this micro-batch",
+           comm_->rank(), u.name);
+  if (++u.micro_batches < cfg_.zero.grad_accumulation) return;  // reduce on the last micro-batch only
+  const int64_t P = u.layout.padded, S = u.layout.shard;
+  const int r = comm_->rank(), stage = cfg_.zero.stage;
+  Stream* rs = reduce_stream_.get();
+  auto ready = make_event(device_);
+  compute_stream_->record(*ready);  // the app's gradient writes come first
+  rs->wait(*ready);
+  TensorView full = TensorView::flat(grad_base(u), reduce_, P, device_);
+  if (stage == 0) {
+    u.pending = comm_->all_reduce(full, full, ReduceOp::avg, rs);
+  } else if (u.grad_buffer < 0) {
+    u.pending = comm_->reduce_scatter(full, full.slice(S * r, S), ReduceOp::avg, rs);  // in place
+  } else {
+    u.pending = comm_->reduce_scatter(full, u.grads.view(reduce_, S), ReduceOp::avg, rs);
+    grad_pool_[static_cast<std::size_t>(u.grad_buffer)].last_reduce = u.pending;
+  }
+  u.grad_state = GradState::reducing;
+}
+
+// ---- the step ---------------------------------------------------------------------------------------
+
+StepStats Engine::step() {
+  ZS_CHECK(ready_, "step: call init_params first");
+  const int stage = cfg_.zero.stage, r = comm_->rank();
+  const int accum = cfg_.zero.grad_accumulation;
+  for (auto& up : units_) {
+    Unit& u = *up;
+    ZS_CHECK(u.grad_state == GradState::reducing, "rank {}: step() but unit '{}' {} ", r, u.name,
+             u.grad_state == GradState::none ? "got no gradients this step (call grads and reduce_grads for every unit)"
+                                             : fmt::format("was reduced after {} of {} micro-batches", u.micro_batches, accum));
+    u.pending.wait();
+    u.grad_state = GradState::reduced;
+  }
+  // Stages 0-1 (and 2-3 with accumulation) keep whole-unit gradients; stages 2-3 otherwise keep a shard.
+  const bool full_grads = stage <= 1 || accum > 1;
+  // The optimizer's gradient input per unit: this rank's reduced shard (stage 0: the whole averaged grads).
+  auto grad_shard = [&](const Unit& u) {
+    const int64_t S = u.layout.shard;
+    if (!full_grads || stage == 0) return u.grads.view(reduce_, S);
+    return u.grads.view(reduce_, u.layout.padded).slice(S * r, S);
+  };
+  // Global gradient norm: per-unit sums of squares, one all-reduce over the shards.
+  float* sums = static_cast<float*>(norm_scratch_.data());
+  for (std::size_t i = 0; i < units_.size(); ++i)
+    kernels::sum_squares(device_, grad_shard(*units_[i]), sums + i, compute_stream_.get());
+  std::vector<float> host(units_.size());
+  compute_stream_->synchronize();
+  memory_copy(host.data(), Device::cpu(), sums, device_, host.size() * sizeof(float));
+  float total = 0.0f;
+  for (float s : host) total += s;
+  if (stage >= 1) {
+    Buffer t(sizeof(float), MemoryKind::device, device_, MemCategory::other);
+    memory_copy(t.data(), device_, &total, Device::cpu(), sizeof(float));
+    comm_->all_reduce(t.view(DType::f32, 1), t.view(DType::f32, 1), ReduceOp::sum).wait();
+    memory_copy(&total, Device::cpu(), t.data(), device_, sizeof(float));
+  }
+  const double norm = std::sqrt(static_cast<double>(total)) / accum;
+  if (!std::isfinite(norm)) {
+    std::string bad;
+    for (std::size_t i = 0; i < units_.size(); ++i)
+      if (!std::isfinite(host[i])) bad += (bad.empty() ? "" : ", ") + units_[i]->name;
+    ZS_FAIL("rank {}: step {}: the gradient norm is not finite (NaN or Inf in unit(s) {}); check the loss and the "
+            "learning rate",
+            r, step_ + 1, bad.empty() ? "on another rank" : bad);
+  }
+  const double clip = cfg_.optimizer.clip_grad_norm > 0 ? std::min(1.0, cfg_.optimizer.clip_grad_norm / (norm + 1e-6)) : 1.0;
+  StepStats st;
+  st.grad_norm = norm;
+  st.lr = cfg_.schedule.lr(cfg_.optimizer.lr, step_ + 1);
+  kernels::OptimizerHyper h;
+  h.kind = cfg_.optimizer.type;
+  h.lr = static_cast<float>(st.lr);
+  h.beta1 = h.kind == kernels::Optimizer::sgd ? cfg_.optimizer.momentum : cfg_.optimizer.beta1;
+  h.beta2 = cfg_.optimizer.beta2;
+  h.eps = cfg_.optimizer.eps;
+  h.weight_decay = cfg_.optimizer.weight_decay;
+  h.dampening = cfg_.optimizer.dampening;
+  h.nesterov = cfg_.optimizer.nesterov;
+  h.step = step_ + 1;
+  auto done = make_event(device_);
+  for (auto& up : units_) {
+    Unit& u = *up;
+    const int64_t S = u.layout.shard, lo = stage == 0 ? 0 : S * r;
+    kernels::UpdateArgs a;
+    a.n = S;
+    a.param = u.master.data() ? static_cast<float*>(u.master.data()) : static_cast<float*>(u.full_params.data()) + lo;
+    TensorView g = grad_shard(u);
+    a.grad = g.data;
+    a.grad_dtype = reduce_;
+    a.grad_scale = static_cast<float>(clip / accum);
+    a.state1 = u.m.data();
+    a.state2 = u.v.data();
+    if (u.master.data() && u.full_params.data()) {  // bf16/f16 compute at stages 0-2: fused cast into the replica
+      a.param_out = static_cast<char*>(u.full_params.data()) + lo * static_cast<int64_t>(es(compute_));
+      a.param_out_dtype = compute_;
+    }
+    a.decay_ranges = static_cast<const kernels::ElementRange*>(u.decay_ranges.data());
+    a.num_decay_ranges = u.num_decay_ranges;
+    kernels::optimizer_update(device_, h, a, compute_stream_.get());
+  }
+  if (stage == 1 || stage == 2) {  // every rank updated its shard of the replicated parameters: share them
+    compute_stream_->record(*done);
+    gather_stream_->wait(*done);
+    std::vector<Work> works;
+    for (auto& up : units_) {
+      TensorView full = up->full_params.view(compute_, up->layout.padded);
+      works.push_back(comm_->all_gather(full.slice(up->layout.shard * r, up->layout.shard), full, gather_stream_.get()));
+    }
+    for (auto& w : works) consume(w);
+  }
+  for (auto& up : units_) {
+    Unit& u = *up;
+    if (full_grads) memory_zero(u.grads.data(), device_, u.grads.bytes(), compute_stream_->native_handle());
+    u.grad_state = GradState::none;
+    u.micro_batches = 0;
+    u.gathers_this_step = 0;
+  }
+  for (auto& pb : grad_pool_) {  // every reduce was waited for above: the pool is free again
+    if (pb.owner >= 0) units_[static_cast<std::size_t>(pb.owner)]->grad_buffer = -1;
+    pb.owner = -1;
+  }
+  recording_ = false;
+  order_pos_ = 0;
+  st.step = ++step_;
+  return st;
+}
+
+std::vector<float> Engine::read_param(UnitId id, std::string_view tensor) {
+  const Unit& u = *units_.at(static_cast<std::size_t>(id));
+  const auto& slot = u.layout.slots.at(static_cast<std::size_t>(tensor_index(u, tensor)));
+  const int64_t P = u.layout.padded, S = u.layout.shard;
+  compute_stream_->synchronize();
+  std::vector<float> out(static_cast<std::size_t>(slot.numel));
+  const float* master = u.master.data() ? static_cast<const float*>(u.master.data()) : static_cast<const float*>(u.full_params.data());
+  if (cfg_.zero.stage == 0) {
+    memory_copy(out.data(), Device::cpu(), master + slot.offset, device_, out.size() * 4);
+    return out;
+  }
+  if (!u.master.data()) master += S * comm_->rank();
+  Buffer full(P * 4, MemoryKind::device, device_, MemCategory::other);
+  TensorView fv = full.view(DType::f32, P);
+  memory_copy(static_cast<float*>(full.data()) + S * comm_->rank(), device_, master, device_, S * 4);
+  comm_->all_gather(fv.slice(S * comm_->rank(), S), fv).wait();
+  memory_copy(out.data(), Device::cpu(), static_cast<float*>(full.data()) + slot.offset, device_, out.size() * 4);
+  return out;
+}
+
+std::pair<int, std::size_t> Engine::gather_pool() const {
+  return {static_cast<int>(gather_pool_.size()), gather_pool_.empty() ? 0 : gather_pool_[0].buf.bytes()};
+}
+
+std::pair<int, std::size_t> Engine::grad_pool() const {
+  return {static_cast<int>(grad_pool_.size()), grad_pool_.empty() ? 0 : grad_pool_[0].buf.bytes()};
+}
+
+}  // namespace zs

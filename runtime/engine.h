@@ -1,0 +1,131 @@
+// Engine: the public training API. Units are declared, parameters initialised, then each step gathers
+// units just in time, takes the app's gradients, reduces them and updates this rank's shards.
+//
+//   zs::Engine engine(cfg);                       // joins the job zsrun started
+//   auto h0 = engine.add_unit("h.0", {{"w", {53, 37}}, {"b", {53}, true, false}});
+//   engine.init_params(zs::init::normal(0.02f, 1337));
+//   for each step: forward:  { auto p = engine.gather(u); ... p.tensor("w") ... }
+//                  backward: { auto p = engine.gather(u); auto g = engine.grads(u); ...; engine.reduce_grads(u); }
+//                  zs::StepStats s = engine.step();
+//
+// Gradients: the app adds the gradient of its micro-batch's mean loss into grads(u); the engine averages
+// over ranks and over `zero.grad_accumulation` micro-batches.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/bootstrap.h"
+#include "runtime/config.h"
+#include "sharding/init.h"
+#include "sharding/unit.h"
+
+namespace zs {
+
+using UnitId = int;
+
+struct StepStats {
+  int64_t step = 0;         // completed optimizer steps
+  double grad_norm = 0.0;   // global, before clipping
+  bool skipped = false;
+  double loss_scale = 1.0;
+  double lr = 0.0;
+};
+
+class Engine;
+
+// The gathered (full) parameters of one unit in the compute dtype; released when destroyed.
+class GatheredParams {
+ public:
+  GatheredParams(GatheredParams&& o) noexcept : engine_(o.engine_), unit_(o.unit_) { o.engine_ = nullptr; }
+  GatheredParams& operator=(GatheredParams&&) = delete;
+  GatheredParams(const GatheredParams&) = delete;
+  ~GatheredParams();
+  TensorView tensor(std::string_view name) const;
+  TensorView tensor(int index) const;
+
+ private:
+  friend class Engine;
+  GatheredParams(Engine* e, UnitId u) : engine_(e), unit_(u) {}
+  Engine* engine_;
+  UnitId unit_;
+};
+
+class Engine {
+ public:
+  // Joins the job from the environment (zsrun, Slurm, mpirun or a lone process).
+  explicit Engine(const Config& cfg);
+  // Uses an existing group (e.g. one the program already joined). The group must outlive the engine.
+  Engine(const Config& cfg, Comm& world);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  UnitId add_unit(std::string name, std::vector<TensorSpec> tensors);
+  // Allocates every buffer (sizes are fixed from here on) and fills the parameters. Collective.
+  void init_params(const init::Initializer& init);
+
+  GatheredParams gather(UnitId u);
+  // The unit's full gradient buffer, one view per tensor (reduce dtype), zeroed at the start of a step.
+  TensorView grads(UnitId u, std::string_view tensor);
+  TensorView grads(UnitId u, int index);
+  void reduce_grads(UnitId u);
+  StepStats step();
+
+  // The full f32 value of one parameter tensor (gathers it; collective over the group). For tests and export.
+  std::vector<float> read_param(UnitId u, std::string_view tensor);
+
+  const Config& config() const { return cfg_; }
+  Comm& comm() { return *comm_; }
+  Device device() const { return device_; }
+  int64_t steps_done() const { return step_; }
+  const Unit& unit(UnitId u) const { return *units_.at(static_cast<std::size_t>(u)); }
+  int num_units() const { return static_cast<int>(units_.size()); }
+  // The gather pool (stage 3) and grad pool (stages 2-3): count and bytes of each buffer.
+  std::pair<int, std::size_t> gather_pool() const;
+  std::pair<int, std::size_t> grad_pool() const;
+
+ private:
+  friend class GatheredParams;
+  void setup();
+  void release(UnitId u);
+  int tensor_index(const Unit& unit, std::string_view name) const;
+  void issue_gather(UnitId u);
+  int acquire_gather_buffer(UnitId for_unit);
+  int acquire_grad_buffer(UnitId u);
+  void* param_base(const Unit& unit) const;  // where the unit's full compute params are now
+  void* grad_base(const Unit& unit) const;   // where the unit's full grads are now
+  void prefetch_after(UnitId u);
+  void consume(Work& w);                     // make compute wait for a collective
+  void zero(void* p, std::size_t bytes);
+
+  Config cfg_;
+  std::unique_ptr<ProcessGroup> owned_pg_;
+  Comm* comm_ = nullptr;
+  Device device_;
+  DType compute_, reduce_;
+  std::unique_ptr<Stream> compute_stream_, gather_stream_, reduce_stream_;
+  std::vector<std::unique_ptr<Unit>> units_;
+  bool ready_ = false;
+
+  struct PoolBuffer {
+    Buffer buf;
+    UnitId owner = -1;
+    std::unique_ptr<Event> free_after;  // compute finished with it
+    Work last_reduce;                   // grad pool: the reduce-scatter that read it
+  };
+  std::vector<PoolBuffer> gather_pool_, grad_pool_;
+  int grad_pool_next_ = 0;
+
+  // Prefetch: the order of gathers recorded on the first step, and where this step has got to in it.
+  std::vector<UnitId> order_;
+  std::size_t order_pos_ = 0;
+  bool recording_ = true;
+
+  int64_t step_ = 0;
+  Buffer norm_scratch_;  // per-unit sums of squares (device memory)
+};
+
+}  // namespace zs

@@ -1,0 +1,41 @@
+// Unit: one layer's tensors, its flat layout, and its state for the current step
+// (params: sharded -> gathering -> gathered -> released; grads: none -> accumulating -> reducing -> reduced).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "core/buffer.h"
+#include "core/comm.h"
+#include "sharding/flat_layout.h"
+
+namespace zs {
+
+enum class ParamState : uint8_t { sharded, gathering, gathered };
+enum class GradState : uint8_t { none, accumulating, reducing, reduced };
+
+struct Unit {
+  std::string name;
+  std::vector<TensorSpec> tensors;
+  FlatLayout layout;
+
+  // Persistent storage (which ones exist depends on the stage and precision; see Engine::setup).
+  Buffer full_params;  // compute dtype, whole unit (stages 0-2)
+  Buffer master;       // f32: whole unit (stage 0) or this rank's shard (1-3); absent when it is full_params
+  Buffer m, v;         // optimizer state, same extent as master
+  Buffer grads;        // full (stages 0-1, or 2-3 with accumulation) in the reduce dtype, else the f32 shard
+  Buffer decay_ranges; // kernels::ElementRange list in the device's memory
+  int64_t num_decay_ranges = 0;
+
+  // Step state.
+  ParamState param_state = ParamState::sharded;
+  GradState grad_state = GradState::none;
+  int gather_buffer = -1;  // index into the engine's gather pool while gathered (stage 3)
+  int grad_buffer = -1;    // index into the engine's grad pool while grads are full (stages 2-3)
+  int holders = 0;         // live GatheredParams handles
+  int gathers_this_step = 0;
+  int micro_batches = 0;   // reduce_grads calls since the last step
+  Work pending;            // the all-gather or reduce in flight
+};
+
+}  // namespace zs
