@@ -31,8 +31,11 @@ class Section {
  public:
   Section(const YAML::Node& node, std::string path, const std::string& source)
       : node_(node), path_(std::move(path)), source_(source) {
-    if (node_ && !node_.IsMap()) fail(node_, "expected a mapping of keys");
+    if (present() && !node_.IsMap()) fail(node_, "expected a mapping of keys");
   }
+
+  // An absent or empty section ("zero:" with nothing under it) reads as all defaults.
+  bool present() const { return node_.IsDefined() && !node_.IsNull(); }
 
   [[noreturn]] void fail(const YAML::Node& at, const std::string& what) const {
     const YAML::Mark m = at.Mark();
@@ -44,7 +47,7 @@ class Section {
   template <typename T>
   void get(const char* key, T& out, std::function<bool(const T&)> valid = nullptr, const char* range = "") {
     known_.push_back(key);
-    if (!node_) return;
+    if (!present()) return;
     const YAML::Node v = node_[key];
     if (!v) return;
     try {
@@ -64,7 +67,7 @@ class Section {
 
   Section sub(const char* key) {
     known_.push_back(key);
-    return Section(node_ ? node_[key] : YAML::Node(), key_path(key), source_);
+    return Section(present() ? node_[key] : YAML::Node(YAML::NodeType::Undefined), key_path(key), source_);
   }
 
   const YAML::Node& node() const { return node_; }
@@ -72,7 +75,7 @@ class Section {
 
   // Every key present must have been asked for.
   void finish() const {
-    if (!node_) return;
+    if (!present()) return;
     for (auto it = node_.begin(); it != node_.end(); ++it) {
       const std::string k = it->first.as<std::string>();
       if (std::find(known_.begin(), known_.end(), k) != known_.end()) continue;
@@ -134,7 +137,7 @@ Config Config::from_yaml(const std::string& text, const std::string& source) {
     ZS_FAIL("{}:{}:{}: not valid YAML: {}", source, e.mark.line + 1, e.mark.column + 1, e.msg);
   }
   Config c;
-  Section top(root.IsNull() ? YAML::Node() : root, "", source);
+  Section top(root, "", source);
 
   Section z = top.sub("zero");
   z.get<int>("stage", c.zero.stage, between(0, 3), "0, 1, 2 or 3");

@@ -92,6 +92,12 @@ UnitId Engine::add_unit(std::string name, std::vector<TensorSpec> tensors) {
 
 void Engine::setup() {
   ZS_CHECK(!units_.empty(), "init_params: no units were added");
+  ZS_CHECK(cfg_.offload.optimizer == "none" && cfg_.offload.params == "none",
+           "offload (offload.optimizer: {}, offload.params: {}) is not implemented in this version of the engine; "
+           "set both to none",
+           cfg_.offload.optimizer, cfg_.offload.params);
+  ZS_CHECK(cfg_.zero.hybrid_group == 0, "zero.hybrid_group is not implemented in this version of the engine; set it to 0");
+  dynamic_scaling_ = cfg_.precision.loss_scale == "dynamic";
   const int stage = cfg_.zero.stage, n = comm_->size(), r = comm_->rank();
   const bool accumulate = cfg_.zero.grad_accumulation > 1;
   const auto& o = cfg_.optimizer;
@@ -375,7 +381,19 @@ StepStats Engine::step() {
     comm_->all_reduce(t.view(DType::f32, 1), t.view(DType::f32, 1), ReduceOp::sum).wait();
     memory_copy(&total, Device::cpu(), t.data(), device_, sizeof(float));
   }
-  const double norm = std::sqrt(static_cast<double>(total)) / accum;
+  const double scale = dynamic_scaling_ ? scaler_.scale : 1.0;
+  const double norm = std::sqrt(static_cast<double>(total)) / accum / scale;
+  StepStats st;
+  st.loss_scale = scale;
+  if (dynamic_scaling_ && scaler_.update(!std::isfinite(norm))) {
+    // Overflow: no update this step, a smaller scale for the next; the scaled gradients are dropped.
+    st.skipped = true;
+    st.grad_norm = norm;
+    st.lr = cfg_.schedule.lr(cfg_.optimizer.lr, step_ + 1);
+    st.step = step_;
+    finish_step(full_grads);
+    return st;
+  }
   if (!std::isfinite(norm)) {
     std::string bad;
     for (std::size_t i = 0; i < units_.size(); ++i)
@@ -385,7 +403,6 @@ StepStats Engine::step() {
             r, step_ + 1, bad.empty() ? "on another rank" : bad);
   }
   const double clip = cfg_.optimizer.clip_grad_norm > 0 ? std::min(1.0, cfg_.optimizer.clip_grad_norm / (norm + 1e-6)) : 1.0;
-  StepStats st;
   st.grad_norm = norm;
   st.lr = cfg_.schedule.lr(cfg_.optimizer.lr, step_ + 1);
   kernels::OptimizerHyper h;
@@ -408,7 +425,7 @@ StepStats Engine::step() {
     TensorView g = grad_shard(u);
     a.grad = g.data;
     a.grad_dtype = reduce_;
-    a.grad_scale = static_cast<float>(clip / accum);
+    a.grad_scale = static_cast<float>(clip / accum / scale);
     a.state1 = u.m.data();
     a.state2 = u.v.data();
     if (u.master.data() && u.full_params.data()) {  // bf16/f16 compute at stages 0-2: fused cast into the replica
@@ -429,6 +446,13 @@ StepStats Engine::step() {
     }
     for (auto& w : works) consume(w);
   }
+  ++step_;
+  finish_step(full_grads);
+  st.step = step_;
+  return st;
+}
+
+void Engine::finish_step(bool full_grads) {
   for (auto& up : units_) {
     Unit& u = *up;
     if (full_grads) memory_zero(u.grads.data(), device_, u.grads.bytes(), compute_stream_->native_handle());
@@ -436,14 +460,12 @@ StepStats Engine::step() {
     u.micro_batches = 0;
     u.gathers_this_step = 0;
   }
-  for (auto& pb : grad_pool_) {  // every reduce was waited for above: the pool is free again
+  for (auto& pb : grad_pool_) {  // every reduce was waited for in step(): the pool is free again
     if (pb.owner >= 0) units_[static_cast<std::size_t>(pb.owner)]->grad_buffer = -1;
     pb.owner = -1;
   }
   recording_ = false;
   order_pos_ = 0;
-  st.step = ++step_;
-  return st;
 }
 
 std::vector<float> Engine::read_param(UnitId id, std::string_view tensor) {

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "core/bootstrap.h"
+#include "optim/loss_scaler.h"
 #include "runtime/config.h"
 #include "sharding/init.h"
 #include "sharding/unit.h"
@@ -77,6 +78,8 @@ class Engine {
   // The full f32 value of one parameter tensor (gathers it; collective over the group). For tests and export.
   std::vector<float> read_param(UnitId u, std::string_view tensor);
 
+  // With precision.loss_scale: dynamic, multiply the loss (so every gradient) by this before backward.
+  double loss_scale() const { return scaler_.scale; }
   const Config& config() const { return cfg_; }
   Comm& comm() { return *comm_; }
   Device device() const { return device_; }
@@ -99,7 +102,7 @@ class Engine {
   void* grad_base(const Unit& unit) const;   // where the unit's full grads are now
   void prefetch_after(UnitId u);
   void consume(Work& w);                     // make compute wait for a collective
-  void zero(void* p, std::size_t bytes);
+  void finish_step(bool full_grads);  // reset per-step state (after an update or a skipped step)
 
   Config cfg_;
   std::unique_ptr<ProcessGroup> owned_pg_;
@@ -125,6 +128,8 @@ class Engine {
   bool recording_ = true;
 
   int64_t step_ = 0;
+  bool dynamic_scaling_ = false;
+  LossScaler scaler_;
   Buffer norm_scratch_;  // per-unit sums of squares (device memory)
 };
 

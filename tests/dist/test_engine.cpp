@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 
 #include "core/error.h"
 #include "runtime/engine.h"
@@ -130,14 +131,20 @@ Trajectory reference(const Case& c) {
   return run;
 }
 
+// Called with each unit's gradient views after the app wrote them: lets a test corrupt one.
+using Tamper = std::function<void(int step, int unit, int tensor, TensorView grad)>;
+
 // The app: this rank's slice of each micro-batch, through the engine.
-Trajectory train(const Case& c, Engine& engine) {
+Trajectory train(const Case& c, Engine& engine, int steps = kSteps, const Tamper& tamper = nullptr,
+                 std::vector<StepStats>* stats = nullptr) {
   Comm& comm = *pg().world;
   const int local = test::kGlobalBatch / comm.size();
   auto units = test::model_units();
-  std::vector<UnitId> ids;
-  for (auto& [name, tensors] : units) ids.push_back(engine.add_unit(name, tensors));
-  engine.init_params(kInit);
+  std::vector<UnitId> ids = {0, 1, 2, 3};
+  if (engine.num_units() == 0) {  // first call: declare the model (later calls go on training it)
+    for (auto& [name, tensors] : units) engine.add_unit(name, tensors);
+    engine.init_params(kInit);
+  }
   test::Model<float> m;
   m.p.resize(units.size());
   m.g.resize(units.size());
@@ -151,7 +158,7 @@ Trajectory train(const Case& c, Engine& engine) {
     }
   };
   Trajectory run;
-  for (int k = 0; k < kSteps; ++k) {
+  for (int k = 0; k < steps; ++k) {
     double loss = 0;
     for (int mb = 0; mb < c.accum; ++mb) {
       std::vector<test::Model<float>::Cache> caches(static_cast<std::size_t>(local));
@@ -181,7 +188,10 @@ Trajectory train(const Case& c, Engine& engine) {
         for (std::size_t t = 0; t < m.g[static_cast<std::size_t>(u)].size(); ++t) {
           TensorView gv = engine.grads(ids[static_cast<std::size_t>(u)], static_cast<int>(t));
           const auto& src = m.g[static_cast<std::size_t>(u)][t];
-          for (std::size_t e = 0; e < src.size(); ++e) store_from_f32(gv.data, gv.dtype, e, load_as_f32(gv.data, gv.dtype, e) + src[e]);
+          const float ls = static_cast<float>(engine.loss_scale());  // as if the loss had been scaled
+          for (std::size_t e = 0; e < src.size(); ++e)
+            store_from_f32(gv.data, gv.dtype, e, load_as_f32(gv.data, gv.dtype, e) + src[e] * ls);
+          if (tamper) tamper(k, u, static_cast<int>(t), gv);
         }
         engine.reduce_grads(ids[static_cast<std::size_t>(u)]);
       }
@@ -189,7 +199,8 @@ Trajectory train(const Case& c, Engine& engine) {
     float l = static_cast<float>(loss), sum = 0;
     comm.all_reduce(TensorView::flat(&l, DType::f32, 1), TensorView::flat(&sum, DType::f32, 1), ReduceOp::avg).wait();
     run.losses.push_back(sum);
-    engine.step();
+    StepStats st = engine.step();
+    if (stats) stats->push_back(st);
   }
   for (std::size_t u = 0; u < units.size(); ++u) {
     run.params.emplace_back();
@@ -324,6 +335,58 @@ TEST(EngineMemory, LedgerMatchesTheFormulas) {
       EXPECT_LE(l.stats(d, MemCategory::gather_buffers).peak - before[static_cast<std::size_t>(MemCategory::gather_buffers)],
                 (cfg.zero.prefetch + 1) * 4 * max_p);
     }
+  }
+}
+
+TEST(EngineF16, OverflowSkipsTheStepHalvesTheScaleAndLeavesParametersAlone) {
+  Case c{3, DType::f16, 2, 1, 1.0f};
+  Config cfg = make_config(c);
+  cfg.precision.loss_scale = "dynamic";
+  Engine engine(cfg, *pg().world);
+  std::vector<StepStats> stats;
+  std::vector<std::vector<double>> before;
+  // Steps 0-1 clean; step 2: rank 0 finds an Inf in block1's weight gradient.
+  train(c, engine, 2, nullptr, &stats);
+  for (const char* t : {"w", "b", "ln_g"}) {
+    auto v = engine.read_param(1, t);
+    before.emplace_back(v.begin(), v.end());
+  }
+  Tamper inf = [&](int, int unit, int tensor, TensorView g) {
+    if (pg().world->rank() == 0 && unit == 1 && tensor == 0) store_from_f32(g.data, g.dtype, 5, INFINITY);
+  };
+  train(c, engine, 1, inf, &stats);
+  ASSERT_EQ(stats.size(), 3u);
+  EXPECT_FALSE(stats[0].skipped);
+  EXPECT_FALSE(stats[1].skipped);
+  EXPECT_EQ(stats[1].loss_scale, 65536.0);
+  EXPECT_TRUE(stats[2].skipped);
+  EXPECT_EQ(stats[2].step, 2);  // no optimizer step was taken
+  EXPECT_EQ(engine.loss_scale(), 32768.0);
+  int i = 0;
+  for (const char* t : {"w", "b", "ln_g"}) {
+    auto v = engine.read_param(1, t);
+    EXPECT_EQ(std::vector<double>(v.begin(), v.end()), before[static_cast<std::size_t>(i++)]) << t;
+  }
+  // Training goes on with the smaller scale.
+  train(c, engine, 1, nullptr, &stats);
+  EXPECT_FALSE(stats.back().skipped);
+  EXPECT_EQ(stats.back().step, 3);
+}
+
+TEST(EngineErrors, NanGradientNamesTheUnit) {
+  Case c{2, DType::f32, 0, 1, 0.0f};
+  Engine engine(make_config(c), *pg().world);
+  Tamper nan = [&](int, int unit, int tensor, TensorView g) {
+    if (pg().world->rank() == 0 && unit == 2 && tensor == 1) store_from_f32(g.data, g.dtype, 0, NAN);
+  };
+  try {
+    train(c, engine, 1, nan);
+    ADD_FAILURE() << "a NaN gradient was accepted";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("not finite"), std::string::npos) << m;
+    // The rank that holds block2's corrupted shard names it; the others say it is elsewhere.
+    EXPECT_TRUE(m.find("block2") != std::string::npos || m.find("another rank") != std::string::npos) << m;
   }
 }
 

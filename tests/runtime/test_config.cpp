@@ -1,0 +1,119 @@
+// Config from YAML: defaults, every section read, and errors that name the key, line:column and a fix.
+#include <gtest/gtest.h>
+
+#include "core/error.h"
+#include "optim/schedule.h"
+#include "runtime/config.h"
+
+namespace zs {
+namespace {
+
+std::string error_of(const std::string& yaml) {
+  try {
+    Config::from_yaml(yaml, "train.yaml");
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+TEST(Config, ReadsTheDesignExample) {
+  Config c = Config::from_yaml(R"(
+zero:      { stage: 2, prefetch: 1, max_live_units: 3, reshard_after_forward: false, hybrid_group: 0 }
+precision: { param: bf16, reduce: fp32, master: fp32, loss_scale: dynamic }
+optimizer: { type: lion, lr: 1.0e-4, betas: [0.9, 0.99], eps: 1.0e-8, weight_decay: 0.1, clip_grad_norm: 1.0 }
+schedule:  { type: cosine, warmup_steps: 100, total_steps: 10000, min_lr_ratio: 0.1 }
+offload:   { optimizer: cpu, params: none, pin_memory: true, mode: streaming }
+comm:      { backend: gloo, timeout_s: 30 }
+device: cpu
+checkpoint: { dir: ckpt, every_steps: 500, keep: 3 }
+)");
+  EXPECT_EQ(c.zero.stage, 2);
+  EXPECT_EQ(c.zero.prefetch, 1);
+  EXPECT_FALSE(c.zero.reshard_after_forward);
+  EXPECT_EQ(c.precision.param, DType::bf16);
+  EXPECT_EQ(c.precision.loss_scale, "dynamic");
+  EXPECT_EQ(c.optimizer.type, kernels::Optimizer::lion);
+  EXPECT_FLOAT_EQ(c.optimizer.beta2, 0.99f);
+  EXPECT_EQ(c.schedule.kind, ScheduleKind::cosine);
+  EXPECT_EQ(c.offload.optimizer, "cpu");
+  EXPECT_EQ(c.comm.timeout_s, 30);
+  EXPECT_EQ(c.device, "cpu");
+  EXPECT_EQ(c.checkpoint.every_steps, 500);
+  Config d = Config::from_yaml("");
+  EXPECT_EQ(d.zero.stage, 3);
+  EXPECT_EQ(d.precision.param, DType::f32);
+}
+
+TEST(Config, UnknownKeyNamesLineColumnAndClosestKey) {
+  const std::string e = error_of("zero:\n  stage: 3\n  prefech: 2\n");
+  EXPECT_NE(e.find("train.yaml:3:3"), std::string::npos) << e;
+  EXPECT_NE(e.find("unknown key 'prefech' in 'zero'"), std::string::npos) << e;
+  EXPECT_NE(e.find("did you mean 'prefetch'"), std::string::npos) << e;
+  const std::string top = error_of("optimiser: {lr: 1}\n");
+  EXPECT_NE(top.find("train.yaml:1:1"), std::string::npos) << top;
+  EXPECT_NE(top.find("did you mean 'optimizer'"), std::string::npos) << top;
+}
+
+TEST(Config, WrongTypesAndRangesAreNamed) {
+  std::string e = error_of("zero:\n  stage: three\n");
+  EXPECT_NE(e.find("train.yaml:2:10"), std::string::npos) << e;
+  EXPECT_NE(e.find("zero.stage: expected an integer, got 'three'"), std::string::npos) << e;
+  e = error_of("zero: {stage: 7}\n");
+  EXPECT_NE(e.find("zero.stage must be 0, 1, 2 or 3, got 7"), std::string::npos) << e;
+  e = error_of("optimizer: {betas: [0.9]}\n");
+  EXPECT_NE(e.find("optimizer.betas must be two numbers in [0, 1)"), std::string::npos) << e;
+  e = error_of("precision: {param: int8}\n");
+  EXPECT_NE(e.find("precision.param must be one of fp32, bf16, fp16, got 'int8'"), std::string::npos) << e;
+  e = error_of("optimizer: {type: adagrad}\n");
+  EXPECT_NE(e.find("must be one of adamw, adam, sgd, lion"), std::string::npos) << e;
+  e = error_of("zero: {prefetch: 4, max_live_units: 2}\n");
+  EXPECT_NE(e.find("max_live_units (2) must be at least prefetch + 1 (5)"), std::string::npos) << e;
+  e = error_of("zero: [1, 2]\n");
+  EXPECT_NE(e.find("expected a mapping"), std::string::npos) << e;
+  e = error_of("zero: {stage: 1\n");
+  EXPECT_NE(e.find("not valid YAML"), std::string::npos) << e;
+  EXPECT_THROW(Config::from_yaml_file("/nonexistent/train.yaml"), Error);
+}
+
+TEST(Schedule, WarmupThenCosineOrLinearToTheFloor) {
+  Schedule s{ScheduleKind::cosine, 10, 110, 0.1};
+  EXPECT_DOUBLE_EQ(s.lr(1.0, 1), 0.1);
+  EXPECT_DOUBLE_EQ(s.lr(1.0, 10), 1.0);
+  EXPECT_NEAR(s.lr(1.0, 60), 0.55, 1e-12);  // halfway: floor + (1 - floor) / 2
+  EXPECT_NEAR(s.lr(1.0, 110), 0.1, 1e-12);
+  EXPECT_NEAR(s.lr(1.0, 500), 0.1, 1e-12);
+  Schedule lin{ScheduleKind::linear, 0, 100, 0.0};
+  EXPECT_NEAR(lin.lr(2.0, 25), 1.5, 1e-12);
+  Schedule c{};
+  EXPECT_EQ(c.lr(3.0, 1000), 3.0);
+}
+
+}  // namespace
+}  // namespace zs
+
+#include "optim/loss_scaler.h"
+
+namespace zs {
+namespace {
+
+TEST(LossScaler, HalvesOnOverflowAndGrowsAfterCleanWindows) {
+  LossScaler s;
+  s.window = 3;
+  EXPECT_EQ(s.scale, 65536.0);
+  for (int i = 0; i < 3; ++i) EXPECT_FALSE(s.update(false));
+  EXPECT_EQ(s.scale, 131072.0);  // a clean window doubles it
+  EXPECT_TRUE(s.update(true));
+  EXPECT_EQ(s.scale, 65536.0);   // an overflow halves it and skips the step
+  for (int i = 0; i < 3; ++i) s.update(false);
+  EXPECT_EQ(s.scale, 65536.0);   // hysteresis 2: the first clean window after an overflow does not grow
+  for (int i = 0; i < 3; ++i) s.update(false);
+  EXPECT_EQ(s.scale, 131072.0);
+  LossScaler low;
+  low.scale = 1.5;
+  low.update(true);
+  EXPECT_EQ(low.scale, 1.0);  // never below min_scale
+}
+
+}  // namespace
+}  // namespace zs
