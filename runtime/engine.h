@@ -78,8 +78,9 @@ class Engine {
   // The full f32 value of one parameter tensor (gathers it; collective over the group). For tests and export.
   std::vector<float> read_param(UnitId u, std::string_view tensor);
 
-  // With precision.loss_scale: dynamic, multiply the loss (so every gradient) by this before backward.
-  double loss_scale() const { return scaler_.scale; }
+  // With precision.loss_scale: dynamic, multiply the loss (so every gradient) by this before backward;
+  // 1 otherwise.
+  double loss_scale() const { return dynamic_scaling_ ? scaler_.scale : 1.0; }
   const Config& config() const { return cfg_; }
   Comm& comm() { return *comm_; }
   Device device() const { return device_; }
