@@ -3,6 +3,7 @@
 #include "runtime/engine.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include "core/error.h"
@@ -188,8 +189,15 @@ void* Engine::grad_base(const Unit& u) const {
   return u.grads.data();
 }
 
+void Engine::wait_timed(Work& w) {
+  if (w.is_done()) return;
+  const auto t0 = std::chrono::steady_clock::now();
+  w.wait();
+  exposed_comm_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
 void Engine::consume(Work& w) {
-  if (device_.is_cpu()) w.wait();  // CPU compute runs on the host: wait for the collective itself
+  if (device_.is_cpu()) wait_timed(w);  // CPU compute runs on the host: wait for the collective itself
   else if (Event* e = w.event()) compute_stream_->wait(*e);
 }
 
@@ -355,7 +363,7 @@ StepStats Engine::step() {
     ZS_CHECK(u.grad_state == GradState::reducing, "rank {}: step() but unit '{}' {} ", r, u.name,
              u.grad_state == GradState::none ? "got no gradients this step (call grads and reduce_grads for every unit)"
                                              : fmt::format("was reduced after {} of {} micro-batches", u.micro_batches, accum));
-    u.pending.wait();
+    wait_timed(u.pending);
     u.grad_state = GradState::reduced;
   }
   // Stages 0-1 (and 2-3 with accumulation) keep whole-unit gradients; stages 2-3 otherwise keep a shard.
@@ -378,7 +386,8 @@ StepStats Engine::step() {
   if (stage >= 1) {
     Buffer t(sizeof(float), MemoryKind::device, device_, MemCategory::other);
     memory_copy(t.data(), device_, &total, Device::cpu(), sizeof(float));
-    comm_->all_reduce(t.view(DType::f32, 1), t.view(DType::f32, 1), ReduceOp::sum).wait();
+    Work w = comm_->all_reduce(t.view(DType::f32, 1), t.view(DType::f32, 1), ReduceOp::sum);
+    wait_timed(w);
     memory_copy(&total, Device::cpu(), t.data(), device_, sizeof(float));
   }
   const double scale = dynamic_scaling_ ? scaler_.scale : 1.0;

@@ -81,6 +81,10 @@ class Engine {
   // With precision.loss_scale: dynamic, multiply the loss (so every gradient) by this before backward;
   // 1 otherwise.
   double loss_scale() const { return dynamic_scaling_ ? scaler_.scale : 1.0; }
+  // Seconds the host has spent blocked on collectives (gathers, reductions, the step's all-reduce) since
+  // the last reset: the communication that compute did not hide.
+  double exposed_comm_seconds() const { return exposed_comm_s_; }
+  void reset_exposed_comm() { exposed_comm_s_ = 0; }
   const Config& config() const { return cfg_; }
   Comm& comm() { return *comm_; }
   Device device() const { return device_; }
@@ -130,6 +134,8 @@ class Engine {
 
   int64_t step_ = 0;
   bool dynamic_scaling_ = false;
+  double exposed_comm_s_ = 0;
+  void wait_timed(Work& w);  // host wait, counted as exposed communication
   LossScaler scaler_;
   Buffer norm_scratch_;  // per-unit sums of squares (device memory)
 };

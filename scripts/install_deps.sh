@@ -12,6 +12,7 @@ packages=(
   nlohmann-json3-dev
   libgtest-dev libgmock-dev
   libxxhash-dev        # checkpoint checksums
+  libopenblas-dev      # CPU GEMMs in the training benchmark and the example model
 )
 
 missing=()
