@@ -108,14 +108,12 @@ DType read_dtype(Section& s, const char* key, DType def, std::vector<std::string
   std::string v(dtype_name(def));
   if (v == "f32") v = "fp32";
   if (v == "f16") v = "fp16";
-  std::vector<std::string> spelled;
-  for (auto& a : allowed) spelled.push_back(a);
   s.get<std::string>(key, v);
   for (const auto& a : allowed)
     if (v == a || (a == "fp32" && (v == "f32" || v == "float32")) || (a == "fp16" && (v == "f16" || v == "float16")) ||
         (a == "bf16" && v == "bfloat16"))
       return dtype_parse(a);
-  s.fail(s.node()[key], fmt::format("{} must be one of {}, got '{}'", s.key_path(key), fmt::join(spelled, ", "), v));
+  s.fail(s.node()[key], fmt::format("{} must be one of {}, got '{}'", s.key_path(key), fmt::join(allowed, ", "), v));
 }
 
 template <typename T>

@@ -212,6 +212,21 @@ Trajectory train(const Case& c, Engine& engine, int steps = kSteps, const Tamper
   return run;
 }
 
+// The largest |a - b| over all parameters, relative to the RMS of b's tensor (elements pass through zero,
+// so per-element relative error would be meaningless).
+double worst_rms_error(const std::vector<std::vector<std::vector<double>>>& a,
+                       const std::vector<std::vector<std::vector<double>>>& b) {
+  double worst = 0;
+  for (std::size_t u = 0; u < b.size(); ++u)
+    for (std::size_t t = 0; t < b[u].size(); ++t) {
+      double rms = 0;
+      for (double x : b[u][t]) rms += x * x;
+      rms = std::sqrt(rms / static_cast<double>(b[u][t].size()));
+      for (std::size_t e = 0; e < b[u][t].size(); ++e) worst = std::max(worst, std::fabs(a[u][t][e] - b[u][t][e]) / rms);
+    }
+  return worst;
+}
+
 std::string name(const Case& c) {
   return fmt::format("stage {} {} prefetch {} accumulation {} clip {} (world {})", c.stage, dtype_name(c.param),
                      c.prefetch, c.accum, c.clip, pg().world->size());
@@ -226,19 +241,10 @@ TEST_P(EngineVsReference, MatchesTheSingleProcessTrainer) {
   const Trajectory want = c.param == DType::f32 ? reference<float>(c) : reference<double>(c);
   EXPECT_LT(want.losses.back(), want.losses.front() * 0.9) << "the reference does not learn: the test is too weak";
   if (c.param == DType::f32) {
-    // Every parameter within 1e-5 of the reference, relative to the tensor's RMS (elements pass through
-    // zero, so per-element relative error is meaningless). Measured worst: 2.8e-6, identical at worlds 1-4:
+    // Every parameter within 1e-5 of the reference, relative to the tensor's RMS. Measured worst: 2.8e-6, identical at worlds 1-4:
     // it is the app's f32 gradient sums against the reference's f64 ones, amplified by Adam's m/sqrt(v)
     // over 30 steps — not sharding, which ShardedStagesReproduceReplicated checks 100x tighter.
-    double worst = 0;
-    for (std::size_t u = 0; u < want.params.size(); ++u)
-      for (std::size_t t = 0; t < want.params[u].size(); ++t) {
-        double rms = 0;
-        for (double x : want.params[u][t]) rms += x * x;
-        rms = std::sqrt(rms / static_cast<double>(want.params[u][t].size()));
-        for (std::size_t e = 0; e < want.params[u][t].size(); ++e)
-          worst = std::max(worst, std::fabs(got.params[u][t][e] - want.params[u][t][e]) / rms);
-      }
+    const double worst = worst_rms_error(got.params, want.params);
     EXPECT_LE(worst, 1e-5) << name(c);
     if (pg().world->rank() == 0) std::printf("%s: worst parameter error %.3g of the tensor RMS\n", name(c).c_str(), worst);
   } else {
@@ -278,16 +284,7 @@ TEST(EngineStages, ShardedStagesReproduceReplicated) {
   for (int stage = 2; stage <= 3; ++stage)
     EXPECT_EQ(runs[static_cast<std::size_t>(stage)].params, runs[1].params) << "stage " << stage << " vs stage 1";
   for (int stage = 1; stage <= 3; ++stage) {
-    double worst = 0;
-    const auto& base = runs[0].params;
-    for (std::size_t u = 0; u < base.size(); ++u)
-      for (std::size_t t = 0; t < base[u].size(); ++t) {
-        double rms = 0;
-        for (double x : base[u][t]) rms += x * x;
-        rms = std::sqrt(rms / static_cast<double>(base[u][t].size()));
-        for (std::size_t e = 0; e < base[u][t].size(); ++e)
-          worst = std::max(worst, std::fabs(runs[static_cast<std::size_t>(stage)].params[u][t][e] - base[u][t][e]) / rms);
-      }
+    const double worst = worst_rms_error(runs[static_cast<std::size_t>(stage)].params, runs[0].params);
     EXPECT_LE(worst, 1e-6) << "stage " << stage << " vs stage 0 at world " << pg().world->size();
     if (pg().world->rank() == 0) std::printf("stage %d vs stage 0 (world %d): worst %.3g of the tensor RMS\n", stage, pg().world->size(), worst);
   }
