@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -41,9 +42,9 @@ TensorView GatheredParams::tensor(std::string_view name) const {
 
 TensorView GatheredParams::tensor(int index) const {
   const Unit& u = engine_->unit(unit_);
-  const auto& slot = u.layout.slots.at(static_cast<std::size_t>(index));
+  ZS_CHECK(index >= 0 && index < static_cast<int>(u.tensors.size()), "unit '{}' has no tensor #{}", u.name, index);
   char* base = static_cast<char*>(engine_->param_base(u));
-  return TensorView{base + slot.offset * static_cast<int64_t>(es(engine_->compute_)), engine_->compute_,
+  return TensorView{base + u.param_offset(index) * static_cast<int64_t>(es(engine_->compute_)), engine_->compute_,
                     u.tensors[static_cast<std::size_t>(index)].shape, engine_->device_};
 }
 
@@ -81,9 +82,10 @@ Engine::~Engine() {
 UnitId Engine::add_unit(std::string name, std::vector<TensorSpec> tensors) {
   ZS_CHECK(!ready_, "add_unit('{}'): units must be added before init_params", name);
   ZS_CHECK(!tensors.empty(), "add_unit('{}'): a unit needs at least one tensor", name);
-  for (const auto& t : tensors)
-    ZS_CHECK(t.trainable, "add_unit('{}'): tensor '{}' is frozen (trainable=false); frozen tensors are not supported "
-             "yet — put them outside the engine for now", name, t.name);
+  ZS_CHECK(std::any_of(tensors.begin(), tensors.end(), [](const TensorSpec& t) { return t.trainable; }),
+           "add_unit('{}'): every tensor is frozen; a unit needs at least one trainable tensor (keep fully frozen "
+           "layers outside the engine)",
+           name);
   auto u = std::make_unique<Unit>();
   u->name = std::move(name);
   u->tensors = std::move(tensors);
@@ -99,6 +101,8 @@ void Engine::setup() {
            cfg_.offload.optimizer, cfg_.offload.params);
   ZS_CHECK(cfg_.zero.hybrid_group == 0, "zero.hybrid_group is not implemented in this version of the engine; set it to 0");
   dynamic_scaling_ = cfg_.precision.loss_scale == "dynamic";
+  const char* check = std::getenv("ZS_CHECK_COLLECTIVES");
+  check_collectives_ = check && std::string_view(check) == "1";
   const int stage = cfg_.zero.stage, n = comm_->size(), r = comm_->rank();
   const bool accumulate = cfg_.zero.grad_accumulation > 1;
   const auto& o = cfg_.optimizer;
@@ -106,14 +110,23 @@ void Engine::setup() {
   gather_stream_ = make_stream(device_);
   reduce_stream_ = make_stream(device_);
   const MemoryKind mk = MemoryKind::device;
-  std::size_t largest = 0;
+  std::size_t largest = 0, largest_grads = 0;  // elements of the biggest unit: all params / trainable ones
   for (auto& up : units_) {
     Unit& u = *up;
-    u.layout = make_flat_layout(u.tensors, stage == 0 ? 1 : n);
-    const int64_t P = u.layout.padded, S = u.layout.shard;
-    largest = std::max<std::size_t>(largest, static_cast<std::size_t>(P));
+    std::vector<TensorSpec> trainable, frozen;
+    for (const auto& t : u.tensors) {
+      u.slot_of.push_back(static_cast<int>(t.trainable ? trainable.size() : frozen.size()));
+      (t.trainable ? trainable : frozen).push_back(t);
+    }
+    const int world = stage == 0 ? 1 : n;
+    u.layout = make_flat_layout(trainable, world);
+    if (!frozen.empty()) u.frozen = make_flat_layout(frozen, world);
+    const int64_t P = u.layout.padded, S = u.layout.shard, PF = u.frozen.padded;
+    largest = std::max<std::size_t>(largest, static_cast<std::size_t>(P + PF));
+    largest_grads = std::max<std::size_t>(largest_grads, static_cast<std::size_t>(P));
     const bool f32 = compute_ == DType::f32;
-    if (stage <= 2) u.full_params = Buffer(P * es(compute_), mk, device_, MemCategory::params);
+    if (stage <= 2) u.full_params = Buffer((P + PF) * es(compute_), mk, device_, MemCategory::params);
+    else if (PF > 0) u.frozen_shard = Buffer(u.frozen.shard * es(compute_), mk, device_, MemCategory::params);
     // The f32 master: for f32 compute at stages 0-2 it is the full parameters themselves.
     if (stage == 3) u.master = Buffer(S * 4, mk, device_, f32 ? MemCategory::params : MemCategory::master);
     else if (!f32) u.master = Buffer(S * 4, mk, device_, MemCategory::master);
@@ -122,7 +135,7 @@ void Engine::setup() {
     const bool full_grads = stage <= 1 || accumulate;
     u.grads = Buffer((full_grads ? P : S) * es(reduce_), mk, device_, MemCategory::grads);
     std::vector<bool> decays;
-    for (const auto& t : u.tensors) decays.push_back(t.weight_decay);
+    for (const auto& t : trainable) decays.push_back(t.weight_decay);
     auto ranges = u.layout.shard_ranges(stage == 0 ? 0 : r, decays);
     u.num_decay_ranges = static_cast<int64_t>(ranges.size());
     u.decay_ranges = Buffer(std::max<std::size_t>(1, ranges.size()) * sizeof(kernels::ElementRange), mk, device_,
@@ -138,7 +151,7 @@ void Engine::setup() {
   }
   if (stage >= 2 && !accumulate)
     for (int i = 0; i < 2; ++i)
-      grad_pool_.push_back({Buffer(largest * es(reduce_), mk, device_, MemCategory::grads), -1, make_event(device_), {}});
+      grad_pool_.push_back({Buffer(largest_grads * es(reduce_), mk, device_, MemCategory::grads), -1, make_event(device_), {}});
   norm_scratch_ = Buffer(units_.size() * sizeof(float), mk, device_, MemCategory::other);
   ready_ = true;
 }
@@ -150,19 +163,23 @@ void Engine::init_params(const init::Initializer& init) {
   for (auto& up : units_) {
     Unit& u = *up;
     const int64_t P = u.layout.padded, S = u.layout.shard, lo = stage == 0 ? 0 : S * r;
+    const int64_t PF = u.frozen.padded, SF = u.frozen.shard;
     // Values are a pure function of (seed, "unit/tensor", index): the same at every world size.
-    std::vector<float> full(static_cast<std::size_t>(P), 0.0f);
+    // `full` holds the unit's parameters in gathered order: trainable [0, P), frozen [P, P + PF).
+    std::vector<float> full(static_cast<std::size_t>(P + PF), 0.0f);
     for (std::size_t t = 0; t < u.tensors.size(); ++t) {
       const std::string key = u.name + "/" + u.tensors[t].name;
-      const auto& slot = u.layout.slots[t];
-      for (int64_t e = 0; e < slot.numel; ++e)
-        full[static_cast<std::size_t>(slot.offset + e)] = init.value(key, static_cast<uint64_t>(e));
+      const int64_t off = u.param_offset(static_cast<int>(t)), numel = u.tensors[t].shape.numel();
+      for (int64_t e = 0; e < numel; ++e) full[static_cast<std::size_t>(off + e)] = init.value(key, static_cast<uint64_t>(e));
     }
-    if (u.full_params.data()) {
-      std::vector<uint8_t> cd(static_cast<std::size_t>(P) * es(compute_));
-      for (int64_t i = 0; i < P; ++i) store_from_f32(cd.data(), compute_, static_cast<std::size_t>(i), full[static_cast<std::size_t>(i)]);
-      memory_copy(u.full_params.data(), device_, cd.data(), Device::cpu(), cd.size());
-    }
+    auto upload = [&](void* dst, int64_t from, int64_t count) {  // full[from, from + count) in the compute dtype
+      std::vector<uint8_t> cd(static_cast<std::size_t>(count) * es(compute_));
+      for (int64_t i = 0; i < count; ++i)
+        store_from_f32(cd.data(), compute_, static_cast<std::size_t>(i), full[static_cast<std::size_t>(from + i)]);
+      memory_copy(dst, device_, cd.data(), Device::cpu(), cd.size());
+    };
+    if (u.full_params.data()) upload(u.full_params.data(), 0, P + PF);
+    if (u.frozen_shard.data()) upload(u.frozen_shard.data(), P + SF * r, SF);
     if (u.master.data())
       memory_copy(u.master.data(), device_, full.data() + lo, Device::cpu(), static_cast<std::size_t>(S) * 4);
     for (Buffer* b : {&u.m, &u.v, &u.grads}) memory_zero(b->data(), device_, b->bytes());
@@ -229,15 +246,22 @@ void Engine::issue_gather(UnitId id) {
   PoolBuffer& pb = gather_pool_[static_cast<std::size_t>(b)];
   pb.owner = id;
   u.gather_buffer = b;
-  const int64_t P = u.layout.padded, S = u.layout.shard;
-  TensorView full = pb.buf.view(compute_, P);
-  TensorView slot = full.slice(S * comm_->rank(), S);
-  TensorView master = u.master.view(DType::f32, S);
+  const int64_t P = u.layout.padded, S = u.layout.shard, PF = u.frozen.padded, SF = u.frozen.shard;
+  const int r = comm_->rank();
+  TensorView all = pb.buf.view(compute_, P + PF);
   gather_stream_->wait(*pb.free_after);  // compute is done with the buffer's previous unit
   Stream* gs = gather_stream_.get();
   const Device dev = device_;
-  gs->submit([dev, master, slot, gs] { kernels::cast(dev, master, slot, gs); });
-  u.pending = comm_->all_gather(slot, full, gs);
+  // Each rank writes its shard into its own slot (the master cast to the compute dtype), then all-gathers
+  // in place; frozen tensors follow from their own shard. The stream keeps the order, so waiting for the
+  // last collective waits for both.
+  auto gather_part = [&](TensorView shard, int64_t offset, int64_t padded, int64_t shard_len) {
+    TensorView full = all.slice(offset, padded), slot = full.slice(shard_len * r, shard_len);
+    gs->submit([dev, shard, slot, gs] { kernels::cast(dev, shard, slot, gs); });
+    u.pending = comm_->all_gather(slot, full, gs);
+  };
+  gather_part(u.master.view(DType::f32, S), 0, P, S);
+  if (PF > 0) gather_part(u.frozen_shard.view(compute_, SF), P, PF, SF);
   u.param_state = ParamState::gathering;
 }
 
@@ -255,9 +279,42 @@ void Engine::prefetch_after(UnitId id) {
   }
 }
 
+namespace {
+constexpr int kOpGather = 1, kOpReduce = 2;
+const char* op_name(int op) { return op == kOpGather ? "gather" : "reduce_grads"; }
+}  // namespace
+
+void Engine::check_agreement(int op, UnitId id) {
+  if (!(recording_ || check_collectives_) || comm_->size() == 1) return;
+  const int n = comm_->size();
+  Buffer buf(static_cast<std::size_t>(2 * n) * sizeof(float), MemoryKind::device, device_, MemCategory::other);
+  const float mine[2] = {static_cast<float>(op), static_cast<float>(id)};
+  TensorView all = buf.view(DType::f32, 2 * n), slot = all.slice(2 * comm_->rank(), 2);
+  memory_copy(slot.data, device_, mine, Device::cpu(), sizeof mine);
+  comm_->all_gather(slot, all).wait();
+  std::vector<float> seen(static_cast<std::size_t>(2 * n));
+  memory_copy(seen.data(), Device::cpu(), buf.data(), device_, seen.size() * sizeof(float));
+  for (int r = 0; r < n; ++r) {
+    const int their_op = static_cast<int>(seen[static_cast<std::size_t>(2 * r)]);
+    const int their_unit = static_cast<int>(seen[static_cast<std::size_t>(2 * r + 1)]);
+    if (their_op == op && their_unit == id) continue;
+    auto unit_name = [&](int u) { return u >= 0 && u < num_units() ? units_[static_cast<std::size_t>(u)]->name : "?"; };
+    ZS_FAIL("rank {}: the ranks' collectives differ: rank {} calls {}('{}') while rank {} calls {}('{}'); every rank "
+            "must gather and reduce the units in the same order",
+            comm_->rank(), comm_->rank(), op_name(op), unit_name(id), r, op_name(their_op), unit_name(their_unit));
+  }
+}
+
+void Engine::set_gather_order(std::vector<UnitId> order) {
+  for (UnitId u : order) ZS_CHECK(u >= 0 && u < num_units(), "set_gather_order: no unit {}", u);
+  order_ = std::move(order);
+  recording_ = false;
+}
+
 GatheredParams Engine::gather(UnitId id) {
   ZS_CHECK(ready_, "gather: call init_params first");
   ZS_CHECK(id >= 0 && id < num_units(), "gather: no unit {}", id);
+  if (cfg_.zero.stage == 3) check_agreement(kOpGather, id);  // below stage 3 a gather moves nothing
   Unit& u = *units_[static_cast<std::size_t>(id)];
   ++u.gathers_this_step;
   if (recording_) {
@@ -324,8 +381,10 @@ TensorView Engine::grads(UnitId id, int index) {
     if (!grad_pool_.empty()) u.grad_buffer = acquire_grad_buffer(id);
     u.grad_state = GradState::accumulating;
   }
-  const auto& slot = u.layout.slots.at(static_cast<std::size_t>(index));
-  return TensorView{static_cast<char*>(grad_base(u)) + slot.offset * static_cast<int64_t>(es(reduce_)), reduce_,
+  ZS_CHECK(index >= 0 && index < static_cast<int>(u.tensors.size()), "unit '{}' has no tensor #{}", u.name, index);
+  ZS_CHECK(!u.is_frozen(index), "grads: tensor '{}' of unit '{}' is frozen (trainable=false): it has no gradient",
+           u.tensors[static_cast<std::size_t>(index)].name, u.name);
+  return TensorView{static_cast<char*>(grad_base(u)) + u.param_offset(index) * static_cast<int64_t>(es(reduce_)), reduce_,
                     u.tensors[static_cast<std::size_t>(index)].shape, device_};
 }
 
@@ -334,6 +393,7 @@ void Engine::reduce_grads(UnitId id) {
   ZS_CHECK(u.grad_state == GradState::accumulating, "rank {}: reduce_grads('{}') without grads() in this micro-batch",
            comm_->rank(), u.name);
   if (++u.micro_batches < cfg_.zero.grad_accumulation) return;  // reduce on the last micro-batch only
+  check_agreement(kOpReduce, id);
   const int64_t P = u.layout.padded, S = u.layout.shard;
   const int r = comm_->rank(), stage = cfg_.zero.stage;
   Stream* rs = reduce_stream_.get();
@@ -479,21 +539,36 @@ void Engine::finish_step(bool full_grads) {
 
 std::vector<float> Engine::read_param(UnitId id, std::string_view tensor) {
   const Unit& u = *units_.at(static_cast<std::size_t>(id));
-  const auto& slot = u.layout.slots.at(static_cast<std::size_t>(tensor_index(u, tensor)));
-  const int64_t P = u.layout.padded, S = u.layout.shard;
-  compute_stream_->synchronize();
-  std::vector<float> out(static_cast<std::size_t>(slot.numel));
-  const float* master = u.master.data() ? static_cast<const float*>(u.master.data()) : static_cast<const float*>(u.full_params.data());
-  if (cfg_.zero.stage == 0) {
-    memory_copy(out.data(), Device::cpu(), master + slot.offset, device_, out.size() * 4);
-    return out;
+  const int i = tensor_index(u, tensor), r = comm_->rank(), stage = cfg_.zero.stage;
+  const bool frozen = u.is_frozen(i);
+  const FlatLayout& l = frozen ? u.frozen : u.layout;
+  const auto& slot = l.slots[static_cast<std::size_t>(u.slot_of[static_cast<std::size_t>(i)])];
+  // Trainable tensors are read from the f32 master, frozen ones from their compute-dtype copy; either a
+  // full replica is at hand, or this rank's shard is all-gathered into a temporary buffer.
+  const DType t = frozen ? compute_ : DType::f32;
+  const char* full = nullptr;
+  const char* shard = nullptr;
+  if (frozen) {
+    if (stage <= 2) full = static_cast<const char*>(u.full_params.data()) + u.layout.padded * static_cast<int64_t>(es(t));
+    else shard = static_cast<const char*>(u.frozen_shard.data());
+  } else {
+    const char* master = static_cast<const char*>(u.master.data() ? u.master.data() : u.full_params.data());
+    if (stage == 0) full = master;
+    else shard = u.master.data() ? master : master + l.shard * r * 4;
   }
-  if (!u.master.data()) master += S * comm_->rank();
-  Buffer full(P * 4, MemoryKind::device, device_, MemCategory::other);
-  TensorView fv = full.view(DType::f32, P);
-  memory_copy(static_cast<float*>(full.data()) + S * comm_->rank(), device_, master, device_, S * 4);
-  comm_->all_gather(fv.slice(S * comm_->rank(), S), fv).wait();
-  memory_copy(out.data(), Device::cpu(), static_cast<float*>(full.data()) + slot.offset, device_, out.size() * 4);
+  compute_stream_->synchronize();
+  Buffer tmp;
+  if (!full) {
+    tmp = Buffer(l.padded * es(t), MemoryKind::device, device_, MemCategory::other);
+    TensorView fv = tmp.view(t, l.padded);
+    memory_copy(fv.slice(l.shard * r, l.shard).data, device_, shard, device_, l.shard * es(t));
+    comm_->all_gather(fv.slice(l.shard * r, l.shard), fv).wait();
+    full = static_cast<const char*>(tmp.data());
+  }
+  std::vector<uint8_t> raw(static_cast<std::size_t>(slot.numel) * es(t));
+  memory_copy(raw.data(), Device::cpu(), full + slot.offset * static_cast<int64_t>(es(t)), device_, raw.size());
+  std::vector<float> out(static_cast<std::size_t>(slot.numel));
+  for (std::size_t e = 0; e < out.size(); ++e) out[e] = load_as_f32(raw.data(), t, e);
   return out;
 }
 

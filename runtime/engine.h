@@ -68,6 +68,9 @@ class Engine {
   // Allocates every buffer (sizes are fixed from here on) and fills the parameters. Collective.
   void init_params(const init::Initializer& init);
 
+  // Optional: the order of gathers in a step (forward then backward), instead of recording it on the
+  // first step; prefetch follows it.
+  void set_gather_order(std::vector<UnitId> order);
   GatheredParams gather(UnitId u);
   // The unit's full gradient buffer, one view per tensor (reduce dtype), zeroed at the start of a step.
   TensorView grads(UnitId u, std::string_view tensor);
@@ -107,7 +110,11 @@ class Engine {
   void* grad_base(const Unit& unit) const;   // where the unit's full grads are now
   void prefetch_after(UnitId u);
   void consume(Work& w);                     // make compute wait for a collective
-  void finish_step(bool full_grads);  // reset per-step state (after an update or a skipped step)
+  void finish_step(bool full_grads);
+  // While the first step records the order (and always with ZS_CHECK_COLLECTIVES=1): every rank confirms
+  // it is about to run the same collective on the same unit, so a divergent program fails with both sides
+  // named instead of hanging or mixing data.
+  void check_agreement(int op, UnitId u);  // reset per-step state (after an update or a skipped step)
 
   Config cfg_;
   std::unique_ptr<ProcessGroup> owned_pg_;
@@ -134,6 +141,7 @@ class Engine {
 
   int64_t step_ = 0;
   bool dynamic_scaling_ = false;
+  bool check_collectives_ = false;
   double exposed_comm_s_ = 0;
   void wait_timed(Work& w);  // host wait, counted as exposed communication
   LossScaler scaler_;

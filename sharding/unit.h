@@ -17,10 +17,20 @@ enum class GradState : uint8_t { none, accumulating, reducing, reduced };
 struct Unit {
   std::string name;
   std::vector<TensorSpec> tensors;
-  FlatLayout layout;
+  FlatLayout layout;         // the trainable tensors: parameters, gradients, optimizer state
+  FlatLayout frozen;         // the frozen ones (trainable=false): parameters only; empty when there are none
+  std::vector<int> slot_of;  // tensor i -> its slot in `layout` or in `frozen`
+
+  bool is_frozen(int i) const { return !tensors[static_cast<std::size_t>(i)].trainable; }
+  // Where tensor i starts among the unit's full parameters: trainable ones first, frozen ones after them.
+  int64_t param_offset(int i) const {
+    const auto k = static_cast<std::size_t>(slot_of[static_cast<std::size_t>(i)]);
+    return is_frozen(i) ? layout.padded + frozen.slots[k].offset : layout.slots[k].offset;
+  }
 
   // Persistent storage (which ones exist depends on the stage and precision; see Engine::setup).
-  Buffer full_params;  // compute dtype, whole unit (stages 0-2)
+  Buffer full_params;  // compute dtype, whole unit incl. frozen tensors (stages 0-2)
+  Buffer frozen_shard; // compute dtype, this rank's shard of the frozen tensors (stage 3)
   Buffer master;       // f32: whole unit (stage 0) or this rank's shard (1-3); absent when it is full_params
   Buffer m, v;         // optimizer state, same extent as master
   Buffer grads;        // full (stages 0-1, or 2-3 with accumulation) in the reduce dtype, else the f32 shard

@@ -387,6 +387,58 @@ TEST(EngineErrors, NanGradientNamesTheUnit) {
   }
 }
 
+TEST(EngineErrors, RanksGatheringDifferentUnitsAreNamedNotHung) {
+  if (pg().world->size() < 2) GTEST_SKIP() << "needs two ranks";
+  Engine engine(make_config({3, DType::f32, 0, 1, 0.0f}), *pg().world);
+  for (auto& [name, tensors] : test::model_units()) engine.add_unit(name, tensors);
+  engine.init_params(kInit);
+  const UnitId mine = pg().world->rank() == 1 ? 2 : 0;  // rank 1 starts its forward at the wrong unit
+  try {
+    GatheredParams p = engine.gather(mine);
+    ADD_FAILURE() << "divergent gathers were accepted";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("collectives differ"), std::string::npos) << m;
+    EXPECT_NE(m.find("gather('block2')"), std::string::npos) << m;
+    EXPECT_NE(m.find("gather('input')"), std::string::npos) << m;
+  }
+}
+
+TEST(EngineFrozen, FrozenTensorsTakeNoGradientOrOptimizerMemoryAndNeverChange) {
+  for (int stage = 0; stage <= 3; ++stage) {
+    Config cfg = make_config({stage, DType::bf16, 1, 1, 0.0f});
+    MemoryLedger& l = MemoryLedger::global();
+    const int64_t grads0 = l.stats(Device::cpu(), MemCategory::grads).current;
+    const int64_t optim0 = l.stats(Device::cpu(), MemCategory::optim_state).current;
+    Engine engine(cfg, *pg().world);
+    // The frozen tensor sits between two trainable ones in registration order.
+    const UnitId u = engine.add_unit("emb", {{"w", {29, 31}}, {"pos", {1000, 7}, false, false}, {"b", {29}, true, false}});
+    engine.init_params(kInit);
+    const auto pos0 = engine.read_param(u, "pos");
+    EXPECT_THROW(engine.grads(u, "pos"), Error);
+    for (int step = 0; step < 3; ++step) {
+      {
+        GatheredParams p = engine.gather(u);
+        // The gathered frozen tensor holds its initial values (bf16 here), in the right place.
+        std::vector<uint16_t> host(7000);
+        memory_copy(host.data(), Device::cpu(), p.tensor("pos").data, engine.device(), host.size() * 2);
+        EXPECT_EQ(bf16_bits_to_f32(host[1234]), static_cast<float>(bf16_bits_to_f32(f32_to_bf16_bits(pos0[1234]))));
+      }
+      TensorView g = engine.grads(u, "w");
+      store_from_f32(g.data, g.dtype, 3, 1.0f);
+      engine.reduce_grads(u);
+      engine.step();
+    }
+    EXPECT_EQ(engine.read_param(u, "pos"), pos0) << "stage " << stage;
+    EXPECT_NE(engine.read_param(u, "w")[3], kInit.value("emb/w", 3)) << "the trainable tensor must have moved";
+    // Gradient and optimizer bytes cover the trainable 29*31 + 29 elements (padded), not the 7000 frozen ones.
+    const FlatLayout& lay = engine.unit(u).layout;
+    const int64_t per = stage == 0 ? lay.padded : lay.shard;
+    EXPECT_EQ(l.stats(Device::cpu(), MemCategory::optim_state).current - optim0, 2 * 4 * per) << "stage " << stage;
+    EXPECT_LT(l.stats(Device::cpu(), MemCategory::grads).current - grads0, 7000 * 4) << "stage " << stage;
+  }
+}
+
 TEST(EngineErrors, HoldingMoreThanTheCapIsAClearError) {
   Config cfg = make_config({3, DType::f32, 0, 1, 0.0f});
   cfg.zero.max_live_units = 2;
