@@ -21,7 +21,7 @@ run() {  # name, command...
 }
 echo "# card: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi')"
 echo "# date: $(date -u +%Y-%m-%dT%H:%MZ)  nccl: ${nccl_lib:-not found}"
-run "gpu tests (streams, NCCL, kernels)" "$bundle/bin/zs_gpu_tests"
+run "gpu tests (streams, NCCL, kernels, engine)" "$bundle/bin/zs_gpu_tests"
 run "optim_bench adamw 1e9 cuda" "$bundle/bin/optim_bench" --device cuda --params 1e9 --iters 10
 run "torch AdamW(fused) 1e9" python3 bench/gpu/torch_adamw.py 1e9
 run "comm_bench nccl world 1" "$bundle/bin/zsrun" --nproc-per-node 1 --master-port 0 -- \

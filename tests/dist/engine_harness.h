@@ -1,0 +1,240 @@
+// The engine test harness: the test model's app (training through an Engine, on CPU or CUDA) and the
+// single-process reference trainer, shared by the dist tests and the GPU tests.
+#pragma once
+
+#include <cmath>
+#include <functional>
+
+#include <fmt/format.h>
+
+#include "core/buffer.h"
+#include "runtime/engine.h"
+#include "tests/dist/test_model.h"
+
+namespace zs::test {
+
+constexpr int kSteps = 30;
+inline const auto kInit = init::normal(0.3f, 1337);
+
+struct Case {
+  int stage;
+  DType param;
+  int prefetch;
+  int accum;
+  float clip;
+  kernels::Optimizer opt = kernels::Optimizer::adamw;
+};
+
+inline Config make_config(const Case& c) {
+  Config cfg;
+  cfg.zero.stage = c.stage;
+  cfg.zero.prefetch = c.prefetch;
+  cfg.zero.max_live_units = c.prefetch + 1;
+  cfg.zero.grad_accumulation = c.accum;
+  cfg.precision.param = c.param;
+  cfg.optimizer.type = c.opt;
+  cfg.optimizer.lr = 3e-3f;
+  cfg.optimizer.beta2 = 0.999f;
+  cfg.optimizer.weight_decay = 0.1f;
+  cfg.optimizer.clip_grad_norm = c.clip;
+  cfg.optimizer.momentum = 0.9f;
+  return cfg;
+}
+
+struct Trajectory {
+  std::vector<double> losses;               // mean training loss per step
+  std::vector<std::vector<std::vector<double>>> params;  // final [unit][tensor][element]
+};
+
+// The reference: the whole global batch in one process, no sharding; the model in T (the app's f32 code
+// for f32 runs, f64 for bf16 runs), gradients averaged and each update computed in f64, then stored in f32
+// as the engine stores master, m and v.
+template <typename T>
+inline Trajectory reference(const Case& c) {
+  const Config cfg = make_config(c);
+  test::Model<T> m;
+  auto units = test::model_units();
+  m.p.resize(units.size());
+  std::vector<std::vector<std::vector<double>>> mom(units.size()), vel(units.size());
+  for (std::size_t u = 0; u < units.size(); ++u)
+    for (const auto& t : units[u].second) {
+      std::vector<T> v(static_cast<std::size_t>(t.shape.numel()));
+      for (std::size_t e = 0; e < v.size(); ++e) v[e] = kInit.value(units[u].first + "/" + t.name, e);
+      m.p[u].push_back(v);
+      mom[u].push_back(std::vector<double>(v.size(), 0.0));
+      vel[u].push_back(std::vector<double>(v.size(), 0.0));
+    }
+  std::vector<std::vector<std::vector<double>>> masters(units.size());  // f64 master weights
+  for (std::size_t u = 0; u < units.size(); ++u)
+    for (auto& t : m.p[u]) masters[u].emplace_back(t.begin(), t.end());
+  Trajectory run;
+  std::vector<std::vector<std::vector<double>>> grad(units.size());
+  for (int k = 0; k < kSteps; ++k) {
+    for (std::size_t u = 0; u < units.size(); ++u) {
+      grad[u].clear();
+      for (auto& t : m.p[u]) grad[u].push_back(std::vector<double>(t.size(), 0.0));
+    }
+    double loss = 0;
+    for (int mb = 0; mb < c.accum; ++mb) {
+      for (int s = 0; s < test::kGlobalBatch; ++s) {
+        const int64_t sample = (static_cast<int64_t>(k) * c.accum + mb) * test::kGlobalBatch + s;
+        typename test::Model<T>::Cache cache;
+        cache.x.resize(test::kIn);
+        for (int j = 0; j < test::kIn; ++j) cache.x[static_cast<std::size_t>(j)] = test::input_value(sample, j);
+        for (int u = 0; u < 4; ++u) m.forward_unit(u, cache);
+        loss += static_cast<double>(test::Model<T>::loss(cache, test::label(sample))) / (test::kGlobalBatch * c.accum);
+        // One sample's gradient in the model's precision, summed into the f64 mean.
+        m.g = m.p;
+        for (auto& u : m.g)
+          for (auto& t : u) std::fill(t.begin(), t.end(), T(0));
+        std::vector<T> d;
+        for (int u = 3; u >= 0; --u) d = m.backward_unit(u, cache, d, test::label(sample), T(1));
+        for (std::size_t u = 0; u < units.size(); ++u)
+          for (std::size_t t = 0; t < grad[u].size(); ++t)
+            for (std::size_t e = 0; e < grad[u][t].size(); ++e)
+              grad[u][t][e] += static_cast<double>(m.g[u][t][e]) / (test::kGlobalBatch * c.accum);
+      }
+    }
+    run.losses.push_back(loss);
+    double sq = 0;
+    for (auto& u : grad)
+      for (auto& t : u)
+        for (double x : t) sq += x * x;
+    const double norm = std::sqrt(sq);
+    const double clip = c.clip > 0 ? std::min(1.0, c.clip / (norm + 1e-6)) : 1.0;
+    const double t = k + 1, lr = cfg.optimizer.lr, b1 = cfg.optimizer.beta1, b2 = cfg.optimizer.beta2;
+    for (std::size_t u = 0; u < units.size(); ++u)
+      for (std::size_t ti = 0; ti < units[u].second.size(); ++ti) {
+        const double wd = units[u].second[ti].weight_decay ? cfg.optimizer.weight_decay : 0.0;
+        for (std::size_t e = 0; e < m.p[u][ti].size(); ++e) {
+          double p = static_cast<double>(masters[u][ti][e]);
+          const double g = grad[u][ti][e] * clip;
+          double& mm = mom[u][ti][e];
+          double& vv = vel[u][ti][e];
+          p *= 1 - lr * wd;
+          mm = b1 * mm + (1 - b1) * g;
+          vv = b2 * vv + (1 - b2) * g * g;
+          p -= lr / (1 - std::pow(b1, t)) * mm / (std::sqrt(vv) / std::sqrt(1 - std::pow(b2, t)) + cfg.optimizer.eps);
+          // Stored as the engine stores them: f32 master, m and v (each update computed in f64).
+          p = static_cast<float>(p);
+          mm = static_cast<float>(mm);
+          vv = static_cast<float>(vv);
+          masters[u][ti][e] = p;
+          m.p[u][ti][e] = static_cast<T>(p);
+        }
+      }
+  }
+  run.params = masters;
+  return run;
+}
+
+// Called with each unit's gradient views after the app wrote them: lets a test corrupt one.
+using Tamper = std::function<void(int step, int unit, int tensor, TensorView grad)>;
+
+// The app: this rank's slice of each micro-batch, through the engine.
+inline Trajectory train(const Case& c, Engine& engine, int steps = kSteps, const Tamper& tamper = nullptr,
+                        std::vector<StepStats>* stats = nullptr) {
+  Comm& comm = engine.comm();
+  const int local = test::kGlobalBatch / comm.size();
+  auto units = test::model_units();
+  std::vector<UnitId> ids = {0, 1, 2, 3};
+  if (engine.num_units() == 0) {  // first call: declare the model (later calls go on training it)
+    for (auto& [name, tensors] : units) engine.add_unit(name, tensors);
+    engine.init_params(kInit);
+  }
+  test::Model<float> m;
+  m.p.resize(units.size());
+  m.g.resize(units.size());
+  // The app computes on the host; parameters and gradients travel through host copies, so the same
+  // app runs against a CPU or a CUDA engine.
+  auto load = [&](int u, const GatheredParams& h) {
+    m.p[static_cast<std::size_t>(u)].clear();
+    for (std::size_t t = 0; t < units[static_cast<std::size_t>(u)].second.size(); ++t) {
+      TensorView v = h.tensor(static_cast<int>(t));
+      std::vector<uint8_t> raw(v.bytes());
+      memory_copy(raw.data(), Device::cpu(), v.data, v.device, raw.size());
+      std::vector<float> x(static_cast<std::size_t>(v.numel()));
+      for (std::size_t e = 0; e < x.size(); ++e) x[e] = load_as_f32(raw.data(), v.dtype, e);
+      m.p[static_cast<std::size_t>(u)].push_back(std::move(x));
+    }
+  };
+  Trajectory run;
+  for (int k = 0; k < steps; ++k) {
+    double loss = 0;
+    for (int mb = 0; mb < c.accum; ++mb) {
+      std::vector<test::Model<float>::Cache> caches(static_cast<std::size_t>(local));
+      std::vector<int> labels(static_cast<std::size_t>(local));
+      for (int s = 0; s < local; ++s) {
+        const int64_t sample = (static_cast<int64_t>(k) * c.accum + mb) * test::kGlobalBatch + comm.rank() * local + s;
+        caches[static_cast<std::size_t>(s)].x.resize(test::kIn);
+        for (int j = 0; j < test::kIn; ++j) caches[static_cast<std::size_t>(s)].x[static_cast<std::size_t>(j)] = test::input_value(sample, j);
+        labels[static_cast<std::size_t>(s)] = test::label(sample);
+      }
+      for (int u = 0; u < 4; ++u) {
+        GatheredParams h = engine.gather(ids[static_cast<std::size_t>(u)]);
+        load(u, h);
+        for (auto& cache : caches) m.forward_unit(u, cache);
+      }
+      for (int s = 0; s < local; ++s)
+        loss += test::Model<float>::loss(caches[static_cast<std::size_t>(s)], labels[static_cast<std::size_t>(s)]) / (local * c.accum);
+      std::vector<std::vector<float>> d(static_cast<std::size_t>(local));
+      for (int u = 3; u >= 0; --u) {
+        GatheredParams h = engine.gather(ids[static_cast<std::size_t>(u)]);
+        load(u, h);
+        m.g[static_cast<std::size_t>(u)] = m.p[static_cast<std::size_t>(u)];
+        for (auto& t : m.g[static_cast<std::size_t>(u)]) std::fill(t.begin(), t.end(), 0.0f);
+        for (int s = 0; s < local; ++s)
+          d[static_cast<std::size_t>(s)] = m.backward_unit(u, caches[static_cast<std::size_t>(s)], d[static_cast<std::size_t>(s)],
+                                                           labels[static_cast<std::size_t>(s)], 1.0f / local);
+        for (std::size_t t = 0; t < m.g[static_cast<std::size_t>(u)].size(); ++t) {
+          TensorView dev = engine.grads(ids[static_cast<std::size_t>(u)], static_cast<int>(t));
+          std::vector<uint8_t> raw(dev.bytes());
+          memory_copy(raw.data(), Device::cpu(), dev.data, dev.device, raw.size());
+          TensorView gv{raw.data(), dev.dtype, dev.shape, Device::cpu()};
+          const auto& src = m.g[static_cast<std::size_t>(u)][t];
+          const float ls = static_cast<float>(engine.loss_scale());  // as if the loss had been scaled
+          for (std::size_t e = 0; e < src.size(); ++e)
+            store_from_f32(gv.data, gv.dtype, e, load_as_f32(gv.data, gv.dtype, e) + src[e] * ls);
+          if (tamper) tamper(k, u, static_cast<int>(t), gv);
+          memory_copy(dev.data, dev.device, raw.data(), Device::cpu(), raw.size());
+        }
+        engine.reduce_grads(ids[static_cast<std::size_t>(u)]);
+      }
+    }
+    float l = static_cast<float>(loss), sum = 0;
+    comm.all_reduce(TensorView::flat(&l, DType::f32, 1), TensorView::flat(&sum, DType::f32, 1), ReduceOp::avg).wait();
+    run.losses.push_back(sum);
+    StepStats st = engine.step();
+    if (stats) stats->push_back(st);
+  }
+  for (std::size_t u = 0; u < units.size(); ++u) {
+    run.params.emplace_back();
+    for (const auto& t : units[u].second) {
+      auto v = engine.read_param(ids[u], t.name);
+      run.params.back().emplace_back(v.begin(), v.end());
+    }
+  }
+  return run;
+}
+
+// The largest |a - b| over all parameters, relative to the RMS of b's tensor (elements pass through zero,
+// so per-element relative error would be meaningless).
+inline double worst_rms_error(const std::vector<std::vector<std::vector<double>>>& a,
+                       const std::vector<std::vector<std::vector<double>>>& b) {
+  double worst = 0;
+  for (std::size_t u = 0; u < b.size(); ++u)
+    for (std::size_t t = 0; t < b[u].size(); ++t) {
+      double rms = 0;
+      for (double x : b[u][t]) rms += x * x;
+      rms = std::sqrt(rms / static_cast<double>(b[u][t].size()));
+      for (std::size_t e = 0; e < b[u][t].size(); ++e) worst = std::max(worst, std::fabs(a[u][t][e] - b[u][t][e]) / rms);
+    }
+  return worst;
+}
+
+inline std::string name(const Case& c, int world) {
+  return fmt::format("stage {} {} prefetch {} accumulation {} clip {} (world {})", c.stage, dtype_name(c.param),
+                     c.prefetch, c.accum, c.clip, world);
+}
+
+}  // namespace zs::test
