@@ -106,9 +106,9 @@ ProcessGroup init_process_group(const ProcessGroupOptions& opts) {
   const Millis rendezvous = timeout_from_env("ZS_RENDEZVOUS_TIMEOUT_S", timeout);
   // Without a launcher-hosted store, rank 0 hosts it (Slurm, mpirun, or a lone process).
   if (!pg.env.store_hosted && pg.env.rank == 0) {
-    const bool single_node = pg.env.world_size == pg.env.local_world_size;
-    pg.server = std::make_unique<StoreServer>(single_node ? "127.0.0.1" : "0.0.0.0", pg.env.master_port,
-                                              pg.env.token);
+    // Loopback only when every rank reaches the store through loopback; otherwise all interfaces.
+    pg.server = std::make_unique<StoreServer>(net::is_loopback(pg.env.master_addr) ? "127.0.0.1" : "0.0.0.0",
+                                              pg.env.master_port, pg.env.token);
     if (pg.env.master_port == 0) pg.env.master_port = pg.server->port();
   }
   pg.store = std::make_shared<TcpStore>(pg.env.master_addr, pg.env.master_port, pg.env.token, rendezvous);

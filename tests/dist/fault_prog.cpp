@@ -33,7 +33,7 @@ int main(int argc, char** argv) {
       pg.world->all_reduce(v, v, zs::ReduceOp::sum).wait();
       if (mode == "ok" && step == 5) break;
     }
-    std::printf("rank %d done\n", rank);
+    std::printf("rank %d of %d (%s) done\n", pg.env.rank, pg.env.world_size, pg.env.launcher.c_str());
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "rank %d failed: %s\n", rank, e.what());

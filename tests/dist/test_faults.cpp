@@ -2,7 +2,10 @@
 // name the culprit, and leave no process behind.
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <unistd.h>
 #include <sys/wait.h>
@@ -47,6 +50,19 @@ Result run_job(const std::string& mode, int nproc, const std::string& extra_env 
   return r;
 }
 
+// A port nothing listens on right now (the kernel's choice), for jobs that need a fixed one.
+void zs_test_free_port(int* port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  *port = ntohs(a.sin_port);
+  close(fd);
+}
+
 bool alive(pid_t pid) { return kill(pid, 0) == 0 || errno != ESRCH; }
 
 void expect_all_gone(const Result& r, int nproc) {
@@ -57,7 +73,7 @@ void expect_all_gone(const Result& r, int nproc) {
 TEST(Faults, HealthyJobExitsZero) {
   Result r = run_job("ok", 3);
   EXPECT_EQ(r.rc, 0) << r.output;
-  EXPECT_NE(r.output.find("[rank2]: rank 2 done"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("[rank2]: rank 2 of 3 (zsrun) done"), std::string::npos) << r.output;
   expect_all_gone(r, 3);
 }
 
@@ -107,6 +123,23 @@ Result run_cmd(const std::string& cmd) {
   int status = pclose(p);
   r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
+}
+
+// srun/mpirun users: no zsrun, the library reads Slurm's or Open MPI's variables and rank 0 hosts the store.
+TEST(Launchers, SlurmAndOpenMpiVariablesWithoutZsrun) {
+  int port = 0;
+  { zs_test_free_port(&port); }
+  for (const std::string& vars : {std::string("SLURM_PROCID=$r SLURM_NTASKS=3 SLURM_LOCALID=$r SLURM_JOB_ID=7"),
+                                  std::string("OMPI_COMM_WORLD_RANK=$r OMPI_COMM_WORLD_SIZE=3 OMPI_COMM_WORLD_LOCAL_RANK=$r")}) {
+    const std::string cmd = "bash -c 'for r in 0 1 2; do env -u RANK -u WORLD_SIZE " + vars +
+                            " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " ZS_JOB_TOKEN=t " +
+                            ZS_FAULT_PROG_PATH + " ok & done; wait'";
+    Result r = run_cmd(cmd);
+    for (int i = 0; i < 3; ++i)
+      EXPECT_NE(r.output.find("rank " + std::to_string(i) + " of 3"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find(vars.starts_with("SLURM") ? "(slurm)" : "(mpirun)"), std::string::npos) << r.output;
+    ++port;
+  }
 }
 
 TEST(Zsrun, BadFlagOrMissingProgramExitsTwoWithAMessage) {
