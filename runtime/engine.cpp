@@ -68,15 +68,18 @@ Engine::Engine(const Config& cfg, Comm& world)
     : cfg_(cfg), comm_(&world), device_(world.device()), compute_(cfg.precision.param), reduce_(cfg.precision.reduce) {}
 
 Engine::~Engine() {
-  // Finish whatever is in flight before the buffers it uses go away.
-  try {
-    for (auto& u : units_) u->pending.wait();
-    for (auto& b : grad_pool_) b.last_reduce.wait();
-    for (Stream* s : {gather_stream_.get(), reduce_stream_.get(), compute_stream_.get()})
-      if (s) s->synchronize();
-  } catch (const std::exception& e) {
-    log::warn("engine shutdown after a failed collective: {}", e.what());
-  }
+  // Finish whatever is in flight before the buffers it uses go away; one failure must not skip the rest.
+  auto quietly = [](auto&& f) {
+    try {
+      f();
+    } catch (const std::exception& e) {
+      log::warn("engine shutdown after a failed collective: {}", e.what());
+    }
+  };
+  for (auto& u : units_) quietly([&] { u->pending.wait(); });
+  for (auto& b : grad_pool_) quietly([&] { b.last_reduce.wait(); });
+  for (Stream* s : {gather_stream_.get(), reduce_stream_.get(), compute_stream_.get()})
+    if (s) quietly([&] { s->synchronize(); });
 }
 
 UnitId Engine::add_unit(std::string name, std::vector<TensorSpec> tensors) {
@@ -152,7 +155,11 @@ void Engine::setup() {
   if (stage >= 2 && !accumulate)
     for (int i = 0; i < 2; ++i)
       grad_pool_.push_back({Buffer(largest_grads * es(reduce_), mk, device_, MemCategory::grads), -1, make_event(device_), {}});
-  norm_scratch_ = Buffer(units_.size() * sizeof(float), mk, device_, MemCategory::other);
+  norm_scratch_ = Buffer((units_.size() + 1) * sizeof(float), mk, device_, MemCategory::other);
+  for (std::size_t i = 0; i < units_.size(); ++i) grads_ready_.push_back(make_event(device_));
+  update_done_ = make_event(device_);
+  norm_host_.resize(units_.size());
+  param_gathers_.reserve(units_.size());
   ready_ = true;
 }
 
@@ -397,9 +404,9 @@ void Engine::reduce_grads(UnitId id) {
   const int64_t P = u.layout.padded, S = u.layout.shard;
   const int r = comm_->rank(), stage = cfg_.zero.stage;
   Stream* rs = reduce_stream_.get();
-  auto ready = make_event(device_);
-  compute_stream_->record(*ready);  // the app's gradient writes come first
-  rs->wait(*ready);
+  Event& ready = *grads_ready_[static_cast<std::size_t>(id)];
+  compute_stream_->record(ready);  // the app's gradient writes come first
+  rs->wait(ready);
   TensorView full = TensorView::flat(grad_base(u), reduce_, P, device_);
   if (stage == 0) {
     u.pending = comm_->all_reduce(full, full, ReduceOp::avg, rs);
@@ -438,17 +445,17 @@ StepStats Engine::step() {
   float* sums = static_cast<float*>(norm_scratch_.data());
   for (std::size_t i = 0; i < units_.size(); ++i)
     kernels::sum_squares(device_, grad_shard(*units_[i]), sums + i, compute_stream_.get());
-  std::vector<float> host(units_.size());
+  std::vector<float>& host = norm_host_;
   compute_stream_->synchronize();
   memory_copy(host.data(), Device::cpu(), sums, device_, host.size() * sizeof(float));
   float total = 0.0f;
   for (float s : host) total += s;
   if (stage >= 1) {
-    Buffer t(sizeof(float), MemoryKind::device, device_, MemCategory::other);
-    memory_copy(t.data(), device_, &total, Device::cpu(), sizeof(float));
-    Work w = comm_->all_reduce(t.view(DType::f32, 1), t.view(DType::f32, 1), ReduceOp::sum);
+    TensorView t = norm_scratch_.view(DType::f32, num_units() + 1).slice(num_units(), 1);
+    memory_copy(t.data, device_, &total, Device::cpu(), sizeof(float));
+    Work w = comm_->all_reduce(t, t, ReduceOp::sum);
     wait_timed(w);
-    memory_copy(&total, Device::cpu(), t.data(), device_, sizeof(float));
+    memory_copy(&total, Device::cpu(), t.data, device_, sizeof(float));
   }
   const double scale = dynamic_scaling_ ? scaler_.scale : 1.0;
   const double norm = std::sqrt(static_cast<double>(total)) / accum / scale;
@@ -484,7 +491,6 @@ StepStats Engine::step() {
   h.dampening = cfg_.optimizer.dampening;
   h.nesterov = cfg_.optimizer.nesterov;
   h.step = step_ + 1;
-  auto done = make_event(device_);
   for (auto& up : units_) {
     Unit& u = *up;
     const int64_t S = u.layout.shard, lo = stage == 0 ? 0 : S * r;
@@ -506,14 +512,14 @@ StepStats Engine::step() {
     kernels::optimizer_update(device_, h, a, compute_stream_.get());
   }
   if (stage == 1 || stage == 2) {  // every rank updated its shard of the replicated parameters: share them
-    compute_stream_->record(*done);
-    gather_stream_->wait(*done);
-    std::vector<Work> works;
+    compute_stream_->record(*update_done_);
+    gather_stream_->wait(*update_done_);
+    param_gathers_.clear();
     for (auto& up : units_) {
       TensorView full = up->full_params.view(compute_, up->layout.padded);
-      works.push_back(comm_->all_gather(full.slice(up->layout.shard * r, up->layout.shard), full, gather_stream_.get()));
+      param_gathers_.push_back(comm_->all_gather(full.slice(up->layout.shard * r, up->layout.shard), full, gather_stream_.get()));
     }
-    for (auto& w : works) consume(w);
+    for (auto& w : param_gathers_) consume(w);
   }
   ++step_;
   finish_step(full_grads);
