@@ -159,7 +159,6 @@ void Engine::setup() {
   for (std::size_t i = 0; i < units_.size(); ++i) grads_ready_.push_back(make_event(device_));
   update_done_ = make_event(device_);
   norm_host_.resize(units_.size());
-  param_gathers_.reserve(units_.size());
   ready_ = true;
 }
 
@@ -334,10 +333,11 @@ GatheredParams Engine::gather(UnitId id) {
   if (cfg_.zero.stage == 3) {
     if (u.param_state == ParamState::sharded) issue_gather(id);
     prefetch_after(id);  // the next units' all-gathers overlap this unit's compute
-    if (u.param_state == ParamState::gathering) {
-      consume(u.pending);
-      u.param_state = ParamState::gathered;
-    }
+  }
+  // Stage 3: this gather's all-gather. Stages 1-2: the previous step's all-gather of the updated replica.
+  if (u.param_state == ParamState::gathering) {
+    consume(u.pending);
+    u.param_state = ParamState::gathered;
   }
   ++u.holders;
   return GatheredParams(this, id);
@@ -401,6 +401,10 @@ void Engine::reduce_grads(UnitId id) {
            comm_->rank(), u.name);
   if (++u.micro_batches < cfg_.zero.grad_accumulation) return;  // reduce on the last micro-batch only
   check_agreement(kOpReduce, id);
+  if (u.param_state == ParamState::gathering) {  // stages 1-2: a replica all-gather nobody waited for yet
+    consume(u.pending);
+    u.param_state = ParamState::gathered;
+  }
   const int64_t P = u.layout.padded, S = u.layout.shard;
   const int r = comm_->rank(), stage = cfg_.zero.stage;
   Stream* rs = reduce_stream_.get();
@@ -514,12 +518,13 @@ StepStats Engine::step() {
   if (stage == 1 || stage == 2) {  // every rank updated its shard of the replicated parameters: share them
     compute_stream_->record(*update_done_);
     gather_stream_->wait(*update_done_);
-    param_gathers_.clear();
+    // Each unit's replica is complete once its all-gather lands; the next forward waits for it at gather()
+    // (unit by unit, so the later units' gathers overlap the earlier units' compute).
     for (auto& up : units_) {
       TensorView full = up->full_params.view(compute_, up->layout.padded);
-      param_gathers_.push_back(comm_->all_gather(full.slice(up->layout.shard * r, up->layout.shard), full, gather_stream_.get()));
+      up->pending = comm_->all_gather(full.slice(up->layout.shard * r, up->layout.shard), full, gather_stream_.get());
+      up->param_state = ParamState::gathering;
     }
-    for (auto& w : param_gathers_) consume(w);
   }
   ++step_;
   finish_step(full_grads);

@@ -149,7 +149,6 @@ class Engine {
   std::vector<std::unique_ptr<Event>> grads_ready_;  // per unit: the app's gradient writes are done
   std::unique_ptr<Event> update_done_;                // the step's optimizer updates are done
   std::vector<float> norm_host_;                      // per-unit sums of squares, on the host
-  std::vector<Work> param_gathers_;                   // stages 1-2: the step's parameter all-gathers
 };
 
 }  // namespace zs
