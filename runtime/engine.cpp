@@ -3,6 +3,7 @@
 #include "runtime/engine.h"
 
 #include <algorithm>
+#include <fmt/ranges.h>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -10,6 +11,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "kernels/kernels.h"
+#include "runtime/safetensors.h"
 
 namespace zs {
 namespace {
@@ -163,31 +165,74 @@ void Engine::setup() {
 }
 
 void Engine::init_params(const init::Initializer& init) {
-  ZS_CHECK(!ready_, "init_params was already called");
+  ZS_CHECK(!ready_, "init_params: the parameters were already initialised or loaded");
   setup();
+  // Values are a pure function of (seed, "unit.tensor", index): the same at every world size.
+  install([&](const Unit& u, int t, int64_t first, int64_t count, float* out) {
+    const std::string key = u.full_name(t);
+    for (int64_t e = 0; e < count; ++e) out[e] = init.value(key, static_cast<uint64_t>(first + e));
+  });
+}
+
+void Engine::load_weights(const std::string& path) {
+  ZS_CHECK(!ready_, "load_weights: the parameters were already initialised or loaded");
+  SafetensorsFile file(path);
+  for (const auto& up : units_)  // check every name and shape before allocating or reading anything
+    for (int t = 0; t < static_cast<int>(up->tensors.size()); ++t) {
+      const SafetensorsTensor& st = file.tensor(up->full_name(t));
+      const Shape& want = up->tensors[static_cast<std::size_t>(t)].shape;
+      bool same = static_cast<int>(st.shape.size()) == want.ndim;
+      for (int d = 0; same && d < want.ndim; ++d) same = st.shape[static_cast<std::size_t>(d)] == want[d];
+      ZS_CHECK(same, "{}: tensor '{}' has shape [{}] but the model declares [{}]", path, st.name,
+               fmt::join(st.shape, ", "), fmt::join(std::span(want.dims.data(), static_cast<std::size_t>(want.ndim)), ", "));
+    }
+  setup();
+  install([&](const Unit& u, int t, int64_t first, int64_t count, float* out) {
+    file.read_f32(file.tensor(u.full_name(t)), first, count, out);
+  });
+  log::debug("load_weights: read {} bytes of {}", file.bytes_read(), path);
+  last_load_bytes_ = file.bytes_read();
+}
+
+void Engine::install(const ValueSource& source) {
   const int stage = cfg_.zero.stage, r = comm_->rank();
   for (auto& up : units_) {
     Unit& u = *up;
-    const int64_t P = u.layout.padded, S = u.layout.shard, lo = stage == 0 ? 0 : S * r;
-    const int64_t PF = u.frozen.padded, SF = u.frozen.shard;
-    // Values are a pure function of (seed, "unit/tensor", index): the same at every world size.
-    // `full` holds the unit's parameters in gathered order: trainable [0, P), frozen [P, P + PF).
-    std::vector<float> full(static_cast<std::size_t>(P + PF), 0.0f);
-    for (std::size_t t = 0; t < u.tensors.size(); ++t) {
-      const std::string key = u.name + "/" + u.tensors[t].name;
-      const int64_t off = u.param_offset(static_cast<int>(t)), numel = u.tensors[t].shape.numel();
-      for (int64_t e = 0; e < numel; ++e) full[static_cast<std::size_t>(off + e)] = init.value(key, static_cast<uint64_t>(e));
-    }
-    auto upload = [&](void* dst, int64_t from, int64_t count) {  // full[from, from + count) in the compute dtype
-      std::vector<uint8_t> cd(static_cast<std::size_t>(count) * es(compute_));
-      for (int64_t i = 0; i < count; ++i)
-        store_from_f32(cd.data(), compute_, static_cast<std::size_t>(i), full[static_cast<std::size_t>(from + i)]);
+    // This rank's shard of one layout, in f32 on the host: the parts of its tensors that fall inside.
+    auto shard_values = [&](const FlatLayout& l, bool frozen) {
+      std::vector<float> out(static_cast<std::size_t>(l.shard), 0.0f);
+      const int64_t lo = l.shard_offset(stage == 0 ? 0 : r), hi = lo + l.shard;
+      for (int t = 0; t < static_cast<int>(u.tensors.size()); ++t) {
+        if (u.is_frozen(t) != frozen) continue;
+        const auto& slot = l.slots[static_cast<std::size_t>(u.slot_of[static_cast<std::size_t>(t)])];
+        const int64_t b = std::max(lo, slot.offset), e = std::min(hi, slot.offset + slot.numel);
+        if (b < e) source(u, t, b - slot.offset, e - b, out.data() + (b - lo));
+      }
+      return out;
+    };
+    auto upload = [&](void* dst, const std::vector<float>& v) {  // in the compute dtype
+      std::vector<uint8_t> cd(v.size() * es(compute_));
+      for (std::size_t i = 0; i < v.size(); ++i) store_from_f32(cd.data(), compute_, i, v[i]);
       memory_copy(dst, device_, cd.data(), Device::cpu(), cd.size());
     };
-    if (u.full_params.data()) upload(u.full_params.data(), 0, P + PF);
-    if (u.frozen_shard.data()) upload(u.frozen_shard.data(), P + SF * r, SF);
-    if (u.master.data())
-      memory_copy(u.master.data(), device_, full.data() + lo, Device::cpu(), static_cast<std::size_t>(S) * 4);
+    const int64_t P = u.layout.padded, S = u.layout.shard, PF = u.frozen.padded, SF = u.frozen.shard;
+    const int64_t lo = stage == 0 ? 0 : S * r, lof = stage == 0 ? 0 : SF * r;
+    const std::vector<float> train = shard_values(u.layout, false);
+    const std::vector<float> frozen = PF > 0 ? shard_values(u.frozen, true) : std::vector<float>{};
+    if (u.master.data()) memory_copy(u.master.data(), device_, train.data(), Device::cpu(), train.size() * 4);
+    if (stage == 3) {
+      if (PF > 0) upload(u.frozen_shard.data(), frozen);
+    } else {
+      // The replica: this rank's slots now, the others' by all-gather (stage 0 holds everything already).
+      char* full = static_cast<char*>(u.full_params.data());
+      upload(full + lo * static_cast<int64_t>(es(compute_)), train);
+      if (PF > 0) upload(full + (P + lof) * static_cast<int64_t>(es(compute_)), frozen);
+      if (stage > 0) {
+        TensorView all = u.full_params.view(compute_, P + PF);
+        comm_->all_gather(all.slice(lo, S), all.slice(0, P)).wait();
+        if (PF > 0) comm_->all_gather(all.slice(P + lof, SF), all.slice(P, PF)).wait();
+      }
+    }
     for (Buffer* b : {&u.m, &u.v, &u.grads}) memory_zero(b->data(), device_, b->bytes());
   }
   for (auto& b : grad_pool_) memory_zero(b.buf.data(), device_, b.buf.bytes());

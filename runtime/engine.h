@@ -12,6 +12,7 @@
 // over ranks and over `zero.grad_accumulation` micro-batches.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -67,6 +68,9 @@ class Engine {
   UnitId add_unit(std::string name, std::vector<TensorSpec> tensors);
   // Allocates every buffer (sizes are fixed from here on) and fills the parameters. Collective.
   void init_params(const init::Initializer& init);
+  // The same, with values from a safetensors file holding every "unit.tensor" with its declared shape
+  // (F32, BF16, F16 or F64). Each rank reads only its own shards; replicas are completed by all-gather.
+  void load_weights(const std::string& path);
 
   // Optional: the order of gathers in a step (forward then backward), instead of recording it on the
   // first step; prefetch follows it.
@@ -88,6 +92,8 @@ class Engine {
   // the last reset: the communication that compute did not hide.
   double exposed_comm_seconds() const { return exposed_comm_s_; }
   void reset_exposed_comm() { exposed_comm_s_ = 0; }
+  // Tensor bytes this rank read in load_weights (its own shards, not the model).
+  uint64_t loaded_bytes() const { return last_load_bytes_; }
   const Config& config() const { return cfg_; }
   Comm& comm() { return *comm_; }
   Device device() const { return device_; }
@@ -101,6 +107,9 @@ class Engine {
  private:
   friend class GatheredParams;
   void setup();
+  // Fills this rank's shards: source(tensor index, first element, count, out) gives f32 values.
+  using ValueSource = std::function<void(const Unit&, int, int64_t, int64_t, float*)>;
+  void install(const ValueSource& source);
   void release(UnitId u);
   int tensor_index(const Unit& unit, std::string_view name) const;
   void issue_gather(UnitId u);
@@ -143,6 +152,7 @@ class Engine {
   bool dynamic_scaling_ = false;
   bool check_collectives_ = false;
   double exposed_comm_s_ = 0;
+  uint64_t last_load_bytes_ = 0;
   void wait_timed(Work& w);  // host wait, counted as exposed communication
   LossScaler scaler_;
   Buffer norm_scratch_;  // per-unit sums of squares, then the global total (device memory)

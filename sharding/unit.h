@@ -22,6 +22,8 @@ struct Unit {
   std::vector<int> slot_of;  // tensor i -> its slot in `layout` or in `frozen`
 
   bool is_frozen(int i) const { return !tensors[static_cast<std::size_t>(i)].trainable; }
+  // "unit.tensor": the key of the initialiser and the name in safetensors files.
+  std::string full_name(int i) const { return name + "." + tensors[static_cast<std::size_t>(i)].name; }
   // Where tensor i starts among the unit's full parameters: trainable ones first, frozen ones after them.
   int64_t param_offset(int i) const {
     const auto k = static_cast<std::size_t>(slot_of[static_cast<std::size_t>(i)]);

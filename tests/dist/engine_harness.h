@@ -59,7 +59,7 @@ inline Trajectory reference(const Case& c) {
   for (std::size_t u = 0; u < units.size(); ++u)
     for (const auto& t : units[u].second) {
       std::vector<T> v(static_cast<std::size_t>(t.shape.numel()));
-      for (std::size_t e = 0; e < v.size(); ++e) v[e] = kInit.value(units[u].first + "/" + t.name, e);
+      for (std::size_t e = 0; e < v.size(); ++e) v[e] = kInit.value(units[u].first + "." + t.name, e);
       m.p[u].push_back(v);
       mom[u].push_back(std::vector<double>(v.size(), 0.0));
       vel[u].push_back(std::vector<double>(v.size(), 0.0));

@@ -3,11 +3,15 @@
 // on/off; and the ledger against DESIGN §3's formulas for the actual padded layout.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cmath>
+#include <cstdio>
 #include <functional>
 
 #include "core/error.h"
 #include "runtime/engine.h"
+#include "runtime/safetensors.h"
 #include "tests/dist/dist_main.h"
 #include "tests/dist/engine_harness.h"
 
@@ -214,13 +218,77 @@ TEST(EngineFrozen, FrozenTensorsTakeNoGradientOrOptimizerMemoryAndNeverChange) {
       engine.step();
     }
     EXPECT_EQ(engine.read_param(u, "pos"), pos0) << "stage " << stage;
-    EXPECT_NE(engine.read_param(u, "w")[3], kInit.value("emb/w", 3)) << "the trainable tensor must have moved";
+    EXPECT_NE(engine.read_param(u, "w")[3], kInit.value("emb.w", 3)) << "the trainable tensor must have moved";
     // Gradient and optimizer bytes cover the trainable 29*31 + 29 elements (padded), not the 7000 frozen ones.
     const FlatLayout& lay = engine.unit(u).layout;
     const int64_t per = stage == 0 ? lay.padded : lay.shard;
     EXPECT_EQ(l.stats(Device::cpu(), MemCategory::optim_state).current - optim0, 2 * 4 * per) << "stage " << stage;
     EXPECT_LT(l.stats(Device::cpu(), MemCategory::grads).current - grads0, 7000 * 4) << "stage " << stage;
   }
+}
+
+// load_weights: every stage reproduces the file exactly, and below stage 0 each rank reads only its shard:
+// the ranks' bytes add up to the file's tensor bytes, each element read once.
+TEST(EngineLoad, EachRankReadsOnlyItsShardsAndEveryStageMatchesTheFile) {
+  Comm& comm = *pg().world;
+  const std::string path = fmt::format("/tmp/zs_load_{}_{}.safetensors", comm.size(), comm.rank() == 0 ? getpid() : 0);
+  std::string shared = path;
+  {  // rank 0 writes the file and tells the others its name
+    std::vector<std::vector<float>> values;
+    std::vector<SafetensorsSource> src;
+    uint64_t total = 0;
+    for (auto& [unit, tensors] : model_units())
+      for (const auto& t : tensors) {
+        values.emplace_back(static_cast<std::size_t>(t.shape.numel()));
+        for (std::size_t e = 0; e < values.back().size(); ++e) values.back()[e] = std::sin(0.37f * static_cast<float>(e + total));
+        total += values.back().size();
+      }
+    std::size_t k = 0;
+    for (auto& [unit, tensors] : model_units())
+      for (const auto& t : tensors)
+        src.push_back({unit + "." + t.name, DType::f32, std::vector<int64_t>(t.shape.dims.begin(), t.shape.dims.begin() + t.shape.ndim),
+                       values[k++].data()});
+    if (comm.rank() == 0) {
+      write_safetensors(path, src);
+      pg().group_store->set_string("load_test_path", path);
+    }
+    shared = pg().group_store->get_string("load_test_path", Millis(60000));
+    for (int stage = 0; stage <= 3; ++stage) {
+      Engine engine(make_config({stage, DType::bf16, 1, 1, 0.0f}), comm);
+      for (auto& [unit, tensors] : model_units()) engine.add_unit(unit, tensors);
+      engine.load_weights(shared);
+      k = 0;
+      for (int u = 0; u < engine.num_units(); ++u)
+        for (const auto& t : engine.unit(u).tensors) {
+          auto v = engine.read_param(u, t.name);
+          EXPECT_EQ(v, values[k++]) << "stage " << stage << " " << engine.unit(u).name << "." << t.name;
+        }
+      float mine = static_cast<float>(engine.loaded_bytes()), sum = 0;
+      comm.all_reduce(TensorView::flat(&mine, DType::f32, 1), TensorView::flat(&sum, DType::f32, 1), ReduceOp::sum).wait();
+      const double expect = (stage == 0 ? comm.size() : 1) * 4.0 * static_cast<double>(total);
+      EXPECT_EQ(sum, expect) << "stage " << stage;
+      if (stage > 0 && comm.size() > 1) {
+        EXPECT_LT(mine, 4.0 * total) << "a rank read the whole model";
+      }
+    }
+    comm.barrier().wait();
+    if (comm.rank() == 0) std::remove(shared.c_str());
+  }
+  // A file that does not match the model: the error names the tensor and both shapes.
+  const std::string bad = fmt::format("/tmp/zs_badload_{}_{}.safetensors", getpid(), comm.rank());
+  std::vector<float> w(53 * 36);
+  std::vector<SafetensorsSource> src = {{"input.w", DType::f32, {53, 36}, w.data()}};
+  write_safetensors(bad, src);
+  Engine engine(make_config({3, DType::f32, 0, 1, 0.0f}), comm);
+  for (auto& [unit, tensors] : model_units()) engine.add_unit(unit, tensors);
+  try {
+    engine.load_weights(bad);
+    ADD_FAILURE() << "a mismatched file loaded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("tensor 'input.w' has shape [53, 36] but the model declares [53, 37]"),
+              std::string::npos) << e.what();
+  }
+  std::remove(bad.c_str());
 }
 
 TEST(EngineErrors, HoldingMoreThanTheCapIsAClearError) {
