@@ -628,6 +628,19 @@ std::vector<float> Engine::read_param(UnitId id, std::string_view tensor) {
   return out;
 }
 
+MemoryReport Engine::memory() const {
+  const MemoryLedger& l = MemoryLedger::global();
+  MemoryReport m;
+  m.device = device_;
+  for (int c = 0; c < kMemCategoryCount; ++c) {
+    m.on_device[static_cast<std::size_t>(c)] = l.stats(device_, static_cast<MemCategory>(c));
+    m.on_host[static_cast<std::size_t>(c)] = l.stats(Device::cpu(), static_cast<MemCategory>(c));
+  }
+  m.device_total = l.total(device_);
+  m.host_total = l.total(Device::cpu());
+  return m;
+}
+
 std::pair<int, std::size_t> Engine::gather_pool() const {
   return {static_cast<int>(gather_pool_.size()), gather_pool_.empty() ? 0 : gather_pool_[0].buf.bytes()};
 }

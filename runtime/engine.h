@@ -12,6 +12,7 @@
 // over ranks and over `zero.grad_accumulation` micro-batches.
 #pragma once
 
+#include <array>
 #include <functional>
 #include <memory>
 #include <string>
@@ -34,6 +35,13 @@ struct StepStats {
   bool skipped = false;
   double loss_scale = 1.0;
   double lr = 0.0;
+};
+
+// This process's memory by ledger category, on the engine's device and on the host (current and peak).
+struct MemoryReport {
+  Device device;
+  std::array<MemStats, kMemCategoryCount> on_device{}, on_host{};
+  MemStats device_total, host_total;
 };
 
 class Engine;
@@ -92,6 +100,7 @@ class Engine {
   // the last reset: the communication that compute did not hide.
   double exposed_comm_seconds() const { return exposed_comm_s_; }
   void reset_exposed_comm() { exposed_comm_s_ = 0; }
+  MemoryReport memory() const;
   // Tensor bytes this rank read in load_weights (its own shards, not the model).
   uint64_t loaded_bytes() const { return last_load_bytes_; }
   const Config& config() const { return cfg_; }

@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "core/buffer.h"
+#include "optim/schedule.h"
 #include "runtime/engine.h"
 #include "tests/dist/test_model.h"
 
@@ -23,6 +24,7 @@ struct Case {
   int accum;
   float clip;
   kernels::Optimizer opt = kernels::Optimizer::adamw;
+  bool cosine = false;  // warm-up 5 steps, then cosine decay to 10 % at step 30
 };
 
 inline Config make_config(const Case& c) {
@@ -38,10 +40,16 @@ inline Config make_config(const Case& c) {
   cfg.optimizer.weight_decay = 0.1f;
   cfg.optimizer.clip_grad_norm = c.clip;
   cfg.optimizer.momentum = 0.9f;
+  cfg.optimizer.dampening = 0.1f;
+  cfg.optimizer.nesterov = true;
+  if (c.opt == kernels::Optimizer::lion) cfg.optimizer.lr = 5e-4f;
+  if (c.opt == kernels::Optimizer::sgd) cfg.optimizer.lr = 0.1f;
+  if (c.cosine) cfg.schedule = Schedule{ScheduleKind::cosine, 5, 30, 0.1};
   return cfg;
 }
 
 struct Trajectory {
+  double moved = 0;  // RMS change of all parameters over the run, relative to their initial RMS
   std::vector<double> losses;               // mean training loss per step
   std::vector<std::vector<std::vector<double>>> params;  // final [unit][tensor][element]
 };
@@ -102,19 +110,38 @@ inline Trajectory reference(const Case& c) {
         for (double x : t) sq += x * x;
     const double norm = std::sqrt(sq);
     const double clip = c.clip > 0 ? std::min(1.0, c.clip / (norm + 1e-6)) : 1.0;
-    const double t = k + 1, lr = cfg.optimizer.lr, b1 = cfg.optimizer.beta1, b2 = cfg.optimizer.beta2;
+    const double t = k + 1, lr = cfg.schedule.lr(cfg.optimizer.lr, k + 1), b1 = cfg.optimizer.beta1,
+                 b2 = cfg.optimizer.beta2;
     for (std::size_t u = 0; u < units.size(); ++u)
       for (std::size_t ti = 0; ti < units[u].second.size(); ++ti) {
         const double wd = units[u].second[ti].weight_decay ? cfg.optimizer.weight_decay : 0.0;
         for (std::size_t e = 0; e < m.p[u][ti].size(); ++e) {
           double p = static_cast<double>(masters[u][ti][e]);
-          const double g = grad[u][ti][e] * clip;
+          double g = grad[u][ti][e] * clip;
           double& mm = mom[u][ti][e];
           double& vv = vel[u][ti][e];
-          p *= 1 - lr * wd;
-          mm = b1 * mm + (1 - b1) * g;
-          vv = b2 * vv + (1 - b2) * g * g;
-          p -= lr / (1 - std::pow(b1, t)) * mm / (std::sqrt(vv) / std::sqrt(1 - std::pow(b2, t)) + cfg.optimizer.eps);
+          switch (c.opt) {
+            case kernels::Optimizer::adamw:
+            case kernels::Optimizer::adam:
+              p *= 1 - lr * wd;
+              mm = b1 * mm + (1 - b1) * g;
+              vv = b2 * vv + (1 - b2) * g * g;
+              p -= lr / (1 - std::pow(b1, t)) * mm / (std::sqrt(vv) / std::sqrt(1 - std::pow(b2, t)) + cfg.optimizer.eps);
+              break;
+            case kernels::Optimizer::sgd: {  // L2 decay, momentum with dampening, Nesterov (PyTorch's SGD)
+              const double mom_c = cfg.optimizer.momentum;
+              g += wd * p;
+              mm = k == 0 ? g : mom_c * mm + (1 - cfg.optimizer.dampening) * g;
+              p -= lr * (cfg.optimizer.nesterov ? g + mom_c * mm : mm);
+              break;
+            }
+            case kernels::Optimizer::lion: {
+              const double cu = b1 * mm + (1 - b1) * g;
+              p = p * (1 - lr * wd) - lr * ((cu > 0) - (cu < 0));
+              mm = b2 * mm + (1 - b2) * g;
+              break;
+            }
+          }
           // Stored as the engine stores them: f32 master, m and v (each update computed in f64).
           p = static_cast<float>(p);
           mm = static_cast<float>(mm);
@@ -124,6 +151,15 @@ inline Trajectory reference(const Case& c) {
         }
       }
   }
+  double d2 = 0, p2 = 0;
+  for (std::size_t u = 0; u < units.size(); ++u)
+    for (std::size_t ti = 0; ti < units[u].second.size(); ++ti)
+      for (std::size_t e = 0; e < masters[u][ti].size(); ++e) {
+        const double p0 = kInit.value(units[u].first + "." + units[u].second[ti].name, e);
+        d2 += (masters[u][ti][e] - p0) * (masters[u][ti][e] - p0);
+        p2 += p0 * p0;
+      }
+  run.moved = std::sqrt(d2 / p2);
   run.params = masters;
   return run;
 }
@@ -233,8 +269,9 @@ inline double worst_rms_error(const std::vector<std::vector<std::vector<double>>
 }
 
 inline std::string name(const Case& c, int world) {
-  return fmt::format("stage {} {} prefetch {} accumulation {} clip {} (world {})", c.stage, dtype_name(c.param),
-                     c.prefetch, c.accum, c.clip, world);
+  static const char* const opt[] = {"adamw", "adam", "sgd", "lion"};
+  return fmt::format("stage {} {} {}{} prefetch {} accumulation {} clip {} (world {})", c.stage, dtype_name(c.param),
+                     opt[static_cast<int>(c.opt)], c.cosine ? " cosine" : "", c.prefetch, c.accum, c.clip, world);
 }
 
 }  // namespace zs::test

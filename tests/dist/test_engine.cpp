@@ -20,6 +20,13 @@ namespace {
 
 using namespace test;
 
+std::string case_name(const ::testing::TestParamInfo<Case>& info) {
+  const Case& c = info.param;
+  static const char* const opt[] = {"adamw", "adam", "sgd", "lion"};
+  return fmt::format("stage{}_{}_prefetch{}_accum{}_clip{}_{}{}", c.stage, dtype_name(c.param), c.prefetch, c.accum,
+                     static_cast<int>(c.clip * 10), opt[static_cast<int>(c.opt)], c.cosine ? "_cosine" : "");
+}
+
 class EngineVsReference : public ::testing::TestWithParam<Case> {};
 
 TEST_P(EngineVsReference, MatchesTheSingleProcessTrainer) {
@@ -27,7 +34,9 @@ TEST_P(EngineVsReference, MatchesTheSingleProcessTrainer) {
   Engine engine(make_config(c), *pg().world);
   const Trajectory got = train(c, engine);
   const Trajectory want = c.param == DType::f32 ? reference<float>(c) : reference<double>(c);
-  EXPECT_LT(want.losses.back(), want.losses.front() * 0.9) << "the reference does not learn: the test is too weak";
+  // Each step trains on new samples, so the loss also tracks the batch; what makes the comparison
+  // meaningful is that the parameters really moved.
+  EXPECT_GT(want.moved, 1e-3) << "the parameters barely moved: the test is too weak";
   if (c.param == DType::f32) {
     // Every parameter within 1e-5 of the reference, relative to the tensor's RMS. Measured worst: 2.8e-6, identical at worlds 1-4:
     // it is the app's f32 gradient sums against the reference's f64 ones, amplified by Adam's m/sqrt(v)
@@ -50,13 +59,11 @@ TEST_P(EngineVsReference, MatchesTheSingleProcessTrainer) {
 INSTANTIATE_TEST_SUITE_P(
     Covering, EngineVsReference,
     ::testing::Values(Case{0, DType::f32, 0, 1, 0.0f}, Case{1, DType::f32, 0, 3, 1.0f}, Case{2, DType::f32, 0, 1, 0.5f},
-                      Case{3, DType::f32, 2, 1, 1.0f}, Case{3, DType::f32, 0, 3, 0.0f}, Case{0, DType::bf16, 0, 1, 1.0f},
-                      Case{2, DType::bf16, 0, 3, 0.0f}, Case{3, DType::bf16, 2, 1, 0.5f}),
-    [](const auto& info) {
-      const Case& c = info.param;
-      return fmt::format("stage{}_{}_prefetch{}_accum{}_clip{}", c.stage, dtype_name(c.param), c.prefetch, c.accum,
-                         static_cast<int>(c.clip * 10));
-    });
+                      Case{3, DType::f32, 2, 1, 1.0f}, Case{3, DType::f32, 0, 3, 0.0f, kernels::Optimizer::adamw, true},
+                      Case{2, DType::f32, 0, 1, 0.0f, kernels::Optimizer::sgd},
+                      Case{3, DType::f32, 2, 3, 1.0f, kernels::Optimizer::lion}, Case{0, DType::bf16, 0, 1, 1.0f},
+                      Case{1, DType::bf16, 0, 1, 0.5f}, Case{2, DType::bf16, 0, 3, 0.0f}, Case{3, DType::bf16, 2, 1, 0.5f}),
+    case_name);
 
 // Sharding changes where the numbers live, not what they are. At the same world size stages 1-3 share the
 // layout and the reduce-scatter, so their parameters must be bit-identical; stage 0 (replicated, all-reduce)
@@ -102,6 +109,8 @@ TEST(EngineMemory, LedgerMatchesTheFormulas) {
       max_p = std::max(max_p, engine.unit(u).layout.padded);
     }
     const auto after = snapshot();
+    const MemoryReport report = engine.memory();
+    EXPECT_EQ(report.on_device[static_cast<std::size_t>(MemCategory::params)].current, after[static_cast<std::size_t>(MemCategory::params)]);
     auto delta = [&](MemCategory cat) {
       return after[static_cast<std::size_t>(cat)] - before[static_cast<std::size_t>(cat)];
     };
