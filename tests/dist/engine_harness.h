@@ -4,10 +4,12 @@
 
 #include <cmath>
 #include <functional>
+#include <type_traits>
 
 #include <fmt/format.h>
 
 #include "core/buffer.h"
+#include "kernels/kernels.h"
 #include "optim/schedule.h"
 #include "runtime/engine.h"
 #include "tests/dist/test_model.h"
@@ -54,9 +56,9 @@ struct Trajectory {
   std::vector<std::vector<std::vector<double>>> params;  // final [unit][tensor][element]
 };
 
-// The reference: the whole global batch in one process, no sharding; the model in T (the app's f32 code
-// for f32 runs, f64 for bf16 runs), gradients averaged and each update computed in f64, then stored in f32
-// as the engine stores master, m and v.
+// The reference: the whole global batch in one process, no sharding. f32 runs: the app's model code and
+// gradient accumulation order, and the optimizer kernel (verified against f64 per step in the kernel
+// tests) on whole tensors. bf16 runs: the model in f64 and the update in f64, stored in f32.
 template <typename T>
 inline Trajectory reference(const Case& c) {
   const Config cfg = make_config(c);
@@ -78,12 +80,16 @@ inline Trajectory reference(const Case& c) {
   Trajectory run;
   std::vector<std::vector<std::vector<double>>> grad(units.size());
   for (int k = 0; k < kSteps; ++k) {
-    for (std::size_t u = 0; u < units.size(); ++u) {
-      grad[u].clear();
-      for (auto& t : m.p[u]) grad[u].push_back(std::vector<double>(t.size(), 0.0));
-    }
+    // Gradients accumulate in T exactly as the app does on one rank: per sample, scaled by 1/batch, in
+    // sample order; micro-batches added up in T; the engine's 1/accumulation comes with the update.
+    std::vector<std::vector<std::vector<T>>> acc(units.size());
+    for (std::size_t u = 0; u < units.size(); ++u)
+      for (auto& t : m.p[u]) acc[u].push_back(std::vector<T>(t.size(), T(0)));
     double loss = 0;
     for (int mb = 0; mb < c.accum; ++mb) {
+      m.g = m.p;
+      for (auto& u : m.g)
+        for (auto& t : u) std::fill(t.begin(), t.end(), T(0));
       for (int s = 0; s < test::kGlobalBatch; ++s) {
         const int64_t sample = (static_cast<int64_t>(k) * c.accum + mb) * test::kGlobalBatch + s;
         typename test::Model<T>::Cache cache;
@@ -91,16 +97,18 @@ inline Trajectory reference(const Case& c) {
         for (int j = 0; j < test::kIn; ++j) cache.x[static_cast<std::size_t>(j)] = test::input_value(sample, j);
         for (int u = 0; u < 4; ++u) m.forward_unit(u, cache);
         loss += static_cast<double>(test::Model<T>::loss(cache, test::label(sample))) / (test::kGlobalBatch * c.accum);
-        // One sample's gradient in the model's precision, summed into the f64 mean.
-        m.g = m.p;
-        for (auto& u : m.g)
-          for (auto& t : u) std::fill(t.begin(), t.end(), T(0));
         std::vector<T> d;
-        for (int u = 3; u >= 0; --u) d = m.backward_unit(u, cache, d, test::label(sample), T(1));
-        for (std::size_t u = 0; u < units.size(); ++u)
-          for (std::size_t t = 0; t < grad[u].size(); ++t)
-            for (std::size_t e = 0; e < grad[u][t].size(); ++e)
-              grad[u][t][e] += static_cast<double>(m.g[u][t][e]) / (test::kGlobalBatch * c.accum);
+        for (int u = 3; u >= 0; --u) d = m.backward_unit(u, cache, d, test::label(sample), T(1) / T(test::kGlobalBatch));
+      }
+      for (std::size_t u = 0; u < units.size(); ++u)
+        for (std::size_t t = 0; t < acc[u].size(); ++t)
+          for (std::size_t e = 0; e < acc[u][t].size(); ++e) acc[u][t][e] += m.g[u][t][e];
+    }
+    for (std::size_t u = 0; u < units.size(); ++u) {
+      grad[u].clear();
+      for (auto& t : acc[u]) {
+        grad[u].emplace_back(t.begin(), t.end());
+        for (double& x : grad[u].back()) x /= c.accum;
       }
     }
     run.losses.push_back(loss);
@@ -112,6 +120,39 @@ inline Trajectory reference(const Case& c) {
     const double clip = c.clip > 0 ? std::min(1.0, c.clip / (norm + 1e-6)) : 1.0;
     const double t = k + 1, lr = cfg.schedule.lr(cfg.optimizer.lr, k + 1), b1 = cfg.optimizer.beta1,
                  b2 = cfg.optimizer.beta2;
+    if constexpr (std::is_same_v<T, float>) {
+      // f32 runs: the update is the optimizer kernel itself (checked against f64 per step in the kernel
+      // tests) on whole, unsharded tensors, so this comparison isolates sharding and communication.
+      kernels::OptimizerHyper h;
+      h.kind = c.opt;
+      h.lr = static_cast<float>(lr);
+      h.beta1 = c.opt == kernels::Optimizer::sgd ? cfg.optimizer.momentum : cfg.optimizer.beta1;
+      h.beta2 = cfg.optimizer.beta2;
+      h.eps = cfg.optimizer.eps;
+      h.dampening = cfg.optimizer.dampening;
+      h.nesterov = cfg.optimizer.nesterov;
+      h.step = k + 1;
+      for (std::size_t u = 0; u < units.size(); ++u)
+        for (std::size_t ti = 0; ti < units[u].second.size(); ++ti) {
+          h.weight_decay = units[u].second[ti].weight_decay ? cfg.optimizer.weight_decay : 0.0f;
+          std::vector<float> p32(masters[u][ti].begin(), masters[u][ti].end());
+          std::vector<float> m32(mom[u][ti].begin(), mom[u][ti].end()), v32(vel[u][ti].begin(), vel[u][ti].end());
+          const auto& g32 = acc[u][ti];
+          kernels::UpdateArgs a;
+          a.n = static_cast<int64_t>(p32.size());
+          a.param = p32.data();
+          a.grad = g32.data();
+          a.grad_scale = static_cast<float>(clip / c.accum);
+          a.state1 = m32.data();
+          a.state2 = c.opt == kernels::Optimizer::adamw || c.opt == kernels::Optimizer::adam ? v32.data() : nullptr;
+          kernels::optimizer_update(Device::cpu(), h, a);
+          masters[u][ti].assign(p32.begin(), p32.end());
+          mom[u][ti].assign(m32.begin(), m32.end());
+          vel[u][ti].assign(v32.begin(), v32.end());
+          for (std::size_t e = 0; e < p32.size(); ++e) m.p[u][ti][e] = p32[e];
+        }
+      continue;
+    }
     for (std::size_t u = 0; u < units.size(); ++u)
       for (std::size_t ti = 0; ti < units[u].second.size(); ++ti) {
         const double wd = units[u].second[ti].weight_decay ? cfg.optimizer.weight_decay : 0.0;

@@ -38,11 +38,13 @@ TEST_P(EngineVsReference, MatchesTheSingleProcessTrainer) {
   // meaningful is that the parameters really moved.
   EXPECT_GT(want.moved, 1e-3) << "the parameters barely moved: the test is too weak";
   if (c.param == DType::f32) {
-    // Every parameter within 1e-5 of the reference, relative to the tensor's RMS. Measured worst: 2.8e-6, identical at worlds 1-4:
-    // it is the app's f32 gradient sums against the reference's f64 ones, amplified by Adam's m/sqrt(v)
-    // over 30 steps — not sharding, which ShardedStagesReproduceReplicated checks 100x tighter.
+    // Every parameter against the unsharded trainer (same f32 model code, same update kernel), relative
+    // to its tensor's RMS. World 1: bit-identical without clipping, <= 4.1e-7 with it (the engine's f32
+    // norm vs the reference's f64 one) — bound 1e-6. Worlds 2-4: <= 3.5e-6, from f32 sums over ranks in
+    // ring order instead of one sequence, compounded over 30 steps — bound 1e-5. (Stages 1-3 are
+    // bit-identical to each other at a given world: ShardedStagesReproduceReplicated.)
     const double worst = worst_rms_error(got.params, want.params);
-    EXPECT_LE(worst, 1e-5) << name(c, pg().world->size());
+    EXPECT_LE(worst, pg().world->size() == 1 ? 1e-6 : 1e-5) << name(c, pg().world->size());
     if (pg().world->rank() == 0) std::printf("%s: worst parameter error %.3g of the tensor RMS\n", name(c, pg().world->size()).c_str(), worst);
   } else {
     // bf16 compute: weights are rounded to 8 significant bits (relative error <= 2^-9) before every use, so
