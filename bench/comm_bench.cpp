@@ -29,15 +29,21 @@ int64_t parse_size(const std::string& s) {
   std::size_t pos = 0;
   double v = std::stod(s, &pos);
   std::string unit = s.substr(pos);
-  if (unit == "K" || unit == "k") v *= 1 << 10;
-  else if (unit == "M") v *= 1 << 20;
-  else if (unit == "G") v *= 1 << 30;
-  else ZS_CHECK(unit.empty(), "size '{}': expected a number with an optional K, M or G suffix", s);
+  if (unit == "K" || unit == "k")
+    v *= 1 << 10;
+  else if (unit == "M")
+    v *= 1 << 20;
+  else if (unit == "G")
+    v *= 1 << 30;
+  else
+    ZS_CHECK(unit.empty(), "size '{}': expected a number with an optional K, M or G suffix", s);
   return static_cast<int64_t>(v);
 }
 
 // Small integers: exact in every dtype, and so are sums over a few ranks.
-float pattern(int rank, int64_t i) { return static_cast<float>((i * 7 + rank * 3) % 17 - 8); }
+float pattern(int rank, int64_t i) {
+  return static_cast<float>((i * 7 + rank * 3) % 17 - 8);
+}
 
 struct Bench {
   Comm& comm;
@@ -88,14 +94,15 @@ struct Bench {
       memory_copy(in.data(), dev, host.data(), Device::cpu(), static_cast<std::size_t>(in_elems) * es);
     issue(k, in, out, s, in_place).wait();
     const int64_t res_elems = k == CollectiveKind::reduce_scatter ? s.shard : s.full;
-    const char* res = static_cast<const char*>(
-        k == CollectiveKind::all_gather ? out.data() : (in_place ? in.data() : out.data()));
+    const char* res =
+        static_cast<const char*>(k == CollectiveKind::all_gather ? out.data() : (in_place ? in.data() : out.data()));
     if (k == CollectiveKind::reduce_scatter && in_place) res += s.shard * r * static_cast<int64_t>(es);
     memory_copy(host.data(), Device::cpu(), res, dev, static_cast<std::size_t>(res_elems) * es);
     int64_t wrong = 0;
     for (int64_t i = 0; i < res_elems; ++i) {
       float want = 0;
-      if (k == CollectiveKind::all_gather) want = pattern(static_cast<int>(i / s.shard), i);
+      if (k == CollectiveKind::all_gather)
+        want = pattern(static_cast<int>(i / s.shard), i);
       else {
         const int64_t gi = k == CollectiveKind::reduce_scatter ? s.shard * r + i : i;
         for (int p = 0; p < n; ++p) want += pattern(p, gi);
@@ -113,8 +120,8 @@ struct Bench {
     Work last;
     for (int i = 0; i < args.iters; ++i) last = issue(k, in, out, s, in_place);
     last.wait();
-    const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() /
-                      args.iters;
+    const double us =
+        std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / args.iters;
     int64_t wrong = check(k, in, out, s, in_place);
     float stats[2] = {static_cast<float>(us), static_cast<float>(wrong)};
     float reduced[2];
@@ -136,18 +143,23 @@ int main(int argc, char** argv) {
   Args a;
   CLI::App app{"comm_bench: collective bandwidth in nccl-tests' format, every value checked. Launch with zsrun.",
                "comm_bench"};
-  app.add_option("--backend", a.backend, "gloo (CPU) or nccl (CUDA)")->check(CLI::IsMember({"gloo", "nccl"}))
+  app.add_option("--backend", a.backend, "gloo (CPU) or nccl (CUDA)")
+      ->check(CLI::IsMember({"gloo", "nccl"}))
       ->capture_default_str();
   app.add_option("--op", a.ops, "all_gather, reduce_scatter, all_reduce or all")
-      ->check(CLI::IsMember({"all_gather", "reduce_scatter", "all_reduce", "all"}))->capture_default_str();
-  app.add_option("--dtype", a.dtype, "f32, bf16 or f16")->check(CLI::IsMember({"f32", "bf16", "f16"}))
+      ->check(CLI::IsMember({"all_gather", "reduce_scatter", "all_reduce", "all"}))
+      ->capture_default_str();
+  app.add_option("--dtype", a.dtype, "f32, bf16 or f16")
+      ->check(CLI::IsMember({"f32", "bf16", "f16"}))
       ->capture_default_str();
   app.add_option("-b,--min-bytes", a.min_bytes, "smallest buffer (K/M/G suffixes)")->capture_default_str();
   app.add_option("-e,--max-bytes", a.max_bytes, "largest buffer")->capture_default_str();
-  app.add_option("-f,--step-factor", a.factor, "size multiplier between rows")->check(CLI::Range(2, 1024))
+  app.add_option("-f,--step-factor", a.factor, "size multiplier between rows")
+      ->check(CLI::Range(2, 1024))
       ->capture_default_str();
   app.add_option("-n,--iters", a.iters, "timed iterations per size")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("-w,--warmup", a.warmup, "untimed iterations per size")->check(CLI::NonNegativeNumber)
+  app.add_option("-w,--warmup", a.warmup, "untimed iterations per size")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   try {
@@ -175,15 +187,14 @@ int main(int argc, char** argv) {
     for (CollectiveKind k : kinds) {
       if (root) {
         std::printf("#\n# %s\n", std::string(collective_name(k)).c_str());
-        std::printf("# %12s %12s %6s %6s   %9s %8s %8s %6s   %9s %8s %8s %6s\n", "", "", "", "", "out-of-place", "",
-                    "", "", "in-place", "", "", "");
+        std::printf("# %12s %12s %6s %6s   %9s %8s %8s %6s   %9s %8s %8s %6s\n", "", "", "", "", "out-of-place", "", "",
+                    "", "in-place", "", "", "");
         std::printf("# %12s %12s %6s %6s   %9s %8s %8s %6s   %9s %8s %8s %6s\n", "size", "count", "type", "redop",
                     "time", "algbw", "busbw", "#wrong", "time", "algbw", "busbw", "#wrong");
         std::printf("# %12s %12s %6s %6s   %9s %8s %8s %6s   %9s %8s %8s %6s\n", "(B)", "(elements)", "", "", "(us)",
                     "(GB/s)", "(GB/s)", "", "(us)", "(GB/s)", "(GB/s)", "");
       }
-      const double bus_factor =
-          k == CollectiveKind::all_reduce ? 2.0 * (n - 1) / n : static_cast<double>(n - 1) / n;
+      const double bus_factor = k == CollectiveKind::all_reduce ? 2.0 * (n - 1) / n : static_cast<double>(n - 1) / n;
       for (int64_t bytes = min_bytes; bytes <= max_bytes; bytes *= a.factor) {
         // Full-buffer elements, a multiple of the rank count so shards are equal.
         const int64_t full = std::max<int64_t>(bytes / static_cast<int64_t>(es) / n, 1) * n;
@@ -195,14 +206,15 @@ int main(int argc, char** argv) {
         if (root) {
           const double alg_oop = size_b / t_oop / 1e3, alg_ip = size_b / t_ip / 1e3;
           std::printf("  %12.0f %12ld %6s %6s   %9.1f %8.3f %8.3f %6ld   %9.1f %8.3f %8.3f %6ld\n", size_b,
-                      static_cast<long>(full), a.dtype.c_str(), k == CollectiveKind::all_gather ? "none" : "sum",
-                      t_oop, alg_oop, alg_oop * bus_factor, static_cast<long>(w_oop), t_ip, alg_ip,
-                      alg_ip * bus_factor, static_cast<long>(w_ip));
+                      static_cast<long>(full), a.dtype.c_str(), k == CollectiveKind::all_gather ? "none" : "sum", t_oop,
+                      alg_oop, alg_oop * bus_factor, static_cast<long>(w_oop), t_ip, alg_ip, alg_ip * bus_factor,
+                      static_cast<long>(w_ip));
           std::fflush(stdout);
         }
       }
     }
-    if (root) std::printf("# Out of bounds values : %ld %s\n", static_cast<long>(total_wrong), total_wrong ? "FAILED" : "OK");
+    if (root)
+      std::printf("# Out of bounds values : %ld %s\n", static_cast<long>(total_wrong), total_wrong ? "FAILED" : "OK");
     comm.barrier().wait();
     return total_wrong ? 1 : 0;
   } catch (const std::exception& e) {

@@ -76,7 +76,8 @@ void fill(Device d, Buffer& b, DType t, float scale) {
   std::vector<uint8_t> host(chunk * es);
   for (std::size_t i = 0; i < chunk; ++i) store_from_f32(host.data(), t, i, u(rng) * scale);
   for (std::size_t off = 0; off < b.bytes(); off += host.size())
-    memory_copy(static_cast<char*>(b.data()) + off, d, host.data(), Device::cpu(), std::min(host.size(), b.bytes() - off));
+    memory_copy(static_cast<char*>(b.data()) + off, d, host.data(), Device::cpu(),
+                std::min(host.size(), b.bytes() - off));
 }
 
 // The reference copy: on CPU one large memcpy per thread (glibc streams it with non-temporal stores, so
@@ -110,7 +111,8 @@ int main(int argc, char** argv) {
   app.add_option("--device", a.device, "cpu or cuda")->capture_default_str();
   app.add_option("--params", a.params, "parameters in the shard")->capture_default_str();
   app.add_option("--optimizer", a.optimizer, "adamw, adam, sgd or lion")
-      ->check(CLI::IsMember({"adamw", "adam", "sgd", "lion"}))->capture_default_str();
+      ->check(CLI::IsMember({"adamw", "adam", "sgd", "lion"}))
+      ->capture_default_str();
   app.add_option("--grad", a.grad, "gradient dtype: f32, bf16, f16")->capture_default_str();
   app.add_option("--state", a.state, "optimizer state dtype: f32, bf16")->capture_default_str();
   app.add_option("--param-out", a.out, "fused compute-dtype copy: none, bf16, f16")->capture_default_str();
@@ -122,14 +124,15 @@ int main(int argc, char** argv) {
     const int64_t n = static_cast<int64_t>(a.params);
     const DType gt = dtype_parse(a.grad), st = dtype_parse(a.state);
     kernels::OptimizerHyper h;
-    h.kind = a.optimizer == "adamw" ? kernels::Optimizer::adamw
+    h.kind = a.optimizer == "adamw"  ? kernels::Optimizer::adamw
              : a.optimizer == "adam" ? kernels::Optimizer::adam
              : a.optimizer == "sgd"  ? kernels::Optimizer::sgd
                                      : kernels::Optimizer::lion;
     h.weight_decay = 0.1f;
     const MemoryKind mk = MemoryKind::device;
     Buffer p(n * 4, mk, dev, MemCategory::master), g(n * dtype_size(gt), mk, dev, MemCategory::grads);
-    Buffer m(n * dtype_size(st), mk, dev, MemCategory::optim_state), v(n * dtype_size(st), mk, dev, MemCategory::optim_state);
+    Buffer m(n * dtype_size(st), mk, dev, MemCategory::optim_state),
+        v(n * dtype_size(st), mk, dev, MemCategory::optim_state);
     Buffer out(a.out == "none" ? 0 : n * 2, mk, dev, MemCategory::params);
     fill(dev, p, DType::f32, 1.0f);
     fill(dev, g, gt, 1e-2f);
@@ -156,7 +159,8 @@ int main(int argc, char** argv) {
     std::printf("# optim_bench: %s on %s (%s), %.3g params, grad %s, state %s, param-out %s: %ld B/param moved\n",
                 a.optimizer.c_str(), dev.str().c_str(), dev.is_cpu() ? kernels::cpu_isa() : "cuda", a.params,
                 a.grad.c_str(), a.state.c_str(), a.out.c_str(), static_cast<long>(bpe));
-    std::printf("# %7s %12s %12s %10s %10s %8s\n", "threads", "time (ms)", "Gparams/s", "eff GB/s", "copy GB/s", "ratio");
+    std::printf("# %7s %12s %12s %10s %10s %8s\n", "threads", "time (ms)", "Gparams/s", "eff GB/s", "copy GB/s",
+                "ratio");
     for (int t : threads) {
       if (dev.is_cpu()) kernels::set_cpu_threads(t);
       const double tu = time_median(dev, a.iters, [&] {

@@ -1,9 +1,9 @@
 // train_bench: step time of a layer stack (one linear layer per unit, OpenBLAS sgemm on CPU) through
 // the engine at each ZeRO stage and prefetch depth, and the communication the compute did not hide.
 // Launch with zsrun; rank 0 prints the table.
-#include <CLI/CLI.hpp>
-#include <fmt/format.h>
 #include <cblas.h>
+#include <fmt/format.h>
+#include <CLI/CLI.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -43,7 +43,8 @@ struct Stack {
       const float* b = p.tensor(1).as<float>();
       float* y = acts[static_cast<std::size_t>(l + 1)].data();
       for (int r = 0; r < B; ++r) std::copy(b, b + D, y + static_cast<std::ptrdiff_t>(r) * D);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, D, D, 1.0f, acts[static_cast<std::size_t>(l)].data(), D, w, D, 1.0f, y, D);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, D, D, 1.0f, acts[static_cast<std::size_t>(l)].data(), D,
+                  w, D, 1.0f, y, D);
       for (int i = 0; i < B * D; ++i) y[i] = std::tanh(y[i]);
     }
     // Loss = mean(y^2) / 2: dL/dy = y / (B * D).
@@ -56,10 +57,11 @@ struct Stack {
       const float* y = acts[static_cast<std::size_t>(l + 1)].data();
       for (int i = 0; i < B * D; ++i) dy[static_cast<std::size_t>(i)] *= 1 - y[i] * y[i];
       TensorView gw = e.grads(l, 0), gb = e.grads(l, 1);
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, D, D, B, 1.0f, dy.data(), D, acts[static_cast<std::size_t>(l)].data(), D,
-                  1.0f, gw.as<float>(), D);
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, D, D, B, 1.0f, dy.data(), D,
+                  acts[static_cast<std::size_t>(l)].data(), D, 1.0f, gw.as<float>(), D);
       for (int r = 0; r < B; ++r)
-        for (int j = 0; j < D; ++j) gb.as<float>()[j] += dy[static_cast<std::size_t>(r) * D + static_cast<std::size_t>(j)];
+        for (int j = 0; j < D; ++j)
+          gb.as<float>()[j] += dy[static_cast<std::size_t>(r) * D + static_cast<std::size_t>(j)];
       e.reduce_grads(l);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, D, D, 1.0f, dy.data(), D, w, D, 0.0f, dx.data(), D);
       std::swap(dx, dy);
@@ -123,7 +125,8 @@ int main(int argc, char** argv) {
         const auto t0 = std::chrono::steady_clock::now();
         for (int i = 0; i < a.steps; ++i) s.run_step(*r.engine);
         pg.world->barrier().wait();
-        r.ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / a.steps);
+        r.ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() /
+                       a.steps);
         r.exposed.push_back(1e3 * r.engine->exposed_comm_seconds() / a.steps);
       }
     auto median = [](std::vector<double> v) {
@@ -133,12 +136,14 @@ int main(int argc, char** argv) {
     const double base = median(runs.front().ms);
     for (auto& r : runs)
       if (root)
-        std::printf("  %5d %8d %14.1f %16.1f %9.1f%%   (rounds: %s)\n", r.stage, r.prefetch, median(r.ms), median(r.exposed),
-                    100.0 * median(r.ms) / base, [&] {
+        std::printf("  %5d %8d %14.1f %16.1f %9.1f%%   (rounds: %s)\n", r.stage, r.prefetch, median(r.ms),
+                    median(r.exposed), 100.0 * median(r.ms) / base,
+                    [&] {
                       std::string out;
                       for (double m : r.ms) out += fmt::format("{:.0f} ", m);
                       return out;
-                    }().c_str());
+                    }()
+                        .c_str());
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "train_bench: %s\n", e.what());

@@ -53,7 +53,8 @@ JobEnv job_env_from(const std::function<const char*(const char*)>& get) {
   } else if (get("OMPI_COMM_WORLD_RANK")) {
     e.launcher = "mpirun";
     read({"OMPI_COMM_WORLD_RANK"}, e.rank);
-    ZS_CHECK(read({"OMPI_COMM_WORLD_SIZE"}, e.world_size), "OMPI_COMM_WORLD_RANK is set but OMPI_COMM_WORLD_SIZE is not");
+    ZS_CHECK(read({"OMPI_COMM_WORLD_SIZE"}, e.world_size),
+             "OMPI_COMM_WORLD_RANK is set but OMPI_COMM_WORLD_SIZE is not");
     read({"OMPI_COMM_WORLD_LOCAL_RANK"}, e.local_rank);
     if (!read({"OMPI_COMM_WORLD_LOCAL_SIZE"}, e.local_world_size)) e.local_world_size = e.world_size;
   }
@@ -65,8 +66,10 @@ JobEnv job_env_from(const std::function<const char*(const char*)>& get) {
            "a job of {} ranks needs MASTER_ADDR and MASTER_PORT (where rank 0's node hosts the store); zsrun sets "
            "them",
            e.world_size);
-  if (const char* t = get("ZS_JOB_TOKEN")) e.token = t;
-  else if (const char* j = get("SLURM_JOB_ID")) e.token = std::string("slurm-") + j;
+  if (const char* t = get("ZS_JOB_TOKEN"))
+    e.token = t;
+  else if (const char* j = get("SLURM_JOB_ID"))
+    e.token = std::string("slurm-") + j;
   e.store_hosted = e.launcher == "zsrun";
   read({"ZS_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT"}, e.restart_count);
   return e;
@@ -132,8 +135,7 @@ ProcessGroup init_process_group(const ProcessGroupOptions& opts) {
     pg.world = std::make_unique<NcclComm>(group_store, pg.env.rank, pg.env.world_size, co,
                                           Device::cuda(pg.env.local_rank % ngpu));
 #else
-    ZS_FAIL("rank {}: the NCCL backend was asked for but this build has no CUDA; use comm.backend: gloo",
-            pg.env.rank);
+    ZS_FAIL("rank {}: the NCCL backend was asked for but this build has no CUDA; use comm.backend: gloo", pg.env.rank);
 #endif
   }
   return pg;

@@ -107,7 +107,9 @@ Buffer::Buffer(std::size_t bytes, MemoryKind kind, Device device, MemCategory ca
   ledger_->charge(ledger_device(), category_, static_cast<int64_t>(bytes_));
 }
 
-Buffer::~Buffer() { reset(); }
+Buffer::~Buffer() {
+  reset();
+}
 
 Buffer::Buffer(Buffer&& o) noexcept
     : ptr_(std::exchange(o.ptr_, nullptr)),
@@ -130,7 +132,9 @@ Buffer& Buffer::operator=(Buffer&& o) noexcept {
   return *this;
 }
 
-Device Buffer::ledger_device() const { return kind_ == MemoryKind::device ? device_ : Device::cpu(); }
+Device Buffer::ledger_device() const {
+  return kind_ == MemoryKind::device ? device_ : Device::cpu();
+}
 
 TensorView Buffer::view(DType dtype, int64_t n) const {
   ZS_CHECK(static_cast<std::size_t>(n) * dtype_size(dtype) <= bytes_,

@@ -10,29 +10,39 @@ namespace zs {
 
 std::string_view reduce_op_name(ReduceOp op) {
   switch (op) {
-    case ReduceOp::sum: return "sum";
-    case ReduceOp::avg: return "avg";
-    case ReduceOp::max: return "max";
+    case ReduceOp::sum:
+      return "sum";
+    case ReduceOp::avg:
+      return "avg";
+    case ReduceOp::max:
+      return "max";
   }
   return "?";
 }
 
-std::string_view backend_name(Backend b) { return b == Backend::gloo ? "gloo" : "nccl"; }
+std::string_view backend_name(Backend b) {
+  return b == Backend::gloo ? "gloo" : "nccl";
+}
 
 std::string_view collective_name(CollectiveKind k) {
   switch (k) {
-    case CollectiveKind::all_gather: return "all_gather";
-    case CollectiveKind::reduce_scatter: return "reduce_scatter";
-    case CollectiveKind::all_reduce: return "all_reduce";
-    case CollectiveKind::broadcast: return "broadcast";
-    case CollectiveKind::barrier: return "barrier";
+    case CollectiveKind::all_gather:
+      return "all_gather";
+    case CollectiveKind::reduce_scatter:
+      return "reduce_scatter";
+    case CollectiveKind::all_reduce:
+      return "all_reduce";
+    case CollectiveKind::broadcast:
+      return "broadcast";
+    case CollectiveKind::barrier:
+      return "barrier";
   }
   return "?";
 }
 
 std::string Comm::describe(const CollectiveOp& op) const {
-  std::string what = fmt::format("{} #{} on group '{}' (rank {} of {}", collective_name(op.kind), op.seq, name(),
-                                 rank(), size());
+  std::string what =
+      fmt::format("{} #{} on group '{}' (rank {} of {}", collective_name(op.kind), op.seq, name(), rank(), size());
   if (op.kind == CollectiveKind::barrier) return what + ")";
   const TensorView& big = op.kind == CollectiveKind::all_gather ? op.out : op.in;
   return what + fmt::format(", {} x {})", big.numel(), dtype_name(big.dtype));
@@ -54,13 +64,13 @@ Work Comm::issue(CollectiveOp op, Stream* stream) {
     ZS_CHECK(op.in.dtype == op.out.dtype, "{}: input is {} but output is {}", describe(op), dtype_name(op.in.dtype),
              dtype_name(op.out.dtype));
   }
-  ZS_CHECK(s.device() == device(), "{}: the stream is on {} but the group runs on {}", describe(op),
-           s.device().str(), device().str());
+  ZS_CHECK(s.device() == device(), "{}: the stream is on {} but the group runs on {}", describe(op), s.device().str(),
+           device().str());
   switch (op.kind) {
     case CollectiveKind::all_gather:
       ZS_CHECK(op.out.numel() == op.in.numel() * size(),
-               "{}: the output has {} elements but must hold {} ranks x {} = {}", describe(op), op.out.numel(),
-               size(), op.in.numel(), op.in.numel() * size());
+               "{}: the output has {} elements but must hold {} ranks x {} = {}", describe(op), op.out.numel(), size(),
+               op.in.numel(), op.in.numel() * size());
       break;
     case CollectiveKind::reduce_scatter:
       ZS_CHECK(op.in.numel() == op.out.numel() * size(),
@@ -69,13 +79,14 @@ Work Comm::issue(CollectiveOp op, Stream* stream) {
                describe(op), op.in.numel(), size(), op.out.numel(), op.out.numel() * size());
       break;
     case CollectiveKind::all_reduce:
-      ZS_CHECK(op.in.numel() == op.out.numel(), "{}: input has {} elements, output {}", describe(op),
-               op.in.numel(), op.out.numel());
+      ZS_CHECK(op.in.numel() == op.out.numel(), "{}: input has {} elements, output {}", describe(op), op.in.numel(),
+               op.out.numel());
       break;
     case CollectiveKind::broadcast:
       ZS_CHECK(op.root >= 0 && op.root < size(), "{}: root {} is not a rank of this group", describe(op), op.root);
       break;
-    case CollectiveKind::barrier: break;
+    case CollectiveKind::barrier:
+      break;
   }
   return launch(op, s);
 }
@@ -92,7 +103,9 @@ Work Comm::all_reduce(TensorView in, TensorView out, ReduceOp op, Stream* s) {
 Work Comm::broadcast(TensorView buf, int root, Stream* s) {
   return issue({CollectiveKind::broadcast, 0, buf, buf, ReduceOp::sum, root}, s);
 }
-Work Comm::barrier(Stream* s) { return issue({CollectiveKind::barrier, 0, {}, {}, ReduceOp::sum, 0}, s); }
+Work Comm::barrier(Stream* s) {
+  return issue({CollectiveKind::barrier, 0, {}, {}, ReduceOp::sum, 0}, s);
+}
 
 SplitPlan plan_split(Store& store, const Comm& parent, uint64_t split_index, int color, int key) {
   const std::string base = fmt::format("split/{}/", split_index);

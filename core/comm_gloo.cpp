@@ -79,7 +79,9 @@ class CpuWorkState final : public WorkState {
 class Ring {
  public:
   Ring(gloo::Context& ctx, uint64_t seq, Millis timeout, std::string what)
-      : ctx_(ctx), slot_(gloo::Slot::build(kRingSlotPrefix, static_cast<uint32_t>(seq))), timeout_(timeout),
+      : ctx_(ctx),
+        slot_(gloo::Slot::build(kRingSlotPrefix, static_cast<uint32_t>(seq))),
+        timeout_(timeout),
         what_(std::move(what)) {}
 
   int left() const { return (ctx_.rank - 1 + ctx_.size) % ctx_.size; }
@@ -100,8 +102,8 @@ class Ring {
       if (rb) finish(*rb, true, src);
       if (sb) finish(*sb, false, dst);
     } catch (const gloo::Exception& e) {
-      ZS_FAIL("{} failed: the connection to rank {} or {} broke ({}); that rank has probably died — see its log",
-              what_, src, dst, e.what());
+      ZS_FAIL("{} failed: the connection to rank {} or {} broke ({}); that rank has probably died — see its log", what_,
+              src, dst, e.what());
     }
   }
 
@@ -109,14 +111,17 @@ class Ring {
   void finish(gloo::transport::UnboundBuffer& b, bool is_recv, int peer) {
     auto t0 = std::chrono::steady_clock::now();
     try {
-      if (is_recv) b.waitRecv(timeout_);
-      else b.waitSend(timeout_);
+      if (is_recv)
+        b.waitRecv(timeout_);
+      else
+        b.waitSend(timeout_);
     } catch (const gloo::Exception& e) {
       const bool timed_out = std::chrono::steady_clock::now() - t0 >= timeout_;
       if (timed_out)
-        ZS_FAIL("{} timed out after {} s waiting to {} rank {}; that rank is stuck, slow or gone (comm.timeout_s "
-                "sets the limit)",
-                what_, timeout_.count() / 1000.0, is_recv ? "receive from" : "send to", peer);
+        ZS_FAIL(
+            "{} timed out after {} s waiting to {} rank {}; that rank is stuck, slow or gone (comm.timeout_s "
+            "sets the limit)",
+            what_, timeout_.count() / 1000.0, is_recv ? "receive from" : "send to", peer);
       ZS_FAIL("{} failed while {} rank {}: {}; that rank has probably died — see its log", what_,
               is_recv ? "receiving from" : "sending to", peer, e.what());
     }
@@ -131,15 +136,21 @@ class Ring {
 // Element access with the dtype fixed at compile time, so the reduction loops vectorise.
 template <DType T>
 float ld(const void* p, int64_t i) {
-  if constexpr (T == DType::f32) return static_cast<const float*>(p)[i];
-  else if constexpr (T == DType::bf16) return bf16_bits_to_f32(static_cast<const uint16_t*>(p)[i]);
-  else return f16_bits_to_f32(static_cast<const uint16_t*>(p)[i]);
+  if constexpr (T == DType::f32)
+    return static_cast<const float*>(p)[i];
+  else if constexpr (T == DType::bf16)
+    return bf16_bits_to_f32(static_cast<const uint16_t*>(p)[i]);
+  else
+    return f16_bits_to_f32(static_cast<const uint16_t*>(p)[i]);
 }
 template <DType T>
 void st(void* p, int64_t i, float v) {
-  if constexpr (T == DType::f32) static_cast<float*>(p)[i] = v;
-  else if constexpr (T == DType::bf16) static_cast<uint16_t*>(p)[i] = f32_to_bf16_bits(v);
-  else static_cast<uint16_t*>(p)[i] = f32_to_f16_bits(v);
+  if constexpr (T == DType::f32)
+    static_cast<float*>(p)[i] = v;
+  else if constexpr (T == DType::bf16)
+    static_cast<uint16_t*>(p)[i] = f32_to_bf16_bits(v);
+  else
+    static_cast<uint16_t*>(p)[i] = f32_to_f16_bits(v);
 }
 
 template <DType T>
@@ -154,8 +165,10 @@ void combine_segment(ReduceOp op, float* dst, const float* recv, const void* src
   for (int64_t i = 0; i < len; ++i) {
     const float a = recv[i], b = ld<T>(src, base + i);
     const float v = op == ReduceOp::max ? std::max(a, b) : a + b;
-    if (out) st<T>(out, out_base + i, v * post);
-    else dst[i] = v;
+    if (out)
+      st<T>(out, out_base + i, v * post);
+    else
+      dst[i] = v;
   }
 }
 
@@ -182,8 +195,10 @@ void ring_reduce_scatter_t(Ring& ring, int rank, int n, const TensorView& in, co
       const int cs = ring::rs_send_chunk(rank, s, n), cr = ring::rs_recv_chunk(rank, s, n);
       ring.exchange(send, static_cast<std::size_t>(seg_len(cs)) * 4, ring.right(), recv,
                     static_cast<std::size_t>(seg_len(cr)) * 4, ring.left());
-      if (s < n - 2) combine_segment<T>(op, send, recv, in.data, elem(cr), seg_len(cr));
-      else combine_segment<T>(op, nullptr, recv, in.data, elem(cr), seg_len(cr), out, seg, post);
+      if (s < n - 2)
+        combine_segment<T>(op, send, recv, in.data, elem(cr), seg_len(cr));
+      else
+        combine_segment<T>(op, nullptr, recv, in.data, elem(cr), seg_len(cr), out, seg, post);
     }
   }
 }
@@ -191,10 +206,14 @@ void ring_reduce_scatter_t(Ring& ring, int rank, int n, const TensorView& in, co
 void ring_reduce_scatter(Ring& ring, int rank, int n, const TensorView& in, const std::vector<ring::Range>& chunks,
                          void* out, ReduceOp op, float* send, float* recv) {
   switch (in.dtype) {
-    case DType::f32: return ring_reduce_scatter_t<DType::f32>(ring, rank, n, in, chunks, out, op, send, recv);
-    case DType::bf16: return ring_reduce_scatter_t<DType::bf16>(ring, rank, n, in, chunks, out, op, send, recv);
-    case DType::f16: return ring_reduce_scatter_t<DType::f16>(ring, rank, n, in, chunks, out, op, send, recv);
-    case DType::f64: ZS_FAIL("collectives do not take f64");
+    case DType::f32:
+      return ring_reduce_scatter_t<DType::f32>(ring, rank, n, in, chunks, out, op, send, recv);
+    case DType::bf16:
+      return ring_reduce_scatter_t<DType::bf16>(ring, rank, n, in, chunks, out, op, send, recv);
+    case DType::f16:
+      return ring_reduce_scatter_t<DType::f16>(ring, rank, n, in, chunks, out, op, send, recv);
+    case DType::f64:
+      ZS_FAIL("collectives do not take f64");
   }
 }
 
@@ -222,8 +241,8 @@ std::shared_ptr<gloo::transport::Device> make_device(const std::string& host) {
 GlooComm::GlooComm(std::shared_ptr<Store> store, int rank, int size, CommOptions opts, const std::string& host)
     : GlooComm(std::move(store), make_device(host), rank, size, std::move(opts)) {}
 
-GlooComm::GlooComm(std::shared_ptr<Store> root_store, std::shared_ptr<gloo::transport::Device> dev, int rank,
-                   int size, CommOptions opts)
+GlooComm::GlooComm(std::shared_ptr<Store> root_store, std::shared_ptr<gloo::transport::Device> dev, int rank, int size,
+                   CommOptions opts)
     : Comm(rank, size, std::move(opts)),
       root_store_(std::move(root_store)),
       store_(std::make_unique<PrefixStore>(*root_store_, "gloo/" + name())),
@@ -275,8 +294,10 @@ Buffer& GlooComm::scratch_for(Stream& s) {
   std::lock_guard lk(scratch_mu_);
   auto it = scratch_.find(&s);
   if (it == scratch_.end())
-    it = scratch_.emplace(&s, Buffer(2 * kSegment * sizeof(float), MemoryKind::host, Device::cpu(),
-                                     MemCategory::comm_scratch)).first;
+    it = scratch_
+             .emplace(&s,
+                      Buffer(2 * kSegment * sizeof(float), MemoryKind::host, Device::cpu(), MemCategory::comm_scratch))
+             .first;
   return it->second;
 }
 
@@ -316,8 +337,9 @@ void GlooComm::run(const CollectiveOp& op, Buffer& scratch) {
     case CollectiveKind::all_reduce: {
       auto chunks = ring::split_even(op.in.numel(), n);
       const auto& own = chunks[static_cast<std::size_t>(r)];
-      ring_reduce_scatter(ring, r, n, op.in, chunks, static_cast<char*>(op.out.data) + own.offset * static_cast<int64_t>(es),
-                          op.reduce, send, recv);
+      ring_reduce_scatter(ring, r, n, op.in, chunks,
+                          static_cast<char*>(op.out.data) + own.offset * static_cast<int64_t>(es), op.reduce, send,
+                          recv);
       ring_all_gather(ring, r, n, op.out.data, es, chunks);
       break;
     }

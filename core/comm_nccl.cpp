@@ -13,19 +13,26 @@ namespace {
 
 ncclDataType_t nccl_type(DType t) {
   switch (t) {
-    case DType::f32: return ncclFloat32;
-    case DType::bf16: return ncclBfloat16;
-    case DType::f16: return ncclFloat16;
-    case DType::f64: return ncclFloat64;
+    case DType::f32:
+      return ncclFloat32;
+    case DType::bf16:
+      return ncclBfloat16;
+    case DType::f16:
+      return ncclFloat16;
+    case DType::f64:
+      return ncclFloat64;
   }
   return ncclFloat32;
 }
 
 ncclRedOp_t nccl_op(ReduceOp op) {
   switch (op) {
-    case ReduceOp::sum: return ncclSum;
-    case ReduceOp::avg: return ncclAvg;
-    case ReduceOp::max: return ncclMax;
+    case ReduceOp::sum:
+      return ncclSum;
+    case ReduceOp::avg:
+      return ncclAvg;
+    case ReduceOp::max:
+      return ncclMax;
   }
   return ncclSum;
 }
@@ -46,9 +53,10 @@ class NcclWorkState final : public WorkState {
       }
       if (std::chrono::steady_clock::now() > deadline) {
         comm_.abort();
-        ZS_FAIL("{} timed out after {} s (comm.timeout_s); a peer is stuck, slow or gone; the communicator was "
-                "aborted",
-                what_, comm_.timeout().count() / 1000.0);
+        ZS_FAIL(
+            "{} timed out after {} s (comm.timeout_s); a peer is stuck, slow or gone; the communicator was "
+            "aborted",
+            what_, comm_.timeout().count() / 1000.0);
       }
       std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
@@ -79,8 +87,7 @@ NcclComm::NcclComm(std::shared_ptr<Store> store, int rank, int size, CommOptions
              v.size(), sizeof id);
     std::memcpy(&id, v.data(), sizeof id);
   }
-  ZS_CHECK_NCCL(ncclCommInitRank(&comm_, size, id, rank), "rank {} joining group '{}' of {} ranks", rank, name(),
-                size);
+  ZS_CHECK_NCCL(ncclCommInitRank(&comm_, size, id, rank), "rank {} joining group '{}' of {} ranks", rank, name(), size);
   stream_ = make_stream(device_);
   barrier_scratch_ = Buffer(sizeof(float), MemoryKind::device, device_, MemCategory::comm_scratch);
 }
@@ -130,9 +137,9 @@ Work NcclComm::launch(const CollectiveOp& op, Stream& stream) {
                       "{}", describe(op));
         break;
       case CollectiveKind::all_reduce:
-        ZS_CHECK_NCCL(ncclAllReduce(op.in.data, op.out.data, static_cast<size_t>(op.in.numel()), t,
-                                    nccl_op(op.reduce), comm_, s),
-                      "{}", describe(op));
+        ZS_CHECK_NCCL(
+            ncclAllReduce(op.in.data, op.out.data, static_cast<size_t>(op.in.numel()), t, nccl_op(op.reduce), comm_, s),
+            "{}", describe(op));
         break;
       case CollectiveKind::broadcast:
         ZS_CHECK_NCCL(ncclBroadcast(op.in.data, op.out.data, static_cast<size_t>(op.in.numel()), t, op.root, comm_, s),

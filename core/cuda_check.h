@@ -8,9 +8,9 @@ namespace zs::detail {
 [[noreturn]] void throw_cuda_error(cudaError_t err, const char* expr, const char* file, int line);
 }
 
-#define ZS_CHECK_CUDA(expr)                                                          \
-  do {                                                                               \
-    cudaError_t zs_err_ = (expr);                                                    \
-    if (zs_err_ != cudaSuccess) [[unlikely]]                                         \
-      ::zs::detail::throw_cuda_error(zs_err_, #expr, __FILE__, __LINE__);            \
+#define ZS_CHECK_CUDA(expr)                                               \
+  do {                                                                    \
+    cudaError_t zs_err_ = (expr);                                         \
+    if (zs_err_ != cudaSuccess) [[unlikely]]                              \
+      ::zs::detail::throw_cuda_error(zs_err_, #expr, __FILE__, __LINE__); \
   } while (0)

@@ -7,7 +7,9 @@
 
 namespace zs {
 
-std::string Device::str() const { return is_cpu() ? std::string("cpu") : fmt::format("cuda:{}", index); }
+std::string Device::str() const {
+  return is_cpu() ? std::string("cpu") : fmt::format("cuda:{}", index);
+}
 
 Device Device::parse(std::string_view s) {
   if (s == "cpu") return cpu();

@@ -12,20 +12,28 @@ enum class DType : uint8_t { f32, bf16, f16, f64 };
 
 constexpr std::size_t dtype_size(DType t) {
   switch (t) {
-    case DType::f32: return 4;
-    case DType::bf16: return 2;
-    case DType::f16: return 2;
-    case DType::f64: return 8;
+    case DType::f32:
+      return 4;
+    case DType::bf16:
+      return 2;
+    case DType::f16:
+      return 2;
+    case DType::f64:
+      return 8;
   }
   return 0;
 }
 
 constexpr std::string_view dtype_name(DType t) {
   switch (t) {
-    case DType::f32: return "f32";
-    case DType::bf16: return "bf16";
-    case DType::f16: return "f16";
-    case DType::f64: return "f64";
+    case DType::f32:
+      return "f32";
+    case DType::bf16:
+      return "bf16";
+    case DType::f16:
+      return "f16";
+    case DType::f64:
+      return "f64";
   }
   return "?";
 }
@@ -41,7 +49,9 @@ constexpr uint16_t f32_to_bf16_bits(float f) {
   return static_cast<uint16_t>(u >> 16);
 }
 
-constexpr float bf16_bits_to_f32(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
+constexpr float bf16_bits_to_f32(uint16_t h) {
+  return std::bit_cast<float>(static_cast<uint32_t>(h) << 16);
+}
 
 // IEEE binary16. Overflow rounds to Inf (|x| >= 65520), subnormals are produced exactly with RNE.
 constexpr uint16_t f32_to_f16_bits(float f) {
@@ -76,20 +86,32 @@ constexpr float f16_bits_to_f32(uint16_t h) {
 // Element load/store as f32, for code that handles every dtype (reductions, tests).
 inline float load_as_f32(const void* p, DType t, std::size_t i) {
   switch (t) {
-    case DType::f32: return static_cast<const float*>(p)[i];
-    case DType::bf16: return bf16_bits_to_f32(static_cast<const uint16_t*>(p)[i]);
-    case DType::f16: return f16_bits_to_f32(static_cast<const uint16_t*>(p)[i]);
-    case DType::f64: return static_cast<float>(static_cast<const double*>(p)[i]);
+    case DType::f32:
+      return static_cast<const float*>(p)[i];
+    case DType::bf16:
+      return bf16_bits_to_f32(static_cast<const uint16_t*>(p)[i]);
+    case DType::f16:
+      return f16_bits_to_f32(static_cast<const uint16_t*>(p)[i]);
+    case DType::f64:
+      return static_cast<float>(static_cast<const double*>(p)[i]);
   }
   return 0.f;
 }
 
 inline void store_from_f32(void* p, DType t, std::size_t i, float v) {
   switch (t) {
-    case DType::f32: static_cast<float*>(p)[i] = v; break;
-    case DType::bf16: static_cast<uint16_t*>(p)[i] = f32_to_bf16_bits(v); break;
-    case DType::f16: static_cast<uint16_t*>(p)[i] = f32_to_f16_bits(v); break;
-    case DType::f64: static_cast<double*>(p)[i] = v; break;
+    case DType::f32:
+      static_cast<float*>(p)[i] = v;
+      break;
+    case DType::bf16:
+      static_cast<uint16_t*>(p)[i] = f32_to_bf16_bits(v);
+      break;
+    case DType::f16:
+      static_cast<uint16_t*>(p)[i] = f32_to_f16_bits(v);
+      break;
+    case DType::f64:
+      static_cast<double*>(p)[i] = v;
+      break;
   }
 }
 

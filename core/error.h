@@ -23,21 +23,21 @@ std::string sys_error_string(int err);
 }  // namespace zs
 
 // The generic check: when `cond` is false, throw zs::Error with a formatted message and file:line.
-#define ZS_CHECK(cond, ...)                                                           \
-  do {                                                                                \
-    if (!(cond)) [[unlikely]]                                                         \
-      ::zs::detail::throw_error(__FILE__, __LINE__, "", ::fmt::format(__VA_ARGS__));  \
+#define ZS_CHECK(cond, ...)                                                          \
+  do {                                                                               \
+    if (!(cond)) [[unlikely]]                                                        \
+      ::zs::detail::throw_error(__FILE__, __LINE__, "", ::fmt::format(__VA_ARGS__)); \
   } while (0)
 
 #define ZS_FAIL(...) ::zs::detail::throw_error(__FILE__, __LINE__, "", ::fmt::format(__VA_ARGS__))
 
 // System calls: `expr` returns -1 and sets errno on failure. Evaluates to the call's result.
-#define ZS_CHECK_SYS(expr, ...)                                                                          \
-  ([&]() {                                                                                               \
-    auto zs_rc_ = (expr);                                                                                \
-    if (zs_rc_ == -1) [[unlikely]]                                                                       \
-      ::zs::detail::throw_error(__FILE__, __LINE__, "system",                                            \
-                                ::fmt::format("{}: {} ({})", ::fmt::format(__VA_ARGS__), #expr,           \
-                                              ::zs::detail::sys_error_string(errno)));                   \
-    return zs_rc_;                                                                                       \
+#define ZS_CHECK_SYS(expr, ...)                                                                                    \
+  ([&]() {                                                                                                         \
+    auto zs_rc_ = (expr);                                                                                          \
+    if (zs_rc_ == -1) [[unlikely]]                                                                                 \
+      ::zs::detail::throw_error(                                                                                   \
+          __FILE__, __LINE__, "system",                                                                            \
+          ::fmt::format("{}: {} ({})", ::fmt::format(__VA_ARGS__), #expr, ::zs::detail::sys_error_string(errno))); \
+    return zs_rc_;                                                                                                 \
   }())

@@ -28,6 +28,8 @@ void set_rank(int rank) {
   instance()->set_pattern(fmt::format("[%H:%M:%S.%e] [zs rank {}] [%l] %v", rank));
 }
 
-spdlog::logger& logger() { return *instance(); }
+spdlog::logger& logger() {
+  return *instance();
+}
 
 }  // namespace zs::log

@@ -10,12 +10,20 @@ void set_rank(int rank);
 spdlog::logger& logger();
 
 template <typename... Args>
-void info(spdlog::format_string_t<Args...> f, Args&&... a) { logger().info(f, std::forward<Args>(a)...); }
+void info(spdlog::format_string_t<Args...> f, Args&&... a) {
+  logger().info(f, std::forward<Args>(a)...);
+}
 template <typename... Args>
-void warn(spdlog::format_string_t<Args...> f, Args&&... a) { logger().warn(f, std::forward<Args>(a)...); }
+void warn(spdlog::format_string_t<Args...> f, Args&&... a) {
+  logger().warn(f, std::forward<Args>(a)...);
+}
 template <typename... Args>
-void error(spdlog::format_string_t<Args...> f, Args&&... a) { logger().error(f, std::forward<Args>(a)...); }
+void error(spdlog::format_string_t<Args...> f, Args&&... a) {
+  logger().error(f, std::forward<Args>(a)...);
+}
 template <typename... Args>
-void debug(spdlog::format_string_t<Args...> f, Args&&... a) { logger().debug(f, std::forward<Args>(a)...); }
+void debug(spdlog::format_string_t<Args...> f, Args&&... a) {
+  logger().debug(f, std::forward<Args>(a)...);
+}
 
 }  // namespace zs::log

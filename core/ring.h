@@ -16,10 +16,18 @@ std::vector<Range> split_even(int64_t n, int parts);
 
 // Reduce-scatter ring, step s in [0, N-1): rank r sends chunk send_chunk and receives chunk recv_chunk
 // from its left neighbour. After N-1 steps rank r holds the full reduction of chunk r.
-constexpr int rs_send_chunk(int r, int s, int n) { return ((r - s - 1) % n + n) % n; }
-constexpr int rs_recv_chunk(int r, int s, int n) { return ((r - s - 2) % n + n) % n; }
+constexpr int rs_send_chunk(int r, int s, int n) {
+  return ((r - s - 1) % n + n) % n;
+}
+constexpr int rs_recv_chunk(int r, int s, int n) {
+  return ((r - s - 2) % n + n) % n;
+}
 // All-gather ring, step s in [0, N-1): rank r forwards chunk ag_send_chunk and receives ag_recv_chunk.
-constexpr int ag_send_chunk(int r, int s, int n) { return ((r - s) % n + n) % n; }
-constexpr int ag_recv_chunk(int r, int s, int n) { return ((r - s - 1) % n + n) % n; }
+constexpr int ag_send_chunk(int r, int s, int n) {
+  return ((r - s) % n + n) % n;
+}
+constexpr int ag_recv_chunk(int r, int s, int n) {
+  return ((r - s - 1) % n + n) % n;
+}
 
 }  // namespace zs::ring

@@ -73,8 +73,8 @@ Socket listen_tcp(const std::string& host, int port, int* bound_port) {
   int one = 1;
   ZS_CHECK_SYS(setsockopt(s.fd(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one), "setsockopt");
   if (::bind(s.fd(), r.ai->ai_addr, r.ai->ai_addrlen) != 0)
-    ZS_FAIL("cannot listen on {}:{}: {}; pick another port (--master-port) or stop the process using it", host,
-            port, detail::sys_error_string(errno));
+    ZS_FAIL("cannot listen on {}:{}: {}; pick another port (--master-port) or stop the process using it", host, port,
+            detail::sys_error_string(errno));
   ZS_CHECK_SYS(::listen(s.fd(), 512), "listen on {}:{}", host, port);
   sockaddr_storage addr{};
   socklen_t len = sizeof addr;
@@ -101,9 +101,10 @@ Socket connect_tcp(const std::string& host, int port, Clock::time_point deadline
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   } while (Clock::now() < deadline);
-  ZS_FAIL("cannot connect to the rendezvous store at {}:{} ({}); check MASTER_ADDR/MASTER_PORT and that rank 0's "
-          "node is up",
-          host, port, last_error);
+  ZS_FAIL(
+      "cannot connect to the rendezvous store at {}:{} ({}); check MASTER_ADDR/MASTER_PORT and that rank 0's "
+      "node is up",
+      host, port, last_error);
 }
 
 std::string peer_address(int fd) {

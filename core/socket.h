@@ -19,7 +19,11 @@ class Socket {
   Socket(Socket&& o) noexcept : fd_(o.release()) {}
   Socket& operator=(Socket&& o) noexcept;
   int fd() const { return fd_; }
-  int release() { int f = fd_; fd_ = -1; return f; }
+  int release() {
+    int f = fd_;
+    fd_ = -1;
+    return f;
+  }
   bool valid() const { return fd_ >= 0; }
 
  private:

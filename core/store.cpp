@@ -40,13 +40,15 @@ store::Reply TcpStore::call(const store::Request& req, Millis reply_timeout) {
   net::send_frame(sock_.fd(), bytes, deadline);
   std::vector<uint8_t> reply;
   switch (net::recv_frame(sock_.fd(), reply, max_message_, deadline)) {
-    case net::RecvStatus::ok: break;
+    case net::RecvStatus::ok:
+      break;
     case net::RecvStatus::closed:
       ZS_FAIL("the rendezvous store at {}:{} closed the connection (the launcher or rank 0 is gone?)", host_, port_);
     case net::RecvStatus::timeout:
       ZS_FAIL("the rendezvous store at {}:{} did not answer within {} ms", host_, port_,
               (reply_timeout + kReplySlack).count());
-    case net::RecvStatus::oversize: ZS_FAIL("the rendezvous store sent a reply over {} bytes", max_message_);
+    case net::RecvStatus::oversize:
+      ZS_FAIL("the rendezvous store sent a reply over {} bytes", max_message_);
   }
   return store::decode_reply(reply);
 }
@@ -86,7 +88,11 @@ std::vector<std::string> PrefixStore::prefixed(const std::vector<std::string>& k
   return out;
 }
 
-void PrefixStore::wait(const std::vector<std::string>& keys, Millis t) { base_.wait(prefixed(keys), t); }
-bool PrefixStore::check(const std::vector<std::string>& keys) { return base_.check(prefixed(keys)); }
+void PrefixStore::wait(const std::vector<std::string>& keys, Millis t) {
+  base_.wait(prefixed(keys), t);
+}
+bool PrefixStore::check(const std::vector<std::string>& keys) {
+  return base_.check(prefixed(keys));
+}
 
 }  // namespace zs

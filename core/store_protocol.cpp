@@ -37,9 +37,7 @@ class Reader {
     return static_cast<int64_t>(v);
   }
   std::span<const uint8_t> bytes() { return take(u32()); }
-  void expect_end() const {
-    ZS_CHECK(pos_ == b_.size(), "store message has {} trailing bytes", b_.size() - pos_);
-  }
+  void expect_end() const { ZS_CHECK(pos_ == b_.size(), "store message has {} trailing bytes", b_.size() - pos_); }
 
  private:
   std::span<const uint8_t> take(std::size_t n) {

@@ -21,7 +21,9 @@ bool same_token(const std::string& a, const std::string& b) {
   return diff == 0;
 }
 
-store::Reply error_reply(const std::string& msg) { return {false, 0, {msg.begin(), msg.end()}}; }
+store::Reply error_reply(const std::string& msg) {
+  return {false, 0, {msg.begin(), msg.end()}};
+}
 
 constexpr auto kIdle = std::chrono::hours(24 * 365);
 
@@ -73,10 +75,12 @@ void StoreServer::serve(int fd) {
       if (st == net::RecvStatus::closed || st == net::RecvStatus::timeout) break;
       if (st == net::RecvStatus::oversize) {
         ++refused_;
-        log::warn("store: refused a {}-byte message from {} (limit {} bytes); closing the connection", announced,
-                  peer, max_message_);
-        net::send_frame(fd, store::encode(error_reply(fmt::format("message of {} bytes exceeds the store's limit of "
-                                                                  "{} bytes", announced, max_message_))),
+        log::warn("store: refused a {}-byte message from {} (limit {} bytes); closing the connection", announced, peer,
+                  max_message_);
+        net::send_frame(fd,
+                        store::encode(error_reply(fmt::format("message of {} bytes exceeds the store's limit of "
+                                                              "{} bytes",
+                                                              announced, max_message_))),
                         net::Clock::now() + std::chrono::seconds(5));
         break;
       }
@@ -124,7 +128,8 @@ store::Reply StoreServer::handle(const store::Request& r) {
     return changed_.wait_until(lk, deadline, [&] { return stop_ || missing(keys).empty(); }) && !stop_;
   };
   switch (r.op) {
-    case store::Op::hello: return {};
+    case store::Op::hello:
+      return {};
     case store::Op::set:
       data_[r.keys[0]] = r.value;
       changed_.notify_all();
@@ -135,8 +140,8 @@ store::Reply StoreServer::handle(const store::Request& r) {
       return {true, 0, data_[r.keys[0]]};
     case store::Op::wait:
       if (!wait_for(r.keys))
-        return error_reply(fmt::format("timed out after {} ms waiting for keys [{}]", r.number,
-                                       fmt::join(missing(r.keys), ", ")));
+        return error_reply(
+            fmt::format("timed out after {} ms waiting for keys [{}]", r.number, fmt::join(missing(r.keys), ", ")));
       return {};
     case store::Op::add: {
       auto& v = data_[r.keys[0]];
@@ -147,7 +152,8 @@ store::Reply StoreServer::handle(const store::Request& r) {
       changed_.notify_all();
       return {true, cur, {}};
     }
-    case store::Op::check: return {true, missing(r.keys).empty() ? 1 : 0, {}};
+    case store::Op::check:
+      return {true, missing(r.keys).empty() ? 1 : 0, {}};
   }
   return error_reply("unknown operation");
 }

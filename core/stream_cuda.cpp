@@ -22,7 +22,9 @@ bool CudaEvent::query() const {
   return true;
 }
 
-void CudaEvent::synchronize() { ZS_CHECK_CUDA(cudaEventSynchronize(event_)); }
+void CudaEvent::synchronize() {
+  ZS_CHECK_CUDA(cudaEventSynchronize(event_));
+}
 
 CudaStream::CudaStream(Device device) : device_(device) {
   ZS_CHECK_CUDA(cudaSetDevice(device.index));
@@ -44,10 +46,16 @@ static CudaEvent& as_cuda(Event& e) {
   return *c;
 }
 
-void CudaStream::record(Event& event) { ZS_CHECK_CUDA(cudaEventRecord(as_cuda(event).handle(), stream_)); }
+void CudaStream::record(Event& event) {
+  ZS_CHECK_CUDA(cudaEventRecord(as_cuda(event).handle(), stream_));
+}
 
-void CudaStream::wait(Event& event) { ZS_CHECK_CUDA(cudaStreamWaitEvent(stream_, as_cuda(event).handle(), 0)); }
+void CudaStream::wait(Event& event) {
+  ZS_CHECK_CUDA(cudaStreamWaitEvent(stream_, as_cuda(event).handle(), 0));
+}
 
-void CudaStream::synchronize() { ZS_CHECK_CUDA(cudaStreamSynchronize(stream_)); }
+void CudaStream::synchronize() {
+  ZS_CHECK_CUDA(cudaStreamSynchronize(stream_));
+}
 
 }  // namespace zs

@@ -31,8 +31,8 @@ TensorView TensorView::flat(void* data, DType dtype, int64_t n, Device device) {
 }
 
 TensorView TensorView::slice(int64_t offset, int64_t n) const {
-  ZS_CHECK(offset >= 0 && n >= 0 && offset + n <= numel(), "slice [{}, {}) is outside a tensor of {} elements",
-           offset, offset + n, numel());
+  ZS_CHECK(offset >= 0 && n >= 0 && offset + n <= numel(), "slice [{}, {}) is outside a tensor of {} elements", offset,
+           offset + n, numel());
   return flat(static_cast<char*>(data) + static_cast<std::size_t>(offset) * dtype_size(dtype), dtype, n, device);
 }
 

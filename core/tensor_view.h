@@ -35,7 +35,9 @@ struct TensorView {
   int64_t numel() const { return shape.numel(); }
   std::size_t bytes() const { return static_cast<std::size_t>(numel()) * dtype_size(dtype); }
   template <typename T>
-  T* as() const { return static_cast<T*>(data); }
+  T* as() const {
+    return static_cast<T*>(data);
+  }
   // Elements [offset, offset + n) as a 1-D view.
   TensorView slice(int64_t offset, int64_t n) const;
 };

@@ -53,9 +53,13 @@ std::atomic<const cpu::CpuTable*>& current() {
   return t;
 }
 
-const cpu::CpuTable& table() { return *current().load(std::memory_order_relaxed); }
+const cpu::CpuTable& table() {
+  return *current().load(std::memory_order_relaxed);
+}
 
-int64_t tiles(int64_t n) { return (n + kTile - 1) / kTile; }
+int64_t tiles(int64_t n) {
+  return (n + kTile - 1) / kTile;
+}
 
 template <typename F>
 void for_tiles(int64_t n, F&& f) {
@@ -63,7 +67,9 @@ void for_tiles(int64_t n, F&& f) {
 }
 
 #ifdef ZS_WITH_CUDA
-cudaStream_t cuda_stream(Stream* s) { return s ? static_cast<cudaStream_t>(s->native_handle()) : nullptr; }
+cudaStream_t cuda_stream(Stream* s) {
+  return s ? static_cast<cudaStream_t>(s->native_handle()) : nullptr;
+}
 #endif
 
 void check_same_device(Device device, const TensorView& v, const char* what, const char* op) {
@@ -71,8 +77,8 @@ void check_same_device(Device device, const TensorView& v, const char* what, con
 }
 
 void check_float(DType t, const char* what, const char* op) {
-  ZS_CHECK(t == DType::f32 || t == DType::bf16 || t == DType::f16, "{}: {} must be f32, bf16 or f16, got {}", op,
-           what, dtype_name(t));
+  ZS_CHECK(t == DType::f32 || t == DType::bf16 || t == DType::f16, "{}: {} must be f32, bf16 or f16, got {}", op, what,
+           dtype_name(t));
 }
 
 }  // namespace
@@ -181,8 +187,8 @@ void sum_squares(Device device, TensorView x, float* out, Stream* stream) {
 }
 
 namespace {
-void copy_slices(Device device, std::span<const TensorView> tensors, std::span<const int64_t> offsets,
-                 TensorView flat, bool to_flat, Stream* stream) {
+void copy_slices(Device device, std::span<const TensorView> tensors, std::span<const int64_t> offsets, TensorView flat,
+                 bool to_flat, Stream* stream) {
   const char* op = to_flat ? "pack" : "unpack";
   ZS_CHECK(tensors.size() == offsets.size(), "{}: {} tensors but {} offsets", op, tensors.size(), offsets.size());
   check_same_device(device, flat, "the flat buffer", op);
@@ -200,8 +206,10 @@ void copy_slices(Device device, std::span<const TensorView> tensors, std::span<c
     cpu::ThreadPool::instance().parallel_for(static_cast<int64_t>(tensors.size()), [&](int64_t i) {
       const auto k = static_cast<std::size_t>(i);
       char* slot = static_cast<char*>(flat.data) + static_cast<std::size_t>(offsets[k]) * es;
-      if (to_flat) std::memcpy(slot, tensors[k].data, tensors[k].bytes());
-      else std::memcpy(tensors[k].data, slot, tensors[k].bytes());
+      if (to_flat)
+        std::memcpy(slot, tensors[k].data, tensors[k].bytes());
+      else
+        std::memcpy(tensors[k].data, slot, tensors[k].bytes());
     });
     return;
   }
@@ -227,9 +235,15 @@ void unpack(Device device, TensorView flat, std::span<const int64_t> offsets, st
   copy_slices(device, tensors, offsets, flat, false, stream);
 }
 
-void set_cpu_threads(int n) { cpu::ThreadPool::instance().set_threads(n); }
-int cpu_threads() { return cpu::ThreadPool::instance().threads(); }
-const char* cpu_isa() { return table().name; }
+void set_cpu_threads(int n) {
+  cpu::ThreadPool::instance().set_threads(n);
+}
+int cpu_threads() {
+  return cpu::ThreadPool::instance().threads();
+}
+const char* cpu_isa() {
+  return table().name;
+}
 void set_cpu_isa(const char* name) {
   ZS_CHECK(cpu_has(name), "this CPU does not support the '{}' kernels", name);
   current().store(table_for(name));

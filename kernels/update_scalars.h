@@ -16,7 +16,7 @@ struct UpdateScalars {
   float one_minus_beta1 = 0.0f, one_minus_beta2 = 0.0f;
   float eps = 0.0f;
   float weight_decay = 0.0f;
-  float step_size = 0.0f;         // Adam: lr / (1 - beta1^t)
+  float step_size = 0.0f;              // Adam: lr / (1 - beta1^t)
   float bias_correction2_sqrt = 1.0f;  // Adam: sqrt(1 - beta2^t)
   float one_minus_dampening = 1.0f;    // SGD
   bool nesterov = false;

@@ -13,8 +13,8 @@ struct LossScaler {
   int hysteresis = 2;
   double min_scale = 1.0;
 
-  int64_t clean_steps = 0;       // steps since the last overflow or growth
-  int windows_to_wait = 0;       // clean windows still needed before growth resumes
+  int64_t clean_steps = 0;  // steps since the last overflow or growth
+  int windows_to_wait = 0;  // clean windows still needed before growth resumes
 
   // Records one step's outcome; returns whether the step must be skipped.
   bool update(bool overflow) {
@@ -26,8 +26,10 @@ struct LossScaler {
     }
     if (++clean_steps >= window) {
       clean_steps = 0;
-      if (windows_to_wait > 0) --windows_to_wait;
-      else scale *= 2;
+      if (windows_to_wait > 0)
+        --windows_to_wait;
+      else
+        scale *= 2;
     }
     return false;
   }

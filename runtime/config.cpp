@@ -53,7 +53,8 @@ class Section {
     try {
       out = v.as<T>();
     } catch (const YAML::Exception&) {
-      fail(v, fmt::format("{}: expected {}, got '{}'", key_path(key), type_name<T>(), v.IsScalar() ? v.Scalar() : "a structure"));
+      fail(v, fmt::format("{}: expected {}, got '{}'", key_path(key), type_name<T>(),
+                          v.IsScalar() ? v.Scalar() : "a structure"));
     }
     if (valid && !valid(out)) fail(v, fmt::format("{} must be {}, got {}", key_path(key), range, v.Scalar()));
   }
@@ -84,18 +85,23 @@ class Section {
       for (const auto& c : known_)
         if (std::size_t d = edit_distance(k, c); d < best_d) best_d = d, best = c;
       fail(it->first, fmt::format("unknown key '{}' in {}{}", k, path_.empty() ? "the top level" : "'" + path_ + "'",
-                                  best_d <= std::max<std::size_t>(2, k.size() / 3) ? "; did you mean '" + best + "'?"
-                                                                                   : "; valid keys: " + fmt::format("{}", fmt::join(known_, ", "))));
+                                  best_d <= std::max<std::size_t>(2, k.size() / 3)
+                                      ? "; did you mean '" + best + "'?"
+                                      : "; valid keys: " + fmt::format("{}", fmt::join(known_, ", "))));
     }
   }
 
  private:
   template <typename T>
   static const char* type_name() {
-    if constexpr (std::is_same_v<T, bool>) return "true or false";
-    else if constexpr (std::is_integral_v<T>) return "an integer";
-    else if constexpr (std::is_floating_point_v<T>) return "a number";
-    else return "a string";
+    if constexpr (std::is_same_v<T, bool>)
+      return "true or false";
+    else if constexpr (std::is_integral_v<T>)
+      return "an integer";
+    else if constexpr (std::is_floating_point_v<T>)
+      return "a number";
+    else
+      return "a string";
   }
 
   YAML::Node node_;
@@ -160,7 +166,7 @@ Config Config::from_yaml(const std::string& text, const std::string& source) {
   Section o = top.sub("optimizer");
   std::string type = "adamw";
   o.choice("type", type, {"adamw", "adam", "sgd", "lion"});
-  c.optimizer.type = type == "adamw" ? kernels::Optimizer::adamw
+  c.optimizer.type = type == "adamw"  ? kernels::Optimizer::adamw
                      : type == "adam" ? kernels::Optimizer::adam
                      : type == "sgd"  ? kernels::Optimizer::sgd
                                       : kernels::Optimizer::lion;
@@ -184,7 +190,9 @@ Config Config::from_yaml(const std::string& text, const std::string& source) {
   Section s = top.sub("schedule");
   std::string kind = "constant";
   s.choice("type", kind, {"constant", "cosine", "linear"});
-  c.schedule.kind = kind == "cosine" ? ScheduleKind::cosine : kind == "linear" ? ScheduleKind::linear : ScheduleKind::constant;
+  c.schedule.kind = kind == "cosine"   ? ScheduleKind::cosine
+                    : kind == "linear" ? ScheduleKind::linear
+                                       : ScheduleKind::constant;
   s.get<int64_t>("warmup_steps", c.schedule.warmup_steps, at_least<int64_t>(0), ">= 0");
   s.get<int64_t>("total_steps", c.schedule.total_steps, at_least<int64_t>(0), ">= 0");
   s.get<double>("min_lr_ratio", c.schedule.min_lr_ratio, between(0.0, 1.0), "in [0, 1]");
@@ -202,7 +210,8 @@ Config Config::from_yaml(const std::string& text, const std::string& source) {
 
   Section cm = top.sub("comm");
   cm.choice("backend", c.comm.backend, {"auto", "gloo", "nccl"});
-  cm.get<double>("timeout_s", c.comm.timeout_s, std::function<bool(const double&)>([](const double& v) { return v > 0; }), "> 0");
+  cm.get<double>("timeout_s", c.comm.timeout_s,
+                 std::function<bool(const double&)>([](const double& v) { return v > 0; }), "> 0");
   cm.finish();
 
   top.choice("device", c.device, {"auto", "cpu", "cuda"});

@@ -2,8 +2,8 @@
 // reduce-scatter (or all-reduce) of gradients, global-norm clipping and the shard update.
 #include "runtime/engine.h"
 
-#include <algorithm>
 #include <fmt/ranges.h>
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -16,10 +16,16 @@
 namespace zs {
 namespace {
 
-std::size_t es(DType t) { return dtype_size(t); }
+std::size_t es(DType t) {
+  return dtype_size(t);
+}
 
-bool has_m(kernels::Optimizer k, float momentum) { return k != kernels::Optimizer::sgd || momentum != 0.0f; }
-bool has_v(kernels::Optimizer k) { return k == kernels::Optimizer::adamw || k == kernels::Optimizer::adam; }
+bool has_m(kernels::Optimizer k, float momentum) {
+  return k != kernels::Optimizer::sgd || momentum != 0.0f;
+}
+bool has_v(kernels::Optimizer k) {
+  return k == kernels::Optimizer::adamw || k == kernels::Optimizer::adam;
+}
 
 Device pick_device(const std::string& want) {
   if (want == "cpu") return Device::cpu();
@@ -56,9 +62,12 @@ Engine::Engine(const Config& cfg) : cfg_(cfg) {
   ProcessGroupOptions o;
   o.timeout = Millis(static_cast<int64_t>(cfg.comm.timeout_s * 1000));
   device_ = pick_device(cfg.device);
-  if (cfg.comm.backend == "gloo") o.backend = Backend::gloo;
-  else if (cfg.comm.backend == "nccl") o.backend = Backend::nccl;
-  else o.backend = device_.is_cuda() ? Backend::nccl : Backend::gloo;
+  if (cfg.comm.backend == "gloo")
+    o.backend = Backend::gloo;
+  else if (cfg.comm.backend == "nccl")
+    o.backend = Backend::nccl;
+  else
+    o.backend = device_.is_cuda() ? Backend::nccl : Backend::gloo;
   owned_pg_ = std::make_unique<ProcessGroup>(init_process_group(o));
   comm_ = owned_pg_->world.get();
   device_ = comm_->device();
@@ -104,7 +113,8 @@ void Engine::setup() {
            "offload (offload.optimizer: {}, offload.params: {}) is not implemented in this version of the engine; "
            "set both to none",
            cfg_.offload.optimizer, cfg_.offload.params);
-  ZS_CHECK(cfg_.zero.hybrid_group == 0, "zero.hybrid_group is not implemented in this version of the engine; set it to 0");
+  ZS_CHECK(cfg_.zero.hybrid_group == 0,
+           "zero.hybrid_group is not implemented in this version of the engine; set it to 0");
   dynamic_scaling_ = cfg_.precision.loss_scale == "dynamic";
   const char* check = std::getenv("ZS_CHECK_COLLECTIVES");
   check_collectives_ = check && std::string_view(check) == "1";
@@ -130,11 +140,15 @@ void Engine::setup() {
     largest = std::max<std::size_t>(largest, static_cast<std::size_t>(P + PF));
     largest_grads = std::max<std::size_t>(largest_grads, static_cast<std::size_t>(P));
     const bool f32 = compute_ == DType::f32;
-    if (stage <= 2) u.full_params = Buffer((P + PF) * es(compute_), mk, device_, MemCategory::params);
-    else if (PF > 0) u.frozen_shard = Buffer(u.frozen.shard * es(compute_), mk, device_, MemCategory::params);
+    if (stage <= 2)
+      u.full_params = Buffer((P + PF) * es(compute_), mk, device_, MemCategory::params);
+    else if (PF > 0)
+      u.frozen_shard = Buffer(u.frozen.shard * es(compute_), mk, device_, MemCategory::params);
     // The f32 master: for f32 compute at stages 0-2 it is the full parameters themselves.
-    if (stage == 3) u.master = Buffer(S * 4, mk, device_, f32 ? MemCategory::params : MemCategory::master);
-    else if (!f32) u.master = Buffer(S * 4, mk, device_, MemCategory::master);
+    if (stage == 3)
+      u.master = Buffer(S * 4, mk, device_, f32 ? MemCategory::params : MemCategory::master);
+    else if (!f32)
+      u.master = Buffer(S * 4, mk, device_, MemCategory::master);
     if (has_m(o.type, o.momentum)) u.m = Buffer(S * 4, mk, device_, MemCategory::optim_state);
     if (has_v(o.type)) u.v = Buffer(S * 4, mk, device_, MemCategory::optim_state);
     const bool full_grads = stage <= 1 || accumulate;
@@ -145,18 +159,20 @@ void Engine::setup() {
     u.num_decay_ranges = static_cast<int64_t>(ranges.size());
     u.decay_ranges = Buffer(std::max<std::size_t>(1, ranges.size()) * sizeof(kernels::ElementRange), mk, device_,
                             MemCategory::other);
-    memory_copy(u.decay_ranges.data(), device_, ranges.data(), Device::cpu(), ranges.size() * sizeof(kernels::ElementRange));
+    memory_copy(u.decay_ranges.data(), device_, ranges.data(), Device::cpu(),
+                ranges.size() * sizeof(kernels::ElementRange));
   }
   if (stage == 3) {
-    const int count = cfg_.zero.reshard_after_forward ? cfg_.zero.max_live_units
-                                                      : std::max(cfg_.zero.max_live_units, num_units());
+    const int count =
+        cfg_.zero.reshard_after_forward ? cfg_.zero.max_live_units : std::max(cfg_.zero.max_live_units, num_units());
     for (int i = 0; i < count; ++i)
-      gather_pool_.push_back({Buffer(largest * es(compute_), mk, device_, MemCategory::gather_buffers), -1,
-                              make_event(device_), {}});
+      gather_pool_.push_back(
+          {Buffer(largest * es(compute_), mk, device_, MemCategory::gather_buffers), -1, make_event(device_), {}});
   }
   if (stage >= 2 && !accumulate)
     for (int i = 0; i < 2; ++i)
-      grad_pool_.push_back({Buffer(largest_grads * es(reduce_), mk, device_, MemCategory::grads), -1, make_event(device_), {}});
+      grad_pool_.push_back(
+          {Buffer(largest_grads * es(reduce_), mk, device_, MemCategory::grads), -1, make_event(device_), {}});
   norm_scratch_ = Buffer((units_.size() + 1) * sizeof(float), mk, device_, MemCategory::other);
   for (std::size_t i = 0; i < units_.size(); ++i) grads_ready_.push_back(make_event(device_));
   update_done_ = make_event(device_);
@@ -184,7 +200,8 @@ void Engine::load_weights(const std::string& path) {
       bool same = static_cast<int>(st.shape.size()) == want.ndim;
       for (int d = 0; same && d < want.ndim; ++d) same = st.shape[static_cast<std::size_t>(d)] == want[d];
       ZS_CHECK(same, "{}: tensor '{}' has shape [{}] but the model declares [{}]", path, st.name,
-               fmt::join(st.shape, ", "), fmt::join(std::span(want.dims.data(), static_cast<std::size_t>(want.ndim)), ", "));
+               fmt::join(st.shape, ", "),
+               fmt::join(std::span(want.dims.data(), static_cast<std::size_t>(want.ndim)), ", "));
     }
   setup();
   install([&](const Unit& u, int t, int64_t first, int64_t count, float* out) {
@@ -265,8 +282,10 @@ void Engine::wait_timed(Work& w) {
 }
 
 void Engine::consume(Work& w) {
-  if (device_.is_cpu()) wait_timed(w);  // CPU compute runs on the host: wait for the collective itself
-  else if (Event* e = w.event()) compute_stream_->wait(*e);
+  if (device_.is_cpu())
+    wait_timed(w);  // CPU compute runs on the host: wait for the collective itself
+  else if (Event* e = w.event())
+    compute_stream_->wait(*e);
 }
 
 int Engine::acquire_gather_buffer(UnitId for_unit) {
@@ -284,11 +303,13 @@ int Engine::acquire_gather_buffer(UnitId for_unit) {
     }
   }
   std::string held;
-  for (const auto& b : gather_pool_) held += (held.empty() ? "" : ", ") + units_[static_cast<std::size_t>(b.owner)]->name;
-  ZS_FAIL("rank {}: gathering unit '{}' would make {} units gathered at once, over zero.max_live_units = {} (held: {}); "
-          "release a GatheredParams handle first, or raise zero.max_live_units",
-          comm_->rank(), units_[static_cast<std::size_t>(for_unit)]->name, gather_pool_.size() + 1,
-          gather_pool_.size(), held);
+  for (const auto& b : gather_pool_)
+    held += (held.empty() ? "" : ", ") + units_[static_cast<std::size_t>(b.owner)]->name;
+  ZS_FAIL(
+      "rank {}: gathering unit '{}' would make {} units gathered at once, over zero.max_live_units = {} (held: {}); "
+      "release a GatheredParams handle first, or raise zero.max_live_units",
+      comm_->rank(), units_[static_cast<std::size_t>(for_unit)]->name, gather_pool_.size() + 1, gather_pool_.size(),
+      held);
 }
 
 void Engine::issue_gather(UnitId id) {
@@ -324,7 +345,8 @@ void Engine::prefetch_after(UnitId id) {
     if (order_[i] == id) continue;
     ++issued;
     if (v.param_state != ParamState::sharded) continue;
-    const bool free = std::any_of(gather_pool_.begin(), gather_pool_.end(), [](const PoolBuffer& b) { return b.owner < 0; });
+    const bool free =
+        std::any_of(gather_pool_.begin(), gather_pool_.end(), [](const PoolBuffer& b) { return b.owner < 0; });
     if (!free) return;
     issue_gather(order_[i]);
   }
@@ -332,7 +354,9 @@ void Engine::prefetch_after(UnitId id) {
 
 namespace {
 constexpr int kOpGather = 1, kOpReduce = 2;
-const char* op_name(int op) { return op == kOpGather ? "gather" : "reduce_grads"; }
+const char* op_name(int op) {
+  return op == kOpGather ? "gather" : "reduce_grads";
+}
 }  // namespace
 
 void Engine::check_agreement(int op, UnitId id) {
@@ -350,9 +374,10 @@ void Engine::check_agreement(int op, UnitId id) {
     const int their_unit = static_cast<int>(seen[static_cast<std::size_t>(2 * r + 1)]);
     if (their_op == op && their_unit == id) continue;
     auto unit_name = [&](int u) { return u >= 0 && u < num_units() ? units_[static_cast<std::size_t>(u)]->name : "?"; };
-    ZS_FAIL("rank {}: the ranks' collectives differ: rank {} calls {}('{}') while rank {} calls {}('{}'); every rank "
-            "must gather and reduce the units in the same order",
-            comm_->rank(), comm_->rank(), op_name(op), unit_name(id), r, op_name(their_op), unit_name(their_unit));
+    ZS_FAIL(
+        "rank {}: the ranks' collectives differ: rank {} calls {}('{}') while rank {} calls {}('{}'); every rank "
+        "must gather and reduce the units in the same order",
+        comm_->rank(), comm_->rank(), op_name(op), unit_name(id), r, op_name(their_op), unit_name(their_unit));
   }
 }
 
@@ -372,7 +397,8 @@ GatheredParams Engine::gather(UnitId id) {
     order_.push_back(id);
   } else {
     // Follow the recorded order; a unit found later in it moves the position there.
-    auto it = std::find(order_.begin() + static_cast<std::ptrdiff_t>(std::min(order_pos_, order_.size())), order_.end(), id);
+    auto it =
+        std::find(order_.begin() + static_cast<std::ptrdiff_t>(std::min(order_pos_, order_.size())), order_.end(), id);
     if (it != order_.end()) order_pos_ = static_cast<std::size_t>(it - order_.begin()) + 1;
   }
   if (cfg_.zero.stage == 3) {
@@ -436,8 +462,8 @@ TensorView Engine::grads(UnitId id, int index) {
   ZS_CHECK(index >= 0 && index < static_cast<int>(u.tensors.size()), "unit '{}' has no tensor #{}", u.name, index);
   ZS_CHECK(!u.is_frozen(index), "grads: tensor '{}' of unit '{}' is frozen (trainable=false): it has no gradient",
            u.tensors[static_cast<std::size_t>(index)].name, u.name);
-  return TensorView{static_cast<char*>(grad_base(u)) + u.param_offset(index) * static_cast<int64_t>(es(reduce_)), reduce_,
-                    u.tensors[static_cast<std::size_t>(index)].shape, device_};
+  return TensorView{static_cast<char*>(grad_base(u)) + u.param_offset(index) * static_cast<int64_t>(es(reduce_)),
+                    reduce_, u.tensors[static_cast<std::size_t>(index)].shape, device_};
 }
 
 void Engine::reduce_grads(UnitId id) {
@@ -477,8 +503,9 @@ StepStats Engine::step() {
   for (auto& up : units_) {
     Unit& u = *up;
     ZS_CHECK(u.grad_state == GradState::reducing, "rank {}: step() but unit '{}' {} ", r, u.name,
-             u.grad_state == GradState::none ? "got no gradients this step (call grads and reduce_grads for every unit)"
-                                             : fmt::format("was reduced after {} of {} micro-batches", u.micro_batches, accum));
+             u.grad_state == GradState::none
+                 ? "got no gradients this step (call grads and reduce_grads for every unit)"
+                 : fmt::format("was reduced after {} of {} micro-batches", u.micro_batches, accum));
     wait_timed(u.pending);
     u.grad_state = GradState::reduced;
   }
@@ -523,11 +550,13 @@ StepStats Engine::step() {
     std::string bad;
     for (std::size_t i = 0; i < units_.size(); ++i)
       if (!std::isfinite(host[i])) bad += (bad.empty() ? "" : ", ") + units_[i]->name;
-    ZS_FAIL("rank {}: step {}: the gradient norm is not finite (NaN or Inf in unit(s) {}); check the loss and the "
-            "learning rate",
-            r, step_ + 1, bad.empty() ? "on another rank" : bad);
+    ZS_FAIL(
+        "rank {}: step {}: the gradient norm is not finite (NaN or Inf in unit(s) {}); check the loss and the "
+        "learning rate",
+        r, step_ + 1, bad.empty() ? "on another rank" : bad);
   }
-  const double clip = cfg_.optimizer.clip_grad_norm > 0 ? std::min(1.0, cfg_.optimizer.clip_grad_norm / (norm + 1e-6)) : 1.0;
+  const double clip =
+      cfg_.optimizer.clip_grad_norm > 0 ? std::min(1.0, cfg_.optimizer.clip_grad_norm / (norm + 1e-6)) : 1.0;
   st.grad_norm = norm;
   st.lr = cfg_.schedule.lr(cfg_.optimizer.lr, step_ + 1);
   kernels::OptimizerHyper h;
@@ -605,12 +634,16 @@ std::vector<float> Engine::read_param(UnitId id, std::string_view tensor) {
   const char* full = nullptr;
   const char* shard = nullptr;
   if (frozen) {
-    if (stage <= 2) full = static_cast<const char*>(u.full_params.data()) + u.layout.padded * static_cast<int64_t>(es(t));
-    else shard = static_cast<const char*>(u.frozen_shard.data());
+    if (stage <= 2)
+      full = static_cast<const char*>(u.full_params.data()) + u.layout.padded * static_cast<int64_t>(es(t));
+    else
+      shard = static_cast<const char*>(u.frozen_shard.data());
   } else {
     const char* master = static_cast<const char*>(u.master.data() ? u.master.data() : u.full_params.data());
-    if (stage == 0) full = master;
-    else shard = u.master.data() ? master : master + l.shard * r * 4;
+    if (stage == 0)
+      full = master;
+    else
+      shard = u.master.data() ? master : master + l.shard * r * 4;
   }
   compute_stream_->synchronize();
   Buffer tmp;

@@ -30,8 +30,8 @@ namespace zs {
 using UnitId = int;
 
 struct StepStats {
-  int64_t step = 0;         // completed optimizer steps
-  double grad_norm = 0.0;   // global, before clipping
+  int64_t step = 0;        // completed optimizer steps
+  double grad_norm = 0.0;  // global, before clipping
   bool skipped = false;
   double loss_scale = 1.0;
   double lr = 0.0;
@@ -127,7 +127,7 @@ class Engine {
   void* param_base(const Unit& unit) const;  // where the unit's full compute params are now
   void* grad_base(const Unit& unit) const;   // where the unit's full grads are now
   void prefetch_after(UnitId u);
-  void consume(Work& w);                     // make compute wait for a collective
+  void consume(Work& w);  // make compute wait for a collective
   void finish_step(bool full_grads);
   // While the first step records the order (and always with ZS_CHECK_COLLECTIVES=1): every rank confirms
   // it is about to run the same collective on the same unit, so a divergent program fails with both sides
@@ -164,10 +164,10 @@ class Engine {
   uint64_t last_load_bytes_ = 0;
   void wait_timed(Work& w);  // host wait, counted as exposed communication
   LossScaler scaler_;
-  Buffer norm_scratch_;  // per-unit sums of squares, then the global total (device memory)
+  Buffer norm_scratch_;                              // per-unit sums of squares, then the global total (device memory)
   std::vector<std::unique_ptr<Event>> grads_ready_;  // per unit: the app's gradient writes are done
-  std::unique_ptr<Event> update_done_;                // the step's optimizer updates are done
-  std::vector<float> norm_host_;                      // per-unit sums of squares, on the host
+  std::unique_ptr<Event> update_done_;               // the step's optimizer updates are done
+  std::vector<float> norm_host_;                     // per-unit sums of squares, on the host
 };
 
 }  // namespace zs

@@ -151,7 +151,8 @@ std::string describe_failures(std::vector<const Child*> failed) {
   std::string out;
   for (const Child* c : failed) {
     if (!out.empty()) out += ", and ";
-    out += fmt::format("rank {} (local rank {}, pid {}) {}", c->rank, c->local_rank, c->pid, describe_status(c->status));
+    out +=
+        fmt::format("rank {} (local rank {}, pid {}) {}", c->rank, c->local_rank, c->pid, describe_status(c->status));
   }
   return out;
 }
@@ -181,8 +182,9 @@ class Job {
       for (auto& p : pipes_)
         if (p.fd >= 0) fds.push_back({p.fd, POLLIN, 0});
       int timeout_ms = -1;
-      if (kill_at) timeout_ms = static_cast<int>(std::max<int64_t>(
-                       0, std::chrono::duration_cast<std::chrono::milliseconds>(*kill_at - Clock::now()).count()));
+      if (kill_at)
+        timeout_ms = static_cast<int>(std::max<int64_t>(
+            0, std::chrono::duration_cast<std::chrono::milliseconds>(*kill_at - Clock::now()).count()));
       if (!any_alive) timeout_ms = 100;
       int rc = ::poll(fds.data(), fds.size(), timeout_ms);
       if (rc < 0 && errno != EINTR) break;
@@ -312,8 +314,10 @@ int run(const Options& o) {
     return 2;
   }
   std::string token;
-  if (const char* t = std::getenv("ZS_JOB_TOKEN")) token = t;
-  else if (o.nnodes == 1) token = random_token();
+  if (const char* t = std::getenv("ZS_JOB_TOKEN"))
+    token = t;
+  else if (o.nnodes == 1)
+    token = random_token();
   else {
     std::fprintf(stderr, "zsrun: a multi-node job needs ZS_JOB_TOKEN set to the same secret on every node\n");
     return 2;

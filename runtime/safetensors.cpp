@@ -27,10 +27,14 @@ DType parse_dtype(const std::string& s, const std::string& source, const std::st
 
 const char* dtype_tag(DType t) {
   switch (t) {
-    case DType::f32: return "F32";
-    case DType::bf16: return "BF16";
-    case DType::f16: return "F16";
-    case DType::f64: return "F64";
+    case DType::f32:
+      return "F32";
+    case DType::bf16:
+      return "BF16";
+    case DType::f16:
+      return "F16";
+    case DType::f64:
+      return "F64";
   }
   return "?";
 }
@@ -79,7 +83,8 @@ std::vector<SafetensorsTensor> parse_safetensors_header(std::string_view json, u
       ZS_CHECK(t.shape.back() <= (int64_t{1} << 48), "{}: tensor '{}' has an absurd dimension", source, name);
     }
     for (const auto& o : v["data_offsets"])
-      ZS_CHECK(o.is_number_unsigned(), "{}: tensor '{}' has a data offset that is not a non-negative integer", source, name);
+      ZS_CHECK(o.is_number_unsigned(), "{}: tensor '{}' has a data offset that is not a non-negative integer", source,
+               name);
     t.begin = v["data_offsets"][0].get<uint64_t>();
     t.end = v["data_offsets"][1].get<uint64_t>();
     ZS_CHECK(t.begin <= t.end && t.end <= data_bytes,
@@ -106,11 +111,13 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
   map_ = static_cast<const uint8_t*>(m);
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | map_[i];
-  ZS_CHECK(n <= kMaxHeader && n <= size_ - 8, "{}: header length {} does not fit the file's {} bytes (truncated or "
-           "not safetensors)", path, n, size_);
+  ZS_CHECK(n <= kMaxHeader && n <= size_ - 8,
+           "{}: header length {} does not fit the file's {} bytes (truncated or "
+           "not safetensors)",
+           path, n, size_);
   data_ = map_ + 8 + n;
-  tensors_ = parse_safetensors_header(std::string_view(reinterpret_cast<const char*>(map_ + 8), n), size_ - 8 - n,
-                                      path, &metadata_);
+  tensors_ = parse_safetensors_header(std::string_view(reinterpret_cast<const char*>(map_ + 8), n), size_ - 8 - n, path,
+                                      &metadata_);
 }
 
 SafetensorsFile::~SafetensorsFile() {
@@ -125,8 +132,8 @@ const SafetensorsTensor& SafetensorsFile::tensor(const std::string& name) const 
 }
 
 void SafetensorsFile::read_f32(const SafetensorsTensor& t, int64_t offset, int64_t count, float* out) {
-  ZS_CHECK(offset >= 0 && count >= 0 && offset + count <= t.numel(), "{}: reading [{}, {}) of tensor '{}' ({} elements)",
-           path_, offset, offset + count, t.name, t.numel());
+  ZS_CHECK(offset >= 0 && count >= 0 && offset + count <= t.numel(),
+           "{}: reading [{}, {}) of tensor '{}' ({} elements)", path_, offset, offset + count, t.name, t.numel());
   const std::size_t es = dtype_size(t.dtype);
   const uint8_t* p = data_ + t.begin + static_cast<uint64_t>(offset) * es;
   for (int64_t i = 0; i < count; ++i) out[i] = load_as_f32(p, t.dtype, static_cast<std::size_t>(i));
@@ -156,7 +163,8 @@ void write_safetensors(const std::string& path, std::span<const SafetensorsSourc
   for (const auto& t : tensors) {
     int64_t n = 1;
     for (int64_t d : t.shape) n *= d;
-    f.write(static_cast<const char*>(t.data), static_cast<std::streamsize>(static_cast<uint64_t>(n) * dtype_size(t.dtype)));
+    f.write(static_cast<const char*>(t.data),
+            static_cast<std::streamsize>(static_cast<uint64_t>(n) * dtype_size(t.dtype)));
   }
   ZS_CHECK(f.good(), "writing '{}' failed: {}", path, detail::sys_error_string(errno));
 }

@@ -8,7 +8,9 @@
 namespace zs {
 
 namespace {
-int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+int64_t round_up(int64_t x, int64_t m) {
+  return (x + m - 1) / m * m;
+}
 }  // namespace
 
 FlatLayout make_flat_layout(std::span<const TensorSpec> tensors, int world, int64_t align) {
@@ -38,8 +40,10 @@ std::vector<kernels::ElementRange> FlatLayout::shard_ranges(int rank, const std:
     if (!select[i]) continue;
     const int64_t b = std::max(lo, slots[i].offset), e = std::min(hi, slots[i].offset + slots[i].numel);
     if (b >= e) continue;
-    if (!out.empty() && out.back().end == b - lo) out.back().end = e - lo;
-    else out.push_back({b - lo, e - lo});
+    if (!out.empty() && out.back().end == b - lo)
+      out.back().end = e - lo;
+    else
+      out.push_back({b - lo, e - lo});
   }
   return out;
 }

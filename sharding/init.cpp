@@ -12,7 +12,9 @@ uint64_t mix(uint64_t z) {
   return z ^ (z >> 31);
 }
 // A uniform double in (0, 1) from the top 53 bits (never 0, so log() is finite).
-double unit(uint64_t bits) { return (static_cast<double>(bits >> 11) + 0.5) * 0x1p-53; }
+double unit(uint64_t bits) {
+  return (static_cast<double>(bits >> 11) + 0.5) * 0x1p-53;
+}
 }  // namespace
 
 uint64_t name_key(std::string_view name) {
@@ -27,8 +29,10 @@ uint64_t counter_hash(uint64_t seed, uint64_t key, uint64_t counter) {
 
 float Initializer::value(std::string_view name, uint64_t index) const {
   switch (kind) {
-    case Kind::zeros: return 0.0f;
-    case Kind::ones: return 1.0f;
+    case Kind::zeros:
+      return 0.0f;
+    case Kind::ones:
+      return 1.0f;
     case Kind::uniform: {
       const double u = unit(counter_hash(seed, name_key(name), index));
       return static_cast<float>(a + (static_cast<double>(b) - a) * u);

@@ -12,17 +12,25 @@ enum class Kind : uint8_t { normal, uniform, zeros, ones };
 
 struct Initializer {
   Kind kind = Kind::normal;
-  float a = 0.0f;  // normal: mean; uniform: low
+  float a = 0.0f;   // normal: mean; uniform: low
   float b = 0.02f;  // normal: std; uniform: high
   uint64_t seed = 0;
   // The value of element `index` of tensor `name` (pure).
   float value(std::string_view name, uint64_t index) const;
 };
 
-inline Initializer normal(float std, uint64_t seed, float mean = 0.0f) { return {Kind::normal, mean, std, seed}; }
-inline Initializer uniform(float low, float high, uint64_t seed) { return {Kind::uniform, low, high, seed}; }
-inline Initializer zeros() { return {Kind::zeros, 0, 0, 0}; }
-inline Initializer ones() { return {Kind::ones, 0, 0, 0}; }
+inline Initializer normal(float std, uint64_t seed, float mean = 0.0f) {
+  return {Kind::normal, mean, std, seed};
+}
+inline Initializer uniform(float low, float high, uint64_t seed) {
+  return {Kind::uniform, low, high, seed};
+}
+inline Initializer zeros() {
+  return {Kind::zeros, 0, 0, 0};
+}
+inline Initializer ones() {
+  return {Kind::ones, 0, 0, 0};
+}
 
 // 64-bit FNV-1a of a tensor name: the per-tensor key of the generator.
 uint64_t name_key(std::string_view name);

@@ -31,12 +31,12 @@ struct Unit {
   }
 
   // Persistent storage (which ones exist depends on the stage and precision; see Engine::setup).
-  Buffer full_params;  // compute dtype, whole unit incl. frozen tensors (stages 0-2)
-  Buffer frozen_shard; // compute dtype, this rank's shard of the frozen tensors (stage 3)
-  Buffer master;       // f32: whole unit (stage 0) or this rank's shard (1-3); absent when it is full_params
-  Buffer m, v;         // optimizer state, same extent as master
-  Buffer grads;        // full (stages 0-1, or 2-3 with accumulation) in the reduce dtype, else the f32 shard
-  Buffer decay_ranges; // kernels::ElementRange list in the device's memory
+  Buffer full_params;   // compute dtype, whole unit incl. frozen tensors (stages 0-2)
+  Buffer frozen_shard;  // compute dtype, this rank's shard of the frozen tensors (stage 3)
+  Buffer master;        // f32: whole unit (stage 0) or this rank's shard (1-3); absent when it is full_params
+  Buffer m, v;          // optimizer state, same extent as master
+  Buffer grads;         // full (stages 0-1, or 2-3 with accumulation) in the reduce dtype, else the f32 shard
+  Buffer decay_ranges;  // kernels::ElementRange list in the device's memory
   int64_t num_decay_ranges = 0;
 
   // Step state.
@@ -46,8 +46,8 @@ struct Unit {
   int grad_buffer = -1;    // index into the engine's grad pool while grads are full (stages 2-3)
   int holders = 0;         // live GatheredParams handles
   int gathers_this_step = 0;
-  int micro_batches = 0;   // reduce_grads calls since the last step
-  Work pending;            // the all-gather or reduce in flight
+  int micro_batches = 0;  // reduce_grads calls since the last step
+  Work pending;           // the all-gather or reduce in flight
 };
 
 }  // namespace zs

@@ -72,10 +72,16 @@ void f32_to_f16(const float* __restrict s, uint16_t* __restrict d, int64_t n) {
 // Elements [i, i + n) of src as f32: the source itself when it is f32, else converted into buf.
 const float* stage_in(const void* src, DType t, int64_t i, int64_t n, float* buf) {
   switch (t) {
-    case DType::f32: return static_cast<const float*>(src) + i;
-    case DType::bf16: bf16_to_f32(static_cast<const uint16_t*>(src) + i, buf, n); return buf;
-    case DType::f16: f16_to_f32(static_cast<const uint16_t*>(src) + i, buf, n); return buf;
-    case DType::f64: break;
+    case DType::f32:
+      return static_cast<const float*>(src) + i;
+    case DType::bf16:
+      bf16_to_f32(static_cast<const uint16_t*>(src) + i, buf, n);
+      return buf;
+    case DType::f16:
+      f16_to_f32(static_cast<const uint16_t*>(src) + i, buf, n);
+      return buf;
+    case DType::f64:
+      break;
   }
   return nullptr;
 }
@@ -88,11 +94,17 @@ float* stage_inout(void* src, DType t, int64_t i, int64_t n, float* buf) {
 void stage_out(const float* v, void* dst, DType t, int64_t i, int64_t n) {
   switch (t) {
     case DType::f32:
-      if (v != static_cast<float*>(dst) + i) std::memcpy(static_cast<float*>(dst) + i, v, static_cast<std::size_t>(n) * 4);
+      if (v != static_cast<float*>(dst) + i)
+        std::memcpy(static_cast<float*>(dst) + i, v, static_cast<std::size_t>(n) * 4);
       break;
-    case DType::bf16: f32_to_bf16(v, static_cast<uint16_t*>(dst) + i, n); break;
-    case DType::f16: f32_to_f16(v, static_cast<uint16_t*>(dst) + i, n); break;
-    case DType::f64: break;
+    case DType::bf16:
+      f32_to_bf16(v, static_cast<uint16_t*>(dst) + i, n);
+      break;
+    case DType::f16:
+      f32_to_f16(v, static_cast<uint16_t*>(dst) + i, n);
+      break;
+    case DType::f64:
+      break;
   }
 }
 
@@ -116,8 +128,8 @@ void adam_block(float* __restrict p, const float* __restrict g, float* __restric
   }
 }
 
-void sgd_block(float* __restrict p, const float* __restrict g, float* __restrict buf, int64_t n,
-               const UpdateScalars& s, float wd) {
+void sgd_block(float* __restrict p, const float* __restrict g, float* __restrict buf, int64_t n, const UpdateScalars& s,
+               float wd) {
   const float gs = s.grad_scale, lr = s.lr, mom = s.beta1, damp = s.one_minus_dampening;
   if (!buf) {
     for (int64_t k = 0; k < n; ++k) p[k] = p[k] - lr * (g[k] * gs + wd * p[k]);
@@ -131,10 +143,10 @@ void sgd_block(float* __restrict p, const float* __restrict g, float* __restrict
   }
 }
 
-void lion_block(float* __restrict p, const float* __restrict g, float* __restrict m, int64_t n,
-                const UpdateScalars& s, float wd) {
-  const float gs = s.grad_scale, lr = s.lr, b1 = s.beta1, b2 = s.beta2, c1 = s.one_minus_beta1,
-              c2 = s.one_minus_beta2, decay = 1.0f - s.lr * wd;
+void lion_block(float* __restrict p, const float* __restrict g, float* __restrict m, int64_t n, const UpdateScalars& s,
+                float wd) {
+  const float gs = s.grad_scale, lr = s.lr, b1 = s.beta1, b2 = s.beta2, c1 = s.one_minus_beta1, c2 = s.one_minus_beta2,
+              decay = 1.0f - s.lr * wd;
   for (int64_t k = 0; k < n; ++k) {
     const float gk = g[k] * gs;
     const float c = b1 * m[k] + c1 * gk;
@@ -155,9 +167,15 @@ void update(const UpdateScalars& s, const UpdateArgs& a, int64_t b, int64_t e, b
     float* p = a.param + i;
     switch (s.kind) {
       case Optimizer::adamw:
-      case Optimizer::adam: adam_block(p, g, s1, s2, n, s, wd); break;
-      case Optimizer::sgd: sgd_block(p, g, s1, n, s, wd); break;
-      case Optimizer::lion: lion_block(p, g, s1, n, s, wd); break;
+      case Optimizer::adam:
+        adam_block(p, g, s1, s2, n, s, wd);
+        break;
+      case Optimizer::sgd:
+        sgd_block(p, g, s1, n, s, wd);
+        break;
+      case Optimizer::lion:
+        lion_block(p, g, s1, n, s, wd);
+        break;
     }
     if (s1) stage_out(s1, a.state1, a.state_dtype, i, n);
     if (s2) stage_out(s2, a.state2, a.state_dtype, i, n);

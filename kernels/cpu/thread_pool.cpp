@@ -16,7 +16,9 @@ ThreadPool::ThreadPool() {
   set_threads(n > 0 ? n : 1);
 }
 
-ThreadPool::~ThreadPool() { stop_workers(); }
+ThreadPool::~ThreadPool() {
+  stop_workers();
+}
 
 void ThreadPool::stop_workers() {
   {

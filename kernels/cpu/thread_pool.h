@@ -21,7 +21,8 @@ class ThreadPool {
   // Calls f(i) for every i in [0, n), spread over the threads; returns when all calls are done.
   template <typename F>
   void parallel_for(int64_t n, F&& f) {
-    run(n, [](void* ctx, int64_t i) { (*static_cast<F*>(ctx))(i); }, &f);
+    run(
+        n, [](void* ctx, int64_t i) { (*static_cast<F*>(ctx))(i); }, &f);
   }
 
  private:

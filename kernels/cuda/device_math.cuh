@@ -27,14 +27,18 @@ struct Storage<DType::f16> {
 
 template <DType T>
 __device__ __forceinline__ float to_f32(typename Storage<T>::type x) {
-  if constexpr (T == DType::f32) return x;
-  else if constexpr (T == DType::bf16) return __uint_as_float(static_cast<uint32_t>(x) << 16);
-  else return __half2float(__ushort_as_half(x));
+  if constexpr (T == DType::f32)
+    return x;
+  else if constexpr (T == DType::bf16)
+    return __uint_as_float(static_cast<uint32_t>(x) << 16);
+  else
+    return __half2float(__ushort_as_half(x));
 }
 
 template <DType T>
 __device__ __forceinline__ typename Storage<T>::type from_f32(float v) {
-  if constexpr (T == DType::f32) return v;
+  if constexpr (T == DType::f32)
+    return v;
   else if constexpr (T == DType::bf16) {
     const uint32_t u = __float_as_uint(v);
     if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
@@ -74,7 +78,8 @@ __device__ __forceinline__ void store(typename Storage<T>::type* p, int64_t i, c
     uint32_t words[4];
 #pragma unroll
     for (int k = 0; k < 4; ++k)
-      words[k] = static_cast<uint32_t>(from_f32<T>(v[2 * k])) | (static_cast<uint32_t>(from_f32<T>(v[2 * k + 1])) << 16);
+      words[k] =
+          static_cast<uint32_t>(from_f32<T>(v[2 * k])) | (static_cast<uint32_t>(from_f32<T>(v[2 * k + 1])) << 16);
     *reinterpret_cast<uint4*>(p + i) = make_uint4(words[0], words[1], words[2], words[3]);
   } else {
 #pragma unroll
@@ -87,8 +92,10 @@ __device__ __forceinline__ int64_t first_range_after(const ElementRange* r, int6
   int64_t lo = 0, hi = count;
   while (lo < hi) {
     const int64_t mid = (lo + hi) / 2;
-    if (r[mid].end <= i) lo = mid + 1;
-    else hi = mid;
+    if (r[mid].end <= i)
+      lo = mid + 1;
+    else
+      hi = mid;
   }
   return lo;
 }

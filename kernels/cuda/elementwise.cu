@@ -20,13 +20,15 @@ int grid_for(int64_t items) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(want, int64_t{sms[dev]} * 16)));
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+bool aligned16(const void* p) {
+  return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
+}
 
 template <DType G, DType S, DType O, bool HasOut, int V>
 __device__ __forceinline__ void update_item(const UpdateScalars& s, float* p, const typename Storage<G>::type* g,
                                             typename Storage<S>::type* st1, typename Storage<S>::type* st2,
-                                            typename Storage<O>::type* out, const ElementRange* ranges,
-                                            int64_t nranges, int64_t i) {
+                                            typename Storage<O>::type* out, const ElementRange* ranges, int64_t nranges,
+                                            int64_t i) {
   float pk[V], gk[V], m[V] = {}, v[V] = {};
   load<DType::f32, V>(p, i, pk);
   load<G, V>(g, i, gk);
@@ -109,11 +111,11 @@ void launch_update(const UpdateScalars& s, const UpdateArgs& a, cudaStream_t str
   const bool vec = aligned16(a.param) && aligned16(a.grad) && (!st1 || aligned16(st1)) && (!st2 || aligned16(st2)) &&
                    (!out || aligned16(out));
   if (vec)
-    update_kernel<G, S, O, HasOut, 8><<<grid_for(a.n / 8), kThreads, 0, stream>>>(s, a.param, g, st1, st2, out,
-                                                                                  a.decay_ranges, a.num_decay_ranges, a.n);
+    update_kernel<G, S, O, HasOut, 8><<<grid_for(a.n / 8), kThreads, 0, stream>>>(
+        s, a.param, g, st1, st2, out, a.decay_ranges, a.num_decay_ranges, a.n);
   else
-    update_kernel<G, S, O, HasOut, 1><<<grid_for(a.n), kThreads, 0, stream>>>(s, a.param, g, st1, st2, out,
-                                                                              a.decay_ranges, a.num_decay_ranges, a.n);
+    update_kernel<G, S, O, HasOut, 1>
+        <<<grid_for(a.n), kThreads, 0, stream>>>(s, a.param, g, st1, st2, out, a.decay_ranges, a.num_decay_ranges, a.n);
   ZS_CHECK_CUDA(cudaGetLastError());
 }
 
@@ -121,16 +123,21 @@ template <DType G, DType S>
 void update_out(const UpdateScalars& s, const UpdateArgs& a, cudaStream_t stream) {
   if (!a.param_out) return launch_update<G, S, DType::f32, false>(s, a, stream);
   switch (a.param_out_dtype) {
-    case DType::bf16: return launch_update<G, S, DType::bf16, true>(s, a, stream);
-    case DType::f16: return launch_update<G, S, DType::f16, true>(s, a, stream);
-    default: return launch_update<G, S, DType::f32, true>(s, a, stream);
+    case DType::bf16:
+      return launch_update<G, S, DType::bf16, true>(s, a, stream);
+    case DType::f16:
+      return launch_update<G, S, DType::f16, true>(s, a, stream);
+    default:
+      return launch_update<G, S, DType::f32, true>(s, a, stream);
   }
 }
 
 template <DType G>
 void update_state(const UpdateScalars& s, const UpdateArgs& a, cudaStream_t stream) {
-  if (a.state_dtype == DType::bf16) update_out<G, DType::bf16>(s, a, stream);
-  else update_out<G, DType::f32>(s, a, stream);
+  if (a.state_dtype == DType::bf16)
+    update_out<G, DType::bf16>(s, a, stream);
+  else
+    update_out<G, DType::f32>(s, a, stream);
 }
 
 template <DType S, DType D, int V>
@@ -153,17 +160,22 @@ template <DType S, DType D>
 void launch_cast(const void* src, void* dst, int64_t n, cudaStream_t stream) {
   auto* s = static_cast<const typename Storage<S>::type*>(src);
   auto* d = static_cast<typename Storage<D>::type*>(dst);
-  if (aligned16(src) && aligned16(dst)) cast_kernel<S, D, 8><<<grid_for(n / 8), kThreads, 0, stream>>>(s, d, n);
-  else cast_kernel<S, D, 1><<<grid_for(n), kThreads, 0, stream>>>(s, d, n);
+  if (aligned16(src) && aligned16(dst))
+    cast_kernel<S, D, 8><<<grid_for(n / 8), kThreads, 0, stream>>>(s, d, n);
+  else
+    cast_kernel<S, D, 1><<<grid_for(n), kThreads, 0, stream>>>(s, d, n);
   ZS_CHECK_CUDA(cudaGetLastError());
 }
 
 template <DType S>
 void cast_to(const void* src, DType dt, void* dst, int64_t n, cudaStream_t stream) {
   switch (dt) {
-    case DType::f32: return launch_cast<S, DType::f32>(src, dst, n, stream);
-    case DType::bf16: return launch_cast<S, DType::bf16>(src, dst, n, stream);
-    default: return launch_cast<S, DType::f16>(src, dst, n, stream);
+    case DType::f32:
+      return launch_cast<S, DType::f32>(src, dst, n, stream);
+    case DType::bf16:
+      return launch_cast<S, DType::bf16>(src, dst, n, stream);
+    default:
+      return launch_cast<S, DType::f16>(src, dst, n, stream);
   }
 }
 
@@ -197,8 +209,10 @@ __global__ void scale_kernel(typename Storage<T>::type* x, float alpha, int64_t 
 template <DType T>
 void launch_scale(void* x, float alpha, int64_t n, float* found, cudaStream_t stream) {
   auto* p = static_cast<typename Storage<T>::type*>(x);
-  if (aligned16(x)) scale_kernel<T, 8><<<grid_for(n / 8), kThreads, 0, stream>>>(p, alpha, n, found);
-  else scale_kernel<T, 1><<<grid_for(n), kThreads, 0, stream>>>(p, alpha, n, found);
+  if (aligned16(x))
+    scale_kernel<T, 8><<<grid_for(n / 8), kThreads, 0, stream>>>(p, alpha, n, found);
+  else
+    scale_kernel<T, 1><<<grid_for(n), kThreads, 0, stream>>>(p, alpha, n, found);
   ZS_CHECK_CUDA(cudaGetLastError());
 }
 
@@ -206,27 +220,36 @@ void launch_scale(void* x, float alpha, int64_t n, float* found, cudaStream_t st
 
 void update(const UpdateScalars& s, const UpdateArgs& a, cudaStream_t stream) {
   switch (a.grad_dtype) {
-    case DType::f32: return update_state<DType::f32>(s, a, stream);
-    case DType::bf16: return update_state<DType::bf16>(s, a, stream);
-    default: return update_state<DType::f16>(s, a, stream);
+    case DType::f32:
+      return update_state<DType::f32>(s, a, stream);
+    case DType::bf16:
+      return update_state<DType::bf16>(s, a, stream);
+    default:
+      return update_state<DType::f16>(s, a, stream);
   }
 }
 
 void cast(const void* src, DType st, void* dst, DType dt, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
   switch (st) {
-    case DType::f32: return cast_to<DType::f32>(src, dt, dst, n, stream);
-    case DType::bf16: return cast_to<DType::bf16>(src, dt, dst, n, stream);
-    default: return cast_to<DType::f16>(src, dt, dst, n, stream);
+    case DType::f32:
+      return cast_to<DType::f32>(src, dt, dst, n, stream);
+    case DType::bf16:
+      return cast_to<DType::bf16>(src, dt, dst, n, stream);
+    default:
+      return cast_to<DType::f16>(src, dt, dst, n, stream);
   }
 }
 
 void scale(void* x, DType t, float alpha, int64_t n, float* found_nonfinite, cudaStream_t stream) {
   if (n == 0) return;
   switch (t) {
-    case DType::f32: return launch_scale<DType::f32>(x, alpha, n, found_nonfinite, stream);
-    case DType::bf16: return launch_scale<DType::bf16>(x, alpha, n, found_nonfinite, stream);
-    default: return launch_scale<DType::f16>(x, alpha, n, found_nonfinite, stream);
+    case DType::f32:
+      return launch_scale<DType::f32>(x, alpha, n, found_nonfinite, stream);
+    case DType::bf16:
+      return launch_scale<DType::bf16>(x, alpha, n, found_nonfinite, stream);
+    default:
+      return launch_scale<DType::f16>(x, alpha, n, found_nonfinite, stream);
   }
 }
 

@@ -64,9 +64,12 @@ void launch(const void* x, int64_t n, float* out, cudaStream_t stream) {
 
 void sum_squares(const void* x, DType t, int64_t n, float* out, cudaStream_t stream) {
   switch (t) {
-    case DType::f32: return launch<DType::f32>(x, n, out, stream);
-    case DType::bf16: return launch<DType::bf16>(x, n, out, stream);
-    default: return launch<DType::f16>(x, n, out, stream);
+    case DType::f32:
+      return launch<DType::f32>(x, n, out, stream);
+    case DType::bf16:
+      return launch<DType::bf16>(x, n, out, stream);
+    default:
+      return launch<DType::f16>(x, n, out, stream);
   }
 }
 

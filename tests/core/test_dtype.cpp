@@ -28,8 +28,10 @@ uint16_t nearest_reference(float x, bool bf16) {
   uint16_t lo = 0, hi = inf - 1;
   while (lo < hi) {
     uint16_t mid = static_cast<uint16_t>((lo + hi + 1) / 2);
-    if (to_f64(mid) <= av) lo = mid;
-    else hi = mid - 1;
+    if (to_f64(mid) <= av)
+      lo = mid;
+    else
+      hi = mid - 1;
   }
   if (lo == inf - 1) return sign | lo;
   const double dlo = av - to_f64(lo), dhi = to_f64(lo + 1) - av;

@@ -33,7 +33,8 @@ TEST(Ring, SplitEvenCoversEverythingOnce) {
 TEST(Ring, ReduceScatterAndAllGatherSchedulesAreCorrect) {
   for (int n = 1; n <= 8; ++n) {
     // value of chunk c contributed by rank r: 1 << r (so a full sum is 2^n - 1 for every chunk)
-    std::vector<std::vector<int64_t>> acc(static_cast<std::size_t>(n), std::vector<int64_t>(static_cast<std::size_t>(n)));
+    std::vector<std::vector<int64_t>> acc(static_cast<std::size_t>(n),
+                                          std::vector<int64_t>(static_cast<std::size_t>(n)));
     for (int r = 0; r < n; ++r)
       for (int c = 0; c < n; ++c) acc[static_cast<std::size_t>(r)][static_cast<std::size_t>(c)] = int64_t{1} << r;
     for (int s = 0; s < n - 1; ++s) {
@@ -76,9 +77,15 @@ JobEnv env_of(std::map<std::string, std::string> m) {
 }
 
 TEST(JobEnv, TorchrunZsrunSlurmAndMpirunVariables) {
-  JobEnv z = env_of({{"RANK", "3"}, {"WORLD_SIZE", "4"}, {"LOCAL_RANK", "1"}, {"LOCAL_WORLD_SIZE", "2"},
-                     {"MASTER_ADDR", "10.0.0.1"}, {"MASTER_PORT", "29500"}, {"ZS_JOB_TOKEN", "t"},
-                     {"ZS_LAUNCHER", "zsrun"}, {"ZS_RESTART_COUNT", "2"}});
+  JobEnv z = env_of({{"RANK", "3"},
+                     {"WORLD_SIZE", "4"},
+                     {"LOCAL_RANK", "1"},
+                     {"LOCAL_WORLD_SIZE", "2"},
+                     {"MASTER_ADDR", "10.0.0.1"},
+                     {"MASTER_PORT", "29500"},
+                     {"ZS_JOB_TOKEN", "t"},
+                     {"ZS_LAUNCHER", "zsrun"},
+                     {"ZS_RESTART_COUNT", "2"}});
   EXPECT_EQ(z.rank, 3);
   EXPECT_EQ(z.world_size, 4);
   EXPECT_EQ(z.local_rank, 1);
@@ -89,8 +96,12 @@ TEST(JobEnv, TorchrunZsrunSlurmAndMpirunVariables) {
   EXPECT_TRUE(z.store_hosted);
   EXPECT_EQ(z.restart_count, 2);
 
-  JobEnv s = env_of({{"SLURM_PROCID", "5"}, {"SLURM_NTASKS", "8"}, {"SLURM_LOCALID", "1"},
-                     {"SLURM_NTASKS_PER_NODE", "4"}, {"SLURM_JOB_ID", "77"}, {"MASTER_PORT", "1234"}});
+  JobEnv s = env_of({{"SLURM_PROCID", "5"},
+                     {"SLURM_NTASKS", "8"},
+                     {"SLURM_LOCALID", "1"},
+                     {"SLURM_NTASKS_PER_NODE", "4"},
+                     {"SLURM_JOB_ID", "77"},
+                     {"MASTER_PORT", "1234"}});
   EXPECT_EQ(s.launcher, "slurm");
   EXPECT_EQ(s.rank, 5);
   EXPECT_EQ(s.world_size, 8);
@@ -98,8 +109,10 @@ TEST(JobEnv, TorchrunZsrunSlurmAndMpirunVariables) {
   EXPECT_EQ(s.token, "slurm-77");
   EXPECT_FALSE(s.store_hosted);
 
-  JobEnv m = env_of({{"OMPI_COMM_WORLD_RANK", "0"}, {"OMPI_COMM_WORLD_SIZE", "2"},
-                     {"OMPI_COMM_WORLD_LOCAL_RANK", "0"}, {"MASTER_PORT", "1"}});
+  JobEnv m = env_of({{"OMPI_COMM_WORLD_RANK", "0"},
+                     {"OMPI_COMM_WORLD_SIZE", "2"},
+                     {"OMPI_COMM_WORLD_LOCAL_RANK", "0"},
+                     {"MASTER_PORT", "1"}});
   EXPECT_EQ(m.launcher, "mpirun");
   EXPECT_EQ(m.world_size, 2);
 

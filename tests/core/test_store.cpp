@@ -114,7 +114,7 @@ TEST(Store, OversizeAndMalformedMessagesAreRefused) {
     EXPECT_EQ(net::recv_frame(s.fd(), reply, 1 << 20, net::Clock::now() + 5s), net::RecvStatus::closed);
     return std::string(r.value.begin(), r.value.end());
   };
-  EXPECT_NE(raw({0x00, 0x00, 0x00, 0x40}).find("exceeds"), std::string::npos);          // announces 1 GiB
+  EXPECT_NE(raw({0x00, 0x00, 0x00, 0x40}).find("exceeds"), std::string::npos);                    // announces 1 GiB
   EXPECT_NE(raw({0x03, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff}).find("unknown"), std::string::npos);  // garbage
   EXPECT_EQ(server.refused(), 2);
   auto c = client(server);  // still serving

@@ -71,9 +71,9 @@ TEST(CpuStream, RandomDagsRespectEveryOrderingEdge) {
     for (int i = 0; i < nevents; ++i) events.push_back(make_event(Device::cpu()));
     std::atomic<int64_t> clock{0};
     std::vector<int64_t> stamp(ntasks, -1);
-    std::vector<int> last_task(static_cast<std::size_t>(nstreams), -1);   // last task submitted per stream
-    std::vector<int> event_point(static_cast<std::size_t>(nevents), -1);  // task each event captured
-    std::vector<std::pair<int, int>> edges;                               // (before, after)
+    std::vector<int> last_task(static_cast<std::size_t>(nstreams), -1);      // last task submitted per stream
+    std::vector<int> event_point(static_cast<std::size_t>(nevents), -1);     // task each event captured
+    std::vector<std::pair<int, int>> edges;                                  // (before, after)
     std::vector<int> pending_after(static_cast<std::size_t>(nstreams), -1);  // a wait applies to the next task
     std::vector<std::vector<int>> waits(static_cast<std::size_t>(nstreams));
     for (int t = 0; t < ntasks; ++t) {

@@ -9,7 +9,9 @@ namespace zs::test {
 namespace {
 ProcessGroup* g_pg = nullptr;
 }
-ProcessGroup& pg() { return *g_pg; }
+ProcessGroup& pg() {
+  return *g_pg;
+}
 }  // namespace zs::test
 
 int main(int argc, char** argv) {

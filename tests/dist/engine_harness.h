@@ -51,8 +51,8 @@ inline Config make_config(const Case& c) {
 }
 
 struct Trajectory {
-  double moved = 0;  // RMS change of all parameters over the run, relative to their initial RMS
-  std::vector<double> losses;               // mean training loss per step
+  double moved = 0;            // RMS change of all parameters over the run, relative to their initial RMS
+  std::vector<double> losses;  // mean training loss per step
   std::vector<std::vector<std::vector<double>>> params;  // final [unit][tensor][element]
 };
 
@@ -98,7 +98,8 @@ inline Trajectory reference(const Case& c) {
         for (int u = 0; u < 4; ++u) m.forward_unit(u, cache);
         loss += static_cast<double>(test::Model<T>::loss(cache, test::label(sample))) / (test::kGlobalBatch * c.accum);
         std::vector<T> d;
-        for (int u = 3; u >= 0; --u) d = m.backward_unit(u, cache, d, test::label(sample), T(1) / T(test::kGlobalBatch));
+        for (int u = 3; u >= 0; --u)
+          d = m.backward_unit(u, cache, d, test::label(sample), T(1) / T(test::kGlobalBatch));
       }
       for (std::size_t u = 0; u < units.size(); ++u)
         for (std::size_t t = 0; t < acc[u].size(); ++t)
@@ -167,7 +168,8 @@ inline Trajectory reference(const Case& c) {
               p *= 1 - lr * wd;
               mm = b1 * mm + (1 - b1) * g;
               vv = b2 * vv + (1 - b2) * g * g;
-              p -= lr / (1 - std::pow(b1, t)) * mm / (std::sqrt(vv) / std::sqrt(1 - std::pow(b2, t)) + cfg.optimizer.eps);
+              p -= lr / (1 - std::pow(b1, t)) * mm /
+                   (std::sqrt(vv) / std::sqrt(1 - std::pow(b2, t)) + cfg.optimizer.eps);
               break;
             case kernels::Optimizer::sgd: {  // L2 decay, momentum with dampening, Nesterov (PyTorch's SGD)
               const double mom_c = cfg.optimizer.momentum;
@@ -244,7 +246,8 @@ inline Trajectory train(const Case& c, Engine& engine, int steps = kSteps, const
       for (int s = 0; s < local; ++s) {
         const int64_t sample = (static_cast<int64_t>(k) * c.accum + mb) * test::kGlobalBatch + comm.rank() * local + s;
         caches[static_cast<std::size_t>(s)].x.resize(test::kIn);
-        for (int j = 0; j < test::kIn; ++j) caches[static_cast<std::size_t>(s)].x[static_cast<std::size_t>(j)] = test::input_value(sample, j);
+        for (int j = 0; j < test::kIn; ++j)
+          caches[static_cast<std::size_t>(s)].x[static_cast<std::size_t>(j)] = test::input_value(sample, j);
         labels[static_cast<std::size_t>(s)] = test::label(sample);
       }
       for (int u = 0; u < 4; ++u) {
@@ -253,7 +256,8 @@ inline Trajectory train(const Case& c, Engine& engine, int steps = kSteps, const
         for (auto& cache : caches) m.forward_unit(u, cache);
       }
       for (int s = 0; s < local; ++s)
-        loss += test::Model<float>::loss(caches[static_cast<std::size_t>(s)], labels[static_cast<std::size_t>(s)]) / (local * c.accum);
+        loss += test::Model<float>::loss(caches[static_cast<std::size_t>(s)], labels[static_cast<std::size_t>(s)]) /
+                (local * c.accum);
       std::vector<std::vector<float>> d(static_cast<std::size_t>(local));
       for (int u = 3; u >= 0; --u) {
         GatheredParams h = engine.gather(ids[static_cast<std::size_t>(u)]);
@@ -261,8 +265,9 @@ inline Trajectory train(const Case& c, Engine& engine, int steps = kSteps, const
         m.g[static_cast<std::size_t>(u)] = m.p[static_cast<std::size_t>(u)];
         for (auto& t : m.g[static_cast<std::size_t>(u)]) std::fill(t.begin(), t.end(), 0.0f);
         for (int s = 0; s < local; ++s)
-          d[static_cast<std::size_t>(s)] = m.backward_unit(u, caches[static_cast<std::size_t>(s)], d[static_cast<std::size_t>(s)],
-                                                           labels[static_cast<std::size_t>(s)], 1.0f / local);
+          d[static_cast<std::size_t>(s)] =
+              m.backward_unit(u, caches[static_cast<std::size_t>(s)], d[static_cast<std::size_t>(s)],
+                              labels[static_cast<std::size_t>(s)], 1.0f / local);
         for (std::size_t t = 0; t < m.g[static_cast<std::size_t>(u)].size(); ++t) {
           TensorView dev = engine.grads(ids[static_cast<std::size_t>(u)], static_cast<int>(t));
           std::vector<uint8_t> raw(dev.bytes());
@@ -297,14 +302,15 @@ inline Trajectory train(const Case& c, Engine& engine, int steps = kSteps, const
 // The largest |a - b| over all parameters, relative to the RMS of b's tensor (elements pass through zero,
 // so per-element relative error would be meaningless).
 inline double worst_rms_error(const std::vector<std::vector<std::vector<double>>>& a,
-                       const std::vector<std::vector<std::vector<double>>>& b) {
+                              const std::vector<std::vector<std::vector<double>>>& b) {
   double worst = 0;
   for (std::size_t u = 0; u < b.size(); ++u)
     for (std::size_t t = 0; t < b[u].size(); ++t) {
       double rms = 0;
       for (double x : b[u][t]) rms += x * x;
       rms = std::sqrt(rms / static_cast<double>(b[u][t].size()));
-      for (std::size_t e = 0; e < b[u][t].size(); ++e) worst = std::max(worst, std::fabs(a[u][t][e] - b[u][t][e]) / rms);
+      for (std::size_t e = 0; e < b[u][t].size(); ++e)
+        worst = std::max(worst, std::fabs(a[u][t][e] - b[u][t][e]) / rms);
     }
   return worst;
 }

@@ -14,13 +14,20 @@ namespace {
 using test::pg;
 
 // Small integers are exact in every dtype, and so are their sums over a few ranks.
-float value(int rank, int64_t i) { return static_cast<float>((i * 7 + rank * 3) % 17 - 8); }
-
-std::vector<uint8_t> make(DType t, int64_t n) { return std::vector<uint8_t>(static_cast<std::size_t>(n) * dtype_size(t)); }
-void fill(std::vector<uint8_t>& b, DType t, int rank, int64_t offset, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) store_from_f32(b.data(), t, static_cast<std::size_t>(offset + i), value(rank, offset + i));
+float value(int rank, int64_t i) {
+  return static_cast<float>((i * 7 + rank * 3) % 17 - 8);
 }
-float at(const std::vector<uint8_t>& b, DType t, int64_t i) { return load_as_f32(b.data(), t, static_cast<std::size_t>(i)); }
+
+std::vector<uint8_t> make(DType t, int64_t n) {
+  return std::vector<uint8_t>(static_cast<std::size_t>(n) * dtype_size(t));
+}
+void fill(std::vector<uint8_t>& b, DType t, int rank, int64_t offset, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    store_from_f32(b.data(), t, static_cast<std::size_t>(offset + i), value(rank, offset + i));
+}
+float at(const std::vector<uint8_t>& b, DType t, int64_t i) {
+  return load_as_f32(b.data(), t, static_cast<std::size_t>(i));
+}
 
 double reduce_ref(ReduceOp op, int world, int64_t i) {
   double acc = op == ReduceOp::max ? -1e30 : 0.0;
@@ -153,8 +160,7 @@ TEST(Collectives, RandomFloatsSumMatchesF64Reference) {
       if (r == c.rank()) mine[static_cast<std::size_t>(i)] = v;
     }
   }
-  c.all_reduce(TensorView::flat(mine.data(), DType::f32, n), TensorView::flat(out.data(), DType::f32, n),
-               ReduceOp::sum)
+  c.all_reduce(TensorView::flat(mine.data(), DType::f32, n), TensorView::flat(out.data(), DType::f32, n), ReduceOp::sum)
       .wait();
   int64_t wrong = 0;
   for (int64_t i = 0; i < n; ++i)
@@ -170,7 +176,8 @@ TEST(Collectives, ManyOpsInFlightOnTwoStreams) {
   std::vector<std::vector<float>> bufs(kOps, std::vector<float>(static_cast<std::size_t>(n)));
   std::vector<Work> works;
   for (int k = 0; k < kOps; ++k) {
-    for (int64_t i = 0; i < n; ++i) bufs[static_cast<std::size_t>(k)][static_cast<std::size_t>(i)] = value(c.rank(), i + k);
+    for (int64_t i = 0; i < n; ++i)
+      bufs[static_cast<std::size_t>(k)][static_cast<std::size_t>(i)] = value(c.rank(), i + k);
     auto v = TensorView::flat(bufs[static_cast<std::size_t>(k)].data(), DType::f32, n);
     works.push_back(c.all_reduce(v, v, ReduceOp::sum, k % 2 ? s1.get() : s2.get()));
   }
@@ -251,9 +258,9 @@ TEST(Collectives, BadArgumentsAreClearErrors) {
   EXPECT_THROW(c.all_reduce(TensorView::flat(a.data(), DType::f32, 10), TensorView::flat(b.data(), DType::bf16, 10),
                             ReduceOp::sum),
                Error);
-  EXPECT_THROW(c.all_reduce(TensorView::flat(a.data(), DType::f64, 5), TensorView::flat(b.data(), DType::f64, 5),
-                            ReduceOp::sum),
-               Error);
+  EXPECT_THROW(
+      c.all_reduce(TensorView::flat(a.data(), DType::f64, 5), TensorView::flat(b.data(), DType::f64, 5), ReduceOp::sum),
+      Error);
   // Failed checks consume a sequence number on every rank alike, so the group stays in step.
   c.barrier().wait();
 }

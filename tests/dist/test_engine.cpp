@@ -45,7 +45,8 @@ TEST_P(EngineVsReference, MatchesTheSingleProcessTrainer) {
     // bit-identical to each other at a given world: ShardedStagesReproduceReplicated.)
     const double worst = worst_rms_error(got.params, want.params);
     EXPECT_LE(worst, pg().world->size() == 1 ? 1e-6 : 1e-5) << name(c, pg().world->size());
-    if (pg().world->rank() == 0) std::printf("%s: worst parameter error %.3g of the tensor RMS\n", name(c, pg().world->size()).c_str(), worst);
+    if (pg().world->rank() == 0)
+      std::printf("%s: worst parameter error %.3g of the tensor RMS\n", name(c, pg().world->size()).c_str(), worst);
   } else {
     // bf16 compute: weights are rounded to 8 significant bits (relative error <= 2^-9) before every use, so
     // the loss moves by about that much per layer; 2 % covers four layers with margin and still fails on
@@ -54,18 +55,20 @@ TEST_P(EngineVsReference, MatchesTheSingleProcessTrainer) {
     for (std::size_t k = 0; k < want.losses.size(); ++k)
       worst = std::max(worst, std::fabs(got.losses[k] - want.losses[k]) / want.losses[k]);
     EXPECT_LE(worst, 0.02) << name(c, pg().world->size());
-    if (pg().world->rank() == 0) std::printf("%s: worst loss deviation %.3g\n", name(c, pg().world->size()).c_str(), worst);
+    if (pg().world->rank() == 0)
+      std::printf("%s: worst loss deviation %.3g\n", name(c, pg().world->size()).c_str(), worst);
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Covering, EngineVsReference,
-    ::testing::Values(Case{0, DType::f32, 0, 1, 0.0f}, Case{1, DType::f32, 0, 3, 1.0f}, Case{2, DType::f32, 0, 1, 0.5f},
-                      Case{3, DType::f32, 2, 1, 1.0f}, Case{3, DType::f32, 0, 3, 0.0f, kernels::Optimizer::adamw, true},
-                      Case{2, DType::f32, 0, 1, 0.0f, kernels::Optimizer::sgd},
-                      Case{3, DType::f32, 2, 3, 1.0f, kernels::Optimizer::lion}, Case{0, DType::bf16, 0, 1, 1.0f},
-                      Case{1, DType::bf16, 0, 1, 0.5f}, Case{2, DType::bf16, 0, 3, 0.0f}, Case{3, DType::bf16, 2, 1, 0.5f}),
-    case_name);
+INSTANTIATE_TEST_SUITE_P(Covering, EngineVsReference,
+                         ::testing::Values(Case{0, DType::f32, 0, 1, 0.0f}, Case{1, DType::f32, 0, 3, 1.0f},
+                                           Case{2, DType::f32, 0, 1, 0.5f}, Case{3, DType::f32, 2, 1, 1.0f},
+                                           Case{3, DType::f32, 0, 3, 0.0f, kernels::Optimizer::adamw, true},
+                                           Case{2, DType::f32, 0, 1, 0.0f, kernels::Optimizer::sgd},
+                                           Case{3, DType::f32, 2, 3, 1.0f, kernels::Optimizer::lion},
+                                           Case{0, DType::bf16, 0, 1, 1.0f}, Case{1, DType::bf16, 0, 1, 0.5f},
+                                           Case{2, DType::bf16, 0, 3, 0.0f}, Case{3, DType::bf16, 2, 1, 0.5f}),
+                         case_name);
 
 // Sharding changes where the numbers live, not what they are. At the same world size stages 1-3 share the
 // layout and the reduce-scatter, so their parameters must be bit-identical; stage 0 (replicated, all-reduce)
@@ -83,7 +86,8 @@ TEST(EngineStages, ShardedStagesReproduceReplicated) {
   for (int stage = 1; stage <= 3; ++stage) {
     const double worst = worst_rms_error(runs[static_cast<std::size_t>(stage)].params, runs[0].params);
     EXPECT_LE(worst, 1e-6) << "stage " << stage << " vs stage 0 at world " << pg().world->size();
-    if (pg().world->rank() == 0) std::printf("stage %d vs stage 0 (world %d): worst %.3g of the tensor RMS\n", stage, pg().world->size(), worst);
+    if (pg().world->rank() == 0)
+      std::printf("stage %d vs stage 0 (world %d): worst %.3g of the tensor RMS\n", stage, pg().world->size(), worst);
   }
 }
 
@@ -94,7 +98,8 @@ TEST(EngineMemory, LedgerMatchesTheFormulas) {
     const Device d = Device::cpu();
     auto snapshot = [&] {
       std::array<int64_t, kMemCategoryCount> s{};
-      for (int i = 0; i < kMemCategoryCount; ++i) s[static_cast<std::size_t>(i)] = l.stats(d, static_cast<MemCategory>(i)).current;
+      for (int i = 0; i < kMemCategoryCount; ++i)
+        s[static_cast<std::size_t>(i)] = l.stats(d, static_cast<MemCategory>(i)).current;
       return s;
     };
     const auto before = snapshot();
@@ -102,9 +107,7 @@ TEST(EngineMemory, LedgerMatchesTheFormulas) {
     Config cfg = make_config(c);
     Engine engine(cfg, *pg().world);
     int64_t sum_p = 0, sum_s = 0, max_p = 0;
-    {
-      train(Case{stage, DType::f32, 2, 1, 0.0f}, engine);
-    }
+    { train(Case{stage, DType::f32, 2, 1, 0.0f}, engine); }
     for (int u = 0; u < engine.num_units(); ++u) {
       sum_p += engine.unit(u).layout.padded;
       sum_s += engine.unit(u).layout.shard;
@@ -112,7 +115,8 @@ TEST(EngineMemory, LedgerMatchesTheFormulas) {
     }
     const auto after = snapshot();
     const MemoryReport report = engine.memory();
-    EXPECT_EQ(report.on_device[static_cast<std::size_t>(MemCategory::params)].current, after[static_cast<std::size_t>(MemCategory::params)]);
+    EXPECT_EQ(report.on_device[static_cast<std::size_t>(MemCategory::params)].current,
+              after[static_cast<std::size_t>(MemCategory::params)]);
     auto delta = [&](MemCategory cat) {
       return after[static_cast<std::size_t>(cat)] - before[static_cast<std::size_t>(cat)];
     };
@@ -128,8 +132,9 @@ TEST(EngineMemory, LedgerMatchesTheFormulas) {
     EXPECT_EQ(delta(MemCategory::gather_buffers), gather) << "stage " << stage;
     if (stage == 3) {  // DESIGN §3: 16Ψ/N persistent (Ψ = padded parameters), plus the fixed pools
       EXPECT_EQ(params + 4 * sum_s + optim, 16 * sum_p / pg().world->size());
-      EXPECT_LE(l.stats(d, MemCategory::gather_buffers).peak - before[static_cast<std::size_t>(MemCategory::gather_buffers)],
-                (cfg.zero.prefetch + 1) * 4 * max_p);
+      EXPECT_LE(
+          l.stats(d, MemCategory::gather_buffers).peak - before[static_cast<std::size_t>(MemCategory::gather_buffers)],
+          (cfg.zero.prefetch + 1) * 4 * max_p);
     }
   }
 }
@@ -211,7 +216,8 @@ TEST(EngineFrozen, FrozenTensorsTakeNoGradientOrOptimizerMemoryAndNeverChange) {
     const int64_t optim0 = l.stats(Device::cpu(), MemCategory::optim_state).current;
     Engine engine(cfg, *pg().world);
     // The frozen tensor sits between two trainable ones in registration order.
-    const UnitId u = engine.add_unit("emb", {{"w", {29, 31}}, {"pos", {1000, 7}, false, false}, {"b", {29}, true, false}});
+    const UnitId u =
+        engine.add_unit("emb", {{"w", {29, 31}}, {"pos", {1000, 7}, false, false}, {"b", {29}, true, false}});
     engine.init_params(kInit);
     const auto pos0 = engine.read_param(u, "pos");
     EXPECT_THROW(engine.grads(u, "pos"), Error);
@@ -251,13 +257,15 @@ TEST(EngineLoad, EachRankReadsOnlyItsShardsAndEveryStageMatchesTheFile) {
     for (auto& [unit, tensors] : model_units())
       for (const auto& t : tensors) {
         values.emplace_back(static_cast<std::size_t>(t.shape.numel()));
-        for (std::size_t e = 0; e < values.back().size(); ++e) values.back()[e] = std::sin(0.37f * static_cast<float>(e + total));
+        for (std::size_t e = 0; e < values.back().size(); ++e)
+          values.back()[e] = std::sin(0.37f * static_cast<float>(e + total));
         total += values.back().size();
       }
     std::size_t k = 0;
     for (auto& [unit, tensors] : model_units())
       for (const auto& t : tensors)
-        src.push_back({unit + "." + t.name, DType::f32, std::vector<int64_t>(t.shape.dims.begin(), t.shape.dims.begin() + t.shape.ndim),
+        src.push_back({unit + "." + t.name, DType::f32,
+                       std::vector<int64_t>(t.shape.dims.begin(), t.shape.dims.begin() + t.shape.ndim),
                        values[k++].data()});
     if (comm.rank() == 0) {
       write_safetensors(path, src);
@@ -275,7 +283,8 @@ TEST(EngineLoad, EachRankReadsOnlyItsShardsAndEveryStageMatchesTheFile) {
           EXPECT_EQ(v, values[k++]) << "stage " << stage << " " << engine.unit(u).name << "." << t.name;
         }
       float mine = static_cast<float>(engine.loaded_bytes()), sum = 0;
-      comm.all_reduce(TensorView::flat(&mine, DType::f32, 1), TensorView::flat(&sum, DType::f32, 1), ReduceOp::sum).wait();
+      comm.all_reduce(TensorView::flat(&mine, DType::f32, 1), TensorView::flat(&sum, DType::f32, 1), ReduceOp::sum)
+          .wait();
       const double expect = (stage == 0 ? comm.size() : 1) * 4.0 * static_cast<double>(total);
       EXPECT_EQ(sum, expect) << "stage " << stage;
       if (stage > 0 && comm.size() > 1) {
@@ -297,7 +306,8 @@ TEST(EngineLoad, EachRankReadsOnlyItsShardsAndEveryStageMatchesTheFile) {
     ADD_FAILURE() << "a mismatched file loaded";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("tensor 'input.w' has shape [53, 36] but the model declares [53, 37]"),
-              std::string::npos) << e.what();
+              std::string::npos)
+        << e.what();
   }
   std::remove(bad.c_str());
 }

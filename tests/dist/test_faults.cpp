@@ -5,10 +5,10 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <stdio.h>
-#include <unistd.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
@@ -18,7 +18,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string fmt_dir(const std::string& mode) { return "zs_fault_" + mode + "_" + std::to_string(getpid()); }
+std::string fmt_dir(const std::string& mode) {
+  return "zs_fault_" + mode + "_" + std::to_string(getpid());
+}
 
 struct Result {
   int rc = -1;
@@ -63,7 +65,9 @@ void zs_test_free_port(int* port) {
   close(fd);
 }
 
-bool alive(pid_t pid) { return kill(pid, 0) == 0 || errno != ESRCH; }
+bool alive(pid_t pid) {
+  return kill(pid, 0) == 0 || errno != ESRCH;
+}
 
 void expect_all_gone(const Result& r, int nproc) {
   EXPECT_EQ(static_cast<int>(r.pids.size()), nproc) << r.output;
@@ -129,8 +133,9 @@ Result run_cmd(const std::string& cmd) {
 TEST(Launchers, SlurmAndOpenMpiVariablesWithoutZsrun) {
   int port = 0;
   { zs_test_free_port(&port); }
-  for (const std::string& vars : {std::string("SLURM_PROCID=$r SLURM_NTASKS=3 SLURM_LOCALID=$r SLURM_JOB_ID=7"),
-                                  std::string("OMPI_COMM_WORLD_RANK=$r OMPI_COMM_WORLD_SIZE=3 OMPI_COMM_WORLD_LOCAL_RANK=$r")}) {
+  for (const std::string& vars :
+       {std::string("SLURM_PROCID=$r SLURM_NTASKS=3 SLURM_LOCALID=$r SLURM_JOB_ID=7"),
+        std::string("OMPI_COMM_WORLD_RANK=$r OMPI_COMM_WORLD_SIZE=3 OMPI_COMM_WORLD_LOCAL_RANK=$r")}) {
     const std::string cmd = "bash -c 'for r in 0 1 2; do env -u RANK -u WORLD_SIZE " + vars +
                             " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " ZS_JOB_TOKEN=t " +
                             ZS_FAULT_PROG_PATH + " ok & done; wait'";
@@ -162,8 +167,9 @@ TEST(Zsrun, SigtermIsForwardedAndNothingSurvives) {
   fs::path dir = fs::temp_directory_path() / fmt_dir("sigterm");
   fs::remove_all(dir);
   fs::create_directories(dir);
-  const std::string cmd = "ZS_TEST_PIDDIR=" + dir.string() + " " ZS_ZSRUN_PATH
-                          " --nproc-per-node 3 --master-port 0 --grace 2 -- " ZS_FAULT_PROG_PATH " forever";
+  const std::string cmd = "ZS_TEST_PIDDIR=" + dir.string() +
+                          " " ZS_ZSRUN_PATH " --nproc-per-node 3 --master-port 0 --grace 2 -- " ZS_FAULT_PROG_PATH
+                          " forever";
   pid_t zsrun = fork();
   ASSERT_GE(zsrun, 0);
   if (zsrun == 0) {

@@ -33,7 +33,9 @@ inline std::vector<std::pair<std::string, std::vector<TensorSpec>>> model_units(
 inline float input_value(int64_t sample, int j) {
   return init::normal(1.0f, 7).value("x", static_cast<uint64_t>(sample * kIn + j));
 }
-inline int label(int64_t sample) { return static_cast<int>(init::counter_hash(9, 0, static_cast<uint64_t>(sample)) % kClasses); }
+inline int label(int64_t sample) {
+  return static_cast<int>(init::counter_hash(9, 0, static_cast<uint64_t>(sample)) % kClasses);
+}
 
 template <typename T>
 struct Model {
@@ -118,7 +120,8 @@ struct Model {
       for (T v : logits) mx = std::max(mx, v);
       T sum = 0;
       c.prob.resize(kClasses);
-      for (int i = 0; i < kClasses; ++i) sum += (c.prob[static_cast<std::size_t>(i)] = std::exp(logits[static_cast<std::size_t>(i)] - mx));
+      for (int i = 0; i < kClasses; ++i)
+        sum += (c.prob[static_cast<std::size_t>(i)] = std::exp(logits[static_cast<std::size_t>(i)] - mx));
       for (T& v : c.prob) v /= sum;
     }
   }
@@ -144,7 +147,8 @@ struct Model {
       const auto k = static_cast<std::size_t>(i);
       const T da = dout[k] * (1 - c.h0[k] * c.h0[k]);
       g[0][1][k] += s * da;
-      for (int j = 0; j < kIn; ++j) g[0][0][static_cast<std::size_t>(i * kIn + j)] += s * da * c.x[static_cast<std::size_t>(j)];
+      for (int j = 0; j < kIn; ++j)
+        g[0][0][static_cast<std::size_t>(i * kIn + j)] += s * da * c.x[static_cast<std::size_t>(j)];
     }
     return {};
   }

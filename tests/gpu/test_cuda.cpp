@@ -13,8 +13,9 @@
 namespace zs {
 namespace {
 
-#define ZS_REQUIRE_GPU() \
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU visible: the gpu tests run on a GPU machine (bench/gpu/check.sh)"
+#define ZS_REQUIRE_GPU()                                                                            \
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU visible: the gpu tests run on a GPU machine " \
+                                         "(bench/gpu/check.sh)"
 
 // A chain of async copies across two streams, ordered only by events: the data must arrive intact.
 TEST(CudaStream, EventsOrderCopiesAcrossStreams) {
@@ -58,8 +59,10 @@ TEST(Nccl, EveryCollectiveAtWorldOne) {
   for (DType t : {DType::f32, DType::bf16, DType::f16}) {
     const int64_t n = 1000003;
     std::vector<uint8_t> host(static_cast<std::size_t>(n) * dtype_size(t)), out(host.size());
-    for (int64_t i = 0; i < n; ++i) store_from_f32(host.data(), t, static_cast<std::size_t>(i), static_cast<float>(i % 13 - 6));
-    Buffer in(host.size(), MemoryKind::device, d, MemCategory::other), res(host.size(), MemoryKind::device, d, MemCategory::other);
+    for (int64_t i = 0; i < n; ++i)
+      store_from_f32(host.data(), t, static_cast<std::size_t>(i), static_cast<float>(i % 13 - 6));
+    Buffer in(host.size(), MemoryKind::device, d, MemCategory::other),
+        res(host.size(), MemoryKind::device, d, MemCategory::other);
     ZS_CHECK_CUDA(cudaMemcpy(in.data(), host.data(), host.size(), cudaMemcpyHostToDevice));
     auto check = [&](const char* what) {
       ZS_CHECK_CUDA(cudaMemcpy(out.data(), res.data(), out.size(), cudaMemcpyDeviceToHost));

@@ -17,7 +17,8 @@ TEST(EngineCuda, MatchesTheCpuEngineAtWorldOne) {
   no.backend = Backend::nccl;
   ProcessGroup cpu_pg = init_process_group(go);
   ProcessGroup gpu_pg = init_process_group(no);
-  for (const Case& c : {Case{0, DType::f32, 0, 1, 0.0f}, Case{3, DType::f32, 2, 1, 0.0f}, Case{3, DType::bf16, 2, 3, 0.0f}}) {
+  for (const Case& c :
+       {Case{0, DType::f32, 0, 1, 0.0f}, Case{3, DType::f32, 2, 1, 0.0f}, Case{3, DType::bf16, 2, 3, 0.0f}}) {
     Engine on_cpu(make_config(c), *cpu_pg.world);
     Engine on_gpu(make_config(c), *gpu_pg.world);
     ASSERT_TRUE(on_gpu.device().is_cuda());

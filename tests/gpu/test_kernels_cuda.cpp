@@ -18,15 +18,18 @@ namespace {
 
 const Device kGpu = Device::cuda(0);
 
-#define ZS_REQUIRE_GPU() \
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU visible: the gpu tests run on a GPU machine (bench/gpu/check.sh)"
+#define ZS_REQUIRE_GPU()                                                                            \
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU visible: the gpu tests run on a GPU machine " \
+                                         "(bench/gpu/check.sh)"
 
 struct Twin {  // the same bytes on host and device
   std::vector<uint8_t> host;
   Buffer dev;
   Twin(std::size_t bytes) : host(bytes), dev(bytes + 64, MemoryKind::device, kGpu, MemCategory::other) {}
   void* d(std::size_t shift = 0) { return static_cast<char*>(dev.data()) + shift; }
-  void upload(std::size_t shift = 0) { ZS_CHECK_CUDA(cudaMemcpy(d(shift), host.data(), host.size(), cudaMemcpyHostToDevice)); }
+  void upload(std::size_t shift = 0) {
+    ZS_CHECK_CUDA(cudaMemcpy(d(shift), host.data(), host.size(), cudaMemcpyHostToDevice));
+  }
   std::vector<uint8_t> download(std::size_t shift = 0) {
     std::vector<uint8_t> out(host.size());
     ZS_CHECK_CUDA(cudaMemcpy(out.data(), d(shift), out.size(), cudaMemcpyDeviceToHost));

@@ -58,8 +58,10 @@ Ref reference(const OptimizerHyper& h, double p, double g, double m, double v, d
   switch (h.kind) {
     case Optimizer::adamw:
     case Optimizer::adam: {
-      if (h.kind == Optimizer::adam) g += wd * p;
-      else p *= 1.0 - static_cast<double>(h.lr) * wd;
+      if (h.kind == Optimizer::adam)
+        g += wd * p;
+      else
+        p *= 1.0 - static_cast<double>(h.lr) * wd;
       m = h.beta1 * m + (1.0 - h.beta1) * g;
       v = h.beta2 * v + (1.0 - h.beta2) * g * g;
       const double bc1 = 1.0 - std::pow(static_cast<double>(h.beta1), static_cast<double>(h.step));
@@ -162,7 +164,9 @@ std::vector<uint8_t> run_case(const Case& c, int64_t n, uint32_t seed, bool chec
   optimizer_update(kCpu, c.h, a);
   if (check) {
     int64_t bad = 0;
-    auto close = [](double got, double want, double rel) { return std::fabs(got - want) <= rel * std::fabs(want) + 1e-7; };
+    auto close = [](double got, double want, double rel) {
+      return std::fabs(got - want) <= rel * std::fabs(want) + 1e-7;
+    };
     const double state_rel = c.state == DType::f32 ? 3e-6 : 1.0 / 128;
     for (int64_t i = 0; i < n && bad < 5; ++i) {
       const Ref r = reference(c.h, p0[static_cast<std::size_t>(i)], g0.get(i), m0.get(i), v0.get(i), a.grad_scale,
@@ -181,8 +185,8 @@ std::vector<uint8_t> run_case(const Case& c, int64_t n, uint32_t seed, bool chec
       }
       if (!ok) {
         ++bad;
-        ADD_FAILURE() << name(c) << " n=" << n << " i=" << i << ": p " << pr << " want " << r.p << ", m "
-                      << s1.get(i) << " want " << r.m << ", v " << s2.get(i) << " want " << r.v;
+        ADD_FAILURE() << name(c) << " n=" << n << " i=" << i << ": p " << pr << " want " << r.p << ", m " << s1.get(i)
+                      << " want " << r.m << ", v " << s2.get(i) << " want " << r.v;
       }
     }
   }
@@ -276,8 +280,11 @@ TEST(Cast, MatchesScalarConversionsIncludingNanAndInf) {
         const uint16_t want = t == DType::bf16 ? f32_to_bf16_bits(x) : f32_to_f16_bits(x);
         const uint16_t got = half[static_cast<std::size_t>(i)];
         const float want_back = t == DType::bf16 ? bf16_bits_to_f32(want) : f16_bits_to_f32(want);
-        if (std::isnan(x)) wrong += !std::isnan(back[static_cast<std::size_t>(i)]);
-        else wrong += got != want || std::bit_cast<uint32_t>(back[static_cast<std::size_t>(i)]) != std::bit_cast<uint32_t>(want_back);
+        if (std::isnan(x))
+          wrong += !std::isnan(back[static_cast<std::size_t>(i)]);
+        else
+          wrong += got != want ||
+                   std::bit_cast<uint32_t>(back[static_cast<std::size_t>(i)]) != std::bit_cast<uint32_t>(want_back);
       }
       EXPECT_EQ(wrong, 0) << isa << " " << dtype_name(t);
     }

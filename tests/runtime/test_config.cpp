@@ -104,9 +104,9 @@ TEST(LossScaler, HalvesOnOverflowAndGrowsAfterCleanWindows) {
   for (int i = 0; i < 3; ++i) EXPECT_FALSE(s.update(false));
   EXPECT_EQ(s.scale, 131072.0);  // a clean window doubles it
   EXPECT_TRUE(s.update(true));
-  EXPECT_EQ(s.scale, 65536.0);   // an overflow halves it and skips the step
+  EXPECT_EQ(s.scale, 65536.0);  // an overflow halves it and skips the step
   for (int i = 0; i < 3; ++i) s.update(false);
-  EXPECT_EQ(s.scale, 65536.0);   // hysteresis 2: the first clean window after an overflow does not grow
+  EXPECT_EQ(s.scale, 65536.0);  // hysteresis 2: the first clean window after an overflow does not grow
   for (int i = 0; i < 3; ++i) s.update(false);
   EXPECT_EQ(s.scale, 131072.0);
   LossScaler low;

@@ -13,7 +13,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-fs::path tmp(const std::string& name) { return fs::temp_directory_path() / ("zs_st_" + std::to_string(getpid()) + "_" + name); }
+fs::path tmp(const std::string& name) {
+  return fs::temp_directory_path() / ("zs_st_" + std::to_string(getpid()) + "_" + name);
+}
 
 std::string error_of(const fs::path& p) {
   try {

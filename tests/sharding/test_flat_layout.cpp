@@ -23,8 +23,8 @@ TEST(FlatLayout, AlignedSlotsPaddedToEqualAlignedShards) {
       int64_t end = 0;
       for (std::size_t i = 0; i < l.slots.size(); ++i) {
         EXPECT_EQ(l.slots[i].offset % align, 0);
-        EXPECT_GE(l.slots[i].offset, end);              // in order, no overlap
-        EXPECT_LT(l.slots[i].offset - end, align);      // and no gap beyond alignment
+        EXPECT_GE(l.slots[i].offset, end);          // in order, no overlap
+        EXPECT_LT(l.slots[i].offset - end, align);  // and no gap beyond alignment
         end = l.slots[i].offset + l.slots[i].numel;
       }
       EXPECT_EQ(l.used, end);
