@@ -156,9 +156,64 @@ void lion_block(float* __restrict p, const float* __restrict g, float* __restric
   }
 }
 
+// bf16 operands read and written inside the math loop (no staging passes): the same rounding as
+// f32_to_bf16, so results are identical to the staged path.
+struct Bf16 {
+  uint16_t bits;
+};
+inline float to_f32(float x) { return x; }
+inline float to_f32(Bf16 x) { return std::bit_cast<float>(static_cast<uint32_t>(x.bits) << 16); }
+inline void set(float& d, float v) { d = v; }
+inline void set(Bf16& d, float v) {
+  const uint32_t u = std::bit_cast<uint32_t>(v);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  d.bits = static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : rounded);
+}
+
+template <typename G, typename Out>
+void adam_bf16_state(float* __restrict p, const G* __restrict g, Bf16* __restrict m, Bf16* __restrict v,
+                     Out* __restrict out, int64_t n, const UpdateScalars& s, float wd) {
+  const bool decoupled = s.kind == Optimizer::adamw;
+  const float gs = s.grad_scale, b1 = s.beta1, b2 = s.beta2, c1 = s.one_minus_beta1, c2 = s.one_minus_beta2;
+  const float eps = s.eps, step = s.step_size, bc2 = s.bias_correction2_sqrt;
+  const float decay = decoupled ? 1.0f - s.lr * wd : 1.0f;
+  const float l2 = decoupled ? 0.0f : wd;
+  for (int64_t k = 0; k < n; ++k) {
+    const float pk = p[k];
+    const float gk = to_f32(g[k]) * gs + l2 * pk;
+    const float mk = b1 * to_f32(m[k]) + c1 * gk;
+    const float vk = b2 * to_f32(v[k]) + c2 * gk * gk;
+    Bf16 ms, vs;
+    set(ms, mk);
+    set(vs, vk);
+    m[k] = ms;
+    v[k] = vs;
+    const float pn = pk * decay - step * (mk / (std::sqrt(vk) / bc2 + eps));
+    p[k] = pn;
+    if (out) set(out[k], pn);
+  }
+}
+
+// Adam with bf16 moments, f32 or bf16 gradients and no or a bf16 parameter copy: the fused path.
+bool try_fused_bf16_state(const UpdateScalars& s, const UpdateArgs& a, int64_t b, int64_t e, float wd) {
+  const bool adam = s.kind == Optimizer::adamw || s.kind == Optimizer::adam;
+  if (!adam || a.state_dtype != DType::bf16 || (a.grad_dtype != DType::f32 && a.grad_dtype != DType::bf16) ||
+      (a.param_out && a.param_out_dtype != DType::bf16))
+    return false;
+  auto* m = static_cast<Bf16*>(a.state1) + b;
+  auto* v = static_cast<Bf16*>(a.state2) + b;
+  Bf16* out = a.param_out ? static_cast<Bf16*>(a.param_out) + b : nullptr;
+  if (a.grad_dtype == DType::f32)
+    adam_bf16_state(a.param + b, static_cast<const float*>(a.grad) + b, m, v, out, e - b, s, wd);
+  else
+    adam_bf16_state(a.param + b, static_cast<const Bf16*>(a.grad) + b, m, v, out, e - b, s, wd);
+  return true;
+}
+
 void update(const UpdateScalars& s, const UpdateArgs& a, int64_t b, int64_t e, bool decay) {
   alignas(64) float gbuf[kBlock], s1buf[kBlock], s2buf[kBlock];
   const float wd = decay ? s.weight_decay : 0.0f;
+  if (try_fused_bf16_state(s, a, b, e, wd)) return;
   for (int64_t i = b; i < e; i += kBlock) {
     const int64_t n = std::min(kBlock, e - i);
     const float* g = stage_in(a.grad, a.grad_dtype, i, n, gbuf);
