@@ -16,7 +16,7 @@
 
 namespace zs::test {
 
-constexpr int kSteps = 30;
+constexpr int kSteps = 50;
 inline const auto kInit = init::normal(0.3f, 1337);
 
 struct Case {
@@ -26,7 +26,7 @@ struct Case {
   int accum;
   float clip;
   kernels::Optimizer opt = kernels::Optimizer::adamw;
-  bool cosine = false;  // warm-up 5 steps, then cosine decay to 10 % at step 30
+  bool cosine = false;  // warm-up 5 steps, then cosine decay to 10 % at step 30 (then flat)
 };
 
 inline Config make_config(const Case& c) {
