@@ -110,24 +110,6 @@ void stage_out(const float* v, void* dst, DType t, int64_t i, int64_t n) {
 
 // ---- the update rules (PyTorch's definitions), on f32 blocks -------------------------------------
 
-void adam_block(float* __restrict p, const float* __restrict g, float* __restrict m, float* __restrict v, int64_t n,
-                const UpdateScalars& s, float wd) {
-  const bool decoupled = s.kind == Optimizer::adamw;
-  const float gs = s.grad_scale, b1 = s.beta1, b2 = s.beta2, c1 = s.one_minus_beta1, c2 = s.one_minus_beta2;
-  const float eps = s.eps, step = s.step_size, bc2 = s.bias_correction2_sqrt;
-  const float decay = decoupled ? 1.0f - s.lr * wd : 1.0f;
-  const float l2 = decoupled ? 0.0f : wd;
-  for (int64_t k = 0; k < n; ++k) {
-    const float pk = p[k];
-    const float gk = g[k] * gs + l2 * pk;
-    const float mk = b1 * m[k] + c1 * gk;
-    const float vk = b2 * v[k] + c2 * gk * gk;
-    m[k] = mk;
-    v[k] = vk;
-    p[k] = pk * decay - step * (mk / (std::sqrt(vk) / bc2 + eps));
-  }
-}
-
 void sgd_block(float* __restrict p, const float* __restrict g, float* __restrict buf, int64_t n, const UpdateScalars& s,
                float wd) {
   const float gs = s.grad_scale, lr = s.lr, mom = s.beta1, damp = s.one_minus_dampening;
@@ -161,18 +143,25 @@ void lion_block(float* __restrict p, const float* __restrict g, float* __restric
 struct Bf16 {
   uint16_t bits;
 };
-inline float to_f32(float x) { return x; }
-inline float to_f32(Bf16 x) { return std::bit_cast<float>(static_cast<uint32_t>(x.bits) << 16); }
-inline void set(float& d, float v) { d = v; }
+inline float to_f32(float x) {
+  return x;
+}
+inline float to_f32(Bf16 x) {
+  return std::bit_cast<float>(static_cast<uint32_t>(x.bits) << 16);
+}
+inline void set(float& d, float v) {
+  d = v;
+}
 inline void set(Bf16& d, float v) {
   const uint32_t u = std::bit_cast<uint32_t>(v);
   const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
   d.bits = static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : rounded);
 }
 
-template <typename G, typename Out>
-void adam_bf16_state(float* __restrict p, const G* __restrict g, Bf16* __restrict m, Bf16* __restrict v,
-                     Out* __restrict out, int64_t n, const UpdateScalars& s, float wd) {
+// Adam/AdamW over one range: G, S, Out are float or Bf16 (gradient, moments, optional parameter copy).
+template <typename G, typename S, typename Out>
+void adam_loop(float* __restrict p, const G* __restrict g, S* __restrict m, S* __restrict v, Out* __restrict out,
+               int64_t n, const UpdateScalars& s, float wd) {
   const bool decoupled = s.kind == Optimizer::adamw;
   const float gs = s.grad_scale, b1 = s.beta1, b2 = s.beta2, c1 = s.one_minus_beta1, c2 = s.one_minus_beta2;
   const float eps = s.eps, step = s.step_size, bc2 = s.bias_correction2_sqrt;
@@ -183,7 +172,7 @@ void adam_bf16_state(float* __restrict p, const G* __restrict g, Bf16* __restric
     const float gk = to_f32(g[k]) * gs + l2 * pk;
     const float mk = b1 * to_f32(m[k]) + c1 * gk;
     const float vk = b2 * to_f32(v[k]) + c2 * gk * gk;
-    Bf16 ms, vs;
+    S ms, vs;
     set(ms, mk);
     set(vs, vk);
     m[k] = ms;
@@ -204,9 +193,9 @@ bool try_fused_bf16_state(const UpdateScalars& s, const UpdateArgs& a, int64_t b
   auto* v = static_cast<Bf16*>(a.state2) + b;
   Bf16* out = a.param_out ? static_cast<Bf16*>(a.param_out) + b : nullptr;
   if (a.grad_dtype == DType::f32)
-    adam_bf16_state(a.param + b, static_cast<const float*>(a.grad) + b, m, v, out, e - b, s, wd);
+    adam_loop(a.param + b, static_cast<const float*>(a.grad) + b, m, v, out, e - b, s, wd);
   else
-    adam_bf16_state(a.param + b, static_cast<const Bf16*>(a.grad) + b, m, v, out, e - b, s, wd);
+    adam_loop(a.param + b, static_cast<const Bf16*>(a.grad) + b, m, v, out, e - b, s, wd);
   return true;
 }
 
@@ -223,7 +212,7 @@ void update(const UpdateScalars& s, const UpdateArgs& a, int64_t b, int64_t e, b
     switch (s.kind) {
       case Optimizer::adamw:
       case Optimizer::adam:
-        adam_block(p, g, s1, s2, n, s, wd);
+        adam_loop(p, g, s1, s2, static_cast<float*>(nullptr), n, s, wd);
         break;
       case Optimizer::sgd:
         sgd_block(p, g, s1, n, s, wd);
