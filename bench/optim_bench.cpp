@@ -148,7 +148,7 @@ int main(int argc, char** argv) {
     u.state_dtype = st;
     u.param_out = a.out == "none" ? nullptr : out.data();
     u.param_out_dtype = a.out == "f16" ? DType::f16 : DType::bf16;
-    const int64_t bpe = kernels::update_bytes_per_element(h, u);
+    const int64_t bpe = kernels::update_bytes_per_element(u);
     // The copy moves as many bytes as the update: src + dst of (bpe / 2) bytes per element each.
     const int64_t copy_elems = n * bpe / 8;
     Buffer src(copy_elems * 4, mk, dev, MemCategory::other), dst(copy_elems * 4, mk, dev, MemCategory::other);

@@ -83,12 +83,11 @@ void check_float(DType t, const char* what, const char* op) {
 
 }  // namespace
 
-int64_t update_bytes_per_element(const OptimizerHyper& h, const UpdateArgs& a) {
+int64_t update_bytes_per_element(const UpdateArgs& a) {
   const int64_t states = a.state2 ? 2 : a.state1 ? 1 : 0;
   int64_t bytes = 4 + 4 + static_cast<int64_t>(dtype_size(a.grad_dtype));  // param read+write, grad read
   bytes += states * 2 * static_cast<int64_t>(dtype_size(a.state_dtype));
   if (a.param_out) bytes += static_cast<int64_t>(dtype_size(a.param_out_dtype));
-  (void)h;
   return bytes;
 }
 

@@ -57,7 +57,7 @@ struct UpdateArgs {
 };
 
 // Bytes the update must move per element (reads + writes), for bandwidth accounting in benchmarks.
-int64_t update_bytes_per_element(const OptimizerHyper& h, const UpdateArgs& a);
+int64_t update_bytes_per_element(const UpdateArgs& a);
 
 void optimizer_update(Device device, const OptimizerHyper& h, const UpdateArgs& a, Stream* stream = nullptr);
 

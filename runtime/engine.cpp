@@ -172,7 +172,7 @@ void Engine::setup() {
   if (stage >= 2 && !accumulate)
     for (int i = 0; i < 2; ++i)
       grad_pool_.push_back(
-          {Buffer(largest_grads * es(reduce_), mk, device_, MemCategory::grads), -1, make_event(device_), {}});
+          {Buffer(largest_grads * es(reduce_), mk, device_, MemCategory::grads), -1, nullptr, {}});
   norm_scratch_ = Buffer((units_.size() + 1) * sizeof(float), mk, device_, MemCategory::other);
   for (std::size_t i = 0; i < units_.size(); ++i) grads_ready_.push_back(make_event(device_));
   update_done_ = make_event(device_);
@@ -672,14 +672,6 @@ MemoryReport Engine::memory() const {
   m.device_total = l.total(device_);
   m.host_total = l.total(Device::cpu());
   return m;
-}
-
-std::pair<int, std::size_t> Engine::gather_pool() const {
-  return {static_cast<int>(gather_pool_.size()), gather_pool_.empty() ? 0 : gather_pool_[0].buf.bytes()};
-}
-
-std::pair<int, std::size_t> Engine::grad_pool() const {
-  return {static_cast<int>(grad_pool_.size()), grad_pool_.empty() ? 0 : grad_pool_[0].buf.bytes()};
 }
 
 }  // namespace zs

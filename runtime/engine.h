@@ -109,9 +109,6 @@ class Engine {
   int64_t steps_done() const { return step_; }
   const Unit& unit(UnitId u) const { return *units_.at(static_cast<std::size_t>(u)); }
   int num_units() const { return static_cast<int>(units_.size()); }
-  // The gather pool (stage 3) and grad pool (stages 2-3): count and bytes of each buffer.
-  std::pair<int, std::size_t> gather_pool() const;
-  std::pair<int, std::size_t> grad_pool() const;
 
  private:
   friend class GatheredParams;
@@ -146,7 +143,7 @@ class Engine {
   struct PoolBuffer {
     Buffer buf;
     UnitId owner = -1;
-    std::unique_ptr<Event> free_after;  // compute finished with it
+    std::unique_ptr<Event> free_after;  // gather pool: compute finished with it
     Work last_reduce;                   // grad pool: the reduce-scatter that read it
   };
   std::vector<PoolBuffer> gather_pool_, grad_pool_;

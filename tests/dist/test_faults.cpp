@@ -53,7 +53,7 @@ Result run_job(const std::string& mode, int nproc, const std::string& extra_env 
 }
 
 // A port nothing listens on right now (the kernel's choice), for jobs that need a fixed one.
-void zs_test_free_port(int* port) {
+int free_port() {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;
@@ -61,8 +61,8 @@ void zs_test_free_port(int* port) {
   bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
   socklen_t len = sizeof a;
   getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  *port = ntohs(a.sin_port);
   close(fd);
+  return ntohs(a.sin_port);
 }
 
 bool alive(pid_t pid) {
@@ -131,8 +131,7 @@ Result run_cmd(const std::string& cmd) {
 
 // srun/mpirun users: no zsrun, the library reads Slurm's or Open MPI's variables and rank 0 hosts the store.
 TEST(Launchers, SlurmAndOpenMpiVariablesWithoutZsrun) {
-  int port = 0;
-  { zs_test_free_port(&port); }
+  int port = free_port();
   for (const std::string& vars :
        {std::string("SLURM_PROCID=$r SLURM_NTASKS=3 SLURM_LOCALID=$r SLURM_JOB_ID=7"),
         std::string("OMPI_COMM_WORLD_RANK=$r OMPI_COMM_WORLD_SIZE=3 OMPI_COMM_WORLD_LOCAL_RANK=$r")}) {
