@@ -24,6 +24,20 @@ struct ElementRange {
 
 enum class Optimizer : uint8_t { adamw, adam, sgd, lion };
 
+constexpr std::string_view optimizer_name(Optimizer o) {
+  switch (o) {
+    case Optimizer::adamw:
+      return "adamw";
+    case Optimizer::adam:
+      return "adam";
+    case Optimizer::sgd:
+      return "sgd";
+    case Optimizer::lion:
+      return "lion";
+  }
+  return "?";
+}
+
 struct OptimizerHyper {
   Optimizer kind = Optimizer::adamw;
   float lr = 1e-3f;

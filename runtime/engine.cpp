@@ -107,6 +107,21 @@ UnitId Engine::add_unit(std::string name, std::vector<TensorSpec> tensors) {
   return static_cast<UnitId>(units_.size() - 1);
 }
 
+void Engine::plan_layouts() {
+  if (!units_.front()->slot_of.empty()) return;
+  const int world = cfg_.zero.stage == 0 ? 1 : comm_->size();
+  for (auto& up : units_) {
+    Unit& u = *up;
+    std::vector<TensorSpec> trainable, frozen;
+    for (const auto& t : u.tensors) {
+      u.slot_of.push_back(static_cast<int>(t.trainable ? trainable.size() : frozen.size()));
+      (t.trainable ? trainable : frozen).push_back(t);
+    }
+    u.layout = make_flat_layout(trainable, world);
+    if (!frozen.empty()) u.frozen = make_flat_layout(frozen, world);
+  }
+}
+
 void Engine::setup() {
   ZS_CHECK(!units_.empty(), "init_params: no units were added");
   ZS_CHECK(cfg_.offload.optimizer == "none" && cfg_.offload.params == "none",
@@ -118,7 +133,7 @@ void Engine::setup() {
   dynamic_scaling_ = cfg_.precision.loss_scale == "dynamic";
   const char* check = std::getenv("ZS_CHECK_COLLECTIVES");
   check_collectives_ = check && std::string_view(check) == "1";
-  const int stage = cfg_.zero.stage, n = comm_->size(), r = comm_->rank();
+  const int stage = cfg_.zero.stage, r = comm_->rank();
   const bool accumulate = cfg_.zero.grad_accumulation > 1;
   const auto& o = cfg_.optimizer;
   compute_stream_ = make_stream(device_);
@@ -126,16 +141,9 @@ void Engine::setup() {
   reduce_stream_ = make_stream(device_);
   const MemoryKind mk = MemoryKind::device;
   std::size_t largest = 0, largest_grads = 0;  // elements of the biggest unit: all params / trainable ones
+  plan_layouts();
   for (auto& up : units_) {
     Unit& u = *up;
-    std::vector<TensorSpec> trainable, frozen;
-    for (const auto& t : u.tensors) {
-      u.slot_of.push_back(static_cast<int>(t.trainable ? trainable.size() : frozen.size()));
-      (t.trainable ? trainable : frozen).push_back(t);
-    }
-    const int world = stage == 0 ? 1 : n;
-    u.layout = make_flat_layout(trainable, world);
-    if (!frozen.empty()) u.frozen = make_flat_layout(frozen, world);
     const int64_t P = u.layout.padded, S = u.layout.shard, PF = u.frozen.padded;
     largest = std::max<std::size_t>(largest, static_cast<std::size_t>(P + PF));
     largest_grads = std::max<std::size_t>(largest_grads, static_cast<std::size_t>(P));
@@ -154,7 +162,8 @@ void Engine::setup() {
     const bool full_grads = stage <= 1 || accumulate;
     u.grads = Buffer((full_grads ? P : S) * es(reduce_), mk, device_, MemCategory::grads);
     std::vector<bool> decays;
-    for (const auto& t : trainable) decays.push_back(t.weight_decay);
+    for (const auto& t : u.tensors)
+      if (t.trainable) decays.push_back(t.weight_decay);
     auto ranges = u.layout.shard_ranges(stage == 0 ? 0 : r, decays);
     u.num_decay_ranges = static_cast<int64_t>(ranges.size());
     u.decay_ranges = Buffer(std::max<std::size_t>(1, ranges.size()) * sizeof(kernels::ElementRange), mk, device_,
@@ -211,22 +220,24 @@ void Engine::load_weights(const std::string& path) {
   last_load_bytes_ = file.bytes_read();
 }
 
-void Engine::install(const ValueSource& source) {
+void Engine::install(const ValueSource& source, const StateSource& states) {
   const int stage = cfg_.zero.stage, r = comm_->rank();
   for (auto& up : units_) {
     Unit& u = *up;
-    // This rank's shard of one layout, in f32 on the host: the parts of its tensors that fall inside.
-    auto shard_values = [&](const FlatLayout& l, bool frozen) {
+    // This rank's shard of one layout, in f32 on the host: the parts of its tensors that fall inside,
+    // from fill(tensor, first element, count, out).
+    auto shard_values = [&](const FlatLayout& l, bool frozen, const auto& fill) {
       std::vector<float> out(static_cast<std::size_t>(l.shard), 0.0f);
       const int64_t lo = l.shard_offset(stage == 0 ? 0 : r), hi = lo + l.shard;
       for (int t = 0; t < static_cast<int>(u.tensors.size()); ++t) {
         if (u.is_frozen(t) != frozen) continue;
         const auto& slot = l.slots[static_cast<std::size_t>(u.slot_of[static_cast<std::size_t>(t)])];
         const int64_t b = std::max(lo, slot.offset), e = std::min(hi, slot.offset + slot.numel);
-        if (b < e) source(u, t, b - slot.offset, e - b, out.data() + (b - lo));
+        if (b < e) fill(t, b - slot.offset, e - b, out.data() + (b - lo));
       }
       return out;
     };
+    auto values = [&](int t, int64_t first, int64_t count, float* out) { source(u, t, first, count, out); };
     auto upload = [&](void* dst, const std::vector<float>& v) {  // in the compute dtype
       std::vector<uint8_t> cd(v.size() * es(compute_));
       for (std::size_t i = 0; i < v.size(); ++i) store_from_f32(cd.data(), compute_, i, v[i]);
@@ -234,8 +245,8 @@ void Engine::install(const ValueSource& source) {
     };
     const int64_t P = u.layout.padded, S = u.layout.shard, PF = u.frozen.padded, SF = u.frozen.shard;
     const int64_t lo = stage == 0 ? 0 : S * r, lof = stage == 0 ? 0 : SF * r;
-    const std::vector<float> train = shard_values(u.layout, false);
-    const std::vector<float> frozen = PF > 0 ? shard_values(u.frozen, true) : std::vector<float>{};
+    const std::vector<float> train = shard_values(u.layout, false, values);
+    const std::vector<float> frozen = PF > 0 ? shard_values(u.frozen, true, values) : std::vector<float>{};
     if (u.master.data()) memory_copy(u.master.data(), device_, train.data(), Device::cpu(), train.size() * 4);
     if (stage == 3) {
       if (PF > 0) upload(u.frozen_shard.data(), frozen);
@@ -250,7 +261,20 @@ void Engine::install(const ValueSource& source) {
         if (PF > 0) comm_->all_gather(all.slice(P + lof, SF), all.slice(P, PF)).wait();
       }
     }
-    for (Buffer* b : {&u.m, &u.v, &u.grads}) memory_zero(b->data(), device_, b->bytes());
+    int which = 0;
+    for (Buffer* b : {&u.m, &u.v}) {
+      ++which;
+      if (!b->data()) continue;
+      if (!states) {
+        memory_zero(b->data(), device_, b->bytes());
+        continue;
+      }
+      const auto v = shard_values(u.layout, false, [&](int t, int64_t first, int64_t count, float* out) {
+        states(u, t, which, first, count, out);
+      });
+      memory_copy(b->data(), device_, v.data(), Device::cpu(), v.size() * 4);
+    }
+    memory_zero(u.grads.data(), device_, u.grads.bytes());
   }
   for (auto& b : grad_pool_) memory_zero(b.buf.data(), device_, b.buf.bytes());
 }
@@ -362,13 +386,7 @@ const char* op_name(int op) {
 void Engine::check_agreement(int op, UnitId id) {
   if (!(recording_ || check_collectives_) || comm_->size() == 1) return;
   const int n = comm_->size();
-  Buffer buf(static_cast<std::size_t>(2 * n) * sizeof(float), MemoryKind::device, device_, MemCategory::other);
-  const float mine[2] = {static_cast<float>(op), static_cast<float>(id)};
-  TensorView all = buf.view(DType::f32, 2 * n), slot = all.slice(2 * comm_->rank(), 2);
-  memory_copy(slot.data, device_, mine, Device::cpu(), sizeof mine);
-  comm_->all_gather(slot, all).wait();
-  std::vector<float> seen(static_cast<std::size_t>(2 * n));
-  memory_copy(seen.data(), Device::cpu(), buf.data(), device_, seen.size() * sizeof(float));
+  const std::vector<float> seen = all_gather_host({static_cast<float>(op), static_cast<float>(id)});
   for (int r = 0; r < n; ++r) {
     const int their_op = static_cast<int>(seen[static_cast<std::size_t>(2 * r)]);
     const int their_unit = static_cast<int>(seen[static_cast<std::size_t>(2 * r + 1)]);
@@ -603,6 +621,8 @@ StepStats Engine::step() {
   ++step_;
   finish_step(full_grads);
   st.step = step_;
+  if (cfg_.checkpoint.every_steps > 0 && step_ % cfg_.checkpoint.every_steps == 0)
+    save_checkpoint(cfg_.checkpoint.dir, user_state_ ? user_state_() : "");
   return st;
 }
 

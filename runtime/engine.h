@@ -22,10 +22,14 @@
 #include "core/bootstrap.h"
 #include "optim/loss_scaler.h"
 #include "runtime/config.h"
+#include "runtime/file_io.h"
 #include "sharding/init.h"
 #include "sharding/unit.h"
 
 namespace zs {
+namespace ckpt {
+struct Manifest;
+}
 
 using UnitId = int;
 
@@ -90,6 +94,18 @@ class Engine {
   void reduce_grads(UnitId u);
   StepStats step();
 
+  // Checkpoints (DESIGN §8; the format is in runtime/checkpoint.h). Collective; call between steps.
+  // save_checkpoint writes step steps_done() to root/step-N and points root/latest at it, keeping the newest
+  // checkpoint.keep; `user_state` is the application's own (data position, RNG), returned by load. A failure
+  // on any rank (disk full, a dead peer) leaves the previous checkpoint as it was and throws on every rank.
+  void save_checkpoint(const std::string& root, const std::string& user_state = "");
+  // Loads a checkpoint root (its latest) or one step directory, saved at any world size and stage: instead
+  // of init_params, or between steps. Every file this rank reads is checked (size, xxHash64), and every rank
+  // agrees, before any parameter changes. Returns the saved user_state.
+  std::string load_checkpoint(const std::string& dir);
+  // For periodic saving (checkpoint.every_steps > 0, from step()): where the user state comes from.
+  void set_user_state(std::function<std::string()> f) { user_state_ = std::move(f); }
+
   // The full f32 value of one parameter tensor (gathers it; collective over the group). For tests and export.
   std::vector<float> read_param(UnitId u, std::string_view tensor);
 
@@ -112,10 +128,21 @@ class Engine {
 
  private:
   friend class GatheredParams;
+  void plan_layouts();  // each unit's flat layouts (pure; no allocation)
   void setup();
   // Fills this rank's shards: source(tensor index, first element, count, out) gives f32 values.
   using ValueSource = std::function<void(const Unit&, int, int64_t, int64_t, float*)>;
-  void install(const ValueSource& source);
+  // States (which = 1: m, 2: v) likewise; without a source they start at zero.
+  using StateSource = std::function<void(const Unit&, int, int, int64_t, int64_t, float*)>;
+  void install(const ValueSource& source, const StateSource& states = nullptr);
+  // Checkpoint helpers (engine_checkpoint.cpp).
+  ckpt::Manifest describe_checkpoint() const;
+  FileDigest write_rank_file(const std::string& path, const ckpt::Manifest& m);
+  void quiesce(const char* op);  // between steps: nothing in flight, nothing held
+  // Every rank's `mine` (same length on all), in rank order; for small control messages.
+  std::vector<float> all_gather_host(const std::vector<float>& mine);
+  // Throws on every rank, naming the failed ones, unless every rank passes ok.
+  void agree(bool ok, const std::string& what, const std::string& error);
   void release(UnitId u);
   int tensor_index(const Unit& unit, std::string_view name) const;
   void issue_gather(UnitId u);
@@ -159,6 +186,7 @@ class Engine {
   bool check_collectives_ = false;
   double exposed_comm_s_ = 0;
   uint64_t last_load_bytes_ = 0;
+  std::function<std::string()> user_state_;
   void wait_timed(Work& w);  // host wait, counted as exposed communication
   LossScaler scaler_;
   Buffer norm_scratch_;                              // per-unit sums of squares, then the global total (device memory)

@@ -7,7 +7,6 @@
 #include <unistd.h>
 
 #include <cstring>
-#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -140,33 +139,44 @@ void SafetensorsFile::read_f32(const SafetensorsTensor& t, int64_t offset, int64
   bytes_read_ += static_cast<uint64_t>(count) * es;
 }
 
-void write_safetensors(const std::string& path, std::span<const SafetensorsSource> tensors,
-                       const std::map<std::string, std::string>& metadata) {
+SafetensorsWriter::SafetensorsWriter(const std::string& path, std::vector<SafetensorsTensor> tensors,
+                                     const std::map<std::string, std::string>& metadata)
+    : file_(path), tensors_(std::move(tensors)) {
   nlohmann::ordered_json h = nlohmann::ordered_json::object();
   if (!metadata.empty()) h["__metadata__"] = metadata;
   uint64_t off = 0;
-  for (const auto& t : tensors) {
-    int64_t n = 1;
-    for (int64_t d : t.shape) n *= d;
-    const uint64_t bytes = static_cast<uint64_t>(n) * dtype_size(t.dtype);
-    h[t.name] = {{"dtype", dtype_tag(t.dtype)}, {"shape", t.shape}, {"data_offsets", {off, off + bytes}}};
-    off += bytes;
+  for (auto& t : tensors_) {
+    t.begin = off;
+    t.end = off + static_cast<uint64_t>(t.numel()) * dtype_size(t.dtype);
+    off = t.end;
+    h[t.name] = {{"dtype", dtype_tag(t.dtype)}, {"shape", t.shape}, {"data_offsets", {t.begin, t.end}}};
   }
   std::string json = h.dump();
   json.append((8 - json.size() % 8) % 8, ' ');  // data starts 8-byte aligned, as the reference writer does
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  ZS_CHECK(f.good(), "cannot write '{}': {}", path, detail::sys_error_string(errno));
   uint8_t len[8];
   for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(static_cast<uint64_t>(json.size()) >> (8 * i));
-  f.write(reinterpret_cast<const char*>(len), 8);
-  f.write(json.data(), static_cast<std::streamsize>(json.size()));
-  for (const auto& t : tensors) {
-    int64_t n = 1;
-    for (int64_t d : t.shape) n *= d;
-    f.write(static_cast<const char*>(t.data),
-            static_cast<std::streamsize>(static_cast<uint64_t>(n) * dtype_size(t.dtype)));
+  file_.write(len, 8);
+  file_.write(json.data(), json.size());
+  expected_ = 8 + json.size() + off;
+}
+
+FileDigest SafetensorsWriter::finish() {
+  const FileDigest d = file_.finish();
+  ZS_CHECK(d.bytes == expected_, "{}: {} bytes were written but the header declares {}", file_.path(), d.bytes,
+           expected_);
+  return d;
+}
+
+void write_safetensors(const std::string& path, std::span<const SafetensorsSource> tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  std::vector<SafetensorsTensor> decl;
+  for (const auto& t : tensors) decl.push_back({t.name, t.dtype, t.shape, 0, 0});
+  SafetensorsWriter w(path, std::move(decl), metadata);
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    const auto& t = w.tensors()[i];
+    w.write(tensors[i].data, t.end - t.begin);
   }
-  ZS_CHECK(f.good(), "writing '{}' failed: {}", path, detail::sys_error_string(errno));
+  w.finish();
 }
 
 }  // namespace zs

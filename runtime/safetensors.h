@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "runtime/file_io.h"
 
 namespace zs {
 
@@ -61,6 +62,24 @@ struct SafetensorsSource {
   DType dtype = DType::f32;
   std::vector<int64_t> shape;
   const void* data = nullptr;  // numel * dtype_size bytes
+};
+
+// Streams a file: the header from the declared tensors (name, dtype, shape; offsets are assigned in
+// order), then each tensor's bytes in that order through write(). Never holds more than the caller passes.
+class SafetensorsWriter {
+ public:
+  SafetensorsWriter(const std::string& path, std::vector<SafetensorsTensor> tensors,
+                    const std::map<std::string, std::string>& metadata = {});
+  // The next bytes of tensor data (any split across calls).
+  void write(const void* data, std::size_t bytes) { file_.write(data, bytes); }
+  // Checks that exactly the declared bytes were written, fsyncs, closes; returns the file's size and checksum.
+  FileDigest finish();
+  const std::vector<SafetensorsTensor>& tensors() const { return tensors_; }
+
+ private:
+  FileWriter file_;
+  std::vector<SafetensorsTensor> tensors_;
+  uint64_t expected_ = 0;
 };
 
 // Writes tensors in the given order (to `path`, replacing it).

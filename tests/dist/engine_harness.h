@@ -207,7 +207,8 @@ inline Trajectory reference(const Case& c) {
   return run;
 }
 
-// Called with each unit's gradient views after the app wrote them: lets a test corrupt one.
+// Called with each unit's gradient views after the app wrote them (step counts from 0 over the engine's
+// life): lets a test corrupt one, or fail at a chosen step.
 using Tamper = std::function<void(int step, int unit, int tensor, TensorView grad)>;
 
 // The app: this rank's slice of each micro-batch, through the engine.
@@ -238,7 +239,8 @@ inline Trajectory train(const Case& c, Engine& engine, int steps = kSteps, const
     }
   };
   Trajectory run;
-  for (int k = 0; k < steps; ++k) {
+  const int first = static_cast<int>(engine.steps_done());  // a resumed engine goes on with the data where it was
+  for (int k = first; k < first + steps; ++k) {
     double loss = 0;
     for (int mb = 0; mb < c.accum; ++mb) {
       std::vector<test::Model<float>::Cache> caches(static_cast<std::size_t>(local));

@@ -1,0 +1,390 @@
+// Checkpoint manifest, layout-free pieces, the atomic commit and the verifying reader.
+#include "runtime/checkpoint.h"
+
+#include <fmt/ranges.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "core/error.h"
+#include "runtime/safetensors.h"
+
+namespace zs::ckpt {
+namespace fs = std::filesystem;
+using json = nlohmann::ordered_json;
+
+namespace {
+
+constexpr std::string_view kStepPrefix = "step-";
+
+DType dtype_from(const std::string& s, const std::string& source, const std::string& where) {
+  for (DType t : {DType::f32, DType::bf16, DType::f16, DType::f64})
+    if (dtype_name(t) == s) return t;
+  ZS_FAIL("{}: {}: dtype '{}' is not one of f32, bf16, f16, f64", source, where, s);
+}
+
+const char* schedule_name(ScheduleKind k) {
+  return k == ScheduleKind::cosine ? "cosine" : k == ScheduleKind::linear ? "linear" : "constant";
+}
+
+// Typed, named access to the manifest's fields: a missing key or a wrong type is an error naming both.
+struct Fields {
+  const json& j;
+  std::string where;
+  const std::string& source;
+
+  const json& at(const char* key) const {
+    ZS_CHECK(j.is_object() && j.contains(key), "{}: {} has no '{}'", source, where, key);
+    return j[key];
+  }
+  template <typename T>
+  T get(const char* key) const {
+    const json& v = at(key);
+    bool ok = false;
+    if constexpr (std::is_same_v<T, bool>)
+      ok = v.is_boolean();
+    else if constexpr (std::is_integral_v<T>)
+      ok = v.is_number_integer();
+    else if constexpr (std::is_floating_point_v<T>)
+      ok = v.is_number();
+    else
+      ok = v.is_string();
+    ZS_CHECK(ok, "{}: {}.{} has the wrong type ({})", source, where, key, v.type_name());
+    return v.get<T>();
+  }
+  const json& array(const char* key) const {
+    const json& v = at(key);
+    ZS_CHECK(v.is_array(), "{}: {}.{} must be an array", source, where, key);
+    return v;
+  }
+};
+
+bool is_step_dir(const fs::path& p) {
+  const std::string n = p.filename().string();
+  return n.size() > kStepPrefix.size() && n.starts_with(kStepPrefix) &&
+         std::all_of(n.begin() + static_cast<std::ptrdiff_t>(kStepPrefix.size()), n.end(),
+                     [](char c) { return c >= '0' && c <= '9'; });
+}
+
+std::string read_text(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  ZS_CHECK(f.good(), "cannot read '{}'", p.string());
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+int64_t TensorEntry::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+const TensorEntry* Manifest::find(std::string_view tensor) const {
+  for (const auto& t : tensors)
+    if (t.name == tensor) return &t;
+  return nullptr;
+}
+
+std::string step_dir_name(int64_t step) {
+  return fmt::format("{}{:08d}", kStepPrefix, step);
+}
+
+std::string rank_file_name(int rank) {
+  return fmt::format("rank-{:05d}.safetensors", rank);
+}
+
+std::string entry_name(std::string_view tensor, std::string_view state) {
+  return fmt::format("{}/{}", tensor, state);
+}
+
+std::vector<std::string> state_names(std::string_view optimizer) {
+  if (optimizer == "adamw" || optimizer == "adam") return {"exp_avg", "exp_avg_sq"};
+  if (optimizer == "sgd") return {"momentum_buffer"};
+  if (optimizer == "lion") return {"exp_avg"};
+  return {};
+}
+
+std::pair<int64_t, int64_t> owned_range(const FlatLayout& l, int rank, int writers) {
+  if (l.world == writers) return {l.shard * rank, l.shard * (rank + 1)};
+  const int64_t chunk = (l.padded + writers - 1) / writers;
+  return {std::min(l.padded, chunk * rank), std::min(l.padded, chunk * (rank + 1))};
+}
+
+void add_pieces(const FlatLayout& l, const FlatLayout::Slot& slot, int writers, std::vector<Piece>& out) {
+  for (int w = 0; w < writers; ++w) {
+    const auto [lo, hi] = owned_range(l, w, writers);
+    const int64_t b = std::max(lo, slot.offset), e = std::min(hi, slot.offset + slot.numel);
+    if (b < e) out.push_back({w, b - slot.offset, e - b});
+  }
+}
+
+// ---- manifest JSON ------------------------------------------------------------------------------------
+
+std::string to_json(const Manifest& m) {
+  json j;
+  j["format"] = kFormat;
+  j["version"] = m.version;
+  j["step"] = m.step;
+  j["world_size"] = m.world_size;
+  j["stage"] = m.stage;
+  j["param_dtype"] = dtype_name(m.param_dtype);
+  j["optimizer"] = {{"type", m.optimizer}, {"states", m.states}, {"hyper", m.hyper}};
+  j["schedule"] = {{"type", schedule_name(m.schedule.kind)},
+                   {"warmup_steps", m.schedule.warmup_steps},
+                   {"total_steps", m.schedule.total_steps},
+                   {"min_lr_ratio", m.schedule.min_lr_ratio}};
+  j["loss_scaler"] = {{"scale", m.scaler.scale},
+                      {"window", m.scaler.window},
+                      {"hysteresis", m.scaler.hysteresis},
+                      {"clean_steps", m.scaler.clean_steps},
+                      {"windows_to_wait", m.scaler.windows_to_wait}};
+  j["user_state"] = m.user_state;
+  json files = json::array();
+  for (const auto& f : m.files) files.push_back({{"name", f.name}, {"bytes", f.digest.bytes}, {"xxh64", hex64(f.digest.xxh64)}});
+  j["files"] = files;
+  json tensors = json::array();
+  for (const auto& t : m.tensors) {
+    json pieces = json::array();
+    for (const auto& p : t.pieces) pieces.push_back({p.file, p.first, p.count});
+    tensors.push_back({{"name", t.name},
+                       {"unit", t.unit},
+                       {"shape", t.shape},
+                       {"dtype", dtype_name(t.dtype)},
+                       {"trainable", t.trainable},
+                       {"weight_decay", t.weight_decay},
+                       {"pieces", pieces}});
+  }
+  j["tensors"] = tensors;
+  return j.dump(1) + "\n";
+}
+
+Manifest parse_manifest(std::string_view text, const std::string& source) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    ZS_FAIL("{}: not valid JSON: {}", source, e.what());
+  }
+  const Fields top{j, "the manifest", source};
+  ZS_CHECK(j.is_object() && j.contains("format") && j["format"] == kFormat,
+           "{}: not a ZeroShard checkpoint manifest (no \"format\": \"{}\")", source, kFormat);
+  Manifest m;
+  m.version = top.get<int>("version");
+  ZS_CHECK(m.version >= 1 && m.version <= kFormatVersion,
+           "{}: checkpoint format version {} is unknown to this build, which reads version{} {}; {}", source,
+           m.version, kFormatVersion == 1 ? "" : "s up to", kFormatVersion,
+           m.version > kFormatVersion ? "load it with the newer ZeroShard that wrote it" : "the manifest is damaged");
+  m.step = top.get<int64_t>("step");
+  m.world_size = top.get<int>("world_size");
+  m.stage = top.get<int>("stage");
+  ZS_CHECK(m.step >= 0 && m.world_size >= 1 && m.stage >= 0 && m.stage <= 3,
+           "{}: step {}, world_size {} or stage {} is out of range", source, m.step, m.world_size, m.stage);
+  m.param_dtype = dtype_from(top.get<std::string>("param_dtype"), source, "param_dtype");
+  const Fields opt{top.at("optimizer"), "optimizer", source};
+  m.optimizer = opt.get<std::string>("type");
+  for (const auto& s : opt.array("states")) {
+    ZS_CHECK(s.is_string(), "{}: optimizer.states must hold strings", source);
+    m.states.push_back(s.get<std::string>());
+  }
+  ZS_CHECK(m.states == state_names(m.optimizer), "{}: optimizer '{}' with states [{}] is not one this build knows",
+           source, m.optimizer, fmt::join(m.states, ", "));
+  const json& hyper = opt.at("hyper");
+  ZS_CHECK(hyper.is_object(), "{}: optimizer.hyper must be an object", source);
+  for (auto it = hyper.begin(); it != hyper.end(); ++it) {
+    ZS_CHECK(it.value().is_number(), "{}: optimizer.hyper.{} must be a number", source, it.key());
+    m.hyper[it.key()] = it.value().get<double>();
+  }
+  const Fields sch{top.at("schedule"), "schedule", source};
+  const std::string kind = sch.get<std::string>("type");
+  m.schedule.kind = kind == "cosine" ? ScheduleKind::cosine : kind == "linear" ? ScheduleKind::linear : ScheduleKind::constant;
+  m.schedule.warmup_steps = sch.get<int64_t>("warmup_steps");
+  m.schedule.total_steps = sch.get<int64_t>("total_steps");
+  m.schedule.min_lr_ratio = sch.get<double>("min_lr_ratio");
+  const Fields sc{top.at("loss_scaler"), "loss_scaler", source};
+  m.scaler.scale = sc.get<double>("scale");
+  m.scaler.window = sc.get<int64_t>("window");
+  m.scaler.hysteresis = sc.get<int>("hysteresis");
+  m.scaler.clean_steps = sc.get<int64_t>("clean_steps");
+  m.scaler.windows_to_wait = sc.get<int>("windows_to_wait");
+  ZS_CHECK(m.scaler.scale > 0 && m.scaler.window > 0, "{}: loss_scaler has a non-positive scale or window", source);
+  m.user_state = top.get<std::string>("user_state");
+
+  for (const auto& f : top.array("files")) {
+    const Fields ff{f, fmt::format("files[{}]", m.files.size()), source};
+    FileEntry e;
+    e.name = ff.get<std::string>("name");
+    ZS_CHECK(!e.name.empty() && e.name.find('/') == std::string::npos && e.name != "." && e.name != "..",
+             "{}: {}.name '{}' must be a plain file name", source, ff.where, e.name);
+    e.digest.bytes = ff.get<uint64_t>("bytes");
+    const std::string h = ff.get<std::string>("xxh64");
+    ZS_CHECK(h.size() == 16 && h.find_first_not_of("0123456789abcdef") == std::string::npos,
+             "{}: {}.xxh64 '{}' is not 16 hex digits", source, ff.where, h);
+    e.digest.xxh64 = std::stoull(h, nullptr, 16);
+    m.files.push_back(std::move(e));
+  }
+  std::set<std::string> names;
+  for (const auto& t : top.array("tensors")) {
+    const Fields tf{t, fmt::format("tensors[{}]", m.tensors.size()), source};
+    TensorEntry e;
+    e.name = tf.get<std::string>("name");
+    ZS_CHECK(names.insert(e.name).second, "{}: tensor '{}' appears twice", source, e.name);
+    e.unit = tf.get<std::string>("unit");
+    int64_t numel = 1;
+    for (const auto& d : tf.array("shape")) {
+      ZS_CHECK(d.is_number_integer() && d.get<int64_t>() >= 0 && d.get<int64_t>() <= (int64_t{1} << 40),
+               "{}: tensor '{}' has a shape entry that is not a size", source, e.name);
+      e.shape.push_back(d.get<int64_t>());
+      numel *= e.shape.back();
+      ZS_CHECK(numel <= (int64_t{1} << 48), "{}: tensor '{}' is absurdly large", source, e.name);
+    }
+    e.dtype = dtype_from(tf.get<std::string>("dtype"), source, e.name);
+    e.trainable = tf.get<bool>("trainable");
+    e.weight_decay = tf.get<bool>("weight_decay");
+    int64_t next = 0;
+    for (const auto& p : tf.array("pieces")) {
+      ZS_CHECK(p.is_array() && p.size() == 3 && p[0].is_number_integer() && p[1].is_number_integer() &&
+                   p[2].is_number_integer(),
+               "{}: tensor '{}': a piece must be [file, first, count]", source, e.name);
+      Piece pc{p[0].get<int>(), p[1].get<int64_t>(), p[2].get<int64_t>()};
+      ZS_CHECK(pc.file >= 0 && pc.file < static_cast<int>(m.files.size()),
+               "{}: tensor '{}': a piece names file #{} of {}", source, e.name, pc.file, m.files.size());
+      ZS_CHECK(pc.first == next && pc.count > 0 && pc.count <= numel - next,
+               "{}: tensor '{}': piece [{}, +{}) does not continue the tensor at element {} of {}", source, e.name,
+               pc.first, pc.count, next, numel);
+      next += pc.count;
+      e.pieces.push_back(pc);
+    }
+    ZS_CHECK(next == numel, "{}: tensor '{}': its pieces cover {} of {} elements", source, e.name, next, numel);
+    m.tensors.push_back(std::move(e));
+  }
+  return m;
+}
+
+// ---- directories ------------------------------------------------------------------------------------
+
+std::string resolve(const std::string& dir) {
+  const fs::path d(dir);
+  std::error_code ec;
+  ZS_CHECK(fs::is_directory(d, ec), "checkpoint directory '{}' does not exist (or is not a directory)", dir);
+  if (fs::exists(d / "manifest.json", ec)) return d.string();
+  if (fs::exists(d / "latest", ec)) {
+    std::string name = read_text(d / "latest");
+    while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+    ZS_CHECK(is_step_dir(name), "'{}' names '{}', which is not a step directory", (d / "latest").string(), name);
+    ZS_CHECK(fs::exists(d / name / "manifest.json", ec), "'{}' names '{}', but '{}' has no manifest.json",
+             (d / "latest").string(), name, (d / name).string());
+    return (d / name).string();
+  }
+  ZS_FAIL("'{}' holds no checkpoint: neither manifest.json (a step directory) nor latest (a checkpoint root)", dir);
+}
+
+std::string find_latest(const std::string& root) {
+  std::error_code ec;
+  if (!fs::exists(fs::path(root) / "latest", ec)) return "";
+  return resolve(root);
+}
+
+void commit(const std::string& root, const std::string& tmp, const Manifest& m, int keep) {
+  const fs::path r(root), final_dir = r / step_dir_name(m.step);
+  write_file_atomic((fs::path(tmp) / "manifest.json").string(), to_json(m));
+  std::error_code ec;
+  if (fs::exists(final_dir, ec)) {  // the same step saved again: the new one replaces it
+    const fs::path old = r / (step_dir_name(m.step) + ".old");
+    fs::remove_all(old, ec);
+    fs::rename(final_dir, old);
+    fs::remove_all(old, ec);
+  }
+  fs::rename(tmp, final_dir);
+  fsync_dir(root);
+  write_file_atomic((r / "latest").string(), step_dir_name(m.step) + "\n");
+  // Keep the newest `keep` complete step directories (and never the one `latest` names).
+  std::vector<fs::path> steps;
+  for (const auto& e : fs::directory_iterator(r))
+    if (e.is_directory() && is_step_dir(e.path())) steps.push_back(e.path());
+  std::sort(steps.begin(), steps.end());
+  const std::size_t k = static_cast<std::size_t>(std::max(1, keep));
+  for (std::size_t i = 0; i + k < steps.size(); ++i)
+    if (steps[i] != final_dir) fs::remove_all(steps[i], ec);
+}
+
+// ---- reader -------------------------------------------------------------------------------------------
+
+Reader::Reader(const std::string& dir) : dir_(resolve(dir)) {
+  const std::string path = (fs::path(dir_) / "manifest.json").string();
+  manifest_ = parse_manifest(read_text(path), path);
+}
+
+Reader::~Reader() = default;
+
+void Reader::verify(int file) {
+  if (open_.count(file)) return;
+  const FileEntry& f = manifest_.files.at(static_cast<std::size_t>(file));
+  const std::string path = (fs::path(dir_) / f.name).string();
+  std::error_code ec;
+  ZS_CHECK(fs::exists(path, ec), "checkpoint file '{}' is missing (the manifest lists it: {} bytes)", path,
+           f.digest.bytes);
+  const uint64_t size = fs::file_size(path, ec);
+  ZS_CHECK(size == f.digest.bytes, "checkpoint file '{}' has {} bytes but the manifest says {}: {}", path, size,
+           f.digest.bytes, size < f.digest.bytes ? "it is truncated" : "it was changed after the checkpoint was saved");
+  const FileDigest d = digest_file(path);
+  ZS_CHECK(d.xxh64 == f.digest.xxh64,
+           "checkpoint file '{}' is corrupt: its xxHash64 is {} but the manifest says {}; load an earlier checkpoint",
+           path, hex64(d.xxh64), hex64(f.digest.xxh64));
+  open_[file] = std::make_unique<SafetensorsFile>(path);
+}
+
+SafetensorsFile& Reader::open(int file) {
+  verify(file);
+  return *open_.at(file);
+}
+
+std::vector<int> Reader::files_for(const TensorEntry& t, int64_t first, int64_t count) const {
+  std::vector<int> out;
+  for (const auto& p : t.pieces)
+    if (p.first < first + count && first < p.first + p.count && (out.empty() || out.back() != p.file))
+      out.push_back(p.file);
+  return out;
+}
+
+void Reader::read(const TensorEntry& t, std::string_view state, int64_t first, int64_t count, float* out) {
+  ZS_CHECK(first >= 0 && count >= 0 && first + count <= t.numel(), "{}: reading [{}, {}) of tensor '{}' ({} elements)",
+           dir_, first, first + count, t.name, t.numel());
+  for (const auto& p : t.pieces) {
+    const int64_t b = std::max(first, p.first), e = std::min(first + count, p.first + p.count);
+    if (b >= e) continue;
+    SafetensorsFile& f = open(p.file);
+    const SafetensorsTensor& st = f.tensor(entry_name(t.name, state));
+    ZS_CHECK(st.numel() == p.count, "{}: entry '{}' has {} elements but the manifest's piece has {}", f.path(), st.name,
+             st.numel(), p.count);
+    f.read_f32(st, b - p.first, e - b, out + (b - first));
+  }
+}
+
+std::string diff_tensors(const std::vector<TensorEntry>& checkpoint, const std::vector<TensorEntry>& model) {
+  std::string out;
+  auto line = [&](const std::string& s) { out += (out.empty() ? "" : "\n") + ("  " + s); };
+  auto shape = [](const TensorEntry& t) { return fmt::format("[{}]", fmt::join(t.shape, ", ")); };
+  for (const auto& want : model) {
+    const auto it = std::find_if(checkpoint.begin(), checkpoint.end(), [&](const TensorEntry& c) { return c.name == want.name; });
+    if (it == checkpoint.end())
+      line(fmt::format("{} {}: in the model, not in the checkpoint", want.name, shape(want)));
+    else if (it->shape != want.shape)
+      line(fmt::format("{}: shape {} in the checkpoint, {} in the model", want.name, shape(*it), shape(want)));
+    else if (it->trainable != want.trainable)
+      line(fmt::format("{}: {} in the checkpoint, {} in the model", want.name, it->trainable ? "trainable" : "frozen",
+                       want.trainable ? "trainable" : "frozen"));
+  }
+  for (const auto& have : checkpoint)
+    if (std::none_of(model.begin(), model.end(), [&](const TensorEntry& m) { return m.name == have.name; }))
+      line(fmt::format("{} {}: in the checkpoint, not in the model", have.name, shape(have)));
+  return out;
+}
+
+}  // namespace zs::ckpt

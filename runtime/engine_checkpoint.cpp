@@ -1,0 +1,294 @@
+// Engine::save_checkpoint / load_checkpoint: each rank writes the tensor pieces of its shards, rank 0 commits
+// once every rank has; loading reads the pieces overlapping this rank's shards of the current layout.
+#include <fmt/ranges.h>
+
+#include <filesystem>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "runtime/checkpoint.h"
+#include "runtime/engine.h"
+#include "runtime/safetensors.h"
+
+namespace zs {
+namespace fs = std::filesystem;
+
+namespace {
+
+// A u64 as four exact 16-bit floats (control messages travel as f32).
+void put_u64(std::vector<float>& out, uint64_t v) {
+  for (int i = 0; i < 4; ++i) out.push_back(static_cast<float>((v >> (16 * i)) & 0xffff));
+}
+uint64_t get_u64(const float* p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 4; ++i) v |= static_cast<uint64_t>(p[i]) << (16 * i);
+  return v;
+}
+
+// Runs f, turning an exception into (ok = false, error = its message): ranks must reach the next
+// agreement point even when their part failed.
+template <typename F>
+void attempt(bool& ok, std::string& error, F&& f) {
+  if (!ok) return;
+  try {
+    f();
+  } catch (const std::exception& e) {
+    ok = false;
+    error = e.what();
+  }
+}
+
+}  // namespace
+
+std::vector<float> Engine::all_gather_host(const std::vector<float>& mine) {
+  const int n = comm_->size();
+  const int64_t k = static_cast<int64_t>(mine.size());
+  Buffer buf(static_cast<std::size_t>(n * k) * sizeof(float), MemoryKind::device, device_, MemCategory::other);
+  TensorView all = buf.view(DType::f32, n * k), slot = all.slice(k * comm_->rank(), k);
+  memory_copy(slot.data, device_, mine.data(), Device::cpu(), mine.size() * sizeof(float));
+  comm_->all_gather(slot, all).wait();
+  std::vector<float> out(static_cast<std::size_t>(n * k));
+  memory_copy(out.data(), Device::cpu(), buf.data(), device_, out.size() * sizeof(float));
+  return out;
+}
+
+void Engine::agree(bool ok, const std::string& what, const std::string& error) {
+  // Each rank sends its verdict and the head of its error, so every rank's message says what went wrong.
+  constexpr std::size_t kChars = 480;
+  std::vector<float> mine(1 + kChars, 0.0f);
+  mine[0] = ok ? 1.0f : 0.0f;
+  for (std::size_t i = 0; i < std::min(kChars, error.size()); ++i) mine[1 + i] = static_cast<unsigned char>(error[i]);
+  const std::vector<float> all = all_gather_host(mine);
+  std::vector<int> failed;
+  std::string first;
+  for (int r = 0; r < comm_->size(); ++r) {
+    const float* rec = all.data() + (1 + kChars) * static_cast<std::size_t>(r);
+    if (rec[0] != 0.0f) continue;
+    failed.push_back(r);
+    if (failed.size() > 1) continue;
+    for (std::size_t i = 0; i < kChars && rec[1 + i] != 0.0f; ++i) first += static_cast<char>(rec[1 + i]);
+  }
+  if (failed.empty()) return;
+  ZS_FAIL("rank {}: {} failed on rank{} {}: {}", comm_->rank(), what, failed.size() > 1 ? "s" : "",
+          fmt::join(failed, ", "), ok ? first : error);
+}
+
+void Engine::quiesce(const char* op) {
+  ZS_CHECK(ready_, "{}: call init_params (or load_checkpoint) first", op);
+  for (auto& up : units_) {
+    Unit& u = *up;
+    ZS_CHECK(u.holders == 0 && (u.grad_state == GradState::none),
+             "rank {}: {} in the middle of a step (unit '{}' is {}); call it between step() and the next forward",
+             comm_->rank(), op, u.name, u.holders > 0 ? "gathered" : "holding gradients");
+    u.pending.wait();  // a prefetch or a replica all-gather
+    u.param_state = ParamState::sharded;
+    u.gather_buffer = -1;
+  }
+  for (auto& b : gather_pool_) b.owner = -1;
+  for (Stream* s : {gather_stream_.get(), reduce_stream_.get(), compute_stream_.get()}) s->synchronize();
+}
+
+ckpt::Manifest Engine::describe_checkpoint() const {
+  const auto& o = cfg_.optimizer;
+  ckpt::Manifest m;
+  m.step = step_;
+  m.world_size = comm_->size();
+  m.stage = cfg_.zero.stage;
+  m.param_dtype = compute_;
+  m.optimizer = kernels::optimizer_name(o.type);
+  const auto names = ckpt::state_names(m.optimizer);
+  const Unit& first = *units_.front();
+  if (first.m.data()) m.states.push_back(names.at(0));
+  if (first.v.data()) m.states.push_back(names.at(1));
+  m.hyper = {{"lr", o.lr},
+             {"beta1", o.beta1},
+             {"beta2", o.beta2},
+             {"eps", o.eps},
+             {"weight_decay", o.weight_decay},
+             {"clip_grad_norm", o.clip_grad_norm},
+             {"momentum", o.momentum},
+             {"dampening", o.dampening},
+             {"nesterov", o.nesterov ? 1.0 : 0.0}};
+  m.schedule = cfg_.schedule;
+  m.scaler = scaler_;
+  for (int w = 0; w < comm_->size(); ++w) m.files.push_back({ckpt::rank_file_name(w), {}});
+  for (const auto& up : units_) {
+    const Unit& u = *up;
+    for (int i = 0; i < static_cast<int>(u.tensors.size()); ++i) {
+      const TensorSpec& t = u.tensors[static_cast<std::size_t>(i)];
+      ckpt::TensorEntry e{u.full_name(i), u.name, {}, t.trainable, t.weight_decay, t.trainable ? DType::f32 : compute_, {}};
+      e.shape.assign(t.shape.dims.begin(), t.shape.dims.begin() + t.shape.ndim);
+      const FlatLayout& l = u.is_frozen(i) ? u.frozen : u.layout;
+      ckpt::add_pieces(l, l.slots[static_cast<std::size_t>(u.slot_of[static_cast<std::size_t>(i)])], comm_->size(),
+                       e.pieces);
+      m.tensors.push_back(std::move(e));
+    }
+  }
+  return m;
+}
+
+FileDigest Engine::write_rank_file(const std::string& path, const ckpt::Manifest& m) {
+  const int r = comm_->rank(), stage = cfg_.zero.stage;
+  // Where flat element x of a unit's layout lives on the device, for the stored parameter and the states.
+  struct Source {
+    const char* base;
+    int64_t origin;  // the flat index of base[0]
+    DType dtype;
+  };
+  struct Job {
+    Source src;
+    int64_t flat, count;
+  };
+  std::vector<SafetensorsTensor> decl;
+  std::vector<Job> jobs;
+  std::size_t ti = 0;
+  for (const auto& up : units_) {
+    const Unit& u = *up;
+    const int64_t S = u.layout.shard, SF = u.frozen.shard;
+    const auto* full = static_cast<const char*>(u.full_params.data());
+    for (int i = 0; i < static_cast<int>(u.tensors.size()); ++i) {
+      const ckpt::TensorEntry& e = m.tensors[ti++];
+      std::vector<Source> sources;
+      if (u.is_frozen(i)) {
+        if (stage <= 2)
+          sources.push_back({full + u.layout.padded * static_cast<int64_t>(dtype_size(compute_)), 0, compute_});
+        else
+          sources.push_back({static_cast<const char*>(u.frozen_shard.data()), SF * r, compute_});
+      } else {
+        const bool shard = stage > 0 && u.master.data();
+        sources.push_back({static_cast<const char*>(u.master.data() ? u.master.data() : full), shard ? S * r : 0,
+                           DType::f32});
+        for (const Buffer* b : {&u.m, &u.v})
+          if (b->data()) sources.push_back({static_cast<const char*>(b->data()), stage > 0 ? S * r : 0, DType::f32});
+      }
+      const FlatLayout& l = u.is_frozen(i) ? u.frozen : u.layout;
+      const int64_t offset = l.slots[static_cast<std::size_t>(u.slot_of[static_cast<std::size_t>(i)])].offset;
+      for (const auto& p : e.pieces) {
+        if (p.file != r) continue;
+        for (std::size_t k = 0; k < sources.size(); ++k) {
+          const std::string_view state = k == 0 ? ckpt::kParam : std::string_view(m.states[k - 1]);
+          decl.push_back({ckpt::entry_name(e.name, state), sources[k].dtype, {p.count}, 0, 0});
+          jobs.push_back({sources[k], offset + p.first, p.count});
+        }
+      }
+    }
+  }
+  SafetensorsWriter w(path, std::move(decl),
+                      {{"format", std::string(ckpt::kFormat)}, {"rank", std::to_string(r)}, {"step", std::to_string(step_)}});
+  std::vector<char> host;
+  for (const Job& j : jobs) {
+    const std::size_t bytes = static_cast<std::size_t>(j.count) * dtype_size(j.src.dtype);
+    host.resize(bytes);
+    memory_copy(host.data(), Device::cpu(), j.src.base + (j.flat - j.src.origin) * static_cast<int64_t>(dtype_size(j.src.dtype)),
+                device_, bytes);
+    w.write(host.data(), bytes);
+  }
+  return w.finish();
+}
+
+void Engine::save_checkpoint(const std::string& root, const std::string& user_state) {
+  quiesce("save_checkpoint");
+  const int n = comm_->size(), r = comm_->rank();
+  ckpt::Manifest m = describe_checkpoint();
+  m.user_state = user_state;
+  const fs::path tmp = fs::path(root) / (ckpt::step_dir_name(step_) + ".tmp");
+  const std::string what =
+      fmt::format("save_checkpoint('{}') of step {} (the previous checkpoint is unchanged)", root, step_);
+  bool ok = true;
+  std::string error;
+  if (r == 0)
+    attempt(ok, error, [&] {
+      fs::create_directories(root);
+      for (const auto& e : fs::directory_iterator(root))  // leftovers of saves that never committed
+        if (e.path().extension() == ".tmp" && e.is_directory()) fs::remove_all(e.path());
+      fs::create_directories(tmp);
+    });
+  agree(ok, what, error);
+  FileDigest d;
+  attempt(ok, error, [&] { d = write_rank_file((tmp / ckpt::rank_file_name(r)).string(), m); });
+  try {
+    agree(ok, what + " writing", error);
+  } catch (const Error&) {
+    std::error_code ec;
+    if (r == 0) fs::remove_all(tmp, ec);  // the previous checkpoint stays the latest
+    throw;
+  }
+  std::vector<float> mine;
+  put_u64(mine, d.bytes);
+  put_u64(mine, d.xxh64);
+  const std::vector<float> all = all_gather_host(mine);
+  for (int w = 0; w < n; ++w)
+    m.files[static_cast<std::size_t>(w)].digest = {get_u64(all.data() + 8 * w), get_u64(all.data() + 8 * w + 4)};
+  if (r == 0) attempt(ok, error, [&] { ckpt::commit(root, tmp.string(), m, cfg_.checkpoint.keep); });
+  agree(ok, what + " committing", error);
+  if (r == 0) log::info("saved checkpoint of step {} to {}", step_, (fs::path(root) / ckpt::step_dir_name(step_)).string());
+}
+
+std::string Engine::load_checkpoint(const std::string& dir) {
+  ZS_CHECK(!units_.empty(), "load_checkpoint: add the model's units first");
+  if (ready_) quiesce("load_checkpoint");
+  plan_layouts();
+  const int stage = cfg_.zero.stage, r = comm_->rank();
+  bool ok = true;
+  std::string error;
+  std::unique_ptr<ckpt::Reader> reader;
+  std::vector<std::vector<const ckpt::TensorEntry*>> entries;  // [unit][tensor]
+  attempt(ok, error, [&] {
+    reader = std::make_unique<ckpt::Reader>(dir);
+    const ckpt::Manifest& m = reader->manifest();
+    std::vector<ckpt::TensorEntry> model;
+    for (const auto& up : units_)
+      for (int i = 0; i < static_cast<int>(up->tensors.size()); ++i) {
+        const TensorSpec& t = up->tensors[static_cast<std::size_t>(i)];
+        ckpt::TensorEntry e{up->full_name(i), up->name, {}, t.trainable, t.weight_decay, DType::f32, {}};
+        e.shape.assign(t.shape.dims.begin(), t.shape.dims.begin() + t.shape.ndim);
+        model.push_back(std::move(e));
+      }
+    const std::string diff = ckpt::diff_tensors(m.tensors, model);
+    ZS_CHECK(diff.empty(), "checkpoint '{}' does not fit this model; the tensors that differ:\n{}", reader->dir(), diff);
+    const std::string_view want = kernels::optimizer_name(cfg_.optimizer.type);
+    ZS_CHECK(m.optimizer == want,
+             "checkpoint '{}' holds {} optimizer state ({}), but this run's optimizer.type is {}; resume with "
+             "optimizer.type: {}",
+             reader->dir(), m.optimizer, fmt::join(m.states, ", "), want, m.optimizer);
+    // Verify every file this rank will read before anything changes.
+    for (const auto& up : units_) {
+      const Unit& u = *up;
+      entries.emplace_back();
+      for (int i = 0; i < static_cast<int>(u.tensors.size()); ++i) {
+        const ckpt::TensorEntry* e = m.find(u.full_name(i));
+        entries.back().push_back(e);
+        const FlatLayout& l = u.is_frozen(i) ? u.frozen : u.layout;
+        const auto& slot = l.slots[static_cast<std::size_t>(u.slot_of[static_cast<std::size_t>(i)])];
+        const int64_t lo = stage == 0 ? 0 : l.shard * r, hi = stage == 0 ? l.padded : lo + l.shard;
+        const int64_t b = std::max(lo, slot.offset), en = std::min(hi, slot.offset + slot.numel);
+        if (b < en)
+          for (int f : reader->files_for(*e, b - slot.offset, en - b)) reader->verify(f);
+      }
+    }
+  });
+  agree(ok, fmt::format("load_checkpoint('{}')", dir), error);
+  const ckpt::Manifest& m = reader->manifest();
+  if (!ready_) setup();
+  auto entry = [&](const Unit& u, int t) -> const ckpt::TensorEntry& {
+    const auto it = std::find_if(units_.begin(), units_.end(), [&](const auto& p) { return p.get() == &u; });
+    return *entries[static_cast<std::size_t>(it - units_.begin())][static_cast<std::size_t>(t)];
+  };
+  const std::vector<std::string> names = ckpt::state_names(m.optimizer);
+  install([&](const Unit& u, int t, int64_t first, int64_t count,
+              float* out) { reader->read(entry(u, t), ckpt::kParam, first, count, out); },
+          [&](const Unit& u, int t, int which, int64_t first, int64_t count, float* out) {
+            const std::string& state = names.at(static_cast<std::size_t>(which - 1));
+            if (std::find(m.states.begin(), m.states.end(), state) == m.states.end())
+              std::fill(out, out + count, 0.0f);  // e.g. SGD momentum switched on at resume
+            else
+              reader->read(entry(u, t), state, first, count, out);
+          });
+  step_ = m.step;
+  scaler_ = m.scaler;
+  if (r == 0) log::info("loaded checkpoint of step {} from {} (saved by {} ranks at stage {})", m.step, reader->dir(),
+                        m.world_size, m.stage);
+  return m.user_state;
+}
+
+}  // namespace zs

@@ -1,0 +1,335 @@
+// Checkpoints through the engine, at world 4 with sub-groups of 1-3 ranks: exact resume, loading at another
+// world size and stage, and every kind of bad checkpoint failing clearly on every rank.
+#include <gtest/gtest.h>
+
+#include <signal.h>
+#include <sys/resource.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "core/error.h"
+#include "runtime/checkpoint.h"
+#include "runtime/engine.h"
+#include "runtime/safetensors.h"
+#include "tests/dist/dist_main.h"
+#include "tests/dist/engine_harness.h"
+
+namespace zs {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace test;
+
+constexpr int kHalf = 100;  // resume tests: 2 x 100 steps
+
+// A directory every rank of this job agrees on (the job token is per job), fresh for each use.
+fs::path shared_dir(const std::string& name) {
+  const char* token = std::getenv("ZS_JOB_TOKEN");
+  const fs::path d = fs::temp_directory_path() / ("zs_ckpt_" + std::string(token ? token : "solo").substr(0, 12)) / name;
+  if (pg().world->rank() == 0) {
+    fs::remove_all(d);
+    fs::create_directories(d);
+  }
+  pg().world->barrier().wait();
+  return d;
+}
+
+// The first `size` ranks of the world as their own group (nullptr on the others). Collective over the world.
+Comm* group(int size) {
+  static std::map<int, std::unique_ptr<Comm>> groups;
+  if (size == pg().world->size()) return pg().world.get();
+  if (!groups.count(size)) {
+    const int r = pg().world->rank();
+    groups[size] = pg().world->split(r < size ? 0 : -1, r);
+  }
+  return groups[size].get();
+}
+
+std::vector<std::vector<std::vector<double>>> read_all(Engine& e) {
+  std::vector<std::vector<std::vector<double>>> out;
+  for (int u = 0; u < e.num_units(); ++u) {
+    out.emplace_back();
+    for (const auto& t : e.unit(u).tensors) {
+      auto v = e.read_param(u, t.name);
+      out.back().emplace_back(v.begin(), v.end());
+    }
+  }
+  return out;
+}
+
+void declare(Engine& e) {
+  for (auto& [name, tensors] : model_units()) e.add_unit(name, tensors);
+}
+
+// The largest per-tensor relative L2 error ||a - b|| / ||b||.
+double worst_l2_error(const std::vector<std::vector<std::vector<double>>>& a,
+                      const std::vector<std::vector<std::vector<double>>>& b) {
+  double worst = 0;
+  for (std::size_t u = 0; u < b.size(); ++u)
+    for (std::size_t t = 0; t < b[u].size(); ++t) {
+      double d = 0, n = 0;
+      for (std::size_t e = 0; e < b[u][t].size(); ++e) {
+        d += (a[u][t][e] - b[u][t][e]) * (a[u][t][e] - b[u][t][e]);
+        n += b[u][t][e] * b[u][t][e];
+      }
+      worst = std::max(worst, std::sqrt(d / n));
+    }
+  return worst;
+}
+
+// Runs f on every rank and expects a zs::Error; returns this rank's message.
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "no error";
+  return "";
+}
+
+bool has(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
+
+// ---- exact resume ---------------------------------------------------------------------------------------
+
+class SameWorldResume : public ::testing::TestWithParam<Case> {};
+
+TEST_P(SameWorldResume, IsBitIdenticalToTrainingStraightThrough) {
+  const Case c = GetParam();
+  const fs::path dir = shared_dir("resume");
+  Engine straight(make_config(c), *pg().world);
+  const Trajectory want = train(c, straight, 2 * kHalf);
+  {
+    Engine first(make_config(c), *pg().world);
+    train(c, first, kHalf);
+    first.save_checkpoint(dir.string(), "data position 100");
+  }
+  Engine resumed(make_config(c), *pg().world);
+  declare(resumed);
+  EXPECT_EQ(resumed.load_checkpoint(dir.string()), "data position 100");
+  EXPECT_EQ(resumed.steps_done(), kHalf);
+  const Trajectory got = train(c, resumed, kHalf);
+  EXPECT_EQ(got.params, want.params) << name(c, pg().world->size());
+  EXPECT_EQ(got.losses, std::vector<double>(want.losses.begin() + kHalf, want.losses.end()));
+}
+
+INSTANTIATE_TEST_SUITE_P(Checkpoint, SameWorldResume,
+                         ::testing::Values(Case{3, DType::f32, 2, 1, 1.0f}, Case{1, DType::bf16, 0, 3, 0.5f},
+                                           Case{2, DType::f32, 0, 1, 0.0f, kernels::Optimizer::sgd}));
+
+// N ranks save, M ranks load (different padding, different shards): the loaded parameters are exactly the
+// saved ones, and training on goes where training at M all along goes. Across worlds the f32 gradient
+// sums run in a different order for the first half, so the bound is relative (per tensor, L2): 1e-6.
+struct Move {
+  int from_world, from_stage, to_world, to_stage;
+};
+
+class CrossWorldResume : public ::testing::TestWithParam<Move> {};
+
+TEST_P(CrossWorldResume, LoadsExactlyAndTrainsOn) {
+  const Move mv = GetParam();
+  if (pg().world->size() < std::max(mv.from_world, mv.to_world)) GTEST_SKIP() << "needs more ranks";
+  const fs::path dir = shared_dir("cross");
+  const Case from{mv.from_stage, DType::f32, 0, 1, 1.0f}, to{mv.to_stage, DType::f32, 0, 1, 1.0f};
+  Comm* g_from = group(mv.from_world);
+  Comm* g_to = group(mv.to_world);
+  std::vector<std::vector<std::vector<double>>> saved;
+  if (g_from) {
+    Engine e(make_config(from), *g_from);
+    train(from, e, kHalf);
+    e.save_checkpoint(dir.string());
+    saved = read_all(e);
+  }
+  pg().world->barrier().wait();
+  if (!g_to) return;
+  Engine e(make_config(to), *g_to);
+  declare(e);
+  e.load_checkpoint(dir.string());
+  const auto loaded = read_all(e);
+  if (g_from) {
+    EXPECT_EQ(loaded, saved) << "the loaded parameters differ from the saved ones";
+  }
+  const Trajectory got = train(to, e, kHalf);
+  Engine straight(make_config(to), *g_to);
+  const Trajectory want = train(to, straight, 2 * kHalf);
+  const double worst = worst_l2_error(got.params, want.params);
+  EXPECT_LE(worst, 1e-6);
+  if (g_to->rank() == 0)
+    std::printf("world %d stage %d -> world %d stage %d: relative L2 error %.3g after %d + %d steps\n", mv.from_world,
+                mv.from_stage, mv.to_world, mv.to_stage, worst, kHalf, kHalf);
+}
+
+INSTANTIATE_TEST_SUITE_P(Checkpoint, CrossWorldResume,
+                         ::testing::Values(Move{2, 3, 3, 3}, Move{4, 3, 1, 3}, Move{3, 1, 2, 0}),
+                         [](const auto& info) {
+                           const Move& m = info.param;
+                           return fmt::format("world{}stage{}_to_world{}stage{}", m.from_world, m.from_stage,
+                                              m.to_world, m.to_stage);
+                         });
+
+// ---- bad checkpoints ---------------------------------------------------------------------------------------
+
+class BadCheckpoint : public ::testing::Test {
+ protected:
+  const Case c{3, DType::f32, 0, 1, 0.0f};
+  fs::path root;
+  fs::path step_dir;
+
+  void SetUp() override {
+    root = shared_dir("bad");
+    Engine e(make_config(c), *pg().world);
+    train(c, e, 3);
+    e.save_checkpoint(root.string());
+    step_dir = root / ckpt::step_dir_name(3);
+    pg().world->barrier().wait();
+  }
+  // Rank 0 changes the checkpoint (the others wait), then every rank tries to load it.
+  template <typename F>
+  std::string load_after(F&& damage, const Config* cfg = nullptr) {
+    if (pg().world->rank() == 0) damage();
+    pg().world->barrier().wait();
+    Engine e(cfg ? *cfg : make_config(c), *pg().world);
+    declare(e);
+    return error_of([&] { e.load_checkpoint(root.string()); });
+  }
+  fs::path file(int rank) const { return step_dir / ckpt::rank_file_name(rank); }
+  int victim() const { return pg().world->size() - 1; }
+  // Only the last rank reads the damaged file; every rank's error names that rank, the file and the fault.
+  void expect_named(const std::string& msg, const std::string& what) {
+    EXPECT_TRUE(has(msg, fmt::format("failed on rank {}", victim()))) << msg;
+    EXPECT_TRUE(has(msg, file(victim()).string())) << msg;
+    EXPECT_TRUE(has(msg, what)) << msg;
+  }
+};
+
+TEST_F(BadCheckpoint, TruncatedFile) {
+  const std::string m = load_after([&] { fs::resize_file(file(victim()), fs::file_size(file(victim())) - 100); });
+  expect_named(m, "truncated");
+}
+
+TEST_F(BadCheckpoint, OneFlippedByte) {
+  const std::string m = load_after([&] {
+    std::fstream f(file(victim()), std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(-7, std::ios::end);
+    const char b = static_cast<char>(f.get());
+    f.seekp(-7, std::ios::end);
+    f.put(static_cast<char>(b ^ 0x10));
+  });
+  expect_named(m, "corrupt");
+}
+
+TEST_F(BadCheckpoint, MissingFile) {
+  const std::string m = load_after([&] { fs::remove(file(victim())); });
+  expect_named(m, "missing");
+}
+
+TEST_F(BadCheckpoint, DifferentModelListsTheTensors) {
+  Engine e(make_config(c), *pg().world);
+  auto units = model_units();
+  units[1].second[0].shape = Shape({53, 38});  // a reshaped weight
+  units[2].second.pop_back();                  // a missing tensor
+  for (auto& [name, tensors] : units) e.add_unit(name, tensors);
+  e.add_unit("extra", {{"w", Shape({4})}});
+  const std::string m = error_of([&] { e.load_checkpoint(root.string()); });
+  EXPECT_TRUE(has(m, "does not fit this model")) << m;
+  EXPECT_TRUE(has(m, "block1.w: shape [")) << m;
+  EXPECT_TRUE(has(m, "extra.w [4]: in the model, not in the checkpoint")) << m;
+  EXPECT_TRUE(has(m, "in the checkpoint, not in the model")) << m;
+}
+
+TEST_F(BadCheckpoint, UnknownFormatVersion) {
+  const std::string m = load_after([&] {
+    const fs::path p = step_dir / "manifest.json";
+    std::ifstream in(p);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const auto at = text.find("\"version\": 1");
+    ASSERT_NE(at, std::string::npos);
+    text.replace(at, 12, "\"version\": 99");
+    std::ofstream(p) << text;
+  });
+  EXPECT_TRUE(has(m, "format version 99")) << m;
+  EXPECT_TRUE(has(m, "manifest.json")) << m;
+}
+
+TEST_F(BadCheckpoint, DirectoryThatDoesNotExist) {
+  Engine e(make_config(c), *pg().world);
+  declare(e);
+  const std::string m = error_of([&] { e.load_checkpoint((root / "nowhere").string()); });
+  EXPECT_TRUE(has(m, "does not exist")) << m;
+  EXPECT_TRUE(has(m, (root / "nowhere").string())) << m;
+}
+
+TEST_F(BadCheckpoint, OtherOptimizer) {
+  Config sgd = make_config(c);
+  sgd.optimizer.type = kernels::Optimizer::sgd;
+  const std::string m = load_after([] {}, &sgd);
+  EXPECT_TRUE(has(m, "adamw optimizer state")) << m;
+  EXPECT_TRUE(has(m, "optimizer.type: adamw")) << m;
+}
+
+// The last rank may write only a few bytes (a file-size limit stands in for a full disk): the save fails
+// on every rank naming it, and the previous checkpoint is still the one that loads.
+TEST_F(BadCheckpoint, DiskFullDuringSaveKeepsThePreviousCheckpoint) {
+  Engine e(make_config(c), *pg().world);
+  declare(e);
+  e.load_checkpoint(root.string());
+  train(c, e, 2);
+  rlimit old{};
+  getrlimit(RLIMIT_FSIZE, &old);
+  const bool limited = pg().world->rank() == victim();
+  if (limited) {
+    signal(SIGXFSZ, SIG_IGN);
+    rlimit small = old;
+    small.rlim_cur = 4096;
+    setrlimit(RLIMIT_FSIZE, &small);
+  }
+  const std::string m = error_of([&] { e.save_checkpoint(root.string()); });
+  if (limited) {
+    setrlimit(RLIMIT_FSIZE, &old);
+    signal(SIGXFSZ, SIG_DFL);
+  }
+  EXPECT_TRUE(has(m, "disk is full or a file-size limit")) << m;
+  EXPECT_TRUE(has(m, fmt::format("writing failed on rank {}", victim()))) << m;
+  EXPECT_TRUE(has(m, "previous checkpoint is unchanged")) << m;
+  pg().world->barrier().wait();
+  EXPECT_FALSE(fs::exists(root / (ckpt::step_dir_name(5) + ".tmp")));
+  EXPECT_EQ(ckpt::find_latest(root.string()), step_dir.string());
+  Engine again(make_config(c), *pg().world);
+  declare(again);
+  again.load_checkpoint(root.string());
+  EXPECT_EQ(again.steps_done(), 3);
+}
+
+// ---- housekeeping ------------------------------------------------------------------------------------------
+
+TEST(CheckpointRotation, KeepsTheNewestAndSavesPeriodically) {
+  const fs::path root = shared_dir("rotate");
+  Config cfg = make_config({2, DType::f32, 0, 1, 0.0f});
+  cfg.checkpoint.dir = root.string();
+  cfg.checkpoint.every_steps = 2;
+  cfg.checkpoint.keep = 2;
+  Engine e(cfg, *pg().world);
+  int calls = 0;
+  e.set_user_state([&] { return fmt::format("call {}", ++calls); });
+  train({2, DType::f32, 0, 1, 0.0f}, e, 7);
+  pg().world->barrier().wait();
+  std::vector<std::string> dirs;
+  for (const auto& d : fs::directory_iterator(root)) dirs.push_back(d.path().filename().string());
+  std::sort(dirs.begin(), dirs.end());
+  EXPECT_EQ(dirs, (std::vector<std::string>{"latest", ckpt::step_dir_name(4), ckpt::step_dir_name(6)}));
+  ckpt::Reader r(root.string());
+  EXPECT_EQ(r.manifest().step, 6);
+  EXPECT_EQ(r.manifest().user_state, "call 3");
+  EXPECT_EQ(r.manifest().world_size, pg().world->size());
+  for (int f = 0; f < static_cast<int>(r.manifest().files.size()); ++f) r.verify(f);
+}
+
+}  // namespace
+}  // namespace zs
