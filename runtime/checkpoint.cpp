@@ -146,23 +146,30 @@ std::string to_json(const Manifest& m) {
                       {"clean_steps", m.scaler.clean_steps},
                       {"windows_to_wait", m.scaler.windows_to_wait}};
   j["user_state"] = m.user_state;
-  json files = json::array();
-  for (const auto& f : m.files) files.push_back({{"name", f.name}, {"bytes", f.digest.bytes}, {"xxh64", hex64(f.digest.xxh64)}});
-  j["files"] = files;
-  json tensors = json::array();
-  for (const auto& t : m.tensors) {
+  // One line per field, per file and per tensor: readable, diffable, and small for big models.
+  std::string out = "{\n";
+  for (auto it = j.begin(); it != j.end(); ++it) out += fmt::format("  {}: {},\n", json(it.key()).dump(), it.value().dump());
+  out += "  \"files\": [";
+  for (std::size_t i = 0; i < m.files.size(); ++i) {
+    const auto& f = m.files[i];
+    out += (i ? ",\n    " : "\n    ") +
+           json({{"name", f.name}, {"bytes", f.digest.bytes}, {"xxh64", hex64(f.digest.xxh64)}}).dump();
+  }
+  out += "\n  ],\n  \"tensors\": [";
+  for (std::size_t i = 0; i < m.tensors.size(); ++i) {
+    const auto& t = m.tensors[i];
     json pieces = json::array();
     for (const auto& p : t.pieces) pieces.push_back({p.file, p.first, p.count});
-    tensors.push_back({{"name", t.name},
-                       {"unit", t.unit},
-                       {"shape", t.shape},
-                       {"dtype", dtype_name(t.dtype)},
-                       {"trainable", t.trainable},
-                       {"weight_decay", t.weight_decay},
-                       {"pieces", pieces}});
+    out += (i ? ",\n    " : "\n    ") + json({{"name", t.name},
+                                                {"unit", t.unit},
+                                                {"shape", t.shape},
+                                                {"dtype", dtype_name(t.dtype)},
+                                                {"trainable", t.trainable},
+                                                {"weight_decay", t.weight_decay},
+                                                {"pieces", pieces}})
+                                              .dump();
   }
-  j["tensors"] = tensors;
-  return j.dump(1) + "\n";
+  return out + "\n  ]\n}\n";
 }
 
 Manifest parse_manifest(std::string_view text, const std::string& source) {
@@ -365,6 +372,46 @@ void Reader::read(const TensorEntry& t, std::string_view state, int64_t first, i
              st.numel(), p.count);
     f.read_f32(st, b - p.first, e - b, out + (b - first));
   }
+}
+
+uint64_t verify_all(Reader& r) {
+  const Manifest& m = r.manifest();
+  uint64_t bytes = 0;
+  for (int f = 0; f < static_cast<int>(m.files.size()); ++f) {
+    r.verify(f);
+    bytes += m.files[static_cast<std::size_t>(f)].digest.bytes;
+  }
+  std::vector<std::string> states{std::string(kParam)};
+  states.insert(states.end(), m.states.begin(), m.states.end());
+  for (const auto& t : m.tensors)
+    for (const auto& p : t.pieces)
+      for (const auto& s : states) {
+        if (s != kParam && !t.trainable) continue;
+        const SafetensorsTensor& st = r.open(p.file).tensor(entry_name(t.name, s));
+        ZS_CHECK(st.numel() == p.count && st.dtype == (s == kParam ? t.dtype : DType::f32),
+                 "{}: entry '{}' is {} x {} but the manifest expects {} x {}", r.open(p.file).path(), st.name,
+                 st.numel(), dtype_name(st.dtype), p.count, dtype_name(s == kParam ? t.dtype : DType::f32));
+      }
+  return bytes;
+}
+
+void export_safetensors(Reader& r, const std::string& out, DType dtype) {
+  ZS_CHECK(dtype == DType::f32 || dtype == DType::bf16, "export: dtype {} is not f32 or bf16", dtype_name(dtype));
+  const Manifest& m = r.manifest();
+  std::vector<SafetensorsTensor> decl;
+  for (const auto& t : m.tensors) decl.push_back({t.name, dtype, t.shape, 0, 0});
+  SafetensorsWriter w(out, std::move(decl),
+                      {{"format", "pt"}, {"step", std::to_string(m.step)}, {"source", std::string(kFormat)}});
+  std::vector<float> values;
+  std::vector<uint8_t> cast;
+  for (const auto& t : m.tensors) {
+    values.resize(static_cast<std::size_t>(t.numel()));
+    r.read(t, kParam, 0, t.numel(), values.data());
+    cast.resize(values.size() * dtype_size(dtype));
+    for (std::size_t e = 0; e < values.size(); ++e) store_from_f32(cast.data(), dtype, e, values[e]);
+    w.write(cast.data(), cast.size());
+  }
+  w.finish();
 }
 
 std::string diff_tensors(const std::vector<TensorEntry>& checkpoint, const std::vector<TensorEntry>& model) {

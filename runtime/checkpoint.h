@@ -108,17 +108,25 @@ class Reader {
   const std::string& dir() const { return dir_; }
   // Size then checksum of file #i, once; throws naming the file and what is wrong.
   void verify(int file);
+  // File #i, verified on first use.
+  SafetensorsFile& open(int file);
   // The files holding elements [first, first + count) of a tensor.
   std::vector<int> files_for(const TensorEntry& t, int64_t first, int64_t count) const;
   // Elements [first, first + count) of a tensor's "param" or one of its states, as f32.
   void read(const TensorEntry& t, std::string_view state, int64_t first, int64_t count, float* out);
 
  private:
-  SafetensorsFile& open(int file);
   std::string dir_;
   Manifest manifest_;
   std::map<int, std::unique_ptr<SafetensorsFile>> open_;
 };
+
+// Checks every file (size, xxHash64) and that each holds the entries the manifest promises; returns the
+// bytes verified. Throws at the first problem, naming the file.
+uint64_t verify_all(Reader& r);
+// Writes every tensor's parameter to one safetensors file in `dtype` (f32 or bf16), streaming: one tensor
+// is in memory at a time.
+void export_safetensors(Reader& r, const std::string& out, DType dtype);
 
 // What differs between the tensors of a checkpoint and those of a model ("" when nothing): missing,
 // unexpected, and reshaped or re-frozen tensors, one per line.

@@ -19,6 +19,11 @@ namespace {
 void put_u64(std::vector<float>& out, uint64_t v) {
   for (int i = 0; i < 4; ++i) out.push_back(static_cast<float>((v >> (16 * i)) & 0xffff));
 }
+// A float as the double its shortest decimal form names (0.003f is stored as 0.003, not 0.00300000002607).
+double decimal(float f) {
+  return std::stod(fmt::format("{}", f));
+}
+
 uint64_t get_u64(const float* p) {
   uint64_t v = 0;
   for (int i = 0; i < 4; ++i) v |= static_cast<uint64_t>(p[i]) << (16 * i);
@@ -100,14 +105,14 @@ ckpt::Manifest Engine::describe_checkpoint() const {
   const Unit& first = *units_.front();
   if (first.m.data()) m.states.push_back(names.at(0));
   if (first.v.data()) m.states.push_back(names.at(1));
-  m.hyper = {{"lr", o.lr},
-             {"beta1", o.beta1},
-             {"beta2", o.beta2},
-             {"eps", o.eps},
-             {"weight_decay", o.weight_decay},
-             {"clip_grad_norm", o.clip_grad_norm},
-             {"momentum", o.momentum},
-             {"dampening", o.dampening},
+  m.hyper = {{"lr", decimal(o.lr)},
+             {"beta1", decimal(o.beta1)},
+             {"beta2", decimal(o.beta2)},
+             {"eps", decimal(o.eps)},
+             {"weight_decay", decimal(o.weight_decay)},
+             {"clip_grad_norm", decimal(o.clip_grad_norm)},
+             {"momentum", decimal(o.momentum)},
+             {"dampening", decimal(o.dampening)},
              {"nesterov", o.nesterov ? 1.0 : 0.0}};
   m.schedule = cfg_.schedule;
   m.scaler = scaler_;

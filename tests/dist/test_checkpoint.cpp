@@ -4,6 +4,7 @@
 
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -26,10 +27,23 @@ using namespace test;
 
 constexpr int kHalf = 100;  // resume tests: 2 x 100 steps
 
-// A directory every rank of this job agrees on (the job token is per job), fresh for each use.
-fs::path shared_dir(const std::string& name) {
+// A directory every rank of this job agrees on (the job token is per job), removed when the tests end.
+fs::path job_dir() {
   const char* token = std::getenv("ZS_JOB_TOKEN");
-  const fs::path d = fs::temp_directory_path() / ("zs_ckpt_" + std::string(token ? token : "solo").substr(0, 12)) / name;
+  return fs::temp_directory_path() / ("zs_ckpt_" + std::string(token ? token : "solo").substr(0, 12));
+}
+
+struct RemoveJobDir : ::testing::Environment {
+  void TearDown() override {
+    pg().world->barrier().wait();
+    if (pg().world->rank() == 0) fs::remove_all(job_dir());
+  }
+};
+[[maybe_unused]] const auto* const kCleanup = ::testing::AddGlobalTestEnvironment(new RemoveJobDir);
+
+// A fresh directory under job_dir().
+fs::path shared_dir(const std::string& name) {
+  const fs::path d = job_dir() / name;
   if (pg().world->rank() == 0) {
     fs::remove_all(d);
     fs::create_directories(d);
@@ -329,6 +343,90 @@ TEST(CheckpointRotation, KeepsTheNewestAndSavesPeriodically) {
   EXPECT_EQ(r.manifest().user_state, "call 3");
   EXPECT_EQ(r.manifest().world_size, pg().world->size());
   for (int f = 0; f < static_cast<int>(r.manifest().files.size()); ++f) r.verify(f);
+}
+
+}  // namespace
+}  // namespace zs
+
+namespace zs {
+namespace {
+
+struct Proc {
+  int rc;
+  std::string out;
+};
+
+Proc run(const std::string& cmd) {
+  Proc r{-1, ""};
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  char buf[4096];
+  while (fgets(buf, sizeof buf, p)) r.out += buf;
+  const int status = pclose(p);
+  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+// zsckpt on a real checkpoint: inspect, verify, export (f32 exact, bf16 rounded), and the export read back by
+// Python's safetensors library when it is installed.
+TEST(CheckpointTools, InspectVerifyAndExport) {
+  const fs::path root = shared_dir("tools");
+  const Case c{3, DType::f32, 0, 1, 0.0f};
+  Engine e(make_config(c), *pg().world);
+  train(c, e, 3);
+  e.save_checkpoint(root.string(), "epoch 0");
+  const auto params = read_all(e);
+  if (pg().world->rank() != 0) return;
+  const std::string tool = ZS_ZSCKPT_PATH;
+  const Proc v = run(tool + " verify " + root.string());
+  EXPECT_EQ(v.rc, 0) << v.out;
+  EXPECT_TRUE(has(v.out, "OK: ")) << v.out;
+  const Proc i = run(tool + " inspect " + root.string());
+  EXPECT_EQ(i.rc, 0) << i.out;
+  std::printf("%s", i.out.c_str());
+  for (const char* want : {"step 3, saved by", "block1.w", "[53, 53]", "exp_avg_sq", "user state: epoch 0"})
+    EXPECT_TRUE(has(i.out, want)) << want << " not in\n" << i.out;
+  for (const char* dt : {"f32", "bf16"}) {
+    const fs::path out = root / fmt::format("model_{}.safetensors", dt);
+    const Proc x = run(tool + " export " + root.string() + " --out " + out.string() + " --dtype " + dt);
+    ASSERT_EQ(x.rc, 0) << x.out;
+    SafetensorsFile f(out.string());
+    const auto units = model_units();
+    for (std::size_t u = 0; u < units.size(); ++u)
+      for (std::size_t t = 0; t < units[u].second.size(); ++t) {
+        const auto& st = f.tensor(units[u].first + "." + units[u].second[t].name);
+        std::vector<float> got(static_cast<std::size_t>(st.numel()));
+        f.read_f32(st, 0, st.numel(), got.data());
+        for (std::size_t k = 0; k < got.size(); ++k) {
+          const float want = static_cast<float>(params[u][t][k]);
+          ASSERT_EQ(got[k], std::string(dt) == "f32" ? want : bf16_bits_to_f32(f32_to_bf16_bits(want))) << st.name << "[" << k << "]";
+        }
+      }
+  }
+  const Proc py = run("python3 -c 'import safetensors' 2>/dev/null");
+  if (py.rc != 0) {
+    std::printf("python3 with safetensors is not installed: the cross-library check is skipped\n");
+    return;
+  }
+  const Proc load = run("python3 -c 'import numpy as np; from safetensors.numpy import load_file; d = load_file(\"" +
+                       (root / "model_f32.safetensors").string() +
+                       "\"); print(\" \".join(f\"{k}:{list(v.shape)}:{float(v.astype(np.float64).sum()):.9e}\" for k, v in "
+                       "sorted(d.items())))'");
+  ASSERT_EQ(load.rc, 0) << load.out;
+  double sum = 0;
+  for (double x : params[1][0]) sum += static_cast<float>(x);
+  const std::string key = "block1.w:[53, 53]:";
+  const auto at = load.out.find(key);
+  ASSERT_NE(at, std::string::npos) << load.out;
+  EXPECT_NEAR(std::stod(load.out.substr(at + key.size())), sum, 1e-9 * std::max(1.0, std::fabs(sum)) + 1e-12) << load.out;
+  // A corrupted file makes verify fail with the file named.
+  {
+    std::fstream f(root / ckpt::step_dir_name(3) / ckpt::rank_file_name(0), std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(-1, std::ios::end);
+    f.put('\x55');
+  }
+  const Proc bad = run(tool + " verify " + root.string());
+  EXPECT_EQ(bad.rc, 1) << bad.out;
+  EXPECT_TRUE(has(bad.out, "rank-00000.safetensors' is corrupt")) << bad.out;
 }
 
 }  // namespace
