@@ -196,4 +196,60 @@ TEST(Zsrun, SigtermIsForwardedAndNothingSurvives) {
   fs::remove_all(dir);
 }
 
+// ---- checkpoints under faults ------------------------------------------------------------------------------
+
+fs::path fresh_dir(const std::string& name) {
+  const fs::path d = fs::temp_directory_path() / fmt_dir(name);
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+std::string job(int nproc, const std::string& args, const std::string& zsrun_flags = "") {
+  return std::string(ZS_ZSRUN_PATH) + " --nproc-per-node " + std::to_string(nproc) + " --master-port 0 --grace 2 " +
+         zsrun_flags + " -- " ZS_CKPT_PROG_PATH " " + args;
+}
+
+// A rank SIGKILLed while writing its file of a checkpoint: the job fails, the half-written checkpoint never
+// becomes the latest, and the previous one verifies and resumes.
+TEST(CheckpointFaults, RankKilledMidWriteLeavesThePreviousCheckpoint) {
+  const fs::path dir = fresh_dir("ckpt_midwrite");
+  Result r = run_cmd(job(2, "kill-during-save " + dir.string()));
+  EXPECT_NE(r.rc, 0) << r.output;
+  EXPECT_NE(r.output.find("killed by signal 9 (KILL)"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("the second save completed"), std::string::npos) << r.output;
+  Result v = run_cmd(ZS_ZSCKPT_PATH " verify " + dir.string());
+  EXPECT_EQ(v.rc, 0) << v.output;
+  EXPECT_NE(v.output.find("step-00000003 (step 3)"), std::string::npos) << v.output;
+  Result resume = run_cmd(job(1, "train " + dir.string() + " 6"));
+  EXPECT_EQ(resume.rc, 0) << resume.output;
+  EXPECT_NE(resume.output.find("resumed from step 3"), std::string::npos) << resume.output;
+  EXPECT_NE(resume.output.find("trained to step 6"), std::string::npos) << resume.output;
+  fs::remove_all(dir);
+}
+
+// zsrun --max-restarts: a rank SIGKILLed at step 34 of 60 (checkpoints every 10 steps); the restarted job
+// resumes from step 30 and ends with parameters bit-identical to a run that was never interrupted.
+TEST(CheckpointFaults, RestartResumesFromTheLatestCheckpointExactly) {
+  const fs::path a = fresh_dir("ckpt_restart_a"), b = fresh_dir("ckpt_restart_b");
+  Result killed = run_cmd(job(2, "train " + (a / "ckpt").string() + " 60 --kill-at 34 --out " +
+                                     (a / "final.safetensors").string(),
+                              "--max-restarts 1"));
+  EXPECT_EQ(killed.rc, 0) << killed.output;
+  EXPECT_NE(killed.output.find("killed by signal 9 (KILL)"), std::string::npos) << killed.output;
+  EXPECT_NE(killed.output.find("restarting the job (restart 1 of 1)"), std::string::npos) << killed.output;
+  EXPECT_NE(killed.output.find("resumed from step 30"), std::string::npos) << killed.output;
+  Result straight = run_cmd(job(2, "train " + (b / "ckpt").string() + " 60 --out " + (b / "final.safetensors").string()));
+  EXPECT_EQ(straight.rc, 0) << straight.output;
+  auto bytes = [](const fs::path& p) {
+    std::ifstream f(p, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  };
+  const std::string x = bytes(a / "final.safetensors"), y = bytes(b / "final.safetensors");
+  EXPECT_FALSE(x.empty());
+  EXPECT_TRUE(x == y) << "the restarted job's final parameters differ from the uninterrupted job's";
+  fs::remove_all(a);
+  fs::remove_all(b);
+}
+
 }  // namespace

@@ -1,0 +1,105 @@
+// A training job for the checkpoint fault tests: the test model through the engine, saving every 10 steps,
+// resuming from the latest checkpoint when there is one. It can kill one of its ranks at a chosen step or in
+// the middle of writing a checkpoint.
+//   ckpt_prog train DIR STEPS [--kill-at K] [--out FILE]   (FILE: the final parameters, f32 safetensors)
+//   ckpt_prog kill-during-save DIR
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <thread>
+
+#include "runtime/checkpoint.h"
+#include "runtime/engine.h"
+#include "runtime/safetensors.h"
+#include "tests/dist/engine_harness.h"
+
+namespace {
+
+using namespace zs;
+namespace fs = std::filesystem;
+
+const test::Case kCase{3, DType::f32, 2, 1, 1.0f};
+
+int env_int(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? std::atoi(v) : 0;
+}
+
+void write_params(Engine& e, const std::string& out) {
+  std::vector<std::vector<float>> values;
+  std::vector<SafetensorsSource> src;
+  for (int u = 0; u < e.num_units(); ++u)
+    for (const auto& t : e.unit(u).tensors) values.push_back(e.read_param(u, t.name));
+  if (e.comm().rank() != 0) return;
+  std::size_t i = 0;
+  for (int u = 0; u < e.num_units(); ++u)
+    for (int t = 0; t < static_cast<int>(e.unit(u).tensors.size()); ++t) {
+      const Shape& s = e.unit(u).tensors[static_cast<std::size_t>(t)].shape;
+      src.push_back({e.unit(u).full_name(t), DType::f32, {s.dims.begin(), s.dims.begin() + s.ndim}, values[i++].data()});
+    }
+  write_safetensors(out, src);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string mode = argc > 2 ? argv[1] : "";
+  const std::string dir = argc > 2 ? argv[2] : "";
+  const int rank = env_int("RANK");
+  try {
+    Config cfg = test::make_config(kCase);
+    cfg.checkpoint.dir = dir;
+    if (mode == "train") {
+      const int steps = argc > 3 ? std::atoi(argv[3]) : 0;
+      int kill_at = -1;
+      std::string out;
+      for (int i = 4; i + 1 < argc; i += 2) {
+        if (std::string(argv[i]) == "--kill-at") kill_at = std::atoi(argv[i + 1]);
+        if (std::string(argv[i]) == "--out") out = argv[i + 1];
+      }
+      cfg.checkpoint.every_steps = 10;
+      Engine e(cfg);
+      for (auto& [name, tensors] : test::model_units()) e.add_unit(name, tensors);
+      if (!ckpt::find_latest(dir).empty()) {
+        e.load_checkpoint(dir);
+        if (rank == 0) std::printf("resumed from step %lld\n", static_cast<long long>(e.steps_done()));
+      } else {
+        e.init_params(test::kInit);
+      }
+      const bool first_attempt = env_int("ZS_RESTART_COUNT") == 0;
+      test::Tamper die = [&](int step, int, int, TensorView) {
+        if (step == kill_at && rank == 1 && first_attempt) raise(SIGKILL);
+      };
+      test::train(kCase, e, steps - static_cast<int>(e.steps_done()), die);
+      if (!out.empty()) write_params(e, out);
+      if (rank == 0) std::printf("trained to step %lld\n", static_cast<long long>(e.steps_done()));
+      return 0;
+    }
+    if (mode == "kill-during-save") {
+      Engine e(cfg);
+      test::train(kCase, e, 3);
+      e.save_checkpoint(dir);
+      test::train(kCase, e, 2);
+      if (rank == 1) {  // dies as soon as its file of the step-5 checkpoint exists, mid-write
+        const fs::path mine = fs::path(dir) / (ckpt::step_dir_name(5) + ".tmp") / ckpt::rank_file_name(1);
+        std::thread([mine] {
+          while (!fs::exists(mine)) std::this_thread::sleep_for(std::chrono::microseconds(50));
+          raise(SIGKILL);
+        }).detach();
+      }
+      e.save_checkpoint(dir);
+      std::printf("rank %d: the second save completed\n", rank);
+      return 0;
+    }
+    std::fprintf(stderr, "usage: ckpt_prog train DIR STEPS [--kill-at K] [--out FILE] | kill-during-save DIR\n");
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "rank %d failed: %s\n", rank, e.what());
+    return 1;
+  }
+}
