@@ -190,11 +190,16 @@ void Engine::setup() {
 }
 
 void Engine::init_params(const init::Initializer& init) {
+  init_params([&](std::string_view) { return init; });
+}
+
+void Engine::init_params(const InitRule& rule) {
   ZS_CHECK(!ready_, "init_params: the parameters were already initialised or loaded");
   setup();
   // Values are a pure function of (seed, "unit.tensor", index): the same at every world size.
   install([&](const Unit& u, int t, int64_t first, int64_t count, float* out) {
     const std::string key = u.full_name(t);
+    const init::Initializer init = rule(key);
     for (int64_t e = 0; e < count; ++e) out[e] = init.value(key, static_cast<uint64_t>(first + e));
   });
 }
@@ -447,21 +452,29 @@ void Engine::release(UnitId id) {
 // ---- gradients -------------------------------------------------------------------------------------
 
 int Engine::acquire_grad_buffer(UnitId id) {
-  const int b = grad_pool_next_;
-  grad_pool_next_ = (grad_pool_next_ + 1) % static_cast<int>(grad_pool_.size());
-  PoolBuffer& pb = grad_pool_[static_cast<std::size_t>(b)];
-  if (pb.owner >= 0) {
-    Unit& prev = *units_[static_cast<std::size_t>(pb.owner)];
-    ZS_CHECK(prev.grad_state == GradState::reducing || prev.grad_state == GradState::reduced,
-             "rank {}: unit '{}' needs a gradient buffer but both are held by units whose gradients were not reduced "
-             "yet ('{}'); call reduce_grads as soon as a unit's backward is done",
-             comm_->rank(), units_[static_cast<std::size_t>(id)]->name, prev.name);
-    consume(pb.last_reduce);
-    prev.grad_buffer = -1;
+  // Round robin over the buffers whose unit is done writing (its reduce-scatter may still be reading: wait
+  // for it); a unit that keeps accumulating (a tied weight used twice in a step) keeps its buffer.
+  const int n = static_cast<int>(grad_pool_.size());
+  for (int k = 0; k < n; ++k) {
+    const int b = (grad_pool_next_ + k) % n;
+    PoolBuffer& pb = grad_pool_[static_cast<std::size_t>(b)];
+    if (pb.owner >= 0) {
+      Unit& prev = *units_[static_cast<std::size_t>(pb.owner)];
+      if (prev.grad_state != GradState::reducing && prev.grad_state != GradState::reduced) continue;
+      consume(pb.last_reduce);
+      prev.grad_buffer = -1;
+    }
+    grad_pool_next_ = (b + 1) % n;
+    pb.owner = id;
+    memory_zero(pb.buf.data(), device_, pb.buf.bytes(), compute_stream_->native_handle());
+    return b;
   }
-  pb.owner = id;
-  memory_zero(pb.buf.data(), device_, pb.buf.bytes(), compute_stream_->native_handle());
-  return b;
+  std::string held;
+  for (const auto& pb : grad_pool_) held += (held.empty() ? "'" : ", '") + units_[static_cast<std::size_t>(pb.owner)]->name + "'";
+  ZS_FAIL(
+      "rank {}: unit '{}' needs a gradient buffer but all {} are held by units whose gradients were not reduced yet "
+      "({}); call reduce_grads as soon as a unit's backward is done",
+      comm_->rank(), units_[static_cast<std::size_t>(id)]->name, n, held);
 }
 
 TensorView Engine::grads(UnitId id, std::string_view tensor) {

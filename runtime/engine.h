@@ -80,6 +80,9 @@ class Engine {
   UnitId add_unit(std::string name, std::vector<TensorSpec> tensors);
   // Allocates every buffer (sizes are fixed from here on) and fills the parameters. Collective.
   void init_params(const init::Initializer& init);
+  // The same with an initialiser per tensor, chosen by its "unit.tensor" name (e.g. ones for norm gains).
+  using InitRule = std::function<init::Initializer(std::string_view name)>;
+  void init_params(const InitRule& rule);
   // The same, with values from a safetensors file holding every "unit.tensor" with its declared shape
   // (F32, BF16, F16 or F64). Each rank reads only its own shards; replicas are completed by all-gather.
   void load_weights(const std::string& path);

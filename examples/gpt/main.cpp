@@ -1,0 +1,212 @@
+// gpt_train: trains a byte-level GPT with ZeroShard, on the CPU, under zsrun.
+//
+//   zsrun --nproc-per-node 2 -- gpt_train --steps 300 --export model.safetensors
+//
+// By default it reads this project's own sources and docs (present on any machine that built it), holds
+// out the last 10 % for validation, and trains with ZeRO-3 (an embedded config; --config for your own).
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <thread>
+
+#include "core/log.h"
+#include "examples/gpt/data.h"
+#include "examples/gpt/trainer.h"
+#include "runtime/checkpoint.h"
+#include "runtime/safetensors.h"
+
+extern "C" void openblas_set_num_threads(int);
+
+namespace {
+
+constexpr const char* kDefaultConfig = R"(
+zero:
+  stage: 3
+  prefetch: 2
+optimizer:
+  type: adamw
+  lr: 0.002
+  betas: [0.9, 0.95]
+  weight_decay: 0.1
+  clip_grad_norm: 1.0
+schedule:
+  type: cosine
+  warmup_steps: 20
+  total_steps: 300
+  min_lr_ratio: 0.1
+device: cpu
+)";
+
+std::string mb(int64_t bytes) {
+  return fmt::format("{:.2f} MB", static_cast<double>(bytes) / 1e6);
+}
+
+void print_memory(const zs::Engine& e) {
+  const zs::MemoryReport m = e.memory();
+  std::string line;
+  for (int c = 0; c < zs::kMemCategoryCount; ++c) {
+    const auto& s = m.on_device[static_cast<std::size_t>(c)];
+    if (s.peak > 0) line += fmt::format(" {} {} |", zs::mem_category_name(static_cast<zs::MemCategory>(c)), mb(s.peak));
+  }
+  std::printf("memory (rank 0, %s, peak by category):%s total %s\n", e.device().is_cpu() ? "cpu" : "cuda",
+              line.c_str(), mb(m.device_total.peak).c_str());
+}
+
+void export_model(zs::Engine& e, const std::string& path) {
+  std::vector<std::vector<float>> values;
+  for (int u = 0; u < e.num_units(); ++u)
+    for (const auto& t : e.unit(u).tensors) values.push_back(e.read_param(u, t.name));
+  if (e.comm().rank() != 0) return;
+  std::vector<zs::SafetensorsSource> src;
+  std::size_t i = 0;
+  for (int u = 0; u < e.num_units(); ++u)
+    for (int t = 0; t < static_cast<int>(e.unit(u).tensors.size()); ++t) {
+      const zs::Shape& s = e.unit(u).tensors[static_cast<std::size_t>(t)].shape;
+      src.push_back({e.unit(u).full_name(t), zs::DType::f32, {s.dims.begin(), s.dims.begin() + s.ndim},
+                     values[i++].data()});
+    }
+  zs::write_safetensors(path, src, {{"format", "pt"}, {"model", "zeroshard-gpt"}});
+  std::printf("exported %s (%zu tensors)\n", path.c_str(), src.size());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  gpt::Shape shape;
+  int steps = 300, batch = 8, log_every = 20, eval_every = 100, eval_batches = 4, save_every = 0, threads = 0;
+  int stage = -1, sample = 0;
+  uint64_t seed = 1337;
+  double lr = 0, check_below = 0;
+  bool resume = false;
+  std::string config_path, ckpt_dir, export_path;
+  std::vector<std::string> data{ZS_EXAMPLE_DATA};
+  CLI::App app{"gpt_train: a byte-level GPT trained with ZeroShard (run it under zsrun)", "gpt_train"};
+  app.add_option("--steps", steps, "optimizer steps")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--batch", batch, "sequences per rank per step")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--seq", shape.seq, "context length")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--d-model", shape.d, "width")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--layers", shape.layers, "blocks")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--heads", shape.heads, "attention heads")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--config", config_path, "engine YAML (docs/config.md); default: ZeRO-3, AdamW, cosine");
+  app.add_option("--stage", stage, "override zero.stage")->check(CLI::Range(0, 3));
+  app.add_option("--lr", lr, "override optimizer.lr");
+  app.add_option("--data", data, "text files or directories")->capture_default_str();
+  app.add_option("--seed", seed, "initialisation and data order")->capture_default_str();
+  app.add_option("--log-every", log_every, "print every N steps")->capture_default_str();
+  app.add_option("--eval-every", eval_every, "validation loss every N steps (0: only at the end)")
+      ->capture_default_str();
+  app.add_option("--eval-batches", eval_batches, "validation batches per rank")->capture_default_str();
+  app.add_option("--ckpt-dir", ckpt_dir, "checkpoint directory");
+  app.add_option("--save-every", save_every, "save a checkpoint every N steps (needs --ckpt-dir)");
+  app.add_flag("--resume", resume, "continue from the latest checkpoint in --ckpt-dir, if there is one");
+  app.add_option("--export", export_path, "write the trained parameters to this safetensors file");
+  app.add_option("--sample", sample, "print N bytes generated from the model at the end");
+  app.add_option("--threads", threads, "BLAS threads per rank (default: cores / local ranks)");
+  app.add_option("--check-loss-below", check_below, "exit 1 unless the final validation loss is below this");
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    zs::Config cfg = config_path.empty() ? zs::Config::from_yaml(kDefaultConfig, "<built-in config>")
+                                         : zs::Config::from_yaml_file(config_path);
+    if (config_path.empty()) cfg.schedule.total_steps = std::max<int64_t>(steps, cfg.schedule.warmup_steps + 1);
+    if (stage >= 0) cfg.zero.stage = stage;
+    if (lr > 0) cfg.optimizer.lr = static_cast<float>(lr);
+    if (!ckpt_dir.empty()) {
+      cfg.checkpoint.dir = ckpt_dir;
+      cfg.checkpoint.every_steps = save_every;
+    }
+    zs::Engine engine(cfg);
+    const int rank = engine.comm().rank(), world = engine.comm().size();
+    const char* lws = std::getenv("LOCAL_WORLD_SIZE");
+    const int local = lws ? std::max(1, std::atoi(lws)) : 1;
+    openblas_set_num_threads(threads > 0 ? threads
+                                         : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / local));
+    gpt::Trainer model(engine, shape, batch);
+    const gpt::Corpus corpus = gpt::load_corpus(data, 0.1);
+    int64_t start = 0;
+    if (resume && !ckpt_dir.empty() && !zs::ckpt::find_latest(ckpt_dir).empty()) {
+      engine.load_checkpoint(ckpt_dir);
+      start = engine.steps_done();
+    } else {
+      engine.init_params([&](std::string_view name) { return gpt::init_rule(name, shape, seed); });
+    }
+    if (rank == 0) {
+      std::printf("GPT d=%d L=%d H=%d T=%d V=%d: %.2f M parameters in %d units; ZeRO-%d over %d rank%s (%s)\n",
+                  shape.d, shape.layers, shape.heads, shape.seq, shape.vocab,
+                  static_cast<double>(gpt::parameter_count(shape)) / 1e6, engine.num_units(), cfg.zero.stage, world,
+                  world > 1 ? "s" : "", engine.device().is_cpu() ? "cpu, gloo" : "cuda, nccl");
+      std::printf("data: %zu KB of text from %d files (train %zu KB, validation %zu KB); %d x %d tokens per rank\n",
+                  (corpus.train.size() + corpus.val.size()) / 1000, corpus.files, corpus.train.size() / 1000,
+                  corpus.val.size() / 1000, batch, shape.seq);
+      if (start > 0) std::printf("resumed from %s at step %lld\n", ckpt_dir.c_str(), static_cast<long long>(start));
+    }
+    const std::size_t n = static_cast<std::size_t>(batch) * static_cast<std::size_t>(shape.seq);
+    std::vector<int> tokens(n), targets(n);
+    auto mean_over_ranks = [&](double v) {
+      float x = static_cast<float>(v), y = 0;
+      engine.comm()
+          .all_reduce(zs::TensorView::flat(&x, zs::DType::f32, 1), zs::TensorView::flat(&y, zs::DType::f32, 1),
+                      zs::ReduceOp::avg)
+          .wait();
+      return static_cast<double>(y);
+    };
+    auto validate = [&] {
+      double sum = 0;
+      for (int b = 0; b < eval_batches; ++b) {  // the same batches every time: a comparable curve
+        gpt::sample_batch(corpus.val, seed, -1 - b, rank, batch, shape.seq, tokens.data(), targets.data());
+        sum += model.loss(tokens.data(), targets.data());
+      }
+      return mean_over_ranks(sum / eval_batches);
+    };
+    const bool tty = isatty(STDOUT_FILENO) != 0;
+    double window_loss = 0, window_s = 0, val = NAN;
+    int window = 0;
+    for (int64_t step = start; step < steps; ++step) {
+      const auto t0 = std::chrono::steady_clock::now();
+      gpt::sample_batch(corpus.train, seed, step, rank, batch, shape.seq, tokens.data(), targets.data());
+      const double loss = model.train(tokens.data(), targets.data());
+      const zs::StepStats st = engine.step();
+      window_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      window_loss += loss;
+      ++window;
+      const bool last = step + 1 == steps;
+      if ((eval_every > 0 && (step + 1) % eval_every == 0) || last) val = validate();
+      if ((step + 1) % log_every == 0 || last) {
+        const double train_loss = mean_over_ranks(window_loss / window);
+        if (rank == 0) {
+          if (tty) std::printf("\r\033[K");
+          std::printf("step %5lld/%d | loss %.3f | val %s | lr %.2e | |g| %.2f | %.0f ms/step | %.1fk tok/s\n",
+                      static_cast<long long>(step + 1), steps, train_loss,
+                      std::isnan(val) ? "  -  " : fmt::format("{:.3f}", val).c_str(), st.lr, st.grad_norm,
+                      1e3 * window_s / window, static_cast<double>(n) * world * window / window_s / 1e3);
+          if (step + 1 == log_every || last) print_memory(engine);
+          std::fflush(stdout);
+        }
+        window_loss = window_s = 0;
+        window = 0;
+      } else if (rank == 0 && tty) {
+        const int width = 30, filled = static_cast<int>(width * (step + 1 - (step + 1) / log_every * log_every) / log_every);
+        std::printf("\r[%s%s] step %lld", std::string(static_cast<std::size_t>(filled), '#').c_str(),
+                    std::string(static_cast<std::size_t>(width - filled), '.').c_str(), static_cast<long long>(step + 1));
+        std::fflush(stdout);
+      }
+    }
+    if (!ckpt_dir.empty() && engine.steps_done() > start) engine.save_checkpoint(ckpt_dir);
+    if (!export_path.empty()) export_model(engine, export_path);
+    if (sample > 0) {
+      const std::string text = model.generate("// The engine", sample, seed);
+      if (rank == 0) std::printf("sample: // The engine%s\n", text.c_str());
+    }
+    if (check_below > 0 && !(val < check_below)) {
+      if (rank == 0) std::fprintf(stderr, "validation loss %.3f is not below %.3f\n", val, check_below);
+      return 1;
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "gpt_train: %s\n", e.what());
+    return 1;
+  }
+}
