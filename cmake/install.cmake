@@ -9,7 +9,7 @@ install(TARGETS zeroshard zs_warnings EXPORT zeroshardTargets
 if(ZS_HAVE_CUDA)
   install(TARGETS zs_nccl EXPORT zeroshardTargets)
 endif()
-install(TARGETS zsrun zsckpt RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+install(TARGETS zsrun zsckpt zsmem RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 install(DIRECTORY core kernels sharding optim runtime DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/zeroshard
         FILES_MATCHING PATTERN "*.h")
 install(EXPORT zeroshardTargets NAMESPACE zeroshard:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/zeroshard)

@@ -5,7 +5,9 @@
 
 namespace zs {
 
-Shape::Shape(std::initializer_list<int64_t> d) {
+Shape::Shape(std::initializer_list<int64_t> d) : Shape(std::span<const int64_t>(d.begin(), d.size())) {}
+
+Shape::Shape(std::span<const int64_t> d) {
   ZS_CHECK(d.size() <= kMaxDims, "a shape has at most {} dimensions, got {}", kMaxDims, d.size());
   for (int64_t v : d) {
     ZS_CHECK(v >= 0, "shape dimensions must be >= 0, got {}", v);

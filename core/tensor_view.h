@@ -4,6 +4,7 @@
 #include <array>
 #include <cstdint>
 #include <initializer_list>
+#include <span>
 
 #include "core/device.h"
 #include "core/dtype.h"
@@ -18,6 +19,7 @@ struct Shape {
 
   Shape() = default;
   Shape(std::initializer_list<int64_t> d);
+  explicit Shape(std::span<const int64_t> d);
   int64_t numel() const;
   int64_t operator[](int i) const { return dims[static_cast<std::size_t>(i)]; }
   friend bool operator==(const Shape& a, const Shape& b);

@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "kernels/kernels.h"
+#include "runtime/memory_plan.h"
 #include "runtime/safetensors.h"
 
 namespace zs {
@@ -18,13 +19,6 @@ namespace {
 
 std::size_t es(DType t) {
   return dtype_size(t);
-}
-
-bool has_m(kernels::Optimizer k, float momentum) {
-  return k != kernels::Optimizer::sgd || momentum != 0.0f;
-}
-bool has_v(kernels::Optimizer k) {
-  return k == kernels::Optimizer::adamw || k == kernels::Optimizer::adam;
 }
 
 Device pick_device(const std::string& want) {
@@ -91,6 +85,8 @@ Engine::~Engine() {
   for (auto& b : grad_pool_) quietly([&] { b.last_reduce.wait(); });
   for (Stream* s : {gather_stream_.get(), reduce_stream_.get(), compute_stream_.get()})
     if (s) quietly([&] { s->synchronize(); });
+  if (const char* dir = std::getenv("ZS_MEMORY_REPORT"); dir && ready_)
+    quietly([&] { write_memory_report(dir); });
 }
 
 UnitId Engine::add_unit(std::string name, std::vector<TensorSpec> tensors) {
@@ -111,14 +107,10 @@ void Engine::plan_layouts() {
   if (!units_.front()->slot_of.empty()) return;
   const int world = cfg_.zero.stage == 0 ? 1 : comm_->size();
   for (auto& up : units_) {
-    Unit& u = *up;
-    std::vector<TensorSpec> trainable, frozen;
-    for (const auto& t : u.tensors) {
-      u.slot_of.push_back(static_cast<int>(t.trainable ? trainable.size() : frozen.size()));
-      (t.trainable ? trainable : frozen).push_back(t);
-    }
-    u.layout = make_flat_layout(trainable, world);
-    if (!frozen.empty()) u.frozen = make_flat_layout(frozen, world);
+    UnitLayouts l = make_unit_layouts(up->tensors, world);
+    up->layout = std::move(l.layout);
+    up->frozen = std::move(l.frozen);
+    up->slot_of = std::move(l.slot_of);
   }
 }
 
@@ -134,33 +126,26 @@ void Engine::setup() {
   const char* check = std::getenv("ZS_CHECK_COLLECTIVES");
   check_collectives_ = check && std::string_view(check) == "1";
   const int stage = cfg_.zero.stage, r = comm_->rank();
-  const bool accumulate = cfg_.zero.grad_accumulation > 1;
-  const auto& o = cfg_.optimizer;
   compute_stream_ = make_stream(device_);
   gather_stream_ = make_stream(device_);
   reduce_stream_ = make_stream(device_);
   const MemoryKind mk = MemoryKind::device;
-  std::size_t largest = 0, largest_grads = 0;  // elements of the biggest unit: all params / trainable ones
+  int64_t largest = 0, largest_grads = 0;  // elements of the biggest unit: all params / trainable ones
   plan_layouts();
-  for (auto& up : units_) {
+  for (auto& up : units_) {  // sizes from the memory plan (runtime/memory_plan.h), which zsmem predicts with
     Unit& u = *up;
-    const int64_t P = u.layout.padded, S = u.layout.shard, PF = u.frozen.padded;
-    largest = std::max<std::size_t>(largest, static_cast<std::size_t>(P + PF));
-    largest_grads = std::max<std::size_t>(largest_grads, static_cast<std::size_t>(P));
-    const bool f32 = compute_ == DType::f32;
-    if (stage <= 2)
-      u.full_params = Buffer((P + PF) * es(compute_), mk, device_, MemCategory::params);
-    else if (PF > 0)
-      u.frozen_shard = Buffer(u.frozen.shard * es(compute_), mk, device_, MemCategory::params);
-    // The f32 master: for f32 compute at stages 0-2 it is the full parameters themselves.
-    if (stage == 3)
-      u.master = Buffer(S * 4, mk, device_, f32 ? MemCategory::params : MemCategory::master);
-    else if (!f32)
-      u.master = Buffer(S * 4, mk, device_, MemCategory::master);
-    if (has_m(o.type, o.momentum)) u.m = Buffer(S * 4, mk, device_, MemCategory::optim_state);
-    if (has_v(o.type)) u.v = Buffer(S * 4, mk, device_, MemCategory::optim_state);
-    const bool full_grads = stage <= 1 || accumulate;
-    u.grads = Buffer((full_grads ? P : S) * es(reduce_), mk, device_, MemCategory::grads);
+    largest = std::max(largest, u.layout.padded + u.frozen.padded);
+    largest_grads = std::max(largest_grads, u.layout.padded);
+    const UnitBuffers b = unit_buffers(u.layout, u.frozen, cfg_);
+    auto alloc = [&](int64_t bytes, MemCategory c) {
+      return bytes > 0 ? Buffer(static_cast<std::size_t>(bytes), mk, device_, c) : Buffer();
+    };
+    u.full_params = alloc(b.full_params, MemCategory::params);
+    u.frozen_shard = alloc(b.frozen_shard, MemCategory::params);
+    u.master = alloc(b.master, b.master_category);
+    u.m = alloc(b.m, MemCategory::optim_state);
+    u.v = alloc(b.v, MemCategory::optim_state);
+    u.grads = alloc(b.grads, MemCategory::grads);
     std::vector<bool> decays;
     for (const auto& t : u.tensors)
       if (t.trainable) decays.push_back(t.weight_decay);
@@ -171,17 +156,13 @@ void Engine::setup() {
     memory_copy(u.decay_ranges.data(), device_, ranges.data(), Device::cpu(),
                 ranges.size() * sizeof(kernels::ElementRange));
   }
-  if (stage == 3) {
-    const int count =
-        cfg_.zero.reshard_after_forward ? cfg_.zero.max_live_units : std::max(cfg_.zero.max_live_units, num_units());
-    for (int i = 0; i < count; ++i)
-      gather_pool_.push_back(
-          {Buffer(largest * es(compute_), mk, device_, MemCategory::gather_buffers), -1, make_event(device_), {}});
-  }
-  if (stage >= 2 && !accumulate)
-    for (int i = 0; i < 2; ++i)
-      grad_pool_.push_back(
-          {Buffer(largest_grads * es(reduce_), mk, device_, MemCategory::grads), -1, nullptr, {}});
+  const PoolPlan pools = pool_plan(largest, largest_grads, num_units(), cfg_);
+  for (int i = 0; i < pools.gather_count; ++i)
+    gather_pool_.push_back({Buffer(static_cast<std::size_t>(pools.gather_bytes), mk, device_, MemCategory::gather_buffers),
+                            -1, make_event(device_), {}});
+  for (int i = 0; i < pools.grad_count; ++i)
+    grad_pool_.push_back(
+        {Buffer(static_cast<std::size_t>(pools.grad_bytes), mk, device_, MemCategory::grads), -1, nullptr, {}});
   norm_scratch_ = Buffer((units_.size() + 1) * sizeof(float), mk, device_, MemCategory::other);
   for (std::size_t i = 0; i < units_.size(); ++i) grads_ready_.push_back(make_event(device_));
   update_done_ = make_event(device_);

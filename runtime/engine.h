@@ -120,6 +120,9 @@ class Engine {
   double exposed_comm_seconds() const { return exposed_comm_s_; }
   void reset_exposed_comm() { exposed_comm_s_ = 0; }
   MemoryReport memory() const;
+  // What zsmem measure reads: this rank's ledger (current and peak by category), the engine's memory plan
+  // and the process's peak RSS, as JSON in dir/rank-N.json. Written at destruction when ZS_MEMORY_REPORT=dir.
+  void write_memory_report(const std::string& dir) const;
   // Tensor bytes this rank read in load_weights (its own shards, not the model).
   uint64_t loaded_bytes() const { return last_load_bytes_; }
   const Config& config() const { return cfg_; }

@@ -48,4 +48,16 @@ std::vector<kernels::ElementRange> FlatLayout::shard_ranges(int rank, const std:
   return out;
 }
 
+UnitLayouts make_unit_layouts(std::span<const TensorSpec> tensors, int world) {
+  UnitLayouts out;
+  std::vector<TensorSpec> trainable, frozen;
+  for (const auto& t : tensors) {
+    out.slot_of.push_back(static_cast<int>(t.trainable ? trainable.size() : frozen.size()));
+    (t.trainable ? trainable : frozen).push_back(t);
+  }
+  out.layout = make_flat_layout(trainable, world);
+  if (!frozen.empty()) out.frozen = make_flat_layout(frozen, world);
+  return out;
+}
+
 }  // namespace zs

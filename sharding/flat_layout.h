@@ -40,4 +40,12 @@ struct FlatLayout {
 // Pure. `align` is in elements (>= 1); 16 keeps every tensor and shard 64-byte aligned in f32.
 FlatLayout make_flat_layout(std::span<const TensorSpec> tensors, int world, int64_t align = 16);
 
+// A unit's two layouts: its trainable tensors (parameters, gradients, optimizer state) and its frozen ones
+// (parameters only; empty when there are none). slot_of[i]: tensor i's slot in the layout it belongs to.
+struct UnitLayouts {
+  FlatLayout layout, frozen;
+  std::vector<int> slot_of;
+};
+UnitLayouts make_unit_layouts(std::span<const TensorSpec> tensors, int world);
+
 }  // namespace zs

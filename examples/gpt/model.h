@@ -10,16 +10,11 @@
 
 #include "examples/gpt/layers.h"
 #include "runtime/engine.h"
+#include "runtime/model_family.h"
 
 namespace gpt {
 
-struct Shape {
-  int vocab = 256;  // byte-level tokens
-  int d = 128;
-  int layers = 4;
-  int heads = 4;
-  int seq = 64;
-};
+using Shape = zs::family::Gpt;  // vocab 256: byte-level tokens
 
 // A block's tensors in unit order.
 enum BlockTensor { LN1_G, LN1_B, QKV_W, QKV_B, PROJ_W, PROJ_B, LN2_G, LN2_B, FC_W, FC_B, FC2_W, FC2_B, kBlockTensors };

@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "runtime/engine.h"
+#include "runtime/memory_plan.h"
 #include "runtime/safetensors.h"
 #include "tests/dist/dist_main.h"
 #include "tests/dist/engine_harness.h"
@@ -135,6 +136,30 @@ TEST(EngineMemory, LedgerMatchesTheFormulas) {
       EXPECT_LE(
           l.stats(d, MemCategory::gather_buffers).peak - before[static_cast<std::size_t>(MemCategory::gather_buffers)],
           (cfg.zero.prefetch + 1) * 4 * max_p);
+    }
+  }
+}
+
+// zsmem's prediction is the engine's own plan: every ledger category the engine allocates (all but the
+// communicator's comm_scratch) equals plan_memory for this rank, byte for byte, after training steps.
+TEST(EngineMemory, PlanEqualsTheLedger) {
+  for (const Case& c : {Case{0, DType::f32, 0, 1, 0.0f}, Case{1, DType::bf16, 0, 3, 0.0f}, Case{2, DType::f32, 0, 1, 0.0f},
+                        Case{2, DType::bf16, 0, 3, 0.0f}, Case{3, DType::f32, 2, 1, 0.0f},
+                        Case{3, DType::bf16, 0, 1, 0.0f, kernels::Optimizer::lion}}) {
+    MemoryLedger& l = MemoryLedger::global();
+    std::array<int64_t, kMemCategoryCount> before{};
+    for (int i = 0; i < kMemCategoryCount; ++i)
+      before[static_cast<std::size_t>(i)] = l.stats(Device::cpu(), static_cast<MemCategory>(i)).current;
+    Engine engine(make_config(c), *pg().world);
+    train(c, engine, 2);
+    std::vector<std::vector<TensorSpec>> units;
+    for (auto& [name, tensors] : test::model_units()) units.push_back(tensors);
+    const MemoryPlan plan = plan_memory(units, make_config(c), pg().world->size(), pg().world->rank(), true);
+    for (int i = 0; i < kMemCategoryCount; ++i) {
+      const auto cat = static_cast<MemCategory>(i);
+      if (cat == MemCategory::comm_scratch) continue;
+      EXPECT_EQ(l.stats(Device::cpu(), cat).current - before[static_cast<std::size_t>(i)], plan[cat])
+          << mem_category_name(cat) << ", " << name(c, pg().world->size());
     }
   }
 }

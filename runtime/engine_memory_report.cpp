@@ -1,0 +1,38 @@
+// Engine::write_memory_report: the measured side of zsmem.
+#include <sys/resource.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "runtime/engine.h"
+#include "runtime/file_io.h"
+#include "runtime/memory_plan.h"
+
+namespace zs {
+
+void Engine::write_memory_report(const std::string& dir) const {
+  std::vector<std::vector<TensorSpec>> specs;
+  for (const auto& u : units_) specs.push_back(u->tensors);
+  const MemoryPlan plan = plan_memory(specs, cfg_, comm_->size(), comm_->rank(), device_.is_cpu());
+  const MemoryReport m = memory();
+  nlohmann::ordered_json j;
+  j["rank"] = comm_->rank();
+  j["world"] = comm_->size();
+  j["stage"] = cfg_.zero.stage;
+  j["device"] = device_.is_cpu() ? "cpu" : "cuda";
+  for (int c = 0; c < kMemCategoryCount; ++c) {
+    const auto i = static_cast<std::size_t>(c);
+    j["categories"][std::string(mem_category_name(static_cast<MemCategory>(c)))] = {
+        {"planned", plan.bytes[i]}, {"current", m.on_device[i].current}, {"peak", m.on_device[i].peak}};
+  }
+  j["planned_total"] = plan.total();
+  j["peak_total"] = m.device_total.peak;
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  j["peak_rss"] = static_cast<int64_t>(ru.ru_maxrss) * 1024;
+  std::filesystem::create_directories(dir);
+  write_file_atomic((std::filesystem::path(dir) / ("rank-" + std::to_string(comm_->rank()) + ".json")).string(),
+                    j.dump(1) + "\n");
+}
+
+}  // namespace zs

@@ -1,0 +1,75 @@
+// Memory planning arithmetic.
+#include "runtime/memory_plan.h"
+
+#include <algorithm>
+
+#include "kernels/kernels.h"
+
+namespace zs {
+
+UnitBuffers unit_buffers(const FlatLayout& layout, const FlatLayout& frozen, const Config& cfg) {
+  const int stage = cfg.zero.stage;
+  const int64_t P = layout.padded, S = layout.shard, PF = frozen.padded;
+  const auto cs = static_cast<int64_t>(dtype_size(cfg.precision.param));
+  const auto rs = static_cast<int64_t>(dtype_size(cfg.precision.reduce));
+  const bool f32 = cfg.precision.param == DType::f32;
+  const auto& o = cfg.optimizer;
+  UnitBuffers b;
+  if (stage <= 2)
+    b.full_params = (P + PF) * cs;
+  else
+    b.frozen_shard = frozen.shard * cs;
+  // The f32 master: for f32 compute at stages 0-2 it is the full parameters themselves.
+  if (stage == 3 || !f32) b.master = S * 4;
+  if (stage == 3 && f32) b.master_category = MemCategory::params;
+  if (o.type != kernels::Optimizer::sgd || o.momentum != 0.0f) b.m = S * 4;
+  if (o.type == kernels::Optimizer::adamw || o.type == kernels::Optimizer::adam) b.v = S * 4;
+  const bool full_grads = stage <= 1 || cfg.zero.grad_accumulation > 1;
+  b.grads = (full_grads ? P : S) * rs;
+  return b;
+}
+
+PoolPlan pool_plan(int64_t largest_elements, int64_t largest_trainable_elements, int num_units, const Config& cfg) {
+  PoolPlan p;
+  if (cfg.zero.stage == 3) {
+    p.gather_count =
+        cfg.zero.reshard_after_forward ? cfg.zero.max_live_units : std::max(cfg.zero.max_live_units, num_units);
+    p.gather_bytes = largest_elements * static_cast<int64_t>(dtype_size(cfg.precision.param));
+  }
+  if (cfg.zero.stage >= 2 && cfg.zero.grad_accumulation == 1) {
+    p.grad_count = 2;
+    p.grad_bytes = largest_trainable_elements * static_cast<int64_t>(dtype_size(cfg.precision.reduce));
+  }
+  return p;
+}
+
+MemoryPlan plan_memory(std::span<const std::vector<TensorSpec>> units, const Config& cfg, int world, int rank,
+                       bool cpu_device) {
+  MemoryPlan plan;
+  const int stage = cfg.zero.stage;
+  int64_t largest = 0, largest_trainable = 0;
+  for (const auto& tensors : units) {
+    const UnitLayouts l = make_unit_layouts(tensors, stage == 0 ? 1 : world);
+    largest = std::max(largest, l.layout.padded + l.frozen.padded);
+    largest_trainable = std::max(largest_trainable, l.layout.padded);
+    const UnitBuffers b = unit_buffers(l.layout, l.frozen, cfg);
+    plan[MemCategory::params] += b.full_params + b.frozen_shard;
+    plan[b.master_category] += b.master;
+    plan[MemCategory::optim_state] += b.m + b.v;
+    plan[MemCategory::grads] += b.grads;
+    std::vector<bool> decays;
+    for (const auto& t : tensors)
+      if (t.trainable) decays.push_back(t.weight_decay);
+    const auto ranges = l.layout.shard_ranges(stage == 0 ? 0 : rank, decays);
+    plan[MemCategory::other] +=
+        static_cast<int64_t>(std::max<std::size_t>(1, ranges.size()) * sizeof(kernels::ElementRange));
+  }
+  const PoolPlan p = pool_plan(largest, largest_trainable, static_cast<int>(units.size()), cfg);
+  plan[MemCategory::gather_buffers] += p.gather_count * p.gather_bytes;
+  plan[MemCategory::grads] += p.grad_count * p.grad_bytes;
+  plan[MemCategory::other] += static_cast<int64_t>((units.size() + 1) * sizeof(float));  // the norm scratch
+  if (cpu_device) plan[MemCategory::comm_scratch] = comm_streams(stage) * kGlooScratchPerStream;
+  return plan;
+}
+
+}  // namespace zs

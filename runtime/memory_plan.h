@@ -1,0 +1,62 @@
+// Memory planning (pure): the bytes of every buffer the engine allocates on one rank, from the units'
+// tensors and the config. Engine::setup allocates exactly these sizes and zsmem predicts with them, so a
+// prediction is the engine's own arithmetic (padding, alignment, pools), not an approximation.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "core/memory_ledger.h"
+#include "runtime/config.h"
+#include "sharding/flat_layout.h"
+
+namespace zs {
+
+// One unit's persistent buffers on one rank, in bytes (0: not allocated).
+struct UnitBuffers {
+  int64_t full_params = 0;   // compute dtype, the whole unit incl. frozen tensors (stages 0-2)
+  int64_t frozen_shard = 0;  // compute dtype, this rank's shard of the frozen tensors (stage 3)
+  int64_t master = 0;        // f32 shard (stage 0: whole); absent when the full f32 parameters are the master
+  MemCategory master_category = MemCategory::master;  // params when the master is the only copy (f32, stage 3)
+  int64_t m = 0, v = 0;      // optimizer state
+  int64_t grads = 0;         // reduce dtype: whole unit (stages 0-1, accumulation) or this rank's shard
+};
+UnitBuffers unit_buffers(const FlatLayout& layout, const FlatLayout& frozen, const Config& cfg);
+
+// The engine's fixed pools: stage-3 gather buffers (each holds the largest unit in the compute dtype) and
+// the stage-2/3 gradient buffers (the largest unit's trainable part in the reduce dtype).
+struct PoolPlan {
+  int gather_count = 0;
+  int64_t gather_bytes = 0;  // each
+  int grad_count = 0;
+  int64_t grad_bytes = 0;  // each
+};
+PoolPlan pool_plan(int64_t largest_elements, int64_t largest_trainable_elements, int num_units, const Config& cfg);
+
+// Gloo's staging per stream that runs collectives (a communicator's, not the engine's; NCCL has none).
+inline constexpr int64_t kGlooScratchPerStream = 2 * (int64_t{1} << 20) * 4;
+// Streams that run collectives: the engine's reduce stream, the group's default stream (the engine's
+// agreement checks and norm, and the app's own collectives) and, at stages 1-3, the gather stream.
+inline int comm_streams(int stage) {
+  return stage == 0 ? 2 : 3;
+}
+
+struct MemoryPlan {
+  std::array<int64_t, kMemCategoryCount> bytes{};  // the engine's device memory by category
+  int64_t total() const {
+    int64_t t = 0;
+    for (int64_t b : bytes) t += b;
+    return t;
+  }
+  int64_t& operator[](MemCategory c) { return bytes[static_cast<std::size_t>(c)]; }
+  int64_t operator[](MemCategory c) const { return bytes[static_cast<std::size_t>(c)]; }
+};
+
+// What the engine allocates on rank `rank` of `world` for a model of these units (each a list of tensors).
+// comm_scratch is Gloo's (CPU device), counted for the engine's streams.
+MemoryPlan plan_memory(std::span<const std::vector<TensorSpec>> units, const Config& cfg, int world, int rank,
+                       bool cpu_device);
+
+}  // namespace zs

@@ -1,0 +1,30 @@
+// Model families whose shape zsmem and the examples share: their units (name, tensors) from a few numbers.
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "sharding/flat_layout.h"
+
+namespace zs::family {
+
+using Units = std::vector<std::pair<std::string, std::vector<TensorSpec>>>;
+
+// A GPT-2-style decoder (examples/gpt): unit "embed" (wte [V, d], wpe [T, d]; the LM head is tied to wte),
+// blocks "h.0".. (ln1, attn.qkv, attn.proj, ln2, mlp.fc, mlp.proj), unit "ln_f".
+struct Gpt {
+  int vocab = 256;
+  int d = 128;
+  int layers = 4;
+  int heads = 4;
+  int seq = 64;
+};
+std::vector<TensorSpec> gpt_block(int d);
+std::vector<TensorSpec> gpt_embed(const Gpt& g);
+std::vector<TensorSpec> gpt_ln_f(int d);
+Units gpt_units(const Gpt& g);
+// Parses "d=2048,L=24,V=32000,T=1024,H=16" (any subset, over the defaults); throws naming a bad field.
+Gpt parse_gpt(const std::string& spec);
+
+}  // namespace zs::family

@@ -1,0 +1,271 @@
+// zsmem: predict per-rank memory from the engine's own plan (estimate), and measure a real run against it.
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fmt/format.h>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "runtime/checkpoint.h"
+#include "runtime/memory_plan.h"
+#include "runtime/model_family.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using zs::MemCategory;
+
+struct Usage : std::runtime_error {  // bad input: exit 2
+  using std::runtime_error::runtime_error;
+};
+
+std::string human(double bytes) {
+  const char* unit[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int i = 0;
+  while (std::fabs(bytes) >= 1024 && i < 4) {
+    bytes /= 1024;
+    ++i;
+  }
+  return i == 0 ? fmt::format("{:.0f} B", bytes) : fmt::format("{:.2f} {}", bytes, unit[i]);
+}
+
+// DeepSpeed's published model-state estimators (no offload, ZeRO-Init): stage 1-2 4P + 16P/N, stage 3
+// 4L + 18P/N bytes per GPU. They count model states only.
+double deepspeed_estimate(int stage, double params, double largest, int world) {
+  if (stage == 3) return 4 * largest + 18 * params / world;
+  if (stage >= 1) return 4 * params + 16 * params / world;
+  return NAN;
+}
+
+struct Model {
+  std::string what;
+  std::vector<std::vector<zs::TensorSpec>> units;
+  int64_t params = 0, largest = 0;
+  bool gpt = false;
+  zs::family::Gpt shape;
+};
+
+Model load_model(double params, double largest, const std::string& spec, const std::string& manifest) {
+  const int given = (params > 0 || largest > 0) + !spec.empty() + !manifest.empty();
+  if (given != 1) throw Usage("give the model one way: --params P --largest-unit L, --model FAMILY:..., or --manifest DIR");
+  Model m;
+  if (params != 0 || largest != 0) {
+    if (!(params > 0 && largest > 0 && largest <= params))
+      throw Usage(fmt::format("--params {} and --largest-unit {} must be positive, the unit no larger than the model",
+                              params, largest));
+    const auto P = static_cast<int64_t>(params), L = static_cast<int64_t>(largest);
+    for (int64_t at = 0; at < P; at += L) m.units.push_back({{"w", {std::min(L, P - at)}}});
+    m.what = fmt::format("{} parameters in units of at most {}", P, L);
+  } else if (!spec.empty()) {
+    const auto colon = spec.find(':');
+    const std::string family = spec.substr(0, colon);
+    if (family != "gpt") throw Usage(fmt::format("--model '{}': unknown family '{}' (known: gpt)", spec, family));
+    try {
+      m.shape = zs::family::parse_gpt(colon == std::string::npos ? "" : spec.substr(colon + 1));
+    } catch (const zs::Error& e) {
+      throw Usage(e.what());
+    }
+    m.gpt = true;
+    for (auto& [name, tensors] : zs::family::gpt_units(m.shape)) m.units.push_back(tensors);
+    m.what = fmt::format("GPT d={} L={} V={} T={}", m.shape.d, m.shape.layers, m.shape.vocab, m.shape.seq);
+  } else {
+    zs::ckpt::Reader r(manifest);
+    std::string unit;
+    for (const auto& t : r.manifest().tensors) {
+      if (m.units.empty() || t.unit != unit) m.units.emplace_back();
+      unit = t.unit;
+      m.units.back().push_back({t.name, zs::Shape(std::span<const int64_t>(t.shape)), t.trainable, t.weight_decay});
+    }
+    m.what = fmt::format("the model of checkpoint {}", r.dir());
+  }
+  for (const auto& u : m.units) {
+    int64_t n = 0;
+    for (const auto& t : u) n += t.shape.numel();
+    m.params += n;
+    m.largest = std::max(m.largest, n);
+  }
+  return m;
+}
+
+// The example trainer's f32 activation buffers per rank for `batch` sequences (examples/gpt/trainer.cpp).
+double gpt_activations(const zs::family::Gpt& g, int batch) {
+  const double n = static_cast<double>(batch) * g.seq, d = g.d, L = g.layers;
+  const double per_block = 16 * n * d + 4 * n + static_cast<double>(batch) * g.heads * g.seq * g.seq;
+  const double floats = (L + 1) * n * d + L * per_block + 14 * n * d + g.seq * g.seq + 3 * n * d + 2 * n +
+                        n * g.vocab;
+  return 4 * floats;
+}
+
+int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, const std::vector<int>& stages,
+             bool cpu, double device_gib, int batch, bool json_out) {
+  nlohmann::ordered_json rows = nlohmann::ordered_json::array();
+  const double act = m.gpt && batch > 0 ? gpt_activations(m.shape, batch) : 0;
+  if (!json_out) {
+    fmt::print("{}: {} parameters in {} units (largest {}); compute {}, gradients {}, {}; per rank, bytes on the {}\n",
+               m.what, m.params, m.units.size(), m.largest, zs::dtype_name(cfg.precision.param),
+               zs::dtype_name(cfg.precision.reduce), zs::kernels::optimizer_name(cfg.optimizer.type),
+               cpu ? "CPU (device: cpu)" : "GPU");
+    fmt::print("{:>5} {:>5} | {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} | {:>11} | {:>11} {}\n", "world", "stage",
+               "params", "master", "grads", "optim", "gather", "scratch", "activation", "total", "DeepSpeed",
+               device_gib > 0 ? fmt::format("fits {} GiB", device_gib) : "");
+  }
+  for (int w : worlds)
+    for (int s : stages) {
+      cfg.zero.stage = s;
+      const zs::MemoryPlan p = zs::plan_memory(m.units, cfg, w, 0, cpu);
+      const double scratch = static_cast<double>(p[MemCategory::comm_scratch] + p[MemCategory::other]);
+      const double total = static_cast<double>(p.total()) + act;
+      const double ds = deepspeed_estimate(s, static_cast<double>(m.params), static_cast<double>(m.largest), w);
+      const bool fits = device_gib <= 0 || total <= device_gib * 1073741824.0;
+      if (json_out) {
+        nlohmann::ordered_json r{{"world", w}, {"stage", s}};
+        for (int c = 0; c < zs::kMemCategoryCount; ++c)
+          r["bytes"][std::string(zs::mem_category_name(static_cast<MemCategory>(c)))] = p.bytes[static_cast<std::size_t>(c)];
+        r["activations"] = act;
+        r["total"] = total;
+        r["deepspeed_estimate"] = std::isnan(ds) ? nlohmann::ordered_json() : nlohmann::ordered_json(ds);
+        if (device_gib > 0) r["fits"] = fits;
+        rows.push_back(r);
+        continue;
+      }
+      fmt::print("{:>5} {:>5} | {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} | {:>11} | {:>11} {}\n", w, s,
+                 human(static_cast<double>(p[MemCategory::params])), human(static_cast<double>(p[MemCategory::master])),
+                 human(static_cast<double>(p[MemCategory::grads])),
+                 human(static_cast<double>(p[MemCategory::optim_state])),
+                 human(static_cast<double>(p[MemCategory::gather_buffers])), human(scratch),
+                 act > 0 ? human(act) : "-", human(total), std::isnan(ds) ? "-" : human(ds),
+                 device_gib > 0 ? (fits ? "yes" : "NO") : "");
+    }
+  if (json_out) {
+    fmt::print("{}\n", rows.dump(1));
+  } else {
+    fmt::print("params/master/grads/optim/gather: the engine's own buffers (padding and pools included); scratch: the\n"
+               "communicator's staging and small engine tables; activation: the example trainer's, with --batch.\n"
+               "DeepSpeed: its published estimators (model states only, stage 1 uses stage 2's).\n");
+  }
+  return 0;
+}
+
+int measure(int nproc, double max_error, bool json_out, const std::vector<std::string>& command) {
+  if (command.empty()) throw Usage("measure: give the program to run after --");
+  const fs::path dir = fs::temp_directory_path() / fmt::format("zsmem_{}", getpid());
+  fs::remove_all(dir);
+  const fs::path self = fs::read_symlink("/proc/self/exe").parent_path();
+  std::string cmd = fmt::format("ZS_MEMORY_REPORT={} {} --nproc-per-node {} --master-port 0 --", dir.string(),
+                                (self / "zsrun").string(), nproc);
+  for (const auto& a : command) cmd += " '" + a + "'";
+  if (!json_out) cmd += " >&2";
+  const int rc = std::system(cmd.c_str());
+  if (rc != 0) {
+    fmt::print(stderr, "zsmem: the run failed (status {}); nothing to measure\n", rc);
+    return 1;
+  }
+  nlohmann::json all = nlohmann::json::array();
+  double worst = 0;
+  for (int r = 0; r < nproc; ++r) {
+    std::ifstream f(dir / fmt::format("rank-{}.json", r));
+    if (!f) {
+      fmt::print(stderr, "zsmem: rank {} wrote no report (did the program create a zs::Engine?)\n", r);
+      return 1;
+    }
+    nlohmann::json j = nlohmann::json::parse(f);
+    const double planned = j["planned_total"].get<double>(), peak = j["peak_total"].get<double>();
+    const double err = 100.0 * (planned - peak) / peak;
+    worst = std::max(worst, std::fabs(err));
+    j["error_percent"] = err;
+    all.push_back(j);
+    if (json_out) continue;
+    fmt::print("rank {} of {} (stage {}, {}): {:<15} {:>11} {:>11} {:>11}\n", r, j["world"].get<int>(),
+               j["stage"].get<int>(), j["device"].get<std::string>(), "category", "predicted", "peak", "now");
+    for (auto& [name, c] : j["categories"].items())
+      if (c["planned"].get<int64_t>() || c["peak"].get<int64_t>())
+        fmt::print("  {:<15} {:>11} {:>11} {:>11}\n", name, human(c["planned"].get<double>()),
+                   human(c["peak"].get<double>()), human(c["current"].get<double>()));
+    fmt::print("  {:<15} {:>11} {:>11}   error {:+.2f} %; process peak RSS {}\n", "total", human(planned), human(peak),
+               err, human(j["peak_rss"].get<double>()));
+  }
+  fs::remove_all(dir);
+  if (json_out) fmt::print("{}\n", all.dump(1));
+  if (max_error > 0 && worst > max_error) {
+    fmt::print(stderr, "zsmem: prediction off by {:.2f} % on some rank (limit {} %)\n", worst, max_error);
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"zsmem: per-rank memory of a ZeroShard run, predicted (estimate) and measured (measure)", "zsmem"};
+  app.require_subcommand(1);
+  double params = 0, largest = 0, device_gib = 0, max_error = 0;
+  std::string spec, manifest, config_path, precision = "f32", reduce = "f32", optimizer = "adamw", offload = "none";
+  std::vector<int> worlds{1}, stages{0, 1, 2, 3};
+  int max_live = 4, accumulation = 1, batch = 0, nproc = 1;
+  bool cpu = false, json_out = false;
+  std::vector<std::string> command;
+  auto* est = app.add_subcommand("estimate", "predict per-rank bytes by category for worlds x stages");
+  est->add_option("--params", params, "total parameters (with --largest-unit: DeepSpeed's cold form)");
+  est->add_option("--largest-unit", largest, "parameters of the largest unit");
+  est->add_option("--model", spec, "a model family, e.g. gpt:d=2048,L=24,V=32000,T=1024");
+  est->add_option("--manifest", manifest, "a checkpoint (its manifest lists the model's tensors)");
+  est->add_option("--config", config_path, "engine YAML: precision, optimizer, zero.* (defaults otherwise)");
+  est->add_option("--world", worlds, "ranks (one or a list)")->check(CLI::PositiveNumber);
+  est->add_option("--stage", stages, "ZeRO stages")->check(CLI::Range(0, 3));
+  est->add_option("--offload", offload, "none (optimizer / optimizer+params: not in this version)")
+      ->check(CLI::IsMember({"none", "optimizer", "optimizer+params"}));
+  est->add_option("--precision", precision, "compute dtype: f32, bf16, f16")->check(CLI::IsMember({"f32", "bf16", "f16"}));
+  est->add_option("--reduce", reduce, "gradient dtype: f32, bf16")->check(CLI::IsMember({"f32", "bf16"}));
+  est->add_option("--optimizer", optimizer, "adamw, adam, sgd, lion")->check(CLI::IsMember({"adamw", "adam", "sgd", "lion"}));
+  est->add_option("--max-live", max_live, "zero.max_live_units (stage-3 gather buffers)")->check(CLI::PositiveNumber);
+  est->add_option("--accumulation", accumulation, "zero.grad_accumulation")->check(CLI::PositiveNumber);
+  est->add_option("--batch", batch, "sequences per rank: adds the example GPT trainer's activations")
+      ->check(CLI::NonNegativeNumber);
+  est->add_flag("--cpu", cpu, "the engine's device is the CPU (Gloo staging counted)");
+  est->add_option("--device-memory", device_gib, "GiB per device: says whether each row fits")
+      ->check(CLI::NonNegativeNumber);
+  est->add_flag("--json", json_out, "machine-readable");
+  auto* mea = app.add_subcommand("measure", "run a program under zsrun and compare each rank's ledger with the plan");
+  mea->add_option("--nproc", nproc, "ranks")->check(CLI::PositiveNumber);
+  mea->add_option("--max-error", max_error, "exit 1 when a rank's total differs from the prediction by more (%)");
+  mea->add_flag("--json", json_out, "machine-readable");
+  mea->add_option("command", command, "the program and its arguments (after --)")->required();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);
+    return 2;
+  }
+  try {
+    if (*mea) return measure(nproc, max_error, json_out, command);
+    if (offload != "none")
+      throw Usage(fmt::format("--offload {}: offload is not in this version of the engine; only none", offload));
+    zs::Config cfg = config_path.empty() ? zs::Config{} : zs::Config::from_yaml_file(config_path);
+    if (config_path.empty()) {
+      cfg.precision.param = zs::dtype_parse(precision);
+      cfg.precision.reduce = zs::dtype_parse(reduce);
+      cfg.optimizer.type = optimizer == "adam"   ? zs::kernels::Optimizer::adam
+                           : optimizer == "sgd"  ? zs::kernels::Optimizer::sgd
+                           : optimizer == "lion" ? zs::kernels::Optimizer::lion
+                                                 : zs::kernels::Optimizer::adamw;
+      if (optimizer == "sgd") cfg.optimizer.momentum = 0.9f;
+      cfg.zero.max_live_units = max_live;
+      cfg.zero.grad_accumulation = accumulation;
+    }
+    const Model m = load_model(params, largest, spec, manifest);
+    if (batch > 0 && !m.gpt) throw Usage("--batch needs --model gpt:... (activations are known for that family)");
+    return estimate(m, cfg, worlds, stages, cpu, device_gib, batch, json_out);
+  } catch (const Usage& e) {
+    fmt::print(stderr, "zsmem: {}\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "zsmem: {}\n", e.what());
+    return 1;
+  }
+}
