@@ -1,4 +1,5 @@
 // Kernel dispatch: CPU (ISA chosen at run time, tiles over the thread pool, weight-decay runs) or CUDA.
+#include <cpuid.h>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -21,13 +22,19 @@ namespace {
 // Elements per work item of the pool: large enough to amortise the claim, small enough to balance.
 constexpr int64_t kTile = int64_t{1} << 15;
 
+// F16C from CPUID directly (clang's __builtin_cpu_supports does not know it).
+bool has_f16c() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) != 0;
+}
+
 bool cpu_has(const char* isa) {
   if (std::strcmp(isa, "scalar") == 0) return true;
   if (std::strcmp(isa, "avx2") == 0)
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c();
   if (std::strcmp(isa, "avx512") == 0)
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("f16c");
+           __builtin_cpu_supports("avx512vl") && has_f16c();
   return false;
 }
 

@@ -78,6 +78,10 @@ class Section {
   void finish() const {
     if (!present()) return;
     for (auto it = node_.begin(); it != node_.end(); ++it) {
+      if (!it->first.IsScalar())
+        fail(it->first, fmt::format("a key in {} must be a plain name, not a {}",
+                                    path_.empty() ? "the top level" : "'" + path_ + "'",
+                                    it->first.IsMap() ? "mapping" : "sequence"));
       const std::string k = it->first.as<std::string>();
       if (std::find(known_.begin(), known_.end(), k) != known_.end()) continue;
       std::string best;
@@ -133,7 +137,9 @@ auto between(T lo, T hi) {
 
 }  // namespace
 
-Config Config::from_yaml(const std::string& text, const std::string& source) {
+namespace {
+
+Config parse_config(const std::string& text, const std::string& source) {
   YAML::Node root;
   try {
     root = YAML::Load(text);
@@ -224,6 +230,17 @@ Config Config::from_yaml(const std::string& text, const std::string& source) {
 
   top.finish();
   return c;
+}
+
+}  // namespace
+
+Config Config::from_yaml(const std::string& text, const std::string& source) {
+  // Every yaml-cpp exception parse_config's checks did not anticipate still becomes a located zs::Error.
+  try {
+    return parse_config(text, source);
+  } catch (const YAML::Exception& e) {
+    ZS_FAIL("{}:{}:{}: {}", source, e.mark.line + 1, e.mark.column + 1, e.msg);
+  }
 }
 
 Config Config::from_yaml_file(const std::string& path) {

@@ -59,7 +59,7 @@ Model load_model(double params, double largest, const std::string& spec, const s
                               params, largest));
     const auto P = static_cast<int64_t>(params), L = static_cast<int64_t>(largest);
     for (int64_t at = 0; at < P; at += L) m.units.push_back({{"w", {std::min(L, P - at)}}});
-    m.what = fmt::format("{} parameters in units of at most {}", P, L);
+    m.what = "cold model (--params, --largest-unit)";
   } else if (!spec.empty()) {
     const auto colon = spec.find(':');
     const std::string family = spec.substr(0, colon);

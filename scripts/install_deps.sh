@@ -13,6 +13,7 @@ packages=(
   libgtest-dev libgmock-dev
   libxxhash-dev        # checkpoint checksums
   libopenblas-dev      # CPU GEMMs in the training benchmark and the example model
+  clang libclang-rt-dev # libFuzzer targets (tests/fuzz)
 )
 
 missing=()

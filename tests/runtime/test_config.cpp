@@ -76,6 +76,15 @@ TEST(Config, WrongTypesAndRangesAreNamed) {
   EXPECT_THROW(Config::from_yaml_file("/nonexistent/train.yaml"), Error);
 }
 
+// Found by fuzzing: a mapping used as a key made yaml-cpp throw its own exception past the checks.
+TEST(Config, ComplexKeysAreLocatedErrors) {
+  const std::string e = error_of("zero:\n  stage: 3\n  ? {a: 1}\n  : 2\n");
+  EXPECT_NE(e.find("train.yaml:3:"), std::string::npos) << e;
+  EXPECT_NE(e.find("a key in 'zero' must be a plain name, not a mapping"), std::string::npos) << e;
+  const std::string seq = error_of("zero: [1, 2]\n");
+  EXPECT_NE(seq.find("train.yaml:1:"), std::string::npos) << seq;
+}
+
 TEST(Schedule, WarmupThenCosineOrLinearToTheFloor) {
   Schedule s{ScheduleKind::cosine, 10, 110, 0.1};
   EXPECT_DOUBLE_EQ(s.lr(1.0, 1), 0.1);
