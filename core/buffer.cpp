@@ -3,6 +3,8 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <string>
 #include <utility>
 
 #include "core/error.h"
@@ -53,6 +55,25 @@ void* memory_alloc(MemoryKind kind, Device device, std::size_t bytes, MemCategor
   void* p = std::aligned_alloc(kHostAlignment, rounded);
   ZS_CHECK(p != nullptr, "{}", oom_message(kind, device, bytes, category));
   return p;
+}
+
+int64_t available_memory(Device device) {
+#ifdef ZS_WITH_CUDA
+  if (device.is_cuda()) {
+    ZS_CHECK_CUDA(cudaSetDevice(device.index));
+    std::size_t free = 0, total = 0;
+    ZS_CHECK_CUDA(cudaMemGetInfo(&free, &total));
+    return static_cast<int64_t>(free);
+  }
+#endif
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  int64_t kib = 0;
+  while (meminfo >> key >> kib) {
+    if (key == "MemAvailable:") return kib * 1024;
+    meminfo.ignore(64, '\n');
+  }
+  return INT64_MAX;  // unknown: do not refuse
 }
 
 void memory_free(MemoryKind kind, Device device, void* ptr) noexcept {

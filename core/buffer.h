@@ -16,6 +16,8 @@ enum class MemoryKind : uint8_t { host, pinned, device };
 // Raw allocation with a clear out-of-memory error (bytes asked, category, what the ledger already holds).
 void* memory_alloc(MemoryKind kind, Device device, std::size_t bytes, MemCategory category);
 void memory_free(MemoryKind kind, Device device, void* ptr) noexcept;
+// Bytes that can still be allocated: the device's free memory (CUDA), or the host's MemAvailable (CPU).
+int64_t available_memory(Device device);
 
 // Synchronous copy between any two memories (host <-> device, device <-> device); for set-up and checks,
 // not the hot path (which copies asynchronously on a stream).

@@ -228,6 +228,10 @@ Config parse_config(const std::string& text, const std::string& source) {
   ck.get<int>("keep", c.checkpoint.keep, at_least(1), ">= 1");
   ck.finish();
 
+  Section dbg = top.sub("debug");
+  dbg.get<bool>("check_collectives", c.debug.check_collectives);
+  dbg.finish();
+
   top.finish();
   return c;
 }

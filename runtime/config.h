@@ -50,6 +50,11 @@ struct Config {
     double timeout_s = 300;
   } comm;
   std::string device = "auto";  // auto | cpu | cuda
+  struct Debug {
+    // Before every collective the ranks compare a fingerprint (sequence, op, unit, bytes); a mismatch names
+    // both sides instead of hanging or mixing data. Always on for the first step. Also ZS_CHECK_COLLECTIVES=1.
+    bool check_collectives = false;
+  } debug;
   struct Checkpoint {
     std::string dir = "ckpt";
     int64_t every_steps = 0;

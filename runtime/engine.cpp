@@ -114,6 +114,28 @@ void Engine::plan_layouts() {
   }
 }
 
+void Engine::check_fits() const {
+  // Before any allocation: a run that cannot fit fails now, with zsmem's numbers, not mid-step.
+  std::vector<std::vector<TensorSpec>> specs;
+  for (const auto& u : units_) specs.push_back(u->tensors);
+  const MemoryPlan plan = plan_memory(specs, cfg_, comm_->size(), comm_->rank(), device_.is_cpu());
+  const char* lws = std::getenv("LOCAL_WORLD_SIZE");
+  const int64_t sharing = device_.is_cpu() && lws ? std::max(1, std::atoi(lws)) : 1;  // ranks on this host's RAM
+  const int64_t available = available_memory(device_) / sharing;
+  if (plan.total() <= available) return;
+  std::string parts;
+  for (int c = 0; c < kMemCategoryCount; ++c)
+    if (plan.bytes[static_cast<std::size_t>(c)] > 0)
+      parts += fmt::format("{}{} {:.2f} GiB", parts.empty() ? "" : ", ", mem_category_name(static_cast<MemCategory>(c)),
+                           static_cast<double>(plan.bytes[static_cast<std::size_t>(c)]) / 1073741824.0);
+  ZS_FAIL(
+      "rank {}: the model does not fit: ZeRO-{} needs {:.2f} GiB per rank on {} ({}) but {:.2f} GiB is available{}; "
+      "use a higher zero.stage, more ranks, bf16 compute, or a smaller model (zsmem estimate shows the options)",
+      comm_->rank(), cfg_.zero.stage, static_cast<double>(plan.total()) / 1073741824.0, device_.str(), parts,
+      static_cast<double>(available) / 1073741824.0,
+      sharing > 1 ? fmt::format(" (the host's free memory shared by {} local ranks)", sharing) : "");
+}
+
 void Engine::setup() {
   ZS_CHECK(!units_.empty(), "init_params: no units were added");
   ZS_CHECK(cfg_.offload.optimizer == "none" && cfg_.offload.params == "none",
@@ -124,7 +146,7 @@ void Engine::setup() {
            "zero.hybrid_group is not implemented in this version of the engine; set it to 0");
   dynamic_scaling_ = cfg_.precision.loss_scale == "dynamic";
   const char* check = std::getenv("ZS_CHECK_COLLECTIVES");
-  check_collectives_ = check && std::string_view(check) == "1";
+  check_collectives_ = cfg_.debug.check_collectives || (check && std::string_view(check) == "1");
   const int stage = cfg_.zero.stage, r = comm_->rank();
   compute_stream_ = make_stream(device_);
   gather_stream_ = make_stream(device_);
@@ -132,6 +154,7 @@ void Engine::setup() {
   const MemoryKind mk = MemoryKind::device;
   int64_t largest = 0, largest_grads = 0;  // elements of the biggest unit: all params / trainable ones
   plan_layouts();
+  check_fits();
   for (auto& up : units_) {  // sizes from the memory plan (runtime/memory_plan.h), which zsmem predicts with
     Unit& u = *up;
     largest = std::max(largest, u.layout.padded + u.frozen.padded);
@@ -372,16 +395,27 @@ const char* op_name(int op) {
 void Engine::check_agreement(int op, UnitId id) {
   if (!(recording_ || check_collectives_) || comm_->size() == 1) return;
   const int n = comm_->size();
-  const std::vector<float> seen = all_gather_host({static_cast<float>(op), static_cast<float>(id)});
+  const Unit& u = *units_[static_cast<std::size_t>(id)];
+  const int64_t bytes = op == kOpGather ? (u.layout.padded + u.frozen.padded) * static_cast<int64_t>(es(compute_))
+                                        : u.layout.padded * static_cast<int64_t>(es(reduce_));
+  const int64_t seq = collectives_checked_++;
+  constexpr int64_t k24 = int64_t{1} << 24;  // exact integers travel as f32 in 24-bit pieces
+  auto fingerprint = [&](const float* f) {
+    return fmt::format("{} #{} of unit '{}' ({} bytes)", op_name(static_cast<int>(f[0])),
+                       static_cast<int64_t>(f[2]),
+                       f[1] >= 0 && f[1] < num_units() ? units_[static_cast<std::size_t>(f[1])]->name : "?",
+                       static_cast<int64_t>(f[3]) * k24 + static_cast<int64_t>(f[4]));
+  };
+  const std::vector<float> mine{static_cast<float>(op), static_cast<float>(id), static_cast<float>(seq % k24),
+                                static_cast<float>(bytes / k24), static_cast<float>(bytes % k24)};
+  const std::vector<float> seen = all_gather_host(mine);
   for (int r = 0; r < n; ++r) {
-    const int their_op = static_cast<int>(seen[static_cast<std::size_t>(2 * r)]);
-    const int their_unit = static_cast<int>(seen[static_cast<std::size_t>(2 * r + 1)]);
-    if (their_op == op && their_unit == id) continue;
-    auto unit_name = [&](int u) { return u >= 0 && u < num_units() ? units_[static_cast<std::size_t>(u)]->name : "?"; };
+    const float* theirs = seen.data() + 5 * static_cast<std::size_t>(r);
+    if (std::equal(mine.begin(), mine.end(), theirs)) continue;
     ZS_FAIL(
-        "rank {}: the ranks' collectives differ: rank {} calls {}('{}') while rank {} calls {}('{}'); every rank "
-        "must gather and reduce the units in the same order",
-        comm_->rank(), comm_->rank(), op_name(op), unit_name(id), r, op_name(their_op), unit_name(their_unit));
+        "rank {}: the ranks' collectives differ: rank {} is at {} while rank {} is at {}; every rank must gather "
+        "and reduce the same units in the same order",
+        comm_->rank(), comm_->rank(), fingerprint(mine.data()), r, fingerprint(theirs));
   }
 }
 

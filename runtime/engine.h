@@ -135,6 +135,7 @@ class Engine {
  private:
   friend class GatheredParams;
   void plan_layouts();  // each unit's flat layouts (pure; no allocation)
+  void check_fits() const;  // throws, naming the need and what is available, when the memory plan cannot fit
   void setup();
   // Fills this rank's shards: source(tensor index, first element, count, out) gives f32 values.
   using ValueSource = std::function<void(const Unit&, int, int64_t, int64_t, float*)>;
@@ -190,6 +191,7 @@ class Engine {
   int64_t step_ = 0;
   bool dynamic_scaling_ = false;
   bool check_collectives_ = false;
+  int64_t collectives_checked_ = 0;  // the fingerprint's sequence number
   double exposed_comm_s_ = 0;
   uint64_t last_load_bytes_ = 0;
   std::function<std::string()> user_state_;

@@ -199,6 +199,23 @@ TEST(EngineF16, OverflowSkipsTheStepHalvesTheScaleAndLeavesParametersAlone) {
   EXPECT_EQ(stats.back().step, 3);
 }
 
+// A model far beyond this machine fails in init_params before anything is allocated, with the plan's numbers.
+TEST(EngineErrors, ModelThatCannotFitFailsBeforeAllocating) {
+  const int64_t before = MemoryLedger::global().total(Device::cpu()).current;
+  Engine engine(make_config({2, DType::f32, 0, 1, 0.0f}), *pg().world);
+  engine.add_unit("huge", {{"w", {int64_t{1} << 20, int64_t{1} << 20}}});  // 2^40 parameters
+  try {
+    engine.init_params(kInit);
+    ADD_FAILURE() << "a 2^40-parameter model was accepted";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("does not fit: ZeRO-2 needs"), std::string::npos) << m;
+    EXPECT_NE(m.find("GiB is available"), std::string::npos) << m;
+    EXPECT_NE(m.find("optim_state"), std::string::npos) << m;
+  }
+  EXPECT_EQ(MemoryLedger::global().total(Device::cpu()).current, before);
+}
+
 TEST(EngineErrors, NanGradientNamesTheUnit) {
   Case c{2, DType::f32, 0, 1, 0.0f};
   Engine engine(make_config(c), *pg().world);
@@ -228,8 +245,31 @@ TEST(EngineErrors, RanksGatheringDifferentUnitsAreNamedNotHung) {
   } catch (const Error& e) {
     const std::string m = e.what();
     EXPECT_NE(m.find("collectives differ"), std::string::npos) << m;
-    EXPECT_NE(m.find("gather('block2')"), std::string::npos) << m;
-    EXPECT_NE(m.find("gather('input')"), std::string::npos) << m;
+    EXPECT_NE(m.find("gather #0 of unit 'block2'"), std::string::npos) << m;
+    EXPECT_NE(m.find("gather #0 of unit 'input'"), std::string::npos) << m;
+  }
+}
+
+// debug.check_collectives: after the first step too, a divergent rank is named with the fingerprint
+// (sequence, op, unit, bytes) of both sides; here the ranks also disagree on a unit's size.
+TEST(EngineErrors, CheckCollectivesNamesBothSidesAfterTheFirstStep) {
+  if (pg().world->size() < 2) GTEST_SKIP() << "needs two ranks";
+  const Case c{3, DType::f32, 0, 1, 0.0f};
+  Config cfg = make_config(c);
+  cfg.debug.check_collectives = true;
+  Engine engine(cfg, *pg().world);
+  train(c, engine, 1);
+  const UnitId mine = pg().world->rank() == 1 ? 3 : 0;
+  try {
+    GatheredParams p = engine.gather(mine);
+    ADD_FAILURE() << "divergent gathers were accepted";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("collectives differ"), std::string::npos) << m;
+    EXPECT_NE(m.find(fmt::format("of unit 'head' ({} bytes)", 4 * engine.unit(3).layout.padded)), std::string::npos)
+        << m;
+    EXPECT_NE(m.find(fmt::format("of unit 'input' ({} bytes)", 4 * engine.unit(0).layout.padded)), std::string::npos)
+        << m;
   }
 }
 
