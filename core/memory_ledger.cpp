@@ -29,6 +29,7 @@ void MemoryLedger::charge(Device d, MemCategory c, int64_t bytes) {
   s.peak = std::max(s.peak, s.current);
   p.total.current += bytes;
   p.total.peak = std::max(p.total.peak, p.total.current);
+  if (tracing()) record(slot(d));
 }
 
 void MemoryLedger::release(Device d, MemCategory c, int64_t bytes) {
@@ -39,6 +40,43 @@ void MemoryLedger::release(Device d, MemCategory c, int64_t bytes) {
            mem_category_name(c), d.str(), s.current);
   s.current -= bytes;
   p.total.current -= bytes;
+  if (tracing()) record(slot(d));
+}
+
+void MemoryLedger::record(int slot) {
+  TracePoint t;
+  t.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - trace_start_).count();
+  t.device = slot == 0 ? Device::cpu() : Device::cuda(slot - 1);
+  for (int c = 0; c < kMemCategoryCount; ++c)
+    t.current[static_cast<std::size_t>(c)] = dev_[static_cast<std::size_t>(slot)].cat[static_cast<std::size_t>(c)].current;
+  points_.push_back(t);
+}
+
+void MemoryLedger::start_trace() {
+  std::lock_guard lk(mu_);
+  trace_start_ = std::chrono::steady_clock::now();
+  points_.clear();
+  marks_.clear();
+  for (int s = 0; s < static_cast<int>(dev_.size()); ++s)
+    if (dev_[static_cast<std::size_t>(s)].used) record(s);  // where it starts from
+  tracing_ = true;
+}
+
+void MemoryLedger::mark(std::string label) {
+  if (!tracing()) return;
+  std::lock_guard lk(mu_);
+  marks_.push_back(
+      {std::chrono::duration<double>(std::chrono::steady_clock::now() - trace_start_).count(), std::move(label)});
+}
+
+std::vector<MemoryLedger::TracePoint> MemoryLedger::trace_points() const {
+  std::lock_guard lk(mu_);
+  return points_;
+}
+
+std::vector<MemoryLedger::TraceMark> MemoryLedger::trace_marks() const {
+  std::lock_guard lk(mu_);
+  return marks_;
 }
 
 MemStats MemoryLedger::stats(Device d, MemCategory c) const {

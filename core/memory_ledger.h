@@ -2,8 +2,11 @@
 #pragma once
 
 #include <array>
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <mutex>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -48,6 +51,23 @@ class MemoryLedger {
   // The process-wide ledger that Buffer charges by default.
   static MemoryLedger& global();
 
+  // A timeline for zsmem: once started, every change records the device's bytes per category, and mark()
+  // records a labelled moment (e.g. "forward"). Off by default: charge/release then record nothing.
+  struct TracePoint {
+    double seconds = 0;  // since start_trace
+    Device device;
+    std::array<int64_t, kMemCategoryCount> current{};
+  };
+  struct TraceMark {
+    double seconds = 0;
+    std::string label;
+  };
+  void start_trace();
+  bool tracing() const { return tracing_.load(std::memory_order_relaxed); }
+  void mark(std::string label);
+  std::vector<TracePoint> trace_points() const;
+  std::vector<TraceMark> trace_marks() const;
+
  private:
   struct PerDevice {
     std::array<MemStats, kMemCategoryCount> cat{};
@@ -56,8 +76,14 @@ class MemoryLedger {
   };
   static int slot(Device d);
 
+  void record(int slot);  // with mu_ held
+
   mutable std::mutex mu_;
   std::array<PerDevice, 1 + kMaxCudaDevices> dev_{};
+  std::atomic<bool> tracing_{false};
+  std::chrono::steady_clock::time_point trace_start_;
+  std::vector<TracePoint> points_;
+  std::vector<TraceMark> marks_;
 };
 
 }  // namespace zs

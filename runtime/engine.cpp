@@ -138,6 +138,10 @@ void Engine::check_fits() const {
 
 void Engine::setup() {
   ZS_CHECK(!units_.empty(), "init_params: no units were added");
+  if (std::getenv("ZS_MEMORY_REPORT")) {  // zsmem measure: the timeline starts with the allocations
+    MemoryLedger::global().start_trace();
+    MemoryLedger::global().mark("init");
+  }
   ZS_CHECK(cfg_.offload.optimizer == "none" && cfg_.offload.params == "none",
            "offload (offload.optimizer: {}, offload.params: {}) is not implemented in this version of the engine; "
            "set both to none",
@@ -431,6 +435,7 @@ GatheredParams Engine::gather(UnitId id) {
   if (cfg_.zero.stage == 3) check_agreement(kOpGather, id);  // below stage 3 a gather moves nothing
   Unit& u = *units_[static_cast<std::size_t>(id)];
   ++u.gathers_this_step;
+  if (phase_ == Phase::idle) enter(Phase::forward);
   if (recording_) {
     order_.push_back(id);
   } else {
@@ -516,6 +521,7 @@ void Engine::reduce_grads(UnitId id) {
   Unit& u = *units_.at(static_cast<std::size_t>(id));
   ZS_CHECK(u.grad_state == GradState::accumulating, "rank {}: reduce_grads('{}') without grads() in this micro-batch",
            comm_->rank(), u.name);
+  if (phase_ != Phase::backward) enter(Phase::backward);
   if (++u.micro_batches < cfg_.zero.grad_accumulation) return;  // reduce on the last micro-batch only
   check_agreement(kOpReduce, id);
   if (u.param_state == ParamState::gathering) {  // stages 1-2: a replica all-gather nobody waited for yet
@@ -542,8 +548,17 @@ void Engine::reduce_grads(UnitId id) {
 
 // ---- the step ---------------------------------------------------------------------------------------
 
+void Engine::enter(Phase p) {
+  phase_ = p;
+  MemoryLedger& l = MemoryLedger::global();
+  if (!l.tracing()) return;
+  static constexpr const char* kNames[] = {"idle", "forward", "backward", "step"};
+  l.mark(fmt::format("{} {}", kNames[static_cast<int>(p)], step_ + 1));
+}
+
 StepStats Engine::step() {
   ZS_CHECK(ready_, "step: call init_params first");
+  enter(Phase::step);
   const int stage = cfg_.zero.stage, r = comm_->rank();
   const int accum = cfg_.zero.grad_accumulation;
   for (auto& up : units_) {
@@ -668,6 +683,7 @@ void Engine::finish_step(bool full_grads) {
   }
   recording_ = false;
   order_pos_ = 0;
+  phase_ = Phase::idle;
 }
 
 std::vector<float> Engine::read_param(UnitId id, std::string_view tensor) {

@@ -188,6 +188,11 @@ class Engine {
   std::size_t order_pos_ = 0;
   bool recording_ = true;
 
+  // Where the step is, for zsmem's timeline (marks are recorded only while the ledger traces).
+  enum class Phase : uint8_t { idle, forward, backward, step };
+  Phase phase_ = Phase::idle;
+  void enter(Phase p);
+
   int64_t step_ = 0;
   bool dynamic_scaling_ = false;
   bool check_collectives_ = false;

@@ -1,6 +1,7 @@
 // Engine::write_memory_report: the measured side of zsmem.
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -30,6 +31,23 @@ void Engine::write_memory_report(const std::string& dir) const {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
   j["peak_rss"] = static_cast<int64_t>(ru.ru_maxrss) * 1024;
+  // The timeline on this engine's device: [seconds, bytes per category...], at most ~4000 points (every
+  // k-th, always keeping the last), and the phase marks.
+  MemoryLedger& l = MemoryLedger::global();
+  l.mark("end");
+  std::vector<MemoryLedger::TracePoint> pts;
+  for (const auto& p : l.trace_points())
+    if (p.device == device_) pts.push_back(p);
+  const std::size_t stride = std::max<std::size_t>(1, pts.size() / 4000);
+  auto& tl = j["timeline"] = nlohmann::ordered_json::array();
+  for (std::size_t i = 0; i < pts.size(); ++i) {
+    if (i % stride != 0 && i + 1 != pts.size()) continue;
+    nlohmann::ordered_json row = nlohmann::ordered_json::array({pts[i].seconds});
+    for (int64_t b : pts[i].current) row.push_back(b);
+    tl.push_back(row);
+  }
+  auto& mk = j["marks"] = nlohmann::ordered_json::array();
+  for (const auto& m : l.trace_marks()) mk.push_back({m.seconds, m.label});
   std::filesystem::create_directories(dir);
   write_file_atomic((std::filesystem::path(dir) / ("rank-" + std::to_string(comm_->rank()) + ".json")).string(),
                     j.dump(1) + "\n");

@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "runtime/checkpoint.h"
 #include "runtime/memory_plan.h"
+#include "runtime/memory_svg.h"
 #include "runtime/model_family.h"
 
 namespace {
@@ -150,7 +151,7 @@ int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, con
   return 0;
 }
 
-int measure(int nproc, double max_error, bool json_out, const std::vector<std::string>& command) {
+int measure(int nproc, double max_error, bool json_out, const std::string& svg, const std::vector<std::string>& command) {
   if (command.empty()) throw Usage("measure: give the program to run after --");
   const fs::path dir = fs::temp_directory_path() / fmt::format("zsmem_{}", getpid());
   fs::remove_all(dir);
@@ -177,6 +178,12 @@ int measure(int nproc, double max_error, bool json_out, const std::vector<std::s
     const double err = 100.0 * (planned - peak) / peak;
     worst = std::max(worst, std::fabs(err));
     j["error_percent"] = err;
+    if (r == 0 && !svg.empty()) {
+      std::ofstream(svg) << zs::memory_timeline_svg(j);
+      if (!json_out) fmt::print("wrote {}: rank 0's memory over time, by category, with the step's phases\n", svg);
+    }
+    j.erase("timeline");  // long; the SVG shows it
+    j.erase("marks");
     all.push_back(j);
     if (json_out) continue;
     fmt::print("rank {} of {} (stage {}, {}): {:<15} {:>11} {:>11} {:>11}\n", r, j["world"].get<int>(),
@@ -233,6 +240,8 @@ int main(int argc, char** argv) {
   mea->add_option("--nproc", nproc, "ranks")->check(CLI::PositiveNumber);
   mea->add_option("--max-error", max_error, "exit 1 when a rank's total differs from the prediction by more (%)");
   mea->add_flag("--json", json_out, "machine-readable");
+  std::string svg;
+  mea->add_option("--svg", svg, "draw rank 0's memory timeline (by category, with forward/backward/step) here");
   mea->add_option("command", command, "the program and its arguments (after --)")->required();
   try {
     app.parse(argc, argv);
@@ -243,7 +252,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    if (*mea) return measure(nproc, max_error, json_out, command);
+    if (*mea) return measure(nproc, max_error, json_out, svg, command);
     if (offload != "none")
       throw Usage(fmt::format("--offload {}: offload is not in this version of the engine; only none", offload));
     zs::Config cfg = config_path.empty() ? zs::Config{} : zs::Config::from_yaml_file(config_path);

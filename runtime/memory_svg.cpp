@@ -1,0 +1,126 @@
+// SVG drawing of a memory timeline.
+#include "runtime/memory_svg.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "core/memory_ledger.h"
+
+namespace zs {
+namespace {
+
+constexpr double kW = 960, kH = 460, kLeft = 80, kRight = 200, kTop = 50, kBottom = 60;
+constexpr const char* kColors[kMemCategoryCount] = {"#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f",
+                                                    "#edc948", "#b07aa1", "#ff9da7", "#9c755f"};
+
+std::string mib(double b) {
+  return b >= 1 << 30 ? fmt::format("{:.2f} GiB", b / (1 << 30)) : fmt::format("{:.1f} MiB", b / (1 << 20));
+}
+
+const char* band_color(const std::string& label) {
+  if (label.starts_with("forward")) return "#dbe9f6";
+  if (label.starts_with("backward")) return "#fde3cc";
+  if (label.starts_with("step")) return "#d9d9d9";
+  return "none";
+}
+
+}  // namespace
+
+std::string memory_timeline_svg(const nlohmann::json& r) {
+  const auto& tl = r.at("timeline");
+  std::string svg = fmt::format(
+      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" "
+      "font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
+      kW, kH);
+  svg += fmt::format(
+      "<text x=\"{}\" y=\"24\" font-size=\"16\">Memory of rank {} of {} (ZeRO-{}, {}) by ledger category</text>\n",
+      kLeft, r.value("rank", 0), r.value("world", 1), r.value("stage", 0), r.value("device", "cpu"));
+  if (tl.empty()) return svg + "<text x=\"80\" y=\"80\">no timeline recorded</text>\n</svg>\n";
+  // Categories that ever hold memory, in ledger order, stacked from the bottom.
+  std::vector<int> cats;
+  for (int c = 0; c < kMemCategoryCount; ++c)
+    for (const auto& p : tl)
+      if (p[static_cast<std::size_t>(1 + c)].get<int64_t>() > 0) {
+        cats.push_back(c);
+        break;
+      }
+  double t_end = std::max(1e-9, tl.back()[0].get<double>());
+  if (r.contains("marks") && !r["marks"].empty()) t_end = std::max(t_end, r["marks"].back()[0].get<double>());
+  double top = r.value("planned_total", 0.0);
+  for (const auto& p : tl) {
+    double s = 0;
+    for (int c : cats) s += p[static_cast<std::size_t>(1 + c)].get<double>();
+    top = std::max(top, s);
+  }
+  top = std::max(top * 1.08, 1.0);
+  const double pw = kW - kLeft - kRight, ph = kH - kTop - kBottom;
+  auto X = [&](double t) { return kLeft + pw * t / t_end; };
+  auto Y = [&](double b) { return kTop + ph * (1 - b / top); };
+  // Phase bands, from each mark to the next (or the end).
+  if (r.contains("marks")) {
+    const auto& mk = r["marks"];
+    for (std::size_t i = 0; i < mk.size(); ++i) {
+      const double a = mk[i][0].get<double>(), b = i + 1 < mk.size() ? mk[i + 1][0].get<double>() : t_end;
+      const char* fill = band_color(mk[i][1].get<std::string>());
+      if (std::string(fill) != "none")
+        svg += fmt::format("<rect x=\"{:.1f}\" y=\"{}\" width=\"{:.2f}\" height=\"{}\" fill=\"{}\"/>\n", X(a), kTop,
+                           std::max(0.0, X(b) - X(a)), ph, fill);
+    }
+  }
+  // Stacked step areas: each category's band between the running sum below it and that sum plus itself.
+  std::vector<double> below(tl.size(), 0.0);
+  for (int c : cats) {
+    std::string upper, lower;
+    for (std::size_t i = 0; i < tl.size(); ++i) {
+      const double t = tl[i][0].get<double>(), tn = i + 1 < tl.size() ? tl[i + 1][0].get<double>() : t_end;
+      const double hi = below[i] + tl[i][static_cast<std::size_t>(1 + c)].get<double>();
+      upper += fmt::format("{:.1f},{:.1f} {:.1f},{:.1f} ", X(t), Y(hi), X(tn), Y(hi));
+      lower = fmt::format("{:.1f},{:.1f} {:.1f},{:.1f} ", X(tn), Y(below[i]), X(t), Y(below[i])) + lower;
+      below[i] = hi;
+    }
+    svg += fmt::format("<polygon points=\"{}{}\" fill=\"{}\" fill-opacity=\"0.85\" stroke=\"none\"/>\n", upper, lower,
+                       kColors[c]);
+  }
+  // The plan's total, axes, ticks.
+  if (r.contains("planned_total")) {
+    const double plan = r["planned_total"].get<double>();
+    svg += fmt::format(
+        "<line x1=\"{}\" y1=\"{:.1f}\" x2=\"{}\" y2=\"{:.1f}\" stroke=\"black\" stroke-dasharray=\"6,4\"/>\n"
+        "<text x=\"{}\" y=\"{:.1f}\" text-anchor=\"end\">predicted {}</text>\n",
+        kLeft, Y(plan), kLeft + pw, Y(plan), kLeft + pw - 4, Y(plan) - 5, mib(plan));
+  }
+  svg += fmt::format("<line x1=\"{0}\" y1=\"{1}\" x2=\"{0}\" y2=\"{2}\" stroke=\"black\"/>\n", kLeft, kTop, kTop + ph);
+  svg += fmt::format("<line x1=\"{0}\" y1=\"{1}\" x2=\"{2}\" y2=\"{1}\" stroke=\"black\"/>\n", kLeft, kTop + ph,
+                     kLeft + pw);
+  for (int i = 0; i <= 4; ++i) {
+    const double b = top / 1.08 * i / 4;
+    svg += fmt::format("<text x=\"{}\" y=\"{:.1f}\" text-anchor=\"end\">{}</text>\n", kLeft - 6, Y(b) + 4, mib(b));
+    const double t = t_end * i / 4;
+    svg += fmt::format("<text x=\"{:.1f}\" y=\"{}\" text-anchor=\"middle\">{:.2f} s</text>\n", X(t), kTop + ph + 18, t);
+  }
+  svg += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">seconds since init_params</text>\n",
+                     kLeft + pw / 2, kTop + ph + 40);
+  // Legend: categories (top of the stack first) with their final bytes, then the phase colours.
+  double ly = kTop + 10;
+  for (auto it = cats.rbegin(); it != cats.rend(); ++it, ly += 20) {
+    const int c = *it;
+    svg += fmt::format(
+        "<rect x=\"{}\" y=\"{:.0f}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{:.0f}\">{} {}</text>\n",
+        kW - kRight + 16, ly, kColors[c], kW - kRight + 34, ly + 10, mem_category_name(static_cast<MemCategory>(c)),
+        mib(tl.back()[static_cast<std::size_t>(1 + c)].get<double>()));
+  }
+  ly += 10;
+  for (const char* phase : {"forward", "backward", "step"}) {
+    svg += fmt::format(
+        "<rect x=\"{}\" y=\"{:.0f}\" width=\"12\" height=\"12\" fill=\"{}\" stroke=\"#999\"/><text x=\"{}\" "
+        "y=\"{:.0f}\">{}</text>\n",
+        kW - kRight + 16, ly, band_color(phase), kW - kRight + 34, ly + 10, phase);
+    ly += 20;
+  }
+  return svg + "</svg>\n";
+}
+
+}  // namespace zs
