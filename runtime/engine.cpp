@@ -311,16 +311,21 @@ void* Engine::grad_base(const Unit& u) const {
   return u.grads.data();
 }
 
-void Engine::wait_timed(Work& w) {
-  if (w.is_done()) return;
+void Engine::wait_timed(Work& w, const Unit* u) {
   const auto t0 = std::chrono::steady_clock::now();
-  w.wait();
+  try {
+    w.wait();
+  } catch (const Error& e) {
+    if (!u) throw;
+    // The communicator names the op, its sequence number, the group and the peer; the engine adds the unit.
+    ZS_FAIL("rank {}: step {}: a collective of unit '{}' failed: {}", comm_->rank(), step_ + 1, u->name, e.what());
+  }
   exposed_comm_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-void Engine::consume(Work& w) {
+void Engine::consume(Work& w, const Unit* u) {
   if (device_.is_cpu())
-    wait_timed(w);  // CPU compute runs on the host: wait for the collective itself
+    wait_timed(w, u);  // CPU compute runs on the host: wait for the collective itself
   else if (Event* e = w.event())
     compute_stream_->wait(*e);
 }
@@ -332,7 +337,7 @@ int Engine::acquire_gather_buffer(UnitId for_unit) {
   for (std::size_t i = 0; i < gather_pool_.size(); ++i) {
     Unit& v = *units_[static_cast<std::size_t>(gather_pool_[i].owner)];
     if (v.holders == 0) {
-      v.pending.wait();
+      wait_timed(v.pending, &v);
       v.param_state = ParamState::sharded;
       v.gather_buffer = -1;
       gather_pool_[i].owner = -1;
@@ -450,7 +455,7 @@ GatheredParams Engine::gather(UnitId id) {
   }
   // Stage 3: this gather's all-gather. Stages 1-2: the previous step's all-gather of the updated replica.
   if (u.param_state == ParamState::gathering) {
-    consume(u.pending);
+    consume(u.pending, &u);
     u.param_state = ParamState::gathered;
   }
   ++u.holders;
@@ -481,7 +486,7 @@ int Engine::acquire_grad_buffer(UnitId id) {
     if (pb.owner >= 0) {
       Unit& prev = *units_[static_cast<std::size_t>(pb.owner)];
       if (prev.grad_state != GradState::reducing && prev.grad_state != GradState::reduced) continue;
-      consume(pb.last_reduce);
+      consume(pb.last_reduce, &prev);
       prev.grad_buffer = -1;
     }
     grad_pool_next_ = (b + 1) % n;
@@ -525,7 +530,7 @@ void Engine::reduce_grads(UnitId id) {
   if (++u.micro_batches < cfg_.zero.grad_accumulation) return;  // reduce on the last micro-batch only
   check_agreement(kOpReduce, id);
   if (u.param_state == ParamState::gathering) {  // stages 1-2: a replica all-gather nobody waited for yet
-    consume(u.pending);
+    consume(u.pending, &u);
     u.param_state = ParamState::gathered;
   }
   const int64_t P = u.layout.padded, S = u.layout.shard;
@@ -567,7 +572,7 @@ StepStats Engine::step() {
              u.grad_state == GradState::none
                  ? "got no gradients this step (call grads and reduce_grads for every unit)"
                  : fmt::format("was reduced after {} of {} micro-batches", u.micro_batches, accum));
-    wait_timed(u.pending);
+    wait_timed(u.pending, &u);
     u.grad_state = GradState::reduced;
   }
   // Stages 0-1 (and 2-3 with accumulation) keep whole-unit gradients; stages 2-3 otherwise keep a shard.

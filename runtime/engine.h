@@ -158,7 +158,7 @@ class Engine {
   void* param_base(const Unit& unit) const;  // where the unit's full compute params are now
   void* grad_base(const Unit& unit) const;   // where the unit's full grads are now
   void prefetch_after(UnitId u);
-  void consume(Work& w);  // make compute wait for a collective
+  void consume(Work& w, const Unit* u = nullptr);  // make compute wait for a collective (of unit u)
   void finish_step(bool full_grads);
   // While the first step records the order (and always with ZS_CHECK_COLLECTIVES=1): every rank confirms
   // it is about to run the same collective on the same unit, so a divergent program fails with both sides
@@ -200,7 +200,7 @@ class Engine {
   double exposed_comm_s_ = 0;
   uint64_t last_load_bytes_ = 0;
   std::function<std::string()> user_state_;
-  void wait_timed(Work& w);  // host wait, counted as exposed communication
+  void wait_timed(Work& w, const Unit* u = nullptr);  // host wait, counted as exposed communication
   LossScaler scaler_;
   Buffer norm_scratch_;                              // per-unit sums of squares, then the global total (device memory)
   std::vector<std::unique_ptr<Event>> grads_ready_;  // per unit: the app's gradient writes are done

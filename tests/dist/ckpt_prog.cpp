@@ -1,7 +1,7 @@
 // A training job for the checkpoint fault tests: the test model through the engine, saving every 10 steps,
 // resuming from the latest checkpoint when there is one. It can kill one of its ranks at a chosen step or in
 // the middle of writing a checkpoint.
-//   ckpt_prog train DIR STEPS [--kill-at K] [--out FILE]   (FILE: the final parameters, f32 safetensors)
+//   ckpt_prog train DIR STEPS [--kill-at K] [--stall-at K] [--out FILE]   (FILE: the final parameters)
 //   ckpt_prog kill-during-save DIR
 #include <signal.h>
 #include <unistd.h>
@@ -56,10 +56,11 @@ int main(int argc, char** argv) {
     cfg.checkpoint.dir = dir;
     if (mode == "train") {
       const int steps = argc > 3 ? std::atoi(argv[3]) : 0;
-      int kill_at = -1;
+      int kill_at = -1, stall_at = -1;
       std::string out;
       for (int i = 4; i + 1 < argc; i += 2) {
         if (std::string(argv[i]) == "--kill-at") kill_at = std::atoi(argv[i + 1]);
+        if (std::string(argv[i]) == "--stall-at") stall_at = std::atoi(argv[i + 1]);
         if (std::string(argv[i]) == "--out") out = argv[i + 1];
       }
       cfg.checkpoint.every_steps = 10;
@@ -74,6 +75,7 @@ int main(int argc, char** argv) {
       const bool first_attempt = env_int("ZS_RESTART_COUNT") == 0;
       test::Tamper die = [&](int step, int, int, TensorView) {
         if (step == kill_at && rank == 1 && first_attempt) raise(SIGKILL);
+        if (step == stall_at && rank == 1) std::this_thread::sleep_for(std::chrono::hours(1));  // stops participating
       };
       test::train(kCase, e, steps - static_cast<int>(e.steps_done()), die);
       if (!out.empty()) write_params(e, out);
@@ -96,7 +98,8 @@ int main(int argc, char** argv) {
       std::printf("rank %d: the second save completed\n", rank);
       return 0;
     }
-    std::fprintf(stderr, "usage: ckpt_prog train DIR STEPS [--kill-at K] [--out FILE] | kill-during-save DIR\n");
+    std::fprintf(stderr,
+                 "usage: ckpt_prog train DIR STEPS [--kill-at K] [--stall-at K] [--out FILE] | kill-during-save DIR\n");
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "rank %d failed: %s\n", rank, e.what());

@@ -252,4 +252,21 @@ TEST(CheckpointFaults, RestartResumesFromTheLatestCheckpointExactly) {
   fs::remove_all(b);
 }
 
+// Watchdog: a rank that stops participating mid-step (it sleeps in its backward) makes its peers' collective
+// time out: they report the op, its sequence number, the peer and the unit, and zsrun stops the whole job.
+TEST(Watchdog, StalledRankMidStepEndsTheJobWithAReport) {
+  const fs::path dir = fresh_dir("watchdog");
+  const auto t0 = std::chrono::steady_clock::now();
+  Result r = run_cmd("ZS_COMM_TIMEOUT_S=2 " + job(2, "train " + dir.string() + " 10 --stall-at 3"));
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_NE(r.rc, 0) << r.output;
+  EXPECT_LT(seconds, 30.0) << r.output;
+  EXPECT_NE(r.output.find("[rank0]: rank 0 failed: rank 0: step 4: a collective of unit '"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("timed out after 2 s"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("rank 1"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("zsrun: rank 0"), std::string::npos) << r.output;
+  fs::remove_all(dir);
+}
+
 }  // namespace
