@@ -318,7 +318,10 @@ void Engine::wait_timed(Work& w, const Unit* u) {
   } catch (const Error& e) {
     if (!u) throw;
     // The communicator names the op, its sequence number, the group and the peer; the engine adds the unit.
-    ZS_FAIL("rank {}: step {}: a collective of unit '{}' failed: {}", comm_->rank(), step_ + 1, u->name, e.what());
+    std::string_view what = e.what();
+    const std::string self = fmt::format("rank {}: ", comm_->rank());
+    if (what.starts_with(self)) what.remove_prefix(self.size());
+    ZS_FAIL("{}step {}: a collective of unit '{}' failed: {}", self, step_ + 1, u->name, what);
   }
   exposed_comm_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
