@@ -20,8 +20,6 @@
 namespace zs {
 namespace {
 
-// Segment of a chunk moved per message: bounds the f32 scratch (2 segments per stream) whatever the size.
-constexpr int64_t kSegment = 1 << 20;
 constexpr uint8_t kRingSlotPrefix = 0x40;
 constexpr uint64_t kConnectTag = 0xffffffffu;  // never reached by a group's op counter in practice
 
@@ -184,9 +182,9 @@ void ring_reduce_scatter_t(Ring& ring, int rank, int n, const TensorView& in, co
   int64_t max_chunk = 0;
   for (const auto& c : chunks) max_chunk = std::max(max_chunk, c.count);
   // Segments outermost: each segment makes the whole trip round the ring, so scratch holds one segment.
-  for (int64_t seg = 0; seg < max_chunk; seg += kSegment) {
+  for (int64_t seg = 0; seg < max_chunk; seg += GlooComm::kSegment) {
     auto seg_len = [&](int c) {
-      return std::clamp<int64_t>(chunks[static_cast<std::size_t>(c)].count - seg, 0, kSegment);
+      return std::clamp<int64_t>(chunks[static_cast<std::size_t>(c)].count - seg, 0, GlooComm::kSegment);
     };
     auto elem = [&](int c) { return chunks[static_cast<std::size_t>(c)].offset + seg; };
     const int c0 = ring::rs_send_chunk(rank, 0, n);
@@ -296,7 +294,7 @@ Buffer& GlooComm::scratch_for(Stream& s) {
   if (it == scratch_.end())
     it = scratch_
              .emplace(&s,
-                      Buffer(2 * kSegment * sizeof(float), MemoryKind::host, Device::cpu(), MemCategory::comm_scratch))
+                      Buffer(static_cast<std::size_t>(kScratchBytesPerStream), MemoryKind::host, Device::cpu(), MemCategory::comm_scratch))
              .first;
   return it->second;
 }

@@ -24,6 +24,11 @@ class GlooComm final : public Comm {
   GlooComm(std::shared_ptr<Store> store, int rank, int size, CommOptions opts, const std::string& host);
   ~GlooComm() override;
 
+  // Collectives move data in segments of this many f32 through a send and a receive staging buffer, one
+  // pair per stream that runs collectives (ledger category comm_scratch).
+  static constexpr int64_t kSegment = int64_t{1} << 20;
+  static constexpr int64_t kScratchBytesPerStream = 2 * kSegment * static_cast<int64_t>(sizeof(float));
+
   Backend backend() const override { return Backend::gloo; }
   Device device() const override { return Device::cpu(); }
   Stream& default_stream() override { return *stream_; }

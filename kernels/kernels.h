@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 
 #include "core/device.h"
@@ -36,6 +37,13 @@ constexpr std::string_view optimizer_name(Optimizer o) {
       return "lion";
   }
   return "?";
+}
+
+// The optimizer optimizer_name() spells `name`, if any.
+constexpr std::optional<Optimizer> optimizer_parse(std::string_view name) {
+  for (Optimizer o : {Optimizer::adamw, Optimizer::adam, Optimizer::sgd, Optimizer::lion})
+    if (optimizer_name(o) == name) return o;
+  return std::nullopt;
 }
 
 struct OptimizerHyper {

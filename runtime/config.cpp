@@ -172,10 +172,7 @@ Config parse_config(const std::string& text, const std::string& source) {
   Section o = top.sub("optimizer");
   std::string type = "adamw";
   o.choice("type", type, {"adamw", "adam", "sgd", "lion"});
-  c.optimizer.type = type == "adamw"  ? kernels::Optimizer::adamw
-                     : type == "adam" ? kernels::Optimizer::adam
-                     : type == "sgd"  ? kernels::Optimizer::sgd
-                                      : kernels::Optimizer::lion;
+  c.optimizer.type = *kernels::optimizer_parse(type);  // choice() admitted only the four names
   o.get<float>("lr", c.optimizer.lr, std::function<bool(const float&)>([](const float& v) { return v > 0; }), "> 0");
   std::vector<float> betas = {c.optimizer.beta1, c.optimizer.beta2};
   o.get<std::vector<float>>("betas", betas,

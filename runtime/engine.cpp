@@ -114,11 +114,15 @@ void Engine::plan_layouts() {
   }
 }
 
-void Engine::check_fits() const {
-  // Before any allocation: a run that cannot fit fails now, with zsmem's numbers, not mid-step.
+MemoryPlan Engine::memory_plan() const {
   std::vector<std::vector<TensorSpec>> specs;
   for (const auto& u : units_) specs.push_back(u->tensors);
-  const MemoryPlan plan = plan_memory(specs, cfg_, comm_->size(), comm_->rank(), device_.is_cpu());
+  return plan_memory(specs, cfg_, comm_->size(), comm_->rank(), device_.is_cpu());
+}
+
+void Engine::check_fits() const {
+  // Before any allocation: a run that cannot fit fails now, with zsmem's numbers, not mid-step.
+  const MemoryPlan plan = memory_plan();
   const char* lws = std::getenv("LOCAL_WORLD_SIZE");
   const int64_t sharing = device_.is_cpu() && lws ? std::max(1, std::atoi(lws)) : 1;  // ranks on this host's RAM
   const int64_t available = available_memory(device_) / sharing;

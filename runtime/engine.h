@@ -23,6 +23,7 @@
 #include "optim/loss_scaler.h"
 #include "runtime/config.h"
 #include "runtime/file_io.h"
+#include "runtime/memory_plan.h"
 #include "sharding/init.h"
 #include "sharding/unit.h"
 
@@ -120,6 +121,8 @@ class Engine {
   double exposed_comm_seconds() const { return exposed_comm_s_; }
   void reset_exposed_comm() { exposed_comm_s_ = 0; }
   MemoryReport memory() const;
+  // What init_params allocates on this rank, by category (runtime/memory_plan.h; zsmem predicts with it).
+  MemoryPlan memory_plan() const;
   // What zsmem measure reads: this rank's ledger (current and peak by category), the engine's memory plan
   // and the process's peak RSS, as JSON in dir/rank-N.json. Written at destruction when ZS_MEMORY_REPORT=dir.
   void write_memory_report(const std::string& dir) const;

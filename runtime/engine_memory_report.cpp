@@ -7,14 +7,11 @@
 
 #include "runtime/engine.h"
 #include "runtime/file_io.h"
-#include "runtime/memory_plan.h"
 
 namespace zs {
 
 void Engine::write_memory_report(const std::string& dir) const {
-  std::vector<std::vector<TensorSpec>> specs;
-  for (const auto& u : units_) specs.push_back(u->tensors);
-  const MemoryPlan plan = plan_memory(specs, cfg_, comm_->size(), comm_->rank(), device_.is_cpu());
+  const MemoryPlan plan = memory_plan();
   const MemoryReport m = memory();
   nlohmann::ordered_json j;
   j["rank"] = comm_->rank();

@@ -68,7 +68,7 @@ MemoryPlan plan_memory(std::span<const std::vector<TensorSpec>> units, const Con
   plan[MemCategory::gather_buffers] += p.gather_count * p.gather_bytes;
   plan[MemCategory::grads] += p.grad_count * p.grad_bytes;
   plan[MemCategory::other] += static_cast<int64_t>((units.size() + 1) * sizeof(float));  // the norm scratch
-  if (cpu_device) plan[MemCategory::comm_scratch] = comm_streams(stage) * kGlooScratchPerStream;
+  if (cpu_device) plan[MemCategory::comm_scratch] = comm_streams(stage) * GlooComm::kScratchBytesPerStream;  // NCCL has none
   return plan;
 }
 

@@ -8,6 +8,7 @@
 #include <span>
 #include <vector>
 
+#include "core/comm_gloo.h"
 #include "core/memory_ledger.h"
 #include "runtime/config.h"
 #include "sharding/flat_layout.h"
@@ -35,8 +36,6 @@ struct PoolPlan {
 };
 PoolPlan pool_plan(int64_t largest_elements, int64_t largest_trainable_elements, int num_units, const Config& cfg);
 
-// Gloo's staging per stream that runs collectives (a communicator's, not the engine's; NCCL has none).
-inline constexpr int64_t kGlooScratchPerStream = 2 * (int64_t{1} << 20) * 4;
 // Streams that run collectives: the engine's reduce stream, the group's default stream (the engine's
 // agreement checks and norm, and the app's own collectives) and, at stages 1-3, the gather stream.
 inline int comm_streams(int stage) {

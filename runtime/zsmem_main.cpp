@@ -259,10 +259,7 @@ int main(int argc, char** argv) {
     if (config_path.empty()) {
       cfg.precision.param = zs::dtype_parse(precision);
       cfg.precision.reduce = zs::dtype_parse(reduce);
-      cfg.optimizer.type = optimizer == "adam"   ? zs::kernels::Optimizer::adam
-                           : optimizer == "sgd"  ? zs::kernels::Optimizer::sgd
-                           : optimizer == "lion" ? zs::kernels::Optimizer::lion
-                                                 : zs::kernels::Optimizer::adamw;
+      cfg.optimizer.type = *zs::kernels::optimizer_parse(optimizer);  // CLI11 admitted only the four names
       if (optimizer == "sgd") cfg.optimizer.momentum = 0.9f;
       cfg.zero.max_live_units = max_live;
       cfg.zero.grad_accumulation = accumulation;

@@ -16,12 +16,9 @@ namespace gpt {
 
 using Shape = zs::family::Gpt;  // vocab 256: byte-level tokens
 
-// A block's tensors in unit order.
+// A block's tensors in unit order (zs::family::gpt_block).
 enum BlockTensor { LN1_G, LN1_B, QKV_W, QKV_B, PROJ_W, PROJ_B, LN2_G, LN2_B, FC_W, FC_B, FC2_W, FC2_B, kBlockTensors };
 
-std::vector<zs::TensorSpec> block_specs(int d);
-std::vector<zs::TensorSpec> embed_specs(const Shape& s);  // wte [V, d], wpe [T, d]
-std::vector<zs::TensorSpec> ln_f_specs(int d);            // g, b
 // GPT-2's initialisation: N(0, 0.02) weights, residual projections scaled by 1/sqrt(2 L), zero biases,
 // unit norm gains.
 zs::init::Initializer init_rule(std::string_view name, const Shape& s, uint64_t seed);

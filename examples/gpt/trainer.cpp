@@ -21,9 +21,16 @@ Trainer::Trainer(zs::Engine& engine, const Shape& shape, int batch) : e_(engine)
   ZS_CHECK(engine.device().is_cpu() && p.param == zs::DType::f32 && p.reduce == zs::DType::f32,
            "the GPT example computes on the CPU in f32: set device: cpu and precision.param/reduce: f32");
   ZS_CHECK(s_.d % s_.heads == 0, "d_model {} is not a multiple of heads {}", s_.d, s_.heads);
-  embed_ = engine.add_unit("embed", embed_specs(s_));
-  for (int l = 0; l < s_.layers; ++l) blocks_.push_back(engine.add_unit("h." + std::to_string(l), block_specs(s_.d)));
-  ln_f_ = engine.add_unit("ln_f", ln_f_specs(s_.d));
+  // The family's units in order: embed, h.0 .. h.{L-1}, ln_f.
+  for (auto& [name, tensors] : zs::family::gpt_units(s_)) {
+    const zs::UnitId u = engine.add_unit(name, std::move(tensors));
+    if (name == "embed")
+      embed_ = u;
+    else if (name == "ln_f")
+      ln_f_ = u;
+    else
+      blocks_.push_back(u);
+  }
   const std::size_t n = static_cast<std::size_t>(batch) * s_.seq, d = static_cast<std::size_t>(s_.d);
   acts_.assign(static_cast<std::size_t>(s_.layers) + 1, std::vector<float>(n * d));
   caches_.resize(static_cast<std::size_t>(s_.layers));

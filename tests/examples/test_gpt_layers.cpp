@@ -131,7 +131,7 @@ TEST(GptLayers, EmbeddingAndTiedHeadLoss) {
 TEST(GptLayers, BlockBackwardAndFloatMatchesDouble) {
   std::mt19937 rng(4);
   const int B = 2, T = 4, d = 8, H = 2, n = B * T;
-  const auto specs = block_specs(d);
+  const auto specs = zs::family::gpt_block(d);
   std::vector<Vec> p, g;
   for (const auto& s : specs) {
     p.push_back(random(static_cast<std::size_t>(s.shape.numel()), rng, 0.5));
