@@ -87,6 +87,9 @@ class Engine {
   // The same, with values from a safetensors file holding every "unit.tensor" with its declared shape
   // (F32, BF16, F16 or F64). Each rank reads only its own shards; replicas are completed by all-gather.
   void load_weights(const std::string& path);
+  // The reverse: every parameter, full, as "unit.tensor" in one safetensors file that rank 0 writes (f32, or
+  // bf16 rounded from the f32 master). Collective; streams tensor by tensor, never holding the model.
+  void save_weights(const std::string& path, DType dtype = DType::f32);
 
   // Optional: the order of gathers in a step (forward then backward), instead of recording it on the
   // first step; prefetch follows it.

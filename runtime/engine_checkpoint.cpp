@@ -1,5 +1,6 @@
 // Engine::save_checkpoint / load_checkpoint: each rank writes the tensor pieces of its shards, rank 0 commits
 // once every rank has; loading reads the pieces overlapping this rank's shards of the current layout.
+// Engine::save_weights: the full parameters in one safetensors file.
 #include <fmt/ranges.h>
 
 #include <filesystem>
@@ -227,6 +228,40 @@ void Engine::save_checkpoint(const std::string& root, const std::string& user_st
   if (r == 0) attempt(ok, error, [&] { ckpt::commit(root, tmp.string(), m, cfg_.checkpoint.keep); });
   agree(ok, what + " committing", error);
   if (r == 0) log::info("saved checkpoint of step {} to {}", step_, (fs::path(root) / ckpt::step_dir_name(step_)).string());
+}
+
+void Engine::save_weights(const std::string& path, DType dtype) {
+  ZS_CHECK(dtype == DType::f32 || dtype == DType::bf16, "save_weights: dtype {} is not f32 or bf16", dtype_name(dtype));
+  quiesce("save_weights");
+  const bool writer = comm_->rank() == 0;
+  bool ok = true;
+  std::string error;
+  std::unique_ptr<SafetensorsWriter> w;
+  if (writer)
+    attempt(ok, error, [&] {
+      std::vector<SafetensorsTensor> decl;
+      for (const auto& u : units_)
+        for (int i = 0; i < static_cast<int>(u->tensors.size()); ++i) {
+          const Shape& s = u->tensors[static_cast<std::size_t>(i)].shape;
+          decl.push_back({u->full_name(i), dtype, {s.dims.begin(), s.dims.begin() + s.ndim}, 0, 0});
+        }
+      w = std::make_unique<SafetensorsWriter>(path, std::move(decl), std::map<std::string, std::string>{
+                                                                          {"format", "pt"}, {"step", std::to_string(step_)}});
+    });
+  // Every rank takes part in each tensor's gather, even after rank 0 failed to write: nobody is left waiting.
+  std::vector<uint8_t> cast;
+  for (int u = 0; u < num_units(); ++u)
+    for (const auto& t : units_[static_cast<std::size_t>(u)]->tensors) {
+      const std::vector<float> v = read_param(u, t.name);
+      if (!writer) continue;
+      attempt(ok, error, [&] {
+        cast.resize(v.size() * dtype_size(dtype));
+        for (std::size_t e = 0; e < v.size(); ++e) store_from_f32(cast.data(), dtype, e, v[e]);
+        w->write(cast.data(), cast.size());
+      });
+    }
+  if (writer) attempt(ok, error, [&] { w->finish(); });
+  agree(ok, fmt::format("save_weights('{}')", path), error);
 }
 
 std::string Engine::load_checkpoint(const std::string& dir) {

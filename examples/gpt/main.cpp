@@ -16,7 +16,6 @@
 #include "examples/gpt/data.h"
 #include "examples/gpt/trainer.h"
 #include "runtime/checkpoint.h"
-#include "runtime/safetensors.h"
 
 extern "C" void openblas_set_num_threads(int);
 
@@ -53,23 +52,6 @@ void print_memory(const zs::Engine& e) {
   }
   std::printf("memory (rank 0, %s, peak by category):%s total %s\n", e.device().is_cpu() ? "cpu" : "cuda",
               line.c_str(), mb(m.device_total.peak).c_str());
-}
-
-void export_model(zs::Engine& e, const std::string& path) {
-  std::vector<std::vector<float>> values;
-  for (int u = 0; u < e.num_units(); ++u)
-    for (const auto& t : e.unit(u).tensors) values.push_back(e.read_param(u, t.name));
-  if (e.comm().rank() != 0) return;
-  std::vector<zs::SafetensorsSource> src;
-  std::size_t i = 0;
-  for (int u = 0; u < e.num_units(); ++u)
-    for (int t = 0; t < static_cast<int>(e.unit(u).tensors.size()); ++t) {
-      const zs::Shape& s = e.unit(u).tensors[static_cast<std::size_t>(t)].shape;
-      src.push_back({e.unit(u).full_name(t), zs::DType::f32, {s.dims.begin(), s.dims.begin() + s.ndim},
-                     values[i++].data()});
-    }
-  zs::write_safetensors(path, src, {{"format", "pt"}, {"model", "zeroshard-gpt"}});
-  std::printf("exported %s (%zu tensors)\n", path.c_str(), src.size());
 }
 
 }  // namespace
@@ -195,7 +177,10 @@ int main(int argc, char** argv) {
       }
     }
     if (!ckpt_dir.empty() && engine.steps_done() > start) engine.save_checkpoint(ckpt_dir);
-    if (!export_path.empty()) export_model(engine, export_path);
+    if (!export_path.empty()) {
+      engine.save_weights(export_path);
+      if (rank == 0) std::printf("exported %s (%d units)\n", export_path.c_str(), engine.num_units());
+    }
     if (sample > 0) {
       const std::string text = model.generate("// The engine", sample, seed);
       if (rank == 0) std::printf("sample: // The engine%s\n", text.c_str());

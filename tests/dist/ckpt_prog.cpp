@@ -15,7 +15,6 @@
 
 #include "runtime/checkpoint.h"
 #include "runtime/engine.h"
-#include "runtime/safetensors.h"
 #include "tests/dist/engine_harness.h"
 
 namespace {
@@ -28,21 +27,6 @@ const test::Case kCase{3, DType::f32, 2, 1, 1.0f};
 int env_int(const char* name) {
   const char* v = std::getenv(name);
   return v ? std::atoi(v) : 0;
-}
-
-void write_params(Engine& e, const std::string& out) {
-  std::vector<std::vector<float>> values;
-  std::vector<SafetensorsSource> src;
-  for (int u = 0; u < e.num_units(); ++u)
-    for (const auto& t : e.unit(u).tensors) values.push_back(e.read_param(u, t.name));
-  if (e.comm().rank() != 0) return;
-  std::size_t i = 0;
-  for (int u = 0; u < e.num_units(); ++u)
-    for (int t = 0; t < static_cast<int>(e.unit(u).tensors.size()); ++t) {
-      const Shape& s = e.unit(u).tensors[static_cast<std::size_t>(t)].shape;
-      src.push_back({e.unit(u).full_name(t), DType::f32, {s.dims.begin(), s.dims.begin() + s.ndim}, values[i++].data()});
-    }
-  write_safetensors(out, src);
 }
 
 }  // namespace
@@ -78,7 +62,7 @@ int main(int argc, char** argv) {
         if (step == stall_at && rank == 1) std::this_thread::sleep_for(std::chrono::hours(1));  // stops participating
       };
       test::train(kCase, e, steps - static_cast<int>(e.steps_done()), die);
-      if (!out.empty()) write_params(e, out);
+      if (!out.empty()) e.save_weights(out);
       if (rank == 0) std::printf("trained to step %lld\n", static_cast<long long>(e.steps_done()));
       return 0;
     }

@@ -366,8 +366,8 @@ Proc run(const std::string& cmd) {
   return r;
 }
 
-// zsckpt on a real checkpoint: inspect, verify, export (f32 exact, bf16 rounded), and the export read back by
-// Python's safetensors library when it is installed.
+// zsckpt on a real checkpoint: inspect, verify, export (f32 exact, bf16 rounded), the same for the engine's
+// save_weights, and the export read back by Python's safetensors library when it is installed.
 TEST(CheckpointTools, InspectVerifyAndExport) {
   const fs::path root = shared_dir("tools");
   const Case c{3, DType::f32, 0, 1, 0.0f};
@@ -375,6 +375,8 @@ TEST(CheckpointTools, InspectVerifyAndExport) {
   train(c, e, 3);
   e.save_checkpoint(root.string(), "epoch 0");
   const auto params = read_all(e);
+  e.save_weights((root / "weights_f32.safetensors").string());  // the engine's own export, for comparison
+  e.save_weights((root / "weights_bf16.safetensors").string(), DType::bf16);
   if (pg().world->rank() != 0) return;
   const std::string tool = ZS_ZSCKPT_PATH;
   const Proc v = run(tool + " verify " + root.string());
@@ -385,10 +387,15 @@ TEST(CheckpointTools, InspectVerifyAndExport) {
   std::printf("%s", i.out.c_str());
   for (const char* want : {"step 3, saved by", "block1.w", "[53, 53]", "exp_avg_sq", "user state: epoch 0"})
     EXPECT_TRUE(has(i.out, want)) << want << " not in\n" << i.out;
-  for (const char* dt : {"f32", "bf16"}) {
-    const fs::path out = root / fmt::format("model_{}.safetensors", dt);
-    const Proc x = run(tool + " export " + root.string() + " --out " + out.string() + " --dtype " + dt);
-    ASSERT_EQ(x.rc, 0) << x.out;
+  // zsckpt export (from the files) and Engine::save_weights (from the running engine) both give the
+  // parameters exactly in f32, and rounded to nearest even in bf16.
+  for (const std::string file : {"model_f32", "model_bf16", "weights_f32", "weights_bf16"}) {
+    const std::string dt = file.substr(file.find('_') + 1);
+    const fs::path out = root / (file + ".safetensors");
+    if (file.starts_with("model")) {
+      const Proc x = run(tool + " export " + root.string() + " --out " + out.string() + " --dtype " + dt);
+      ASSERT_EQ(x.rc, 0) << x.out;
+    }
     SafetensorsFile f(out.string());
     const auto units = model_units();
     for (std::size_t u = 0; u < units.size(); ++u)
@@ -398,7 +405,7 @@ TEST(CheckpointTools, InspectVerifyAndExport) {
         f.read_f32(st, 0, st.numel(), got.data());
         for (std::size_t k = 0; k < got.size(); ++k) {
           const float want = static_cast<float>(params[u][t][k]);
-          ASSERT_EQ(got[k], std::string(dt) == "f32" ? want : bf16_bits_to_f32(f32_to_bf16_bits(want))) << st.name << "[" << k << "]";
+          ASSERT_EQ(got[k], dt == "f32" ? want : bf16_bits_to_f32(f32_to_bf16_bits(want))) << file << ": " << st.name << "[" << k << "]";
         }
       }
   }
