@@ -1,10 +1,10 @@
 // zsckpt: look into, verify and export ZeroShard checkpoints (CLI11).
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
 #include "core/error.h"
 #include "runtime/checkpoint.h"
+#include "runtime/cli.h"
 
 namespace {
 
@@ -44,14 +44,7 @@ int main(int argc, char** argv) {
   exp->add_option("DIR", dir, "checkpoint")->required();
   exp->add_option("--out", out, "the safetensors file to write")->required();
   exp->add_option("--dtype", dtype, "f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}))->capture_default_str();
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    app.exit(e);
-    return 2;
-  }
+  if (const auto stop = zs::parse_command_line(app, argc, argv)) return *stop;
   try {
     zs::ckpt::Reader r(dir);
     if (*ins) inspect(r);

@@ -1,7 +1,6 @@
 // zsmem: predict per-rank memory from the engine's own plan (estimate), and measure a real run against it.
 #include <unistd.h>
 
-#include <CLI/CLI.hpp>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -11,6 +10,7 @@
 
 #include "core/error.h"
 #include "runtime/checkpoint.h"
+#include "runtime/cli.h"
 #include "runtime/memory_plan.h"
 #include "runtime/memory_svg.h"
 #include "runtime/model_family.h"
@@ -243,14 +243,7 @@ int main(int argc, char** argv) {
   std::string svg;
   mea->add_option("--svg", svg, "draw rank 0's memory timeline (by category, with forward/backward/step) here");
   mea->add_option("command", command, "the program and its arguments (after --)")->required();
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    app.exit(e);
-    return 2;
-  }
+  if (const auto stop = zs::parse_command_line(app, argc, argv)) return *stop;
   try {
     if (*mea) return measure(nproc, max_error, json_out, svg, command);
     if (offload != "none")

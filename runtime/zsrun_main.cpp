@@ -1,6 +1,6 @@
 // zsrun: the command-line front end of the launcher (CLI11).
-#include <CLI/CLI.hpp>
 
+#include "runtime/cli.h"
 #include "runtime/launcher.h"
 
 int main(int argc, char** argv) {
@@ -25,13 +25,6 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("command", o.command, "the program to run on every rank, and its arguments")->required();
   app.positionals_at_end();
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    app.exit(e);
-    return 2;
-  }
+  if (const auto stop = zs::parse_command_line(app, argc, argv)) return *stop;
   return zs::launcher::run(o);
 }

@@ -8,7 +8,10 @@
 
 #include <fmt/format.h>
 
+#include <gtest/gtest.h>
+
 #include "core/buffer.h"
+#include "core/error.h"
 #include "kernels/kernels.h"
 #include "optim/schedule.h"
 #include "runtime/engine.h"
@@ -299,6 +302,18 @@ inline Trajectory train(const Case& c, Engine& engine, int steps = kSteps, const
     }
   }
   return run;
+}
+
+// Runs f and expects it to throw zs::Error; returns the message ("" and a test failure when nothing throws).
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "expected a zs::Error, but nothing was thrown";
+  return "";
 }
 
 // The largest |a - b| over all parameters, relative to the RMS of b's tensor (elements pass through zero,

@@ -18,6 +18,7 @@
 #include "runtime/safetensors.h"
 #include "tests/dist/dist_main.h"
 #include "tests/dist/engine_harness.h"
+#include "tests/run_command.h"
 
 namespace zs {
 namespace {
@@ -95,18 +96,6 @@ double worst_l2_error(const std::vector<std::vector<std::vector<double>>>& a,
   return worst;
 }
 
-// Runs f on every rank and expects a zs::Error; returns this rank's message.
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no error";
-  return "";
-}
-
 bool has(const std::string& s, const std::string& part) {
   return s.find(part) != std::string::npos;
 }
@@ -181,8 +170,7 @@ TEST_P(CrossWorldResume, LoadsExactlyAndTrainsOn) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Checkpoint, CrossWorldResume,
-                         ::testing::Values(Move{2, 3, 3, 3}, Move{4, 3, 1, 3}, Move{3, 1, 2, 0}),
-                         [](const auto& info) {
+                         ::testing::Values(Move{2, 3, 3, 3}, Move{4, 3, 1, 3}, Move{3, 1, 2, 0}), [](const auto& info) {
                            const Move& m = info.param;
                            return fmt::format("world{}stage{}_to_world{}stage{}", m.from_world, m.from_stage,
                                               m.to_world, m.to_stage);
@@ -351,21 +339,6 @@ TEST(CheckpointRotation, KeepsTheNewestAndSavesPeriodically) {
 namespace zs {
 namespace {
 
-struct Proc {
-  int rc;
-  std::string out;
-};
-
-Proc run(const std::string& cmd) {
-  Proc r{-1, ""};
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  char buf[4096];
-  while (fgets(buf, sizeof buf, p)) r.out += buf;
-  const int status = pclose(p);
-  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
-
 // zsckpt on a real checkpoint: inspect, verify, export (f32 exact, bf16 rounded), the same for the engine's
 // save_weights, and the export read back by Python's safetensors library when it is installed.
 TEST(CheckpointTools, InspectVerifyAndExport) {
@@ -379,22 +352,23 @@ TEST(CheckpointTools, InspectVerifyAndExport) {
   e.save_weights((root / "weights_bf16.safetensors").string(), DType::bf16);
   if (pg().world->rank() != 0) return;
   const std::string tool = ZS_ZSCKPT_PATH;
-  const Proc v = run(tool + " verify " + root.string());
-  EXPECT_EQ(v.rc, 0) << v.out;
-  EXPECT_TRUE(has(v.out, "OK: ")) << v.out;
-  const Proc i = run(tool + " inspect " + root.string());
-  EXPECT_EQ(i.rc, 0) << i.out;
-  std::printf("%s", i.out.c_str());
+  const test::CommandResult v = run_command(tool + " verify " + root.string());
+  EXPECT_EQ(v.rc, 0) << v.output;
+  EXPECT_TRUE(has(v.output, "OK: ")) << v.output;
+  const test::CommandResult i = run_command(tool + " inspect " + root.string());
+  EXPECT_EQ(i.rc, 0) << i.output;
+  std::printf("%s", i.output.c_str());
   for (const char* want : {"step 3, saved by", "block1.w", "[53, 53]", "exp_avg_sq", "user state: epoch 0"})
-    EXPECT_TRUE(has(i.out, want)) << want << " not in\n" << i.out;
+    EXPECT_TRUE(has(i.output, want)) << want << " not in\n" << i.output;
   // zsckpt export (from the files) and Engine::save_weights (from the running engine) both give the
   // parameters exactly in f32, and rounded to nearest even in bf16.
   for (const std::string file : {"model_f32", "model_bf16", "weights_f32", "weights_bf16"}) {
     const std::string dt = file.substr(file.find('_') + 1);
     const fs::path out = root / (file + ".safetensors");
     if (file.starts_with("model")) {
-      const Proc x = run(tool + " export " + root.string() + " --out " + out.string() + " --dtype " + dt);
-      ASSERT_EQ(x.rc, 0) << x.out;
+      const test::CommandResult x =
+          run_command(tool + " export " + root.string() + " --out " + out.string() + " --dtype " + dt);
+      ASSERT_EQ(x.rc, 0) << x.output;
     }
     SafetensorsFile f(out.string());
     const auto units = model_units();
@@ -405,35 +379,39 @@ TEST(CheckpointTools, InspectVerifyAndExport) {
         f.read_f32(st, 0, st.numel(), got.data());
         for (std::size_t k = 0; k < got.size(); ++k) {
           const float want = static_cast<float>(params[u][t][k]);
-          ASSERT_EQ(got[k], dt == "f32" ? want : bf16_bits_to_f32(f32_to_bf16_bits(want))) << file << ": " << st.name << "[" << k << "]";
+          ASSERT_EQ(got[k], dt == "f32" ? want : bf16_bits_to_f32(f32_to_bf16_bits(want)))
+              << file << ": " << st.name << "[" << k << "]";
         }
       }
   }
-  const Proc py = run("python3 -c 'import safetensors' 2>/dev/null");
+  const test::CommandResult py = run_command("python3 -c 'import safetensors' 2>/dev/null");
   if (py.rc != 0) {
     std::printf("python3 with safetensors is not installed: the cross-library check is skipped\n");
     return;
   }
-  const Proc load = run("python3 -c 'import numpy as np; from safetensors.numpy import load_file; d = load_file(\"" +
-                       (root / "model_f32.safetensors").string() +
-                       "\"); print(\" \".join(f\"{k}:{list(v.shape)}:{float(v.astype(np.float64).sum()):.9e}\" for k, v in "
-                       "sorted(d.items())))'");
-  ASSERT_EQ(load.rc, 0) << load.out;
+  const test::CommandResult load =
+      run_command("python3 -c 'import numpy as np; from safetensors.numpy import load_file; d = load_file(\"" +
+                  (root / "model_f32.safetensors").string() +
+                  "\"); print(\" \".join(f\"{k}:{list(v.shape)}:{float(v.astype(np.float64).sum()):.9e}\" for k, v in "
+                  "sorted(d.items())))'");
+  ASSERT_EQ(load.rc, 0) << load.output;
   double sum = 0;
   for (double x : params[1][0]) sum += static_cast<float>(x);
   const std::string key = "block1.w:[53, 53]:";
-  const auto at = load.out.find(key);
-  ASSERT_NE(at, std::string::npos) << load.out;
-  EXPECT_NEAR(std::stod(load.out.substr(at + key.size())), sum, 1e-9 * std::max(1.0, std::fabs(sum)) + 1e-12) << load.out;
+  const auto at = load.output.find(key);
+  ASSERT_NE(at, std::string::npos) << load.output;
+  EXPECT_NEAR(std::stod(load.output.substr(at + key.size())), sum, 1e-9 * std::max(1.0, std::fabs(sum)) + 1e-12)
+      << load.output;
   // A corrupted file makes verify fail with the file named.
   {
-    std::fstream f(root / ckpt::step_dir_name(3) / ckpt::rank_file_name(0), std::ios::in | std::ios::out | std::ios::binary);
+    std::fstream f(root / ckpt::step_dir_name(3) / ckpt::rank_file_name(0),
+                   std::ios::in | std::ios::out | std::ios::binary);
     f.seekp(-1, std::ios::end);
     f.put('\x55');
   }
-  const Proc bad = run(tool + " verify " + root.string());
-  EXPECT_EQ(bad.rc, 1) << bad.out;
-  EXPECT_TRUE(has(bad.out, "rank-00000.safetensors' is corrupt")) << bad.out;
+  const test::CommandResult bad = run_command(tool + " verify " + root.string());
+  EXPECT_EQ(bad.rc, 1) << bad.output;
+  EXPECT_TRUE(has(bad.output, "rank-00000.safetensors' is corrupt")) << bad.output;
 }
 
 }  // namespace

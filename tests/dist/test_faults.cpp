@@ -14,9 +14,13 @@
 #include <filesystem>
 #include <fstream>
 
+#include "tests/run_command.h"
+
 namespace {
 
 namespace fs = std::filesystem;
+using zs::test::CommandResult;
+using zs::test::run_command;
 
 std::string fmt_dir(const std::string& mode) {
   return "zs_fault_" + mode + "_" + std::to_string(getpid());
@@ -34,15 +38,13 @@ Result run_job(const std::string& mode, int nproc, const std::string& extra_env 
   fs::remove_all(dir);
   fs::create_directories(dir);
   std::string cmd = "ZS_TEST_PIDDIR=" + dir.string() + " " + extra_env + " " ZS_ZSRUN_PATH " --nproc-per-node " +
-                    std::to_string(nproc) + " --master-port 0 --grace 2 -- " ZS_FAULT_PROG_PATH " " + mode + " 2>&1";
+                    std::to_string(nproc) + " --master-port 0 --grace 2 -- " ZS_FAULT_PROG_PATH " " + mode;
   Result r;
   auto t0 = std::chrono::steady_clock::now();
-  FILE* p = popen(cmd.c_str(), "r");
-  char buf[4096];
-  while (fgets(buf, sizeof buf, p)) r.output += buf;
-  int status = pclose(p);
+  const CommandResult c = run_command(cmd);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.rc = c.rc;
+  r.output = c.output;
   for (int i = 0; i < nproc; ++i) {
     std::ifstream f(dir / ("pid." + std::to_string(i)));
     pid_t pid = 0;
@@ -119,16 +121,6 @@ TEST(Faults, StalledPeerTimesOutNamingOpSequenceAndPeer) {
   expect_all_gone(r, 2);
 }
 
-Result run_cmd(const std::string& cmd) {
-  Result r;
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  char buf[4096];
-  while (fgets(buf, sizeof buf, p)) r.output += buf;
-  int status = pclose(p);
-  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
-
 // srun/mpirun users: no zsrun, the library reads Slurm's or Open MPI's variables and rank 0 hosts the store.
 TEST(Launchers, SlurmAndOpenMpiVariablesWithoutZsrun) {
   int port = free_port();
@@ -138,7 +130,7 @@ TEST(Launchers, SlurmAndOpenMpiVariablesWithoutZsrun) {
     const std::string cmd = "bash -c 'for r in 0 1 2; do env -u RANK -u WORLD_SIZE " + vars +
                             " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " ZS_JOB_TOKEN=t " +
                             ZS_FAULT_PROG_PATH + " ok & done; wait'";
-    Result r = run_cmd(cmd);
+    const CommandResult r = run_command(cmd);
     for (int i = 0; i < 3; ++i)
       EXPECT_NE(r.output.find("rank " + std::to_string(i) + " of 3"), std::string::npos) << r.output;
     EXPECT_NE(r.output.find(vars.starts_with("SLURM") ? "(slurm)" : "(mpirun)"), std::string::npos) << r.output;
@@ -147,15 +139,15 @@ TEST(Launchers, SlurmAndOpenMpiVariablesWithoutZsrun) {
 }
 
 TEST(Zsrun, BadFlagOrMissingProgramExitsTwoWithAMessage) {
-  Result bad = run_cmd(ZS_ZSRUN_PATH " --no-such-flag -- true");
+  const CommandResult bad = run_command(ZS_ZSRUN_PATH " --no-such-flag -- true");
   EXPECT_EQ(bad.rc, 2) << bad.output;
   EXPECT_NE(bad.output.find("--no-such-flag"), std::string::npos) << bad.output;
-  Result missing = run_cmd(ZS_ZSRUN_PATH " -- zs-no-such-program");
+  const CommandResult missing = run_command(ZS_ZSRUN_PATH " -- zs-no-such-program");
   EXPECT_EQ(missing.rc, 2) << missing.output;
   EXPECT_NE(missing.output.find("cannot run 'zs-no-such-program'"), std::string::npos) << missing.output;
-  Result none = run_cmd(ZS_ZSRUN_PATH " --nproc-per-node 2");
+  const CommandResult none = run_command(ZS_ZSRUN_PATH " --nproc-per-node 2");
   EXPECT_EQ(none.rc, 2) << none.output;
-  Result help = run_cmd(ZS_ZSRUN_PATH " --help");
+  const CommandResult help = run_command(ZS_ZSRUN_PATH " --help");
   EXPECT_EQ(help.rc, 0);
   for (const char* opt : {"--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port",
                           "--max-restarts", "--grace", "ZS_JOB_TOKEN"})
@@ -214,14 +206,14 @@ std::string job(int nproc, const std::string& args, const std::string& zsrun_fla
 // becomes the latest, and the previous one verifies and resumes.
 TEST(CheckpointFaults, RankKilledMidWriteLeavesThePreviousCheckpoint) {
   const fs::path dir = fresh_dir("ckpt_midwrite");
-  Result r = run_cmd(job(2, "kill-during-save " + dir.string()));
+  const CommandResult r = run_command(job(2, "kill-during-save " + dir.string()));
   EXPECT_NE(r.rc, 0) << r.output;
   EXPECT_NE(r.output.find("killed by signal 9 (KILL)"), std::string::npos) << r.output;
   EXPECT_EQ(r.output.find("the second save completed"), std::string::npos) << r.output;
-  Result v = run_cmd(ZS_ZSCKPT_PATH " verify " + dir.string());
+  const CommandResult v = run_command(ZS_ZSCKPT_PATH " verify " + dir.string());
   EXPECT_EQ(v.rc, 0) << v.output;
   EXPECT_NE(v.output.find("step-00000003 (step 3)"), std::string::npos) << v.output;
-  Result resume = run_cmd(job(1, "train " + dir.string() + " 6"));
+  const CommandResult resume = run_command(job(1, "train " + dir.string() + " 6"));
   EXPECT_EQ(resume.rc, 0) << resume.output;
   EXPECT_NE(resume.output.find("resumed from step 3"), std::string::npos) << resume.output;
   EXPECT_NE(resume.output.find("trained to step 6"), std::string::npos) << resume.output;
@@ -232,14 +224,15 @@ TEST(CheckpointFaults, RankKilledMidWriteLeavesThePreviousCheckpoint) {
 // resumes from step 30 and ends with parameters bit-identical to a run that was never interrupted.
 TEST(CheckpointFaults, RestartResumesFromTheLatestCheckpointExactly) {
   const fs::path a = fresh_dir("ckpt_restart_a"), b = fresh_dir("ckpt_restart_b");
-  Result killed = run_cmd(job(2, "train " + (a / "ckpt").string() + " 60 --kill-at 34 --out " +
-                                     (a / "final.safetensors").string(),
-                              "--max-restarts 1"));
+  const CommandResult killed = run_command(
+      job(2, "train " + (a / "ckpt").string() + " 60 --kill-at 34 --out " + (a / "final.safetensors").string(),
+          "--max-restarts 1"));
   EXPECT_EQ(killed.rc, 0) << killed.output;
   EXPECT_NE(killed.output.find("killed by signal 9 (KILL)"), std::string::npos) << killed.output;
   EXPECT_NE(killed.output.find("restarting the job (restart 1 of 1)"), std::string::npos) << killed.output;
   EXPECT_NE(killed.output.find("resumed from step 30"), std::string::npos) << killed.output;
-  Result straight = run_cmd(job(2, "train " + (b / "ckpt").string() + " 60 --out " + (b / "final.safetensors").string()));
+  const CommandResult straight =
+      run_command(job(2, "train " + (b / "ckpt").string() + " 60 --out " + (b / "final.safetensors").string()));
   EXPECT_EQ(straight.rc, 0) << straight.output;
   auto bytes = [](const fs::path& p) {
     std::ifstream f(p, std::ios::binary);
@@ -257,7 +250,7 @@ TEST(CheckpointFaults, RestartResumesFromTheLatestCheckpointExactly) {
 TEST(Watchdog, StalledRankMidStepEndsTheJobWithAReport) {
   const fs::path dir = fresh_dir("watchdog");
   const auto t0 = std::chrono::steady_clock::now();
-  Result r = run_cmd("ZS_COMM_TIMEOUT_S=2 " + job(2, "train " + dir.string() + " 10 --stall-at 3"));
+  const CommandResult r = run_command("ZS_COMM_TIMEOUT_S=2 " + job(2, "train " + dir.string() + " 10 --stall-at 3"));
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_NE(r.rc, 0) << r.output;
   EXPECT_LT(seconds, 30.0) << r.output;
