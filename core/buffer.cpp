@@ -18,7 +18,7 @@ constexpr std::size_t kHostAlignment = 64;
 
 std::string oom_message(MemoryKind kind, Device device, std::size_t bytes, MemCategory category) {
   const char* what = kind == MemoryKind::host ? "host" : kind == MemoryKind::pinned ? "pinned host" : "device";
-  MemStats held = MemoryLedger::global().total(kind == MemoryKind::device ? device : Device::cpu());
+  MemStats held = MemoryLedger::global().total(kind == MemoryKind::device ? MemPlace(device) : MemPlace::host_memory());
   return fmt::format(
       "out of memory: allocating {} bytes ({:.3f} GiB) of {} memory on {} for '{}' failed; this process already "
       "holds {:.3f} GiB there. Reduce the model or batch, raise the ZeRO stage, or enable offload",
@@ -104,6 +104,22 @@ void memory_copy(void* dst, Device dst_device, const void* src, Device src_devic
 #endif
 }
 
+void memory_copy_async(void* dst, const void* src, std::size_t bytes, Stream& stream) {
+  if (bytes == 0) return;
+  if (stream.device().is_cpu()) {
+    stream.submit([dst, src, bytes] { std::memcpy(dst, src, bytes); });
+    return;
+  }
+#ifdef ZS_WITH_CUDA
+  stream.submit([&] {
+    ZS_CHECK_CUDA(
+        cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, static_cast<cudaStream_t>(stream.native_handle())));
+  });
+#else
+  ZS_FAIL("cannot copy on a {} stream: this build has no CUDA support", stream.device().str());
+#endif
+}
+
 void memory_zero(void* p, Device device, std::size_t bytes, void* cuda_stream) {
   if (bytes == 0) return;
   if (device.is_cpu()) {
@@ -125,7 +141,21 @@ Buffer::Buffer(std::size_t bytes, MemoryKind kind, Device device, MemCategory ca
       device_(device),
       category_(category),
       ledger_(&ledger) {
-  ledger_->charge(ledger_device(), category_, static_cast<int64_t>(bytes_));
+  ledger_->charge(ledger_place(), category_, static_cast<int64_t>(bytes_));
+}
+
+Buffer Buffer::borrowed(void* ptr, std::size_t bytes, MemoryKind kind, Device device, MemCategory category,
+                        MemoryLedger& ledger) {
+  Buffer b;
+  b.ptr_ = ptr;
+  b.bytes_ = bytes;
+  b.kind_ = kind;
+  b.device_ = device;
+  b.category_ = category;
+  b.ledger_ = &ledger;
+  b.owned_ = false;
+  ledger.charge(b.ledger_place(), category, static_cast<int64_t>(bytes));
+  return b;
 }
 
 Buffer::~Buffer() {
@@ -138,7 +168,8 @@ Buffer::Buffer(Buffer&& o) noexcept
       kind_(o.kind_),
       device_(o.device_),
       category_(o.category_),
-      ledger_(std::exchange(o.ledger_, nullptr)) {}
+      ledger_(std::exchange(o.ledger_, nullptr)),
+      owned_(o.owned_) {}
 
 Buffer& Buffer::operator=(Buffer&& o) noexcept {
   if (this != &o) {
@@ -149,23 +180,24 @@ Buffer& Buffer::operator=(Buffer&& o) noexcept {
     device_ = o.device_;
     category_ = o.category_;
     ledger_ = std::exchange(o.ledger_, nullptr);
+    owned_ = o.owned_;
   }
   return *this;
 }
 
-Device Buffer::ledger_device() const {
-  return kind_ == MemoryKind::device ? device_ : Device::cpu();
+MemPlace Buffer::ledger_place() const {
+  return kind_ == MemoryKind::device ? MemPlace(device_) : MemPlace::host_memory();
 }
 
 TensorView Buffer::view(DType dtype, int64_t n) const {
   ZS_CHECK(static_cast<std::size_t>(n) * dtype_size(dtype) <= bytes_,
            "a view of {} {} elements does not fit a buffer of {} bytes", n, dtype_name(dtype), bytes_);
-  return TensorView::flat(ptr_, dtype, n, kind_ == MemoryKind::device ? device_ : Device::cpu());
+  return TensorView::flat(ptr_, dtype, n, resident());
 }
 
 void Buffer::reset() noexcept {
-  if (ledger_ && bytes_) ledger_->release(ledger_device(), category_, static_cast<int64_t>(bytes_));
-  memory_free(kind_, device_, ptr_);
+  if (ledger_ && bytes_) ledger_->release(ledger_place(), category_, static_cast<int64_t>(bytes_));
+  if (owned_) memory_free(kind_, device_, ptr_);
   ptr_ = nullptr;
   bytes_ = 0;
   ledger_ = nullptr;

@@ -4,6 +4,7 @@
 #include <cstddef>
 
 #include "core/memory_ledger.h"
+#include "core/stream.h"
 #include "core/tensor_view.h"
 
 namespace zs {
@@ -23,6 +24,10 @@ int64_t available_memory(Device device);
 // not the hot path (which copies asynchronously on a stream).
 void memory_copy(void* dst, Device dst_device, const void* src, Device src_device, std::size_t bytes);
 
+// The same in `stream`'s order: a memcpy on a CPU stream's thread, cudaMemcpyAsync on a CUDA stream
+// (asynchronous to the host when the host side is pinned). For the hot path's staging copies.
+void memory_copy_async(void* dst, const void* src, std::size_t bytes, Stream& stream);
+
 // Zeroes `bytes` at p: now on the CPU, enqueued on `stream` (or the default stream) on CUDA.
 void memory_zero(void* p, Device device, std::size_t bytes, void* cuda_stream = nullptr);
 
@@ -36,13 +41,19 @@ class Buffer {
   Buffer& operator=(Buffer&& o) noexcept;
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
+  // Memory that a pool owns (a sub-allocation): charged to the ledger like an allocation, never freed
+  // here. The pool must outlive the buffer.
+  static Buffer borrowed(void* ptr, std::size_t bytes, MemoryKind kind, Device device, MemCategory category,
+                         MemoryLedger& ledger = MemoryLedger::global());
 
   void* data() const { return ptr_; }
   std::size_t bytes() const { return bytes_; }
   MemoryKind kind() const { return kind_; }
-  // The device the ledger charges: host and pinned memory count as cpu.
-  Device ledger_device() const;
+  // Where the ledger charges it: host and pinned memory count as the host's.
+  MemPlace ledger_place() const;
   Device device() const { return device_; }
+  // Where the bytes are, for copies and kernels: the device for device memory, the CPU for host memory.
+  Device resident() const { return kind_ == MemoryKind::device ? device_ : Device::cpu(); }
   MemCategory category() const { return category_; }
   // The first n elements of the buffer as a 1-D view (n must fit).
   TensorView view(DType dtype, int64_t n) const;
@@ -56,6 +67,7 @@ class Buffer {
   Device device_;
   MemCategory category_ = MemCategory::other;
   MemoryLedger* ledger_ = nullptr;
+  bool owned_ = true;
 };
 
 }  // namespace zs

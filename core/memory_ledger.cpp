@@ -14,15 +14,21 @@ std::string_view mem_category_name(MemCategory c) {
   return names[static_cast<std::size_t>(c)];
 }
 
-int MemoryLedger::slot(Device d) {
-  if (d.is_cpu()) return 0;
-  ZS_CHECK(d.index >= 0 && d.index < kMaxCudaDevices, "memory ledger: device {} is out of range", d.str());
-  return 1 + d.index;
+int MemoryLedger::slot(MemPlace p) {
+  if (p.host) return 0;
+  if (p.device.is_cpu()) return 1;
+  ZS_CHECK(p.device.index >= 0 && p.device.index < kMaxCudaDevices, "memory ledger: device {} is out of range",
+           p.device.str());
+  return 2 + p.device.index;
 }
 
-void MemoryLedger::charge(Device d, MemCategory c, int64_t bytes) {
+MemPlace MemoryLedger::place_of(int slot) {
+  return slot == 0 ? MemPlace::host_memory() : slot == 1 ? MemPlace(Device::cpu()) : MemPlace(Device::cuda(slot - 2));
+}
+
+void MemoryLedger::charge(MemPlace d, MemCategory c, int64_t bytes) {
   std::lock_guard lk(mu_);
-  PerDevice& p = dev_[static_cast<std::size_t>(slot(d))];
+  PerPlace& p = dev_[static_cast<std::size_t>(slot(d))];
   MemStats& s = p.cat[static_cast<std::size_t>(c)];
   p.used = true;
   s.current += bytes;
@@ -32,9 +38,9 @@ void MemoryLedger::charge(Device d, MemCategory c, int64_t bytes) {
   if (tracing()) record(slot(d));
 }
 
-void MemoryLedger::release(Device d, MemCategory c, int64_t bytes) {
+void MemoryLedger::release(MemPlace d, MemCategory c, int64_t bytes) {
   std::lock_guard lk(mu_);
-  PerDevice& p = dev_[static_cast<std::size_t>(slot(d))];
+  PerPlace& p = dev_[static_cast<std::size_t>(slot(d))];
   MemStats& s = p.cat[static_cast<std::size_t>(c)];
   ZS_CHECK(s.current >= bytes, "memory ledger: releasing {} bytes of {} on {} but only {} are charged", bytes,
            mem_category_name(c), d.str(), s.current);
@@ -46,9 +52,10 @@ void MemoryLedger::release(Device d, MemCategory c, int64_t bytes) {
 void MemoryLedger::record(int slot) {
   TracePoint t;
   t.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - trace_start_).count();
-  t.device = slot == 0 ? Device::cpu() : Device::cuda(slot - 1);
+  t.place = place_of(slot);
   for (int c = 0; c < kMemCategoryCount; ++c)
-    t.current[static_cast<std::size_t>(c)] = dev_[static_cast<std::size_t>(slot)].cat[static_cast<std::size_t>(c)].current;
+    t.current[static_cast<std::size_t>(c)] =
+        dev_[static_cast<std::size_t>(slot)].cat[static_cast<std::size_t>(c)].current;
   points_.push_back(t);
 }
 
@@ -79,27 +86,27 @@ std::vector<MemoryLedger::TraceMark> MemoryLedger::trace_marks() const {
   return marks_;
 }
 
-MemStats MemoryLedger::stats(Device d, MemCategory c) const {
+MemStats MemoryLedger::stats(MemPlace d, MemCategory c) const {
   std::lock_guard lk(mu_);
   return dev_[static_cast<std::size_t>(slot(d))].cat[static_cast<std::size_t>(c)];
 }
 
-MemStats MemoryLedger::total(Device d) const {
+MemStats MemoryLedger::total(MemPlace d) const {
   std::lock_guard lk(mu_);
   return dev_[static_cast<std::size_t>(slot(d))].total;
 }
 
-std::vector<Device> MemoryLedger::devices() const {
+std::vector<MemPlace> MemoryLedger::places() const {
   std::lock_guard lk(mu_);
-  std::vector<Device> out;
+  std::vector<MemPlace> out;
   for (std::size_t i = 0; i < dev_.size(); ++i)
-    if (dev_[i].used) out.push_back(i == 0 ? Device::cpu() : Device::cuda(static_cast<int>(i) - 1));
+    if (dev_[i].used) out.push_back(place_of(static_cast<int>(i)));
   return out;
 }
 
 void MemoryLedger::reset_peaks() {
   std::lock_guard lk(mu_);
-  for (PerDevice& p : dev_) {
+  for (PerPlace& p : dev_) {
     for (MemStats& s : p.cat) s.peak = s.current;
     p.total.peak = p.total.current;
   }

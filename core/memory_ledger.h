@@ -28,6 +28,22 @@ enum class MemCategory : uint8_t {
 inline constexpr int kMemCategoryCount = 9;
 std::string_view mem_category_name(MemCategory c);
 
+// Where charged bytes live: one device's memory, or the host's (pageable or pinned). On a CPU engine the
+// device is a separate host pool (MemoryKind::device on Device::cpu()), so the CPU build shows offload
+// moving bytes from the device to the host just as a GPU build does.
+struct MemPlace {
+  bool host = false;
+  Device device;
+  constexpr MemPlace(Device d) : device(d) {}  // NOLINT(google-explicit-constructor): a device's memory
+  static constexpr MemPlace host_memory() {
+    MemPlace p(Device::cpu());
+    p.host = true;
+    return p;
+  }
+  friend constexpr bool operator==(const MemPlace&, const MemPlace&) = default;
+  std::string str() const { return host ? "host" : device.str(); }
+};
+
 struct MemStats {
   int64_t current = 0;
   int64_t peak = 0;
@@ -37,14 +53,14 @@ class MemoryLedger {
  public:
   static constexpr int kMaxCudaDevices = 16;
 
-  void charge(Device d, MemCategory c, int64_t bytes);
-  void release(Device d, MemCategory c, int64_t bytes);
+  void charge(MemPlace p, MemCategory c, int64_t bytes);
+  void release(MemPlace p, MemCategory c, int64_t bytes);
 
-  MemStats stats(Device d, MemCategory c) const;
-  // Current and peak of the device's total (the peak of the sum, not the sum of per-category peaks).
-  MemStats total(Device d) const;
-  // Devices that have ever been charged.
-  std::vector<Device> devices() const;
+  MemStats stats(MemPlace p, MemCategory c) const;
+  // Current and peak of the place's total (the peak of the sum, not the sum of per-category peaks).
+  MemStats total(MemPlace p) const;
+  // Places that have ever been charged.
+  std::vector<MemPlace> places() const;
   // Peaks restart from the current values (e.g. after start-up, to measure one step).
   void reset_peaks();
 
@@ -55,7 +71,7 @@ class MemoryLedger {
   // records a labelled moment (e.g. "forward"). Off by default: charge/release then record nothing.
   struct TracePoint {
     double seconds = 0;  // since start_trace
-    Device device;
+    MemPlace place = Device::cpu();
     std::array<int64_t, kMemCategoryCount> current{};
   };
   struct TraceMark {
@@ -69,17 +85,18 @@ class MemoryLedger {
   std::vector<TraceMark> trace_marks() const;
 
  private:
-  struct PerDevice {
+  struct PerPlace {
     std::array<MemStats, kMemCategoryCount> cat{};
     MemStats total{};
     bool used = false;
   };
-  static int slot(Device d);
+  static int slot(MemPlace p);  // 0: host, 1: the CPU device, 2 + i: cuda:i
+  static MemPlace place_of(int slot);
 
   void record(int slot);  // with mu_ held
 
   mutable std::mutex mu_;
-  std::array<PerDevice, 1 + kMaxCudaDevices> dev_{};
+  std::array<PerPlace, 2 + kMaxCudaDevices> dev_{};
   std::atomic<bool> tracing_{false};
   std::chrono::steady_clock::time_point trace_start_;
   std::vector<TracePoint> points_;

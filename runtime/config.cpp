@@ -210,6 +210,7 @@ Config parse_config(const std::string& text, const std::string& source) {
   off.get<bool>("pin_memory", c.offload.pin_memory);
   off.choice("mode", c.offload.mode, {"streaming", "delayed"});
   off.finish();
+  if (const std::string bad = offload_problem(c); !bad.empty()) top.fail(root["offload"], bad);
 
   Section cm = top.sub("comm");
   cm.choice("backend", c.comm.backend, {"auto", "gloo", "nccl"});
@@ -234,6 +235,19 @@ Config parse_config(const std::string& text, const std::string& source) {
 }
 
 }  // namespace
+
+std::string offload_problem(const Config& c) {
+  // What DeepSpeed users expect: optimizer offload from stage 1, parameter offload at stage 3 on top of it.
+  if (c.offload.optimizer == "cpu" && c.zero.stage == 0)
+    return "offload.optimizer: cpu needs zero.stage 1, 2 or 3 (stage 0 keeps a full optimizer replica on every rank; "
+           "shard it first)";
+  if (c.offload.params == "cpu" && (c.zero.stage != 3 || c.offload.optimizer != "cpu"))
+    return "offload.params: cpu needs zero.stage: 3 and offload.optimizer: cpu (the parameter shards are the "
+           "optimizer's output, kept where the optimizer runs)";
+  if (c.offload.params == "cpu" && c.offload.mode == "delayed")
+    return "offload.mode: delayed works with offload.optimizer only; with offload.params: cpu use mode: streaming";
+  return "";
+}
 
 Config Config::from_yaml(const std::string& text, const std::string& source) {
   // Every yaml-cpp exception parse_config's checks did not anticipate still becomes a located zs::Error.

@@ -44,6 +44,9 @@ struct Config {
     std::string params = "none";     // none | cpu
     bool pin_memory = true;
     std::string mode = "streaming";  // streaming | delayed
+    bool optimizer_on_cpu() const { return optimizer == "cpu"; }
+    bool params_on_cpu() const { return params == "cpu"; }
+    bool delayed() const { return mode == "delayed"; }
   } offload;
   struct Comm {
     std::string backend = "auto";  // auto | gloo | nccl
@@ -65,5 +68,9 @@ struct Config {
   static Config from_yaml(const std::string& text, const std::string& source = "<config>");
   static Config from_yaml_file(const std::string& path);
 };
+
+// Why this offload choice cannot run with this stage (empty when it can); the YAML reader and the engine
+// both refuse such a config with this message.
+std::string offload_problem(const Config& c);
 
 }  // namespace zs

@@ -85,8 +85,7 @@ Engine::~Engine() {
   for (auto& b : grad_pool_) quietly([&] { b.last_reduce.wait(); });
   for (Stream* s : {gather_stream_.get(), reduce_stream_.get(), compute_stream_.get()})
     if (s) quietly([&] { s->synchronize(); });
-  if (const char* dir = std::getenv("ZS_MEMORY_REPORT"); dir && ready_)
-    quietly([&] { write_memory_report(dir); });
+  if (const char* dir = std::getenv("ZS_MEMORY_REPORT"); dir && ready_) quietly([&] { write_memory_report(dir); });
 }
 
 UnitId Engine::add_unit(std::string name, std::vector<TensorSpec> tensors) {
@@ -124,20 +123,35 @@ void Engine::check_fits() const {
   // Before any allocation: a run that cannot fit fails now, with zsmem's numbers, not mid-step.
   const MemoryPlan plan = memory_plan();
   const char* lws = std::getenv("LOCAL_WORLD_SIZE");
-  const int64_t sharing = device_.is_cpu() && lws ? std::max(1, std::atoi(lws)) : 1;  // ranks on this host's RAM
-  const int64_t available = available_memory(device_) / sharing;
-  if (plan.total() <= available) return;
-  std::string parts;
-  for (int c = 0; c < kMemCategoryCount; ++c)
-    if (plan.bytes[static_cast<std::size_t>(c)] > 0)
-      parts += fmt::format("{}{} {:.2f} GiB", parts.empty() ? "" : ", ", mem_category_name(static_cast<MemCategory>(c)),
-                           static_cast<double>(plan.bytes[static_cast<std::size_t>(c)]) / 1073741824.0);
-  ZS_FAIL(
-      "rank {}: the model does not fit: ZeRO-{} needs {:.2f} GiB per rank on {} ({}) but {:.2f} GiB is available{}; "
-      "use a higher zero.stage, more ranks, bf16 compute, or a smaller model (zsmem estimate shows the options)",
-      comm_->rank(), cfg_.zero.stage, static_cast<double>(plan.total()) / 1073741824.0, device_.str(), parts,
-      static_cast<double>(available) / 1073741824.0,
-      sharing > 1 ? fmt::format(" (the host's free memory shared by {} local ranks)", sharing) : "");
+  const int64_t sharing = lws ? std::max(1, std::atoi(lws)) : 1;  // ranks sharing this host's RAM
+  const double gib = 1073741824.0;
+  auto parts = [&](const CategoryBytes& b) {
+    std::string out;
+    for (int c = 0; c < kMemCategoryCount; ++c)
+      if (b[static_cast<std::size_t>(c)] > 0)
+        out += fmt::format("{}{} {:.2f} GiB", out.empty() ? "" : ", ", mem_category_name(static_cast<MemCategory>(c)),
+                           static_cast<double>(b[static_cast<std::size_t>(c)]) / gib);
+    return out;
+  };
+  const int64_t host_free = available_memory(Device::cpu()) / sharing;
+  // A CPU device is the host's memory too: both plans come out of the same RAM.
+  const int64_t device_need = plan.device_total() + (device_.is_cpu() ? plan.host_total() : 0);
+  const int64_t device_free = device_.is_cpu() ? host_free : available_memory(device_);
+  const char* shared = " (the host's free memory shared by {} local ranks)";
+  if (device_need > device_free)
+    ZS_FAIL(
+        "rank {}: the model does not fit: ZeRO-{} needs {:.2f} GiB per rank on {} ({}) but {:.2f} GiB is "
+        "available{}; use a higher zero.stage, more ranks, bf16 compute, offload, or a smaller model (zsmem estimate "
+        "shows the options)",
+        comm_->rank(), cfg_.zero.stage, static_cast<double>(device_need) / gib, device_.str(), parts(plan.device),
+        static_cast<double>(device_free) / gib,
+        device_.is_cpu() && sharing > 1 ? fmt::format(fmt::runtime(shared), sharing) : "");
+  if (!device_.is_cpu() && plan.host_total() > host_free)
+    ZS_FAIL(
+        "rank {}: the offloaded state does not fit in host memory: it needs {:.2f} GiB per rank ({}) but {:.2f} GiB "
+        "is available{}; offload less (offload.params: none), use more ranks or nodes, or a smaller model",
+        comm_->rank(), static_cast<double>(plan.host_total()) / gib, parts(plan.host),
+        static_cast<double>(host_free) / gib, sharing > 1 ? fmt::format(fmt::runtime(shared), sharing) : "");
 }
 
 void Engine::setup() {
@@ -146,10 +160,7 @@ void Engine::setup() {
     MemoryLedger::global().start_trace();
     MemoryLedger::global().mark("init");
   }
-  ZS_CHECK(cfg_.offload.optimizer == "none" && cfg_.offload.params == "none",
-           "offload (offload.optimizer: {}, offload.params: {}) is not implemented in this version of the engine; "
-           "set both to none",
-           cfg_.offload.optimizer, cfg_.offload.params);
+  if (const std::string bad = offload_problem(cfg_); !bad.empty()) ZS_FAIL("{}", bad);
   ZS_CHECK(cfg_.zero.hybrid_group == 0,
            "zero.hybrid_group is not implemented in this version of the engine; set it to 0");
   dynamic_scaling_ = cfg_.precision.loss_scale == "dynamic";
@@ -163,6 +174,11 @@ void Engine::setup() {
   int64_t largest = 0, largest_grads = 0;  // elements of the biggest unit: all params / trainable ones
   plan_layouts();
   check_fits();
+  if (cfg_.offload.optimizer_on_cpu()) {  // one pinned allocation for every unit's offloaded state
+    int64_t pool = 0;
+    for (const auto& up : units_) pool += unit_buffers(up->layout, up->frozen, cfg_).host_pool_bytes();
+    host_pool_ = offload::HostPool(pool, cfg_.offload.pin_memory, device_);
+  }
   for (auto& up : units_) {  // sizes from the memory plan (runtime/memory_plan.h), which zsmem predicts with
     Unit& u = *up;
     largest = std::max(largest, u.layout.padded + u.frozen.padded);
@@ -171,26 +187,36 @@ void Engine::setup() {
     auto alloc = [&](int64_t bytes, MemCategory c) {
       return bytes > 0 ? Buffer(static_cast<std::size_t>(bytes), mk, device_, c) : Buffer();
     };
+    auto host = [&](int64_t bytes, MemCategory c) { return host_pool_.take(bytes, c); };
+    auto state = [&](int64_t bytes, MemCategory c) { return b.offload ? host(bytes, c) : alloc(bytes, c); };
     u.full_params = alloc(b.full_params, MemCategory::params);
-    u.frozen_shard = alloc(b.frozen_shard, MemCategory::params);
-    u.master = alloc(b.master, b.master_category);
-    u.m = alloc(b.m, MemCategory::optim_state);
-    u.v = alloc(b.v, MemCategory::optim_state);
+    u.frozen_shard =
+        b.params_on_host ? host(b.frozen_shard, MemCategory::params) : alloc(b.frozen_shard, MemCategory::params);
+    u.master = state(b.master, b.master_category);
+    u.m = state(b.m, MemCategory::optim_state);
+    u.v = state(b.v, MemCategory::optim_state);
     u.grads = alloc(b.grads, MemCategory::grads);
+    u.param_shard = alloc(b.param_shard, MemCategory::params);
+    u.host_grads = host(b.host_grads, MemCategory::grads);
+    u.host_params = host(b.host_params, b.host_params_category);
     std::vector<bool> decays;
     for (const auto& t : u.tensors)
       if (t.trainable) decays.push_back(t.weight_decay);
     auto ranges = u.layout.shard_ranges(stage == 0 ? 0 : r, decays);
     u.num_decay_ranges = static_cast<int64_t>(ranges.size());
-    u.decay_ranges = Buffer(std::max<std::size_t>(1, ranges.size()) * sizeof(kernels::ElementRange), mk, device_,
-                            MemCategory::other);
-    memory_copy(u.decay_ranges.data(), device_, ranges.data(), Device::cpu(),
+    u.decay_ranges = Buffer(std::max<std::size_t>(1, ranges.size()) * sizeof(kernels::ElementRange),
+                            b.offload ? MemoryKind::host : mk, device_, MemCategory::other);
+    memory_copy(u.decay_ranges.data(), u.decay_ranges.resident(), ranges.data(), Device::cpu(),
                 ranges.size() * sizeof(kernels::ElementRange));
   }
+  if (cfg_.offload.optimizer_on_cpu()) setup_offload();
   const PoolPlan pools = pool_plan(largest, largest_grads, num_units(), cfg_);
   for (int i = 0; i < pools.gather_count; ++i)
-    gather_pool_.push_back({Buffer(static_cast<std::size_t>(pools.gather_bytes), mk, device_, MemCategory::gather_buffers),
-                            -1, make_event(device_), {}});
+    gather_pool_.push_back(
+        {Buffer(static_cast<std::size_t>(pools.gather_bytes), mk, device_, MemCategory::gather_buffers),
+         -1,
+         make_event(device_),
+         {}});
   for (int i = 0; i < pools.grad_count; ++i)
     grad_pool_.push_back(
         {Buffer(static_cast<std::size_t>(pools.grad_bytes), mk, device_, MemCategory::grads), -1, nullptr, {}});
@@ -199,6 +225,33 @@ void Engine::setup() {
   update_done_ = make_event(device_);
   norm_host_.resize(units_.size());
   ready_ = true;
+}
+
+void Engine::setup_offload() {
+  const int r = comm_->rank();
+  const auto cs = static_cast<int64_t>(es(compute_)), rs = static_cast<int64_t>(es(reduce_));
+  std::vector<offload::UnitShard> shards;
+  for (auto& up : units_) {
+    Unit& u = *up;
+    offload::UnitShard s;
+    s.n = u.layout.shard;
+    s.master = static_cast<float*>(u.master.data());
+    s.m = u.m.data();
+    s.v = u.v.data();
+    s.grads[0] = u.host_grads.data();
+    if (cfg_.offload.delayed()) s.grads[1] = static_cast<char*>(u.host_grads.data()) + s.n * rs;
+    s.host_params = u.host_params.data();
+    // The updated shard goes to its slot of the replica (stages 1-2) or to the device shard the stage-3
+    // all-gather starts from; with offload.params it stays on the host and the gather uploads it.
+    if (u.full_params.data())
+      s.device_params = static_cast<char*>(u.full_params.data()) + s.n * r * cs;
+    else
+      s.device_params = u.param_shard.data();
+    s.decay = static_cast<const kernels::ElementRange*>(u.decay_ranges.data());
+    s.num_decay = u.num_decay_ranges;
+    shards.push_back(s);
+  }
+  offload_ = std::make_unique<offload::Pipeline>(device_, compute_, reduce_, cfg_.offload.delayed(), std::move(shards));
 }
 
 void Engine::init_params(const init::Initializer& init) {
@@ -255,44 +308,50 @@ void Engine::install(const ValueSource& source, const StateSource& states) {
       return out;
     };
     auto values = [&](int t, int64_t first, int64_t count, float* out) { source(u, t, first, count, out); };
-    auto upload = [&](void* dst, const std::vector<float>& v) {  // in the compute dtype
+    auto upload = [&](void* dst, Device where, const std::vector<float>& v) {  // in the compute dtype
       std::vector<uint8_t> cd(v.size() * es(compute_));
       for (std::size_t i = 0; i < v.size(); ++i) store_from_f32(cd.data(), compute_, i, v[i]);
-      memory_copy(dst, device_, cd.data(), Device::cpu(), cd.size());
+      memory_copy(dst, where, cd.data(), Device::cpu(), cd.size());
     };
     const int64_t P = u.layout.padded, S = u.layout.shard, PF = u.frozen.padded, SF = u.frozen.shard;
     const int64_t lo = stage == 0 ? 0 : S * r, lof = stage == 0 ? 0 : SF * r;
     const std::vector<float> train = shard_values(u.layout, false, values);
     const std::vector<float> frozen = PF > 0 ? shard_values(u.frozen, true, values) : std::vector<float>{};
-    if (u.master.data()) memory_copy(u.master.data(), device_, train.data(), Device::cpu(), train.size() * 4);
+    if (u.master.data())
+      memory_copy(u.master.data(), u.master.resident(), train.data(), Device::cpu(), train.size() * 4);
+    for (const Buffer* b : {&u.param_shard, &u.host_params})  // the offloaded step's compute-dtype copies
+      if (b->data()) upload(b->data(), b->resident(), train);
     if (stage == 3) {
-      if (PF > 0) upload(u.frozen_shard.data(), frozen);
+      if (PF > 0) upload(u.frozen_shard.data(), u.frozen_shard.resident(), frozen);
     } else {
       // The replica: this rank's slots now, the others' by all-gather (stage 0 holds everything already).
       char* full = static_cast<char*>(u.full_params.data());
-      upload(full + lo * static_cast<int64_t>(es(compute_)), train);
-      if (PF > 0) upload(full + (P + lof) * static_cast<int64_t>(es(compute_)), frozen);
+      upload(full + lo * static_cast<int64_t>(es(compute_)), device_, train);
+      if (PF > 0) upload(full + (P + lof) * static_cast<int64_t>(es(compute_)), device_, frozen);
       if (stage > 0) {
         TensorView all = u.full_params.view(compute_, P + PF);
         comm_->all_gather(all.slice(lo, S), all.slice(0, P)).wait();
         if (PF > 0) comm_->all_gather(all.slice(P + lof, SF), all.slice(P, PF)).wait();
       }
+      u.param_state = ParamState::sharded;  // the replica is whole
     }
     int which = 0;
     for (Buffer* b : {&u.m, &u.v}) {
       ++which;
       if (!b->data()) continue;
       if (!states) {
-        memory_zero(b->data(), device_, b->bytes());
+        memory_zero(b->data(), b->resident(), b->bytes());
         continue;
       }
       const auto v = shard_values(u.layout, false, [&](int t, int64_t first, int64_t count, float* out) {
         states(u, t, which, first, count, out);
       });
-      memory_copy(b->data(), device_, v.data(), Device::cpu(), v.size() * 4);
+      memory_copy(b->data(), b->resident(), v.data(), Device::cpu(), v.size() * 4);
     }
     memory_zero(u.grads.data(), device_, u.grads.bytes());
+    memory_zero(u.host_grads.data(), Device::cpu(), u.host_grads.bytes());
   }
+  if (offload_) offload_->discard_pending();  // the parameters were just replaced
   for (auto& b : grad_pool_) memory_zero(b.buf.data(), device_, b.buf.bytes());
 }
 
@@ -337,6 +396,13 @@ void Engine::consume(Work& w, const Unit* u) {
     compute_stream_->wait(*e);
 }
 
+void Engine::consume(Event& e) {
+  if (device_.is_cpu())
+    e.synchronize();
+  else
+    compute_stream_->wait(e);
+}
+
 int Engine::acquire_gather_buffer(UnitId for_unit) {
   for (std::size_t i = 0; i < gather_pool_.size(); ++i)
     if (gather_pool_[i].owner < 0) return static_cast<int>(i);
@@ -373,26 +439,41 @@ void Engine::issue_gather(UnitId id) {
   gather_stream_->wait(*pb.free_after);  // compute is done with the buffer's previous unit
   Stream* gs = gather_stream_.get();
   const Device dev = device_;
-  // Each rank writes its shard into its own slot (the master cast to the compute dtype), then all-gathers
-  // in place; frozen tensors follow from their own shard. The stream keeps the order, so waiting for the
-  // last collective waits for both.
-  auto gather_part = [&](TensorView shard, int64_t offset, int64_t padded, int64_t shard_len) {
+  // Each rank writes its shard into its own slot (the master cast to the compute dtype, or the compute-dtype
+  // shard copied, from the device or the host), then all-gathers in place; frozen tensors follow from
+  // their own shard. The stream keeps the order, so waiting for the last collective waits for both.
+  auto gather_part = [&](const void* shard, DType dtype, int64_t offset, int64_t padded, int64_t shard_len) {
     TensorView full = all.slice(offset, padded), slot = full.slice(shard_len * r, shard_len);
-    gs->submit([dev, shard, slot, gs] { kernels::cast(dev, shard, slot, gs); });
+    if (dtype == compute_) {
+      memory_copy_async(slot.data, shard, slot.bytes(), *gs);
+    } else {
+      const TensorView src = TensorView::flat(const_cast<void*>(shard), dtype, shard_len, dev);
+      gs->submit([dev, src, slot, gs] { kernels::cast(dev, src, slot, gs); });
+    }
     u.pending = comm_->all_gather(slot, full, gs);
   };
-  gather_part(u.master.view(DType::f32, S), 0, P, S);
-  if (PF > 0) gather_part(u.frozen_shard.view(compute_, SF), P, PF, SF);
+  if (offload_) {  // the CPU step's output: on the device (param_shard), or on the host (offload.params)
+    offload_->wait_params(id, *gs);
+    gather_part(u.param_shard.data() ? u.param_shard.data() : offload_->host_param_source(id), compute_, 0, P, S);
+  } else {
+    gather_part(u.master.data(), DType::f32, 0, P, S);
+  }
+  if (PF > 0) gather_part(u.frozen_shard.data(), compute_, P, PF, SF);
   u.param_state = ParamState::gathering;
 }
 
 void Engine::prefetch_after(UnitId id) {
-  if (cfg_.zero.stage != 3 || recording_ || cfg_.zero.prefetch == 0) return;
+  const bool replicas = cfg_.zero.stage < 3 && offload_;  // stages 1-2: replicas that wait for their update
+  if ((cfg_.zero.stage != 3 && !replicas) || recording_ || cfg_.zero.prefetch == 0) return;
   int issued = 0;
   for (std::size_t i = order_pos_; i < order_.size() && issued < cfg_.zero.prefetch; ++i) {
     Unit& v = *units_[static_cast<std::size_t>(order_[i])];
     if (order_[i] == id) continue;
     ++issued;
+    if (replicas) {
+      if (v.param_state == ParamState::updating) refresh_replica(order_[i]);
+      continue;
+    }
     if (v.param_state != ParamState::sharded) continue;
     const bool free =
         std::any_of(gather_pool_.begin(), gather_pool_.end(), [](const PoolBuffer& b) { return b.owner < 0; });
@@ -417,8 +498,7 @@ void Engine::check_agreement(int op, UnitId id) {
   const int64_t seq = collectives_checked_++;
   constexpr int64_t k24 = int64_t{1} << 24;  // exact integers travel as f32 in 24-bit pieces
   auto fingerprint = [&](const float* f) {
-    return fmt::format("{} #{} of unit '{}' ({} bytes)", op_name(static_cast<int>(f[0])),
-                       static_cast<int64_t>(f[2]),
+    return fmt::format("{} #{} of unit '{}' ({} bytes)", op_name(static_cast<int>(f[0])), static_cast<int64_t>(f[2]),
                        f[1] >= 0 && f[1] < num_units() ? units_[static_cast<std::size_t>(f[1])]->name : "?",
                        static_cast<int64_t>(f[3]) * k24 + static_cast<int64_t>(f[4]));
   };
@@ -441,10 +521,20 @@ void Engine::set_gather_order(std::vector<UnitId> order) {
   recording_ = false;
 }
 
+void Engine::refresh_replica(UnitId id) {
+  Unit& u = *units_[static_cast<std::size_t>(id)];
+  const int64_t S = u.layout.shard;
+  offload_->wait_params(id, *gather_stream_);
+  TensorView full = u.full_params.view(compute_, u.layout.padded);
+  u.pending = comm_->all_gather(full.slice(S * comm_->rank(), S), full, gather_stream_.get());
+  u.param_state = ParamState::gathering;
+}
+
 GatheredParams Engine::gather(UnitId id) {
   ZS_CHECK(ready_, "gather: call init_params first");
   ZS_CHECK(id >= 0 && id < num_units(), "gather: no unit {}", id);
-  if (cfg_.zero.stage == 3) check_agreement(kOpGather, id);  // below stage 3 a gather moves nothing
+  // Below stage 3 a gather moves nothing, unless an offloaded update must come back first.
+  if (cfg_.zero.stage == 3 || offload_) check_agreement(kOpGather, id);
   Unit& u = *units_[static_cast<std::size_t>(id)];
   ++u.gathers_this_step;
   if (phase_ == Phase::idle) enter(Phase::forward);
@@ -456,10 +546,9 @@ GatheredParams Engine::gather(UnitId id) {
         std::find(order_.begin() + static_cast<std::ptrdiff_t>(std::min(order_pos_, order_.size())), order_.end(), id);
     if (it != order_.end()) order_pos_ = static_cast<std::size_t>(it - order_.begin()) + 1;
   }
-  if (cfg_.zero.stage == 3) {
-    if (u.param_state == ParamState::sharded) issue_gather(id);
-    prefetch_after(id);  // the next units' all-gathers overlap this unit's compute
-  }
+  if (cfg_.zero.stage == 3 && u.param_state == ParamState::sharded) issue_gather(id);
+  if (u.param_state == ParamState::updating) refresh_replica(id);
+  prefetch_after(id);  // the next units' all-gathers overlap this unit's compute
   // Stage 3: this gather's all-gather. Stages 1-2: the previous step's all-gather of the updated replica.
   if (u.param_state == ParamState::gathering) {
     consume(u.pending, &u);
@@ -494,6 +583,7 @@ int Engine::acquire_grad_buffer(UnitId id) {
       Unit& prev = *units_[static_cast<std::size_t>(pb.owner)];
       if (prev.grad_state != GradState::reducing && prev.grad_state != GradState::reduced) continue;
       consume(pb.last_reduce, &prev);
+      if (pb.copied) consume(*std::exchange(pb.copied, nullptr));  // offload: its shard went to the host
       prev.grad_buffer = -1;
     }
     grad_pool_next_ = (b + 1) % n;
@@ -502,7 +592,8 @@ int Engine::acquire_grad_buffer(UnitId id) {
     return b;
   }
   std::string held;
-  for (const auto& pb : grad_pool_) held += (held.empty() ? "'" : ", '") + units_[static_cast<std::size_t>(pb.owner)]->name + "'";
+  for (const auto& pb : grad_pool_)
+    held += (held.empty() ? "'" : ", '") + units_[static_cast<std::size_t>(pb.owner)]->name + "'";
   ZS_FAIL(
       "rank {}: unit '{}' needs a gradient buffer but all {} are held by units whose gradients were not reduced yet "
       "({}); call reduce_grads as soon as a unit's backward is done",
@@ -547,7 +638,17 @@ void Engine::reduce_grads(UnitId id) {
   compute_stream_->record(ready);  // the app's gradient writes come first
   rs->wait(ready);
   TensorView full = TensorView::flat(grad_base(u), reduce_, P, device_);
-  if (stage == 0) {
+  if (offload_) {
+    // In place, wherever the full gradients are, then this rank's shard to the host for the CPU step.
+    TensorView shard = full.slice(S * r, S);
+    u.pending = comm_->reduce_scatter(full, shard, ReduceOp::avg, rs);
+    Event& copied = offload_->download(id, shard.data, u.pending.event());
+    if (u.grad_buffer >= 0) {
+      PoolBuffer& pb = grad_pool_[static_cast<std::size_t>(u.grad_buffer)];
+      pb.last_reduce = u.pending;
+      pb.copied = &copied;
+    }
+  } else if (stage == 0) {
     u.pending = comm_->all_reduce(full, full, ReduceOp::avg, rs);
   } else if (u.grad_buffer < 0) {
     u.pending = comm_->reduce_scatter(full, full.slice(S * r, S), ReduceOp::avg, rs);  // in place
@@ -584,19 +685,17 @@ StepStats Engine::step() {
   }
   // Stages 0-1 (and 2-3 with accumulation) keep whole-unit gradients; stages 2-3 otherwise keep a shard.
   const bool full_grads = stage <= 1 || accum > 1;
-  // The optimizer's gradient input per unit: this rank's reduced shard (stage 0: the whole averaged grads).
-  auto grad_shard = [&](const Unit& u) {
-    const int64_t S = u.layout.shard;
-    if (!full_grads || stage == 0) return u.grads.view(reduce_, S);
-    return u.grads.view(reduce_, u.layout.padded).slice(S * r, S);
-  };
   // Global gradient norm: per-unit sums of squares, one all-reduce over the shards.
-  float* sums = static_cast<float*>(norm_scratch_.data());
-  for (std::size_t i = 0; i < units_.size(); ++i)
-    kernels::sum_squares(device_, grad_shard(*units_[i]), sums + i, compute_stream_.get());
   std::vector<float>& host = norm_host_;
-  compute_stream_->synchronize();
-  memory_copy(host.data(), Device::cpu(), sums, device_, host.size() * sizeof(float));
+  if (offload_) {  // summed on the host as each shard arrived there
+    host = offload_->sums_of_squares();
+  } else {
+    float* sums = static_cast<float*>(norm_scratch_.data());
+    for (std::size_t i = 0; i < units_.size(); ++i)
+      kernels::sum_squares(device_, grad_shard(*units_[i], full_grads), sums + i, compute_stream_.get());
+    compute_stream_->synchronize();
+    memory_copy(host.data(), Device::cpu(), sums, device_, host.size() * sizeof(float));
+  }
   float total = 0.0f;
   for (float s : host) total += s;
   if (stage >= 1) {
@@ -642,16 +741,42 @@ StepStats Engine::step() {
   h.dampening = cfg_.optimizer.dampening;
   h.nesterov = cfg_.optimizer.nesterov;
   h.step = step_ + 1;
+  if (offload_) {
+    // The CPU updates unit by unit in forward order; each replica (stages 1-2) is all-gathered again once its
+    // shard is back, at its gather in the next forward.
+    offload_->update(h, static_cast<float>(clip / accum / scale));
+    if (stage < 3)
+      for (auto& up : units_) up->param_state = ParamState::updating;
+  } else {
+    update_on_device(h, static_cast<float>(clip / accum / scale), full_grads);
+  }
+  ++step_;
+  finish_step(full_grads);
+  st.step = step_;
+  if (cfg_.checkpoint.every_steps > 0 && step_ % cfg_.checkpoint.every_steps == 0)
+    save_checkpoint(cfg_.checkpoint.dir, user_state_ ? user_state_() : "");
+  return st;
+}
+
+TensorView Engine::grad_shard(const Unit& u, bool full_grads) const {
+  // The optimizer's gradient input: this rank's reduced shard (stage 0: the whole averaged gradients).
+  const int64_t S = u.layout.shard;
+  if (!full_grads || cfg_.zero.stage == 0) return u.grads.view(reduce_, S);
+  return u.grads.view(reduce_, u.layout.padded).slice(S * comm_->rank(), S);
+}
+
+void Engine::update_on_device(const kernels::OptimizerHyper& h, float grad_scale, bool full_grads) {
+  const int stage = cfg_.zero.stage, r = comm_->rank();
   for (auto& up : units_) {
     Unit& u = *up;
     const int64_t S = u.layout.shard, lo = stage == 0 ? 0 : S * r;
     kernels::UpdateArgs a;
     a.n = S;
     a.param = u.master.data() ? static_cast<float*>(u.master.data()) : static_cast<float*>(u.full_params.data()) + lo;
-    TensorView g = grad_shard(u);
+    TensorView g = grad_shard(u, full_grads);
     a.grad = g.data;
     a.grad_dtype = reduce_;
-    a.grad_scale = static_cast<float>(clip / accum / scale);
+    a.grad_scale = grad_scale;
     a.state1 = u.m.data();
     a.state2 = u.v.data();
     if (u.master.data() && u.full_params.data()) {  // bf16/f16 compute at stages 0-2: fused cast into the replica
@@ -662,7 +787,7 @@ StepStats Engine::step() {
     a.num_decay_ranges = u.num_decay_ranges;
     kernels::optimizer_update(device_, h, a, compute_stream_.get());
   }
-  if (stage == 1 || stage == 2) {  // every rank updated its shard of the replicated parameters: share them
+  if (stage == 1 || stage == 2) {  // every rank updated its shard of the replicas: share them
     compute_stream_->record(*update_done_);
     gather_stream_->wait(*update_done_);
     // Each unit's replica is complete once its all-gather lands; the next forward waits for it at gather()
@@ -673,12 +798,6 @@ StepStats Engine::step() {
       up->param_state = ParamState::gathering;
     }
   }
-  ++step_;
-  finish_step(full_grads);
-  st.step = step_;
-  if (cfg_.checkpoint.every_steps > 0 && step_ % cfg_.checkpoint.every_steps == 0)
-    save_checkpoint(cfg_.checkpoint.dir, user_state_ ? user_state_() : "");
-  return st;
 }
 
 void Engine::finish_step(bool full_grads) {
@@ -722,6 +841,7 @@ std::vector<float> Engine::read_param(UnitId id, std::string_view tensor) {
       shard = u.master.data() ? master : master + l.shard * r * 4;
   }
   compute_stream_->synchronize();
+  if (offload_) offload_->drain();  // the master is on the host, maybe still being updated
   Buffer tmp;
   if (!full) {
     tmp = Buffer(l.padded * es(t), MemoryKind::device, device_, MemCategory::other);
@@ -743,10 +863,10 @@ MemoryReport Engine::memory() const {
   m.device = device_;
   for (int c = 0; c < kMemCategoryCount; ++c) {
     m.on_device[static_cast<std::size_t>(c)] = l.stats(device_, static_cast<MemCategory>(c));
-    m.on_host[static_cast<std::size_t>(c)] = l.stats(Device::cpu(), static_cast<MemCategory>(c));
+    m.on_host[static_cast<std::size_t>(c)] = l.stats(MemPlace::host_memory(), static_cast<MemCategory>(c));
   }
   m.device_total = l.total(device_);
-  m.host_total = l.total(Device::cpu());
+  m.host_total = l.total(MemPlace::host_memory());
   return m;
 }
 

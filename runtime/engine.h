@@ -20,6 +20,9 @@
 #include <vector>
 
 #include "core/bootstrap.h"
+#include "kernels/kernels.h"
+#include "offload/host_pool.h"
+#include "offload/pipeline.h"
 #include "optim/loss_scaler.h"
 #include "runtime/config.h"
 #include "runtime/file_io.h"
@@ -140,7 +143,7 @@ class Engine {
 
  private:
   friend class GatheredParams;
-  void plan_layouts();  // each unit's flat layouts (pure; no allocation)
+  void plan_layouts();      // each unit's flat layouts (pure; no allocation)
   void check_fits() const;  // throws, naming the need and what is available, when the memory plan cannot fit
   void setup();
   // Fills this rank's shards: source(tensor index, first element, count, out) gives f32 values.
@@ -165,6 +168,13 @@ class Engine {
   void* grad_base(const Unit& unit) const;   // where the unit's full grads are now
   void prefetch_after(UnitId u);
   void consume(Work& w, const Unit* u = nullptr);  // make compute wait for a collective (of unit u)
+  void consume(Event& e);                          // make compute wait for an event (a copy)
+  // Stages 1-2 with the optimizer offloaded: all-gathers the replica once the unit's shard is back.
+  void refresh_replica(UnitId u);
+  void setup_offload();
+  TensorView grad_shard(const Unit& u, bool full_grads) const;
+  // The optimizer kernels on this device's shards (the stage 1-2 replicas then all-gathered).
+  void update_on_device(const kernels::OptimizerHyper& h, float grad_scale, bool full_grads);
   void finish_step(bool full_grads);
   // While the first step records the order (and always with ZS_CHECK_COLLECTIVES=1): every rank confirms
   // it is about to run the same collective on the same unit, so a divergent program fails with both sides
@@ -177,7 +187,9 @@ class Engine {
   Device device_;
   DType compute_, reduce_;
   std::unique_ptr<Stream> compute_stream_, gather_stream_, reduce_stream_;
+  offload::HostPool host_pool_;  // the offloaded state's memory; outlives the units' parts of it
   std::vector<std::unique_ptr<Unit>> units_;
+  std::unique_ptr<offload::Pipeline> offload_;  // offload.optimizer: cpu (drained before the units go)
   bool ready_ = false;
 
   struct PoolBuffer {
@@ -185,6 +197,7 @@ class Engine {
     UnitId owner = -1;
     std::unique_ptr<Event> free_after;  // gather pool: compute finished with it
     Work last_reduce;                   // grad pool: the reduce-scatter that read it
+    Event* copied = nullptr;            // grad pool with offload: the copy of its shard to the host
   };
   std::vector<PoolBuffer> gather_pool_, grad_pool_;
   int grad_pool_next_ = 0;

@@ -86,6 +86,14 @@ void Engine::quiesce(const char* op) {
     ZS_CHECK(u.holders == 0 && (u.grad_state == GradState::none),
              "rank {}: {} in the middle of a step (unit '{}' is {}); call it between step() and the next forward",
              comm_->rank(), op, u.name, u.holders > 0 ? "gathered" : "holding gradients");
+  }
+  if (offload_) {  // the CPU step finishes and the replicas (stages 1-2) are whole again, on every rank alike
+    for (int id = 0; id < num_units(); ++id)
+      if (units_[static_cast<std::size_t>(id)]->param_state == ParamState::updating) refresh_replica(id);
+    offload_->drain();
+  }
+  for (auto& up : units_) {
+    Unit& u = *up;
     u.pending.wait();  // a prefetch or a replica all-gather
     u.param_state = ParamState::sharded;
     u.gather_buffer = -1;
@@ -122,7 +130,8 @@ ckpt::Manifest Engine::describe_checkpoint() const {
     const Unit& u = *up;
     for (int i = 0; i < static_cast<int>(u.tensors.size()); ++i) {
       const TensorSpec& t = u.tensors[static_cast<std::size_t>(i)];
-      ckpt::TensorEntry e{u.full_name(i), u.name, {}, t.trainable, t.weight_decay, t.trainable ? DType::f32 : compute_, {}};
+      ckpt::TensorEntry e{
+          u.full_name(i), u.name, {}, t.trainable, t.weight_decay, t.trainable ? DType::f32 : compute_, {}};
       e.shape.assign(t.shape.dims.begin(), t.shape.dims.begin() + t.shape.ndim);
       const FlatLayout& l = u.is_frozen(i) ? u.frozen : u.layout;
       ckpt::add_pieces(l, l.slots[static_cast<std::size_t>(u.slot_of[static_cast<std::size_t>(i)])], comm_->size(),
@@ -162,8 +171,8 @@ FileDigest Engine::write_rank_file(const std::string& path, const ckpt::Manifest
           sources.push_back({static_cast<const char*>(u.frozen_shard.data()), SF * r, compute_});
       } else {
         const bool shard = stage > 0 && u.master.data();
-        sources.push_back({static_cast<const char*>(u.master.data() ? u.master.data() : full), shard ? S * r : 0,
-                           DType::f32});
+        sources.push_back(
+            {static_cast<const char*>(u.master.data() ? u.master.data() : full), shard ? S * r : 0, DType::f32});
         for (const Buffer* b : {&u.m, &u.v})
           if (b->data()) sources.push_back({static_cast<const char*>(b->data()), stage > 0 ? S * r : 0, DType::f32});
       }
@@ -179,14 +188,15 @@ FileDigest Engine::write_rank_file(const std::string& path, const ckpt::Manifest
       }
     }
   }
-  SafetensorsWriter w(path, std::move(decl),
-                      {{"format", std::string(ckpt::kFormat)}, {"rank", std::to_string(r)}, {"step", std::to_string(step_)}});
+  SafetensorsWriter w(
+      path, std::move(decl),
+      {{"format", std::string(ckpt::kFormat)}, {"rank", std::to_string(r)}, {"step", std::to_string(step_)}});
   std::vector<char> host;
   for (const Job& j : jobs) {
     const std::size_t bytes = static_cast<std::size_t>(j.count) * dtype_size(j.src.dtype);
     host.resize(bytes);
-    memory_copy(host.data(), Device::cpu(), j.src.base + (j.flat - j.src.origin) * static_cast<int64_t>(dtype_size(j.src.dtype)),
-                device_, bytes);
+    memory_copy(host.data(), Device::cpu(),
+                j.src.base + (j.flat - j.src.origin) * static_cast<int64_t>(dtype_size(j.src.dtype)), device_, bytes);
     w.write(host.data(), bytes);
   }
   return w.finish();
@@ -227,7 +237,8 @@ void Engine::save_checkpoint(const std::string& root, const std::string& user_st
     m.files[static_cast<std::size_t>(w)].digest = {get_u64(all.data() + 8 * w), get_u64(all.data() + 8 * w + 4)};
   if (r == 0) attempt(ok, error, [&] { ckpt::commit(root, tmp.string(), m, cfg_.checkpoint.keep); });
   agree(ok, what + " committing", error);
-  if (r == 0) log::info("saved checkpoint of step {} to {}", step_, (fs::path(root) / ckpt::step_dir_name(step_)).string());
+  if (r == 0)
+    log::info("saved checkpoint of step {} to {}", step_, (fs::path(root) / ckpt::step_dir_name(step_)).string());
 }
 
 void Engine::save_weights(const std::string& path, DType dtype) {
@@ -245,8 +256,8 @@ void Engine::save_weights(const std::string& path, DType dtype) {
           const Shape& s = u->tensors[static_cast<std::size_t>(i)].shape;
           decl.push_back({u->full_name(i), dtype, {s.dims.begin(), s.dims.begin() + s.ndim}, 0, 0});
         }
-      w = std::make_unique<SafetensorsWriter>(path, std::move(decl), std::map<std::string, std::string>{
-                                                                          {"format", "pt"}, {"step", std::to_string(step_)}});
+      w = std::make_unique<SafetensorsWriter>(
+          path, std::move(decl), std::map<std::string, std::string>{{"format", "pt"}, {"step", std::to_string(step_)}});
     });
   // Every rank takes part in each tensor's gather, even after rank 0 failed to write: nobody is left waiting.
   std::vector<uint8_t> cast;
@@ -285,7 +296,8 @@ std::string Engine::load_checkpoint(const std::string& dir) {
         model.push_back(std::move(e));
       }
     const std::string diff = ckpt::diff_tensors(m.tensors, model);
-    ZS_CHECK(diff.empty(), "checkpoint '{}' does not fit this model; the tensors that differ:\n{}", reader->dir(), diff);
+    ZS_CHECK(diff.empty(), "checkpoint '{}' does not fit this model; the tensors that differ:\n{}", reader->dir(),
+             diff);
     const std::string_view want = kernels::optimizer_name(cfg_.optimizer.type);
     ZS_CHECK(m.optimizer == want,
              "checkpoint '{}' holds {} optimizer state ({}), but this run's optimizer.type is {}; resume with "
@@ -326,8 +338,9 @@ std::string Engine::load_checkpoint(const std::string& dir) {
           });
   step_ = m.step;
   scaler_ = m.scaler;
-  if (r == 0) log::info("loaded checkpoint of step {} from {} (saved by {} ranks at stage {})", m.step, reader->dir(),
-                        m.world_size, m.stage);
+  if (r == 0)
+    log::info("loaded checkpoint of step {} from {} (saved by {} ranks at stage {})", m.step, reader->dir(),
+              m.world_size, m.stage);
   return m.user_state;
 }
 

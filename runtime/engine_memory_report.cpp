@@ -18,13 +18,19 @@ void Engine::write_memory_report(const std::string& dir) const {
   j["world"] = comm_->size();
   j["stage"] = cfg_.zero.stage;
   j["device"] = device_.is_cpu() ? "cpu" : "cuda";
+  // The device's memory, then the host's (offload, Gloo's staging): planned, current and peak per category.
   for (int c = 0; c < kMemCategoryCount; ++c) {
     const auto i = static_cast<std::size_t>(c);
-    j["categories"][std::string(mem_category_name(static_cast<MemCategory>(c)))] = {
-        {"planned", plan.bytes[i]}, {"current", m.on_device[i].current}, {"peak", m.on_device[i].peak}};
+    const std::string name(mem_category_name(static_cast<MemCategory>(c)));
+    j["categories"][name] = {
+        {"planned", plan.device[i]}, {"current", m.on_device[i].current}, {"peak", m.on_device[i].peak}};
+    j["host_categories"][name] = {
+        {"planned", plan.host[i]}, {"current", m.on_host[i].current}, {"peak", m.on_host[i].peak}};
   }
-  j["planned_total"] = plan.total();
+  j["planned_total"] = plan.device_total();
   j["peak_total"] = m.device_total.peak;
+  j["host_planned_total"] = plan.host_total();
+  j["host_peak_total"] = m.host_total.peak;
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
   j["peak_rss"] = static_cast<int64_t>(ru.ru_maxrss) * 1024;
@@ -34,7 +40,7 @@ void Engine::write_memory_report(const std::string& dir) const {
   l.mark("end");
   std::vector<MemoryLedger::TracePoint> pts;
   for (const auto& p : l.trace_points())
-    if (p.device == device_) pts.push_back(p);
+    if (p.place == MemPlace(device_)) pts.push_back(p);
   const std::size_t stride = std::max<std::size_t>(1, pts.size() / 4000);
   auto& tl = j["timeline"] = nlohmann::ordered_json::array();
   for (std::size_t i = 0; i < pts.size(); ++i) {

@@ -26,7 +26,29 @@ UnitBuffers unit_buffers(const FlatLayout& layout, const FlatLayout& frozen, con
   if (o.type == kernels::Optimizer::adamw || o.type == kernels::Optimizer::adam) b.v = S * 4;
   const bool full_grads = stage <= 1 || cfg.zero.grad_accumulation > 1;
   b.grads = (full_grads ? P : S) * rs;
+  if (cfg.offload.optimizer_on_cpu()) {
+    // The CPU step owns the f32 master (a copy apart from any f32 replica on the device), m and v, and reads
+    // the reduced gradient shard from the host; the device keeps what the forward and backward touch.
+    b.offload = true;
+    b.params_on_host = cfg.offload.params_on_cpu();
+    b.master = S * 4;
+    b.master_category = MemCategory::master;
+    if (!full_grads) b.grads = 0;  // the reduce-scatter lands in the gradient pool, then goes to the host
+    b.host_grads = S * rs * (cfg.offload.delayed() ? 2 : 1);
+    if (!f32) b.host_params = S * cs;
+    if (b.params_on_host)
+      b.host_params_category = MemCategory::params;
+    else if (stage == 3)
+      b.param_shard = S * cs;
+  }
   return b;
+}
+
+int64_t UnitBuffers::host_pool_bytes() const {
+  if (!offload) return 0;
+  auto aligned = offload::pool_part_bytes;
+  return aligned(master) + aligned(m) + aligned(v) + aligned(host_grads) + aligned(host_params) +
+         (params_on_host ? aligned(frozen_shard) : 0);
 }
 
 PoolPlan pool_plan(int64_t largest_elements, int64_t largest_trainable_elements, int num_units, const Config& cfg) {
@@ -46,6 +68,8 @@ PoolPlan pool_plan(int64_t largest_elements, int64_t largest_trainable_elements,
 MemoryPlan plan_memory(std::span<const std::vector<TensorSpec>> units, const Config& cfg, int world, int rank,
                        bool cpu_device) {
   MemoryPlan plan;
+  auto dev = [&](MemCategory c) -> int64_t& { return plan.device[static_cast<std::size_t>(c)]; };
+  auto host = [&](MemCategory c) -> int64_t& { return plan.host[static_cast<std::size_t>(c)]; };
   const int stage = cfg.zero.stage;
   int64_t largest = 0, largest_trainable = 0;
   for (const auto& tensors : units) {
@@ -53,22 +77,27 @@ MemoryPlan plan_memory(std::span<const std::vector<TensorSpec>> units, const Con
     largest = std::max(largest, l.layout.padded + l.frozen.padded);
     largest_trainable = std::max(largest_trainable, l.layout.padded);
     const UnitBuffers b = unit_buffers(l.layout, l.frozen, cfg);
-    plan[MemCategory::params] += b.full_params + b.frozen_shard;
-    plan[b.master_category] += b.master;
-    plan[MemCategory::optim_state] += b.m + b.v;
-    plan[MemCategory::grads] += b.grads;
+    auto state = [&](MemCategory c) -> int64_t& { return b.offload ? host(c) : dev(c); };
+    dev(MemCategory::params) += b.full_params + b.param_shard;
+    (b.params_on_host ? host(MemCategory::params) : dev(MemCategory::params)) += b.frozen_shard;
+    state(b.master_category) += b.master;
+    state(MemCategory::optim_state) += b.m + b.v;
+    dev(MemCategory::grads) += b.grads;
+    host(MemCategory::grads) += b.host_grads;
+    host(b.host_params_category) += b.host_params;
     std::vector<bool> decays;
     for (const auto& t : tensors)
       if (t.trainable) decays.push_back(t.weight_decay);
     const auto ranges = l.layout.shard_ranges(stage == 0 ? 0 : rank, decays);
-    plan[MemCategory::other] +=
+    state(MemCategory::other) +=  // the weight-decay ranges, where the optimizer runs
         static_cast<int64_t>(std::max<std::size_t>(1, ranges.size()) * sizeof(kernels::ElementRange));
   }
   const PoolPlan p = pool_plan(largest, largest_trainable, static_cast<int>(units.size()), cfg);
-  plan[MemCategory::gather_buffers] += p.gather_count * p.gather_bytes;
-  plan[MemCategory::grads] += p.grad_count * p.grad_bytes;
-  plan[MemCategory::other] += static_cast<int64_t>((units.size() + 1) * sizeof(float));  // the norm scratch
-  if (cpu_device) plan[MemCategory::comm_scratch] = comm_streams(stage) * GlooComm::kScratchBytesPerStream;  // NCCL has none
+  dev(MemCategory::gather_buffers) += p.gather_count * p.gather_bytes;
+  dev(MemCategory::grads) += p.grad_count * p.grad_bytes;
+  dev(MemCategory::other) += static_cast<int64_t>((units.size() + 1) * sizeof(float));  // the norm scratch
+  if (cpu_device)
+    host(MemCategory::comm_scratch) = comm_streams(stage) * GlooComm::kScratchBytesPerStream;  // NCCL has none
   return plan;
 }
 

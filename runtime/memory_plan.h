@@ -10,6 +10,7 @@
 
 #include "core/comm_gloo.h"
 #include "core/memory_ledger.h"
+#include "offload/host_pool.h"
 #include "runtime/config.h"
 #include "sharding/flat_layout.h"
 
@@ -17,12 +18,22 @@ namespace zs {
 
 // One unit's persistent buffers on one rank, in bytes (0: not allocated).
 struct UnitBuffers {
-  int64_t full_params = 0;   // compute dtype, the whole unit incl. frozen tensors (stages 0-2)
-  int64_t frozen_shard = 0;  // compute dtype, this rank's shard of the frozen tensors (stage 3)
-  int64_t master = 0;        // f32 shard (stage 0: whole); absent when the full f32 parameters are the master
+  int64_t full_params = 0;  // device, compute dtype, the whole unit incl. frozen tensors (stages 0-2)
+  int64_t frozen_shard =
+      0;               // compute dtype, this rank's shard of the frozen tensors (stage 3; host with offload.params)
+  int64_t master = 0;  // f32 shard (stage 0: whole); absent when the full f32 parameters are the master
   MemCategory master_category = MemCategory::master;  // params when the master is the only copy (f32, stage 3)
-  int64_t m = 0, v = 0;      // optimizer state
-  int64_t grads = 0;         // reduce dtype: whole unit (stages 0-1, accumulation) or this rank's shard
+  int64_t m = 0, v = 0;                               // optimizer state
+  int64_t grads = 0;  // device, reduce dtype: whole unit (stages 0-1, accumulation) or this rank's shard
+  // offload.optimizer: cpu — master, m and v above live in the host pool, and:
+  bool offload = false;
+  bool params_on_host = false;  // offload.params: cpu (the frozen shard and host_params are the parameters)
+  int64_t param_shard = 0;      // device, compute dtype: the shard the all-gather starts from (stage 3)
+  int64_t host_grads = 0;       // host, reduce dtype: the reduced shard the CPU step reads (x2 when delayed)
+  int64_t host_params = 0;      // host, compute dtype: what the CPU step writes for bf16/f16 compute
+  MemCategory host_params_category = MemCategory::offload_staging;  // params with offload.params
+  // Host-pool bytes (each part 64-byte aligned in the one pinned allocation).
+  int64_t host_pool_bytes() const;
 };
 UnitBuffers unit_buffers(const FlatLayout& layout, const FlatLayout& frozen, const Config& cfg);
 
@@ -42,19 +53,22 @@ inline int comm_streams(int stage) {
   return stage == 0 ? 2 : 3;
 }
 
+using CategoryBytes = std::array<int64_t, kMemCategoryCount>;
+
 struct MemoryPlan {
-  std::array<int64_t, kMemCategoryCount> bytes{};  // the engine's device memory by category
-  int64_t total() const {
+  CategoryBytes device{};  // the engine's device memory by category
+  CategoryBytes host{};    // and its host memory (offload, Gloo's staging)
+  static int64_t sum(const CategoryBytes& b) {
     int64_t t = 0;
-    for (int64_t b : bytes) t += b;
+    for (int64_t x : b) t += x;
     return t;
   }
-  int64_t& operator[](MemCategory c) { return bytes[static_cast<std::size_t>(c)]; }
-  int64_t operator[](MemCategory c) const { return bytes[static_cast<std::size_t>(c)]; }
+  int64_t device_total() const { return sum(device); }
+  int64_t host_total() const { return sum(host); }
 };
 
 // What the engine allocates on rank `rank` of `world` for a model of these units (each a list of tensors).
-// comm_scratch is Gloo's (CPU device), counted for the engine's streams.
+// comm_scratch is Gloo's host staging (CPU device), counted for the engine's streams.
 MemoryPlan plan_memory(std::span<const std::vector<TensorSpec>> units, const Config& cfg, int world, int rank,
                        bool cpu_device);
 

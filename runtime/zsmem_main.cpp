@@ -1,10 +1,10 @@
 // zsmem: predict per-rank memory from the engine's own plan (estimate), and measure a real run against it.
 #include <unistd.h>
 
+#include <fmt/format.h>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
-#include <fmt/format.h>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -52,7 +52,8 @@ struct Model {
 
 Model load_model(double params, double largest, const std::string& spec, const std::string& manifest) {
   const int given = (params > 0 || largest > 0) + !spec.empty() + !manifest.empty();
-  if (given != 1) throw Usage("give the model one way: --params P --largest-unit L, --model FAMILY:..., or --manifest DIR");
+  if (given != 1)
+    throw Usage("give the model one way: --params P --largest-unit L, --model FAMILY:..., or --manifest DIR");
   Model m;
   if (params != 0 || largest != 0) {
     if (!(params > 0 && largest > 0 && largest <= params))
@@ -96,13 +97,12 @@ Model load_model(double params, double largest, const std::string& spec, const s
 double gpt_activations(const zs::family::Gpt& g, int batch) {
   const double n = static_cast<double>(batch) * g.seq, d = g.d, L = g.layers;
   const double per_block = 16 * n * d + 4 * n + static_cast<double>(batch) * g.heads * g.seq * g.seq;
-  const double floats = (L + 1) * n * d + L * per_block + 14 * n * d + g.seq * g.seq + 3 * n * d + 2 * n +
-                        n * g.vocab;
+  const double floats = (L + 1) * n * d + L * per_block + 14 * n * d + g.seq * g.seq + 3 * n * d + 2 * n + n * g.vocab;
   return 4 * floats;
 }
 
-int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, const std::vector<int>& stages,
-             bool cpu, double device_gib, int batch, bool json_out) {
+int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, const std::vector<int>& stages, bool cpu,
+             double device_gib, int batch, bool json_out) {
   nlohmann::ordered_json rows = nlohmann::ordered_json::array();
   const double act = m.gpt && batch > 0 ? gpt_activations(m.shape, batch) : 0;
   if (!json_out) {
@@ -110,22 +110,24 @@ int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, con
                m.what, m.params, m.units.size(), m.largest, zs::dtype_name(cfg.precision.param),
                zs::dtype_name(cfg.precision.reduce), zs::kernels::optimizer_name(cfg.optimizer.type),
                cpu ? "CPU (device: cpu)" : "GPU");
-    fmt::print("{:>5} {:>5} | {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} | {:>11} | {:>11} {}\n", "world", "stage",
-               "params", "master", "grads", "optim", "gather", "scratch", "activation", "total", "DeepSpeed",
+    fmt::print("{:>5} {:>5} | {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} | {:>11} | {:>11} {}\n", "world",
+               "stage", "params", "master", "grads", "optim", "gather", "scratch", "activation", "total", "DeepSpeed",
                device_gib > 0 ? fmt::format("fits {} GiB", device_gib) : "");
   }
   for (int w : worlds)
     for (int s : stages) {
       cfg.zero.stage = s;
       const zs::MemoryPlan p = zs::plan_memory(m.units, cfg, w, 0, cpu);
-      const double scratch = static_cast<double>(p[MemCategory::comm_scratch] + p[MemCategory::other]);
-      const double total = static_cast<double>(p.total()) + act;
+      auto dev = [&](MemCategory c) { return p.device[static_cast<std::size_t>(c)]; };
+      const double scratch = static_cast<double>(dev(MemCategory::comm_scratch) + dev(MemCategory::other));
+      const double total = static_cast<double>(p.device_total()) + act;
       const double ds = deepspeed_estimate(s, static_cast<double>(m.params), static_cast<double>(m.largest), w);
       const bool fits = device_gib <= 0 || total <= device_gib * 1073741824.0;
       if (json_out) {
         nlohmann::ordered_json r{{"world", w}, {"stage", s}};
         for (int c = 0; c < zs::kMemCategoryCount; ++c)
-          r["bytes"][std::string(zs::mem_category_name(static_cast<MemCategory>(c)))] = p.bytes[static_cast<std::size_t>(c)];
+          r["bytes"][std::string(zs::mem_category_name(static_cast<MemCategory>(c)))] =
+              p.device[static_cast<std::size_t>(c)];
         r["activations"] = act;
         r["total"] = total;
         r["deepspeed_estimate"] = std::isnan(ds) ? nlohmann::ordered_json() : nlohmann::ordered_json(ds);
@@ -133,25 +135,27 @@ int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, con
         rows.push_back(r);
         continue;
       }
-      fmt::print("{:>5} {:>5} | {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} | {:>11} | {:>11} {}\n", w, s,
-                 human(static_cast<double>(p[MemCategory::params])), human(static_cast<double>(p[MemCategory::master])),
-                 human(static_cast<double>(p[MemCategory::grads])),
-                 human(static_cast<double>(p[MemCategory::optim_state])),
-                 human(static_cast<double>(p[MemCategory::gather_buffers])), human(scratch),
-                 act > 0 ? human(act) : "-", human(total), std::isnan(ds) ? "-" : human(ds),
-                 device_gib > 0 ? (fits ? "yes" : "NO") : "");
+      fmt::print(
+          "{:>5} {:>5} | {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} | {:>11} | {:>11} {}\n", w, s,
+          human(static_cast<double>(dev(MemCategory::params))), human(static_cast<double>(dev(MemCategory::master))),
+          human(static_cast<double>(dev(MemCategory::grads))),
+          human(static_cast<double>(dev(MemCategory::optim_state))),
+          human(static_cast<double>(dev(MemCategory::gather_buffers))), human(scratch), act > 0 ? human(act) : "-",
+          human(total), std::isnan(ds) ? "-" : human(ds), device_gib > 0 ? (fits ? "yes" : "NO") : "");
     }
   if (json_out) {
     fmt::print("{}\n", rows.dump(1));
   } else {
-    fmt::print("params/master/grads/optim/gather: the engine's own buffers (padding and pools included); scratch: the\n"
-               "communicator's staging and small engine tables; activation: the example trainer's, with --batch.\n"
-               "DeepSpeed: its published estimators (model states only, stage 1 uses stage 2's).\n");
+    fmt::print(
+        "params/master/grads/optim/gather: the engine's own buffers (padding and pools included); scratch: the\n"
+        "communicator's staging and small engine tables; activation: the example trainer's, with --batch.\n"
+        "DeepSpeed: its published estimators (model states only, stage 1 uses stage 2's).\n");
   }
   return 0;
 }
 
-int measure(int nproc, double max_error, bool json_out, const std::string& svg, const std::vector<std::string>& command) {
+int measure(int nproc, double max_error, bool json_out, const std::string& svg,
+            const std::vector<std::string>& command) {
   if (command.empty()) throw Usage("measure: give the program to run after --");
   const fs::path dir = fs::temp_directory_path() / fmt::format("zsmem_{}", getpid());
   fs::remove_all(dir);
@@ -225,9 +229,11 @@ int main(int argc, char** argv) {
   est->add_option("--stage", stages, "ZeRO stages")->check(CLI::Range(0, 3));
   est->add_option("--offload", offload, "none (optimizer / optimizer+params: not in this version)")
       ->check(CLI::IsMember({"none", "optimizer", "optimizer+params"}));
-  est->add_option("--precision", precision, "compute dtype: f32, bf16, f16")->check(CLI::IsMember({"f32", "bf16", "f16"}));
+  est->add_option("--precision", precision, "compute dtype: f32, bf16, f16")
+      ->check(CLI::IsMember({"f32", "bf16", "f16"}));
   est->add_option("--reduce", reduce, "gradient dtype: f32, bf16")->check(CLI::IsMember({"f32", "bf16"}));
-  est->add_option("--optimizer", optimizer, "adamw, adam, sgd, lion")->check(CLI::IsMember({"adamw", "adam", "sgd", "lion"}));
+  est->add_option("--optimizer", optimizer, "adamw, adam, sgd, lion")
+      ->check(CLI::IsMember({"adamw", "adam", "sgd", "lion"}));
   est->add_option("--max-live", max_live, "zero.max_live_units (stage-3 gather buffers)")->check(CLI::PositiveNumber);
   est->add_option("--accumulation", accumulation, "zero.grad_accumulation")->check(CLI::PositiveNumber);
   est->add_option("--batch", batch, "sequences per rank: adds the example GPT trainer's activations")

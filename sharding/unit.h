@@ -1,5 +1,7 @@
 // Unit: one layer's tensors, its flat layout, and its state for the current step
 // (params: sharded -> gathering -> gathered -> released; grads: none -> accumulating -> reducing -> reduced).
+// With the optimizer offloaded at stages 1-2, an update leaves the replica `updating` until its shard is back
+// from the host and all-gathered again.
 #pragma once
 
 #include <string>
@@ -11,7 +13,7 @@
 
 namespace zs {
 
-enum class ParamState : uint8_t { sharded, gathering, gathered };
+enum class ParamState : uint8_t { sharded, gathering, gathered, updating };
 enum class GradState : uint8_t { none, accumulating, reducing, reduced };
 
 struct Unit {
@@ -36,7 +38,11 @@ struct Unit {
   Buffer master;        // f32: whole unit (stage 0) or this rank's shard (1-3); absent when it is full_params
   Buffer m, v;          // optimizer state, same extent as master
   Buffer grads;         // full (stages 0-1, or 2-3 with accumulation) in the reduce dtype, else the f32 shard
-  Buffer decay_ranges;  // kernels::ElementRange list in the device's memory
+  Buffer decay_ranges;  // kernels::ElementRange list where the optimizer runs (the device, or the host)
+  // offload.optimizer: cpu (master, m and v above are then in the host pool).
+  Buffer param_shard;  // device, compute dtype: the shard the stage-3 all-gather starts from
+  Buffer host_grads;   // host, reduce dtype: the reduced shard the CPU step reads (two slots when delayed)
+  Buffer host_params;  // host, compute dtype: the CPU step's output for bf16/f16 compute
   int64_t num_decay_ranges = 0;
 
   // Step state.

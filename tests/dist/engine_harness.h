@@ -29,7 +29,9 @@ struct Case {
   int accum;
   float clip;
   kernels::Optimizer opt = kernels::Optimizer::adamw;
-  bool cosine = false;  // warm-up 5 steps, then cosine decay to 10 % at step 30 (then flat)
+  bool cosine = false;   // warm-up 5 steps, then cosine decay to 10 % at step 30 (then flat)
+  int offload = 0;       // 0: none, 1: the optimizer on the CPU, 2: the optimizer and the parameters
+  bool delayed = false;  // offload.mode: delayed (the step computes with parameters two updates old)
 };
 
 inline Config make_config(const Case& c) {
@@ -50,6 +52,9 @@ inline Config make_config(const Case& c) {
   if (c.opt == kernels::Optimizer::lion) cfg.optimizer.lr = 5e-4f;
   if (c.opt == kernels::Optimizer::sgd) cfg.optimizer.lr = 0.1f;
   if (c.cosine) cfg.schedule = Schedule{ScheduleKind::cosine, 5, 30, 0.1};
+  if (c.offload >= 1) cfg.offload.optimizer = "cpu";
+  if (c.offload >= 2) cfg.offload.params = "cpu";
+  if (c.delayed) cfg.offload.mode = "delayed";
   return cfg;
 }
 
@@ -82,7 +87,13 @@ inline Trajectory reference(const Case& c) {
     for (auto& t : m.p[u]) masters[u].emplace_back(t.begin(), t.end());
   Trajectory run;
   std::vector<std::vector<std::vector<double>>> grad(units.size());
+  std::vector<std::vector<std::vector<T>>> lagged = m.p;  // delayed mode: the parameters one update back
   for (int k = 0; k < kSteps; ++k) {
+    if (c.delayed) {  // step k computes with the parameters after update k-2 (the last one still running)
+      auto current = m.p;
+      if (k > 0) m.p = lagged;
+      lagged = std::move(current);
+    }
     // Gradients accumulate in T exactly as the app does on one rank: per sample, scaled by 1/batch, in
     // sample order; micro-batches added up in T; the engine's 1/accumulation comes with the update.
     std::vector<std::vector<std::vector<T>>> acc(units.size());
@@ -334,8 +345,10 @@ inline double worst_rms_error(const std::vector<std::vector<std::vector<double>>
 
 inline std::string name(const Case& c, int world) {
   static const char* const opt[] = {"adamw", "adam", "sgd", "lion"};
-  return fmt::format("stage {} {} {}{} prefetch {} accumulation {} clip {} (world {})", c.stage, dtype_name(c.param),
-                     opt[static_cast<int>(c.opt)], c.cosine ? " cosine" : "", c.prefetch, c.accum, c.clip, world);
+  static const char* const off[] = {"", " offload optimizer", " offload optimizer+params"};
+  return fmt::format("stage {} {} {}{} prefetch {} accumulation {} clip {}{}{} (world {})", c.stage,
+                     dtype_name(c.param), opt[static_cast<int>(c.opt)], c.cosine ? " cosine" : "", c.prefetch, c.accum,
+                     c.clip, off[c.offload], c.delayed ? " delayed" : "", world);
 }
 
 }  // namespace zs::test

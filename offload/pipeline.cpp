@@ -1,0 +1,135 @@
+// The offloaded step's pipeline: downloads, host sums, updates and uploads, ordered by events.
+#include "offload/pipeline.h"
+
+#include "core/error.h"
+#include "core/log.h"
+
+namespace zs::offload {
+
+Pipeline::Pipeline(Device device, DType compute, DType reduce, bool delayed, std::vector<UnitShard> units)
+    : device_(device),
+      compute_(compute),
+      reduce_(reduce),
+      delayed_(delayed),
+      units_(std::move(units)),
+      download_(make_stream(device)),
+      upload_(make_stream(device)),
+      cpu_(make_stream(Device::cpu())),
+      sums_(units_.size(), 0.0f) {
+  for (std::size_t u = 0; u < units_.size(); ++u) {
+    downloaded_.push_back(make_event(device));
+    uploaded_.push_back(make_event(device));
+    updated_.push_back(make_event(Device::cpu()));
+  }
+}
+
+Pipeline::~Pipeline() {
+  try {
+    drain();
+  } catch (const std::exception& e) {
+    log::warn("offload: the CPU step failed while shutting down: {}", e.what());
+  }
+}
+
+Event& Pipeline::download(int u, const void* device_grads, Event* reduced) {
+  const UnitShard& s = units_[static_cast<std::size_t>(u)];
+  // Streaming: the CPU must be done reading the slot (the last step's update of u; normally long done).
+  if (!delayed_) updated_[static_cast<std::size_t>(u)]->synchronize();
+  if (reduced) download_->wait(*reduced);
+  void* host = s.grads[slot_];
+  memory_copy_async(host, device_grads, static_cast<std::size_t>(s.n) * dtype_size(reduce_), *download_);
+  Event& done = *downloaded_[static_cast<std::size_t>(u)];
+  download_->record(done);
+  float* out = &sums_[static_cast<std::size_t>(u)];
+  const TensorView g = TensorView::flat(host, reduce_, s.n, Device::cpu());
+  cpu_->submit([&done, g, out] {
+    done.synchronize();
+    kernels::sum_squares(Device::cpu(), g, out);
+  });
+  return done;
+}
+
+const std::vector<float>& Pipeline::sums_of_squares() {
+  cpu_->synchronize();
+  return sums_;
+}
+
+const void* Pipeline::host_param_source(int u) const {
+  const UnitShard& s = units_[static_cast<std::size_t>(u)];
+  return s.host_params ? s.host_params : s.master;
+}
+
+void Pipeline::upload(int u) {
+  const UnitShard& s = units_[static_cast<std::size_t>(u)];
+  if (!s.device_params) return;
+  memory_copy_async(s.device_params, host_param_source(u), static_cast<std::size_t>(s.n) * dtype_size(compute_),
+                    *upload_);
+  upload_->record(*uploaded_[static_cast<std::size_t>(u)]);
+}
+
+void Pipeline::update_unit(int u, int slot, const kernels::OptimizerHyper& h, float grad_scale) {
+  const UnitShard& s = units_[static_cast<std::size_t>(u)];
+  kernels::UpdateArgs a;
+  a.n = s.n;
+  a.param = s.master;
+  a.grad = s.grads[slot];
+  a.grad_dtype = reduce_;
+  a.grad_scale = grad_scale;
+  a.state1 = s.m;
+  a.state2 = s.v;
+  if (s.host_params) {  // bf16/f16 compute: the compute copy in the same pass
+    a.param_out = s.host_params;
+    a.param_out_dtype = compute_;
+  }
+  a.decay_ranges = s.decay;
+  a.num_decay_ranges = s.num_decay;
+  kernels::optimizer_update(Device::cpu(), h, a);
+}
+
+void Pipeline::update(const kernels::OptimizerHyper& h, float grad_scale) {
+  const int n = static_cast<int>(units_.size()), slot = slot_;
+  if (delayed_) {
+    // The previous step's update has had a whole forward and backward to finish; its results go up now
+    // and this step's update starts behind the next step (each unit once its upload has read the host copy).
+    cpu_->synchronize();
+    if (pending_)
+      for (int u = 0; u < n; ++u) upload(u);
+    for (int u = 0; u < n; ++u) {
+      Event* read =
+          units_[static_cast<std::size_t>(u)].device_params ? uploaded_[static_cast<std::size_t>(u)].get() : nullptr;
+      cpu_->submit([this, u, slot, h, grad_scale, read] {
+        if (read) read->synchronize();
+        update_unit(u, slot, h, grad_scale);
+      });
+      cpu_->record(*updated_[static_cast<std::size_t>(u)]);
+    }
+    pending_ = true;
+    slot_ = 1 - slot_;
+    return;
+  }
+  for (int u = 0; u < n; ++u) {  // forward order: unit 0 is ready first
+    cpu_->submit([this, u, slot, h, grad_scale] {
+      update_unit(u, slot, h, grad_scale);
+      upload(u);
+    });
+    cpu_->record(*updated_[static_cast<std::size_t>(u)]);
+  }
+}
+
+void Pipeline::wait_params(int u, Stream& stream) {
+  if (!delayed_) updated_[static_cast<std::size_t>(u)]->synchronize();  // its upload is enqueued after this
+  if (units_[static_cast<std::size_t>(u)].device_params) stream.wait(*uploaded_[static_cast<std::size_t>(u)]);
+}
+
+void Pipeline::drain() {
+  cpu_->synchronize();
+  download_->synchronize();
+  upload_->synchronize();
+}
+
+void Pipeline::discard_pending() {
+  drain();
+  pending_ = false;
+}
+
+}  // namespace zs::offload

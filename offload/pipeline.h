@@ -1,0 +1,79 @@
+// The offloaded optimizer step (DESIGN §4). Each unit's reduced gradient shard goes to the host on a
+// copy stream as soon as its reduce lands, and the CPU sums its squares behind it; once the global norm
+// is known the CPU updates the units in forward order with the SIMD kernels and uploads each one as soon
+// as it is done, so the next forward starts on unit 0 while later units are still being updated
+// (streaming). Delayed mode (ZeRO-Offload's one-step-stale update) runs the whole CPU step behind the
+// next forward and backward instead: the parameters a step computes with are two updates old, which
+// changes the math.
+//
+// Streams: `download` and `upload` on the device (copy engines on a GPU; worker threads in the CPU build,
+// whose "device" memory is a separate host pool, so ordering bugs show in CI), and a CPU worker for the
+// step. Every hand-off is an event; the host blocks only where the next forward needs an update that the
+// CPU has not finished yet.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "core/buffer.h"
+#include "kernels/kernels.h"
+
+namespace zs::offload {
+
+// One unit's shard on the host, and where its updated parameters go.
+struct UnitShard {
+  int64_t n = 0;            // elements in this rank's shard
+  float* master = nullptr;  // f32, host
+  void* m = nullptr;        // optimizer state, host (null when the optimizer keeps none)
+  void* v = nullptr;
+  void* grads[2] = {};            // reduce dtype, host; [1] is delayed mode's second slot
+  void* host_params = nullptr;    // compute dtype, host, written by the update (null for f32: the master is it)
+  void* device_params = nullptr;  // where the updated shard is uploaded (null: the parameters stay on the host)
+  const kernels::ElementRange* decay = nullptr;  // host
+  int64_t num_decay = 0;
+};
+
+class Pipeline {
+ public:
+  Pipeline(Device device, DType compute, DType reduce, bool delayed, std::vector<UnitShard> units);
+  ~Pipeline();
+  Pipeline(const Pipeline&) = delete;
+  Pipeline& operator=(const Pipeline&) = delete;
+
+  // Unit u's reduced gradient shard at `device_grads` (complete at `reduced`, an event of the device)
+  // goes to the host, then the CPU sums its squares. Returns the event after which the device buffer
+  // may be reused.
+  Event& download(int u, const void* device_grads, Event* reduced);
+  // Blocks until this step's downloads and sums are done (rethrowing a failure of the CPU step before
+  // them): each unit's sum of squares of its gradient shard, unscaled.
+  const std::vector<float>& sums_of_squares();
+  // The step: every unit's update with h (h.step is the step number), its gradient multiplied by
+  // grad_scale. Returns at once; the CPU works behind it.
+  void update(const kernels::OptimizerHyper& h, float grad_scale);
+  // Makes `stream` wait until unit u's parameters for the next forward are in place on the device
+  // (device_params) or on the host (host_param_source); blocks the host until the CPU has updated u when
+  // it has not yet (streaming).
+  void wait_params(int u, Stream& stream);
+  // Where unit u's current compute-dtype parameters are on the host: host_params, or the f32 master.
+  const void* host_param_source(int u) const;
+  // Blocks until nothing is in flight (copies, sums, updates); rethrows a failure of the CPU step.
+  void drain();
+  // Drains, and forgets a delayed update that was not uploaded (the parameters were just replaced).
+  void discard_pending();
+
+ private:
+  void upload(int u);  // enqueues unit u's updated shard to device_params
+  void update_unit(int u, int slot, const kernels::OptimizerHyper& h, float grad_scale);
+
+  Device device_;
+  DType compute_, reduce_;
+  bool delayed_;
+  std::vector<UnitShard> units_;
+  std::unique_ptr<Stream> download_, upload_, cpu_;
+  std::vector<std::unique_ptr<Event>> downloaded_, uploaded_, updated_;
+  std::vector<float> sums_;
+  int slot_ = 0;          // the grads[] slot this step's downloads fill (delayed mode alternates)
+  bool pending_ = false;  // delayed: updated on the host, not uploaded yet
+};
+
+}  // namespace zs::offload
