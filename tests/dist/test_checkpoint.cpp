@@ -125,7 +125,37 @@ TEST_P(SameWorldResume, IsBitIdenticalToTrainingStraightThrough) {
 
 INSTANTIATE_TEST_SUITE_P(Checkpoint, SameWorldResume,
                          ::testing::Values(Case{3, DType::f32, 2, 1, 1.0f}, Case{1, DType::bf16, 0, 3, 0.5f},
-                                           Case{2, DType::f32, 0, 1, 0.0f, kernels::Optimizer::sgd}));
+                                           Case{2, DType::f32, 0, 1, 0.0f, kernels::Optimizer::sgd},
+                                           Case{2, DType::bf16, 0, 1, 0.5f, kernels::Optimizer::adamw, false, 1},
+                                           Case{3, DType::f32, 2, 1, 1.0f, kernels::Optimizer::adamw, false, 2}));
+
+// Where the optimizer ran is not part of a checkpoint: one saved with the optimizer and parameters
+// offloaded resumes on the device optimizer (and back), bit-identical to training straight through.
+TEST(OffloadedCheckpoint, ResumesOnTheDeviceAndBack) {
+  const fs::path dir = shared_dir("offload");
+  Case device{3, DType::f32, 2, 1, 1.0f}, offloaded = device;
+  offloaded.offload = 2;
+  Engine straight(make_config(device), *pg().world);
+  constexpr int kFirst = 30, kSecond = 10, kThird = 10;
+  const Trajectory want = train(device, straight, kFirst + kSecond + kThird);
+  {
+    Engine first(make_config(offloaded), *pg().world);
+    train(offloaded, first, kFirst);
+    first.save_checkpoint(dir.string());
+  }
+  {
+    Engine second(make_config(device), *pg().world);
+    declare(second);
+    second.load_checkpoint(dir.string());
+    train(device, second, kSecond);
+    second.save_checkpoint(dir.string());
+  }
+  Engine third(make_config(offloaded), *pg().world);
+  declare(third);
+  third.load_checkpoint(dir.string());
+  const Trajectory got = train(offloaded, third, kThird);
+  EXPECT_EQ(got.params, want.params);
+}
 
 // N ranks save, M ranks load (different padding, different shards): the loaded parameters are exactly the
 // saved ones, and training on goes where training at M all along goes. Across worlds the f32 gradient
