@@ -24,6 +24,7 @@ struct Args {
   int rounds = 7;
   std::vector<int> stages = {0, 3};
   std::vector<int> prefetch = {0, 2};
+  std::vector<std::string> offload = {"none"};  // none | optimizer | optimizer+params (stage 3) | delayed
 };
 
 // One unit: y = tanh(x W^T + b). The app keeps activations (batch x dim per layer) and computes with the
@@ -83,6 +84,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--stages", a.stages, "stages to run")->capture_default_str();
   app.add_option("--prefetch", a.prefetch, "prefetch depths to run at stage 3")->capture_default_str();
+  app.add_option("--offload", a.offload,
+                 "offload choices to run at stages 1-3: none, optimizer, optimizer+params (stage 3), delayed")
+      ->check(CLI::IsMember({"none", "optimizer", "optimizer+params", "delayed"}))
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   try {
     openblas_set_num_threads(1);  // one core per rank: the ranks share the machine
@@ -93,29 +98,36 @@ int main(int argc, char** argv) {
     if (root) {
       std::printf("# train_bench: %d ranks, %d layers of %dx%d (%.1f M params), batch %d per rank, f32, AdamW\n",
                   pg.world->size(), a.layers, a.dim, a.dim, a.layers * (a.dim * (a.dim + 1.0)) / 1e6, a.batch);
-      std::printf("# %5s %8s %14s %16s %10s\n", "stage", "prefetch", "step (ms)", "exposed comm (ms)", "vs first");
+      std::printf("# %5s %8s %-17s %14s %16s %10s\n", "stage", "prefetch", "offload", "step (ms)", "exposed comm (ms)",
+                  "vs first");
     }
     // Every configuration lives at once and they take turns, round after round, so drift in the
     // machine's speed hits all of them alike; the median round is reported.
     struct Run {
       int stage, prefetch;
+      std::string offload;
       std::unique_ptr<Engine> engine;
       std::vector<double> ms, exposed;
     };
     std::vector<Run> runs;
     for (int stage : a.stages)
-      for (int pf : stage == 3 ? a.prefetch : std::vector<int>{0}) {
-        Config cfg;
-        cfg.zero.stage = stage;
-        cfg.zero.prefetch = pf;
-        cfg.zero.max_live_units = pf + 2;
-        cfg.optimizer.lr = 1e-4f;
-        auto e = std::make_unique<Engine>(cfg, *pg.world);
-        for (int l = 0; l < a.layers; ++l)
-          e->add_unit("layer" + std::to_string(l), {{"w", {a.dim, a.dim}}, {"b", {a.dim}, true, false}});
-        e->init_params(init::normal(0.02f, 1));
-        runs.push_back({stage, pf, std::move(e), {}, {}});
-      }
+      for (int pf : stage == 3 ? a.prefetch : std::vector<int>{0})
+        for (const std::string& off : a.offload) {
+          if ((off != "none" && stage == 0) || (off == "optimizer+params" && stage != 3)) continue;
+          Config cfg;
+          cfg.zero.stage = stage;
+          cfg.zero.prefetch = pf;
+          cfg.zero.max_live_units = pf + 2;
+          cfg.optimizer.lr = 1e-4f;
+          if (off != "none") cfg.offload.optimizer = "cpu";
+          if (off == "optimizer+params") cfg.offload.params = "cpu";
+          if (off == "delayed") cfg.offload.mode = "delayed";
+          auto e = std::make_unique<Engine>(cfg, *pg.world);
+          for (int l = 0; l < a.layers; ++l)
+            e->add_unit("layer" + std::to_string(l), {{"w", {a.dim, a.dim}}, {"b", {a.dim}, true, false}});
+          e->init_params(init::normal(0.02f, 1));
+          runs.push_back({stage, pf, off, std::move(e), {}, {}});
+        }
     Stack s{a, {}, {}, {}, {}};
     for (auto& r : runs) s.run_step(*r.engine);  // records each engine's gather order
     for (int round = 0; round < a.rounds; ++round)
@@ -136,8 +148,8 @@ int main(int argc, char** argv) {
     const double base = median(runs.front().ms);
     for (auto& r : runs)
       if (root)
-        std::printf("  %5d %8d %14.1f %16.1f %9.1f%%   (rounds: %s)\n", r.stage, r.prefetch, median(r.ms),
-                    median(r.exposed), 100.0 * median(r.ms) / base,
+        std::printf("  %5d %8d %-17s %14.1f %16.1f %9.1f%%   (rounds: %s)\n", r.stage, r.prefetch, r.offload.c_str(),
+                    median(r.ms), median(r.exposed), 100.0 * median(r.ms) / base,
                     [&] {
                       std::string out;
                       for (double m : r.ms) out += fmt::format("{:.0f} ", m);

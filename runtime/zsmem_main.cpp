@@ -34,12 +34,22 @@ std::string human(double bytes) {
   return i == 0 ? fmt::format("{:.0f} B", bytes) : fmt::format("{:.2f} {}", bytes, unit[i]);
 }
 
-// DeepSpeed's published model-state estimators (no offload, ZeRO-Init): stage 1-2 4P + 16P/N, stage 3
-// 4L + 18P/N bytes per GPU. They count model states only.
-double deepspeed_estimate(int stage, double params, double largest, int world) {
-  if (stage == 3) return 4 * largest + 18 * params / world;
-  if (stage >= 1) return 4 * params + 16 * params / world;
-  return NAN;
+// DeepSpeed's published model-state estimators per GPU (estimate_zero2/3_model_states_mem_needs, one node,
+// ZeRO-Init): {device, host} bytes, the host's per node divided among its ranks. They count model states
+// only; stage 1 uses stage 2's.
+struct DeepSpeedFigure {
+  double device = NAN, host = NAN;
+};
+DeepSpeedFigure deepspeed_estimate(int stage, const std::string& offload, double params, double largest, int world) {
+  if (stage == 0) return {};
+  const double buffer = 1.5;  // their additional_buffer_factor
+  if (stage == 3) {
+    if (offload == "optimizer+params") return {4 * largest, 18 * params * buffer / world};
+    if (offload == "optimizer") return {4 * largest + 2 * params / world, 16 * params * buffer / world};
+    return {4 * largest + 18 * params / world, 4 * largest * world * buffer / world};
+  }
+  if (offload == "optimizer") return {2 * params, params * std::max(4.0 * world, 16.0) * buffer / world};
+  return {4 * params + 16 * params / world, params * 4 * world * buffer / world};
 }
 
 struct Model {
@@ -101,55 +111,77 @@ double gpt_activations(const zs::family::Gpt& g, int batch) {
   return 4 * floats;
 }
 
-int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, const std::vector<int>& stages, bool cpu,
-             double device_gib, int batch, bool json_out) {
+int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, const std::vector<int>& stages,
+             const std::vector<std::string>& offloads, bool cpu, double device_gib, double host_gib, int batch,
+             bool json_out) {
   nlohmann::ordered_json rows = nlohmann::ordered_json::array();
   const double act = m.gpt && batch > 0 ? gpt_activations(m.shape, batch) : 0;
+  const double gib = 1073741824.0;
+  auto fits_text = [&] {
+    std::string out;
+    if (device_gib > 0) out += fmt::format("device {} GiB", device_gib);
+    if (host_gib > 0) out += fmt::format("{}host {} GiB", out.empty() ? "" : ", ", host_gib);
+    return out.empty() ? "" : "fits " + out;
+  };
   if (!json_out) {
     fmt::print("{}: {} parameters in {} units (largest {}); compute {}, gradients {}, {}; per rank, bytes on the {}\n",
                m.what, m.params, m.units.size(), m.largest, zs::dtype_name(cfg.precision.param),
                zs::dtype_name(cfg.precision.reduce), zs::kernels::optimizer_name(cfg.optimizer.type),
                cpu ? "CPU (device: cpu)" : "GPU");
-    fmt::print("{:>5} {:>5} | {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} | {:>11} | {:>11} {}\n", "world",
-               "stage", "params", "master", "grads", "optim", "gather", "scratch", "activation", "total", "DeepSpeed",
-               device_gib > 0 ? fmt::format("fits {} GiB", device_gib) : "");
+    fmt::print("{:>5} {:>5} {:>16} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>10} | {:>10} | {:>21} {}\n",
+               "world", "stage", "offload", "params", "master", "grads", "optim", "gather", "scratch", "activation",
+               "device", "host", "DeepSpeed dev / host", fits_text());
   }
   for (int w : worlds)
-    for (int s : stages) {
-      cfg.zero.stage = s;
-      const zs::MemoryPlan p = zs::plan_memory(m.units, cfg, w, 0, cpu);
-      auto dev = [&](MemCategory c) { return p.device[static_cast<std::size_t>(c)]; };
-      const double scratch = static_cast<double>(dev(MemCategory::comm_scratch) + dev(MemCategory::other));
-      const double total = static_cast<double>(p.device_total()) + act;
-      const double ds = deepspeed_estimate(s, static_cast<double>(m.params), static_cast<double>(m.largest), w);
-      const bool fits = device_gib <= 0 || total <= device_gib * 1073741824.0;
-      if (json_out) {
-        nlohmann::ordered_json r{{"world", w}, {"stage", s}};
-        for (int c = 0; c < zs::kMemCategoryCount; ++c)
-          r["bytes"][std::string(zs::mem_category_name(static_cast<MemCategory>(c)))] =
-              p.device[static_cast<std::size_t>(c)];
-        r["activations"] = act;
-        r["total"] = total;
-        r["deepspeed_estimate"] = std::isnan(ds) ? nlohmann::ordered_json() : nlohmann::ordered_json(ds);
-        if (device_gib > 0) r["fits"] = fits;
-        rows.push_back(r);
-        continue;
+    for (const std::string& off : offloads)
+      for (int s : stages) {
+        cfg.zero.stage = s;
+        cfg.offload.optimizer = off == "none" ? "none" : "cpu";
+        cfg.offload.params = off == "optimizer+params" ? "cpu" : "none";
+        if (!zs::offload_problem(cfg).empty()) continue;  // e.g. stage 0 with offload: not a configuration
+        const zs::MemoryPlan p = zs::plan_memory(m.units, cfg, w, 0, cpu);
+        auto dev = [&](MemCategory c) { return static_cast<double>(p.device[static_cast<std::size_t>(c)]); };
+        const double scratch = dev(MemCategory::comm_scratch) + dev(MemCategory::other);
+        const double total = static_cast<double>(p.device_total()) + act, host = static_cast<double>(p.host_total());
+        const DeepSpeedFigure ds =
+            deepspeed_estimate(s, off, static_cast<double>(m.params), static_cast<double>(m.largest), w);
+        const bool fits = (device_gib <= 0 || total <= device_gib * gib) && (host_gib <= 0 || host <= host_gib * gib);
+        if (json_out) {
+          nlohmann::ordered_json r{{"world", w}, {"stage", s}, {"offload", off}};
+          for (int c = 0; c < zs::kMemCategoryCount; ++c) {
+            const std::string name(zs::mem_category_name(static_cast<MemCategory>(c)));
+            r["bytes"][name] = p.device[static_cast<std::size_t>(c)];
+            r["host_bytes"][name] = p.host[static_cast<std::size_t>(c)];
+          }
+          r["activations"] = act;
+          r["total"] = total;
+          r["host_total"] = host;
+          auto num = [](double x) { return std::isnan(x) ? nlohmann::ordered_json() : nlohmann::ordered_json(x); };
+          r["deepspeed_estimate"] = num(ds.device);
+          r["deepspeed_host_estimate"] = num(ds.host);
+          if (device_gib > 0 || host_gib > 0) r["fits"] = fits;
+          rows.push_back(r);
+          continue;
+        }
+        fmt::print(
+            "{:>5} {:>5} {:>16} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>10} | {:>10} | {:>21} {}\n", w,
+            s, off, human(dev(MemCategory::params)), human(dev(MemCategory::master)), human(dev(MemCategory::grads)),
+            human(dev(MemCategory::optim_state)), human(dev(MemCategory::gather_buffers)), human(scratch),
+            act > 0 ? human(act) : "-", human(total), human(host),
+            std::isnan(ds.device) ? "-" : fmt::format("{} / {}", human(ds.device), human(ds.host)),
+            device_gib > 0 || host_gib > 0 ? (fits ? "yes" : "NO") : "");
       }
-      fmt::print(
-          "{:>5} {:>5} | {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} | {:>11} | {:>11} {}\n", w, s,
-          human(static_cast<double>(dev(MemCategory::params))), human(static_cast<double>(dev(MemCategory::master))),
-          human(static_cast<double>(dev(MemCategory::grads))),
-          human(static_cast<double>(dev(MemCategory::optim_state))),
-          human(static_cast<double>(dev(MemCategory::gather_buffers))), human(scratch), act > 0 ? human(act) : "-",
-          human(total), std::isnan(ds) ? "-" : human(ds), device_gib > 0 ? (fits ? "yes" : "NO") : "");
-    }
   if (json_out) {
     fmt::print("{}\n", rows.dump(1));
   } else {
     fmt::print(
-        "params/master/grads/optim/gather: the engine's own buffers (padding and pools included); scratch: the\n"
-        "communicator's staging and small engine tables; activation: the example trainer's, with --batch.\n"
-        "DeepSpeed: its published estimators (model states only, stage 1 uses stage 2's).\n");
+        "params/master/grads/optim/gather: the engine's own device buffers (padding and pools included); scratch: "
+        "small\n"
+        "engine tables; activation: the example trainer's, with --batch; device: their sum. host: the offloaded "
+        "master,\n"
+        "optimizer state, gradient shards and upload staging (one pinned pool), and Gloo's staging.\n"
+        "DeepSpeed: its published estimators (model states only; host per node shared by its ranks; stage 1 = stage "
+        "2).\n");
   }
   return 0;
 }
@@ -178,10 +210,14 @@ int measure(int nproc, double max_error, bool json_out, const std::string& svg,
       return 1;
     }
     nlohmann::json j = nlohmann::json::parse(f);
+    // The device's total and, where the plan puts anything there, the host's: each within max_error.
+    auto error = [](double planned, double peak) { return peak > 0 ? 100.0 * (planned - peak) / peak : 0.0; };
     const double planned = j["planned_total"].get<double>(), peak = j["peak_total"].get<double>();
-    const double err = 100.0 * (planned - peak) / peak;
-    worst = std::max(worst, std::fabs(err));
+    const double host_planned = j["host_planned_total"].get<double>(), host_peak = j["host_peak_total"].get<double>();
+    const double err = error(planned, peak), host_err = error(host_planned, host_peak);
+    worst = std::max({worst, std::fabs(err), std::fabs(host_err)});
     j["error_percent"] = err;
+    j["host_error_percent"] = host_err;
     if (r == 0 && !svg.empty()) {
       std::ofstream(svg) << zs::memory_timeline_svg(j);
       if (!json_out) fmt::print("wrote {}: rank 0's memory over time, by category, with the step's phases\n", svg);
@@ -192,12 +228,17 @@ int measure(int nproc, double max_error, bool json_out, const std::string& svg,
     if (json_out) continue;
     fmt::print("rank {} of {} (stage {}, {}): {:<15} {:>11} {:>11} {:>11}\n", r, j["world"].get<int>(),
                j["stage"].get<int>(), j["device"].get<std::string>(), "category", "predicted", "peak", "now");
-    for (auto& [name, c] : j["categories"].items())
-      if (c["planned"].get<int64_t>() || c["peak"].get<int64_t>())
-        fmt::print("  {:<15} {:>11} {:>11} {:>11}\n", name, human(c["planned"].get<double>()),
-                   human(c["peak"].get<double>()), human(c["current"].get<double>()));
-    fmt::print("  {:<15} {:>11} {:>11}   error {:+.2f} %; process peak RSS {}\n", "total", human(planned), human(peak),
-               err, human(j["peak_rss"].get<double>()));
+    for (const char* place : {"categories", "host_categories"})
+      for (auto& [name, c] : j[place].items())
+        if (c["planned"].get<int64_t>() || c["peak"].get<int64_t>())
+          fmt::print("  {:<15} {:>11} {:>11} {:>11}\n", (place[0] == 'h' ? "host " : "") + name,
+                     human(c["planned"].get<double>()), human(c["peak"].get<double>()),
+                     human(c["current"].get<double>()));
+    fmt::print(
+        "  {:<15} {:>11} {:>11}   error {:+.2f} %; host {} predicted, {} peak, error {:+.2f} %; process peak "
+        "RSS {}\n",
+        "device total", human(planned), human(peak), err, human(host_planned), human(host_peak), host_err,
+        human(j["peak_rss"].get<double>()));
   }
   fs::remove_all(dir);
   if (json_out) fmt::print("{}\n", all.dump(1));
@@ -213,8 +254,9 @@ int measure(int nproc, double max_error, bool json_out, const std::string& svg,
 int main(int argc, char** argv) {
   CLI::App app{"zsmem: per-rank memory of a ZeroShard run, predicted (estimate) and measured (measure)", "zsmem"};
   app.require_subcommand(1);
-  double params = 0, largest = 0, device_gib = 0, max_error = 0;
-  std::string spec, manifest, config_path, precision = "f32", reduce = "f32", optimizer = "adamw", offload = "none";
+  double params = 0, largest = 0, device_gib = 0, host_gib = 0, max_error = 0;
+  std::string spec, manifest, config_path, precision = "f32", reduce = "f32", optimizer = "adamw";
+  std::vector<std::string> offloads{"none"};
   std::vector<int> worlds{1}, stages{0, 1, 2, 3};
   int max_live = 4, accumulation = 1, batch = 0, nproc = 1;
   bool cpu = false, json_out = false;
@@ -227,7 +269,9 @@ int main(int argc, char** argv) {
   est->add_option("--config", config_path, "engine YAML: precision, optimizer, zero.* (defaults otherwise)");
   est->add_option("--world", worlds, "ranks (one or a list)")->check(CLI::PositiveNumber);
   est->add_option("--stage", stages, "ZeRO stages")->check(CLI::Range(0, 3));
-  est->add_option("--offload", offload, "none (optimizer / optimizer+params: not in this version)")
+  est->add_option("--offload", offloads,
+                  "none, optimizer (stages 1-3) or optimizer+params (stage 3), one or a list; rows that are not a "
+                  "configuration are left out")
       ->check(CLI::IsMember({"none", "optimizer", "optimizer+params"}));
   est->add_option("--precision", precision, "compute dtype: f32, bf16, f16")
       ->check(CLI::IsMember({"f32", "bf16", "f16"}));
@@ -241,6 +285,8 @@ int main(int argc, char** argv) {
   est->add_flag("--cpu", cpu, "the engine's device is the CPU (Gloo staging counted)");
   est->add_option("--device-memory", device_gib, "GiB per device: says whether each row fits")
       ->check(CLI::NonNegativeNumber);
+  est->add_option("--host-memory", host_gib, "GiB of host memory per rank: says whether each row's host part fits")
+      ->check(CLI::NonNegativeNumber);
   est->add_flag("--json", json_out, "machine-readable");
   auto* mea = app.add_subcommand("measure", "run a program under zsrun and compare each rank's ledger with the plan");
   mea->add_option("--nproc", nproc, "ranks")->check(CLI::PositiveNumber);
@@ -252,8 +298,6 @@ int main(int argc, char** argv) {
   if (const auto stop = zs::parse_command_line(app, argc, argv)) return *stop;
   try {
     if (*mea) return measure(nproc, max_error, json_out, svg, command);
-    if (offload != "none")
-      throw Usage(fmt::format("--offload {}: offload is not in this version of the engine; only none", offload));
     zs::Config cfg = config_path.empty() ? zs::Config{} : zs::Config::from_yaml_file(config_path);
     if (config_path.empty()) {
       cfg.precision.param = zs::dtype_parse(precision);
@@ -265,7 +309,9 @@ int main(int argc, char** argv) {
     }
     const Model m = load_model(params, largest, spec, manifest);
     if (batch > 0 && !m.gpt) throw Usage("--batch needs --model gpt:... (activations are known for that family)");
-    return estimate(m, cfg, worlds, stages, cpu, device_gib, batch, json_out);
+    if (!config_path.empty() && cfg.offload.optimizer_on_cpu() && offloads == std::vector<std::string>{"none"})
+      offloads = {cfg.offload.params_on_cpu() ? "optimizer+params" : "optimizer"};  // the config's own choice
+    return estimate(m, cfg, worlds, stages, offloads, cpu, device_gib, host_gib, batch, json_out);
   } catch (const Usage& e) {
     fmt::print(stderr, "zsmem: {}\n", e.what());
     return 2;

@@ -50,8 +50,8 @@ void print_memory(const zs::Engine& e) {
     const auto& s = m.on_device[static_cast<std::size_t>(c)];
     if (s.peak > 0) line += fmt::format(" {} {} |", zs::mem_category_name(static_cast<zs::MemCategory>(c)), mb(s.peak));
   }
-  std::printf("memory (rank 0, %s, peak by category):%s total %s\n", e.device().is_cpu() ? "cpu" : "cuda",
-              line.c_str(), mb(m.device_total.peak).c_str());
+  std::printf("memory (rank 0, %s, peak by category):%s total %s\n", e.device().is_cpu() ? "cpu" : "cuda", line.c_str(),
+              mb(m.device_total.peak).c_str());
 }
 
 }  // namespace
@@ -60,6 +60,7 @@ int main(int argc, char** argv) {
   gpt::Shape shape;
   int steps = 300, batch = 8, log_every = 20, eval_every = 100, eval_batches = 4, save_every = 0, threads = 0;
   int stage = -1, sample = 0;
+  std::string offload;  // empty: the config's
   uint64_t seed = 1337;
   double lr = 0, check_below = 0;
   bool resume = false;
@@ -74,6 +75,8 @@ int main(int argc, char** argv) {
   app.add_option("--heads", shape.heads, "attention heads")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--config", config_path, "engine YAML (docs/config.md); default: ZeRO-3, AdamW, cosine");
   app.add_option("--stage", stage, "override zero.stage")->check(CLI::Range(0, 3));
+  app.add_option("--offload", offload, "override offload: none, optimizer (stages 1-3), optimizer+params (stage 3)")
+      ->check(CLI::IsMember({"none", "optimizer", "optimizer+params"}));
   app.add_option("--lr", lr, "override optimizer.lr");
   app.add_option("--data", data, "text files or directories")->capture_default_str();
   app.add_option("--seed", seed, "initialisation and data order")->capture_default_str();
@@ -95,6 +98,10 @@ int main(int argc, char** argv) {
                                          : zs::Config::from_yaml_file(config_path);
     if (config_path.empty()) cfg.schedule.total_steps = std::max<int64_t>(steps, cfg.schedule.warmup_steps + 1);
     if (stage >= 0) cfg.zero.stage = stage;
+    if (!offload.empty()) {
+      cfg.offload.optimizer = offload == "none" ? "none" : "cpu";
+      cfg.offload.params = offload == "optimizer+params" ? "cpu" : "none";
+    }
     if (lr > 0) cfg.optimizer.lr = static_cast<float>(lr);
     if (!ckpt_dir.empty()) {
       cfg.checkpoint.dir = ckpt_dir;
@@ -116,10 +123,13 @@ int main(int argc, char** argv) {
       engine.init_params([&](std::string_view name) { return gpt::init_rule(name, shape, seed); });
     }
     if (rank == 0) {
-      std::printf("GPT d=%d L=%d H=%d T=%d V=%d: %.2f M parameters in %d units; ZeRO-%d over %d rank%s (%s)\n",
+      const std::string off = !cfg.offload.optimizer_on_cpu() ? ""
+                              : cfg.offload.params_on_cpu()   ? ", optimizer and parameters offloaded"
+                                                              : ", optimizer offloaded";
+      std::printf("GPT d=%d L=%d H=%d T=%d V=%d: %.2f M parameters in %d units; ZeRO-%d over %d rank%s (%s%s)\n",
                   shape.d, shape.layers, shape.heads, shape.seq, shape.vocab,
                   static_cast<double>(gpt::parameter_count(shape)) / 1e6, engine.num_units(), cfg.zero.stage, world,
-                  world > 1 ? "s" : "", engine.device().is_cpu() ? "cpu, gloo" : "cuda, nccl");
+                  world > 1 ? "s" : "", engine.device().is_cpu() ? "cpu, gloo" : "cuda, nccl", off.c_str());
       std::printf("data: %zu KB of text from %d files (train %zu KB, validation %zu KB); %d x %d tokens per rank\n",
                   (corpus.train.size() + corpus.val.size()) / 1000, corpus.files, corpus.train.size() / 1000,
                   corpus.val.size() / 1000, batch, shape.seq);
@@ -170,9 +180,11 @@ int main(int argc, char** argv) {
         window_loss = window_s = 0;
         window = 0;
       } else if (rank == 0 && tty) {
-        const int width = 30, filled = static_cast<int>(width * (step + 1 - (step + 1) / log_every * log_every) / log_every);
+        const int width = 30,
+                  filled = static_cast<int>(width * (step + 1 - (step + 1) / log_every * log_every) / log_every);
         std::printf("\r[%s%s] step %lld", std::string(static_cast<std::size_t>(filled), '#').c_str(),
-                    std::string(static_cast<std::size_t>(width - filled), '.').c_str(), static_cast<long long>(step + 1));
+                    std::string(static_cast<std::size_t>(width - filled), '.').c_str(),
+                    static_cast<long long>(step + 1));
         std::fflush(stdout);
       }
     }

@@ -21,7 +21,8 @@ TEST(Zsmem, NonsenseInputExitsTwoSayingWhy) {
       {"estimate --model gpt:q=4", "unknown key 'q'"},
       {"estimate --params 100 --largest-unit 10 --world 0", "--world"},
       {"estimate", "give the model one way"},
-      {"estimate --params 100 --largest-unit 10 --offload optimizer", "offload is not in this version"},
+      {"estimate --params 100 --largest-unit 10 --offload everything", "--offload"},
+      {"estimate --params 100 --largest-unit 10 --host-memory -1", "--host-memory"},
       {"frobnicate", "A subcommand is required"}};
   for (const auto& [args, want] : cases) {
     const zs::test::CommandResult p = zsmem(args);
@@ -48,6 +49,40 @@ TEST(Zsmem, EstimateFollowsThePaddedLayout) {
   ASSERT_EQ(table.rc, 0) << table.output;
   EXPECT_NE(table.output.find("DeepSpeed"), std::string::npos) << table.output;
   EXPECT_NE(table.output.find("NO"), std::string::npos) << table.output;  // 1 MiB is too small
+}
+
+// Offload moves the f32 master, m and v (and the gradient shard) to the host: 1000 units of 1024 padded
+// elements at world 4, stage 3, f32: per unit a 256-element shard. The device keeps the f32 parameter shard
+// the gather starts from and the gradient pool; with the parameters offloaded too, only the pools.
+TEST(Zsmem, OffloadRowsMoveTheStateToTheHost) {
+  const zs::test::CommandResult p = zsmem(
+      "estimate --params 1000000 --largest-unit 1000 --world 4 --stage 1 3 --offload none optimizer optimizer+params "
+      "--json");
+  ASSERT_EQ(p.rc, 0) << p.output;
+  const auto rows = nlohmann::json::parse(p.output);
+  ASSERT_EQ(rows.size(), 5u);  // stage 1 with optimizer+params is not a configuration: left out
+  const auto find = [&](int stage, const std::string& offload) {
+    for (const auto& r : rows)
+      if (r["stage"] == stage && r["offload"] == offload) return r;
+    ADD_FAILURE() << "no row for stage " << stage << " offload " << offload;
+    return rows[0];
+  };
+  const auto opt = find(3, "optimizer"), all = find(3, "optimizer+params");
+  const int64_t shard = 1000 * 256;
+  EXPECT_EQ(opt["bytes"]["optim_state"].get<int64_t>(), 0);
+  EXPECT_EQ(opt["bytes"]["master"].get<int64_t>(), 0);
+  EXPECT_EQ(opt["bytes"]["params"].get<int64_t>(), 4 * shard);
+  EXPECT_EQ(opt["bytes"]["grads"].get<int64_t>(), 2 * 4 * 1024);  // the pool only
+  EXPECT_EQ(opt["host_bytes"]["master"].get<int64_t>(), 4 * shard);
+  EXPECT_EQ(opt["host_bytes"]["optim_state"].get<int64_t>(), 8 * shard);
+  EXPECT_EQ(opt["host_bytes"]["grads"].get<int64_t>(), 4 * shard);
+  EXPECT_EQ(all["bytes"]["params"].get<int64_t>(), 0);
+  EXPECT_EQ(all["total"].get<double>(), 2 * 4 * 1024 + 4 * 4 * 1024 + 4 * 1001);  // the pools and the norm scratch
+  EXPECT_DOUBLE_EQ(all["deepspeed_estimate"].get<double>(), 4 * 1000);
+  EXPECT_DOUBLE_EQ(find(1, "optimizer")["deepspeed_estimate"].get<double>(), 2 * 1e6);
+  const zs::test::CommandResult fit =
+      zsmem("estimate --params 1000000 --largest-unit 1000 --stage 3 --offload optimizer --host-memory 0.01");
+  EXPECT_NE(fit.output.find("NO"), std::string::npos) << fit.output;  // 16 MB of host state in 10 MiB
 }
 
 }  // namespace
