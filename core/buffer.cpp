@@ -99,6 +99,8 @@ void memory_copy(void* dst, Device dst_device, const void* src, Device src_devic
   }
 #ifdef ZS_WITH_CUDA
   ZS_CHECK_CUDA(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault));
+  // A copy from pageable memory may return before its DMA lands; callers expect the bytes in place.
+  ZS_CHECK_CUDA(cudaStreamSynchronize(cudaStreamLegacy));
 #else
   ZS_FAIL("cannot copy between {} and {}: this build has no CUDA support", src_device.str(), dst_device.str());
 #endif

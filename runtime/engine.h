@@ -135,6 +135,10 @@ class Engine {
   // Tensor bytes this rank read in load_weights (its own shards, not the model).
   uint64_t loaded_bytes() const { return last_load_bytes_; }
   const Config& config() const { return cfg_; }
+  // The stream the app's kernels run on (CUDA: its native_handle() is the cudaStream_t to launch on): a
+  // gathered unit is ready on it, and reduce_grads takes the gradients written on it. Host code that reads
+  // or writes gathered parameters or gradients directly synchronizes it first.
+  Stream& compute_stream() { return *compute_stream_; }
   Comm& comm() { return *comm_; }
   Device device() const { return device_; }
   int64_t steps_done() const { return step_; }

@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # Builds the GPU check on this (CPU) machine for sm_90 and bundles what the GPU machine lacks.
 # Output: build/cuda-sm90/gpu-bundle/{bin,lib}: stripped binaries plus Debian's shared libraries they need
-# (NCCL is not bundled: on the GPU machine it comes from PyTorch's wheel, see bench/gpu/check.sh).
+# (NCCL and cuBLAS are not bundled: on the GPU machine they come from PyTorch's wheels, see bench/gpu/check.sh;
+# cuBLASLt alone is 540 MB).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cmake --preset cuda-sm90 >/dev/null
-cmake --build --preset cuda-sm90 -j "$(nproc)" --target zs_gpu_tests comm_bench optim_bench zsrun
+cmake --build --preset cuda-sm90 -j "$(nproc)" --target zs_gpu_tests comm_bench optim_bench offload_bench zsrun
 out=build/cuda-sm90/gpu-bundle
 rm -rf "$out" && mkdir -p "$out/bin" "$out/lib"
 bins=(build/cuda-sm90/tests/zs_gpu_tests build/cuda-sm90/bench/comm_bench build/cuda-sm90/bench/optim_bench
-      build/cuda-sm90/runtime/zsrun)
+      build/cuda-sm90/bench/offload_bench build/cuda-sm90/runtime/zsrun)
 for b in "${bins[@]}"; do
   cp "$b" "$out/bin/" && strip "$out/bin/$(basename "$b")"
   ldd "$b" | awk '/=> \// {print $3}' | while read -r lib; do
     case "$(basename "$lib")" in
-      libc.so*|libm.so*|libstdc++*|libgcc_s*|ld-linux*|libdl.so*|libpthread*|librt.so*|libnccl*|libcuda.so*) ;;
+      libc.so*|libm.so*|libstdc++*|libgcc_s*|ld-linux*|libdl.so*|libpthread*|librt.so*|libnccl*|libcuda.so*|libcublas*) ;;
       *) cp -L "$lib" "$out/lib/" ;;
     esac
   done

@@ -242,6 +242,7 @@ inline Trajectory train(const Case& c, Engine& engine, int steps = kSteps, const
   // The app computes on the host; parameters and gradients travel through host copies, so the same
   // app runs against a CPU or a CUDA engine.
   auto load = [&](int u, const GatheredParams& h) {
+    engine.compute_stream().synchronize();  // the gather is complete on the engine's stream, not the host's
     m.p[static_cast<std::size_t>(u)].clear();
     for (std::size_t t = 0; t < units[static_cast<std::size_t>(u)].second.size(); ++t) {
       TensorView v = h.tensor(static_cast<int>(t));
@@ -286,6 +287,7 @@ inline Trajectory train(const Case& c, Engine& engine, int steps = kSteps, const
                               labels[static_cast<std::size_t>(s)], 1.0f / local);
         for (std::size_t t = 0; t < m.g[static_cast<std::size_t>(u)].size(); ++t) {
           TensorView dev = engine.grads(ids[static_cast<std::size_t>(u)], static_cast<int>(t));
+          engine.compute_stream().synchronize();  // a fresh gradient buffer is zeroed on the engine's stream
           std::vector<uint8_t> raw(dev.bytes());
           memory_copy(raw.data(), Device::cpu(), dev.data, dev.device, raw.size());
           TensorView gv{raw.data(), dev.dtype, dev.shape, Device::cpu()};
