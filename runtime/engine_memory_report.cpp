@@ -34,21 +34,27 @@ void Engine::write_memory_report(const std::string& dir) const {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
   j["peak_rss"] = static_cast<int64_t>(ru.ru_maxrss) * 1024;
-  // The timeline on this engine's device: [seconds, bytes per category...], at most ~4000 points (every
-  // k-th, always keeping the last), and the phase marks.
+  // The timelines of this engine's device and of the host: [seconds, bytes per category...], at most ~4000
+  // points each (every k-th, always keeping the last), and the phase marks.
   MemoryLedger& l = MemoryLedger::global();
   l.mark("end");
-  std::vector<MemoryLedger::TracePoint> pts;
-  for (const auto& p : l.trace_points())
-    if (p.place == MemPlace(device_)) pts.push_back(p);
-  const std::size_t stride = std::max<std::size_t>(1, pts.size() / 4000);
-  auto& tl = j["timeline"] = nlohmann::ordered_json::array();
-  for (std::size_t i = 0; i < pts.size(); ++i) {
-    if (i % stride != 0 && i + 1 != pts.size()) continue;
-    nlohmann::ordered_json row = nlohmann::ordered_json::array({pts[i].seconds});
-    for (int64_t b : pts[i].current) row.push_back(b);
-    tl.push_back(row);
-  }
+  const std::vector<MemoryLedger::TracePoint> all = l.trace_points();
+  auto timeline = [&](MemPlace place) {
+    std::vector<const MemoryLedger::TracePoint*> pts;
+    for (const auto& p : all)
+      if (p.place == place) pts.push_back(&p);
+    const std::size_t stride = std::max<std::size_t>(1, pts.size() / 4000);
+    nlohmann::ordered_json tl = nlohmann::ordered_json::array();
+    for (std::size_t i = 0; i < pts.size(); ++i) {
+      if (i % stride != 0 && i + 1 != pts.size()) continue;
+      nlohmann::ordered_json row = nlohmann::ordered_json::array({pts[i]->seconds});
+      for (int64_t b : pts[i]->current) row.push_back(b);
+      tl.push_back(row);
+    }
+    return tl;
+  };
+  j["timeline"] = timeline(device_);
+  j["host_timeline"] = timeline(MemPlace::host_memory());
   auto& mk = j["marks"] = nlohmann::ordered_json::array();
   for (const auto& m : l.trace_marks()) mk.push_back({m.seconds, m.label});
   std::filesystem::create_directories(dir);

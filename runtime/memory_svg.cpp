@@ -27,18 +27,12 @@ const char* band_color(const std::string& label) {
   return "none";
 }
 
-}  // namespace
-
-std::string memory_timeline_svg(const nlohmann::json& r) {
-  const auto& tl = r.at("timeline");
-  std::string svg = fmt::format(
-      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" "
-      "font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
-      kW, kH);
-  svg += fmt::format(
-      "<text x=\"{}\" y=\"24\" font-size=\"16\">Memory of rank {} of {} (ZeRO-{}, {}) by ledger category</text>\n",
-      kLeft, r.value("rank", 0), r.value("world", 1), r.value("stage", 0), r.value("device", "cpu"));
-  if (tl.empty()) return svg + "<text x=\"80\" y=\"80\">no timeline recorded</text>\n</svg>\n";
+// One panel: a timeline's stacked categories, the phase bands, the plan's total, axes and legend, drawn
+// in the band [y0, y0 + kH) of the picture.
+std::string panel(const nlohmann::json& tl, double planned, const nlohmann::json& marks, double t_end, double y0,
+                  const std::string& title) {
+  std::string svg = fmt::format("<text x=\"{}\" y=\"{}\" font-size=\"14\">{}</text>\n", kLeft, y0 + kTop - 12, title);
+  if (tl.empty()) return svg + fmt::format("<text x=\"{}\" y=\"{}\">nothing recorded</text>\n", kLeft, y0 + kTop + 20);
   // Categories that ever hold memory, in ledger order, stacked from the bottom.
   std::vector<int> cats;
   for (int c = 0; c < kMemCategoryCount; ++c)
@@ -47,9 +41,7 @@ std::string memory_timeline_svg(const nlohmann::json& r) {
         cats.push_back(c);
         break;
       }
-  double t_end = std::max(1e-9, tl.back()[0].get<double>());
-  if (r.contains("marks") && !r["marks"].empty()) t_end = std::max(t_end, r["marks"].back()[0].get<double>());
-  double top = r.value("planned_total", 0.0);
+  double top = planned;
   for (const auto& p : tl) {
     double s = 0;
     for (int c : cats) s += p[static_cast<std::size_t>(1 + c)].get<double>();
@@ -58,17 +50,14 @@ std::string memory_timeline_svg(const nlohmann::json& r) {
   top = std::max(top * 1.08, 1.0);
   const double pw = kW - kLeft - kRight, ph = kH - kTop - kBottom;
   auto X = [&](double t) { return kLeft + pw * t / t_end; };
-  auto Y = [&](double b) { return kTop + ph * (1 - b / top); };
+  auto Y = [&](double b) { return y0 + kTop + ph * (1 - b / top); };
   // Phase bands, from each mark to the next (or the end).
-  if (r.contains("marks")) {
-    const auto& mk = r["marks"];
-    for (std::size_t i = 0; i < mk.size(); ++i) {
-      const double a = mk[i][0].get<double>(), b = i + 1 < mk.size() ? mk[i + 1][0].get<double>() : t_end;
-      const char* fill = band_color(mk[i][1].get<std::string>());
-      if (std::string(fill) != "none")
-        svg += fmt::format("<rect x=\"{:.1f}\" y=\"{}\" width=\"{:.2f}\" height=\"{}\" fill=\"{}\"/>\n", X(a), kTop,
-                           std::max(0.0, X(b) - X(a)), ph, fill);
-    }
+  for (std::size_t i = 0; i < marks.size(); ++i) {
+    const double a = marks[i][0].get<double>(), b = i + 1 < marks.size() ? marks[i + 1][0].get<double>() : t_end;
+    const char* fill = band_color(marks[i][1].get<std::string>());
+    if (std::string(fill) != "none")
+      svg += fmt::format("<rect x=\"{:.1f}\" y=\"{}\" width=\"{:.2f}\" height=\"{}\" fill=\"{}\"/>\n", X(a), y0 + kTop,
+                         std::max(0.0, X(b) - X(a)), ph, fill);
   }
   // Stacked step areas: each category's band between the running sum below it and that sum plus itself.
   std::vector<double> below(tl.size(), 0.0);
@@ -85,30 +74,30 @@ std::string memory_timeline_svg(const nlohmann::json& r) {
                        kColors[c]);
   }
   // The plan's total, axes, ticks.
-  if (r.contains("planned_total")) {
-    const double plan = r["planned_total"].get<double>();
-    svg += fmt::format(
-        "<line x1=\"{}\" y1=\"{:.1f}\" x2=\"{}\" y2=\"{:.1f}\" stroke=\"black\" stroke-dasharray=\"6,4\"/>\n"
-        "<text x=\"{}\" y=\"{:.1f}\" text-anchor=\"end\">predicted {}</text>\n",
-        kLeft, Y(plan), kLeft + pw, Y(plan), kLeft + pw - 4, Y(plan) - 5, mib(plan));
-  }
-  svg += fmt::format("<line x1=\"{0}\" y1=\"{1}\" x2=\"{0}\" y2=\"{2}\" stroke=\"black\"/>\n", kLeft, kTop, kTop + ph);
-  svg += fmt::format("<line x1=\"{0}\" y1=\"{1}\" x2=\"{2}\" y2=\"{1}\" stroke=\"black\"/>\n", kLeft, kTop + ph,
+  svg += fmt::format(
+      "<line x1=\"{}\" y1=\"{:.1f}\" x2=\"{}\" y2=\"{:.1f}\" stroke=\"black\" stroke-dasharray=\"6,4\"/>\n"
+      "<text x=\"{}\" y=\"{:.1f}\" text-anchor=\"end\">predicted {}</text>\n",
+      kLeft, Y(planned), kLeft + pw, Y(planned), kLeft + pw - 4, Y(planned) - 5, mib(planned));
+  svg += fmt::format("<line x1=\"{0}\" y1=\"{1}\" x2=\"{0}\" y2=\"{2}\" stroke=\"black\"/>\n", kLeft, y0 + kTop,
+                     y0 + kTop + ph);
+  svg += fmt::format("<line x1=\"{0}\" y1=\"{1}\" x2=\"{2}\" y2=\"{1}\" stroke=\"black\"/>\n", kLeft, y0 + kTop + ph,
                      kLeft + pw);
   for (int i = 0; i <= 4; ++i) {
     const double b = top / 1.08 * i / 4;
     svg += fmt::format("<text x=\"{}\" y=\"{:.1f}\" text-anchor=\"end\">{}</text>\n", kLeft - 6, Y(b) + 4, mib(b));
     const double t = t_end * i / 4;
-    svg += fmt::format("<text x=\"{:.1f}\" y=\"{}\" text-anchor=\"middle\">{:.2f} s</text>\n", X(t), kTop + ph + 18, t);
+    svg += fmt::format("<text x=\"{:.1f}\" y=\"{}\" text-anchor=\"middle\">{:.2f} s</text>\n", X(t),
+                       y0 + kTop + ph + 18, t);
   }
   svg += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">seconds since init_params</text>\n",
-                     kLeft + pw / 2, kTop + ph + 40);
+                     kLeft + pw / 2, y0 + kTop + ph + 40);
   // Legend: categories (top of the stack first) with their final bytes, then the phase colours.
-  double ly = kTop + 10;
+  double ly = y0 + kTop + 10;
   for (auto it = cats.rbegin(); it != cats.rend(); ++it, ly += 20) {
     const int c = *it;
     svg += fmt::format(
-        "<rect x=\"{}\" y=\"{:.0f}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{:.0f}\">{} {}</text>\n",
+        "<rect x=\"{}\" y=\"{:.0f}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{:.0f}\">{} "
+        "{}</text>\n",
         kW - kRight + 16, ly, kColors[c], kW - kRight + 34, ly + 10, mem_category_name(static_cast<MemCategory>(c)),
         mib(tl.back()[static_cast<std::size_t>(1 + c)].get<double>()));
   }
@@ -120,6 +109,31 @@ std::string memory_timeline_svg(const nlohmann::json& r) {
         kW - kRight + 16, ly, band_color(phase), kW - kRight + 34, ly + 10, phase);
     ly += 20;
   }
+  return svg;
+}
+
+}  // namespace
+
+std::string memory_timeline_svg(const nlohmann::json& r) {
+  const nlohmann::json none = nlohmann::json::array();
+  const auto& tl = r.at("timeline");
+  const auto& host = r.contains("host_timeline") ? r["host_timeline"] : none;
+  const auto& marks = r.contains("marks") ? r["marks"] : none;
+  // The device's panel, then (when the host holds anything: offload, Gloo's staging) the host's, on one time axis.
+  double t_end = 1e-9;
+  for (const nlohmann::json* t : {&tl, &host})
+    if (!t->empty()) t_end = std::max(t_end, t->back()[0].get<double>());
+  if (!marks.empty()) t_end = std::max(t_end, marks.back()[0].get<double>());
+  const bool two = !host.empty();
+  std::string svg = fmt::format(
+      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" "
+      "font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
+      kW, two ? 2 * kH : kH);
+  svg += fmt::format(
+      "<text x=\"{}\" y=\"20\" font-size=\"16\">Memory of rank {} of {} (ZeRO-{}, {}) by ledger category</text>\n",
+      kLeft, r.value("rank", 0), r.value("world", 1), r.value("stage", 0), r.value("device", "cpu"));
+  svg += panel(tl, r.value("planned_total", 0.0), marks, t_end, 0, "device");
+  if (two) svg += panel(host, r.value("host_planned_total", 0.0), marks, t_end, kH, "host (offloaded state, staging)");
   return svg + "</svg>\n";
 }
 

@@ -223,6 +223,7 @@ int measure(int nproc, double max_error, bool json_out, const std::string& svg,
       if (!json_out) fmt::print("wrote {}: rank 0's memory over time, by category, with the step's phases\n", svg);
     }
     j.erase("timeline");  // long; the SVG shows it
+    j.erase("host_timeline");
     j.erase("marks");
     all.push_back(j);
     if (json_out) continue;
