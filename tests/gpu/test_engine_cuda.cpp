@@ -10,13 +10,18 @@ namespace {
 
 using namespace test;
 
-TEST(EngineCuda, MatchesTheCpuEngineAtWorldOne) {
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU visible: the gpu tests run on a GPU machine (bench/gpu/check.sh)";
+// The lone process as a Gloo group (CPU engine) and as an NCCL group (CUDA engine).
+std::pair<ProcessGroup, ProcessGroup> cpu_and_gpu_groups() {
   ProcessGroupOptions go, no;
   go.backend = Backend::gloo;
   no.backend = Backend::nccl;
-  ProcessGroup cpu_pg = init_process_group(go);
-  ProcessGroup gpu_pg = init_process_group(no);
+  ProcessGroup cpu = init_process_group(go);
+  return {std::move(cpu), init_process_group(no)};
+}
+
+TEST(EngineCuda, MatchesTheCpuEngineAtWorldOne) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU visible: the gpu tests run on a GPU machine (bench/gpu/check.sh)";
+  auto [cpu_pg, gpu_pg] = cpu_and_gpu_groups();
   for (const Case& c :
        {Case{0, DType::f32, 0, 1, 0.0f}, Case{3, DType::f32, 2, 1, 0.0f}, Case{3, DType::bf16, 2, 3, 0.0f}}) {
     Engine on_cpu(make_config(c), *cpu_pg.world);
@@ -34,11 +39,7 @@ TEST(EngineCuda, MatchesTheCpuEngineAtWorldOne) {
 // differs, and these cases do not clip).
 TEST(EngineCuda, OffloadMatchesTheDeviceOptimizerAtWorldOne) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU visible: the gpu tests run on a GPU machine (bench/gpu/check.sh)";
-  ProcessGroupOptions go, no;
-  go.backend = Backend::gloo;
-  no.backend = Backend::nccl;
-  ProcessGroup cpu_pg = init_process_group(go);
-  ProcessGroup gpu_pg = init_process_group(no);
+  auto [cpu_pg, gpu_pg] = cpu_and_gpu_groups();
   using O = kernels::Optimizer;
   for (const Case& c :
        {Case{1, DType::f32, 0, 1, 0.0f, O::adamw, false, 1}, Case{2, DType::bf16, 2, 1, 0.0f, O::adamw, false, 1},
