@@ -40,11 +40,13 @@ Event& Pipeline::download(int u, const void* device_grads, Event* reduced) {
   memory_copy_async(host, device_grads, static_cast<std::size_t>(s.n) * dtype_size(reduce_), *download_);
   Event& done = *downloaded_[static_cast<std::size_t>(u)];
   download_->record(done);
-  float* out = &sums_[static_cast<std::size_t>(u)];
-  const TensorView g = TensorView::flat(host, reduce_, s.n, Device::cpu());
-  cpu_->submit([&done, g, out] {
-    done.synchronize();
-    kernels::sum_squares(Device::cpu(), g, out);
+  // The closure captures only [this, u] (no allocation in std::function); slot_ changes only after
+  // sums_of_squares() has waited for it.
+  cpu_->submit([this, u] {
+    const auto i = static_cast<std::size_t>(u);
+    downloaded_[i]->synchronize();
+    const TensorView g = TensorView::flat(units_[i].grads[slot_], reduce_, units_[i].n, Device::cpu());
+    kernels::sum_squares(Device::cpu(), g, &sums_[i]);
   });
   return done;
 }
@@ -67,14 +69,14 @@ void Pipeline::upload(int u) {
   upload_->record(*uploaded_[static_cast<std::size_t>(u)]);
 }
 
-void Pipeline::update_unit(int u, int slot, const kernels::OptimizerHyper& h, float grad_scale) {
+void Pipeline::update_unit(int u) {
   const UnitShard& s = units_[static_cast<std::size_t>(u)];
   kernels::UpdateArgs a;
   a.n = s.n;
   a.param = s.master;
-  a.grad = s.grads[slot];
+  a.grad = s.grads[step_.slot];
   a.grad_dtype = reduce_;
-  a.grad_scale = grad_scale;
+  a.grad_scale = step_.grad_scale;
   a.state1 = s.m;
   a.state2 = s.v;
   if (s.host_params) {  // bf16/f16 compute: the compute copy in the same pass
@@ -83,23 +85,25 @@ void Pipeline::update_unit(int u, int slot, const kernels::OptimizerHyper& h, fl
   }
   a.decay_ranges = s.decay;
   a.num_decay_ranges = s.num_decay;
-  kernels::optimizer_update(Device::cpu(), h, a);
+  kernels::optimizer_update(Device::cpu(), step_.h, a);
 }
 
 void Pipeline::update(const kernels::OptimizerHyper& h, float grad_scale) {
-  const int n = static_cast<int>(units_.size()), slot = slot_;
+  const int n = static_cast<int>(units_.size());
+  // The CPU worker is idle here (sums_of_squares waited for it; delayed mode waits below), so the step's
+  // arguments can change; the closures capture only [this, u].
+  if (delayed_) cpu_->synchronize();
+  step_ = {h, grad_scale, slot_};
   if (delayed_) {
     // The previous step's update has had a whole forward and backward to finish; its results go up now
     // and this step's update starts behind the next step (each unit once its upload has read the host copy).
-    cpu_->synchronize();
     if (pending_)
       for (int u = 0; u < n; ++u) upload(u);
     for (int u = 0; u < n; ++u) {
-      Event* read =
-          units_[static_cast<std::size_t>(u)].device_params ? uploaded_[static_cast<std::size_t>(u)].get() : nullptr;
-      cpu_->submit([this, u, slot, h, grad_scale, read] {
-        if (read) read->synchronize();
-        update_unit(u, slot, h, grad_scale);
+      cpu_->submit([this, u] {
+        const auto i = static_cast<std::size_t>(u);
+        if (units_[i].device_params) uploaded_[i]->synchronize();
+        update_unit(u);
       });
       cpu_->record(*updated_[static_cast<std::size_t>(u)]);
     }
@@ -108,8 +112,8 @@ void Pipeline::update(const kernels::OptimizerHyper& h, float grad_scale) {
     return;
   }
   for (int u = 0; u < n; ++u) {  // forward order: unit 0 is ready first
-    cpu_->submit([this, u, slot, h, grad_scale] {
-      update_unit(u, slot, h, grad_scale);
+    cpu_->submit([this, u] {
+      update_unit(u);
       upload(u);
     });
     cpu_->record(*updated_[static_cast<std::size_t>(u)]);

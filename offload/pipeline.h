@@ -62,8 +62,8 @@ class Pipeline {
   void discard_pending();
 
  private:
-  void upload(int u);  // enqueues unit u's updated shard to device_params
-  void update_unit(int u, int slot, const kernels::OptimizerHyper& h, float grad_scale);
+  void upload(int u);       // enqueues unit u's updated shard to device_params
+  void update_unit(int u);  // with step_
 
   Device device_;
   DType compute_, reduce_;
@@ -72,6 +72,11 @@ class Pipeline {
   std::unique_ptr<Stream> download_, upload_, cpu_;
   std::vector<std::unique_ptr<Event>> downloaded_, uploaded_, updated_;
   std::vector<float> sums_;
+  struct StepArgs {
+    kernels::OptimizerHyper h;
+    float grad_scale = 1.0f;
+    int slot = 0;         // the grads[] slot the update reads
+  } step_;                // the update in progress; set while the CPU worker is idle
   int slot_ = 0;          // the grads[] slot this step's downloads fill (delayed mode alternates)
   bool pending_ = false;  // delayed: updated on the host, not uploaded yet
 };
