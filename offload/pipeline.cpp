@@ -88,8 +88,9 @@ void Pipeline::update_unit(int u) {
   kernels::optimizer_update(Device::cpu(), step_.h, a);
 }
 
-void Pipeline::update(const kernels::OptimizerHyper& h, float grad_scale) {
-  const int n = static_cast<int>(units_.size());
+void Pipeline::update(const kernels::OptimizerHyper& h, float grad_scale, std::span<const int> order) {
+  ZS_CHECK(order.size() == units_.size(), "offload: the update order names {} units, not {}", order.size(),
+           units_.size());
   // The CPU worker is idle here (sums_of_squares waited for it; delayed mode waits below), so the step's
   // arguments can change; the closures capture only [this, u].
   if (delayed_) cpu_->synchronize();
@@ -98,8 +99,8 @@ void Pipeline::update(const kernels::OptimizerHyper& h, float grad_scale) {
     // The previous step's update has had a whole forward and backward to finish; its results go up now
     // and this step's update starts behind the next step (each unit once its upload has read the host copy).
     if (pending_)
-      for (int u = 0; u < n; ++u) upload(u);
-    for (int u = 0; u < n; ++u) {
+      for (int u : order) upload(u);
+    for (int u : order) {
       cpu_->submit([this, u] {
         const auto i = static_cast<std::size_t>(u);
         if (units_[i].device_params) uploaded_[i]->synchronize();
@@ -111,7 +112,7 @@ void Pipeline::update(const kernels::OptimizerHyper& h, float grad_scale) {
     slot_ = 1 - slot_;
     return;
   }
-  for (int u = 0; u < n; ++u) {  // forward order: unit 0 is ready first
+  for (int u : order) {  // the first unit the next forward needs is ready first
     cpu_->submit([this, u] {
       update_unit(u);
       upload(u);

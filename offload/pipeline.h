@@ -13,6 +13,7 @@
 #pragma once
 
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "core/buffer.h"
@@ -48,8 +49,9 @@ class Pipeline {
   // them): each unit's sum of squares of its gradient shard, unscaled.
   const std::vector<float>& sums_of_squares();
   // The step: every unit's update with h (h.step is the step number), its gradient multiplied by
-  // grad_scale. Returns at once; the CPU works behind it.
-  void update(const kernels::OptimizerHyper& h, float grad_scale);
+  // grad_scale, in `order` (every unit once: the order the next forward needs them). Returns at once; the
+  // CPU works behind it.
+  void update(const kernels::OptimizerHyper& h, float grad_scale, std::span<const int> order);
   // Makes `stream` wait until unit u's parameters for the next forward are in place on the device
   // (device_params) or on the host (host_param_source); blocks the host until the CPU has updated u when
   // it has not yet (streaming).

@@ -518,6 +518,7 @@ void Engine::check_agreement(int op, UnitId id) {
 void Engine::set_gather_order(std::vector<UnitId> order) {
   for (UnitId u : order) ZS_CHECK(u >= 0 && u < num_units(), "set_gather_order: no unit {}", u);
   order_ = std::move(order);
+  update_order_.clear();
   recording_ = false;
 }
 
@@ -742,9 +743,19 @@ StepStats Engine::step() {
   h.nesterov = cfg_.optimizer.nesterov;
   h.step = step_ + 1;
   if (offload_) {
-    // The CPU updates unit by unit in forward order; each replica (stages 1-2) is all-gathered again once its
-    // shard is back, at its gather in the next forward.
-    offload_->update(h, static_cast<float>(clip / accum / scale));
+    // The CPU updates unit by unit in the order the next forward gathers them; each replica (stages 1-2) is
+    // all-gathered again once its shard is back, at its gather in the next forward.
+    if (update_order_.empty()) {  // first use in gather order (the recorded forward first), then the rest
+      std::vector<bool> seen(units_.size(), false);
+      auto add = [&](int u) {
+        if (seen[static_cast<std::size_t>(u)]) return;
+        seen[static_cast<std::size_t>(u)] = true;
+        update_order_.push_back(u);
+      };
+      for (UnitId u : order_) add(u);
+      for (int u = 0; u < num_units(); ++u) add(u);
+    }
+    offload_->update(h, static_cast<float>(clip / accum / scale), update_order_);
     if (stage < 3)
       for (auto& up : units_) up->param_state = ParamState::updating;
   } else {

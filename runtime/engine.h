@@ -208,6 +208,7 @@ class Engine {
 
   // Prefetch: the order of gathers recorded on the first step, and where this step has got to in it.
   std::vector<UnitId> order_;
+  std::vector<int> update_order_;  // offload: each unit once, in the order of its first gather
   std::size_t order_pos_ = 0;
   bool recording_ = true;
 
