@@ -76,6 +76,25 @@ TEST(Config, WrongTypesAndRangesAreNamed) {
   EXPECT_THROW(Config::from_yaml_file("/nonexistent/train.yaml"), Error);
 }
 
+// Offload combinations that are not configurations name the offload section's line and what to change.
+TEST(Config, OffloadNeedsTheStagesItWorksWith) {
+  std::string e = error_of("zero: {stage: 0}\noffload: {optimizer: cpu}\n");
+  EXPECT_NE(e.find("train.yaml:2:10"), std::string::npos) << e;
+  EXPECT_NE(e.find("offload.optimizer: cpu needs zero.stage 1, 2 or 3"), std::string::npos) << e;
+  e = error_of("zero: {stage: 2}\noffload: {optimizer: cpu, params: cpu}\n");
+  EXPECT_NE(e.find("offload.params: cpu needs zero.stage: 3"), std::string::npos) << e;
+  e = error_of("zero: {stage: 3}\noffload: {params: cpu}\n");
+  EXPECT_NE(e.find("and offload.optimizer: cpu"), std::string::npos) << e;
+  e = error_of("zero: {stage: 3}\noffload: {optimizer: cpu, params: cpu, mode: delayed}\n");
+  EXPECT_NE(e.find("mode: delayed works with offload.optimizer only"), std::string::npos) << e;
+  const Config ok = Config::from_yaml("zero: {stage: 3}\noffload: {optimizer: cpu, params: cpu, pin_memory: false}\n");
+  EXPECT_TRUE(ok.offload.optimizer_on_cpu() && ok.offload.params_on_cpu() && !ok.offload.pin_memory);
+  Config in_code;  // built in code, the engine refuses it with the same words (offload_problem)
+  in_code.zero.stage = 0;
+  in_code.offload.optimizer = "cpu";
+  EXPECT_NE(offload_problem(in_code).find("needs zero.stage 1, 2 or 3"), std::string::npos);
+}
+
 // Found by fuzzing: a mapping used as a key made yaml-cpp throw its own exception past the checks.
 TEST(Config, ComplexKeysAreLocatedErrors) {
   const std::string e = error_of("zero:\n  stage: 3\n  ? {a: 1}\n  : 2\n");
