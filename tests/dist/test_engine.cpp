@@ -95,10 +95,10 @@ TEST(EngineOffload, StreamingIsBitIdenticalToTheDeviceOptimizer) {
     const int offload = std::max(c.offload, 1);
     c.offload = 0;
     Engine device(make_config(c), *pg().world);
-    const Trajectory want = train(c, device, 20);
+    const Trajectory want = train(c, device, 12);
     c.offload = offload;
     Engine host(make_config(c), *pg().world);
-    const Trajectory got = train(c, host, 20);
+    const Trajectory got = train(c, host, 12);
     EXPECT_EQ(got.losses, want.losses) << name(c, pg().world->size());
     EXPECT_EQ(got.params, want.params) << name(c, pg().world->size());
     // The optimizer state is on the host, none of it on the device.
