@@ -17,6 +17,7 @@
 
 #include "core/cuda_check.h"
 #include "core/error.h"
+#include "runtime/cli.h"
 #include "runtime/engine.h"
 
 namespace {
@@ -138,7 +139,7 @@ int main(int argc, char** argv) {
   app.add_option("--tokens", a.tokens, "tokens per step (batch x sequence)")->capture_default_str();
   app.add_option("--steps", a.steps, "timed steps (after one warm-up step)")->capture_default_str();
   app.add_option("--offload", a.offload, "none, optimizer, optimizer+params, delayed")
-      ->check(CLI::IsMember({"none", "optimizer", "optimizer+params", "delayed"}))
+      ->check(zs::offload_choices())
       ->capture_default_str();
   app.add_option("--reduce", a.reduce, "gradient dtype: f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
   CLI11_PARSE(app, argc, argv);
@@ -153,9 +154,7 @@ int main(int argc, char** argv) {
     cfg.optimizer.lr = 1e-5f;
     cfg.optimizer.weight_decay = 0.1f;
     cfg.optimizer.clip_grad_norm = 1.0f;
-    if (a.offload != "none") cfg.offload.optimizer = "cpu";
-    if (a.offload == "optimizer+params") cfg.offload.params = "cpu";
-    if (a.offload == "delayed") cfg.offload.mode = "delayed";
+    cfg.offload.choose(a.offload);
     Engine e(cfg);
     const int64_t d = a.d;
     e.add_unit("embed", {{"w", {a.vocab, d}}});

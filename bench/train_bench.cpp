@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "runtime/cli.h"
 #include "runtime/engine.h"
 
 namespace {
@@ -86,7 +87,7 @@ int main(int argc, char** argv) {
   app.add_option("--prefetch", a.prefetch, "prefetch depths to run at stage 3")->capture_default_str();
   app.add_option("--offload", a.offload,
                  "offload choices to run at stages 1-3: none, optimizer, optimizer+params (stage 3), delayed")
-      ->check(CLI::IsMember({"none", "optimizer", "optimizer+params", "delayed"}))
+      ->check(zs::offload_choices())
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   try {
@@ -113,15 +114,13 @@ int main(int argc, char** argv) {
     for (int stage : a.stages)
       for (int pf : stage == 3 ? a.prefetch : std::vector<int>{0})
         for (const std::string& off : a.offload) {
-          if ((off != "none" && stage == 0) || (off == "optimizer+params" && stage != 3)) continue;
           Config cfg;
           cfg.zero.stage = stage;
           cfg.zero.prefetch = pf;
           cfg.zero.max_live_units = pf + 2;
           cfg.optimizer.lr = 1e-4f;
-          if (off != "none") cfg.offload.optimizer = "cpu";
-          if (off == "optimizer+params") cfg.offload.params = "cpu";
-          if (off == "delayed") cfg.offload.mode = "delayed";
+          cfg.offload.choose(off);
+          if (!offload_problem(cfg).empty()) continue;  // e.g. offload at stage 0: not a configuration
           auto e = std::make_unique<Engine>(cfg, *pg.world);
           for (int l = 0; l < a.layers; ++l)
             e->add_unit("layer" + std::to_string(l), {{"w", {a.dim, a.dim}}, {"b", {a.dim}, true, false}});

@@ -67,7 +67,7 @@ class MemoryLedger {
   // The process-wide ledger that Buffer charges by default.
   static MemoryLedger& global();
 
-  // A timeline for zsmem: once started, every change records the device's bytes per category, and mark()
+  // A timeline for zsmem: once started, every change records its place's bytes per category, and mark()
   // records a labelled moment (e.g. "forward"). Off by default: charge/release then record nothing.
   struct TracePoint {
     double seconds = 0;  // since start_trace

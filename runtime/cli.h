@@ -1,8 +1,14 @@
-// Command-line parsing shared by the tools (zsrun, zsckpt, zsmem): CLI11, with one exit-code contract.
+// Command-line parsing shared by the tools (zsrun, zsckpt, zsmem) and programs: CLI11, with one exit-code
+// contract, and the validators of options that name config choices.
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <iterator>
 #include <optional>
+#include <string>
+#include <vector>
+
+#include "runtime/config.h"
 
 namespace zs {
 
@@ -18,6 +24,12 @@ inline std::optional<int> parse_command_line(CLI::App& app, int argc, char** arg
     return 2;
   }
   return std::nullopt;
+}
+
+// The validator of an --offload option: Config::Offload::kChoices.
+inline CLI::IsMember offload_choices() {
+  return CLI::IsMember(
+      std::vector<std::string>(std::begin(Config::Offload::kChoices), std::end(Config::Offload::kChoices)));
 }
 
 }  // namespace zs

@@ -236,6 +236,20 @@ Config parse_config(const std::string& text, const std::string& source) {
 
 }  // namespace
 
+void Config::Offload::choose(std::string_view choice) {
+  ZS_CHECK(std::find(std::begin(kChoices), std::end(kChoices), choice) != std::end(kChoices),
+           "offload '{}': expected none, optimizer, optimizer+params or delayed", choice);
+  optimizer = choice == "none" ? "none" : "cpu";
+  params = choice == "optimizer+params" ? "cpu" : "none";
+  mode = choice == "delayed" ? "delayed" : "streaming";
+}
+
+std::string_view Config::Offload::choice() const {
+  if (!optimizer_on_cpu()) return "none";
+  if (params_on_cpu()) return "optimizer+params";
+  return delayed() ? "delayed" : "optimizer";
+}
+
 std::string offload_problem(const Config& c) {
   // What DeepSpeed users expect: optimizer offload from stage 1, parameter offload at stage 3 on top of it.
   if (c.offload.optimizer == "cpu" && c.zero.stage == 0)

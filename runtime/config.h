@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include "core/dtype.h"
 #include "kernels/kernels.h"
@@ -47,6 +48,11 @@ struct Config {
     bool optimizer_on_cpu() const { return optimizer == "cpu"; }
     bool params_on_cpu() const { return params == "cpu"; }
     bool delayed() const { return mode == "delayed"; }
+    // The tools' one-word form: none, optimizer, optimizer+params, or delayed (the optimizer, delayed mode).
+    // choose() sets all three fields from it (throws on another word); choice() names the current setting.
+    static constexpr std::string_view kChoices[] = {"none", "optimizer", "optimizer+params", "delayed"};
+    void choose(std::string_view choice);
+    std::string_view choice() const;
   } offload;
   struct Comm {
     std::string backend = "auto";  // auto | gloo | nccl

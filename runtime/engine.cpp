@@ -174,16 +174,19 @@ void Engine::setup() {
   int64_t largest = 0, largest_grads = 0;  // elements of the biggest unit: all params / trainable ones
   plan_layouts();
   check_fits();
-  if (cfg_.offload.optimizer_on_cpu()) {  // one pinned allocation for every unit's offloaded state
-    int64_t pool = 0;
-    for (const auto& up : units_) pool += unit_buffers(up->layout, up->frozen, cfg_).host_pool_bytes();
-    host_pool_ = offload::HostPool(pool, cfg_.offload.pin_memory, device_);
+  // Sizes from the memory plan (runtime/memory_plan.h), which zsmem predicts with.
+  std::vector<UnitBuffers> plans;
+  int64_t pool = 0;
+  for (const auto& up : units_) {
+    plans.push_back(unit_buffers(up->layout, up->frozen, cfg_));
+    pool += plans.back().host_pool_bytes();
   }
-  for (auto& up : units_) {  // sizes from the memory plan (runtime/memory_plan.h), which zsmem predicts with
-    Unit& u = *up;
+  if (pool > 0) host_pool_ = offload::HostPool(pool, cfg_.offload.pin_memory, device_);  // every offloaded part
+  for (std::size_t i = 0; i < units_.size(); ++i) {
+    Unit& u = *units_[i];
     largest = std::max(largest, u.layout.padded + u.frozen.padded);
     largest_grads = std::max(largest_grads, u.layout.padded);
-    const UnitBuffers b = unit_buffers(u.layout, u.frozen, cfg_);
+    const UnitBuffers& b = plans[i];
     auto alloc = [&](int64_t bytes, MemCategory c) {
       return bytes > 0 ? Buffer(static_cast<std::size_t>(bytes), mk, device_, c) : Buffer();
     };

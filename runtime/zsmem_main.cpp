@@ -40,16 +40,17 @@ std::string human(double bytes) {
 struct DeepSpeedFigure {
   double device = NAN, host = NAN;
 };
-DeepSpeedFigure deepspeed_estimate(int stage, const std::string& offload, double params, double largest, int world) {
+DeepSpeedFigure deepspeed_estimate(int stage, const zs::Config::Offload& offload, double params, double largest,
+                                   int world) {
   if (stage == 0) return {};
   const double buffer = 1.5;  // their additional_buffer_factor
   if (stage == 3) {
-    if (offload == "optimizer+params") return {4 * largest, 18 * params * buffer / world};
-    if (offload == "optimizer") return {4 * largest + 2 * params / world, 16 * params * buffer / world};
-    return {4 * largest + 18 * params / world, 4 * largest * world * buffer / world};
+    if (offload.params_on_cpu()) return {4 * largest, 18 * params * buffer / world};
+    if (offload.optimizer_on_cpu()) return {4 * largest + 2 * params / world, 16 * params * buffer / world};
+    return {4 * largest + 18 * params / world, 4 * largest * buffer};
   }
-  if (offload == "optimizer") return {2 * params, params * std::max(4.0 * world, 16.0) * buffer / world};
-  return {4 * params + 16 * params / world, params * 4 * world * buffer / world};
+  if (offload.optimizer_on_cpu()) return {2 * params, params * std::max(4.0 * world, 16.0) * buffer / world};
+  return {4 * params + 16 * params / world, 4 * params * buffer};
 }
 
 struct Model {
@@ -136,15 +137,14 @@ int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, con
     for (const std::string& off : offloads)
       for (int s : stages) {
         cfg.zero.stage = s;
-        cfg.offload.optimizer = off == "none" ? "none" : "cpu";
-        cfg.offload.params = off == "optimizer+params" ? "cpu" : "none";
+        cfg.offload.choose(off);
         if (!zs::offload_problem(cfg).empty()) continue;  // e.g. stage 0 with offload: not a configuration
         const zs::MemoryPlan p = zs::plan_memory(m.units, cfg, w, 0, cpu);
         auto dev = [&](MemCategory c) { return static_cast<double>(p.device[static_cast<std::size_t>(c)]); };
         const double scratch = dev(MemCategory::comm_scratch) + dev(MemCategory::other);
         const double total = static_cast<double>(p.device_total()) + act, host = static_cast<double>(p.host_total());
         const DeepSpeedFigure ds =
-            deepspeed_estimate(s, off, static_cast<double>(m.params), static_cast<double>(m.largest), w);
+            deepspeed_estimate(s, cfg.offload, static_cast<double>(m.params), static_cast<double>(m.largest), w);
         const bool fits = (device_gib <= 0 || total <= device_gib * gib) && (host_gib <= 0 || host <= host_gib * gib);
         if (json_out) {
           nlohmann::ordered_json r{{"world", w}, {"stage", s}, {"offload", off}};
@@ -271,9 +271,9 @@ int main(int argc, char** argv) {
   est->add_option("--world", worlds, "ranks (one or a list)")->check(CLI::PositiveNumber);
   est->add_option("--stage", stages, "ZeRO stages")->check(CLI::Range(0, 3));
   est->add_option("--offload", offloads,
-                  "none, optimizer (stages 1-3) or optimizer+params (stage 3), one or a list; rows that are not a "
-                  "configuration are left out")
-      ->check(CLI::IsMember({"none", "optimizer", "optimizer+params"}));
+                  "none, optimizer (stages 1-3), optimizer+params (stage 3) or delayed (the optimizer, delayed "
+                  "mode), one or a list; rows that are not a configuration are left out")
+      ->check(zs::offload_choices());
   est->add_option("--precision", precision, "compute dtype: f32, bf16, f16")
       ->check(CLI::IsMember({"f32", "bf16", "f16"}));
   est->add_option("--reduce", reduce, "gradient dtype: f32, bf16")->check(CLI::IsMember({"f32", "bf16"}));
@@ -311,7 +311,7 @@ int main(int argc, char** argv) {
     const Model m = load_model(params, largest, spec, manifest);
     if (batch > 0 && !m.gpt) throw Usage("--batch needs --model gpt:... (activations are known for that family)");
     if (!config_path.empty() && cfg.offload.optimizer_on_cpu() && offloads == std::vector<std::string>{"none"})
-      offloads = {cfg.offload.params_on_cpu() ? "optimizer+params" : "optimizer"};  // the config's own choice
+      offloads = {std::string(cfg.offload.choice())};  // the config's own choice
     return estimate(m, cfg, worlds, stages, offloads, cpu, device_gib, host_gib, batch, json_out);
   } catch (const Usage& e) {
     fmt::print(stderr, "zsmem: {}\n", e.what());

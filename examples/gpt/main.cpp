@@ -16,6 +16,7 @@
 #include "examples/gpt/data.h"
 #include "examples/gpt/trainer.h"
 #include "runtime/checkpoint.h"
+#include "runtime/cli.h"
 
 extern "C" void openblas_set_num_threads(int);
 
@@ -75,8 +76,9 @@ int main(int argc, char** argv) {
   app.add_option("--heads", shape.heads, "attention heads")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--config", config_path, "engine YAML (docs/config.md); default: ZeRO-3, AdamW, cosine");
   app.add_option("--stage", stage, "override zero.stage")->check(CLI::Range(0, 3));
-  app.add_option("--offload", offload, "override offload: none, optimizer (stages 1-3), optimizer+params (stage 3)")
-      ->check(CLI::IsMember({"none", "optimizer", "optimizer+params"}));
+  app.add_option("--offload", offload,
+                 "override offload: none, optimizer (stages 1-3), optimizer+params (stage 3), delayed")
+      ->check(zs::offload_choices());
   app.add_option("--lr", lr, "override optimizer.lr");
   app.add_option("--data", data, "text files or directories")->capture_default_str();
   app.add_option("--seed", seed, "initialisation and data order")->capture_default_str();
@@ -98,10 +100,7 @@ int main(int argc, char** argv) {
                                          : zs::Config::from_yaml_file(config_path);
     if (config_path.empty()) cfg.schedule.total_steps = std::max<int64_t>(steps, cfg.schedule.warmup_steps + 1);
     if (stage >= 0) cfg.zero.stage = stage;
-    if (!offload.empty()) {
-      cfg.offload.optimizer = offload == "none" ? "none" : "cpu";
-      cfg.offload.params = offload == "optimizer+params" ? "cpu" : "none";
-    }
+    if (!offload.empty()) cfg.offload.choose(offload);
     if (lr > 0) cfg.optimizer.lr = static_cast<float>(lr);
     if (!ckpt_dir.empty()) {
       cfg.checkpoint.dir = ckpt_dir;
@@ -123,9 +122,8 @@ int main(int argc, char** argv) {
       engine.init_params([&](std::string_view name) { return gpt::init_rule(name, shape, seed); });
     }
     if (rank == 0) {
-      const std::string off = !cfg.offload.optimizer_on_cpu() ? ""
-                              : cfg.offload.params_on_cpu()   ? ", optimizer and parameters offloaded"
-                                                              : ", optimizer offloaded";
+      const std::string off =
+          cfg.offload.optimizer_on_cpu() ? ", offload " + std::string(cfg.offload.choice()) : std::string();
       std::printf("GPT d=%d L=%d H=%d T=%d V=%d: %.2f M parameters in %d units; ZeRO-%d over %d rank%s (%s%s)\n",
                   shape.d, shape.layers, shape.heads, shape.seq, shape.vocab,
                   static_cast<double>(gpt::parameter_count(shape)) / 1e6, engine.num_units(), cfg.zero.stage, world,

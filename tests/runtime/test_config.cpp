@@ -89,6 +89,16 @@ TEST(Config, OffloadNeedsTheStagesItWorksWith) {
   EXPECT_NE(e.find("mode: delayed works with offload.optimizer only"), std::string::npos) << e;
   const Config ok = Config::from_yaml("zero: {stage: 3}\noffload: {optimizer: cpu, params: cpu, pin_memory: false}\n");
   EXPECT_TRUE(ok.offload.optimizer_on_cpu() && ok.offload.params_on_cpu() && !ok.offload.pin_memory);
+  Config::Offload o;  // the tools' one-word form sets every field and reads back
+  for (std::string_view c : Config::Offload::kChoices) {
+    o.choose(c);
+    EXPECT_EQ(o.choice(), c);
+  }
+  o.choose("delayed");
+  EXPECT_TRUE(o.optimizer_on_cpu() && !o.params_on_cpu() && o.delayed());
+  o.choose("none");
+  EXPECT_TRUE(!o.optimizer_on_cpu() && !o.params_on_cpu() && !o.delayed());
+  EXPECT_THROW(o.choose("everything"), Error);
   Config in_code;  // built in code, the engine refuses it with the same words (offload_problem)
   in_code.zero.stage = 0;
   in_code.offload.optimizer = "cpu";
