@@ -14,7 +14,8 @@ namespace gpt {
 namespace fs = std::filesystem;
 
 Corpus load_corpus(const std::vector<std::string>& paths, double val_fraction) {
-  static const std::set<std::string> kText = {".md", ".txt", ".h", ".cpp", ".cu", ".cuh", ".yaml", ".sh", ".py", ".cmake"};
+  static const std::set<std::string> kText = {".md",  ".txt",  ".h",  ".cpp", ".cu",
+                                              ".cuh", ".yaml", ".sh", ".py",  ".cmake"};
   std::vector<fs::path> files;
   for (const auto& p : paths) {
     std::error_code ec;

@@ -90,7 +90,8 @@ void layernorm_backward(const T* x, const T* g, const T* mean, const T* rstd, co
 template <typename T>
 void gelu_forward(const T* x, T* y, int64_t n) {
   const T k = std::sqrt(T(2) / T(3.14159265358979323846));
-  for (int64_t i = 0; i < n; ++i) y[i] = T(0.5) * x[i] * (T(1) + std::tanh(k * (x[i] + T(0.044715) * x[i] * x[i] * x[i])));
+  for (int64_t i = 0; i < n; ++i)
+    y[i] = T(0.5) * x[i] * (T(1) + std::tanh(k * (x[i] + T(0.044715) * x[i] * x[i] * x[i])));
 }
 
 template <typename T>
@@ -147,9 +148,9 @@ void attention_backward(const T* qkv, const T* probs, const T* dout, T* dqkv, T*
       const T* p = probs + (static_cast<int64_t>(b) * H + h) * Tn * Tn;
       const T* dO = dout + static_cast<int64_t>(b) * Tn * d + h * hd;
       T* ds = scratch;
-      gemm<T>(true, false, Tn, hd, Tn, T(1), p, Tn, dO, d, T(0), dv, ld);     // dV = P^T dO
-      gemm<T>(false, true, Tn, Tn, hd, T(1), dO, d, v, ld, T(0), ds, Tn);     // dP = dO V^T
-      for (int i = 0; i < Tn; ++i) {                                           // dS = P (dP - rowsum(dP P))
+      gemm<T>(true, false, Tn, hd, Tn, T(1), p, Tn, dO, d, T(0), dv, ld);  // dV = P^T dO
+      gemm<T>(false, true, Tn, Tn, hd, T(1), dO, d, v, ld, T(0), ds, Tn);  // dP = dO V^T
+      for (int i = 0; i < Tn; ++i) {                                       // dS = P (dP - rowsum(dP P))
         T* row = ds + static_cast<int64_t>(i) * Tn;
         const T* pr = p + static_cast<int64_t>(i) * Tn;
         T dot = 0;

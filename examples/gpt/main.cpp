@@ -1,4 +1,4 @@
-// gpt_train: trains a byte-level GPT with ZeroShard, on the CPU, under zsrun.
+// gpt_train: trains a byte-level GPT with ZeroShard under zsrun, on CUDA when there is a GPU, else the CPU.
 //
 //   zsrun --nproc-per-node 2 -- gpt_train --steps 300 --export model.safetensors
 //
@@ -37,7 +37,7 @@ schedule:
   warmup_steps: 20
   total_steps: 300
   min_lr_ratio: 0.1
-device: cpu
+device: auto
 )";
 
 std::string mb(int64_t bytes) {
@@ -61,7 +61,7 @@ int main(int argc, char** argv) {
   gpt::Shape shape;
   int steps = 300, batch = 8, log_every = 20, eval_every = 100, eval_batches = 4, save_every = 0, threads = 0;
   int stage = -1, sample = 0;
-  std::string offload;  // empty: the config's
+  std::string offload, device, precision;  // empty: the config's
   uint64_t seed = 1337;
   double lr = 0, check_below = 0;
   bool resume = false;
@@ -80,6 +80,14 @@ int main(int argc, char** argv) {
                  "override offload: none, optimizer (stages 1-3), optimizer+params (stage 3), delayed")
       ->check(zs::offload_choices());
   app.add_option("--lr", lr, "override optimizer.lr");
+  app.add_option("--device", device, "override device: auto, cpu or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  app.add_option("--precision", precision,
+                 "override precision: f32, or bf16 (CUDA: bf16 parameters and activations, f32 gradients and master)")
+      ->check(CLI::IsMember({"f32", "bf16"}));
+  app.add_option("--vocab", shape.vocab, "vocabulary size (tokens are bytes; a larger table for benchmarks)")
+      ->capture_default_str()
+      ->check(CLI::Range(256, 1 << 20));
   app.add_option("--data", data, "text files or directories")->capture_default_str();
   app.add_option("--seed", seed, "initialisation and data order")->capture_default_str();
   app.add_option("--log-every", log_every, "print every N steps")->capture_default_str();
@@ -102,6 +110,11 @@ int main(int argc, char** argv) {
     if (stage >= 0) cfg.zero.stage = stage;
     if (!offload.empty()) cfg.offload.choose(offload);
     if (lr > 0) cfg.optimizer.lr = static_cast<float>(lr);
+    if (!device.empty()) cfg.device = device;
+    if (!precision.empty()) {
+      cfg.precision.param = precision == "bf16" ? zs::DType::bf16 : zs::DType::f32;
+      cfg.precision.reduce = zs::DType::f32;
+    }
     if (!ckpt_dir.empty()) {
       cfg.checkpoint.dir = ckpt_dir;
       cfg.checkpoint.every_steps = save_every;

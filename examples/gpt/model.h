@@ -91,8 +91,8 @@ void block_backward(const BlockPtrs<const T>& p, const BlockPtrs<T>& g, const Bl
   attention_backward(c.qkv.data(), c.probs.data(), s.d_att.data(), s.d_qkv.data(), s.probs.data(), B, Tn, d, H);
   linear_backward(c.ln1.data(), p[QKV_W], s.d_qkv.data(), s.d_ln.data(), g[QKV_W], g[QKV_B], n, d, 3 * d);
   std::copy(s.d_x1.begin(), s.d_x1.begin() + nd, dx);
-  layernorm_backward(c.x.data(), p[LN1_G], c.ln1_mean.data(), c.ln1_rstd.data(), s.d_ln.data(), dx, g[LN1_G],
-                     g[LN1_B], n, d, true);
+  layernorm_backward(c.x.data(), p[LN1_G], c.ln1_mean.data(), c.ln1_rstd.data(), s.d_ln.data(), dx, g[LN1_G], g[LN1_B],
+                     n, d, true);
 }
 
 }  // namespace gpt

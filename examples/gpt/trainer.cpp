@@ -2,6 +2,7 @@
 // backward in reverse, each unit's reduce-scatter issued as soon as its gradients are complete.
 #include "examples/gpt/trainer.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
@@ -10,16 +11,29 @@
 namespace gpt {
 namespace {
 
-const float* param(const zs::GatheredParams& g, int i) {
-  return static_cast<const float*>(g.tensor(i).data);
+Ptrs params(const zs::GatheredParams& g, int count) {
+  Ptrs p{};
+  for (int i = 0; i < count; ++i) p[static_cast<std::size_t>(i)] = g.tensor(i).data;
+  return p;
+}
+
+std::unique_ptr<Backend> make_backend(zs::Engine& e, const Shape& s, int batch) {
+  const auto& p = e.config().precision;
+  if (e.device().is_cpu()) {
+    ZS_CHECK(p.param == zs::DType::f32 && p.reduce == zs::DType::f32,
+             "the GPT example computes on the CPU in f32: set precision.param and precision.reduce to f32");
+    return make_cpu_backend(s, batch);
+  }
+#ifdef ZS_GPT_CUDA
+  return make_cuda_backend(s, batch, e);
+#else
+  ZS_FAIL("the GPT example was built without CUDA: set device: cpu");
+#endif
 }
 
 }  // namespace
 
 Trainer::Trainer(zs::Engine& engine, const Shape& shape, int batch) : e_(engine), s_(shape), batch_(batch) {
-  const auto& p = engine.config().precision;
-  ZS_CHECK(engine.device().is_cpu() && p.param == zs::DType::f32 && p.reduce == zs::DType::f32,
-           "the GPT example computes on the CPU in f32: set device: cpu and precision.param/reduce: f32");
   ZS_CHECK(s_.d % s_.heads == 0, "d_model {} is not a multiple of heads {}", s_.d, s_.heads);
   // The family's units in order: embed, h.0 .. h.{L-1}, ln_f.
   for (auto& [name, tensors] : zs::family::gpt_units(s_)) {
@@ -31,65 +45,38 @@ Trainer::Trainer(zs::Engine& engine, const Shape& shape, int batch) : e_(engine)
     else
       blocks_.push_back(u);
   }
-  const std::size_t n = static_cast<std::size_t>(batch) * s_.seq, d = static_cast<std::size_t>(s_.d);
-  acts_.assign(static_cast<std::size_t>(s_.layers) + 1, std::vector<float>(n * d));
-  caches_.resize(static_cast<std::size_t>(s_.layers));
-  for (auto& c : caches_) c.resize(batch, s_.seq, s_.d, s_.heads);
-  scratch_.resize(batch, s_.seq, s_.d);
-  for (auto* v : {&xf_, &dx_, &dx2_}) v->resize(n * d);
-  mean_.resize(n);
-  rstd_.resize(n);
-  logits_.resize(n * static_cast<std::size_t>(s_.vocab));
+  math_ = make_backend(engine, s_, batch);
 }
 
 double Trainer::run(const int* tokens, const int* targets, bool backward) {
-  const int B = batch_, T = s_.seq, d = s_.d, H = s_.heads, V = s_.vocab, n = B * T, L = s_.layers;
-  auto grad = [&](zs::UnitId u, int i) { return static_cast<float*>(e_.grads(u, i).data); };
-  {
-    auto g = e_.gather(embed_);
-    embedding_forward(tokens, param(g, 0), param(g, 1), acts_[0].data(), B, T, d);
-  }
-  for (int l = 0; l < L; ++l) {
-    auto g = e_.gather(blocks_[static_cast<std::size_t>(l)]);
-    BlockPtrs<const float> p{};
-    for (int i = 0; i < kBlockTensors; ++i) p[static_cast<std::size_t>(i)] = param(g, i);
-    block_forward(p, acts_[static_cast<std::size_t>(l)].data(), acts_[static_cast<std::size_t>(l) + 1].data(),
-                  caches_[static_cast<std::size_t>(l)], B, T, d, H);
-  }
-  double loss = 0;
+  auto grads = [&](zs::UnitId u, int count) {
+    Ptrs g{};
+    for (int i = 0; i < count; ++i) g[static_cast<std::size_t>(i)] = e_.grads(u, i).data;
+    return g;
+  };
+  math_->set_batch(tokens, targets);
+  math_->embed_forward(params(e_.gather(embed_), 2));
+  for (int l = 0; l < s_.layers; ++l)
+    math_->block_forward(l, params(e_.gather(blocks_[static_cast<std::size_t>(l)]), kBlockTensors));
   {
     auto ge = e_.gather(embed_);  // the tied head
     auto gf = e_.gather(ln_f_);
-    const float* x = acts_[static_cast<std::size_t>(L)].data();
-    layernorm_forward(x, param(gf, 0), param(gf, 1), xf_.data(), mean_.data(), rstd_.data(), n, d);
-    if (!backward) return head_loss(xf_.data(), param(ge, 0), targets, logits_.data(), static_cast<float*>(nullptr),
-                                    static_cast<float*>(nullptr), n, d, V);
-    loss = head_loss(xf_.data(), param(ge, 0), targets, logits_.data(), dx2_.data(), grad(embed_, 0), n, d, V);
-    layernorm_backward(x, param(gf, 0), mean_.data(), rstd_.data(), dx2_.data(), dx_.data(), grad(ln_f_, 0),
-                       grad(ln_f_, 1), n, d, false);
+    if (!backward) {
+      math_->head(params(ge, 2), params(gf, 2), nullptr, nullptr);
+      return math_->loss();
+    }
+    const Ptrs de = grads(embed_, 2), df = grads(ln_f_, 2);
+    math_->head(params(ge, 2), params(gf, 2), &de, &df);
   }
   e_.reduce_grads(ln_f_);
-  for (int l = L - 1; l >= 0; --l) {
+  for (int l = s_.layers - 1; l >= 0; --l) {
     const zs::UnitId u = blocks_[static_cast<std::size_t>(l)];
-    {
-      auto g = e_.gather(u);
-      BlockPtrs<const float> p{};
-      BlockPtrs<float> gp{};
-      for (int i = 0; i < kBlockTensors; ++i) {
-        p[static_cast<std::size_t>(i)] = param(g, i);
-        gp[static_cast<std::size_t>(i)] = grad(u, i);
-      }
-      block_backward(p, gp, caches_[static_cast<std::size_t>(l)], dx_.data(), dx2_.data(), scratch_, B, T, d, H);
-      std::swap(dx_, dx2_);
-    }
+    math_->block_backward(l, params(e_.gather(u), kBlockTensors), grads(u, kBlockTensors));
     e_.reduce_grads(u);
   }
-  {
-    auto g = e_.gather(embed_);
-    embedding_backward(tokens, dx_.data(), grad(embed_, 0), grad(embed_, 1), B, T, d);
-  }
+  math_->embed_backward(grads(embed_, 2));  // needs the tokens, not the parameters: no gather
   e_.reduce_grads(embed_);
-  return loss;
+  return math_->loss();
 }
 
 std::string Trainer::generate(const std::string& prompt, int count, uint64_t seed) {
@@ -100,15 +87,17 @@ std::string Trainer::generate(const std::string& prompt, int count, uint64_t see
     const int len = std::min<int>(static_cast<int>(text.size()), s_.seq);
     for (int t = 0; t < s_.seq; ++t)
       tokens[static_cast<std::size_t>(t)] =
-          t < len ? static_cast<uint8_t>(text[text.size() - static_cast<std::size_t>(len) + static_cast<std::size_t>(t)])
-                  : ' ';
+          t < len
+              ? static_cast<uint8_t>(text[text.size() - static_cast<std::size_t>(len) + static_cast<std::size_t>(t)])
+              : ' ';
     loss(tokens.data(), targets.data());
     // Sample at temperature 0.8 with a counter-based draw: every rank picks the same byte.
-    const float* row = logits_.data() + static_cast<std::size_t>(len - 1) * static_cast<std::size_t>(s_.vocab);
-    const float mx = *std::max_element(row, row + s_.vocab);
+    const std::vector<float> row = math_->logits_row(len - 1);
+    const float mx = *std::max_element(row.begin(), row.end());
     std::vector<double> p(static_cast<std::size_t>(s_.vocab));
     double sum = 0;
-    for (int j = 0; j < s_.vocab; ++j) sum += p[static_cast<std::size_t>(j)] = std::exp((row[j] - mx) / 0.8);
+    for (int j = 0; j < s_.vocab; ++j)
+      sum += p[static_cast<std::size_t>(j)] = std::exp((row[static_cast<std::size_t>(j)] - mx) / 0.8);
     double u = static_cast<double>(zs::init::counter_hash(seed, 0, static_cast<uint64_t>(k)) >> 11) * 0x1p-53 * sum;
     int pick = 0;
     while (pick + 1 < s_.vocab && (u -= p[static_cast<std::size_t>(pick)]) > 0) ++pick;

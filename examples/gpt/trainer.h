@@ -1,11 +1,13 @@
 // The GPT trained through a zs::Engine: declares the units, and runs forward (and backward) for a batch,
 // gathering each unit just in time and handing its gradients to the engine as soon as they are complete.
-// CPU, f32 compute and f32 gradients.
+// The math runs on the engine's device (backend.h): the CPU in f32, or CUDA in f32 or bf16.
 #pragma once
 
+#include <memory>
+#include <string>
 #include <vector>
 
-#include "examples/gpt/model.h"
+#include "examples/gpt/backend.h"
 #include "runtime/engine.h"
 
 namespace gpt {
@@ -29,10 +31,7 @@ class Trainer {
   int batch_;
   zs::UnitId embed_ = -1, ln_f_ = -1;
   std::vector<zs::UnitId> blocks_;
-  std::vector<std::vector<float>> acts_;  // the residual stream entering each block, and leaving the last
-  std::vector<BlockCache<float>> caches_;
-  BlockScratch<float> scratch_;
-  std::vector<float> xf_, mean_, rstd_, logits_, dx_, dx2_;
+  std::unique_ptr<Backend> math_;
 };
 
 }  // namespace gpt
