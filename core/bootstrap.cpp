@@ -88,17 +88,21 @@ Millis timeout_from_env(const char* var, Millis fallback) {
   return Millis(static_cast<int64_t>(s * 1000));
 }
 
-bool cuda_available() {
+int cuda_device_count() {
 #ifdef ZS_WITH_CUDA
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) {
     (void)cudaGetLastError();
-    return false;
+    return 0;
   }
-  return n > 0;
+  return n;
 #else
-  return false;
+  return 0;
 #endif
+}
+
+bool cuda_available() {
+  return cuda_device_count() > 0;
 }
 
 ProcessGroup init_process_group(const ProcessGroupOptions& opts) {

@@ -47,6 +47,8 @@ struct ProcessGroup {
 ProcessGroup init_process_group(const ProcessGroupOptions& opts = {});
 // ZS_RENDEZVOUS_TIMEOUT_S or ZS_COMM_TIMEOUT_S from the environment when set, else `fallback`.
 Millis timeout_from_env(const char* var, Millis fallback);
+// GPUs this process sees (0 in a build without CUDA).
+int cuda_device_count();
 // True when this build has CUDA and the process sees at least one GPU.
 bool cuda_available();
 

@@ -27,7 +27,14 @@ Device pick_device(const std::string& want) {
     ZS_CHECK(cuda_available(), "device: cuda was asked for but no CUDA GPU is visible (or this build has no CUDA)");
     return Device::cuda(0);
   }
-  return cuda_available() ? Device::cuda(0) : Device::cpu();
+  // auto: CUDA when every rank on this node can have a GPU of its own (NCCL refuses two ranks on one).
+  const JobEnv env = job_env();
+  const int gpus = cuda_device_count(), local = env.local_world_size;
+  if (gpus > 0 && gpus < local && env.local_rank == 0)
+    log::warn("device: auto: {} ranks on this node but {} GPU{}: running on the CPU (start at most {} ranks per "
+                "node to use CUDA)",
+                local, gpus, gpus > 1 ? "s" : "", gpus);
+  return gpus >= local && gpus > 0 ? Device::cuda(0) : Device::cpu();
 }
 
 }  // namespace

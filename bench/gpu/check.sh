@@ -40,15 +40,26 @@ offload() {  # offload choice, extra args
   run "offload_bench 1.3B $o" "$bundle/bin/zsrun" --nproc-per-node 1 --master-port 0 -- "$bundle/bin/offload_bench" \
     --offload "$o" --steps 3 "$@"
 }
+# The example GPT (issue: FSDP2 bf16 on an H100: 62.8 k tok/s, 13.3 GiB at 368 M; 50.1 k tok/s, 30.3 GiB at
+# 1.34 B): world 1, ZeRO-3, bf16 parameters and activations, f32 gradients; the second log line is steady.
+gpt() {  # d_model, then a label
+  run "gpt_train $2 bf16 stage 3" "$bundle/bin/zsrun" --nproc-per-node 1 --master-port 0 -- "$bundle/bin/gpt_train" \
+    --device cuda --precision bf16 --d-model "$1" --layers 24 --heads 16 --seq 1024 --batch 8 --vocab 32000 \
+    --steps 6 --log-every 3 --eval-every 0 --eval-batches 1 --data .
+}
 if [ -n "$cublas_lib" ]; then
+  run "gpt CUDA layers vs CPU, training" "$bundle/bin/zs_gpt_gpu_tests"
+  gpt 1024 368M
+  gpt 2048 1.34B
   for o in none optimizer optimizer+params delayed; do offload "$o"; done
   # The largest model on this card and host (target >= 7 B): one step, optimizer and parameters offloaded.
   [ "${ZS_GPU_BIG:-0}" = 1 ] && offload optimizer+params --d 4096 --layers 35 --steps 1 --reduce bf16
 else
-  rows+=("$(printf '%-34s %-5s' "offload_bench" "SKIP (no libcublasLt.so.13 in the Python wheels)")")
+  rows+=("$(printf '%-34s %-5s' "gpt tests, gpt_train, offload_bench" "SKIP (no libcublasLt.so.13 in the Python wheels)")")
 fi
 printf '%s\n' "${rows[@]}"
 echo "# full output: $log"
+grep -A12 "== gpt_train" "$log" | grep -E "^==|step .*tok/s|memory" | sed 's/^\[rank0\]: //' || true
 grep -A4 "== offload_bench" "$log" | grep -E "^==|\[rank0\]" | sed 's/^\[rank0\]: //' || true
 grep -A30 "== comm_bench" "$log" | grep -E "^\[rank0\]:" | sed 's/^\[rank0\]: //' || true
 ours=$(grep -A4 "== optim_bench adamw 1e9" "$log" | awk '$1 == 0 {print $2}')
