@@ -31,9 +31,10 @@ Device pick_device(const std::string& want) {
   const JobEnv env = job_env();
   const int gpus = cuda_device_count(), local = env.local_world_size;
   if (gpus > 0 && gpus < local && env.local_rank == 0)
-    log::warn("device: auto: {} ranks on this node but {} GPU{}: running on the CPU (start at most {} ranks per "
-                "node to use CUDA)",
-                local, gpus, gpus > 1 ? "s" : "", gpus);
+    log::warn(
+        "device: auto: {} ranks on this node but {} GPU{}: running on the CPU (start at most {} ranks per "
+        "node to use CUDA)",
+        local, gpus, gpus > 1 ? "s" : "", gpus);
   return gpus >= local && gpus > 0 ? Device::cuda(0) : Device::cpu();
 }
 

@@ -12,9 +12,18 @@ std::vector<TensorSpec> gpt_block(int d) {
   const int64_t D = d;
   auto w = [](const char* n, Shape s) { return TensorSpec{n, s, true, true}; };
   auto v = [](const char* n, Shape s) { return TensorSpec{n, s, true, false}; };  // no weight decay
-  return {v("ln1.g", {D}),          v("ln1.b", {D}),       w("attn.qkv.w", {3 * D, D}), v("attn.qkv.b", {3 * D}),
-          w("attn.proj.w", {D, D}), v("attn.proj.b", {D}), v("ln2.g", {D}),             v("ln2.b", {D}),
-          w("mlp.fc.w", {4 * D, D}), v("mlp.fc.b", {4 * D}), w("mlp.proj.w", {D, 4 * D}), v("mlp.proj.b", {D})};
+  return {v("ln1.g", {D}),
+          v("ln1.b", {D}),
+          w("attn.qkv.w", {3 * D, D}),
+          v("attn.qkv.b", {3 * D}),
+          w("attn.proj.w", {D, D}),
+          v("attn.proj.b", {D}),
+          v("ln2.g", {D}),
+          v("ln2.b", {D}),
+          w("mlp.fc.w", {4 * D, D}),
+          v("mlp.fc.b", {4 * D}),
+          w("mlp.proj.w", {D, 4 * D}),
+          v("mlp.proj.b", {D})};
 }
 
 std::vector<TensorSpec> gpt_embed(const Gpt& g) {
@@ -32,6 +41,24 @@ Units gpt_units(const Gpt& g) {
   return u;
 }
 
+int64_t gpt_activation_bytes(const Gpt& g, int batch, bool cpu, DType compute, DType reduce) {
+  const int64_t n = int64_t{batch} * g.seq, d = g.d, L = g.layers, V = g.vocab, T = g.seq, H = g.heads;
+  const int64_t attn = batch * H * T * T, head_attn = H * T * T;
+  if (cpu) {
+    const int64_t per_block = 16 * n * d + 4 * n + attn;
+    return 4 * ((L + 1) * n * d + L * per_block + 14 * n * d + T * T + 3 * n * d + 2 * n + n * V);
+  }
+  // Kept per block: 2 norms, qkv, attention output, residual, MLP pre-activation (11 n d); scratch: GELU
+  // output and its gradient (8 n d), 6 n d of gradients, qkv's (3 n d), the probabilities (recomputed in
+  // backward) and one sequence's probability gradients; the residual stream; the logits. f32: norm
+  // statistics (4 n per block, 2 n for the final norm), per-row losses and their mean, column-sum partials
+  // (2 per 256 rows per column, up to 4 d columns), the batch's tokens and targets.
+  const int64_t act = (L + 1) * n * d + L * 11 * n * d + 17 * n * d + attn + head_attn + n * V;
+  const int64_t floats =
+      L * 4 * n + 3 * n + 1 + 2 * ((n + 255) / 256) * 4 * d + 2 * n + (reduce == DType::f32 ? 0 : V * d);
+  return static_cast<int64_t>(dtype_size(compute)) * act + 4 * floats;
+}
+
 Gpt parse_gpt(const std::string& spec) {
   Gpt g;
   std::stringstream ss(spec);
@@ -44,12 +71,18 @@ Gpt parse_gpt(const std::string& spec) {
     const auto [end, ec] = std::from_chars(val.data(), val.data() + val.size(), v);
     ZS_CHECK(ec == std::errc() && end == val.data() + val.size() && v > 0,
              "gpt model '{}': {} = '{}' is not a positive integer", spec, key, val);
-    if (key == "d") g.d = v;
-    else if (key == "L") g.layers = v;
-    else if (key == "V") g.vocab = v;
-    else if (key == "T") g.seq = v;
-    else if (key == "H") g.heads = v;
-    else ZS_FAIL("gpt model '{}': unknown key '{}' (keys d, L, V, T, H)", spec, key);
+    if (key == "d")
+      g.d = v;
+    else if (key == "L")
+      g.layers = v;
+    else if (key == "V")
+      g.vocab = v;
+    else if (key == "T")
+      g.seq = v;
+    else if (key == "H")
+      g.heads = v;
+    else
+      ZS_FAIL("gpt model '{}': unknown key '{}' (keys d, L, V, T, H)", spec, key);
   }
   ZS_CHECK(g.d % g.heads == 0, "gpt model '{}': d = {} is not a multiple of H = {}", spec, g.d, g.heads);
   return g;

@@ -104,19 +104,13 @@ Model load_model(double params, double largest, const std::string& spec, const s
   return m;
 }
 
-// The example trainer's f32 activation buffers per rank for `batch` sequences (examples/gpt/trainer.cpp).
-double gpt_activations(const zs::family::Gpt& g, int batch) {
-  const double n = static_cast<double>(batch) * g.seq, d = g.d, L = g.layers;
-  const double per_block = 16 * n * d + 4 * n + static_cast<double>(batch) * g.heads * g.seq * g.seq;
-  const double floats = (L + 1) * n * d + L * per_block + 14 * n * d + g.seq * g.seq + 3 * n * d + 2 * n + n * g.vocab;
-  return 4 * floats;
-}
-
 int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, const std::vector<int>& stages,
              const std::vector<std::string>& offloads, bool cpu, double device_gib, double host_gib, int batch,
              bool json_out) {
   nlohmann::ordered_json rows = nlohmann::ordered_json::array();
-  const double act = m.gpt && batch > 0 ? gpt_activations(m.shape, batch) : 0;
+  const double act = m.gpt && batch > 0 ? static_cast<double>(zs::family::gpt_activation_bytes(
+                                              m.shape, batch, cpu, cfg.precision.param, cfg.precision.reduce))
+                                        : 0;
   const double gib = 1073741824.0;
   auto fits_text = [&] {
     std::string out;
@@ -281,7 +275,7 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"adamw", "adam", "sgd", "lion"}));
   est->add_option("--max-live", max_live, "zero.max_live_units (stage-3 gather buffers)")->check(CLI::PositiveNumber);
   est->add_option("--accumulation", accumulation, "zero.grad_accumulation")->check(CLI::PositiveNumber);
-  est->add_option("--batch", batch, "sequences per rank: adds the example GPT trainer's activations")
+  est->add_option("--batch", batch, "sequences per rank: adds the example GPT's activations (CPU or CUDA layers)")
       ->check(CLI::NonNegativeNumber);
   est->add_flag("--cpu", cpu, "the engine's device is the CPU (Gloo staging counted)");
   est->add_option("--device-memory", device_gib, "GiB per device: says whether each row fits")

@@ -12,6 +12,7 @@
 #include "examples/gpt/cuda/layers.h"
 #include "examples/gpt/model.h"
 #include "examples/gpt/trainer.h"
+#include "runtime/model_family.h"
 
 namespace gpt {
 namespace {
@@ -235,6 +236,11 @@ TEST(GptCuda, TrainsLikeTheCpuModel) {
     cfg.optimizer.clip_grad_norm = 1.0f;
     zs::Engine e(cfg, *pg.world);
     Trainer model(e, shape, batch);
+    if (e.device().is_cuda()) {  // zsmem's prediction of the CUDA layers' buffers, to the byte
+      const zs::MemoryReport m = e.memory();
+      EXPECT_EQ(m.on_device[static_cast<std::size_t>(zs::MemCategory::activations)].current,
+                zs::family::gpt_activation_bytes(shape, batch, false, param, DType::f32));
+    }
     e.init_params([&](std::string_view name) { return init_rule(name, shape, 11); });
     std::vector<double> losses;
     std::vector<int> tokens(static_cast<std::size_t>(batch * shape.seq)), targets(tokens.size());

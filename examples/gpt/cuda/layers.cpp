@@ -75,21 +75,26 @@ void gelu_backward(const Ctx& c, const void* x, const void* dy, void* dx, int64_
 
 // Per sequence b, one batched GEMM over the H heads: head h's q, k and v are columns h*hd of the q, k and
 // v thirds of qkv's rows (stride hd between heads), its probabilities a T x T matrix (stride T*T).
-void attention_forward(const Ctx& c, const void* qkv, void* probs, void* out, int B, int T, int d, int H) {
+void attention_probs(const Ctx& c, const void* qkv, void* probs, int B, int T, int d, int H) {
   const int hd = d / H, ld = 3 * d;
   const int64_t es = static_cast<int64_t>(zs::dtype_size(c.act)), tt = int64_t{T} * T;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  auto at = [&](const void* p, int64_t elements) { return static_cast<const char*>(p) + elements * es; };
   for (int b = 0; b < B; ++b) {
-    const char* q = at(qkv, int64_t{b} * T * ld);
-    void* p = const_cast<char*>(at(probs, int64_t{b} * H * tt));
-    gemm(c, false, true, T, T, hd, scale, q, ld, q + int64_t{d} * es, ld, 0.0f, p, c.act, T, H, hd, hd, tt);
+    const char* q = static_cast<const char*>(qkv) + int64_t{b} * T * ld * es;
+    gemm(c, false, true, T, T, hd, scale, q, ld, q + int64_t{d} * es, ld, 0.0f,
+         static_cast<char*>(probs) + int64_t{b} * H * tt * es, c.act, T, H, hd, hd, tt);
   }
   k::causal_softmax(c.stream, c.act, probs, int64_t{B} * H * T, T);
+}
+
+void attention_forward(const Ctx& c, const void* qkv, void* probs, void* out, int B, int T, int d, int H) {
+  const int hd = d / H, ld = 3 * d;
+  const int64_t es = static_cast<int64_t>(zs::dtype_size(c.act)), tt = int64_t{T} * T;
+  attention_probs(c, qkv, probs, B, T, d, H);
   for (int b = 0; b < B; ++b) {
-    const char* v = at(qkv, int64_t{b} * T * ld + 2 * d);
-    gemm(c, false, false, T, hd, T, 1.0f, at(probs, int64_t{b} * H * tt), T, v, ld, 0.0f,
-         const_cast<char*>(at(out, int64_t{b} * T * d)), c.act, d, H, tt, hd, hd);
+    const char* v = static_cast<const char*>(qkv) + (int64_t{b} * T * ld + 2 * d) * es;
+    gemm(c, false, false, T, hd, T, 1.0f, static_cast<const char*>(probs) + int64_t{b} * H * tt * es, T, v, ld, 0.0f,
+         static_cast<char*>(out) + int64_t{b} * T * d * es, c.act, d, H, tt, hd, hd);
   }
 }
 

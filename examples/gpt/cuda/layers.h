@@ -45,7 +45,9 @@ void layernorm_backward(const Ctx& c, const void* x, const void* g, const float*
 void gelu_forward(const Ctx& c, const void* x, void* y, int64_t n);
 // dx may be dy (in place).
 void gelu_backward(const Ctx& c, const void* x, const void* dy, void* dx, int64_t n);
-// Causal self-attention over qkv [B*T, 3d] into out [B*T, d]; probs [B, H, T, T] kept for backward.
+// The attention probabilities probs [B, H, T, T] = causal softmax(Q K^T / sqrt(d/H)) of qkv [B*T, 3d].
+void attention_probs(const Ctx& c, const void* qkv, void* probs, int B, int T, int d, int H);
+// Causal self-attention over qkv into out [B*T, d]; probs as attention_probs leaves them (for backward).
 void attention_forward(const Ctx& c, const void* qkv, void* probs, void* out, int B, int T, int d, int H);
 // dqkv (overwritten) from dout; `scratch` holds H*T*T activation-dtype values.
 void attention_backward(const Ctx& c, const void* qkv, const void* probs, const void* dout, void* dqkv, void* scratch,
