@@ -1,22 +1,26 @@
-// CPU streams: FIFO worker threads; events and cross-stream waits built on generation counters.
+// CPU streams: FIFO worker threads; an event is a point in a stream's count of finished items.
 #include "core/stream_cpu.h"
 
 #include "core/error.h"
 
 namespace zs {
 
+std::pair<std::shared_ptr<CpuStreamProgress>, uint64_t> CpuEvent::point() const {
+  std::lock_guard lk(mu_);
+  return {progress_, target_};
+}
+
 bool CpuEvent::query() const {
-  std::lock_guard lk(state_->mu);
-  return !state_->last || state_->last->done;
+  const auto [progress, target] = point();
+  return !progress || progress->reached(target);
 }
 
 void CpuEvent::synchronize() {
-  std::unique_lock lk(state_->mu);
-  auto point = state_->last;
-  state_->cv.wait(lk, [&] { return !point || point->done; });
+  const auto [progress, target] = point();
+  if (progress) progress->wait_for(target);
 }
 
-CpuStream::CpuStream() : worker_([this] { run(); }) {}
+CpuStream::CpuStream() : ring_(64), worker_([this] { run(); }) {}
 
 CpuStream::~CpuStream() {
   {
@@ -27,12 +31,24 @@ CpuStream::~CpuStream() {
   worker_.join();
 }
 
-void CpuStream::submit(std::function<void()> fn) {
+void CpuStream::push(Item item) {
   {
     std::lock_guard lk(mu_);
-    queue_.push_back(std::move(fn));
+    if (queue_size_ == ring_.size()) {  // grow (rare): the queue in order, then room
+      std::vector<Item> bigger(ring_.size() * 2);
+      for (std::size_t i = 0; i < queue_size_; ++i) bigger[i] = std::move(ring_[(queue_head_ + i) % ring_.size()]);
+      ring_ = std::move(bigger);
+      queue_head_ = 0;
+    }
+    ring_[(queue_head_ + queue_size_) % ring_.size()] = std::move(item);
+    ++queue_size_;
+    ++submitted_;
   }
   cv_.notify_one();
+}
+
+void CpuStream::submit(std::function<void()> fn) {
+  push(Item{std::move(fn), nullptr, 0});
 }
 
 static CpuEvent& as_cpu(Event& e) {
@@ -42,60 +58,59 @@ static CpuEvent& as_cpu(Event& e) {
 }
 
 void CpuStream::record(Event& event) {
-  auto st = as_cpu(event).state_;
-  auto point = std::make_shared<CpuEvent::Point>();
+  CpuEvent& e = as_cpu(event);
+  uint64_t target = 0;
   {
-    std::lock_guard lk(st->mu);
-    st->last = point;
+    std::lock_guard lk(mu_);
+    target = submitted_;
   }
-  submit([st, point] {
-    {
-      std::lock_guard lk(st->mu);
-      point->done = true;
-    }
-    st->cv.notify_all();
-  });
+  std::lock_guard lk(e.mu_);
+  e.progress_ = progress_;
+  e.target_ = target;
 }
 
 void CpuStream::wait(Event& event) {
-  auto st = as_cpu(event).state_;
-  std::shared_ptr<CpuEvent::Point> point;
-  {
-    std::lock_guard lk(st->mu);
-    point = st->last;
-  }
-  if (!point) return;
-  submit([st, point] {
-    std::unique_lock lk(st->mu);
-    st->cv.wait(lk, [&] { return point->done; });
-  });
+  auto [progress, target] = as_cpu(event).point();
+  // Nothing to wait for: never recorded, already reached, or this stream's own point (FIFO covers it).
+  if (!progress || progress == progress_ || progress->reached(target)) return;
+  push(Item{nullptr, std::move(progress), target});
 }
 
 void CpuStream::synchronize() {
   std::unique_lock lk(mu_);
-  idle_cv_.wait(lk, [&] { return queue_.empty() && !busy_; });
+  idle_cv_.wait(lk, [&] { return queue_size_ == 0 && !busy_; });
   if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
 }
 
 void CpuStream::run() {
   std::unique_lock lk(mu_);
   for (;;) {
-    cv_.wait(lk, [&] { return stop_ || !queue_.empty(); });
-    if (queue_.empty()) return;  // stop requested and drained
-    std::function<void()> fn = std::move(queue_.front());
-    queue_.pop_front();
+    cv_.wait(lk, [&] { return stop_ || queue_size_ > 0; });
+    if (queue_size_ == 0) return;  // stop requested and drained
+    Item item = std::move(ring_[queue_head_]);
+    queue_head_ = (queue_head_ + 1) % ring_.size();
+    --queue_size_;
     busy_ = true;
     lk.unlock();
-    try {
-      fn();
-    } catch (...) {
-      std::lock_guard elk(mu_);
-      if (!error_) error_ = std::current_exception();
+    if (item.fn) {
+      try {
+        item.fn();
+      } catch (...) {
+        std::lock_guard elk(mu_);
+        if (!error_) error_ = std::current_exception();
+      }
+    } else {
+      item.wait_on->wait_for(item.target);
     }
-    fn = nullptr;
+    item = Item{};  // the closure's captures go before the work counts as done
+    {
+      std::lock_guard plk(progress_->mu);
+      ++progress_->done;
+    }
+    progress_->cv.notify_all();
     lk.lock();
     busy_ = false;
-    if (queue_.empty()) idle_cv_.notify_all();
+    if (queue_size_ == 0) idle_cv_.notify_all();
   }
 }
 
