@@ -6,10 +6,11 @@
 
 namespace zs::offload {
 
-Pipeline::Pipeline(Device device, DType compute, DType reduce, bool delayed, std::vector<UnitShard> units)
+Pipeline::Pipeline(Device device, DType compute, DType reduce, DType state, bool delayed, std::vector<UnitShard> units)
     : device_(device),
       compute_(compute),
       reduce_(reduce),
+      state_(state),
       delayed_(delayed),
       units_(std::move(units)),
       download_(make_stream(device)),
@@ -79,6 +80,7 @@ void Pipeline::update_unit(int u) {
   a.grad_scale = step_.grad_scale;
   a.state1 = s.m;
   a.state2 = s.v;
+  a.state_dtype = state_;
   if (s.host_params) {  // bf16/f16 compute: the compute copy in the same pass
     a.param_out = s.host_params;
     a.param_out_dtype = compute_;

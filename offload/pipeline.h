@@ -36,7 +36,7 @@ struct UnitShard {
 
 class Pipeline {
  public:
-  Pipeline(Device device, DType compute, DType reduce, bool delayed, std::vector<UnitShard> units);
+  Pipeline(Device device, DType compute, DType reduce, DType state, bool delayed, std::vector<UnitShard> units);
   ~Pipeline();
   Pipeline(const Pipeline&) = delete;
   Pipeline& operator=(const Pipeline&) = delete;
@@ -68,7 +68,7 @@ class Pipeline {
   void update_unit(int u);  // with step_
 
   Device device_;
-  DType compute_, reduce_;
+  DType compute_, reduce_, state_;
   bool delayed_;
   std::vector<UnitShard> units_;
   std::unique_ptr<Stream> download_, upload_, cpu_;

@@ -148,7 +148,8 @@ std::string to_json(const Manifest& m) {
   j["user_state"] = m.user_state;
   // One line per field, per file and per tensor: readable, diffable, and small for big models.
   std::string out = "{\n";
-  for (auto it = j.begin(); it != j.end(); ++it) out += fmt::format("  {}: {},\n", json(it.key()).dump(), it.value().dump());
+  for (auto it = j.begin(); it != j.end(); ++it)
+    out += fmt::format("  {}: {},\n", json(it.key()).dump(), it.value().dump());
   out += "  \"files\": [";
   for (std::size_t i = 0; i < m.files.size(); ++i) {
     const auto& f = m.files[i];
@@ -161,13 +162,13 @@ std::string to_json(const Manifest& m) {
     json pieces = json::array();
     for (const auto& p : t.pieces) pieces.push_back({p.file, p.first, p.count});
     out += (i ? ",\n    " : "\n    ") + json({{"name", t.name},
-                                                {"unit", t.unit},
-                                                {"shape", t.shape},
-                                                {"dtype", dtype_name(t.dtype)},
-                                                {"trainable", t.trainable},
-                                                {"weight_decay", t.weight_decay},
-                                                {"pieces", pieces}})
-                                              .dump();
+                                              {"unit", t.unit},
+                                              {"shape", t.shape},
+                                              {"dtype", dtype_name(t.dtype)},
+                                              {"trainable", t.trainable},
+                                              {"weight_decay", t.weight_decay},
+                                              {"pieces", pieces}})
+                                            .dump();
   }
   return out + "\n  ]\n}\n";
 }
@@ -185,8 +186,8 @@ Manifest parse_manifest(std::string_view text, const std::string& source) {
   Manifest m;
   m.version = top.get<int>("version");
   ZS_CHECK(m.version >= 1 && m.version <= kFormatVersion,
-           "{}: checkpoint format version {} is unknown to this build, which reads version{} {}; {}", source,
-           m.version, kFormatVersion == 1 ? "" : "s up to", kFormatVersion,
+           "{}: checkpoint format version {} is unknown to this build, which reads version{} {}; {}", source, m.version,
+           kFormatVersion == 1 ? "" : "s up to", kFormatVersion,
            m.version > kFormatVersion ? "load it with the newer ZeroShard that wrote it" : "the manifest is damaged");
   m.step = top.get<int64_t>("step");
   m.world_size = top.get<int>("world_size");
@@ -210,7 +211,9 @@ Manifest parse_manifest(std::string_view text, const std::string& source) {
   }
   const Fields sch{top.at("schedule"), "schedule", source};
   const std::string kind = sch.get<std::string>("type");
-  m.schedule.kind = kind == "cosine" ? ScheduleKind::cosine : kind == "linear" ? ScheduleKind::linear : ScheduleKind::constant;
+  m.schedule.kind = kind == "cosine"   ? ScheduleKind::cosine
+                    : kind == "linear" ? ScheduleKind::linear
+                                       : ScheduleKind::constant;
   m.schedule.warmup_steps = sch.get<int64_t>("warmup_steps");
   m.schedule.total_steps = sch.get<int64_t>("total_steps");
   m.schedule.min_lr_ratio = sch.get<double>("min_lr_ratio");
@@ -419,7 +422,8 @@ std::string diff_tensors(const std::vector<TensorEntry>& checkpoint, const std::
   auto line = [&](const std::string& s) { out += (out.empty() ? "" : "\n") + ("  " + s); };
   auto shape = [](const TensorEntry& t) { return fmt::format("[{}]", fmt::join(t.shape, ", ")); };
   for (const auto& want : model) {
-    const auto it = std::find_if(checkpoint.begin(), checkpoint.end(), [&](const TensorEntry& c) { return c.name == want.name; });
+    const auto it =
+        std::find_if(checkpoint.begin(), checkpoint.end(), [&](const TensorEntry& c) { return c.name == want.name; });
     if (it == checkpoint.end())
       line(fmt::format("{} {}: in the model, not in the checkpoint", want.name, shape(want)));
     else if (it->shape != want.shape)

@@ -44,7 +44,7 @@ struct TensorEntry {
   std::vector<int64_t> shape;
   bool trainable = true;
   bool weight_decay = true;
-  DType dtype = DType::f32;  // of the stored parameter: f32 (master) when trainable, else the compute dtype
+  DType dtype = DType::f32;   // of the stored parameter: f32 (master) when trainable, else the compute dtype
   std::vector<Piece> pieces;  // sorted, disjoint, covering [0, numel)
   int64_t numel() const;
 };
@@ -60,8 +60,8 @@ struct Manifest {
   int world_size = 1;
   int stage = 0;
   DType param_dtype = DType::f32;
-  std::string optimizer;            // adamw | adam | sgd | lion
-  std::vector<std::string> states;  // per trainable tensor, besides "param": e.g. exp_avg, exp_avg_sq
+  std::string optimizer;                // adamw | adam | sgd | lion
+  std::vector<std::string> states;      // per trainable tensor, besides "param": e.g. exp_avg, exp_avg_sq
   std::map<std::string, double> hyper;  // lr, betas, eps, weight_decay ... as configured when saved
   Schedule schedule;
   LossScaler scaler;
@@ -77,8 +77,8 @@ std::string to_json(const Manifest& m);
 // Parses and validates (types, ranges, piece coverage, file indices). Pure; every error names `source`.
 Manifest parse_manifest(std::string_view text, const std::string& source);
 
-std::string step_dir_name(int64_t step);  // "step-00000100"
-std::string rank_file_name(int rank);     // "rank-00003.safetensors"
+std::string step_dir_name(int64_t step);                                  // "step-00000100"
+std::string rank_file_name(int rank);                                     // "rank-00003.safetensors"
 std::string entry_name(std::string_view tensor, std::string_view state);  // "h.0.w/exp_avg"
 // The optimizer's per-element states, in the engine's order (m, then v), named as PyTorch names them.
 std::vector<std::string> state_names(std::string_view optimizer);

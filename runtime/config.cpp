@@ -188,6 +188,11 @@ Config parse_config(const std::string& text, const std::string& source) {
   o.get<float>("momentum", c.optimizer.momentum, between(0.0f, 1.0f), "in [0, 1]");
   o.get<float>("dampening", c.optimizer.dampening, between(0.0f, 1.0f), "in [0, 1]");
   o.get<bool>("nesterov", c.optimizer.nesterov);
+  c.optimizer.state_dtype = read_dtype(o, "state_dtype", c.optimizer.state_dtype, {"fp32", "bf16"});
+  if (c.optimizer.state_dtype != DType::f32 && c.optimizer.type == kernels::Optimizer::sgd)
+    o.fail(o.node()["state_dtype"],
+           "optimizer.state_dtype: bf16 is for adamw, adam and lion; SGD keeps its momentum "
+           "in fp32 (remove state_dtype or set it to fp32)");
   o.finish();
 
   Section s = top.sub("schedule");

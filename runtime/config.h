@@ -38,6 +38,9 @@ struct Config {
     float momentum = 0.0f;        // SGD
     float dampening = 0.0f;       // SGD
     bool nesterov = false;        // SGD
+    // Adam's m and v, Lion's m: f32, or bf16 to halve the optimizer state (updates computed in f32, the
+    // states rounded to nearest even when stored; SGD keeps its momentum in f32).
+    DType state_dtype = DType::f32;
   } optimizer;
   Schedule schedule;
   struct Offload {

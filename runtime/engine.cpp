@@ -262,7 +262,8 @@ void Engine::setup_offload() {
     s.num_decay = u.num_decay_ranges;
     shards.push_back(s);
   }
-  offload_ = std::make_unique<offload::Pipeline>(device_, compute_, reduce_, cfg_.offload.delayed(), std::move(shards));
+  offload_ = std::make_unique<offload::Pipeline>(device_, compute_, reduce_, cfg_.optimizer.state_dtype,
+                                                 cfg_.offload.delayed(), std::move(shards));
 }
 
 void Engine::init_params(const init::Initializer& init) {
@@ -354,10 +355,13 @@ void Engine::install(const ValueSource& source, const StateSource& states) {
         memory_zero(b->data(), b->resident(), b->bytes());
         continue;
       }
-      const auto v = shard_values(u.layout, false, [&](int t, int64_t first, int64_t count, float* out) {
+      auto v = shard_values(u.layout, false, [&](int t, int64_t first, int64_t count, float* out) {
         states(u, t, which, first, count, out);
       });
-      memory_copy(b->data(), b->resident(), v.data(), Device::cpu(), v.size() * 4);
+      const DType sd = cfg_.optimizer.state_dtype;
+      if (sd != DType::f32)  // narrowed in place: element i's bytes never pass element i's float
+        for (std::size_t i = 0; i < v.size(); ++i) store_from_f32(v.data(), sd, i, v[i]);
+      memory_copy(b->data(), b->resident(), v.data(), Device::cpu(), v.size() * dtype_size(sd));
     }
     memory_zero(u.grads.data(), device_, u.grads.bytes());
     memory_zero(u.host_grads.data(), Device::cpu(), u.host_grads.bytes());
@@ -801,6 +805,7 @@ void Engine::update_on_device(const kernels::OptimizerHyper& h, float grad_scale
     a.grad_scale = grad_scale;
     a.state1 = u.m.data();
     a.state2 = u.v.data();
+    a.state_dtype = cfg_.optimizer.state_dtype;
     if (u.master.data() && u.full_params.data()) {  // bf16/f16 compute at stages 0-2: fused cast into the replica
       a.param_out = static_cast<char*>(u.full_params.data()) + lo * static_cast<int64_t>(es(compute_));
       a.param_out_dtype = compute_;

@@ -174,7 +174,8 @@ FileDigest Engine::write_rank_file(const std::string& path, const ckpt::Manifest
         sources.push_back(
             {static_cast<const char*>(u.master.data() ? u.master.data() : full), shard ? S * r : 0, DType::f32});
         for (const Buffer* b : {&u.m, &u.v})
-          if (b->data()) sources.push_back({static_cast<const char*>(b->data()), stage > 0 ? S * r : 0, DType::f32});
+          if (b->data())
+            sources.push_back({static_cast<const char*>(b->data()), stage > 0 ? S * r : 0, cfg_.optimizer.state_dtype});
       }
       const FlatLayout& l = u.is_frozen(i) ? u.frozen : u.layout;
       const int64_t offset = l.slots[static_cast<std::size_t>(u.slot_of[static_cast<std::size_t>(i)])].offset;

@@ -22,8 +22,9 @@ UnitBuffers unit_buffers(const FlatLayout& layout, const FlatLayout& frozen, con
   // The f32 master: for f32 compute at stages 0-2 it is the full parameters themselves.
   if (stage == 3 || !f32) b.master = S * 4;
   if (stage == 3 && f32) b.master_category = MemCategory::params;
-  if (o.type != kernels::Optimizer::sgd || o.momentum != 0.0f) b.m = S * 4;
-  if (o.type == kernels::Optimizer::adamw || o.type == kernels::Optimizer::adam) b.v = S * 4;
+  const auto ss = static_cast<int64_t>(dtype_size(o.state_dtype));
+  if (o.type != kernels::Optimizer::sgd || o.momentum != 0.0f) b.m = S * ss;
+  if (o.type == kernels::Optimizer::adamw || o.type == kernels::Optimizer::adam) b.v = S * ss;
   const bool full_grads = stage <= 1 || cfg.zero.grad_accumulation > 1;
   b.grads = (full_grads ? P : S) * rs;
   if (cfg.offload.optimizer_on_cpu()) {

@@ -15,7 +15,8 @@ void inspect(zs::ckpt::Reader& r) {
   fmt::print("checkpoint {}\n", r.dir());
   fmt::print("  step {}, saved by {} rank{} at ZeRO stage {}, compute dtype {}\n", m.step, m.world_size,
              m.world_size > 1 ? "s" : "", m.stage, zs::dtype_name(m.param_dtype));
-  fmt::print("  optimizer {} (states: {}), lr {:.6g}\n", m.optimizer, m.states.empty() ? "none" : fmt::format("{}", fmt::join(m.states, ", ")),
+  fmt::print("  optimizer {} (states: {}), lr {:.6g}\n", m.optimizer,
+             m.states.empty() ? "none" : fmt::format("{}", fmt::join(m.states, ", ")),
              m.hyper.count("lr") ? m.hyper.at("lr") : 0.0);
   fmt::print("  {} tensors: {} trainable parameters, {} frozen\n", m.tensors.size(), params, frozen);
   if (m.param_dtype == zs::DType::f16) fmt::print("  loss scale {}\n", m.scaler.scale);
@@ -31,9 +32,10 @@ void inspect(zs::ckpt::Reader& r) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"zsckpt: inspect, verify and export ZeroShard checkpoints.\n"
-               "DIR is a checkpoint root (its `latest` is used) or one step directory.",
-               "zsckpt"};
+  CLI::App app{
+      "zsckpt: inspect, verify and export ZeroShard checkpoints.\n"
+      "DIR is a checkpoint root (its `latest` is used) or one step directory.",
+      "zsckpt"};
   app.require_subcommand(1);
   std::string dir, out, dtype = "f32";
   auto* ins = app.add_subcommand("inspect", "step, world size, optimizer, files and tensors");

@@ -250,7 +250,7 @@ int main(int argc, char** argv) {
   CLI::App app{"zsmem: per-rank memory of a ZeroShard run, predicted (estimate) and measured (measure)", "zsmem"};
   app.require_subcommand(1);
   double params = 0, largest = 0, device_gib = 0, host_gib = 0, max_error = 0;
-  std::string spec, manifest, config_path, precision = "f32", reduce = "f32", optimizer = "adamw";
+  std::string spec, manifest, config_path, precision = "f32", reduce = "f32", optimizer = "adamw", states = "f32";
   std::vector<std::string> offloads{"none"};
   std::vector<int> worlds{1}, stages{0, 1, 2, 3};
   int max_live = 4, accumulation = 1, batch = 0, nproc = 1;
@@ -273,6 +273,8 @@ int main(int argc, char** argv) {
   est->add_option("--reduce", reduce, "gradient dtype: f32, bf16")->check(CLI::IsMember({"f32", "bf16"}));
   est->add_option("--optimizer", optimizer, "adamw, adam, sgd, lion")
       ->check(CLI::IsMember({"adamw", "adam", "sgd", "lion"}));
+  est->add_option("--states", states, "optimizer state dtype (optimizer.state_dtype): f32, or bf16 (not sgd)")
+      ->check(CLI::IsMember({"f32", "bf16"}));
   est->add_option("--max-live", max_live, "zero.max_live_units (stage-3 gather buffers)")->check(CLI::PositiveNumber);
   est->add_option("--accumulation", accumulation, "zero.grad_accumulation")->check(CLI::PositiveNumber);
   est->add_option("--batch", batch, "sequences per rank: adds the example GPT's activations (CPU or CUDA layers)")
@@ -299,6 +301,8 @@ int main(int argc, char** argv) {
       cfg.precision.reduce = zs::dtype_parse(reduce);
       cfg.optimizer.type = *zs::kernels::optimizer_parse(optimizer);  // CLI11 admitted only the four names
       if (optimizer == "sgd") cfg.optimizer.momentum = 0.9f;
+      if (states == "bf16" && optimizer == "sgd") throw Usage("--states bf16 is for adamw, adam and lion");
+      cfg.optimizer.state_dtype = zs::dtype_parse(states);
       cfg.zero.max_live_units = max_live;
       cfg.zero.grad_accumulation = accumulation;
     }

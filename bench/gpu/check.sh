@@ -53,7 +53,7 @@ if [ -n "$cublas_lib" ]; then
   gpt 2048 1.34B
   for o in none optimizer optimizer+params delayed; do offload "$o"; done
   # The largest model on this card and host (target >= 7 B): one step, optimizer and parameters offloaded.
-  [ "${ZS_GPU_BIG:-0}" = 1 ] && offload optimizer+params --d 4096 --layers 35 --steps 1 --reduce bf16
+  [ "${ZS_GPU_BIG:-0}" = 1 ] && offload optimizer+params --d 4096 --layers 35 --steps 1 --reduce bf16 --states bf16
 else
   rows+=("$(printf '%-34s %-5s' "gpt tests, gpt_train, offload_bench" "SKIP (no libcublasLt.so.13 in the Python wheels)")")
 fi

@@ -29,9 +29,10 @@ struct Case {
   int accum;
   float clip;
   kernels::Optimizer opt = kernels::Optimizer::adamw;
-  bool cosine = false;   // warm-up 5 steps, then cosine decay to 10 % at step 30 (then flat)
-  int offload = 0;       // 0: none, 1: the optimizer on the CPU, 2: the optimizer and the parameters
-  bool delayed = false;  // offload.mode: delayed (the step computes with parameters two updates old)
+  bool cosine = false;       // warm-up 5 steps, then cosine decay to 10 % at step 30 (then flat)
+  int offload = 0;           // 0: none, 1: the optimizer on the CPU, 2: the optimizer and the parameters
+  bool delayed = false;      // offload.mode: delayed (the step computes with parameters two updates old)
+  bool bf16_states = false;  // optimizer.state_dtype: bf16
 };
 
 inline Config make_config(const Case& c) {
@@ -55,6 +56,7 @@ inline Config make_config(const Case& c) {
   if (c.offload >= 1) cfg.offload.optimizer = "cpu";
   if (c.offload >= 2) cfg.offload.params = "cpu";
   if (c.delayed) cfg.offload.mode = "delayed";
+  if (c.bf16_states) cfg.optimizer.state_dtype = DType::bf16;
   return cfg;
 }
 
@@ -152,15 +154,28 @@ inline Trajectory reference(const Case& c) {
           h.weight_decay = units[u].second[ti].weight_decay ? cfg.optimizer.weight_decay : 0.0f;
           std::vector<float> p32(masters[u][ti].begin(), masters[u][ti].end());
           std::vector<float> m32(mom[u][ti].begin(), mom[u][ti].end()), v32(vel[u][ti].begin(), vel[u][ti].end());
+          // bf16 states: the kernel reads and writes them in bf16 (mom and vel hold bf16 values exactly).
+          std::vector<uint16_t> m16(m32.size()), v16(v32.size());
+          const DType sd = cfg.optimizer.state_dtype;
+          for (std::size_t e = 0; sd == DType::bf16 && e < m32.size(); ++e) {
+            m16[e] = f32_to_bf16_bits(m32[e]);
+            v16[e] = f32_to_bf16_bits(v32[e]);
+          }
           const auto& g32 = acc[u][ti];
           kernels::UpdateArgs a;
           a.n = static_cast<int64_t>(p32.size());
           a.param = p32.data();
           a.grad = g32.data();
           a.grad_scale = static_cast<float>(clip / c.accum);
-          a.state1 = m32.data();
-          a.state2 = c.opt == kernels::Optimizer::adamw || c.opt == kernels::Optimizer::adam ? v32.data() : nullptr;
+          const bool two = c.opt == kernels::Optimizer::adamw || c.opt == kernels::Optimizer::adam;
+          a.state1 = sd == DType::bf16 ? static_cast<void*>(m16.data()) : m32.data();
+          a.state2 = !two ? nullptr : sd == DType::bf16 ? static_cast<void*>(v16.data()) : v32.data();
+          a.state_dtype = sd;
           kernels::optimizer_update(Device::cpu(), h, a);
+          for (std::size_t e = 0; sd == DType::bf16 && e < m32.size(); ++e) {
+            m32[e] = bf16_bits_to_f32(m16[e]);
+            v32[e] = bf16_bits_to_f32(v16[e]);
+          }
           masters[u][ti].assign(p32.begin(), p32.end());
           mom[u][ti].assign(m32.begin(), m32.end());
           vel[u][ti].assign(v32.begin(), v32.end());
@@ -199,10 +214,14 @@ inline Trajectory reference(const Case& c) {
               break;
             }
           }
-          // Stored as the engine stores them: f32 master, m and v (each update computed in f64).
+          // Stored as the engine stores them: f32 master, m and v in f32 or bf16 (each update computed in f64).
+          auto stored = [&](double x) {
+            const auto f = static_cast<float>(x);
+            return c.bf16_states ? static_cast<double>(bf16_bits_to_f32(f32_to_bf16_bits(f))) : static_cast<double>(f);
+          };
           p = static_cast<float>(p);
-          mm = static_cast<float>(mm);
-          vv = static_cast<float>(vv);
+          mm = stored(mm);
+          vv = stored(vv);
           masters[u][ti][e] = p;
           m.p[u][ti][e] = static_cast<T>(p);
         }
@@ -348,9 +367,9 @@ inline double worst_rms_error(const std::vector<std::vector<std::vector<double>>
 inline std::string name(const Case& c, int world) {
   static const char* const opt[] = {"adamw", "adam", "sgd", "lion"};
   static const char* const off[] = {"", " offload optimizer", " offload optimizer+params"};
-  return fmt::format("stage {} {} {}{} prefetch {} accumulation {} clip {}{}{} (world {})", c.stage,
+  return fmt::format("stage {} {} {}{} prefetch {} accumulation {} clip {}{}{}{} (world {})", c.stage,
                      dtype_name(c.param), opt[static_cast<int>(c.opt)], c.cosine ? " cosine" : "", c.prefetch, c.accum,
-                     c.clip, off[c.offload], c.delayed ? " delayed" : "", world);
+                     c.clip, off[c.offload], c.delayed ? " delayed" : "", c.bf16_states ? " bf16 states" : "", world);
 }
 
 }  // namespace zs::test

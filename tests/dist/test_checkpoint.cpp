@@ -126,7 +126,43 @@ TEST_P(SameWorldResume, IsBitIdenticalToTrainingStraightThrough) {
 INSTANTIATE_TEST_SUITE_P(Checkpoint, SameWorldResume,
                          ::testing::Values(Case{3, DType::f32, 2, 1, 1.0f}, Case{1, DType::bf16, 0, 3, 0.5f},
                                            Case{2, DType::f32, 0, 1, 0.0f, kernels::Optimizer::sgd},
-                                           Case{3, DType::f32, 2, 1, 1.0f, kernels::Optimizer::adamw, false, 2}));
+                                           Case{3, DType::f32, 2, 1, 1.0f, kernels::Optimizer::adamw, false, 2},
+                                           // bf16 optimizer states, offloaded: saved as BF16 entries
+                                           Case{2, DType::f32, 2, 1, 0.5f, kernels::Optimizer::adamw, false, 1, false,
+                                                true}));
+
+// The states' dtype is not part of a checkpoint either: f32 states resume as bf16 (rounded once) and train
+// on close to the f32 run (states read as the wrong width would be far off), and bf16 states resume as f32.
+TEST(CheckpointStates, ResumeAcrossStateDtypes) {
+  const fs::path dir = shared_dir("states");
+  Case f32_states{3, DType::f32, 2, 1, 0.0f}, bf16_states = f32_states;
+  bf16_states.bf16_states = true;
+  auto resume_and_train = [&](const Case& c) {
+    Engine e(make_config(c), *pg().world);
+    declare(e);
+    e.load_checkpoint(dir.string());
+    return train(c, e, 10);
+  };
+  {
+    Engine first(make_config(f32_states), *pg().world);
+    train(f32_states, first, 20);
+    first.save_checkpoint(dir.string());
+  }
+  const Trajectory f = resume_and_train(f32_states), b = resume_and_train(bf16_states);
+  const double gap = worst_rms_error(b.params, f.params);
+  EXPECT_GT(gap, 0.0);
+  EXPECT_LT(gap, 2e-3) << "f32 states loaded into bf16 ones";
+  {
+    Engine bf(make_config(bf16_states), *pg().world);
+    declare(bf);
+    bf.load_checkpoint(dir.string());
+    train(bf16_states, bf, 5);
+    bf.save_checkpoint(dir.string());
+  }
+  const Trajectory f2 = resume_and_train(f32_states), b2 = resume_and_train(bf16_states);  // BF16 entries
+  EXPECT_LT(worst_rms_error(f2.params, b2.params), 2e-3) << "bf16 states loaded into f32 ones";
+  EXPECT_GT(worst_rms_error(f2.params, f.params), 1e-3) << "the second checkpoint was not the one loaded";
+}
 
 // Where the optimizer ran is not part of a checkpoint: one saved with the optimizer and parameters
 // offloaded resumes on the device optimizer (and back), bit-identical to training straight through.

@@ -76,6 +76,17 @@ TEST(Config, WrongTypesAndRangesAreNamed) {
   EXPECT_THROW(Config::from_yaml_file("/nonexistent/train.yaml"), Error);
 }
 
+TEST(Config, OptimizerStatesInBf16ForAdamAndLionOnly) {
+  EXPECT_EQ(Config{}.optimizer.state_dtype, DType::f32);
+  EXPECT_EQ(Config::from_yaml("optimizer: {type: adamw, state_dtype: bf16}\n").optimizer.state_dtype, DType::bf16);
+  EXPECT_EQ(Config::from_yaml("optimizer: {type: lion, state_dtype: bfloat16}\n").optimizer.state_dtype, DType::bf16);
+  std::string e = error_of("optimizer: {type: adamw, state_dtype: fp16}\n");
+  EXPECT_NE(e.find("optimizer.state_dtype must be one of fp32, bf16, got 'fp16'"), std::string::npos) << e;
+  e = error_of("optimizer:\n  type: sgd\n  momentum: 0.9\n  state_dtype: bf16\n");
+  EXPECT_NE(e.find("train.yaml:4:16"), std::string::npos) << e;
+  EXPECT_NE(e.find("SGD keeps its momentum in fp32"), std::string::npos) << e;
+}
+
 // Offload combinations that are not configurations name the offload section's line and what to change.
 TEST(Config, OffloadNeedsTheStagesItWorksWith) {
   std::string e = error_of("zero: {stage: 0}\noffload: {optimizer: cpu}\n");

@@ -44,6 +44,16 @@ TEST(Zsmem, EstimateFollowsThePaddedLayout) {
   EXPECT_EQ(b["grads"].get<int64_t>(), 1000 * 4 * 256 + 2 * 4 * 1024);
   EXPECT_EQ(b["gather_buffers"].get<int64_t>(), 4 * 4 * 1024);
   EXPECT_DOUBLE_EQ(rows[0]["deepspeed_estimate"].get<double>(), 4 * 1000 + 18 * 1e6 / 4);
+  // bf16 optimizer states: m and v at 2 bytes each, on the device or (offloaded) on the host.
+  const zs::test::CommandResult half = zsmem(
+      "estimate --params 1000000 --largest-unit 1000 --world 4 --stage 3 --offload none optimizer --states bf16 "
+      "--json");
+  ASSERT_EQ(half.rc, 0) << half.output;
+  const auto hr = nlohmann::json::parse(half.output);
+  ASSERT_EQ(hr.size(), 2u);
+  EXPECT_EQ(hr[0]["bytes"]["optim_state"].get<int64_t>(), 1000 * 4 * 256);
+  EXPECT_EQ(hr[1]["host_bytes"]["optim_state"].get<int64_t>(), 1000 * 4 * 256);
+  EXPECT_EQ(zsmem("estimate --params 1000 --largest-unit 10 --optimizer sgd --states bf16").rc, 2);
   const zs::test::CommandResult table =
       zsmem("estimate --model gpt:d=64,L=2,V=256,T=32 --world 1 2 --device-memory 0.001");
   ASSERT_EQ(table.rc, 0) << table.output;
