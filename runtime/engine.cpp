@@ -355,13 +355,14 @@ void Engine::install(const ValueSource& source, const StateSource& states) {
         memory_zero(b->data(), b->resident(), b->bytes());
         continue;
       }
-      auto v = shard_values(u.layout, false, [&](int t, int64_t first, int64_t count, float* out) {
+      const auto v = shard_values(u.layout, false, [&](int t, int64_t first, int64_t count, float* out) {
         states(u, t, which, first, count, out);
       });
       const DType sd = cfg_.optimizer.state_dtype;
-      if (sd != DType::f32)  // narrowed in place: element i's bytes never pass element i's float
-        for (std::size_t i = 0; i < v.size(); ++i) store_from_f32(v.data(), sd, i, v[i]);
-      memory_copy(b->data(), b->resident(), v.data(), Device::cpu(), v.size() * dtype_size(sd));
+      std::vector<uint16_t> narrow(sd == DType::f32 ? 0 : v.size());  // bf16 states
+      for (std::size_t i = 0; i < narrow.size(); ++i) store_from_f32(narrow.data(), sd, i, v[i]);
+      memory_copy(b->data(), b->resident(), narrow.empty() ? static_cast<const void*>(v.data()) : narrow.data(),
+                  Device::cpu(), v.size() * dtype_size(sd));
     }
     memory_zero(u.grads.data(), device_, u.grads.bytes());
     memory_zero(u.host_grads.data(), Device::cpu(), u.host_grads.bytes());
