@@ -109,8 +109,7 @@ class CudaBackend final : public Backend {
     cuda::head_loss(c_, xf_.data(), embed[0], targets(), logits_.data(), static_cast<float*>(row_loss_.data()),
                     static_cast<float*>(loss_.data()), d_embed ? d_res2() : nullptr, d_embed ? (*d_embed)[0] : nullptr,
                     n, d, s_.vocab);
-    float* loss_host = reinterpret_cast<float*>(static_cast<int*>(batch_host_.data()) + 2 * n);
-    ZS_CHECK_CUDA(cudaMemcpyAsync(loss_host, loss_.data(), 4, cudaMemcpyDeviceToHost, c_.stream));
+    ZS_CHECK_CUDA(cudaMemcpyAsync(loss_host(), loss_.data(), 4, cudaMemcpyDeviceToHost, c_.stream));
     ZS_CHECK_CUDA(cudaEventRecord(loss_ready_, c_.stream));
     if (!d_embed) return;
     cuda::layernorm_backward(c_, x, ln_f[0], st, st + n, d_res2(), dres_.data(), (*d_ln_f)[0], (*d_ln_f)[1], n, d,
@@ -148,7 +147,7 @@ class CudaBackend final : public Backend {
 
   double loss() override {
     ZS_CHECK_CUDA(cudaEventSynchronize(loss_ready_));
-    return *reinterpret_cast<const float*>(static_cast<const int*>(batch_host_.data()) + 2 * rows());
+    return *loss_host();
   }
 
   std::vector<float> logits_row(int row) override {
@@ -173,6 +172,8 @@ class CudaBackend final : public Backend {
   int rows() const { return batch_ * s_.seq; }
   const int* tokens() const { return static_cast<const int*>(batch_dev_.data()); }
   const int* targets() const { return tokens() + rows(); }
+  // The pinned staging: the batch's tokens and targets (2 n ints), then the loss.
+  float* loss_host() const { return reinterpret_cast<float*>(static_cast<int*>(batch_host_.data()) + 2 * rows()); }
   void* d_res2() { return dres2_.data(); }  // the head's gradient before its layer norm
   void copy(void* dst, const void* src, int64_t bytes) {
     ZS_CHECK_CUDA(cudaMemcpyAsync(dst, src, static_cast<std::size_t>(bytes), cudaMemcpyDeviceToDevice, c_.stream));

@@ -74,14 +74,20 @@ __device__ float block_reduce(float v) {
   return r;
 }
 
+// f(i) for i in [0, n), spread over the grid (64-bit indices).
+template <class F>
+__device__ __forceinline__ void grid_stride(int64_t n, F f) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) f(i);
+}
+
 template <DType A>
 __global__ void add_bias_kernel(S<A>* y, const S<A>* b, const S<A>* res, int64_t rows, int cols) {
-  const int64_t n = rows * cols, stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+  grid_stride(rows * cols, [&](int64_t i) {
     float v = to_f32<A>(y[i]) + to_f32<A>(b[i % cols]);
     if (res) v += to_f32<A>(res[i]);
     y[i] = from_f32<A>(v);
-  }
+  });
 }
 
 // partial[chunk][c] = {sum dy, sum dy xhat} over the chunk's rows.
@@ -169,22 +175,20 @@ constexpr float kGeluK = 0.7978845608028654f;  // sqrt(2 / pi)
 
 template <DType A>
 __global__ void gelu_kernel(const S<A>* x, S<A>* y, int64_t n) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+  grid_stride(n, [&](int64_t i) {
     const float v = to_f32<A>(x[i]);
     y[i] = from_f32<A>(0.5f * v * (1.0f + tanhf(kGeluK * (v + 0.044715f * v * v * v))));
-  }
+  });
 }
 
 template <DType A>
 __global__ void gelu_backward_kernel(const S<A>* x, const S<A>* dy, S<A>* dx, int64_t n) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+  grid_stride(n, [&](int64_t i) {
     const float v = to_f32<A>(x[i]);
     const float t = tanhf(kGeluK * (v + 0.044715f * v * v * v));
     const float du = kGeluK * (1.0f + 3.0f * 0.044715f * v * v);
     dx[i] = from_f32<A>(to_f32<A>(dy[i]) * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du));
-  }
+  });
 }
 
 template <DType A>
@@ -219,37 +223,33 @@ __global__ void causal_softmax_backward_kernel(const S<A>* p, S<A>* ds, int64_t 
 template <DType A>
 __global__ void embedding_kernel(const int* tokens, const S<A>* wte, const S<A>* wpe, S<A>* x, int64_t rows, int T,
                                  int d) {
-  const int64_t n = rows * d, stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+  grid_stride(rows * d, [&](int64_t i) {
     const int64_t r = i / d, c = i % d;
     x[i] = from_f32<A>(to_f32<A>(wte[static_cast<int64_t>(tokens[r]) * d + c]) + to_f32<A>(wpe[(r % T) * d + c]));
-  }
+  });
 }
 
 // dwpe[t, c] += sum_b dx[b, t, c]
 template <DType A, DType G>
 __global__ void position_grad_kernel(const S<A>* dx, S<G>* dwpe, int B, int T, int d) {
-  const int64_t n = static_cast<int64_t>(T) * d, stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+  const int64_t n = static_cast<int64_t>(T) * d;
+  grid_stride(n, [&](int64_t i) {
     float s = 0;
     for (int b = 0; b < B; ++b) s += to_f32<A>(dx[static_cast<int64_t>(b) * n + i]);
     dwpe[i] = from_f32<G>(to_f32<G>(dwpe[i]) + s);
-  }
+  });
 }
 
 // dwte[token[r], c] += dx[r, c] (atomics: tokens repeat)
 template <DType A>
 __global__ void token_grad_kernel(const int* tokens, const S<A>* dx, float* dwte, int64_t rows, int d) {
-  const int64_t n = rows * d, stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
-    atomicAdd(dwte + static_cast<int64_t>(tokens[i / d]) * d + i % d, to_f32<A>(dx[i]));
+  grid_stride(rows * d,
+              [&](int64_t i) { atomicAdd(dwte + static_cast<int64_t>(tokens[i / d]) * d + i % d, to_f32<A>(dx[i])); });
 }
 
 template <DType G>
 __global__ void add_f32_kernel(S<G>* dst, const float* src, int64_t n) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
-    dst[i] = from_f32<G>(to_f32<G>(dst[i]) + src[i]);
+  grid_stride(n, [&](int64_t i) { dst[i] = from_f32<G>(to_f32<G>(dst[i]) + src[i]); });
 }
 
 // One block per row.

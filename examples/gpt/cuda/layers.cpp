@@ -74,48 +74,65 @@ void gelu_backward(const Ctx& c, const void* x, const void* dy, void* dx, int64_
 }
 
 // Per sequence b, one batched GEMM over the H heads: head h's q, k and v are columns h*hd of the q, k and
-// v thirds of qkv's rows (stride hd between heads), its probabilities a T x T matrix (stride T*T).
+// v thirds of qkv's rows (stride hd between heads), its probabilities a T x T matrix (stride T*T). Byte
+// offsets of sequence b's parts, in the activation dtype:
+namespace {
+struct Attention {
+  int T, d, H, hd, ld;
+  int64_t es, tt;
+  float scale;
+  Attention(const Ctx& c, int T_, int d_, int H_)
+      : T(T_),
+        d(d_),
+        H(H_),
+        hd(d_ / H_),
+        ld(3 * d_),
+        es(static_cast<int64_t>(zs::dtype_size(c.act))),
+        tt(int64_t{T_} * T_),
+        scale(1.0f / std::sqrt(static_cast<float>(d_ / H_))) {}
+  int64_t qkv(int b, int third) const { return (int64_t{b} * T * ld + int64_t{third} * d) * es; }  // q, k, v
+  int64_t probs(int b) const { return int64_t{b} * H * tt * es; }
+  int64_t out(int b) const { return int64_t{b} * T * d * es; }
+};
+
+const char* at(const void* p, int64_t bytes) {
+  return static_cast<const char*>(p) + bytes;
+}
+char* at(void* p, int64_t bytes) {
+  return static_cast<char*>(p) + bytes;
+}
+}  // namespace
+
 void attention_probs(const Ctx& c, const void* qkv, void* probs, int B, int T, int d, int H) {
-  const int hd = d / H, ld = 3 * d;
-  const int64_t es = static_cast<int64_t>(zs::dtype_size(c.act)), tt = int64_t{T} * T;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  for (int b = 0; b < B; ++b) {
-    const char* q = static_cast<const char*>(qkv) + int64_t{b} * T * ld * es;
-    gemm(c, false, true, T, T, hd, scale, q, ld, q + int64_t{d} * es, ld, 0.0f,
-         static_cast<char*>(probs) + int64_t{b} * H * tt * es, c.act, T, H, hd, hd, tt);
-  }
+  const Attention a(c, T, d, H);
+  for (int b = 0; b < B; ++b)
+    gemm(c, false, true, T, T, a.hd, a.scale, at(qkv, a.qkv(b, 0)), a.ld, at(qkv, a.qkv(b, 1)), a.ld, 0.0f,
+         at(probs, a.probs(b)), c.act, T, H, a.hd, a.hd, a.tt);
   k::causal_softmax(c.stream, c.act, probs, int64_t{B} * H * T, T);
 }
 
 void attention_forward(const Ctx& c, const void* qkv, void* probs, void* out, int B, int T, int d, int H) {
-  const int hd = d / H, ld = 3 * d;
-  const int64_t es = static_cast<int64_t>(zs::dtype_size(c.act)), tt = int64_t{T} * T;
+  const Attention a(c, T, d, H);
   attention_probs(c, qkv, probs, B, T, d, H);
-  for (int b = 0; b < B; ++b) {
-    const char* v = static_cast<const char*>(qkv) + (int64_t{b} * T * ld + 2 * d) * es;
-    gemm(c, false, false, T, hd, T, 1.0f, static_cast<const char*>(probs) + int64_t{b} * H * tt * es, T, v, ld, 0.0f,
-         static_cast<char*>(out) + int64_t{b} * T * d * es, c.act, d, H, tt, hd, hd);
-  }
+  for (int b = 0; b < B; ++b)  // out = P V
+    gemm(c, false, false, T, a.hd, T, 1.0f, at(probs, a.probs(b)), T, at(qkv, a.qkv(b, 2)), a.ld, 0.0f,
+         at(out, a.out(b)), c.act, d, H, a.tt, a.hd, a.hd);
 }
 
 void attention_backward(const Ctx& c, const void* qkv, const void* probs, const void* dout, void* dqkv, void* scratch,
                         int B, int T, int d, int H) {
-  const int hd = d / H, ld = 3 * d;
-  const int64_t es = static_cast<int64_t>(zs::dtype_size(c.act)), tt = int64_t{T} * T;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  auto at = [&](const void* p, int64_t elements) {
-    return const_cast<char*>(static_cast<const char*>(p)) + elements * es;
-  };
+  const Attention a(c, T, d, H);
+  const int hd = a.hd, ld = a.ld;
+  const int64_t tt = a.tt;
   for (int b = 0; b < B; ++b) {
-    const char *q = at(qkv, int64_t{b} * T * ld), *kk = q + int64_t{d} * es, *v = q + 2 * int64_t{d} * es;
-    char *dq = at(dqkv, int64_t{b} * T * ld), *dk = dq + int64_t{d} * es, *dv = dq + 2 * int64_t{d} * es;
-    const char* p = at(probs, int64_t{b} * H * tt);
-    const char* dO = at(dout, int64_t{b} * T * d);
-    gemm(c, true, false, T, hd, T, 1.0f, p, T, dO, d, 0.0f, dv, c.act, ld, H, tt, hd, hd);           // dV = P^T dO
-    gemm(c, false, true, T, T, hd, 1.0f, dO, d, v, ld, 0.0f, scratch, c.act, T, H, hd, hd, tt);      // dP = dO V^T
-    k::causal_softmax_backward(c.stream, c.act, p, scratch, int64_t{H} * T, T);                      // dS
-    gemm(c, false, false, T, hd, T, scale, scratch, T, kk, ld, 0.0f, dq, c.act, ld, H, tt, hd, hd);  // dQ = dS K
-    gemm(c, true, false, T, hd, T, scale, scratch, T, q, ld, 0.0f, dk, c.act, ld, H, tt, hd, hd);    // dK = dS^T Q
+    const char *q = at(qkv, a.qkv(b, 0)), *kk = at(qkv, a.qkv(b, 1)), *v = at(qkv, a.qkv(b, 2));
+    char *dq = at(dqkv, a.qkv(b, 0)), *dk = at(dqkv, a.qkv(b, 1)), *dv = at(dqkv, a.qkv(b, 2));
+    const char *p = at(probs, a.probs(b)), *dO = at(dout, a.out(b));
+    gemm(c, true, false, T, hd, T, 1.0f, p, T, dO, d, 0.0f, dv, c.act, ld, H, tt, hd, hd);             // dV = P^T dO
+    gemm(c, false, true, T, T, hd, 1.0f, dO, d, v, ld, 0.0f, scratch, c.act, T, H, hd, hd, tt);        // dP = dO V^T
+    k::causal_softmax_backward(c.stream, c.act, p, scratch, int64_t{H} * T, T);                        // dS
+    gemm(c, false, false, T, hd, T, a.scale, scratch, T, kk, ld, 0.0f, dq, c.act, ld, H, tt, hd, hd);  // dQ = dS K
+    gemm(c, true, false, T, hd, T, a.scale, scratch, T, q, ld, 0.0f, dk, c.act, ld, H, tt, hd, hd);    // dK = dS^T Q
   }
 }
 
