@@ -75,10 +75,21 @@ Engine::Engine(const Config& cfg) : cfg_(cfg) {
   device_ = comm_->device();
   compute_ = cfg.precision.param;
   reduce_ = cfg.precision.reduce;
+  make_streams();
 }
 
 Engine::Engine(const Config& cfg, Comm& world)
-    : cfg_(cfg), comm_(&world), device_(world.device()), compute_(cfg.precision.param), reduce_(cfg.precision.reduce) {}
+    : cfg_(cfg), comm_(&world), device_(world.device()), compute_(cfg.precision.param), reduce_(cfg.precision.reduce) {
+  make_streams();
+}
+
+// From construction on, so an app can bind its kernels (a cuBLAS handle, say) to the compute stream
+// before init_params.
+void Engine::make_streams() {
+  compute_stream_ = make_stream(device_);
+  gather_stream_ = make_stream(device_);
+  reduce_stream_ = make_stream(device_);
+}
 
 Engine::~Engine() {
   // Finish whatever is in flight before the buffers it uses go away; one failure must not skip the rest.
@@ -175,9 +186,6 @@ void Engine::setup() {
   const char* check = std::getenv("ZS_CHECK_COLLECTIVES");
   check_collectives_ = cfg_.debug.check_collectives || (check && std::string_view(check) == "1");
   const int stage = cfg_.zero.stage, r = comm_->rank();
-  compute_stream_ = make_stream(device_);
-  gather_stream_ = make_stream(device_);
-  reduce_stream_ = make_stream(device_);
   const MemoryKind mk = MemoryKind::device;
   int64_t largest = 0, largest_grads = 0;  // elements of the biggest unit: all params / trainable ones
   plan_layouts();
@@ -815,9 +823,11 @@ void Engine::update_on_device(const kernels::OptimizerHyper& h, float grad_scale
     a.num_decay_ranges = u.num_decay_ranges;
     kernels::optimizer_update(device_, h, a, compute_stream_.get());
   }
+  // The next gathers read what the update wrote: the master (stage 3, cast on the gather stream) or the
+  // replicas (stages 1-2, all-gathered below).
+  compute_stream_->record(*update_done_);
+  gather_stream_->wait(*update_done_);
   if (stage == 1 || stage == 2) {  // every rank updated its shard of the replicas: share them
-    compute_stream_->record(*update_done_);
-    gather_stream_->wait(*update_done_);
     // Each unit's replica is complete once its all-gather lands; the next forward waits for it at gather()
     // (unit by unit, so the later units' gathers overlap the earlier units' compute).
     for (auto& up : units_) {

@@ -149,6 +149,7 @@ class Engine {
   friend class GatheredParams;
   void plan_layouts();      // each unit's flat layouts (pure; no allocation)
   void check_fits() const;  // throws, naming the need and what is available, when the memory plan cannot fit
+  void make_streams();
   void setup();
   // Fills this rank's shards: source(tensor index, first element, count, out) gives f32 values.
   using ValueSource = std::function<void(const Unit&, int, int64_t, int64_t, float*)>;
