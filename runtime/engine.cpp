@@ -284,8 +284,7 @@ void Engine::init_params(const InitRule& rule) {
   // Values are a pure function of (seed, "unit.tensor", index): the same at every world size.
   install([&](const Unit& u, int t, int64_t first, int64_t count, float* out) {
     const std::string key = u.full_name(t);
-    const init::Initializer init = rule(key);
-    for (int64_t e = 0; e < count; ++e) out[e] = init.value(key, static_cast<uint64_t>(first + e));
+    rule(key).fill(key, static_cast<uint64_t>(first), count, out);
   });
 }
 
@@ -329,8 +328,11 @@ void Engine::install(const ValueSource& source, const StateSource& states) {
     };
     auto values = [&](int t, int64_t first, int64_t count, float* out) { source(u, t, first, count, out); };
     auto upload = [&](void* dst, Device where, const std::vector<float>& v) {  // in the compute dtype
+      const auto n = static_cast<int64_t>(v.size());
+      if (compute_ == DType::f32) return memory_copy(dst, where, v.data(), Device::cpu(), v.size() * 4);
       std::vector<uint8_t> cd(v.size() * es(compute_));
-      for (std::size_t i = 0; i < v.size(); ++i) store_from_f32(cd.data(), compute_, i, v[i]);
+      kernels::cast(Device::cpu(), TensorView::flat(const_cast<float*>(v.data()), DType::f32, n),
+                    TensorView::flat(cd.data(), compute_, n));
       memory_copy(dst, where, cd.data(), Device::cpu(), cd.size());
     };
     const int64_t P = u.layout.padded, S = u.layout.shard, PF = u.frozen.padded, SF = u.frozen.shard;

@@ -17,6 +17,12 @@ struct Initializer {
   uint64_t seed = 0;
   // The value of element `index` of tensor `name` (pure).
   float value(std::string_view name, uint64_t index) const;
+  // out[i] = value(name, first + i) for i in [0, count): the same values, the name hashed once and a large
+  // range spread over the machine's cores (a 1.3 B-parameter model initialises in seconds, not minutes).
+  void fill(std::string_view name, uint64_t first, int64_t count, float* out) const;
+
+ private:
+  float at(uint64_t key, uint64_t index) const;
 };
 
 inline Initializer normal(float std, uint64_t seed, float mean = 0.0f) {
