@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <set>
+#include <vector>
 
 #include "core/error.h"
 #include "sharding/flat_layout.h"
@@ -75,6 +76,19 @@ TEST(Init, ValuesDependOnlyOnSeedNameAndIndex) {
   EXPECT_NE(n.value("h.0/w", 12345), init::normal(0.02f, 1338).value("h.0/w", 12345));
   EXPECT_EQ(init::zeros().value("x", 3), 0.0f);
   EXPECT_EQ(init::ones().value("x", 3), 1.0f);
+}
+
+TEST(Init, FillGivesTheSameValuesOnAnyNumberOfThreads) {
+  // Large enough for the threaded path, small enough for the single-threaded one; an odd start and length.
+  for (const init::Initializer& in : {init::normal(0.02f, 5), init::uniform(-1.0f, 1.0f, 6), init::ones()})
+    for (int64_t count : {int64_t{7}, (int64_t{1} << 20) + 13}) {
+      std::vector<float> out(static_cast<std::size_t>(count), -9.0f);
+      in.fill("h.3.mlp.fc.w", 4321, count, out.data());
+      int64_t wrong = 0;
+      for (int64_t i = 0; i < count; ++i)
+        wrong += out[static_cast<std::size_t>(i)] != in.value("h.3.mlp.fc.w", static_cast<uint64_t>(4321 + i));
+      EXPECT_EQ(wrong, 0) << "count " << count;
+    }
 }
 
 TEST(Init, NormalAndUniformHaveTheirMoments) {
