@@ -48,6 +48,20 @@ std::string Comm::describe(const CollectiveOp& op) const {
   return what + fmt::format(", {} x {})", big.numel(), dtype_name(big.dtype));
 }
 
+float Comm::all_reduce_value(float value, ReduceOp op) {
+  if (device().is_cpu()) {
+    float out = 0;
+    all_reduce(TensorView::flat(&value, DType::f32, 1), TensorView::flat(&out, DType::f32, 1), op).wait();
+    return out;
+  }
+  if (!value_slot_.data()) value_slot_ = Buffer(sizeof(float), MemoryKind::device, device(), MemCategory::other);
+  const TensorView slot = value_slot_.view(DType::f32, 1);
+  memory_copy(slot.data, device(), &value, Device::cpu(), sizeof(float));
+  all_reduce(slot, slot, op).wait();
+  memory_copy(&value, Device::cpu(), slot.data, device(), sizeof(float));
+  return value;
+}
+
 Work Comm::issue(CollectiveOp op, Stream* stream) {
   op.seq = seq_.fetch_add(1);
   Stream& s = stream ? *stream : default_stream();

@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 
+#include "core/buffer.h"
 #include "core/store.h"
 #include "core/stream.h"
 #include "core/tensor_view.h"
@@ -86,6 +87,9 @@ class Comm {
   Work all_reduce(TensorView in, TensorView out, ReduceOp op, Stream* stream = nullptr);
   Work broadcast(TensorView buf, int root, Stream* stream = nullptr);
   Work barrier(Stream* stream = nullptr);
+  // A host value (a loss, a count) reduced over the group; blocks. Staged through the group's own memory
+  // when its backend reduces device memory only (NCCL), so an app needs no device buffer of its own.
+  float all_reduce_value(float value, ReduceOp op);
 
   // Ranks passing the same color form a new group, ordered by (key, rank); color < 0 joins no group
   // and returns nullptr. Collective over this group.
@@ -105,6 +109,7 @@ class Comm {
   int size_;
   CommOptions opts_;
   std::atomic<uint64_t> seq_{0};
+  Buffer value_slot_;  // all_reduce_value's staging on a device group, allocated at first use
 };
 
 // Store-based split: every rank publishes (color, key); returns this rank's new (rank, size, name) or

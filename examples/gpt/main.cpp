@@ -149,12 +149,7 @@ int main(int argc, char** argv) {
     const std::size_t n = static_cast<std::size_t>(batch) * static_cast<std::size_t>(shape.seq);
     std::vector<int> tokens(n), targets(n);
     auto mean_over_ranks = [&](double v) {
-      float x = static_cast<float>(v), y = 0;
-      engine.comm()
-          .all_reduce(zs::TensorView::flat(&x, zs::DType::f32, 1), zs::TensorView::flat(&y, zs::DType::f32, 1),
-                      zs::ReduceOp::avg)
-          .wait();
-      return static_cast<double>(y);
+      return static_cast<double>(engine.comm().all_reduce_value(static_cast<float>(v), zs::ReduceOp::avg));
     };
     auto validate = [&] {
       double sum = 0;

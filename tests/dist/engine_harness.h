@@ -320,9 +320,7 @@ inline Trajectory train(const Case& c, Engine& engine, int steps = kSteps, const
         engine.reduce_grads(ids[static_cast<std::size_t>(u)]);
       }
     }
-    float l = static_cast<float>(loss), sum = 0;
-    comm.all_reduce(TensorView::flat(&l, DType::f32, 1), TensorView::flat(&sum, DType::f32, 1), ReduceOp::avg).wait();
-    run.losses.push_back(sum);
+    run.losses.push_back(comm.all_reduce_value(static_cast<float>(loss), ReduceOp::avg));
     StepStats st = engine.step();
     if (stats) stats->push_back(st);
   }

@@ -132,6 +132,14 @@ TEST_P(Collective, AllReduceSumAvgMax) {
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, Collective, ::testing::ValuesIn(cases()), case_name);
 
+TEST(Collectives, AllReduceValueOfAHostScalar) {
+  Comm& c = *pg().world;
+  const int r = c.rank(), w = c.size();
+  EXPECT_EQ(c.all_reduce_value(static_cast<float>(r + 1), ReduceOp::sum), static_cast<float>(w * (w + 1) / 2));
+  EXPECT_EQ(c.all_reduce_value(static_cast<float>(r + 1), ReduceOp::max), static_cast<float>(w));
+  EXPECT_FLOAT_EQ(c.all_reduce_value(static_cast<float>(2 * r), ReduceOp::avg), static_cast<float>(w - 1));
+}
+
 TEST(Collectives, BroadcastFromEveryRoot) {
   Comm& c = *pg().world;
   for (DType t : {DType::f32, DType::bf16, DType::f16})

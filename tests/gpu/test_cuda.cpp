@@ -81,6 +81,9 @@ TEST(Nccl, EveryCollectiveAtWorldOne) {
     check("broadcast");
   }
   c.barrier().wait();
+  // A host scalar (an app's loss) through the group's device memory.
+  EXPECT_EQ(c.all_reduce_value(2.5f, ReduceOp::sum), 2.5f);
+  EXPECT_EQ(c.all_reduce_value(-1.0f, ReduceOp::avg), -1.0f);
 }
 
 }  // namespace
