@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The one GPU check: every `gpu` test and the GPU benchmarks in one go (< 4 minutes), one summary table.
+# The one GPU check: every `gpu` test and the GPU benchmarks in one go (< 6 minutes), one summary table.
+# Each check has its own time limit, so one that hangs costs its limit, not the run; the correctness checks
+# come first, and every finished row is also appended to $OUT/gpu_rows.txt as it lands.
 # Run on the GPU machine from the repository root with build/cuda-sm90/gpu-bundle carried over
 # (made by bench/gpu/build.sh). Prints the card, then PASS/FAIL/SKIP per check.
 set -uo pipefail
@@ -16,47 +18,50 @@ export ZS_COMM_TIMEOUT_S=60
 log=${OUT:-/tmp}/gpu_check.log
 : > "$log"
 rows=()
-run() {  # name, command...
-  local name=$1; shift
-  local t0=$SECONDS
-  if output=$("$@" 2>&1); then status=PASS; else status=FAIL; fi
+run() {  # name, time limit in seconds, command...
+  local name=$1 limit=$2; shift 2
+  [[ "$name" =~ ${ZS_GPU_CHECKS:-.} ]] || return 0  # ZS_GPU_CHECKS='regex' reruns only the matching checks
+  local t0=$SECONDS rc=0
+  output=$(timeout -k 5 "$limit" stdbuf -oL -eL "$@" 2>&1) || rc=$?
+  if [ $rc = 0 ]; then status=PASS; elif [ $rc = 124 ] || [ $rc = 137 ]; then status=TIME; else status=FAIL; fi
   if [ "$status" = PASS ] && grep -q "\[  SKIPPED \]" <<<"$output"; then status=SKIP; fi
   printf '== %s (%s)\n%s\n' "$name" "$status" "$output" >>"$log"
   rows+=("$(printf '%-34s %-5s %4ss' "$name" "$status" $((SECONDS - t0)))")
+  printf '%s\n' "${rows[-1]}" | tee -a "${OUT:-/tmp}/gpu_rows.txt"
 }
 echo "# card: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi')"
 echo "# date: $(date -u +%Y-%m-%dT%H:%MZ)  nccl: ${nccl_lib:-not found}"
-run "gpu tests (streams, NCCL, kernels, engine)" "$bundle/bin/zs_gpu_tests"
-run "optim_bench adamw 1e9 cuda" "$bundle/bin/optim_bench" --device cuda --params 1e9 --iters 10
-run "torch AdamW(fused) 1e9" python3 bench/gpu/torch_adamw.py 1e9
-cores=$(nproc)
-run "optim_bench adamw 1e8 cpu" "$bundle/bin/optim_bench" --device cpu --params 1e8 --iters 7 --threads "$cores"
-run "torch CPU AdamW(fused) 1e8" python3 bench/gpu/torch_cpu_adamw.py 1e8 "$cores"
-run "comm_bench nccl world 1" "$bundle/bin/zsrun" --nproc-per-node 1 --master-port 0 -- \
-  "$bundle/bin/comm_bench" --backend nccl -b 1M -e 1G -f 4
-# Offload (issue: <= 1.5x the no-offload step at ~1.3 B parameters; FSDP2 CPUOffload is 14.4x there).
-offload() {  # offload choice, extra args
-  local o=$1; shift
-  run "offload_bench 1.3B $o" "$bundle/bin/zsrun" --nproc-per-node 1 --master-port 0 -- "$bundle/bin/offload_bench" \
-    --offload "$o" --steps 3 "$@"
-}
+have_cublas() { [ -n "$cublas_lib" ] || { rows+=("$(printf '%-34s SKIP (no libcublasLt.so.13 in the Python wheels)' "$1")"); false; }; }
+# Correctness first.
+run "gpu tests (streams, NCCL, kernels, engine)" 150 "$bundle/bin/zs_gpu_tests"
+have_cublas "gpt layers and training" && run "gpt CUDA layers vs CPU, training" 120 "$bundle/bin/zs_gpt_gpu_tests"
 # The example GPT (issue: FSDP2 bf16 on an H100: 62.8 k tok/s, 13.3 GiB at 368 M; 50.1 k tok/s, 30.3 GiB at
 # 1.34 B): world 1, ZeRO-3, bf16 parameters and activations, f32 gradients; the second log line is steady.
 gpt() {  # d_model, then a label
-  run "gpt_train $2 bf16 stage 3" "$bundle/bin/zsrun" --nproc-per-node 1 --master-port 0 -- "$bundle/bin/gpt_train" \
+  run "gpt_train $2 bf16 stage 3" 120 "$bundle/bin/zsrun" --nproc-per-node 1 --master-port 0 -- "$bundle/bin/gpt_train" \
     --device cuda --precision bf16 --d-model "$1" --layers 24 --heads 16 --seq 1024 --batch 8 --vocab 32000 \
     --steps 6 --log-every 3 --eval-every 0 --eval-batches 1 --data .
 }
-if [ -n "$cublas_lib" ]; then
-  run "gpt CUDA layers vs CPU, training" "$bundle/bin/zs_gpt_gpu_tests"
-  gpt 1024 368M
-  gpt 2048 1.34B
-  for o in none optimizer optimizer+params delayed; do offload "$o"; done
-  # The largest model on this card and host (target >= 7 B): one step, optimizer and parameters offloaded.
-  [ "${ZS_GPU_BIG:-0}" = 1 ] && offload optimizer+params --d 4096 --layers 35 --steps 1 --reduce bf16 --states bf16
-else
-  rows+=("$(printf '%-34s %-5s' "gpt tests, gpt_train, offload_bench" "SKIP (no libcublasLt.so.13 in the Python wheels)")")
+have_cublas "gpt_train" && { gpt 1024 368M; gpt 2048 1.34B; }
+run "optim_bench adamw 1e9 cuda" 60 "$bundle/bin/optim_bench" --device cuda --params 1e9 --iters 10
+run "torch AdamW(fused) 1e9" 60 python3 bench/gpu/torch_adamw.py 1e9
+# Offload (issue: <= 1.5x the no-offload step at ~1.3 B parameters; FSDP2 CPUOffload is 14.4x there).
+offload() {  # size label, time limit, offload choice, timed steps, extra args
+  local label=$1 limit=$2 o=$3 steps=$4; shift 4
+  run "offload_bench $label $o" "$limit" "$bundle/bin/zsrun" --nproc-per-node 1 --master-port 0 -- "$bundle/bin/offload_bench" \
+    --offload "$o" --steps "$steps" "$@"
+}
+if have_cublas "offload_bench"; then
+  for o in none optimizer optimizer+params delayed; do offload 1.3B 90 "$o" 3; done
 fi
+cores=$(nproc)
+run "optim_bench adamw 1e8 cpu" 60 "$bundle/bin/optim_bench" --device cpu --params 1e8 --iters 7 --threads "$cores"
+run "torch CPU AdamW(fused) 1e8" 60 python3 bench/gpu/torch_cpu_adamw.py 1e8 "$cores"
+run "comm_bench nccl world 1" 60 "$bundle/bin/zsrun" --nproc-per-node 1 --master-port 0 -- \
+  "$bundle/bin/comm_bench" --backend nccl -b 1M -e 1G -f 4
+# The largest model on this card and host (target >= 7 B): one step, optimizer and parameters offloaded.
+[ "${ZS_GPU_BIG:-0}" = 1 ] && have_cublas "offload_bench 7B" &&
+  offload 7B 240 optimizer+params 1 --d 4096 --layers 35 --reduce bf16 --states bf16
 printf '%s\n' "${rows[@]}"
 echo "# full output: $log"
 grep -A12 "== gpt_train" "$log" | grep -E "^==|step .*tok/s|memory" | sed 's/^\[rank0\]: //' || true
@@ -69,4 +74,4 @@ grep -A4 "== optim_bench adamw 1e9" "$log" | tail -3
 cpu_ours=$(grep -A4 "== optim_bench adamw 1e8 cpu" "$log" | awk -v c="$cores" '$1 == c {print $2}')
 cpu_theirs=$(grep "torch_cpu_adamw_ms" "$log" | awk '{print $2}')
 [ -n "$cpu_ours" ] && [ -n "$cpu_theirs" ] && echo "# CPU AdamW 1e8 params on $cores cores (the offloaded step): ours ${cpu_ours} ms, torch ${cpu_theirs} ms, torch/ours $(python3 -c "print(round($cpu_theirs/$cpu_ours, 2))") (target >= 1.5)"
-! printf '%s\n' "${rows[@]}" | grep -q FAIL
+! printf "%s\n" "${rows[@]}" | grep -qE "FAIL|TIME"
