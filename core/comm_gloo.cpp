@@ -16,8 +16,47 @@
 #include "core/error.h"
 #include "core/ring.h"
 #include "core/stream_cpu.h"
+#include "core/work_pool.h"
 
 namespace zs {
+
+// One collective's completion, reused for later ones (WorkPool) once done and unreferenced.
+class GlooWorkState final : public WorkState {
+ public:
+  // Makes the state describe a new collective (it is done and unreferenced: nothing else reads it).
+  void reuse(const CollectiveOp& op) {
+    std::lock_guard lk(mu_);
+    done_ = false;
+    error_.clear();
+    op_ = op;
+  }
+  const CollectiveOp& op() const { return op_; }
+  bool done() override {
+    std::lock_guard lk(mu_);
+    return done_;
+  }
+  void wait() override {
+    std::unique_lock lk(mu_);
+    cv_.wait(lk, [&] { return done_; });
+    if (!error_.empty()) throw Error(error_);
+  }
+  Event& event() override { return event_; }
+  void finish(const char* error) {
+    std::lock_guard lk(mu_);
+    done_ = true;
+    if (error) error_ = error;
+    cv_.notify_all();  // under the lock: once it is released the state may be reused
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = true;
+  std::string error_;
+  CpuEvent event_;
+  CollectiveOp op_;
+};
+
 namespace {
 
 constexpr uint8_t kRingSlotPrefix = 0x40;
@@ -44,43 +83,16 @@ class GlooStore final : public gloo::rendezvous::Store {
   Millis timeout_;
 };
 
-class CpuWorkState final : public WorkState {
- public:
-  bool done() override {
-    std::lock_guard lk(mu_);
-    return done_;
-  }
-  void wait() override {
-    std::unique_lock lk(mu_);
-    cv_.wait(lk, [&] { return done_; });
-    if (!error_.empty()) throw Error(error_);
-  }
-  Event& event() override { return event_; }
-  void finish(std::string error) {
-    {
-      std::lock_guard lk(mu_);
-      done_ = true;
-      error_ = std::move(error);
-    }
-    cv_.notify_all();
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  std::string error_;
-  CpuEvent event_;
-};
-
-// One collective's point-to-point traffic, with errors that name the op and the peer.
+// One collective's point-to-point traffic, with errors that name the op (or, with none, the group's
+// connection) and the peer; the description is formatted only for an error.
 class Ring {
  public:
-  Ring(gloo::Context& ctx, uint64_t seq, Millis timeout, std::string what)
+  Ring(gloo::Context& ctx, uint64_t seq, Millis timeout, const Comm& comm, const CollectiveOp* op)
       : ctx_(ctx),
         slot_(gloo::Slot::build(kRingSlotPrefix, static_cast<uint32_t>(seq))),
         timeout_(timeout),
-        what_(std::move(what)) {}
+        comm_(comm),
+        op_(op) {}
 
   int left() const { return (ctx_.rank - 1 + ctx_.size) % ctx_.size; }
   int right() const { return (ctx_.rank + 1) % ctx_.size; }
@@ -100,8 +112,8 @@ class Ring {
       if (rb) finish(*rb, true, src);
       if (sb) finish(*sb, false, dst);
     } catch (const gloo::Exception& e) {
-      ZS_FAIL("{} failed: the connection to rank {} or {} broke ({}); that rank has probably died — see its log", what_,
-              src, dst, e.what());
+      ZS_FAIL("{} failed: the connection to rank {} or {} broke ({}); that rank has probably died — see its log",
+              what(), src, dst, e.what());
     }
   }
 
@@ -119,16 +131,21 @@ class Ring {
         ZS_FAIL(
             "{} timed out after {} s waiting to {} rank {}; that rank is stuck, slow or gone (comm.timeout_s "
             "sets the limit)",
-            what_, timeout_.count() / 1000.0, is_recv ? "receive from" : "send to", peer);
-      ZS_FAIL("{} failed while {} rank {}: {}; that rank has probably died — see its log", what_,
+            what(), timeout_.count() / 1000.0, is_recv ? "receive from" : "send to", peer);
+      ZS_FAIL("{} failed while {} rank {}: {}; that rank has probably died — see its log", what(),
               is_recv ? "receiving from" : "sending to", peer, e.what());
     }
+  }
+  std::string what() const {
+    return op_ ? fmt::format("rank {}: {}", comm_.rank(), comm_.describe(*op_))
+               : fmt::format("rank {}: connecting group '{}'", comm_.rank(), comm_.name());
   }
 
   gloo::Context& ctx_;
   uint64_t slot_;
   Millis timeout_;
-  std::string what_;
+  const Comm& comm_;
+  const CollectiveOp* op_;
 };
 
 // Element access with the dtype fixed at compile time, so the reduction loops vectorise.
@@ -170,23 +187,23 @@ void combine_segment(ReduceOp op, float* dst, const float* recv, const void* src
   }
 }
 
-// Ring reduce-scatter of `in` (chunks[c] is rank c's share) into `out` (this rank's chunk), in f32.
+// Ring reduce-scatter of `in` (ring::chunk c of it is rank c's share) into `out` (this rank's chunk), in f32.
 template <DType T>
-void ring_reduce_scatter_t(Ring& ring, int rank, int n, const TensorView& in, const std::vector<ring::Range>& chunks,
-                           void* out, ReduceOp op, float* send, float* recv) {
+void ring_reduce_scatter_t(Ring& ring, int rank, int n, const TensorView& in, void* out, ReduceOp op, float* send,
+                           float* recv) {
   const float post = op == ReduceOp::avg ? 1.0f / static_cast<float>(n) : 1.0f;
+  const int64_t total = in.numel();
   if (n == 1) {
-    for (int64_t i = 0; i < chunks[0].count; ++i) st<T>(out, i, ld<T>(in.data, i) * post);
+    for (int64_t i = 0; i < total; ++i) st<T>(out, i, ld<T>(in.data, i) * post);
     return;
   }
-  int64_t max_chunk = 0;
-  for (const auto& c : chunks) max_chunk = std::max(max_chunk, c.count);
+  const int64_t max_chunk = ring::chunk(total, n, 0).count;  // the first chunks are the larger ones
   // Segments outermost: each segment makes the whole trip round the ring, so scratch holds one segment.
   for (int64_t seg = 0; seg < max_chunk; seg += GlooComm::kSegment) {
     auto seg_len = [&](int c) {
-      return std::clamp<int64_t>(chunks[static_cast<std::size_t>(c)].count - seg, 0, GlooComm::kSegment);
+      return std::clamp<int64_t>(ring::chunk(total, n, c).count - seg, 0, GlooComm::kSegment);
     };
-    auto elem = [&](int c) { return chunks[static_cast<std::size_t>(c)].offset + seg; };
+    auto elem = [&](int c) { return ring::chunk(total, n, c).offset + seg; };
     const int c0 = ring::rs_send_chunk(rank, 0, n);
     load_segment<T>(send, in.data, elem(c0), seg_len(c0));
     for (int s = 0; s < n - 1; ++s) {
@@ -201,27 +218,26 @@ void ring_reduce_scatter_t(Ring& ring, int rank, int n, const TensorView& in, co
   }
 }
 
-void ring_reduce_scatter(Ring& ring, int rank, int n, const TensorView& in, const std::vector<ring::Range>& chunks,
-                         void* out, ReduceOp op, float* send, float* recv) {
+void ring_reduce_scatter(Ring& ring, int rank, int n, const TensorView& in, void* out, ReduceOp op, float* send,
+                         float* recv) {
   switch (in.dtype) {
     case DType::f32:
-      return ring_reduce_scatter_t<DType::f32>(ring, rank, n, in, chunks, out, op, send, recv);
+      return ring_reduce_scatter_t<DType::f32>(ring, rank, n, in, out, op, send, recv);
     case DType::bf16:
-      return ring_reduce_scatter_t<DType::bf16>(ring, rank, n, in, chunks, out, op, send, recv);
+      return ring_reduce_scatter_t<DType::bf16>(ring, rank, n, in, out, op, send, recv);
     case DType::f16:
-      return ring_reduce_scatter_t<DType::f16>(ring, rank, n, in, chunks, out, op, send, recv);
+      return ring_reduce_scatter_t<DType::f16>(ring, rank, n, in, out, op, send, recv);
     case DType::f64:
       ZS_FAIL("collectives do not take f64");
   }
 }
 
-// Ring all-gather in place: `buf` holds every chunk; this rank's chunk is already in place.
-void ring_all_gather(Ring& ring, int rank, int n, void* buf, std::size_t elem_size,
-                     const std::vector<ring::Range>& chunks) {
+// Ring all-gather in place: `buf` holds `total` elements in n ring::chunks; this rank's is already in place.
+void ring_all_gather(Ring& ring, int rank, int n, void* buf, std::size_t elem_size, int64_t total) {
   auto* base = static_cast<char*>(buf);
   for (int s = 0; s < n - 1; ++s) {
-    const auto& cs = chunks[static_cast<std::size_t>(ring::ag_send_chunk(rank, s, n))];
-    const auto& cr = chunks[static_cast<std::size_t>(ring::ag_recv_chunk(rank, s, n))];
+    const ring::Range cs = ring::chunk(total, n, ring::ag_send_chunk(rank, s, n));
+    const ring::Range cr = ring::chunk(total, n, ring::ag_recv_chunk(rank, s, n));
     ring.exchange(base + cs.offset * static_cast<int64_t>(elem_size), static_cast<std::size_t>(cs.count) * elem_size,
                   ring.right(), base + cr.offset * static_cast<int64_t>(elem_size),
                   static_cast<std::size_t>(cr.count) * elem_size, ring.left());
@@ -245,7 +261,8 @@ GlooComm::GlooComm(std::shared_ptr<Store> root_store, std::shared_ptr<gloo::tran
       root_store_(std::move(root_store)),
       store_(std::make_unique<PrefixStore>(*root_store_, "gloo/" + name())),
       dev_(std::move(dev)),
-      stream_(make_stream(Device::cpu())) {
+      stream_(make_stream(Device::cpu())),
+      states_(std::make_unique<WorkPool<GlooWorkState>>()) {
   connect();
 }
 
@@ -276,9 +293,8 @@ void GlooComm::connect() {
   // connectFullMesh can return here while a peer is still handshaking; a barrier over the new pairs
   // makes group creation complete on every rank before any of them uses or destroys the group.
   std::vector<char> token(static_cast<std::size_t>(size()), 1);
-  Ring ring(*ctx_, kConnectTag, options().rendezvous_timeout,
-            fmt::format("rank {}: connecting group '{}'", rank(), name()));
-  ring_all_gather(ring, rank(), size(), token.data(), 1, ring::split_even(size(), size()));
+  Ring ring(*ctx_, kConnectTag, options().rendezvous_timeout, *this, nullptr);
+  ring_all_gather(ring, rank(), size(), token.data(), 1, size());
 }
 
 std::unique_ptr<Comm> GlooComm::split(int color, int key) {
@@ -293,31 +309,33 @@ Buffer& GlooComm::scratch_for(Stream& s) {
   auto it = scratch_.find(&s);
   if (it == scratch_.end())
     it = scratch_
-             .emplace(&s,
-                      Buffer(static_cast<std::size_t>(kScratchBytesPerStream), MemoryKind::host, Device::cpu(), MemCategory::comm_scratch))
+             .emplace(&s, Buffer(static_cast<std::size_t>(kScratchBytesPerStream), MemoryKind::host, Device::cpu(),
+                                 MemCategory::comm_scratch))
              .first;
   return it->second;
 }
 
 Work GlooComm::launch(const CollectiveOp& op, Stream& stream) {
-  auto state = std::make_shared<CpuWorkState>();
+  std::shared_ptr<GlooWorkState> state = states_->acquire([] { return std::make_shared<GlooWorkState>(); });
+  state->reuse(op);
   Buffer* scratch = &scratch_for(stream);
-  stream.submit([this, op, state, scratch] {
+  // The closure holds the state (so the pool cannot reuse it before the stream is done with it).
+  stream.submit([this, state, scratch] {
     try {
-      run(op, *scratch);
-      state->finish({});
+      run(state->op(), *scratch);
+      state->finish(nullptr);
     } catch (const std::exception& e) {
       state->finish(e.what());
       throw;
     }
   });
   stream.record(state->event());
-  return Work(state);
+  return Work(std::move(state));
 }
 
 void GlooComm::run(const CollectiveOp& op, Buffer& scratch) {
   const int n = size(), r = rank();
-  Ring ring(*ctx_, op.seq, timeout(), fmt::format("rank {}: {}", r, describe(op)));
+  Ring ring(*ctx_, op.seq, timeout(), *this, &op);
   auto* send = static_cast<float*>(scratch.data());
   float* recv = send + kSegment;
   const std::size_t es = dtype_size(op.in.dtype);
@@ -326,19 +344,17 @@ void GlooComm::run(const CollectiveOp& op, Buffer& scratch) {
       const int64_t shard = op.in.numel();
       char* mine = static_cast<char*>(op.out.data) + static_cast<std::size_t>(shard * r) * es;
       if (op.in.data != mine) std::memcpy(mine, op.in.data, static_cast<std::size_t>(shard) * es);
-      ring_all_gather(ring, r, n, op.out.data, es, ring::split_even(shard * n, n));
+      ring_all_gather(ring, r, n, op.out.data, es, shard * n);
       break;
     }
     case CollectiveKind::reduce_scatter:
-      ring_reduce_scatter(ring, r, n, op.in, ring::split_even(op.in.numel(), n), op.out.data, op.reduce, send, recv);
+      ring_reduce_scatter(ring, r, n, op.in, op.out.data, op.reduce, send, recv);
       break;
     case CollectiveKind::all_reduce: {
-      auto chunks = ring::split_even(op.in.numel(), n);
-      const auto& own = chunks[static_cast<std::size_t>(r)];
-      ring_reduce_scatter(ring, r, n, op.in, chunks,
-                          static_cast<char*>(op.out.data) + own.offset * static_cast<int64_t>(es), op.reduce, send,
-                          recv);
-      ring_all_gather(ring, r, n, op.out.data, es, chunks);
+      const ring::Range own = ring::chunk(op.in.numel(), n, r);
+      ring_reduce_scatter(ring, r, n, op.in, static_cast<char*>(op.out.data) + own.offset * static_cast<int64_t>(es),
+                          op.reduce, send, recv);
+      ring_all_gather(ring, r, n, op.out.data, es, op.in.numel());
       break;
     }
     case CollectiveKind::broadcast: {
@@ -355,7 +371,7 @@ void GlooComm::run(const CollectiveOp& op, Buffer& scratch) {
     case CollectiveKind::barrier: {
       // An all-gather of one byte per rank: no rank leaves before every rank has arrived.
       std::vector<char> token(static_cast<std::size_t>(n), 1);
-      ring_all_gather(ring, r, n, token.data(), 1, ring::split_even(n, n));
+      ring_all_gather(ring, r, n, token.data(), 1, n);
       break;
     }
   }

@@ -17,6 +17,10 @@ class Device;
 
 namespace zs {
 
+class GlooWorkState;
+template <typename State>
+class WorkPool;
+
 class GlooComm final : public Comm {
  public:
   // Collective: every rank of the group calls it with the same store prefix. `host` is the address
@@ -51,6 +55,7 @@ class GlooComm final : public Comm {
   std::unique_ptr<Stream> stream_;
   std::mutex scratch_mu_;
   std::map<Stream*, Buffer> scratch_;
+  std::unique_ptr<WorkPool<GlooWorkState>> states_;  // the collectives' completions, reused
   uint64_t splits_ = 0;
 };
 

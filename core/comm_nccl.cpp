@@ -7,6 +7,7 @@
 #include "core/cuda_check.h"
 #include "core/nccl_check.h"
 #include "core/stream_cuda.h"
+#include "core/work_pool.h"
 
 namespace zs {
 namespace {
@@ -37,26 +38,33 @@ ncclRedOp_t nccl_op(ReduceOp op) {
   return ncclSum;
 }
 
+}  // namespace
+
+// One collective's completion (its CUDA event), reused for later ones (WorkPool) once done and unreferenced;
+// the description for an error is formatted only when one happens.
 class NcclWorkState final : public WorkState {
  public:
-  NcclWorkState(NcclComm& comm, ncclComm_t handle, Device device, std::string what)
-      : comm_(comm), handle_(handle), event_(device), what_(std::move(what)) {}
+  NcclWorkState(NcclComm& comm, Device device) : comm_(comm), event_(device) {}
+  void reuse(ncclComm_t handle, const CollectiveOp& op) {
+    handle_ = handle;
+    op_ = op;
+  }
   bool done() override { return event_.query(); }
   void wait() override {
     const auto deadline = std::chrono::steady_clock::now() + comm_.timeout();
     while (!event_.query()) {
       ncclResult_t async = ncclSuccess;
-      ZS_CHECK_NCCL(ncclCommGetAsyncError(handle_, &async), "{}", what_);
+      ZS_CHECK_NCCL(ncclCommGetAsyncError(handle_, &async), "{}", what());
       if (async != ncclSuccess && async != ncclInProgress) {
         comm_.abort();
-        ZS_FAIL("{} failed: {}; a peer has probably died — see its log", what_, ncclGetErrorString(async));
+        ZS_FAIL("{} failed: {}; a peer has probably died — see its log", what(), ncclGetErrorString(async));
       }
       if (std::chrono::steady_clock::now() > deadline) {
         comm_.abort();
         ZS_FAIL(
             "{} timed out after {} s (comm.timeout_s); a peer is stuck, slow or gone; the communicator was "
             "aborted",
-            what_, comm_.timeout().count() / 1000.0);
+            what(), comm_.timeout().count() / 1000.0);
       }
       std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
@@ -64,13 +72,13 @@ class NcclWorkState final : public WorkState {
   Event& event() override { return event_; }
 
  private:
-  NcclComm& comm_;
-  ncclComm_t handle_;
-  CudaEvent event_;
-  std::string what_;
-};
+  std::string what() const { return fmt::format("rank {}: {}", comm_.rank(), comm_.describe(op_)); }
 
-}  // namespace
+  NcclComm& comm_;
+  ncclComm_t handle_ = nullptr;
+  CudaEvent event_;
+  CollectiveOp op_;
+};
 
 NcclComm::NcclComm(std::shared_ptr<Store> store, int rank, int size, CommOptions opts, Device device)
     : Comm(rank, size, std::move(opts)), device_(device) {
@@ -90,6 +98,7 @@ NcclComm::NcclComm(std::shared_ptr<Store> store, int rank, int size, CommOptions
   ZS_CHECK_NCCL(ncclCommInitRank(&comm_, size, id, rank), "rank {} joining group '{}' of {} ranks", rank, name(), size);
   stream_ = make_stream(device_);
   barrier_scratch_ = Buffer(sizeof(float), MemoryKind::device, device_, MemCategory::comm_scratch);
+  states_ = std::make_unique<WorkPool<NcclWorkState>>();
 }
 
 NcclComm::NcclComm(ncclComm_t comm, int rank, int size, CommOptions opts, Device device)
@@ -97,7 +106,8 @@ NcclComm::NcclComm(ncclComm_t comm, int rank, int size, CommOptions opts, Device
       comm_(comm),
       device_(device),
       stream_(make_stream(device)),
-      barrier_scratch_(sizeof(float), MemoryKind::device, device, MemCategory::comm_scratch) {}
+      barrier_scratch_(sizeof(float), MemoryKind::device, device, MemCategory::comm_scratch),
+      states_(std::make_unique<WorkPool<NcclWorkState>>()) {}
 
 NcclComm::~NcclComm() {
   if (comm_) ncclCommDestroy(comm_);
@@ -122,7 +132,9 @@ std::unique_ptr<Comm> NcclComm::split(int color, int key) {
 
 Work NcclComm::launch(const CollectiveOp& op, Stream& stream) {
   ZS_CHECK(comm_ != nullptr, "{}: the communicator was aborted after an earlier failure", describe(op));
-  auto state = std::make_shared<NcclWorkState>(*this, comm_, device_, fmt::format("rank {}: {}", rank(), describe(op)));
+  std::shared_ptr<NcclWorkState> state =
+      states_->acquire([&] { return std::make_shared<NcclWorkState>(*this, device_); });
+  state->reuse(comm_, op);
   stream.submit([&] {
     auto s = static_cast<cudaStream_t>(stream.native_handle());
     const auto t = nccl_type(op.in.dtype);
@@ -154,7 +166,7 @@ Work NcclComm::launch(const CollectiveOp& op, Stream& stream) {
     }
   });
   stream.record(state->event());
-  return Work(state);
+  return Work(std::move(state));
 }
 
 }  // namespace zs

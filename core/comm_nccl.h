@@ -8,6 +8,10 @@
 
 namespace zs {
 
+class NcclWorkState;
+template <typename State>
+class WorkPool;
+
 class NcclComm final : public Comm {
  public:
   // Collective: rank 0 publishes the NCCL unique id in `store`, every rank joins on `device`.
@@ -31,6 +35,7 @@ class NcclComm final : public Comm {
   Device device_;
   std::unique_ptr<Stream> stream_;
   Buffer barrier_scratch_;  // one float: NCCL has no barrier, so it all-reduces this
+  std::unique_ptr<WorkPool<NcclWorkState>> states_;  // the collectives' completions, reused
 };
 
 }  // namespace zs

@@ -1,8 +1,8 @@
 // Ring arithmetic (pure): how a buffer splits into per-rank chunks and which chunk moves at each ring step.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
-#include <vector>
 
 namespace zs::ring {
 
@@ -11,8 +11,12 @@ struct Range {
   int64_t count = 0;
 };
 
-// n elements split into `parts` contiguous chunks whose sizes differ by at most one (larger ones first).
-std::vector<Range> split_even(int64_t n, int parts);
+// Chunk i of n elements split into `parts` contiguous chunks whose sizes differ by at most one (larger
+// ones first).
+constexpr Range chunk(int64_t n, int parts, int i) {
+  const int64_t base = n / parts, extra = n % parts;
+  return {i * base + std::min<int64_t>(i, extra), base + (i < extra ? 1 : 0)};
+}
 
 // Reduce-scatter ring, step s in [0, N-1): rank r sends chunk send_chunk and receives chunk recv_chunk
 // from its left neighbour. After N-1 steps rank r holds the full reduction of chunk r.

@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "core/device.h"
+#include "core/task.h"
 
 namespace zs {
 
@@ -33,7 +34,7 @@ class Stream {
   // calling thread, at once; `fn` enqueues asynchronous work on native_handle(). Either way the work that
   // `fn` does is ordered after everything submitted before it. An exception thrown by `fn` is kept and
   // rethrown by synchronize(); later work still runs, so events complete and nothing waits forever.
-  virtual void submit(std::function<void()> fn) = 0;
+  virtual void submit(Task fn) = 0;
   virtual void record(Event& event) = 0;
   // Work submitted after this call starts only once `event`'s recorded point has been reached.
   virtual void wait(Event& event) = 0;

@@ -47,7 +47,7 @@ void CpuStream::push(Item item) {
   cv_.notify_one();
 }
 
-void CpuStream::submit(std::function<void()> fn) {
+void CpuStream::submit(Task fn) {
   push(Item{std::move(fn), nullptr, 0});
 }
 

@@ -54,7 +54,7 @@ class CpuStream final : public Stream {
   CpuStream();
   ~CpuStream() override;
   Device device() const override { return Device::cpu(); }
-  void submit(std::function<void()> fn) override;
+  void submit(Task fn) override;
   void record(Event& event) override;
   void wait(Event& event) override;
   void synchronize() override;
@@ -63,7 +63,7 @@ class CpuStream final : public Stream {
  private:
   // A closure to run, or (fn empty) another stream's point to wait for.
   struct Item {
-    std::function<void()> fn;
+    Task fn;
     std::shared_ptr<CpuStreamProgress> wait_on;
     uint64_t target = 0;
   };

@@ -35,7 +35,7 @@ CudaStream::~CudaStream() {
   if (stream_) cudaStreamDestroy(stream_);
 }
 
-void CudaStream::submit(std::function<void()> fn) {
+void CudaStream::submit(Task fn) {
   ZS_CHECK_CUDA(cudaSetDevice(device_.index));
   fn();
 }

@@ -26,7 +26,7 @@ class CudaStream final : public Stream {
   explicit CudaStream(Device device);
   ~CudaStream() override;
   Device device() const override { return device_; }
-  void submit(std::function<void()> fn) override;
+  void submit(Task fn) override;
   void record(Event& event) override;
   void wait(Event& event) override;
   void synchronize() override;

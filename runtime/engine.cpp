@@ -473,8 +473,11 @@ void Engine::issue_gather(UnitId id) {
     if (dtype == compute_) {
       memory_copy_async(slot.data, shard, slot.bytes(), *gs);
     } else {
-      const TensorView src = TensorView::flat(const_cast<void*>(shard), dtype, shard_len, dev);
-      gs->submit([dev, src, slot, gs] { kernels::cast(dev, src, slot, gs); });
+      void* src = const_cast<void*>(shard);
+      const DType to = compute_;
+      gs->submit([dev, src, dtype, to, out = slot.data, shard_len, gs] {
+        kernels::cast(dev, TensorView::flat(src, dtype, shard_len, dev), TensorView::flat(out, to, shard_len, dev), gs);
+      });
     }
     u.pending = comm_->all_gather(slot, full, gs);
   };

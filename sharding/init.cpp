@@ -60,8 +60,7 @@ void Initializer::fill(std::string_view name, uint64_t first, int64_t count, flo
     for (int64_t i = lo; i < hi; ++i) out[i] = at(key, first + static_cast<uint64_t>(i));
   };
   constexpr int64_t kPerThread = int64_t{1} << 18;  // below this a thread's start costs more than it saves
-  const int64_t threads =
-      std::clamp<int64_t>(count / kPerThread, 1, std::max(1u, std::thread::hardware_concurrency()));
+  const int64_t threads = std::clamp<int64_t>(count / kPerThread, 1, std::max(1u, std::thread::hardware_concurrency()));
   if (threads == 1) return range(0, count);
   std::vector<std::jthread> pool;
   for (int64_t t = 0; t < threads; ++t) pool.emplace_back(range, count * t / threads, count * (t + 1) / threads);

@@ -12,16 +12,16 @@
 namespace zs {
 namespace {
 
-TEST(Ring, SplitEvenCoversEverythingOnce) {
+TEST(Ring, ChunksCoverEverythingOnce) {
   for (int64_t n : {0, 1, 7, 15, 17, 4096, 1000003})
     for (int parts = 1; parts <= 9; ++parts) {
-      auto r = ring::split_even(n, parts);
-      ASSERT_EQ(static_cast<int>(r.size()), parts);
+      const int64_t first = ring::chunk(n, parts, 0).count;
       int64_t off = 0;
-      for (auto& c : r) {
+      for (int i = 0; i < parts; ++i) {
+        const ring::Range c = ring::chunk(n, parts, i);
         ASSERT_EQ(c.offset, off);
-        ASSERT_LE(c.count, r[0].count);
-        ASSERT_GE(c.count, r[0].count - 1);
+        ASSERT_LE(c.count, first);
+        ASSERT_GE(c.count, first - 1);
         off += c.count;
       }
       ASSERT_EQ(off, n);

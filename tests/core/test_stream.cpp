@@ -1,6 +1,7 @@
 // CPU streams and events: FIFO order and every cross-stream wait respected, over many random DAGs.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <atomic>
 #include <cstdlib>
 #include <new>
@@ -32,6 +33,34 @@ void operator delete(void* p, std::size_t) noexcept {
 
 namespace zs {
 namespace {
+
+// Task keeps its closure in place: no allocation, its captures destroyed exactly once (on reset, on
+// destruction, or by the task it moved into), and an empty task from nullptr.
+TEST(Task, HoldsMovesAndDestroysItsClosureInPlace) {
+  auto token = std::make_shared<int>(0);
+  const int64_t before = g_allocations.load();
+  {
+    int ran = 0;
+    Task a([token, &ran, x = std::array<int64_t, 4>{1, 2, 3, 4}] { ran += static_cast<int>(x[3]) + *token; });
+    EXPECT_EQ(token.use_count(), 2);
+    Task b(std::move(a));
+    EXPECT_FALSE(a);
+    ASSERT_TRUE(b);
+    b();
+    EXPECT_EQ(ran, 4);
+    EXPECT_EQ(token.use_count(), 2);  // moved, not copied
+    Task c = nullptr;
+    EXPECT_FALSE(c);
+    c = std::move(b);
+    c();
+    EXPECT_EQ(ran, 8);
+    c.reset();
+    EXPECT_EQ(token.use_count(), 1);
+    Task d([token] {});
+  }
+  EXPECT_EQ(token.use_count(), 1);
+  EXPECT_EQ(g_allocations.load(), before);
+}
 
 TEST(CpuStream, RunsInFifoOrderAndSynchronizes) {
   auto s = make_stream(Device::cpu());
