@@ -53,6 +53,9 @@ offload() {  # size label, time limit, offload choice, timed steps, extra args
 }
 if have_cublas "offload_bench"; then
   for o in none optimizer optimizer+params delayed; do offload 1.3B 90 "$o" 3; done
+  # The CPU step on every core but one, which stays with the thread that drives the GPU: does a starved
+  # launching thread explain why delayed mode (the CPU step behind the next forward) was slower?
+  ZS_CPU_THREADS=$(($(nproc) - 1)) offload "1.3B, $(($(nproc) - 1)) CPU threads," 90 delayed 3
 fi
 cores=$(nproc)
 run "optim_bench adamw 1e8 cpu" 60 "$bundle/bin/optim_bench" --device cpu --params 1e8 --iters 7 --threads "$cores"
