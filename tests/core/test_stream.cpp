@@ -10,26 +10,7 @@
 
 #include "core/error.h"
 #include "core/stream.h"
-
-// Every operator new in this test binary is counted (for the no-allocation test below). (GCC takes the
-// replaced pair for a mismatch.)
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-#endif
-namespace {
-std::atomic<int64_t> g_allocations{0};
-}
-void* operator new(std::size_t n) {
-  ++g_allocations;
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-void operator delete(void* p) noexcept {
-  std::free(p);
-}
-void operator delete(void* p, std::size_t) noexcept {
-  std::free(p);
-}
+#include "tests/count_allocations.h"
 
 namespace zs {
 namespace {
@@ -38,7 +19,7 @@ namespace {
 // destruction, or by the task it moved into), and an empty task from nullptr.
 TEST(Task, HoldsMovesAndDestroysItsClosureInPlace) {
   auto token = std::make_shared<int>(0);
-  const int64_t before = g_allocations.load();
+  const int64_t before = test::g_allocations.load();
   {
     int ran = 0;
     Task a([token, &ran, x = std::array<int64_t, 4>{1, 2, 3, 4}] { ran += static_cast<int>(x[3]) + *token; });
@@ -59,7 +40,7 @@ TEST(Task, HoldsMovesAndDestroysItsClosureInPlace) {
     Task d([token] {});
   }
   EXPECT_EQ(token.use_count(), 1);
-  EXPECT_EQ(g_allocations.load(), before);
+  EXPECT_EQ(test::g_allocations.load(), before);
 }
 
 TEST(CpuStream, RunsInFifoOrderAndSynchronizes) {
@@ -126,9 +107,9 @@ TEST(CpuStream, RecordWaitAndSubmitAllocateNothingOnceWarm) {
     (void)e->query();
   };
   for (int i = 0; i < 100; ++i) round();
-  const int64_t before = g_allocations.load();
+  const int64_t before = test::g_allocations.load();
   for (int i = 0; i < 1000; ++i) round();
-  EXPECT_EQ(g_allocations.load() - before, 0);
+  EXPECT_EQ(test::g_allocations.load() - before, 0);
   EXPECT_EQ(x, 3 * 1100);
 }
 

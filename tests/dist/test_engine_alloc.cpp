@@ -3,33 +3,12 @@
 // worlds Gloo's transport allocates per message, which this test reports but cannot hold to zero.
 #include <gtest/gtest.h>
 
-#include <atomic>
 #include <cstdio>
-#include <cstdlib>
-#include <new>
 
 #include "runtime/engine.h"
+#include "tests/count_allocations.h"
 #include "tests/dist/dist_main.h"
 #include "tests/dist/engine_harness.h"
-
-// Every operator new in this binary is counted. (GCC takes the replaced pair for a mismatch.)
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-#endif
-namespace {
-std::atomic<int64_t> g_allocations{0};
-}
-void* operator new(std::size_t n) {
-  g_allocations.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-void operator delete(void* p) noexcept {
-  std::free(p);
-}
-void operator delete(void* p, std::size_t) noexcept {
-  std::free(p);
-}
 
 namespace zs {
 namespace {
