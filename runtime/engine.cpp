@@ -327,14 +327,16 @@ void Engine::install(const ValueSource& source, const StateSource& states) {
       return out;
     };
     auto values = [&](int t, int64_t first, int64_t count, float* out) { source(u, t, first, count, out); };
-    auto upload = [&](void* dst, Device where, const std::vector<float>& v) {  // in the compute dtype
+    // f32 values stored at dst in `to` (the compute dtype, or the optimizer states' dtype).
+    auto put = [&](void* dst, Device where, const std::vector<float>& v, DType to) {
       const auto n = static_cast<int64_t>(v.size());
-      if (compute_ == DType::f32) return memory_copy(dst, where, v.data(), Device::cpu(), v.size() * 4);
-      std::vector<uint8_t> cd(v.size() * es(compute_));
+      if (to == DType::f32) return memory_copy(dst, where, v.data(), Device::cpu(), v.size() * 4);
+      std::vector<uint8_t> narrow(v.size() * es(to));
       kernels::cast(Device::cpu(), TensorView::flat(const_cast<float*>(v.data()), DType::f32, n),
-                    TensorView::flat(cd.data(), compute_, n));
-      memory_copy(dst, where, cd.data(), Device::cpu(), cd.size());
+                    TensorView::flat(narrow.data(), to, n));
+      memory_copy(dst, where, narrow.data(), Device::cpu(), narrow.size());
     };
+    auto upload = [&](void* dst, Device where, const std::vector<float>& v) { put(dst, where, v, compute_); };
     const int64_t P = u.layout.padded, S = u.layout.shard, PF = u.frozen.padded, SF = u.frozen.shard;
     const int64_t lo = stage == 0 ? 0 : S * r, lof = stage == 0 ? 0 : SF * r;
     const std::vector<float> train = shard_values(u.layout, false, values);
@@ -368,11 +370,7 @@ void Engine::install(const ValueSource& source, const StateSource& states) {
       const auto v = shard_values(u.layout, false, [&](int t, int64_t first, int64_t count, float* out) {
         states(u, t, which, first, count, out);
       });
-      const DType sd = cfg_.optimizer.state_dtype;
-      std::vector<uint16_t> narrow(sd == DType::f32 ? 0 : v.size());  // bf16 states
-      for (std::size_t i = 0; i < narrow.size(); ++i) store_from_f32(narrow.data(), sd, i, v[i]);
-      memory_copy(b->data(), b->resident(), narrow.empty() ? static_cast<const void*>(v.data()) : narrow.data(),
-                  Device::cpu(), v.size() * dtype_size(sd));
+      put(b->data(), b->resident(), v, cfg_.optimizer.state_dtype);
     }
     memory_zero(u.grads.data(), device_, u.grads.bytes());
     memory_zero(u.host_grads.data(), Device::cpu(), u.host_grads.bytes());
