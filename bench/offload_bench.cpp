@@ -32,6 +32,7 @@ using namespace zs;
 
 struct Args {
   int d = 2048, layers = 24, vocab = 32000, tokens = 8192, steps = 3;
+  float clip = 1.0f;             // optimizer.clip_grad_norm; 0: the offloaded update starts in the backward
   std::string offload = "none";  // none | optimizer | optimizer+params | delayed
   std::string reduce = "f32";
   std::string states = "f32";  // optimizer.state_dtype
@@ -143,6 +144,11 @@ int main(int argc, char** argv) {
       ->check(zs::offload_choices())
       ->capture_default_str();
   app.add_option("--reduce", a.reduce, "gradient dtype: f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
+  app.add_option("--clip", a.clip,
+                 "gradient clipping norm (0: off; the offloaded update then starts as each unit's "
+                 "gradients land, behind the backward)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   app.add_option("--states", a.states, "AdamW's m and v: f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
   CLI11_PARSE(app, argc, argv);
   try {
@@ -156,7 +162,7 @@ int main(int argc, char** argv) {
     cfg.optimizer.state_dtype = dtype_parse(a.states);
     cfg.optimizer.lr = 1e-5f;
     cfg.optimizer.weight_decay = 0.1f;
-    cfg.optimizer.clip_grad_norm = 1.0f;
+    cfg.optimizer.clip_grad_norm = a.clip;
     cfg.offload.choose(a.offload);
     Engine e(cfg);
     const int64_t d = a.d;
@@ -189,13 +195,13 @@ int main(int argc, char** argv) {
     ZS_CHECK_CUDA(cudaMemGetInfo(&free, &total));
     const double gib = 1073741824.0;
     std::printf(
-        "offload_bench: %.3f B params, d=%d L=%d V=%d, %d tokens/step, stage 3 bf16 (reduce %s, states %s), offload "
-        "%s\n"
+        "offload_bench: %.3f B params, d=%d L=%d V=%d, %d tokens/step, stage 3 bf16 (reduce %s, states %s, clip %g), "
+        "offload %s\n"
         "  step_ms %.1f  tokens/s %.0f  TFLOP/s %.1f (GEMMs: 6 x params x tokens)  init %.1f s\n"
         "  ledger peak: device %.2f GiB (params %.2f, grads %.2f, gather %.2f, activations %.2f), host %.2f GiB\n"
         "  cuda in use %.2f GiB of %.2f; process peak RSS %.2f GiB\n",
-        params / 1e9, a.d, a.layers, a.vocab, a.tokens, a.reduce.c_str(), a.states.c_str(), a.offload.c_str(), med,
-        a.tokens / (med / 1e3), 6.0 * params * a.tokens / (med / 1e3) / 1e12, init_s, m.device_total.peak / gib,
+        params / 1e9, a.d, a.layers, a.vocab, a.tokens, a.reduce.c_str(), a.states.c_str(), a.clip, a.offload.c_str(),
+        med, a.tokens / (med / 1e3), 6.0 * params * a.tokens / (med / 1e3) / 1e12, init_s, m.device_total.peak / gib,
         m.on_device[static_cast<std::size_t>(MemCategory::params)].peak / gib,
         m.on_device[static_cast<std::size_t>(MemCategory::grads)].peak / gib,
         m.on_device[static_cast<std::size_t>(MemCategory::gather_buffers)].peak / gib,

@@ -1,6 +1,8 @@
 // The offloaded step's pipeline: downloads, host sums, updates and uploads, ordered by events.
 #include "offload/pipeline.h"
 
+#include <cmath>
+
 #include "core/error.h"
 #include "core/log.h"
 
@@ -49,12 +51,29 @@ Event& Pipeline::download(int u, const void* device_grads, Event* reduced) {
     const TensorView g = TensorView::flat(units_[i].grads[slot_], reduce_, units_[i].n, Device::cpu());
     kernels::sum_squares(Device::cpu(), g, &sums_[i]);
   });
+  if (early_) {  // its update and upload right behind, while the device goes on with the backward
+    cpu_->submit([this, u] {
+      step_.failed = step_.failed || !std::isfinite(sums_[static_cast<std::size_t>(u)]);
+      if (step_.failed) return;
+      update_unit(u);
+      upload(u);
+    });
+    cpu_->record(*updated_[static_cast<std::size_t>(u)]);
+  }
   return done;
 }
 
 const std::vector<float>& Pipeline::sums_of_squares() {
   cpu_->synchronize();
+  early_ = false;
   return sums_;
+}
+
+void Pipeline::update_early(const kernels::OptimizerHyper& h, float grad_scale) {
+  ZS_CHECK(!delayed_, "offload: an early update is for streaming mode, not delayed");
+  // The CPU worker is idle: the last step's sums_of_squares waited for it, and this step has not downloaded.
+  step_ = {h, grad_scale, slot_};
+  early_ = true;
 }
 
 const void* Pipeline::host_param_source(int u) const {

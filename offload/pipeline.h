@@ -2,9 +2,11 @@
 // copy stream as soon as its reduce lands, and the CPU sums its squares behind it; once the global norm
 // is known the CPU updates the units in forward order with the SIMD kernels and uploads each one as soon
 // as it is done, so the next forward starts on unit 0 while later units are still being updated
-// (streaming). Delayed mode (ZeRO-Offload's one-step-stale update) runs the whole CPU step behind the
-// next forward and backward instead: the parameters a step computes with are two updates old, which
-// changes the math.
+// (streaming). When the update does not depend on the norm (no clipping, no loss scaling) streaming goes
+// further: each unit is updated and uploaded right after its sum, behind the rest of the backward, so only
+// the units whose gradients land last are left for after it (early update). Delayed mode (ZeRO-Offload's
+// one-step-stale update) runs the whole CPU step behind the next forward and backward instead: the
+// parameters a step computes with are two updates old, which changes the math.
 //
 // Streams: `download` and `upload` on the device (copy engines on a GPU; worker threads in the CPU build,
 // whose "device" memory is a separate host pool, so ordering bugs show in CI), and a CPU worker for the
@@ -45,9 +47,14 @@ class Pipeline {
   // goes to the host, then the CPU sums its squares. Returns the event after which the device buffer
   // may be reused.
   Event& download(int u, const void* device_grads, Event* reduced);
-  // Blocks until this step's downloads and sums are done (rethrowing a failure of the CPU step before
-  // them): each unit's sum of squares of its gradient shard, unscaled.
+  // Blocks until this step's downloads and sums (and early updates) are done, rethrowing a failure of the
+  // CPU step: each unit's sum of squares of its gradient shard, unscaled.
   const std::vector<float>& sums_of_squares();
+  // Early update: this step's updates start as each gradient shard lands, with h and grad_scale (the
+  // caller knows them before the norm: no clipping, no loss scaling; streaming only). Call before the
+  // step's first download; update() is then not called for this step. A unit whose shard is not finite is
+  // not updated, nor is any unit after it (the caller fails the step on the norm).
+  void update_early(const kernels::OptimizerHyper& h, float grad_scale);
   // The step: every unit's update with h (h.step is the step number), its gradient multiplied by
   // grad_scale, in `order` (every unit once: the order the next forward needs them). Returns at once; the
   // CPU works behind it.
@@ -78,7 +85,9 @@ class Pipeline {
     kernels::OptimizerHyper h;
     float grad_scale = 1.0f;
     int slot = 0;         // the grads[] slot the update reads
+    bool failed = false;  // early update: a shard was not finite, so no later unit is updated (CPU worker)
   } step_;                // the update in progress; set while the CPU worker is idle
+  bool early_ = false;    // this step's downloads also update (update_early was called; until sums_of_squares)
   int slot_ = 0;          // the grads[] slot this step's downloads fill (delayed mode alternates)
   bool pending_ = false;  // delayed: updated on the host, not uploaded yet
 };

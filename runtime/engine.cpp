@@ -272,6 +272,9 @@ void Engine::setup_offload() {
   }
   offload_ = std::make_unique<offload::Pipeline>(device_, compute_, reduce_, cfg_.optimizer.state_dtype,
                                                  cfg_.offload.delayed(), std::move(shards));
+  // Without clipping or loss scaling the update does not depend on the global norm, so each unit's can
+  // start as soon as its gradients are on the host, behind the rest of the backward (same math, same bits).
+  early_update_ = !cfg_.offload.delayed() && cfg_.optimizer.clip_grad_norm <= 0 && !dynamic_scaling_;
 }
 
 void Engine::init_params(const init::Initializer& init) {
@@ -564,6 +567,11 @@ GatheredParams Engine::gather(UnitId id) {
   // Below stage 3 a gather moves nothing, unless an offloaded update must come back first.
   if (cfg_.zero.stage == 3 || offload_) check_agreement(kOpGather, id);
   Unit& u = *units_[static_cast<std::size_t>(id)];
+  ZS_CHECK(!(early_started_ && u.grad_state == GradState::reducing),
+           "rank {}: gather('{}') after its reduce_grads in the same step: with the optimizer offloaded (and no "
+           "clipping) its update starts as soon as its gradients are reduced, so its parameters are changing; "
+           "gather it before reduce_grads, or after step()",
+           comm_->rank(), u.name);
   ++u.gathers_this_step;
   if (phase_ == Phase::idle) enter(Phase::forward);
   if (recording_) {
@@ -669,6 +677,10 @@ void Engine::reduce_grads(UnitId id) {
   if (offload_) {
     // In place, wherever the full gradients are, then this rank's shard to the host for the CPU step.
     TensorView shard = full.slice(S * r, S);
+    if (early_update_ && !early_started_) {  // this step's first shard: the CPU updates each as it lands
+      offload_->update_early(hyper(step_ + 1), static_cast<float>(1.0 / cfg_.zero.grad_accumulation));
+      early_started_ = true;
+    }
     u.pending = comm_->reduce_scatter(full, shard, ReduceOp::avg, rs);
     Event& copied = offload_->download(id, shard.data, u.pending.event());
     if (u.grad_buffer >= 0) {
@@ -752,24 +764,22 @@ StepStats Engine::step() {
       if (!std::isfinite(host[i])) bad += (bad.empty() ? "" : ", ") + units_[i]->name;
     ZS_FAIL(
         "rank {}: step {}: the gradient norm is not finite (NaN or Inf in unit(s) {}); check the loss and the "
-        "learning rate",
-        r, step_ + 1, bad.empty() ? "on another rank" : bad);
+        "learning rate{}",
+        r, step_ + 1, bad.empty() ? "on another rank" : bad,
+        early_started_ ? " (the offloaded update of the units reduced before it had started: resume from the last "
+                         "checkpoint)"
+                       : "");
   }
   const double clip =
       cfg_.optimizer.clip_grad_norm > 0 ? std::min(1.0, cfg_.optimizer.clip_grad_norm / (norm + 1e-6)) : 1.0;
   st.grad_norm = norm;
   st.lr = cfg_.schedule.lr(cfg_.optimizer.lr, step_ + 1);
-  kernels::OptimizerHyper h;
-  h.kind = cfg_.optimizer.type;
-  h.lr = static_cast<float>(st.lr);
-  h.beta1 = h.kind == kernels::Optimizer::sgd ? cfg_.optimizer.momentum : cfg_.optimizer.beta1;
-  h.beta2 = cfg_.optimizer.beta2;
-  h.eps = cfg_.optimizer.eps;
-  h.weight_decay = cfg_.optimizer.weight_decay;
-  h.dampening = cfg_.optimizer.dampening;
-  h.nesterov = cfg_.optimizer.nesterov;
-  h.step = step_ + 1;
-  if (offload_) {
+  const kernels::OptimizerHyper h = hyper(step_ + 1);
+  if (early_started_) {
+    // The CPU has updated every unit as its gradients landed (sums_of_squares waited for it).
+    if (stage < 3)
+      for (auto& up : units_) up->param_state = ParamState::updating;
+  } else if (offload_) {
     // The CPU updates unit by unit in the order the next forward gathers them; each replica (stages 1-2) is
     // all-gathered again once its shard is back, at its gather in the next forward.
     if (update_order_.empty()) {  // first use in gather order (the recorded forward first), then the rest
@@ -794,6 +804,20 @@ StepStats Engine::step() {
   if (cfg_.checkpoint.every_steps > 0 && step_ % cfg_.checkpoint.every_steps == 0)
     save_checkpoint(cfg_.checkpoint.dir, user_state_ ? user_state_() : "");
   return st;
+}
+
+kernels::OptimizerHyper Engine::hyper(int64_t step) const {
+  kernels::OptimizerHyper h;
+  h.kind = cfg_.optimizer.type;
+  h.lr = static_cast<float>(cfg_.schedule.lr(cfg_.optimizer.lr, step));
+  h.beta1 = h.kind == kernels::Optimizer::sgd ? cfg_.optimizer.momentum : cfg_.optimizer.beta1;
+  h.beta2 = cfg_.optimizer.beta2;
+  h.eps = cfg_.optimizer.eps;
+  h.weight_decay = cfg_.optimizer.weight_decay;
+  h.dampening = cfg_.optimizer.dampening;
+  h.nesterov = cfg_.optimizer.nesterov;
+  h.step = step;
+  return h;
 }
 
 TensorView Engine::grad_shard(const Unit& u, bool full_grads) const {
@@ -854,6 +878,7 @@ void Engine::finish_step(bool full_grads) {
     pb.owner = -1;
   }
   recording_ = false;
+  early_started_ = false;
   order_pos_ = 0;
   phase_ = Phase::idle;
 }

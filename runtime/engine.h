@@ -178,6 +178,7 @@ class Engine {
   void refresh_replica(UnitId u);
   void setup_offload();
   TensorView grad_shard(const Unit& u, bool full_grads) const;
+  kernels::OptimizerHyper hyper(int64_t step) const;  // the optimizer's settings for step `step` (1-based)
   // The optimizer kernels on this device's shards (the stage 1-2 replicas then all-gathered).
   void update_on_device(const kernels::OptimizerHyper& h, float grad_scale, bool full_grads);
   void finish_step(bool full_grads);
@@ -195,6 +196,8 @@ class Engine {
   offload::HostPool host_pool_;  // the offloaded state's memory; outlives the units' parts of it
   std::vector<std::unique_ptr<Unit>> units_;
   std::unique_ptr<offload::Pipeline> offload_;  // offload.optimizer: cpu (drained before the units go)
+  bool early_update_ = false;   // offload: update each unit as its gradients land (no clipping, no scaling)
+  bool early_started_ = false;  // ... and this step's update has started
   bool ready_ = false;
 
   struct PoolBuffer {

@@ -56,6 +56,8 @@ if have_cublas "offload_bench"; then
   # The CPU step on every core but one, which stays with the thread that drives the GPU: does a starved
   # launching thread explain why delayed mode (the CPU step behind the next forward) was slower?
   ZS_CPU_THREADS=$(($(nproc) - 1)) offload "1.3B, $(($(nproc) - 1)) CPU threads," 90 delayed 3
+  # No clipping: each unit's CPU update starts as its gradients land, behind the rest of the backward.
+  offload "1.3B no clipping" 90 optimizer 3 --clip 0
 fi
 cores=$(nproc)
 run "optim_bench adamw 1e8 cpu" 60 "$bundle/bin/optim_bench" --device cpu --params 1e8 --iters 7 --threads "$cores"

@@ -102,13 +102,14 @@ INSTANTIATE_TEST_SUITE_P(
 // Streaming offload runs the same kernels on the same shards in the same order as the device optimizer, on
 // the host: parameters and losses must be bit-identical, at every stage it supports, with the parameters
 // offloaded too (stage 3), and for bf16 compute (the same round-to-nearest-even cast, done on the host).
+// Without clipping (clip 0) each unit is updated as its gradients land, during the backward (early update).
 TEST(EngineOffload, StreamingIsBitIdenticalToTheDeviceOptimizer) {
   using O = kernels::Optimizer;
   for (Case c :
        {Case{1, DType::f32, 0, 1, 1.0f}, Case{1, DType::f32, 2, 3, 0.0f, O::sgd}, Case{2, DType::f32, 2, 1, 0.5f},
         Case{2, DType::f32, 0, 3, 1.0f, O::lion}, Case{3, DType::f32, 2, 1, 1.0f},
         Case{3, DType::f32, 0, 3, 0.0f, O::adam}, Case{3, DType::f32, 2, 1, 1.0f, O::adamw, false, 2},
-        Case{3, DType::bf16, 2, 1, 0.5f, O::adamw, false, 2}, Case{2, DType::bf16, 2, 1, 0.5f},
+        Case{3, DType::bf16, 2, 1, 0.0f, O::adamw, false, 2}, Case{2, DType::bf16, 2, 1, 0.5f},
         Case{2, DType::f32, 2, 1, 1.0f, O::adamw, false, 1, false, true}}) {
     const int offload = std::max(c.offload, 1);
     c.offload = 0;
@@ -310,16 +311,36 @@ TEST(EngineErrors, ModelThatCannotFitFailsBeforeAllocating) {
   EXPECT_EQ(MemoryLedger::global().total(Device::cpu()).current, before);
 }
 
+// Also with the optimizer offloaded and no clipping, where the CPU updates each unit as its gradients land:
+// the update stops at the unit whose shard is not finite, and the error says the others already moved.
 TEST(EngineErrors, NanGradientNamesTheUnit) {
-  Case c{2, DType::f32, 0, 1, 0.0f};
+  for (int offload : {0, 1}) {
+    Case c{2, DType::f32, 0, 1, 0.0f, kernels::Optimizer::adamw, false, offload};
+    Engine engine(make_config(c), *pg().world);
+    Tamper nan = [&](int, int unit, int tensor, TensorView g) {
+      if (pg().world->rank() == 0 && unit == 2 && tensor == 1) store_from_f32(g.data, g.dtype, 0, NAN);
+    };
+    const std::string m = error_of([&] { train(c, engine, 1, nan); });
+    EXPECT_NE(m.find("not finite"), std::string::npos) << m;
+    // The rank that holds block2's corrupted shard names it; the others say it is elsewhere.
+    EXPECT_TRUE(m.find("block2") != std::string::npos || m.find("another rank") != std::string::npos) << m;
+    EXPECT_EQ(m.find("resume from the last checkpoint") != std::string::npos, offload == 1) << m;
+  }
+}
+
+// With the early offloaded update a unit's parameters change once its gradients are reduced, so gathering
+// it again before step() is refused, naming the unit (instead of computing with half-updated values).
+TEST(EngineErrors, GatherAfterReduceWithEarlyOffloadUpdateIsRefused) {
+  Case c{3, DType::f32, 0, 1, 0.0f, kernels::Optimizer::adamw, false, 1};
   Engine engine(make_config(c), *pg().world);
-  Tamper nan = [&](int, int unit, int tensor, TensorView g) {
-    if (pg().world->rank() == 0 && unit == 2 && tensor == 1) store_from_f32(g.data, g.dtype, 0, NAN);
-  };
-  const std::string m = error_of([&] { train(c, engine, 1, nan); });
-  EXPECT_NE(m.find("not finite"), std::string::npos) << m;
-  // The rank that holds block2's corrupted shard names it; the others say it is elsewhere.
-  EXPECT_TRUE(m.find("block2") != std::string::npos || m.find("another rank") != std::string::npos) << m;
+  train(c, engine, 1);  // a full step first: the order is recorded
+  const UnitId last = engine.num_units() - 1;
+  { GatheredParams p = engine.gather(last); }
+  engine.grads(last, 0);  // zeros are gradients enough
+  engine.reduce_grads(last);
+  const std::string m = error_of([&] { GatheredParams p = engine.gather(last); });
+  EXPECT_NE(m.find("after its reduce_grads in the same step"), std::string::npos) << m;
+  EXPECT_NE(m.find(engine.unit(last).name), std::string::npos) << m;
 }
 
 TEST(EngineErrors, RanksGatheringDifferentUnitsAreNamedNotHung) {

@@ -1,0 +1,121 @@
+// The offload pipeline's early update on its own (CPU build: the "device" is a separate host buffer and
+// the copies run on worker threads): once update_early is called, every downloaded shard is updated and
+// uploaded without update(), exactly as the optimizer kernel updates it in place; a shard that is not
+// finite stops the update there, leaving it and every later unit as they were.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "core/dtype.h"
+#include "kernels/kernels.h"
+#include "offload/pipeline.h"
+
+namespace zs {
+namespace {
+
+// One unit's host state and its device copies, with values that differ per unit and element.
+struct UnitData {
+  explicit UnitData(int64_t n, int seed)
+      : master(static_cast<std::size_t>(n)),
+        m(static_cast<std::size_t>(n), 0.0f),
+        v(static_cast<std::size_t>(n), 0.0f),
+        host_grads(static_cast<std::size_t>(n)),
+        host_params(static_cast<std::size_t>(n)),
+        device_grads(static_cast<std::size_t>(n)),
+        device_params(static_cast<std::size_t>(n), 0) {
+    for (std::size_t e = 0; e < master.size(); ++e) {
+      master[e] = std::sin(0.37f * static_cast<float>(e) + static_cast<float>(seed));
+      device_grads[e] = std::cos(0.11f * static_cast<float>(e) * static_cast<float>(seed + 1));
+    }
+  }
+  offload::UnitShard shard() {
+    offload::UnitShard s;
+    s.n = static_cast<int64_t>(master.size());
+    s.master = master.data();
+    s.m = m.data();
+    s.v = v.data();
+    s.grads[0] = host_grads.data();
+    s.host_params = host_params.data();
+    s.device_params = device_params.data();
+    return s;
+  }
+  std::vector<float> master, m, v, host_grads;
+  std::vector<uint16_t> host_params;  // bf16
+  std::vector<float> device_grads;
+  std::vector<uint16_t> device_params;  // bf16, the "device" copy the upload writes
+};
+
+kernels::OptimizerHyper adamw() {
+  kernels::OptimizerHyper h;
+  h.lr = 1e-2f;
+  h.weight_decay = 0.1f;
+  h.step = 3;
+  return h;
+}
+
+// The oracle: the optimizer kernel run directly on a copy of the unit's state, and the bf16 cast of the
+// result (what the pipeline's fused update writes and uploads).
+UnitData updated(UnitData u, float grad_scale) {
+  kernels::UpdateArgs a;
+  a.n = static_cast<int64_t>(u.master.size());
+  a.param = u.master.data();
+  a.grad = u.device_grads.data();
+  a.grad_dtype = DType::f32;
+  a.grad_scale = grad_scale;
+  a.state1 = u.m.data();
+  a.state2 = u.v.data();
+  a.param_out = u.device_params.data();
+  a.param_out_dtype = DType::bf16;
+  kernels::optimizer_update(Device::cpu(), adamw(), a);
+  return u;
+}
+
+TEST(OffloadPipeline, EarlyUpdateRunsAsEachShardLandsWithoutTheStep) {
+  std::vector<UnitData> units{UnitData(1000, 1), UnitData(37, 2), UnitData(4099, 3)};
+  std::vector<UnitData> want;
+  for (const UnitData& u : units) want.push_back(updated(u, 0.5f));
+  std::vector<offload::UnitShard> shards;
+  for (UnitData& u : units) shards.push_back(u.shard());
+  offload::Pipeline p(Device::cpu(), DType::bf16, DType::f32, DType::f32, /*delayed=*/false, shards);
+  for (int step = 0; step < 2; ++step) {  // the second step proves the first left the pipeline ready
+    p.update_early(adamw(), 0.5f);
+    for (int u : {2, 0, 1}) p.download(u, units[static_cast<std::size_t>(u)].device_grads.data(), nullptr);
+    const std::vector<float>& sums = p.sums_of_squares();  // no update() call: the units are already done
+    for (std::size_t u = 0; u < units.size(); ++u) {
+      double want_sum = 0;
+      for (float g : units[u].device_grads) want_sum += static_cast<double>(g) * g;
+      EXPECT_NEAR(sums[u], want_sum, 1e-5 * want_sum) << "unit " << u;
+    }
+    p.drain();
+    for (std::size_t u = 0; u < units.size(); ++u) {
+      EXPECT_EQ(units[u].master, want[u].master) << "step " << step << " unit " << u;
+      EXPECT_EQ(units[u].v, want[u].v) << "step " << step << " unit " << u;
+      EXPECT_EQ(units[u].device_params, want[u].device_params) << "step " << step << " unit " << u;
+      want[u] = updated(want[u], 0.5f);
+    }
+  }
+}
+
+TEST(OffloadPipeline, EarlyUpdateStopsAtAShardThatIsNotFinite) {
+  std::vector<UnitData> units{UnitData(100, 1), UnitData(37, 2), UnitData(64, 3)};
+  units[0].device_grads[17] = NAN;
+  const std::vector<UnitData> before = units;
+  const UnitData first = updated(units[2], 1.0f);
+  std::vector<offload::UnitShard> shards;
+  for (UnitData& u : units) shards.push_back(u.shard());
+  offload::Pipeline p(Device::cpu(), DType::bf16, DType::f32, DType::f32, /*delayed=*/false, shards);
+  p.update_early(adamw(), 1.0f);
+  for (int u : {2, 0, 1}) p.download(u, units[static_cast<std::size_t>(u)].device_grads.data(), nullptr);
+  EXPECT_TRUE(std::isnan(p.sums_of_squares()[0]));
+  p.drain();
+  EXPECT_EQ(units[2].master, first.master);  // landed before the bad shard: updated
+  for (std::size_t u : {0u, 1u}) {           // the bad shard and the one after it: untouched
+    EXPECT_EQ(units[u].master, before[u].master) << "unit " << u;
+    EXPECT_EQ(units[u].m, before[u].m) << "unit " << u;
+    EXPECT_EQ(units[u].device_params, before[u].device_params) << "unit " << u;
+  }
+}
+
+}  // namespace
+}  // namespace zs
