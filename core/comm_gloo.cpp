@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <condition_variable>
 #include <cstring>
+#include <utility>
 
 #include "core/error.h"
 #include "core/ring.h"
@@ -57,6 +58,30 @@ class GlooWorkState final : public WorkState {
   CollectiveOp op_;
 };
 
+using Unbound = gloo::transport::UnboundBuffer;
+
+// A stream's collective staging: a send and a receive segment (reductions go through them in f32) with
+// their unbound buffers, and the unbound buffers of the tensors it has moved in place (the engine's gather
+// and gradient buffers come back every step), so a steady step creates none.
+struct GlooScratch {
+  GlooScratch(gloo::Context& ctx, std::size_t segment_bytes)
+      : mem(2 * segment_bytes, MemoryKind::host, Device::cpu(), MemCategory::comm_scratch),
+        send(ctx.createUnboundBuffer(mem.data(), segment_bytes)),
+        recv(ctx.createUnboundBuffer(static_cast<char*>(mem.data()) + segment_bytes, segment_bytes)) {}
+  // The unbound buffer over [ptr, ptr + bytes), made on first use. One that no longer exists costs only its
+  // entry (an unbound buffer touches its memory only while an operation on it is pending).
+  Unbound& over(gloo::Context& ctx, void* ptr, std::size_t bytes) {
+    auto it = seen.find({ptr, bytes});
+    if (it != seen.end()) return *it->second;
+    if (seen.size() >= kMaxSeen) seen.clear();  // a program that moves ever new tensors: start again
+    return *seen.emplace(std::pair{ptr, bytes}, ctx.createUnboundBuffer(ptr, bytes)).first->second;
+  }
+  static constexpr std::size_t kMaxSeen = 4096;
+  Buffer mem;
+  std::unique_ptr<Unbound> send, recv;
+  std::map<std::pair<const void*, std::size_t>, std::unique_ptr<Unbound>> seen;
+};
+
 namespace {
 
 constexpr uint8_t kRingSlotPrefix = 0x40;
@@ -97,20 +122,15 @@ class Ring {
   int left() const { return (ctx_.rank - 1 + ctx_.size) % ctx_.size; }
   int right() const { return (ctx_.rank + 1) % ctx_.size; }
 
-  // Sends `send` to `dst` and receives `recv` from `src` concurrently; both may be empty.
-  void exchange(const void* send, std::size_t send_bytes, int dst, void* recv, std::size_t recv_bytes, int src) {
-    std::unique_ptr<gloo::transport::UnboundBuffer> rb, sb;
+  // Sends bytes [send_at, send_at + send_bytes) of `send` to `dst` and receives recv_bytes from `src` into
+  // `recv` at recv_at, concurrently; either may be empty, and one buffer may do both.
+  void exchange(Unbound* send, std::size_t send_at, std::size_t send_bytes, int dst, Unbound* recv, std::size_t recv_at,
+                std::size_t recv_bytes, int src) {
     try {
-      if (recv_bytes) {
-        rb = ctx_.createUnboundBuffer(recv, recv_bytes);
-        rb->recv(src, slot_);
-      }
-      if (send_bytes) {
-        sb = ctx_.createUnboundBuffer(const_cast<void*>(send), send_bytes);
-        sb->send(dst, slot_);
-      }
-      if (rb) finish(*rb, true, src);
-      if (sb) finish(*sb, false, dst);
+      if (recv_bytes) recv->recv(src, slot_, recv_at, recv_bytes);
+      if (send_bytes) send->send(dst, slot_, send_at, send_bytes);
+      if (recv_bytes) finish(*recv, true, src);
+      if (send_bytes) finish(*send, false, dst);
     } catch (const gloo::Exception& e) {
       ZS_FAIL("{} failed: the connection to rank {} or {} broke ({}); that rank has probably died — see its log",
               what(), src, dst, e.what());
@@ -189,8 +209,10 @@ void combine_segment(ReduceOp op, float* dst, const float* recv, const void* src
 
 // Ring reduce-scatter of `in` (ring::chunk c of it is rank c's share) into `out` (this rank's chunk), in f32.
 template <DType T>
-void ring_reduce_scatter_t(Ring& ring, int rank, int n, const TensorView& in, void* out, ReduceOp op, float* send,
-                           float* recv) {
+void ring_reduce_scatter_t(Ring& ring, int rank, int n, const TensorView& in, void* out, ReduceOp op,
+                           GlooScratch& scratch) {
+  auto* send = static_cast<float*>(scratch.send->ptr);
+  const auto* recv = static_cast<const float*>(scratch.recv->ptr);
   const float post = op == ReduceOp::avg ? 1.0f / static_cast<float>(n) : 1.0f;
   const int64_t total = in.numel();
   if (n == 1) {
@@ -208,8 +230,8 @@ void ring_reduce_scatter_t(Ring& ring, int rank, int n, const TensorView& in, vo
     load_segment<T>(send, in.data, elem(c0), seg_len(c0));
     for (int s = 0; s < n - 1; ++s) {
       const int cs = ring::rs_send_chunk(rank, s, n), cr = ring::rs_recv_chunk(rank, s, n);
-      ring.exchange(send, static_cast<std::size_t>(seg_len(cs)) * 4, ring.right(), recv,
-                    static_cast<std::size_t>(seg_len(cr)) * 4, ring.left());
+      ring.exchange(scratch.send.get(), 0, static_cast<std::size_t>(seg_len(cs)) * 4, ring.right(), scratch.recv.get(),
+                    0, static_cast<std::size_t>(seg_len(cr)) * 4, ring.left());
       if (s < n - 2)
         combine_segment<T>(op, send, recv, in.data, elem(cr), seg_len(cr));
       else
@@ -218,29 +240,28 @@ void ring_reduce_scatter_t(Ring& ring, int rank, int n, const TensorView& in, vo
   }
 }
 
-void ring_reduce_scatter(Ring& ring, int rank, int n, const TensorView& in, void* out, ReduceOp op, float* send,
-                         float* recv) {
+void ring_reduce_scatter(Ring& ring, int rank, int n, const TensorView& in, void* out, ReduceOp op,
+                         GlooScratch& scratch) {
   switch (in.dtype) {
     case DType::f32:
-      return ring_reduce_scatter_t<DType::f32>(ring, rank, n, in, out, op, send, recv);
+      return ring_reduce_scatter_t<DType::f32>(ring, rank, n, in, out, op, scratch);
     case DType::bf16:
-      return ring_reduce_scatter_t<DType::bf16>(ring, rank, n, in, out, op, send, recv);
+      return ring_reduce_scatter_t<DType::bf16>(ring, rank, n, in, out, op, scratch);
     case DType::f16:
-      return ring_reduce_scatter_t<DType::f16>(ring, rank, n, in, out, op, send, recv);
+      return ring_reduce_scatter_t<DType::f16>(ring, rank, n, in, out, op, scratch);
     case DType::f64:
       ZS_FAIL("collectives do not take f64");
   }
 }
 
 // Ring all-gather in place: `buf` holds `total` elements in n ring::chunks; this rank's is already in place.
-void ring_all_gather(Ring& ring, int rank, int n, void* buf, std::size_t elem_size, int64_t total) {
-  auto* base = static_cast<char*>(buf);
+void ring_all_gather(Ring& ring, int rank, int n, Unbound& buf, std::size_t elem_size, int64_t total) {
+  auto bytes = [&](int64_t elems) { return static_cast<std::size_t>(elems) * elem_size; };
   for (int s = 0; s < n - 1; ++s) {
     const ring::Range cs = ring::chunk(total, n, ring::ag_send_chunk(rank, s, n));
     const ring::Range cr = ring::chunk(total, n, ring::ag_recv_chunk(rank, s, n));
-    ring.exchange(base + cs.offset * static_cast<int64_t>(elem_size), static_cast<std::size_t>(cs.count) * elem_size,
-                  ring.right(), base + cr.offset * static_cast<int64_t>(elem_size),
-                  static_cast<std::size_t>(cr.count) * elem_size, ring.left());
+    ring.exchange(&buf, bytes(cs.offset), bytes(cs.count), ring.right(), &buf, bytes(cr.offset), bytes(cr.count),
+                  ring.left());
   }
 }
 
@@ -274,7 +295,7 @@ GlooComm::~GlooComm() {
   } catch (const std::exception&) {
   }
   std::lock_guard lk(scratch_mu_);
-  scratch_.clear();
+  scratch_.clear();  // the unbound buffers go before the context
 }
 
 void GlooComm::connect() {
@@ -294,7 +315,7 @@ void GlooComm::connect() {
   // makes group creation complete on every rank before any of them uses or destroys the group.
   std::vector<char> token(static_cast<std::size_t>(size()), 1);
   Ring ring(*ctx_, kConnectTag, options().rendezvous_timeout, *this, nullptr);
-  ring_all_gather(ring, rank(), size(), token.data(), 1, size());
+  ring_all_gather(ring, rank(), size(), *ctx_->createUnboundBuffer(token.data(), token.size()), 1, size());
 }
 
 std::unique_ptr<Comm> GlooComm::split(int color, int key) {
@@ -304,21 +325,17 @@ std::unique_ptr<Comm> GlooComm::split(int color, int key) {
   return std::unique_ptr<Comm>(new GlooComm(root_store_, dev_, plan.rank, plan.size, o));
 }
 
-Buffer& GlooComm::scratch_for(Stream& s) {
+GlooScratch& GlooComm::scratch_for(Stream& s) {
   std::lock_guard lk(scratch_mu_);
-  auto it = scratch_.find(&s);
-  if (it == scratch_.end())
-    it = scratch_
-             .emplace(&s, Buffer(static_cast<std::size_t>(kScratchBytesPerStream), MemoryKind::host, Device::cpu(),
-                                 MemCategory::comm_scratch))
-             .first;
-  return it->second;
+  std::unique_ptr<GlooScratch>& sc = scratch_[&s];
+  if (!sc) sc = std::make_unique<GlooScratch>(*ctx_, static_cast<std::size_t>(kScratchBytesPerStream / 2));
+  return *sc;
 }
 
 Work GlooComm::launch(const CollectiveOp& op, Stream& stream) {
   std::shared_ptr<GlooWorkState> state = states_->acquire([] { return std::make_shared<GlooWorkState>(); });
   state->reuse(op);
-  Buffer* scratch = &scratch_for(stream);
+  GlooScratch* scratch = &scratch_for(stream);
   // The closure holds the state (so the pool cannot reuse it before the stream is done with it).
   stream.submit([this, state, scratch] {
     try {
@@ -333,45 +350,44 @@ Work GlooComm::launch(const CollectiveOp& op, Stream& stream) {
   return Work(std::move(state));
 }
 
-void GlooComm::run(const CollectiveOp& op, Buffer& scratch) {
+void GlooComm::run(const CollectiveOp& op, GlooScratch& scratch) {
   const int n = size(), r = rank();
   Ring ring(*ctx_, op.seq, timeout(), *this, &op);
-  auto* send = static_cast<float*>(scratch.data());
-  float* recv = send + kSegment;
   const std::size_t es = dtype_size(op.in.dtype);
+  auto over = [&](const TensorView& t) -> Unbound& { return scratch.over(*ctx_, t.data, t.bytes()); };
   switch (op.kind) {
     case CollectiveKind::all_gather: {
       const int64_t shard = op.in.numel();
       char* mine = static_cast<char*>(op.out.data) + static_cast<std::size_t>(shard * r) * es;
       if (op.in.data != mine) std::memcpy(mine, op.in.data, static_cast<std::size_t>(shard) * es);
-      ring_all_gather(ring, r, n, op.out.data, es, shard * n);
+      ring_all_gather(ring, r, n, over(op.out), es, shard * n);
       break;
     }
     case CollectiveKind::reduce_scatter:
-      ring_reduce_scatter(ring, r, n, op.in, op.out.data, op.reduce, send, recv);
+      ring_reduce_scatter(ring, r, n, op.in, op.out.data, op.reduce, scratch);
       break;
     case CollectiveKind::all_reduce: {
       const ring::Range own = ring::chunk(op.in.numel(), n, r);
       ring_reduce_scatter(ring, r, n, op.in, static_cast<char*>(op.out.data) + own.offset * static_cast<int64_t>(es),
-                          op.reduce, send, recv);
-      ring_all_gather(ring, r, n, op.out.data, es, op.in.numel());
+                          op.reduce, scratch);
+      ring_all_gather(ring, r, n, over(op.out), es, op.in.numel());
       break;
     }
     case CollectiveKind::broadcast: {
       // Root sends to every other rank directly: one hop, (N-1) x bytes from the root.
       const std::size_t bytes = op.in.bytes();
+      Unbound& buf = over(op.in);
       if (r == op.root) {
         for (int p = 0; p < n; ++p)
-          if (p != r) ring.exchange(op.in.data, bytes, p, nullptr, 0, p);
+          if (p != r) ring.exchange(&buf, 0, bytes, p, nullptr, 0, 0, p);
       } else {
-        ring.exchange(nullptr, 0, op.root, op.in.data, bytes, op.root);
+        ring.exchange(nullptr, 0, 0, op.root, &buf, 0, bytes, op.root);
       }
       break;
     }
     case CollectiveKind::barrier: {
-      // An all-gather of one byte per rank: no rank leaves before every rank has arrived.
-      std::vector<char> token(static_cast<std::size_t>(n), 1);
-      ring_all_gather(ring, r, n, token.data(), 1, n);
+      // An all-gather of one byte per rank (in the send segment): no rank leaves before every rank has arrived.
+      ring_all_gather(ring, r, n, *scratch.send, 1, n);
       break;
     }
   }

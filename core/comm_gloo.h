@@ -18,6 +18,7 @@ class Device;
 namespace zs {
 
 class GlooWorkState;
+struct GlooScratch;
 template <typename State>
 class WorkPool;
 
@@ -45,8 +46,8 @@ class GlooComm final : public Comm {
   GlooComm(std::shared_ptr<Store> root_store, std::shared_ptr<gloo::transport::Device> dev, int rank, int size,
            CommOptions opts);
   void connect();
-  void run(const CollectiveOp& op, Buffer& scratch);
-  Buffer& scratch_for(Stream& s);
+  void run(const CollectiveOp& op, GlooScratch& scratch);
+  GlooScratch& scratch_for(Stream& s);
 
   std::shared_ptr<Store> root_store_;  // un-prefixed: sub-groups derive their prefixes from it
   std::unique_ptr<Store> store_;       // this group's namespace
@@ -54,7 +55,7 @@ class GlooComm final : public Comm {
   std::shared_ptr<gloo::Context> ctx_;
   std::unique_ptr<Stream> stream_;
   std::mutex scratch_mu_;
-  std::map<Stream*, Buffer> scratch_;
+  std::map<Stream*, std::unique_ptr<GlooScratch>> scratch_;
   std::unique_ptr<WorkPool<GlooWorkState>> states_;  // the collectives' completions, reused
   uint64_t splits_ = 0;
 };
