@@ -103,6 +103,10 @@ class Engine {
   TensorView grads(UnitId u, int index);
   void reduce_grads(UnitId u);
   StepStats step();
+  // Blocks until everything the engine has in flight is done: collectives, prefetched gathers, the
+  // offloaded CPU update and its uploads (step() returns before those). Between steps; collective. For
+  // timing a run of steps, or before reading parameters from another thread.
+  void synchronize();
 
   // Checkpoints (DESIGN §8; the format is in runtime/checkpoint.h). Collective; call between steps.
   // save_checkpoint writes step steps_done() to root/step-N and points root/latest at it, keeping the newest

@@ -102,6 +102,10 @@ void Engine::quiesce(const char* op) {
   for (Stream* s : {gather_stream_.get(), reduce_stream_.get(), compute_stream_.get()}) s->synchronize();
 }
 
+void Engine::synchronize() {
+  quiesce("synchronize");
+}
+
 ckpt::Manifest Engine::describe_checkpoint() const {
   const auto& o = cfg_.optimizer;
   ckpt::Manifest m;

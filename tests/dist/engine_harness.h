@@ -324,6 +324,7 @@ inline Trajectory train(const Case& c, Engine& engine, int steps = kSteps, const
     StepStats st = engine.step();
     if (stats) stats->push_back(st);
   }
+  engine.synchronize();  // between steps, like a checkpoint; later calls go on training
   for (std::size_t u = 0; u < units.size(); ++u) {
     run.params.emplace_back();
     for (const auto& t : units[u].second) {
