@@ -104,6 +104,8 @@ Engine::~Engine() {
   for (auto& b : grad_pool_) quietly([&] { b.last_reduce.wait(); });
   for (Stream* s : {gather_stream_.get(), reduce_stream_.get(), compute_stream_.get()})
     if (s) quietly([&] { s->synchronize(); });
+  // A copy of a gradient shard to the host may still read the gradient pool (an engine dropped mid-step).
+  if (offload_) quietly([&] { offload_->drain(); });
   if (const char* dir = std::getenv("ZS_MEMORY_REPORT"); dir && ready_) quietly([&] { write_memory_report(dir); });
 }
 
