@@ -768,8 +768,8 @@ StepStats Engine::step() {
         "rank {}: step {}: the gradient norm is not finite (NaN or Inf in unit(s) {}); check the loss and the "
         "learning rate{}",
         r, step_ + 1, bad.empty() ? "on another rank" : bad,
-        early_started_ ? " (the offloaded update of the units reduced before it had started: resume from the last "
-                         "checkpoint)"
+        early_started_ ? " (the offloaded update had already changed the units reduced before it: resume from the "
+                         "last checkpoint)"
                        : "");
   }
   const double clip =
