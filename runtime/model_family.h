@@ -27,8 +27,9 @@ Units gpt_units(const Gpt& g);
 // The example GPT's activation buffers per rank for `batch` sequences, in bytes: on the CPU its f32 vectors
 // (examples/gpt/backend_cpu.cpp, model.h); on CUDA its device buffers (examples/gpt/cuda/backend_cuda.cpp,
 // ledger category `activations`): the compute dtype, f32 statistics, and an f32 embedding-gradient table
-// when gradients are not f32.
-int64_t gpt_activation_bytes(const Gpt& g, int batch, bool cpu, DType compute, DType reduce);
+// when gradients are not f32. `recompute` (activation checkpointing): one block's internals instead of every
+// block's.
+int64_t gpt_activation_bytes(const Gpt& g, int batch, bool cpu, DType compute, DType reduce, bool recompute = false);
 // Parses "d=2048,L=24,V=32000,T=1024,H=16" (any subset, over the defaults); throws naming a bad field.
 Gpt parse_gpt(const std::string& spec);
 

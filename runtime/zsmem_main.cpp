@@ -106,11 +106,12 @@ Model load_model(double params, double largest, const std::string& spec, const s
 
 int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, const std::vector<int>& stages,
              const std::vector<std::string>& offloads, bool cpu, double device_gib, double host_gib, int batch,
-             bool json_out) {
+             bool recompute, bool json_out) {
   nlohmann::ordered_json rows = nlohmann::ordered_json::array();
-  const double act = m.gpt && batch > 0 ? static_cast<double>(zs::family::gpt_activation_bytes(
-                                              m.shape, batch, cpu, cfg.precision.param, cfg.precision.reduce))
-                                        : 0;
+  const double act = m.gpt && batch > 0
+                         ? static_cast<double>(zs::family::gpt_activation_bytes(
+                               m.shape, batch, cpu, cfg.precision.param, cfg.precision.reduce, recompute))
+                         : 0;
   const double gib = 1073741824.0;
   auto fits_text = [&] {
     std::string out;
@@ -254,7 +255,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> offloads{"none"};
   std::vector<int> worlds{1}, stages{0, 1, 2, 3};
   int max_live = 4, accumulation = 1, batch = 0, nproc = 1;
-  bool cpu = false, json_out = false;
+  bool cpu = false, json_out = false, recompute = false;
   std::vector<std::string> command;
   auto* est = app.add_subcommand("estimate", "predict per-rank bytes by category for worlds x stages");
   est->add_option("--params", params, "total parameters (with --largest-unit: DeepSpeed's cold form)");
@@ -279,6 +280,8 @@ int main(int argc, char** argv) {
   est->add_option("--accumulation", accumulation, "zero.grad_accumulation")->check(CLI::PositiveNumber);
   est->add_option("--batch", batch, "sequences per rank: adds the example GPT's activations (CPU or CUDA layers)")
       ->check(CLI::NonNegativeNumber);
+  est->add_flag("--checkpoint-activations", recompute,
+                "with --batch: the example's activation checkpointing (gpt_train --checkpoint-activations)");
   est->add_flag("--cpu", cpu, "the engine's device is the CPU (Gloo staging counted)");
   est->add_option("--device-memory", device_gib, "GiB per device: says whether each row fits")
       ->check(CLI::NonNegativeNumber);
@@ -310,7 +313,8 @@ int main(int argc, char** argv) {
     if (batch > 0 && !m.gpt) throw Usage("--batch needs --model gpt:... (activations are known for that family)");
     if (!config_path.empty() && cfg.offload.optimizer_on_cpu() && offloads == std::vector<std::string>{"none"})
       offloads = {std::string(cfg.offload.choice())};  // the config's own choice
-    return estimate(m, cfg, worlds, stages, offloads, cpu, device_gib, host_gib, batch, json_out);
+    if (recompute && batch == 0) throw Usage("--checkpoint-activations needs --batch (it changes the activations)");
+    return estimate(m, cfg, worlds, stages, offloads, cpu, device_gib, host_gib, batch, recompute, json_out);
   } catch (const Usage& e) {
     fmt::print(stderr, "zsmem: {}\n", e.what());
     return 2;

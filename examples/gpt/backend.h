@@ -1,7 +1,10 @@
 // The GPT's math on one device, behind the trainer's loop (trainer.cpp), which gathers and reduces units
 // through the engine and is written once: the CPU backend runs the float layers of model.h with BLAS
 // (backend_cpu.cpp); the CUDA backend runs cuBLAS GEMMs and our kernels on the engine's compute stream
-// (cuda/backend_cuda.cpp). A backend owns the activations a step keeps for its backward.
+// (cuda/backend_cuda.cpp). A backend owns the activations a step keeps for its backward; with activation
+// checkpointing (`recompute`) it keeps only each block's input and one block's internals, and
+// block_backward runs the block's forward again first (one more forward per step; the same results, bit
+// for bit, since the same kernels see the same inputs).
 #pragma once
 
 #include <array>
@@ -34,11 +37,11 @@ class Backend {
 };
 
 // f32 parameters and gradients.
-std::unique_ptr<Backend> make_cpu_backend(const Shape& s, int batch);
+std::unique_ptr<Backend> make_cpu_backend(const Shape& s, int batch, bool recompute);
 #ifdef ZS_GPT_CUDA
 // On `engine`'s device and compute stream; activations in the parameters' dtype (f32 or bf16), gradients in
 // the reduce dtype (f32, or bf16 with bf16 parameters).
-std::unique_ptr<Backend> make_cuda_backend(const Shape& s, int batch, zs::Engine& engine);
+std::unique_ptr<Backend> make_cuda_backend(const Shape& s, int batch, zs::Engine& engine, bool recompute);
 #endif
 
 }  // namespace gpt

@@ -15,10 +15,10 @@ std::array<T*, N> cast(const Ptrs& p) {
 
 class CpuBackend final : public Backend {
  public:
-  CpuBackend(const Shape& s, int batch) : s_(s), batch_(batch) {
+  CpuBackend(const Shape& s, int batch, bool recompute) : s_(s), batch_(batch), recompute_(recompute) {
     const std::size_t n = static_cast<std::size_t>(batch) * s_.seq, d = static_cast<std::size_t>(s_.d);
     acts_.assign(static_cast<std::size_t>(s_.layers) + 1, std::vector<float>(n * d));
-    caches_.resize(static_cast<std::size_t>(s_.layers));
+    caches_.resize(recompute ? 1 : static_cast<std::size_t>(s_.layers));
     for (auto& c : caches_) c.resize(batch, s_.seq, s_.d, s_.heads);
     scratch_.resize(batch, s_.seq, s_.d);
     for (auto* v : {&xf_, &dx_, &dx2_}) v->resize(n * d);
@@ -39,8 +39,8 @@ class CpuBackend final : public Backend {
 
   void block_forward(int l, const Ptrs& block) override {
     const std::size_t i = static_cast<std::size_t>(l);
-    gpt::block_forward(cast<const float, kBlockTensors>(block), acts_[i].data(), acts_[i + 1].data(), caches_[i],
-                       batch_, s_.seq, s_.d, s_.heads);
+    gpt::block_forward(cast<const float, kBlockTensors>(block), acts_[i].data(), acts_[i + 1].data(), cache(l), batch_,
+                       s_.seq, s_.d, s_.heads);
   }
 
   void head(const Ptrs& embed, const Ptrs& ln_f, const Ptrs* d_embed, const Ptrs* d_ln_f) override {
@@ -61,9 +61,9 @@ class CpuBackend final : public Backend {
   }
 
   void block_backward(int l, const Ptrs& block, const Ptrs& d_block) override {
-    gpt::block_backward(cast<const float, kBlockTensors>(block), cast<float, kBlockTensors>(d_block),
-                        caches_[static_cast<std::size_t>(l)], dx_.data(), dx2_.data(), scratch_, batch_, s_.seq, s_.d,
-                        s_.heads);
+    if (recompute_) block_forward(l, block);  // the block's internals again, from its kept input
+    gpt::block_backward(cast<const float, kBlockTensors>(block), cast<float, kBlockTensors>(d_block), cache(l),
+                        dx_.data(), dx2_.data(), scratch_, batch_, s_.seq, s_.d, s_.heads);
     std::swap(dx_, dx2_);
   }
 
@@ -80,11 +80,14 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  BlockCache<float>& cache(int l) { return caches_[recompute_ ? 0 : static_cast<std::size_t>(l)]; }
+
   Shape s_;
   int batch_;
+  bool recompute_;
   const int *tokens_ = nullptr, *targets_ = nullptr;
-  std::vector<std::vector<float>> acts_;  // the residual stream entering each block, and leaving the last
-  std::vector<BlockCache<float>> caches_;
+  std::vector<std::vector<float>> acts_;   // the residual stream entering each block, and leaving the last
+  std::vector<BlockCache<float>> caches_;  // per block, or one (recompute)
   BlockScratch<float> scratch_;
   std::vector<float> xf_, mean_, rstd_, logits_, dx_, dx2_;
   double loss_ = 0;
@@ -92,8 +95,8 @@ class CpuBackend final : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend(const Shape& s, int batch) {
-  return std::make_unique<CpuBackend>(s, batch);
+std::unique_ptr<Backend> make_cpu_backend(const Shape& s, int batch, bool recompute) {
+  return std::make_unique<CpuBackend>(s, batch, recompute);
 }
 
 }  // namespace gpt

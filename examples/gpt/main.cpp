@@ -64,7 +64,7 @@ int main(int argc, char** argv) {
   std::string offload, device, precision;  // empty: the config's
   uint64_t seed = 1337;
   double lr = 0, check_below = 0;
-  bool resume = false;
+  bool resume = false, checkpoint_activations = false;
   std::string config_path, ckpt_dir, export_path;
   std::vector<std::string> data{ZS_EXAMPLE_DATA};
   CLI::App app{"gpt_train: a byte-level GPT trained with ZeroShard (run it under zsrun)", "gpt_train"};
@@ -96,6 +96,9 @@ int main(int argc, char** argv) {
   app.add_option("--eval-batches", eval_batches, "validation batches per rank")->capture_default_str();
   app.add_option("--ckpt-dir", ckpt_dir, "checkpoint directory");
   app.add_option("--save-every", save_every, "save a checkpoint every N steps (needs --ckpt-dir)");
+  app.add_flag("--checkpoint-activations", checkpoint_activations,
+               "keep only each block's input and run its forward again in the backward (less memory, one more "
+               "forward per step)");
   app.add_flag("--resume", resume, "continue from the latest checkpoint in --ckpt-dir, if there is one");
   app.add_option("--export", export_path, "write the trained parameters to this safetensors file");
   app.add_option("--sample", sample, "print N bytes generated from the model at the end");
@@ -125,7 +128,7 @@ int main(int argc, char** argv) {
     const int local = lws ? std::max(1, std::atoi(lws)) : 1;
     openblas_set_num_threads(threads > 0 ? threads
                                          : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / local));
-    gpt::Trainer model(engine, shape, batch);
+    gpt::Trainer model(engine, shape, batch, checkpoint_activations);
     const gpt::Corpus corpus = gpt::load_corpus(data, 0.1);
     int64_t start = 0;
     if (resume && !ckpt_dir.empty() && !zs::ckpt::find_latest(ckpt_dir).empty()) {

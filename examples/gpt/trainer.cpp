@@ -17,15 +17,15 @@ Ptrs params(const zs::GatheredParams& g, int count) {
   return p;
 }
 
-std::unique_ptr<Backend> make_backend(zs::Engine& e, const Shape& s, int batch) {
+std::unique_ptr<Backend> make_backend(zs::Engine& e, const Shape& s, int batch, bool recompute) {
   const auto& p = e.config().precision;
   if (e.device().is_cpu()) {
     ZS_CHECK(p.param == zs::DType::f32 && p.reduce == zs::DType::f32,
              "the GPT example computes on the CPU in f32: set precision.param and precision.reduce to f32");
-    return make_cpu_backend(s, batch);
+    return make_cpu_backend(s, batch, recompute);
   }
 #ifdef ZS_GPT_CUDA
-  return make_cuda_backend(s, batch, e);
+  return make_cuda_backend(s, batch, e, recompute);
 #else
   ZS_FAIL("the GPT example was built without CUDA: set device: cpu");
 #endif
@@ -33,7 +33,8 @@ std::unique_ptr<Backend> make_backend(zs::Engine& e, const Shape& s, int batch) 
 
 }  // namespace
 
-Trainer::Trainer(zs::Engine& engine, const Shape& shape, int batch) : e_(engine), s_(shape), batch_(batch) {
+Trainer::Trainer(zs::Engine& engine, const Shape& shape, int batch, bool checkpoint_activations)
+    : e_(engine), s_(shape), batch_(batch) {
   ZS_CHECK(s_.d % s_.heads == 0, "d_model {} is not a multiple of heads {}", s_.d, s_.heads);
   // The family's units in order: embed, h.0 .. h.{L-1}, ln_f.
   for (auto& [name, tensors] : zs::family::gpt_units(s_)) {
@@ -45,7 +46,7 @@ Trainer::Trainer(zs::Engine& engine, const Shape& shape, int batch) : e_(engine)
     else
       blocks_.push_back(u);
   }
-  math_ = make_backend(engine, s_, batch);
+  math_ = make_backend(engine, s_, batch, checkpoint_activations);
 }
 
 double Trainer::run(const int* tokens, const int* targets, bool backward) {

@@ -14,8 +14,9 @@ namespace gpt {
 
 class Trainer {
  public:
-  // Declares the model's units on `engine` (before init_params or load_checkpoint).
-  Trainer(zs::Engine& engine, const Shape& shape, int batch);
+  // Declares the model's units on `engine` (before init_params or load_checkpoint). With
+  // checkpoint_activations each block keeps only its input and runs its forward again in the backward.
+  Trainer(zs::Engine& engine, const Shape& shape, int batch, bool checkpoint_activations = false);
   // Forward and backward of one micro-batch (tokens and targets: batch * seq); returns its mean loss. The
   // gradients are reduced; the caller runs engine.step().
   double train(const int* tokens, const int* targets) { return run(tokens, targets, true); }

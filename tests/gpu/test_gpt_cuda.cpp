@@ -227,7 +227,7 @@ TEST(GptCuda, TrainsLikeTheCpuModel) {
   Shape shape;
   shape.d = 64, shape.layers = 2, shape.heads = 4, shape.seq = 32;
   const int batch = 4, steps = 6;
-  auto run = [&](zs::ProcessGroup& pg, const char* device, DType param) {
+  auto run = [&](zs::ProcessGroup& pg, const char* device, DType param, bool recompute = false) {
     zs::Config cfg;
     cfg.device = device;
     cfg.precision.param = param;
@@ -235,11 +235,11 @@ TEST(GptCuda, TrainsLikeTheCpuModel) {
     cfg.optimizer.weight_decay = 0.1f;
     cfg.optimizer.clip_grad_norm = 1.0f;
     zs::Engine e(cfg, *pg.world);
-    Trainer model(e, shape, batch);
+    Trainer model(e, shape, batch, recompute);
     if (e.device().is_cuda()) {  // zsmem's prediction of the CUDA layers' buffers, to the byte
       const zs::MemoryReport m = e.memory();
       EXPECT_EQ(m.on_device[static_cast<std::size_t>(zs::MemCategory::activations)].current,
-                zs::family::gpt_activation_bytes(shape, batch, false, param, DType::f32));
+                zs::family::gpt_activation_bytes(shape, batch, false, param, DType::f32, recompute));
     }
     e.init_params([&](std::string_view name) { return init_rule(name, shape, 11); });
     std::vector<double> losses;
@@ -264,6 +264,10 @@ TEST(GptCuda, TrainsLikeTheCpuModel) {
           << "step " << s << " " << zs::dtype_name(param);
     if (param == DType::f32) {
       EXPECT_LE(rms_error(fc, cpu_fc), 1e-4) << "h.1 mlp.fc.w after training";
+    } else {  // activation checkpointing: the same kernels on the same inputs, so the same bits
+      const auto [re_losses, re_fc] = run(gpu_pg, "cuda", param, true);
+      EXPECT_EQ(re_losses, losses) << "activation checkpointing";
+      EXPECT_EQ(re_fc, fc) << "activation checkpointing";
     }
   }
   EXPECT_LT(cpu_losses.back(), cpu_losses.front());  // it learns (the comparison is not of two idle runs)

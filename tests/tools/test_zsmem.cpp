@@ -23,6 +23,7 @@ TEST(Zsmem, NonsenseInputExitsTwoSayingWhy) {
       {"estimate", "give the model one way"},
       {"estimate --params 100 --largest-unit 10 --offload everything", "--offload"},
       {"estimate --params 100 --largest-unit 10 --host-memory -1", "--host-memory"},
+      {"estimate --model gpt:d=64 --checkpoint-activations", "needs --batch"},
       {"frobnicate", "A subcommand is required"}};
   for (const auto& [args, want] : cases) {
     const zs::test::CommandResult p = zsmem(args);

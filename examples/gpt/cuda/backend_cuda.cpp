@@ -8,7 +8,8 @@
 // MLP's pre-activation (4 n d), plus the residual stream (n d per block boundary) and per-row norm
 // statistics. Recomputed in backward instead of kept: GELU's output, and the attention probabilities (plain
 // attention: batch * heads * seq^2 values, one buffer for all blocks; recomputing costs one Q K^T GEMM per
-// block, about 1.5 % of a 1.3 B model's step, and saves 256 MiB per block there).
+// block, about 1.5 % of a 1.3 B model's step, and saves 256 MiB per block there). With activation
+// checkpointing one block's set serves every block: block_backward runs the block's forward again first.
 #include <cuda_runtime.h>
 
 #include <cstring>
@@ -27,7 +28,8 @@ using zs::DType;
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(const Shape& s, int batch, zs::Engine& e) : s_(s), batch_(batch), dev_(e.device()) {
+  CudaBackend(const Shape& s, int batch, zs::Engine& e, bool recompute)
+      : s_(s), batch_(batch), recompute_(recompute), dev_(e.device()) {
     const auto& p = e.config().precision;
     ZS_CHECK((p.param == DType::f32 && p.reduce == DType::f32) || (p.param == DType::bf16 && p.reduce != DType::f16),
              "the GPT example on CUDA computes in f32 (precision.param and precision.reduce f32) or bf16 "
@@ -47,7 +49,7 @@ class CudaBackend final : public Backend {
     auto act = [&](int64_t elements) { return alloc(elements * static_cast<int64_t>(zs::dtype_size(c_.act))); };
     auto floats = [&](int64_t count) { return alloc(count * 4); };
     for (int64_t l = 0; l <= L; ++l) stream_.push_back(act(n * d));
-    blocks_.resize(static_cast<std::size_t>(L));
+    blocks_.resize(recompute ? 1 : static_cast<std::size_t>(L));
     for (auto& b : blocks_) {
       b.ln1 = act(n * d), b.qkv = act(3 * n * d), b.att = act(n * d), b.x1 = act(n * d);
       b.ln2 = act(n * d), b.h = act(4 * n * d), b.stats = floats(4 * n);
@@ -87,7 +89,7 @@ class CudaBackend final : public Backend {
 
   void block_forward(int l, const Ptrs& p) override {
     const int n = rows(), d = s_.d;
-    Block& b = blocks_[static_cast<std::size_t>(l)];
+    Block& b = block(l);
     const void* x = stream_[static_cast<std::size_t>(l)].data();
     void* y = stream_[static_cast<std::size_t>(l) + 1].data();
     float* st = static_cast<float*>(b.stats.data());  // ln1 mean, rstd, ln2 mean, rstd
@@ -117,9 +119,10 @@ class CudaBackend final : public Backend {
   }
 
   void block_backward(int l, const Ptrs& p, const Ptrs& g) override {
+    if (recompute_) block_forward(l, p);  // the block's internals again, from its kept input
     const int n = rows(), d = s_.d;
     const int64_t nd = int64_t{n} * d, bytes = nd * static_cast<int64_t>(zs::dtype_size(c_.act));
-    const Block& b = blocks_[static_cast<std::size_t>(l)];
+    const Block& b = block(l);
     const void* x = stream_[static_cast<std::size_t>(l)].data();
     const float* st = static_cast<const float*>(b.stats.data());
     void *dy = dres_.data(), *dx = dres2_.data();
@@ -170,6 +173,7 @@ class CudaBackend final : public Backend {
     return Buffer(static_cast<std::size_t>(bytes), zs::MemoryKind::device, dev_, zs::MemCategory::activations);
   }
   int rows() const { return batch_ * s_.seq; }
+  Block& block(int l) { return blocks_[recompute_ ? 0 : static_cast<std::size_t>(l)]; }
   const int* tokens() const { return static_cast<const int*>(batch_dev_.data()); }
   const int* targets() const { return tokens() + rows(); }
   // The pinned staging: the batch's tokens and targets (2 n ints), then the loss.
@@ -181,19 +185,20 @@ class CudaBackend final : public Backend {
 
   Shape s_;
   int batch_;
+  bool recompute_;
   zs::Device dev_;
   cuda::Ctx c_;
   cudaEvent_t uploaded_ = nullptr, loss_ready_ = nullptr;
   std::vector<Buffer> stream_;  // the residual stream entering each block, and leaving the last
-  std::vector<Block> blocks_;
+  std::vector<Block> blocks_;   // per block, or one (recompute)
   Buffer hg_, d_hg_, d_ln_, d_x1_, d_att_, d_qkv_, probs_, d_probs_, dres_, dres2_, xf_, logits_;
   Buffer head_stats_, row_loss_, loss_, colsum_, table_, batch_dev_, batch_host_;
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cuda_backend(const Shape& s, int batch, zs::Engine& engine) {
-  return std::make_unique<CudaBackend>(s, batch, engine);
+std::unique_ptr<Backend> make_cuda_backend(const Shape& s, int batch, zs::Engine& engine, bool recompute) {
+  return std::make_unique<CudaBackend>(s, batch, engine, recompute);
 }
 
 }  // namespace gpt
