@@ -37,12 +37,13 @@ run "gpu tests (streams, NCCL, kernels, engine)" 150 "$bundle/bin/zs_gpu_tests"
 have_cublas "gpt layers and training" && run "gpt CUDA layers vs CPU, training" 120 "$bundle/bin/zs_gpt_gpu_tests"
 # The example GPT (issue: FSDP2 bf16 on an H100: 62.8 k tok/s, 13.3 GiB at 368 M; 50.1 k tok/s, 30.3 GiB at
 # 1.34 B): world 1, ZeRO-3, bf16 parameters and activations, f32 gradients; the second log line is steady.
-gpt() {  # d_model, then a label
-  run "gpt_train $2 bf16 stage 3" 120 "$bundle/bin/zsrun" --nproc-per-node 1 --master-port 0 -- "$bundle/bin/gpt_train" \
-    --device cuda --precision bf16 --d-model "$1" --layers 24 --heads 16 --seq 1024 --batch 8 --vocab 32000 \
-    --steps 6 --log-every 3 --eval-every 0 --eval-batches 1 --data .
+gpt() {  # d_model, a label, then extra gpt_train arguments
+  local d=$1 label=$2; shift 2
+  run "gpt_train $label bf16 stage 3" 120 "$bundle/bin/zsrun" --nproc-per-node 1 --master-port 0 -- \
+    "$bundle/bin/gpt_train" --device cuda --precision bf16 --d-model "$d" --layers 24 --heads 16 --seq 1024 --batch 8 \
+    --vocab 32000 --steps 6 --log-every 3 --eval-every 0 --eval-batches 1 --data . "$@"
 }
-have_cublas "gpt_train" && { gpt 1024 368M; gpt 2048 1.34B; }
+have_cublas "gpt_train" && { gpt 1024 368M; gpt 2048 1.34B; gpt 2048 "1.34B ckpt-act" --checkpoint-activations; }
 run "optim_bench adamw 1e9 cuda" 60 "$bundle/bin/optim_bench" --device cuda --params 1e9 --iters 10
 run "torch AdamW(fused) 1e9" 60 python3 bench/gpu/torch_adamw.py 1e9
 # Offload (issue: <= 1.5x the no-offload step at ~1.3 B parameters; FSDP2 CPUOffload is 14.4x there).
