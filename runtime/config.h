@@ -19,8 +19,12 @@ struct Config {
     int prefetch = 2;
     int max_live_units = 4;
     bool reshard_after_forward = true;
-    int hybrid_group = 0;
+    int hybrid_group = 0;       // shard within groups of this many consecutive ranks, replicate across them
     int grad_accumulation = 1;  // micro-batches per step; gradients are reduced on the last one only
+    // The ranks a unit is sharded over out of `world`, and rank `rank`'s shard index among them.
+    int shard_size(int world) const { return hybrid_group > 0 ? hybrid_group : world; }
+    int shard_rank(int world, int rank) const { return rank % shard_size(world); }
+    bool replicated(int world) const { return shard_size(world) < world; }  // hybrid: more than one group
   } zero;
   struct Precision {
     DType param = DType::f32;   // compute dtype of gathered parameters

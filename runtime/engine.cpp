@@ -75,12 +75,49 @@ Engine::Engine(const Config& cfg) : cfg_(cfg) {
   device_ = comm_->device();
   compute_ = cfg.precision.param;
   reduce_ = cfg.precision.reduce;
+  check_hybrid();
   make_streams();
 }
 
 Engine::Engine(const Config& cfg, Comm& world)
     : cfg_(cfg), comm_(&world), device_(world.device()), compute_(cfg.precision.param), reduce_(cfg.precision.reduce) {
+  check_hybrid();
   make_streams();
+}
+
+void Engine::check_hybrid() const {
+  const int g = cfg_.zero.hybrid_group, n = comm_->size();
+  if (g == 0) return;
+  ZS_CHECK(cfg_.zero.stage >= 1,
+           "zero.hybrid_group: {} shards within groups of {} ranks, but stage 0 shards nothing; use stage 1-3, or "
+           "set hybrid_group: 0",
+           g, g);
+  ZS_CHECK(n % g == 0,
+           "rank {}: zero.hybrid_group: {} does not divide the {} ranks into whole groups; use a divisor of {} "
+           "(the ranks per node, typically)",
+           comm_->rank(), g, n, n);
+}
+
+int Engine::shard_size() const {
+  return cfg_.zero.shard_size(comm_->size());
+}
+
+int Engine::shard_rank() const {
+  return cfg_.zero.shard_rank(comm_->size(), comm_->rank());
+}
+
+void Engine::make_groups() {
+  if (shards_) return;
+  const int g = shard_size(), r = comm_->rank();
+  if (!cfg_.zero.replicated(comm_->size())) {
+    shards_ = comm_;
+    return;
+  }
+  // Consecutive ranks shard together (a node, typically); the ranks at the same place in each group hold
+  // the same shards and average their reduced gradients.
+  shard_group_ = comm_->split(r / g, r);
+  replica_group_ = comm_->split(r % g, r);
+  shards_ = shard_group_.get();
 }
 
 // From construction on, so an app can bind its kernels (a cuBLAS handle, say) to the compute stream
@@ -125,7 +162,7 @@ UnitId Engine::add_unit(std::string name, std::vector<TensorSpec> tensors) {
 
 void Engine::plan_layouts() {
   if (!units_.front()->slot_of.empty()) return;
-  const int world = cfg_.zero.stage == 0 ? 1 : comm_->size();
+  const int world = cfg_.zero.stage == 0 ? 1 : shard_size();
   for (auto& up : units_) {
     UnitLayouts l = make_unit_layouts(up->tensors, world);
     up->layout = std::move(l.layout);
@@ -182,12 +219,11 @@ void Engine::setup() {
     MemoryLedger::global().mark("init");
   }
   if (const std::string bad = offload_problem(cfg_); !bad.empty()) ZS_FAIL("{}", bad);
-  ZS_CHECK(cfg_.zero.hybrid_group == 0,
-           "zero.hybrid_group is not implemented in this version of the engine; set it to 0");
+  make_groups();
   dynamic_scaling_ = cfg_.precision.loss_scale == "dynamic";
   const char* check = std::getenv("ZS_CHECK_COLLECTIVES");
   check_collectives_ = cfg_.debug.check_collectives || (check && std::string_view(check) == "1");
-  const int stage = cfg_.zero.stage, r = comm_->rank();
+  const int stage = cfg_.zero.stage, r = shard_rank();
   const MemoryKind mk = MemoryKind::device;
   int64_t largest = 0, largest_grads = 0;  // elements of the biggest unit: all params / trainable ones
   plan_layouts();
@@ -249,7 +285,7 @@ void Engine::setup() {
 }
 
 void Engine::setup_offload() {
-  const int r = comm_->rank();
+  const int r = shard_rank();
   const auto cs = static_cast<int64_t>(es(compute_)), rs = static_cast<int64_t>(es(reduce_));
   std::vector<offload::UnitShard> shards;
   for (auto& up : units_) {
@@ -315,7 +351,7 @@ void Engine::load_weights(const std::string& path) {
 }
 
 void Engine::install(const ValueSource& source, const StateSource& states) {
-  const int stage = cfg_.zero.stage, r = comm_->rank();
+  const int stage = cfg_.zero.stage, r = shard_rank();
   for (auto& up : units_) {
     Unit& u = *up;
     // This rank's shard of one layout, in f32 on the host: the parts of its tensors that fall inside,
@@ -359,8 +395,8 @@ void Engine::install(const ValueSource& source, const StateSource& states) {
       if (PF > 0) upload(full + (P + lof) * static_cast<int64_t>(es(compute_)), device_, frozen);
       if (stage > 0) {
         TensorView all = u.full_params.view(compute_, P + PF);
-        comm_->all_gather(all.slice(lo, S), all.slice(0, P)).wait();
-        if (PF > 0) comm_->all_gather(all.slice(P + lof, SF), all.slice(P, PF)).wait();
+        shards_->all_gather(all.slice(lo, S), all.slice(0, P)).wait();
+        if (PF > 0) shards_->all_gather(all.slice(P + lof, SF), all.slice(P, PF)).wait();
       }
       u.param_state = ParamState::sharded;  // the replica is whole
     }
@@ -463,7 +499,7 @@ void Engine::issue_gather(UnitId id) {
   pb.owner = id;
   u.gather_buffer = b;
   const int64_t P = u.layout.padded, S = u.layout.shard, PF = u.frozen.padded, SF = u.frozen.shard;
-  const int r = comm_->rank();
+  const int r = shard_rank();
   TensorView all = pb.buf.view(compute_, P + PF);
   gather_stream_->wait(*pb.free_after);  // compute is done with the buffer's previous unit
   Stream* gs = gather_stream_.get();
@@ -482,7 +518,7 @@ void Engine::issue_gather(UnitId id) {
         kernels::cast(dev, TensorView::flat(src, dtype, shard_len, dev), TensorView::flat(out, to, shard_len, dev), gs);
       });
     }
-    u.pending = comm_->all_gather(slot, full, gs);
+    u.pending = shards_->all_gather(slot, full, gs);
   };
   if (offload_) {  // the CPU step's output: on the device (param_shard), or on the host (offload.params)
     offload_->wait_params(id, *gs);
@@ -559,7 +595,7 @@ void Engine::refresh_replica(UnitId id) {
   const int64_t S = u.layout.shard;
   offload_->wait_params(id, *gather_stream_);
   TensorView full = u.full_params.view(compute_, u.layout.padded);
-  u.pending = comm_->all_gather(full.slice(S * comm_->rank(), S), full, gather_stream_.get());
+  u.pending = shards_->all_gather(full.slice(S * shard_rank(), S), full, gather_stream_.get());
   u.param_state = ParamState::gathering;
 }
 
@@ -670,8 +706,14 @@ void Engine::reduce_grads(UnitId id) {
     u.param_state = ParamState::gathered;
   }
   const int64_t P = u.layout.padded, S = u.layout.shard;
-  const int r = comm_->rank(), stage = cfg_.zero.stage;
+  const int r = shard_rank(), stage = cfg_.zero.stage;
   Stream* rs = reduce_stream_.get();
+  // Reduce-scatter within the shard group; with hybrid sharding the replicas of a shard then average it
+  // (on the same stream, so the unit's pending work is the last of the two).
+  auto reduce_scatter = [&](TensorView in, TensorView out) {
+    Work w = shards_->reduce_scatter(in, out, ReduceOp::avg, rs);
+    return replica_group_ ? replica_group_->all_reduce(out, out, ReduceOp::avg, rs) : w;
+  };
   Event& ready = *grads_ready_[static_cast<std::size_t>(id)];
   compute_stream_->record(ready);  // the app's gradient writes come first
   rs->wait(ready);
@@ -683,7 +725,7 @@ void Engine::reduce_grads(UnitId id) {
       offload_->update_early(hyper(step_ + 1), static_cast<float>(1.0 / cfg_.zero.grad_accumulation));
       early_started_ = true;
     }
-    u.pending = comm_->reduce_scatter(full, shard, ReduceOp::avg, rs);
+    u.pending = reduce_scatter(full, shard);
     Event& copied = offload_->download(id, shard.data, u.pending.event());
     if (u.grad_buffer >= 0) {
       PoolBuffer& pb = grad_pool_[static_cast<std::size_t>(u.grad_buffer)];
@@ -693,9 +735,9 @@ void Engine::reduce_grads(UnitId id) {
   } else if (stage == 0) {
     u.pending = comm_->all_reduce(full, full, ReduceOp::avg, rs);
   } else if (u.grad_buffer < 0) {
-    u.pending = comm_->reduce_scatter(full, full.slice(S * r, S), ReduceOp::avg, rs);  // in place
+    u.pending = reduce_scatter(full, full.slice(S * r, S));  // in place
   } else {
-    u.pending = comm_->reduce_scatter(full, u.grads.view(reduce_, S), ReduceOp::avg, rs);
+    u.pending = reduce_scatter(full, u.grads.view(reduce_, S));
     grad_pool_[static_cast<std::size_t>(u.grad_buffer)].last_reduce = u.pending;
   }
   u.grad_state = GradState::reducing;
@@ -743,7 +785,7 @@ StepStats Engine::step() {
   if (stage >= 1) {
     TensorView t = norm_scratch_.view(DType::f32, num_units() + 1).slice(num_units(), 1);
     memory_copy(t.data, device_, &total, Device::cpu(), sizeof(float));
-    Work w = comm_->all_reduce(t, t, ReduceOp::sum);
+    Work w = shards_->all_reduce(t, t, ReduceOp::sum);  // the shards: replicas hold the same ones
     wait_timed(w);
     memory_copy(&total, Device::cpu(), t.data, device_, sizeof(float));
   }
@@ -826,11 +868,11 @@ TensorView Engine::grad_shard(const Unit& u, bool full_grads) const {
   // The optimizer's gradient input: this rank's reduced shard (stage 0: the whole averaged gradients).
   const int64_t S = u.layout.shard;
   if (!full_grads || cfg_.zero.stage == 0) return u.grads.view(reduce_, S);
-  return u.grads.view(reduce_, u.layout.padded).slice(S * comm_->rank(), S);
+  return u.grads.view(reduce_, u.layout.padded).slice(S * shard_rank(), S);
 }
 
 void Engine::update_on_device(const kernels::OptimizerHyper& h, float grad_scale, bool full_grads) {
-  const int stage = cfg_.zero.stage, r = comm_->rank();
+  const int stage = cfg_.zero.stage, r = shard_rank();
   for (auto& up : units_) {
     Unit& u = *up;
     const int64_t S = u.layout.shard, lo = stage == 0 ? 0 : S * r;
@@ -861,7 +903,7 @@ void Engine::update_on_device(const kernels::OptimizerHyper& h, float grad_scale
     // (unit by unit, so the later units' gathers overlap the earlier units' compute).
     for (auto& up : units_) {
       TensorView full = up->full_params.view(compute_, up->layout.padded);
-      up->pending = comm_->all_gather(full.slice(up->layout.shard * r, up->layout.shard), full, gather_stream_.get());
+      up->pending = shards_->all_gather(full.slice(up->layout.shard * r, up->layout.shard), full, gather_stream_.get());
       up->param_state = ParamState::gathering;
     }
   }
@@ -887,7 +929,7 @@ void Engine::finish_step(bool full_grads) {
 
 std::vector<float> Engine::read_param(UnitId id, std::string_view tensor) {
   const Unit& u = *units_.at(static_cast<std::size_t>(id));
-  const int i = tensor_index(u, tensor), r = comm_->rank(), stage = cfg_.zero.stage;
+  const int i = tensor_index(u, tensor), r = shard_rank(), stage = cfg_.zero.stage;
   const bool frozen = u.is_frozen(i);
   const FlatLayout& l = frozen ? u.frozen : u.layout;
   const auto& slot = l.slots[static_cast<std::size_t>(u.slot_of[static_cast<std::size_t>(i)])];
@@ -915,7 +957,7 @@ std::vector<float> Engine::read_param(UnitId id, std::string_view tensor) {
     tmp = Buffer(l.padded * es(t), MemoryKind::device, device_, MemCategory::other);
     TensorView fv = tmp.view(t, l.padded);
     memory_copy(fv.slice(l.shard * r, l.shard).data, device_, shard, device_, l.shard * es(t));
-    comm_->all_gather(fv.slice(l.shard * r, l.shard), fv).wait();
+    shards_->all_gather(fv.slice(l.shard * r, l.shard), fv).wait();
     full = static_cast<const char*>(tmp.data());
   }
   std::vector<uint8_t> raw(static_cast<std::size_t>(slot.numel) * es(t));

@@ -154,6 +154,12 @@ class Engine {
   void plan_layouts();      // each unit's flat layouts (pure; no allocation)
   void check_fits() const;  // throws, naming the need and what is available, when the memory plan cannot fit
   void make_streams();
+  // Hybrid sharding (zero.hybrid_group: g): shards live in groups of g consecutive ranks and are replicated
+  // across the groups. Without it the shard group is the world.
+  void check_hybrid() const;  // g divides the world, stage >= 1
+  int shard_size() const;     // ranks a unit is sharded over
+  int shard_rank() const;     // this rank's shard index
+  void make_groups();         // collective: the shard group and the replica group (hybrid only)
   void setup();
   // Fills this rank's shards: source(tensor index, first element, count, out) gives f32 values.
   using ValueSource = std::function<void(const Unit&, int, int64_t, int64_t, float*)>;
@@ -193,7 +199,9 @@ class Engine {
 
   Config cfg_;
   std::unique_ptr<ProcessGroup> owned_pg_;
-  Comm* comm_ = nullptr;
+  Comm* comm_ = nullptr;  // the world: agreement checks, host messages, stage 0's all-reduce
+  std::unique_ptr<Comm> shard_group_, replica_group_;  // hybrid sharding only
+  Comm* shards_ = nullptr;                             // gathers and reduce-scatters: the world or shard_group_
   Device device_;
   DType compute_, reduce_;
   std::unique_ptr<Stream> compute_stream_, gather_stream_, reduce_stream_;

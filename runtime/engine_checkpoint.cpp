@@ -110,7 +110,7 @@ ckpt::Manifest Engine::describe_checkpoint() const {
   const auto& o = cfg_.optimizer;
   ckpt::Manifest m;
   m.step = step_;
-  m.world_size = comm_->size();
+  m.world_size = shard_size();  // with hybrid sharding, one shard group's files (the replicas hold the same)
   m.stage = cfg_.zero.stage;
   m.param_dtype = compute_;
   m.optimizer = kernels::optimizer_name(o.type);
@@ -129,7 +129,7 @@ ckpt::Manifest Engine::describe_checkpoint() const {
              {"nesterov", o.nesterov ? 1.0 : 0.0}};
   m.schedule = cfg_.schedule;
   m.scaler = scaler_;
-  for (int w = 0; w < comm_->size(); ++w) m.files.push_back({ckpt::rank_file_name(w), {}});
+  for (int w = 0; w < shard_size(); ++w) m.files.push_back({ckpt::rank_file_name(w), {}});
   for (const auto& up : units_) {
     const Unit& u = *up;
     for (int i = 0; i < static_cast<int>(u.tensors.size()); ++i) {
@@ -138,7 +138,7 @@ ckpt::Manifest Engine::describe_checkpoint() const {
           u.full_name(i), u.name, {}, t.trainable, t.weight_decay, t.trainable ? DType::f32 : compute_, {}};
       e.shape.assign(t.shape.dims.begin(), t.shape.dims.begin() + t.shape.ndim);
       const FlatLayout& l = u.is_frozen(i) ? u.frozen : u.layout;
-      ckpt::add_pieces(l, l.slots[static_cast<std::size_t>(u.slot_of[static_cast<std::size_t>(i)])], comm_->size(),
+      ckpt::add_pieces(l, l.slots[static_cast<std::size_t>(u.slot_of[static_cast<std::size_t>(i)])], shard_size(),
                        e.pieces);
       m.tensors.push_back(std::move(e));
     }
@@ -147,7 +147,7 @@ ckpt::Manifest Engine::describe_checkpoint() const {
 }
 
 FileDigest Engine::write_rank_file(const std::string& path, const ckpt::Manifest& m) {
-  const int r = comm_->rank(), stage = cfg_.zero.stage;
+  const int r = shard_rank(), stage = cfg_.zero.stage;
   // Where flat element x of a unit's layout lives on the device, for the stored parameter and the states.
   struct Source {
     const char* base;
@@ -209,7 +209,9 @@ FileDigest Engine::write_rank_file(const std::string& path, const ckpt::Manifest
 
 void Engine::save_checkpoint(const std::string& root, const std::string& user_state) {
   quiesce("save_checkpoint");
-  const int n = comm_->size(), r = comm_->rank();
+  // The first shard group writes (file w is shard w); with hybrid sharding the other groups hold copies.
+  const int n = shard_size(), r = comm_->rank();
+  const bool writes = r < n;
   ckpt::Manifest m = describe_checkpoint();
   m.user_state = user_state;
   const fs::path tmp = fs::path(root) / (ckpt::step_dir_name(step_) + ".tmp");
@@ -226,7 +228,7 @@ void Engine::save_checkpoint(const std::string& root, const std::string& user_st
     });
   agree(ok, what, error);
   FileDigest d;
-  attempt(ok, error, [&] { d = write_rank_file((tmp / ckpt::rank_file_name(r)).string(), m); });
+  if (writes) attempt(ok, error, [&] { d = write_rank_file((tmp / ckpt::rank_file_name(r)).string(), m); });
   try {
     agree(ok, what + " writing", error);
   } catch (const Error&) {
@@ -284,7 +286,7 @@ std::string Engine::load_checkpoint(const std::string& dir) {
   ZS_CHECK(!units_.empty(), "load_checkpoint: add the model's units first");
   if (ready_) quiesce("load_checkpoint");
   plan_layouts();
-  const int stage = cfg_.zero.stage, r = comm_->rank();
+  const int stage = cfg_.zero.stage, r = shard_rank();
   bool ok = true;
   std::string error;
   std::unique_ptr<ckpt::Reader> reader;
@@ -343,7 +345,7 @@ std::string Engine::load_checkpoint(const std::string& dir) {
           });
   step_ = m.step;
   scaler_ = m.scaler;
-  if (r == 0)
+  if (comm_->rank() == 0)
     log::info("loaded checkpoint of step {} from {} (saved by {} ranks at stage {})", m.step, reader->dir(),
               m.world_size, m.stage);
   return m.user_state;

@@ -71,10 +71,10 @@ MemoryPlan plan_memory(std::span<const std::vector<TensorSpec>> units, const Con
   MemoryPlan plan;
   auto dev = [&](MemCategory c) -> int64_t& { return plan.device[static_cast<std::size_t>(c)]; };
   auto host = [&](MemCategory c) -> int64_t& { return plan.host[static_cast<std::size_t>(c)]; };
-  const int stage = cfg.zero.stage;
+  const int stage = cfg.zero.stage, shards = cfg.zero.shard_size(world), shard = cfg.zero.shard_rank(world, rank);
   int64_t largest = 0, largest_trainable = 0;
   for (const auto& tensors : units) {
-    const UnitLayouts l = make_unit_layouts(tensors, stage == 0 ? 1 : world);
+    const UnitLayouts l = make_unit_layouts(tensors, stage == 0 ? 1 : shards);
     largest = std::max(largest, l.layout.padded + l.frozen.padded);
     largest_trainable = std::max(largest_trainable, l.layout.padded);
     const UnitBuffers b = unit_buffers(l.layout, l.frozen, cfg);
@@ -89,7 +89,7 @@ MemoryPlan plan_memory(std::span<const std::vector<TensorSpec>> units, const Con
     std::vector<bool> decays;
     for (const auto& t : tensors)
       if (t.trainable) decays.push_back(t.weight_decay);
-    const auto ranges = l.layout.shard_ranges(stage == 0 ? 0 : rank, decays);
+    const auto ranges = l.layout.shard_ranges(stage == 0 ? 0 : shard, decays);
     state(MemCategory::other) +=  // the weight-decay ranges, where the optimizer runs
         static_cast<int64_t>(std::max<std::size_t>(1, ranges.size()) * sizeof(kernels::ElementRange));
   }
@@ -98,7 +98,8 @@ MemoryPlan plan_memory(std::span<const std::vector<TensorSpec>> units, const Con
   dev(MemCategory::grads) += p.grad_count * p.grad_bytes;
   dev(MemCategory::other) += static_cast<int64_t>((units.size() + 1) * sizeof(float));  // the norm scratch
   if (cpu_device)
-    host(MemCategory::comm_scratch) = comm_streams(stage) * GlooComm::kScratchBytesPerStream;  // NCCL has none
+    host(MemCategory::comm_scratch) =  // NCCL has none
+        comm_streams(stage, cfg.zero.replicated(world)) * GlooComm::kScratchBytesPerStream;
   return plan;
 }
 

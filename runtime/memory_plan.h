@@ -47,10 +47,12 @@ struct PoolPlan {
 };
 PoolPlan pool_plan(int64_t largest_elements, int64_t largest_trainable_elements, int num_units, const Config& cfg);
 
-// Streams that run collectives: the engine's reduce stream, the group's default stream (the engine's
-// agreement checks and norm, and the app's own collectives) and, at stages 1-3, the gather stream.
-inline int comm_streams(int stage) {
-  return stage == 0 ? 2 : 3;
+// Gloo staging buffers, one per group and stream that runs collectives: the engine's reduce stream, the
+// group's default stream (the engine's agreement checks and norm, and the app's own collectives) and, at
+// stages 1-3, the gather stream. With hybrid sharding these run in the shard group, and two more: the
+// world's default stream (agreement checks, the app's collectives) and the replica group's reduce stream.
+inline int comm_streams(int stage, bool hybrid) {
+  return (stage == 0 ? 2 : 3) + (hybrid ? 2 : 0);
 }
 
 using CategoryBytes = std::array<int64_t, kMemCategoryCount>;
@@ -67,7 +69,8 @@ struct MemoryPlan {
   int64_t host_total() const { return sum(host); }
 };
 
-// What the engine allocates on rank `rank` of `world` for a model of these units (each a list of tensors).
+// What the engine allocates on rank `rank` of `world` for a model of these units (each a list of tensors),
+// sharded over cfg.zero.shard_size(world) ranks.
 // comm_scratch is Gloo's host staging (CPU device), counted for the engine's streams.
 MemoryPlan plan_memory(std::span<const std::vector<TensorSpec>> units, const Config& cfg, int world, int rank,
                        bool cpu_device);

@@ -107,6 +107,9 @@ Model load_model(double params, double largest, const std::string& spec, const s
 int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, const std::vector<int>& stages,
              const std::vector<std::string>& offloads, bool cpu, double device_gib, double host_gib, int batch,
              bool recompute, bool json_out) {
+  for (int w : worlds)
+    if (const int g = cfg.zero.hybrid_group; g > 0 && w % g != 0)
+      throw Usage(fmt::format("zero.hybrid_group {} does not divide --world {} into whole groups", g, w));
   nlohmann::ordered_json rows = nlohmann::ordered_json::array();
   const double act = m.gpt && batch > 0
                          ? static_cast<double>(zs::family::gpt_activation_bytes(

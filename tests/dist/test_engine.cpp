@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <functional>
 
 #include "core/error.h"
@@ -20,6 +21,7 @@ namespace zs {
 namespace {
 
 using namespace test;
+namespace fs = std::filesystem;
 
 std::string case_name(const ::testing::TestParamInfo<Case>& info) {
   const Case& c = info.param;
@@ -127,6 +129,53 @@ TEST(EngineOffload, StreamingIsBitIdenticalToTheDeviceOptimizer) {
   }
 }
 
+// Hybrid sharding (zero.hybrid_group, FSDP's HYBRID_SHARD): shards within groups of world/2 consecutive ranks,
+// replicated across the two groups, whose reduced shards are averaged. It trains like the single-process
+// trainer (bound as for any world > 1: 1e-5 of each tensor's RMS); a checkpoint it saves (one group's
+// files) loads into an engine sharded over the whole world with the same values.
+TEST(EngineHybrid, ShardsWithinGroupsAndReplicatesAcrossThem) {
+  const int n = pg().world->size();
+  if (n < 2 || n % 2) GTEST_SKIP() << "needs an even number of ranks";
+  const fs::path dir =
+      fs::temp_directory_path() /
+      ("zs_hybrid_" + std::string(std::getenv("ZS_JOB_TOKEN") ? std::getenv("ZS_JOB_TOKEN") : "solo").substr(0, 12));
+  for (const Case& c : {Case{1, DType::f32, 0, 1, 1.0f}, Case{3, DType::f32, 2, 3, 0.5f},
+                        Case{3, DType::f32, 2, 1, 0.0f, kernels::Optimizer::adamw, false, 1}}) {
+    Config cfg = make_config(c);
+    cfg.zero.hybrid_group = n / 2;
+    Engine engine(cfg, *pg().world);
+    const Trajectory got = train(c, engine);
+    const double worst = worst_rms_error(got.params, reference<float>(c).params);
+    EXPECT_LE(worst, 1e-5) << name(c, n) << ", hybrid_group " << n / 2;
+    if (pg().world->rank() == 0)
+      std::printf("%s, hybrid_group %d: worst parameter error %.3g of the tensor RMS\n", name(c, n).c_str(), n / 2,
+                  worst);
+    if (c.stage != 3 || c.offload) continue;
+    engine.save_checkpoint(dir.string());
+    Config whole = make_config({2, DType::f32, 0, 1, 0.0f});
+    Engine loaded(whole, *pg().world);
+    for (auto& [unit, tensors] : test::model_units()) loaded.add_unit(unit, tensors);
+    loaded.load_checkpoint(dir.string());
+    for (UnitId u = 0; u < loaded.num_units(); ++u)
+      for (const auto& t : loaded.unit(u).tensors)
+        EXPECT_EQ(loaded.read_param(u, t.name), engine.read_param(u, t.name)) << loaded.unit(u).name << "." << t.name;
+    pg().world->barrier().wait();
+    if (pg().world->rank() == 0) fs::remove_all(dir);
+  }
+}
+
+// A hybrid group must split the world evenly, and shards something.
+TEST(EngineHybrid, GroupsThatDoNotDivideTheWorldAreRefused) {
+  Config cfg = make_config({3, DType::f32, 0, 1, 0.0f});
+  cfg.zero.hybrid_group = pg().world->size() + 1;
+  std::string m = error_of([&] { Engine e(cfg, *pg().world); });
+  EXPECT_NE(m.find("does not divide"), std::string::npos) << m;
+  cfg = make_config({0, DType::f32, 0, 1, 0.0f});
+  cfg.zero.hybrid_group = 1;
+  m = error_of([&] { Engine e(cfg, *pg().world); });
+  EXPECT_NE(m.find("stage 0 shards nothing"), std::string::npos) << m;
+}
+
 // Sharding changes where the numbers live, not what they are. At the same world size stages 1-3 share the
 // layout and the reduce-scatter, so their parameters must be bit-identical; stage 0 (replicated, all-reduce)
 // pads its unsharded layout differently, so its ring chunks sum in another order: within 1e-6 of each
@@ -206,6 +255,7 @@ TEST(EngineMemory, PlanEqualsTheLedger) {
     const char* optimizer = "none";
     const char* params = "none";
     const char* mode = "streaming";
+    bool hybrid = false;  // zero.hybrid_group: half the world (an even world of 2 or more)
   };
   for (const Run& run :
        {Run{Case{0, DType::f32, 0, 1, 0.0f}}, Run{Case{1, DType::bf16, 0, 3, 0.0f}},
@@ -214,14 +264,19 @@ TEST(EngineMemory, PlanEqualsTheLedger) {
         Run{Case{1, DType::f32, 0, 1, 0.0f}, "cpu"}, Run{Case{2, DType::bf16, 2, 1, 0.0f}, "cpu", "none", "delayed"},
         Run{Case{3, DType::bf16, 2, 1, 0.0f}, "cpu"}, Run{Case{3, DType::f32, 0, 3, 0.0f}, "cpu", "cpu"},
         Run{Case{3, DType::bf16, 2, 1, 0.0f, kernels::Optimizer::adamw, false, 0, false, true}},
-        Run{Case{1, DType::f32, 0, 1, 0.0f, kernels::Optimizer::adamw, false, 0, false, true}, "cpu"}}) {
+        Run{Case{1, DType::f32, 0, 1, 0.0f, kernels::Optimizer::adamw, false, 0, false, true}, "cpu"},
+        Run{Case{3, DType::f32, 2, 1, 0.0f}, "none", "none", "streaming", true},
+        Run{Case{2, DType::bf16, 0, 1, 0.0f}, "cpu", "none", "streaming", true}}) {
     const Case& c = run.c;
+    const int n = pg().world->size();
+    if (run.hybrid && (n < 2 || n % 2)) continue;
     Config cfg = make_config(c);
+    if (run.hybrid) cfg.zero.hybrid_group = n / 2;
     cfg.offload.optimizer = run.optimizer;
     cfg.offload.params = run.params;
     cfg.offload.mode = run.mode;
-    const std::string what = fmt::format("{}, offload optimizer {} params {} {}", name(c, pg().world->size()),
-                                         run.optimizer, run.params, run.mode);
+    const std::string what = fmt::format("{}, offload optimizer {} params {} {}{}", name(c, pg().world->size()),
+                                         run.optimizer, run.params, run.mode, run.hybrid ? ", hybrid" : "");
     MemoryLedger& l = MemoryLedger::global();
     const MemPlace places[] = {Device::cpu(), MemPlace::host_memory()};
     std::array<CategoryBytes, 2> before{};

@@ -123,10 +123,10 @@ TEST(Faults, StalledPeerTimesOutNamingOpSequenceAndPeer) {
 
 // srun/mpirun users: no zsrun, the library reads Slurm's or Open MPI's variables and rank 0 hosts the store.
 TEST(Launchers, SlurmAndOpenMpiVariablesWithoutZsrun) {
-  int port = free_port();
   for (const std::string& vars :
        {std::string("SLURM_PROCID=$r SLURM_NTASKS=3 SLURM_LOCALID=$r SLURM_JOB_ID=7"),
         std::string("OMPI_COMM_WORLD_RANK=$r OMPI_COMM_WORLD_SIZE=3 OMPI_COMM_WORLD_LOCAL_RANK=$r")}) {
+    const int port = free_port();  // a fresh one each time (the next port up may be taken)
     const std::string cmd = "bash -c 'for r in 0 1 2; do env -u RANK -u WORLD_SIZE " + vars +
                             " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " ZS_JOB_TOKEN=t " +
                             ZS_FAULT_PROG_PATH + " ok & done; wait'";
@@ -134,7 +134,6 @@ TEST(Launchers, SlurmAndOpenMpiVariablesWithoutZsrun) {
     for (int i = 0; i < 3; ++i)
       EXPECT_NE(r.output.find("rank " + std::to_string(i) + " of 3"), std::string::npos) << r.output;
     EXPECT_NE(r.output.find(vars.starts_with("SLURM") ? "(slurm)" : "(mpirun)"), std::string::npos) << r.output;
-    ++port;
   }
 }
 

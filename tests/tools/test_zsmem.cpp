@@ -1,6 +1,8 @@
 // zsmem estimate as a user runs it: nonsense input exits 2 with a clear message; the numbers are DESIGN §3's
 // formulas over the padded layout; DeepSpeed's figure sits beside ours.
 #include <gtest/gtest.h>
+#include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -30,6 +32,24 @@ TEST(Zsmem, NonsenseInputExitsTwoSayingWhy) {
     EXPECT_EQ(p.rc, 2) << args << "\n" << p.output;
     EXPECT_NE(p.output.find(want), std::string::npos) << args << "\n" << p.output;
   }
+}
+
+// Hybrid sharding (zero.hybrid_group in --config): each rank holds what a world of one group would, and a
+// group size that does not divide the world is refused.
+TEST(Zsmem, HybridGroupsShardWithinTheGroup) {
+  const std::string yaml = (std::filesystem::temp_directory_path() / "zsmem_hybrid_test.yaml").string();
+  std::ofstream(yaml) << "zero:\n  stage: 3\n  hybrid_group: 2\n";
+  const std::string model = " --params 1e6 --largest-unit 1e5 --stage 3 --json";
+  const zs::test::CommandResult hybrid = zsmem("estimate --config " + yaml + model + " --world 8");
+  const zs::test::CommandResult two = zsmem("estimate" + model + " --world 2");
+  ASSERT_EQ(hybrid.rc, 0) << hybrid.output;
+  ASSERT_EQ(two.rc, 0) << two.output;
+  const auto h = nlohmann::json::parse(hybrid.output), t = nlohmann::json::parse(two.output);
+  EXPECT_EQ(h[0]["bytes"], t[0]["bytes"]) << hybrid.output;
+  EXPECT_EQ(h[0]["world"], 8);
+  const zs::test::CommandResult bad = zsmem("estimate --config " + yaml + model + " --world 3");
+  EXPECT_EQ(bad.rc, 2) << bad.output;
+  EXPECT_NE(bad.output.find("does not divide --world 3"), std::string::npos) << bad.output;
 }
 
 // 1000 units of 1000 parameters at world 4, f32 AdamW: each unit pads to 1024 (a multiple of 4 x 16), so
