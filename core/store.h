@@ -50,7 +50,9 @@ class TcpStore final : public Store {
   bool check(const std::vector<std::string>& keys) override;
 
  private:
-  store::Reply call(const store::Request& r, Millis reply_timeout);
+  // Sends r and waits for the reply up to reply_timeout + slack (the slack covers a server-side timeout
+  // that ends just as the reply is sent).
+  store::Reply call(const store::Request& r, Millis reply_timeout, Millis slack);
 
   std::string host_;
   int port_;

@@ -17,14 +17,37 @@ namespace zs::test {
 inline std::atomic<int64_t> g_allocations{0};
 }  // namespace zs::test
 
-void* operator new(std::size_t n) {
+// Every unaligned form, plain, array and nothrow (std::get_temporary_buffer, behind std::stable_sort, takes
+// the nothrow one), so each allocation and its release go through the same pair.
+void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
   zs::test::g_allocations.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(n ? n : 1)) return p;
+  return std::malloc(n ? n : 1);
+}
+void* operator new(std::size_t n) {
+  if (void* p = operator new(n, std::nothrow)) return p;
   throw std::bad_alloc();
+}
+void* operator new[](std::size_t n) {
+  return operator new(n);
+}
+void* operator new[](std::size_t n, const std::nothrow_t&) noexcept {
+  return operator new(n, std::nothrow);
 }
 void operator delete(void* p) noexcept {
   std::free(p);
 }
 void operator delete(void* p, std::size_t) noexcept {
+  std::free(p);
+}
+void operator delete(void* p, const std::nothrow_t&) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p, std::size_t) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p, const std::nothrow_t&) noexcept {
   std::free(p);
 }

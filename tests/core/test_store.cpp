@@ -142,5 +142,21 @@ TEST(Store, ConnectingToNothingTimesOut) {
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
 }
 
+// Something else listening on the port (it accepts and never answers): a clear error naming the port, not
+// a wait for the whole rendezvous timeout.
+TEST(Store, AListenerThatIsNotAStoreIsNamed) {
+  int port = 0;
+  net::Socket silent = net::listen_tcp("127.0.0.1", 0, &port);
+  auto t0 = std::chrono::steady_clock::now();
+  try {
+    TcpStore("127.0.0.1", port, "x", 500ms);
+    FAIL() << "a silent listener was taken for a store";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("did not answer as a rendezvous store"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(std::to_string(port)), std::string::npos) << e.what();
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
+}
+
 }  // namespace
 }  // namespace zs
