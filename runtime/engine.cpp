@@ -819,24 +819,23 @@ StepStats Engine::step() {
   st.grad_norm = norm;
   st.lr = cfg_.schedule.lr(cfg_.optimizer.lr, step_ + 1);
   const kernels::OptimizerHyper h = hyper(step_ + 1);
-  if (early_started_) {
-    // The CPU has updated every unit as its gradients landed (sums_of_squares waited for it).
-    if (stage < 3)
-      for (auto& up : units_) up->param_state = ParamState::updating;
-  } else if (offload_) {
-    // The CPU updates unit by unit in the order the next forward gathers them; each replica (stages 1-2) is
-    // all-gathered again once its shard is back, at its gather in the next forward.
-    if (update_order_.empty()) {  // first use in gather order (the recorded forward first), then the rest
-      std::vector<bool> seen(units_.size(), false);
-      auto add = [&](int u) {
-        if (seen[static_cast<std::size_t>(u)]) return;
-        seen[static_cast<std::size_t>(u)] = true;
-        update_order_.push_back(u);
-      };
-      for (UnitId u : order_) add(u);
-      for (int u = 0; u < num_units(); ++u) add(u);
+  if (offload_) {
+    // The CPU updates unit by unit in the order the next forward gathers them (the early update already
+    // did, as each unit's gradients landed); each replica (stages 1-2) is all-gathered again once its
+    // shard is back, at its gather in the next forward.
+    if (!early_started_) {
+      if (update_order_.empty()) {  // first use in gather order (the recorded forward first), then the rest
+        std::vector<bool> seen(units_.size(), false);
+        auto add = [&](int u) {
+          if (seen[static_cast<std::size_t>(u)]) return;
+          seen[static_cast<std::size_t>(u)] = true;
+          update_order_.push_back(u);
+        };
+        for (UnitId u : order_) add(u);
+        for (int u = 0; u < num_units(); ++u) add(u);
+      }
+      offload_->update(h, static_cast<float>(clip / accum / scale), update_order_);
     }
-    offload_->update(h, static_cast<float>(clip / accum / scale), update_order_);
     if (stage < 3)
       for (auto& up : units_) up->param_state = ParamState::updating;
   } else {
