@@ -28,10 +28,9 @@ using namespace test;
 
 constexpr int kHalf = 100;  // resume tests: 2 x 100 steps
 
-// A directory every rank of this job agrees on (the job token is per job), removed when the tests end.
+// This job's directory (removed when the tests end).
 fs::path job_dir() {
-  const char* token = std::getenv("ZS_JOB_TOKEN");
-  return fs::temp_directory_path() / ("zs_ckpt_" + std::string(token ? token : "solo").substr(0, 12));
+  return test::job_dir("zs_ckpt_");
 }
 
 struct RemoveJobDir : ::testing::Environment {

@@ -136,9 +136,7 @@ TEST(EngineOffload, StreamingIsBitIdenticalToTheDeviceOptimizer) {
 TEST(EngineHybrid, ShardsWithinGroupsAndReplicatesAcrossThem) {
   const int n = pg().world->size();
   if (n < 2 || n % 2) GTEST_SKIP() << "needs an even number of ranks";
-  const fs::path dir =
-      fs::temp_directory_path() /
-      ("zs_hybrid_" + std::string(std::getenv("ZS_JOB_TOKEN") ? std::getenv("ZS_JOB_TOKEN") : "solo").substr(0, 12));
+  const fs::path dir = job_dir("zs_hybrid_");
   for (const Case& c : {Case{1, DType::f32, 0, 1, 1.0f}, Case{3, DType::f32, 2, 3, 0.5f},
                         Case{3, DType::f32, 2, 1, 0.0f, kernels::Optimizer::adamw, false, 1},
                         Case{2, DType::f32, 0, 1, 0.5f, kernels::Optimizer::adamw, false, 1}}) {
