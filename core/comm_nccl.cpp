@@ -137,6 +137,14 @@ Work NcclComm::launch(const CollectiveOp& op, Stream& stream) {
   state->reuse(comm_, op);
   stream.submit([&] {
     auto s = static_cast<cudaStream_t>(stream.native_handle());
+    if (size() == 1) {
+      // Over one rank every collective is the identity: a copy when out-of-place, else nothing. NCCL itself is
+      // not asked: before 2.29.7 its one-rank reduction leaves the tail of an out-of-place result unwritten
+      // (NVIDIA/nccl#1950), which at stage 3 kept a unit's last gradients from the step before.
+      if (op.kind != CollectiveKind::barrier && op.out.data != op.in.data)
+        ZS_CHECK_CUDA(cudaMemcpyAsync(op.out.data, op.in.data, op.out.bytes(), cudaMemcpyDefault, s));
+      return;
+    }
     const auto t = nccl_type(op.in.dtype);
     switch (op.kind) {
       case CollectiveKind::all_gather:
