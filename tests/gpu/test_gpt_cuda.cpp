@@ -213,6 +213,63 @@ TEST(GptCuda, LayersMatchTheCpuLayers) {
   }
 }
 
+// Every parameter's gradient from one step through the engine (stage 3, prefetch 2) on CUDA + NCCL
+// against the CPU + Gloo run: SGD with lr 1 and no decay or clipping turns each parameter's change into its
+// gradient, so a tensor whose gradient is wrong is named (f32: GEMM summation order only, 1e-4 of the RMS).
+// Stage 3 reduce-scatters out of place; stage 0 all-reduces in place (this is how NCCL's one-rank tail bug,
+// NVIDIA/nccl#1950, showed: each block's last 12 gradients, mlp.proj.b's, were the previous step's).
+TEST(GptCuda, GradientsMatchTheCpuModel) {
+  SKIP_WITHOUT_GPU();
+  zs::ProcessGroupOptions go, no;
+  go.backend = zs::Backend::gloo;
+  no.backend = zs::Backend::nccl;
+  zs::ProcessGroup cpu_pg = zs::init_process_group(go), gpu_pg = zs::init_process_group(no);
+  Shape shape;
+  shape.d = 64, shape.layers = 2, shape.heads = 4, shape.seq = 32;
+  const int batch = 4;
+  const zs::family::Units units = zs::family::gpt_units(shape);
+  // The gradients of one step, tensor by tensor (unit order), on `device` at `stage`.
+  auto run = [&](zs::ProcessGroup& pg, const char* device, int stage) {
+    zs::Config cfg;
+    cfg.device = device;
+    cfg.zero.stage = stage;
+    cfg.optimizer.type = zs::kernels::Optimizer::sgd;
+    cfg.optimizer.lr = 1.0f;
+    zs::Engine e(cfg, *pg.world);
+    Trainer model(e, shape, batch);
+    e.init_params([&](std::string_view name) { return init_rule(name, shape, 11); });
+    std::vector<Vec> before, grads;
+    for (std::size_t u = 0; u < units.size(); ++u)
+      for (const auto& t : units[u].second) before.push_back(e.read_param(static_cast<zs::UnitId>(u), t.name));
+    std::vector<int> tokens(static_cast<std::size_t>(batch * shape.seq)), targets(tokens.size());
+    for (std::size_t i = 0; i < tokens.size(); ++i) {
+      tokens[i] = static_cast<int>((i * 7) % 97);
+      targets[i] = static_cast<int>((i * 7 + 7) % 97);
+    }
+    model.train(tokens.data(), targets.data());
+    e.step();
+    std::size_t k = 0;
+    for (std::size_t u = 0; u < units.size(); ++u)
+      for (const auto& t : units[u].second) {
+        Vec after = e.read_param(static_cast<zs::UnitId>(u), t.name);
+        for (std::size_t i = 0; i < after.size(); ++i) after[i] = before[k][i] - after[i];
+        grads.push_back(std::move(after));
+        ++k;
+      }
+    return grads;
+  };
+  const std::vector<Vec> cpu = run(cpu_pg, "cpu", 3);
+  for (int stage : {3, 0}) {
+    const std::vector<Vec> gpu = run(gpu_pg, "cuda", stage);
+    std::size_t k = 0;
+    for (const auto& [unit, tensors] : units)
+      for (const auto& t : tensors) {
+        EXPECT_LE(rms_error(gpu[k], cpu[k]), 1e-4) << "stage " << stage << " unit " << unit << " tensor " << t.name;
+        ++k;
+      }
+  }
+}
+
 // The model through the engine (stage 3, prefetch 2) on CUDA + NCCL against the CPU + Gloo run at world 1:
 // the same initialisation and batches for 6 AdamW steps. f32: losses and a trained weight (RMS of the
 // difference: AdamW's normalised step turns summation-order noise in near-zero gradients into whole steps
