@@ -49,12 +49,13 @@ int64_t gpt_activation_bytes(const Gpt& g, int batch, bool cpu, DType compute, D
     const int64_t per_block = 16 * n * d + 4 * n + attn;
     return 4 * ((L + 1) * n * d + kept * per_block + 14 * n * d + T * T + 3 * n * d + 2 * n + n * V);
   }
-  // Kept per block: 2 norms, qkv, attention output, residual, MLP pre-activation (11 n d); scratch: GELU
-  // output and its gradient (8 n d), 6 n d of gradients, qkv's (3 n d), the probabilities (recomputed in
-  // backward) and one sequence's probability gradients; the residual stream; the logits. f32: norm
+  // Kept per block: qkv, attention output, residual, MLP pre-activation (9 n d); scratch: a norm's output
+  // (recomputed in backward), GELU's output and its gradient (8 n d), 6 n d of gradients, qkv's (3 n d), the
+  // probabilities (recomputed in backward) and one sequence's probability gradients; the residual stream;
+  // the logits. f32: norm
   // statistics (4 n per block, 2 n for the final norm), per-row losses and their mean, column-sum partials
   // (2 per 256 rows per column, up to 4 d columns), the batch's tokens and targets.
-  const int64_t act = (L + 1) * n * d + kept * 11 * n * d + 17 * n * d + attn + head_attn + n * V;
+  const int64_t act = (L + 1) * n * d + kept * 9 * n * d + 18 * n * d + attn + head_attn + n * V;
   const int64_t floats =
       kept * 4 * n + 3 * n + 1 + 2 * ((n + 255) / 256) * 4 * d + 2 * n + (reduce == DType::f32 ? 0 : V * d);
   return static_cast<int64_t>(dtype_size(compute)) * act + 4 * floats;

@@ -3,12 +3,13 @@
 // here (ledger category `activations`); the step allocates nothing and the host waits only for the loss,
 // after the backward is enqueued.
 //
-// Kept per block for its backward (n = batch * seq tokens, in the activation dtype): the two layer norms'
-// outputs (2 n d), qkv (3 n d), the attention's output (n d), the residual after attention (n d) and the
-// MLP's pre-activation (4 n d), plus the residual stream (n d per block boundary) and per-row norm
-// statistics. Recomputed in backward instead of kept: GELU's output, and the attention probabilities (plain
-// attention: batch * heads * seq^2 values, one buffer for all blocks; recomputing costs one Q K^T GEMM per
-// block, about 1.5 % of a 1.3 B model's step, and saves 256 MiB per block there). With activation
+// Kept per block for its backward (n = batch * seq tokens, in the activation dtype): qkv (3 n d), the
+// attention's output (n d), the residual after attention (n d) and the MLP's pre-activation (4 n d), plus
+// the residual stream (n d per block boundary) and per-row norm statistics. Recomputed in backward instead
+// of kept: the two layer norms' outputs (from their inputs, which are kept anyway: 2 n d per block, 1.5 GiB
+// of a 1.3 B model at batch 8, for two elementwise passes), GELU's output, and the attention probabilities
+// (plain attention: batch * heads * seq^2 values, one buffer for all blocks; recomputing costs one Q K^T
+// GEMM per block, about 1.5 % of a 1.3 B model's step, and saves 256 MiB per block there). With activation
 // checkpointing one block's set serves every block: block_backward runs the block's forward again first.
 #include <cuda_runtime.h>
 
@@ -51,10 +52,11 @@ class CudaBackend final : public Backend {
     for (int64_t l = 0; l <= L; ++l) stream_.push_back(act(n * d));
     blocks_.resize(recompute ? 1 : static_cast<std::size_t>(L));
     for (auto& b : blocks_) {
-      b.ln1 = act(n * d), b.qkv = act(3 * n * d), b.att = act(n * d), b.x1 = act(n * d);
-      b.ln2 = act(n * d), b.h = act(4 * n * d), b.stats = floats(4 * n);
+      b.qkv = act(3 * n * d), b.att = act(n * d), b.x1 = act(n * d);
+      b.h = act(4 * n * d), b.stats = floats(4 * n);
     }
-    hg_ = act(4 * n * d), d_hg_ = act(4 * n * d), d_ln_ = act(n * d), d_x1_ = act(n * d), d_att_ = act(n * d);
+    ln_ = act(n * d), hg_ = act(4 * n * d), d_hg_ = act(4 * n * d), d_ln_ = act(n * d), d_x1_ = act(n * d),
+    d_att_ = act(n * d);
     d_qkv_ = act(3 * n * d), probs_ = act(probs), d_probs_ = act(int64_t{s_.heads} * s_.seq * s_.seq);
     dres_ = act(n * d), dres2_ = act(n * d), xf_ = act(n * d), logits_ = act(n * s_.vocab);
     head_stats_ = floats(2 * n), row_loss_ = floats(n), loss_ = floats(1);
@@ -93,12 +95,12 @@ class CudaBackend final : public Backend {
     const void* x = stream_[static_cast<std::size_t>(l)].data();
     void* y = stream_[static_cast<std::size_t>(l) + 1].data();
     float* st = static_cast<float*>(b.stats.data());  // ln1 mean, rstd, ln2 mean, rstd
-    cuda::layernorm_forward(c_, x, p[LN1_G], p[LN1_B], b.ln1.data(), st, st + n, n, d);
-    cuda::linear_forward(c_, b.ln1.data(), p[QKV_W], p[QKV_B], b.qkv.data(), n, d, 3 * d);
+    cuda::layernorm_forward(c_, x, p[LN1_G], p[LN1_B], ln_.data(), st, st + n, n, d);
+    cuda::linear_forward(c_, ln_.data(), p[QKV_W], p[QKV_B], b.qkv.data(), n, d, 3 * d);
     cuda::attention_forward(c_, b.qkv.data(), probs_.data(), b.att.data(), batch_, s_.seq, d, s_.heads);
     cuda::linear_forward(c_, b.att.data(), p[PROJ_W], p[PROJ_B], b.x1.data(), n, d, d, x);
-    cuda::layernorm_forward(c_, b.x1.data(), p[LN2_G], p[LN2_B], b.ln2.data(), st + 2 * n, st + 3 * n, n, d);
-    cuda::linear_forward(c_, b.ln2.data(), p[FC_W], p[FC_B], b.h.data(), n, d, 4 * d);
+    cuda::layernorm_forward(c_, b.x1.data(), p[LN2_G], p[LN2_B], ln_.data(), st + 2 * n, st + 3 * n, n, d);
+    cuda::linear_forward(c_, ln_.data(), p[FC_W], p[FC_B], b.h.data(), n, d, 4 * d);
     cuda::gelu_forward(c_, b.h.data(), hg_.data(), int64_t{n} * 4 * d);
     cuda::linear_forward(c_, hg_.data(), p[FC2_W], p[FC2_B], y, n, 4 * d, d, b.x1.data());
   }
@@ -124,12 +126,13 @@ class CudaBackend final : public Backend {
     const int64_t nd = int64_t{n} * d, bytes = nd * static_cast<int64_t>(zs::dtype_size(c_.act));
     const Block& b = block(l);
     const void* x = stream_[static_cast<std::size_t>(l)].data();
-    const float* st = static_cast<const float*>(b.stats.data());
+    float* st = static_cast<float*>(b.stats.data());  // rewritten with the same values by the recomputed norms
     void *dy = dres_.data(), *dx = dres2_.data();
     cuda::gelu_forward(c_, b.h.data(), hg_.data(), 4 * nd);  // recomputed, not kept
     cuda::linear_backward(c_, hg_.data(), p[FC2_W], dy, d_hg_.data(), g[FC2_W], g[FC2_B], n, 4 * d, d);
     cuda::gelu_backward(c_, b.h.data(), d_hg_.data(), d_hg_.data(), 4 * nd);
-    cuda::linear_backward(c_, b.ln2.data(), p[FC_W], d_hg_.data(), d_ln_.data(), g[FC_W], g[FC_B], n, d, 4 * d);
+    cuda::layernorm_forward(c_, b.x1.data(), p[LN2_G], p[LN2_B], ln_.data(), st + 2 * n, st + 3 * n, n, d);
+    cuda::linear_backward(c_, ln_.data(), p[FC_W], d_hg_.data(), d_ln_.data(), g[FC_W], g[FC_B], n, d, 4 * d);
     copy(d_x1_.data(), dy, bytes);  // the residual
     cuda::layernorm_backward(c_, b.x1.data(), p[LN2_G], st + 2 * n, st + 3 * n, d_ln_.data(), d_x1_.data(), g[LN2_G],
                              g[LN2_B], n, d, true);
@@ -137,7 +140,8 @@ class CudaBackend final : public Backend {
     cuda::attention_probs(c_, b.qkv.data(), probs_.data(), batch_, s_.seq, d, s_.heads);  // recomputed
     cuda::attention_backward(c_, b.qkv.data(), probs_.data(), d_att_.data(), d_qkv_.data(), d_probs_.data(), batch_,
                              s_.seq, d, s_.heads);
-    cuda::linear_backward(c_, b.ln1.data(), p[QKV_W], d_qkv_.data(), d_ln_.data(), g[QKV_W], g[QKV_B], n, d, 3 * d);
+    cuda::layernorm_forward(c_, x, p[LN1_G], p[LN1_B], ln_.data(), st, st + n, n, d);  // recomputed
+    cuda::linear_backward(c_, ln_.data(), p[QKV_W], d_qkv_.data(), d_ln_.data(), g[QKV_W], g[QKV_B], n, d, 3 * d);
     copy(dx, d_x1_.data(), bytes);
     cuda::layernorm_backward(c_, x, p[LN1_G], st, st + n, d_ln_.data(), dx, g[LN1_G], g[LN1_B], n, d, true);
     std::swap(dres_, dres2_);
@@ -167,7 +171,7 @@ class CudaBackend final : public Backend {
 
  private:
   struct Block {
-    Buffer ln1, qkv, att, x1, ln2, h, stats;
+    Buffer qkv, att, x1, h, stats;
   };
   Buffer alloc(int64_t bytes) {
     return Buffer(static_cast<std::size_t>(bytes), zs::MemoryKind::device, dev_, zs::MemCategory::activations);
@@ -191,7 +195,7 @@ class CudaBackend final : public Backend {
   cudaEvent_t uploaded_ = nullptr, loss_ready_ = nullptr;
   std::vector<Buffer> stream_;  // the residual stream entering each block, and leaving the last
   std::vector<Block> blocks_;   // per block, or one (recompute)
-  Buffer hg_, d_hg_, d_ln_, d_x1_, d_att_, d_qkv_, probs_, d_probs_, dres_, dres2_, xf_, logits_;
+  Buffer ln_, hg_, d_hg_, d_ln_, d_x1_, d_att_, d_qkv_, probs_, d_probs_, dres_, dres2_, xf_, logits_;
   Buffer head_stats_, row_loss_, loss_, colsum_, table_, batch_dev_, batch_host_;
 };
 
