@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The one GPU check: every `gpu` test and the GPU benchmarks in one go (< 6 minutes), one summary table.
+# The one GPU check: every `gpu` test and the GPU benchmarks in one go (about 5 minutes on an H200, 7.5 with
+# ZS_GPU_BIG=1), one summary table.
 # Each check has its own time limit, so one that hangs costs its limit, not the run; the correctness checks
 # come first, and every finished row is also appended to $OUT/gpu_rows.txt as it lands.
 # Run on the GPU machine from the repository root with build/cuda-sm90/gpu-bundle carried over
