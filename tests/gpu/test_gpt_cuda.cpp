@@ -213,6 +213,22 @@ TEST(GptCuda, LayersMatchTheCpuLayers) {
   }
 }
 
+// The lone process as a Gloo group (the CPU engine) and as an NCCL group (the CUDA engine).
+std::pair<zs::ProcessGroup, zs::ProcessGroup> cpu_and_gpu_groups() {
+  zs::ProcessGroupOptions go, no;
+  go.backend = zs::Backend::gloo;
+  no.backend = zs::Backend::nccl;
+  zs::ProcessGroup cpu = zs::init_process_group(go);
+  return {std::move(cpu), zs::init_process_group(no)};
+}
+
+// The model the training tests run: 2 blocks of d = 64, 4 heads, 32 tokens.
+Shape small_shape() {
+  Shape s;
+  s.d = 64, s.layers = 2, s.heads = 4, s.seq = 32;
+  return s;
+}
+
 // Every parameter's gradient from one step through the engine (stage 3, prefetch 2) on CUDA + NCCL
 // against the CPU + Gloo run: SGD with lr 1 and no decay or clipping turns each parameter's change into its
 // gradient, so a tensor whose gradient is wrong is named (f32: GEMM summation order only, 1e-4 of the RMS).
@@ -220,12 +236,8 @@ TEST(GptCuda, LayersMatchTheCpuLayers) {
 // NVIDIA/nccl#1950, showed: each block's last 12 gradients, mlp.proj.b's, were the previous step's).
 TEST(GptCuda, GradientsMatchTheCpuModel) {
   SKIP_WITHOUT_GPU();
-  zs::ProcessGroupOptions go, no;
-  go.backend = zs::Backend::gloo;
-  no.backend = zs::Backend::nccl;
-  zs::ProcessGroup cpu_pg = zs::init_process_group(go), gpu_pg = zs::init_process_group(no);
-  Shape shape;
-  shape.d = 64, shape.layers = 2, shape.heads = 4, shape.seq = 32;
+  auto [cpu_pg, gpu_pg] = cpu_and_gpu_groups();
+  const Shape shape = small_shape();
   const int batch = 4;
   const zs::family::Units units = zs::family::gpt_units(shape);
   // The gradients of one step, tensor by tensor (unit order), on `device` at `stage`.
@@ -277,12 +289,8 @@ TEST(GptCuda, GradientsMatchTheCpuModel) {
 // master): the losses within its rounding.
 TEST(GptCuda, TrainsLikeTheCpuModel) {
   SKIP_WITHOUT_GPU();
-  zs::ProcessGroupOptions go, no;
-  go.backend = zs::Backend::gloo;
-  no.backend = zs::Backend::nccl;
-  zs::ProcessGroup cpu_pg = zs::init_process_group(go), gpu_pg = zs::init_process_group(no);
-  Shape shape;
-  shape.d = 64, shape.layers = 2, shape.heads = 4, shape.seq = 32;
+  auto [cpu_pg, gpu_pg] = cpu_and_gpu_groups();
+  const Shape shape = small_shape();
   const int batch = 4, steps = 6;
   auto run = [&](zs::ProcessGroup& pg, const char* device, DType param, bool recompute = false) {
     zs::Config cfg;
