@@ -60,6 +60,17 @@ if have_cublas "offload_bench"; then
   ZS_CPU_THREADS=$(($(nproc) - 1)) offload "1.3B, $(($(nproc) - 1)) CPU threads," 90 delayed 3
   # No clipping: each unit's CPU update starts as its gradients land, behind the rest of the backward.
   offload "1.3B no clipping" 90 optimizer 3 --clip 0
+  # The offloaded step is bound by host memory traffic (about 51 GB per step at 1.27 B with f32 gradients
+  # and states; bench/RESULTS.md): the ratio falls with fewer bytes (bf16 gradients and states) and with
+  # more tokens per step. ZS_GPU_SWEEP=1 measures both (about 5 minutes; run it on its own).
+  if [ "${ZS_GPU_SWEEP:-0}" = 1 ]; then
+    for o in none optimizer; do offload "1.3B 24k tokens" 120 "$o" 3 --tokens 24576; done
+    ZS_CPU_THREADS=$(($(nproc) - 1)) offload "1.3B 24k tokens, $(($(nproc) - 1)) CPU threads," 120 delayed 3 --tokens 24576
+    offload "1.3B bf16 grads" 90 none 3 --reduce bf16
+    offload "1.3B bf16 grads+states" 90 optimizer 3 --reduce bf16 --states bf16
+    ZS_CPU_THREADS=$(($(nproc) - 1)) offload "1.3B bf16 grads+states, $(($(nproc) - 1)) CPU threads," 90 delayed 3 \
+      --reduce bf16 --states bf16
+  fi
 fi
 cores=$(nproc)
 run "optim_bench adamw 1e8 cpu" 60 "$bundle/bin/optim_bench" --device cpu --params 1e8 --iters 7 --threads "$cores"
