@@ -18,6 +18,7 @@ Pipeline::Pipeline(Device device, DType compute, DType reduce, DType state, bool
       download_(make_stream(device)),
       upload_(make_stream(device)),
       cpu_(make_stream(Device::cpu())),
+      all_downloaded_(make_event(device)),
       sums_(units_.size(), 0.0f) {
   for (std::size_t u = 0; u < units_.size(); ++u) {
     downloaded_.push_back(make_event(device));
@@ -43,15 +44,15 @@ Event& Pipeline::download(int u, const void* device_grads, Event* reduced) {
   memory_copy_async(host, device_grads, static_cast<std::size_t>(s.n) * dtype_size(reduce_), *download_);
   Event& done = *downloaded_[static_cast<std::size_t>(u)];
   download_->record(done);
-  // The closure captures only [this, u] (no allocation in std::function); slot_ changes only after
-  // sums_of_squares() has waited for it.
-  cpu_->submit([this, u] {
-    const auto i = static_cast<std::size_t>(u);
-    downloaded_[i]->synchronize();
-    const TensorView g = TensorView::flat(units_[i].grads[slot_], reduce_, units_[i].n, Device::cpu());
-    kernels::sum_squares(Device::cpu(), g, &sums_[i]);
-  });
-  if (early_) {  // its update and upload right behind, while the device goes on with the backward
+  if (early_) {  // its sum, update and upload right behind, while the device goes on with the backward
+    // The closures capture only [this, u] (no allocation in std::function); slot_ changes only after
+    // sums_of_squares() has waited for them.
+    cpu_->submit([this, u] {
+      const auto i = static_cast<std::size_t>(u);
+      downloaded_[i]->synchronize();
+      const TensorView g = TensorView::flat(units_[i].grads[slot_], reduce_, units_[i].n, Device::cpu());
+      kernels::sum_squares(Device::cpu(), g, &sums_[i]);
+    });
     cpu_->submit([this, u] {
       step_.failed = step_.failed || !std::isfinite(sums_[static_cast<std::size_t>(u)]);
       if (step_.failed) return;
@@ -63,7 +64,13 @@ Event& Pipeline::download(int u, const void* device_grads, Event* reduced) {
   return done;
 }
 
+Event& Pipeline::downloads_done() {
+  download_->record(*all_downloaded_);
+  return *all_downloaded_;
+}
+
 const std::vector<float>& Pipeline::sums_of_squares() {
+  ZS_CHECK(early_, "offload: the CPU sums the gradients only in an early update (update_early)");
   cpu_->synchronize();
   early_ = false;
   return sums_;
@@ -112,9 +119,10 @@ void Pipeline::update_unit(int u) {
 void Pipeline::update(const kernels::OptimizerHyper& h, float grad_scale, std::span<const int> order) {
   ZS_CHECK(order.size() == units_.size(), "offload: the update order names {} units, not {}", order.size(),
            units_.size());
-  // The CPU worker is idle here (sums_of_squares waited for it; delayed mode waits below), so the step's
+  // Wait for the CPU worker (streaming: the last step's updates, done by now unless a unit went ungathered;
+  // delayed: the last step's update, which had this step's forward and backward to run), so the step's
   // arguments can change; the closures capture only [this, u].
-  if (delayed_) cpu_->synchronize();
+  cpu_->synchronize();
   step_ = {h, grad_scale, slot_};
   if (delayed_) {
     // The previous step's update has had a whole forward and backward to finish; its results go up now
@@ -124,6 +132,7 @@ void Pipeline::update(const kernels::OptimizerHyper& h, float grad_scale, std::s
     for (int u : order) {
       cpu_->submit([this, u] {
         const auto i = static_cast<std::size_t>(u);
+        downloaded_[i]->synchronize();
         if (units_[i].device_params) uploaded_[i]->synchronize();
         update_unit(u);
       });
@@ -135,6 +144,7 @@ void Pipeline::update(const kernels::OptimizerHyper& h, float grad_scale, std::s
   }
   for (int u : order) {  // the first unit the next forward needs is ready first
     cpu_->submit([this, u] {
+      downloaded_[static_cast<std::size_t>(u)]->synchronize();
       update_unit(u);
       upload(u);
     });

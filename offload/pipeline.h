@@ -1,10 +1,12 @@
 // The offloaded optimizer step (DESIGN §4). Each unit's reduced gradient shard goes to the host on a
-// copy stream as soon as its reduce lands, and the CPU sums its squares behind it; once the global norm
-// is known the CPU updates the units in forward order with the SIMD kernels and uploads each one as soon
-// as it is done, so the next forward starts on unit 0 while later units are still being updated
+// copy stream as soon as its reduce lands (its sum of squares taken on the device first, by the engine, so
+// the host reads the gradients once: the step is bound by host memory traffic); once the global norm is
+// known the CPU updates the units in forward order with the SIMD kernels and uploads each one as soon as
+// it is done, so the next forward starts on unit 0 while later units are still being updated
 // (streaming). When the update does not depend on the norm (no clipping, no loss scaling) streaming goes
-// further: each unit is updated and uploaded right after its sum, behind the rest of the backward, so only
-// the units whose gradients land last are left for after it (early update). Delayed mode (ZeRO-Offload's
+// further: each unit is summed (for the finiteness check), updated and uploaded on the CPU right after it
+// lands, behind the rest of the backward, so only the units whose gradients land last are left for after
+// it (early update). Delayed mode (ZeRO-Offload's
 // one-step-stale update) runs the whole CPU step behind the next forward and backward instead: the
 // parameters a step computes with are two updates old, which changes the math.
 //
@@ -44,11 +46,13 @@ class Pipeline {
   Pipeline& operator=(const Pipeline&) = delete;
 
   // Unit u's reduced gradient shard at `device_grads` (complete at `reduced`, an event of the device)
-  // goes to the host, then the CPU sums its squares. Returns the event after which the device buffer
-  // may be reused.
+  // goes to the host (in an early update, then the CPU sums, updates and uploads it). Returns the event
+  // after which the device buffer may be reused.
   Event& download(int u, const void* device_grads, Event* reduced);
-  // Blocks until this step's downloads and sums (and early updates) are done, rethrowing a failure of the
-  // CPU step: each unit's sum of squares of its gradient shard, unscaled.
+  // An event after every download enqueued so far: the device gradient buffers are free to reuse after it.
+  Event& downloads_done();
+  // Early update only: blocks until this step's downloads, sums and updates are done, rethrowing a
+  // failure of the CPU step; each unit's sum of squares of its gradient shard, unscaled.
   const std::vector<float>& sums_of_squares();
   // Early update: this step's updates start as each gradient shard lands, with h and grad_scale (the
   // caller knows them before the norm: no clipping, no loss scaling; streaming only). Call before the
@@ -80,6 +84,7 @@ class Pipeline {
   std::vector<UnitShard> units_;
   std::unique_ptr<Stream> download_, upload_, cpu_;
   std::vector<std::unique_ptr<Event>> downloaded_, uploaded_, updated_;
+  std::unique_ptr<Event> all_downloaded_;
   std::vector<float> sums_;
   struct StepArgs {
     kernels::OptimizerHyper h;

@@ -279,6 +279,8 @@ void Engine::setup() {
         {Buffer(static_cast<std::size_t>(pools.grad_bytes), mk, device_, MemCategory::grads), -1, nullptr, {}});
   norm_scratch_ = Buffer((units_.size() + 1) * sizeof(float), mk, device_, MemCategory::other);
   for (std::size_t i = 0; i < units_.size(); ++i) grads_ready_.push_back(make_event(device_));
+  if (cfg_.offload.optimizer_on_cpu())
+    for (std::size_t i = 0; i < units_.size(); ++i) shard_summed_.push_back(make_event(device_));
   update_done_ = make_event(device_);
   norm_host_.resize(units_.size());
   ready_ = true;
@@ -726,7 +728,21 @@ void Engine::reduce_grads(UnitId id) {
       early_started_ = true;
     }
     u.pending = reduce_scatter(full, shard);
-    Event& copied = offload_->download(id, shard.data, u.pending.event());
+    Event* reduced = u.pending.event();
+    if (!early_update_) {
+      // The norm from the device's copy, as without offload: the host, whose memory traffic bounds the
+      // offloaded step, then reads the gradients once (in the update). Summed behind the reduce on its
+      // stream; the copy to the host, and so the buffer's reuse, waits for the sum.
+      float* out = static_cast<float*>(norm_scratch_.data()) + id;
+      const Device dev = device_;
+      const DType t = reduce_;
+      rs->submit([dev, data = shard.data, t, S, out, rs] {
+        kernels::sum_squares(dev, TensorView::flat(data, t, S, dev), out, rs);
+      });
+      reduced = shard_summed_[static_cast<std::size_t>(id)].get();
+      rs->record(*reduced);
+    }
+    Event& copied = offload_->download(id, shard.data, reduced);
     if (u.grad_buffer >= 0) {
       PoolBuffer& pb = grad_pool_[static_cast<std::size_t>(u.grad_buffer)];
       pb.last_reduce = u.pending;
@@ -771,13 +787,20 @@ StepStats Engine::step() {
   const bool full_grads = stage <= 1 || accum > 1;
   // Global gradient norm: per-unit sums of squares, one all-reduce over the shards.
   std::vector<float>& host = norm_host_;
-  if (offload_) {  // summed on the host as each shard arrived there
+  if (offload_ && early_update_) {  // summed on the host as each shard arrived there
     host = offload_->sums_of_squares();
   } else {
     float* sums = static_cast<float*>(norm_scratch_.data());
-    for (std::size_t i = 0; i < units_.size(); ++i)
-      kernels::sum_squares(device_, grad_shard(*units_[i], full_grads), sums + i, compute_stream_.get());
-    compute_stream_->synchronize();
+    if (offload_) {
+      reduce_stream_->synchronize();  // each shard was summed behind its reduce (reduce_grads)
+      // The gradient buffers are zeroed or handed to the next step's units (finish_step) only once their
+      // shards are on the host.
+      consume(offload_->downloads_done());
+    } else {
+      for (std::size_t i = 0; i < units_.size(); ++i)
+        kernels::sum_squares(device_, grad_shard(*units_[i], full_grads), sums + i, compute_stream_.get());
+      compute_stream_->synchronize();
+    }
     memory_copy(host.data(), Device::cpu(), sums, device_, host.size() * sizeof(float));
   }
   float total = 0.0f;

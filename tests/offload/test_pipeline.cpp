@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/error.h"
 #include "kernels/kernels.h"
 #include "offload/pipeline.h"
 
@@ -94,6 +95,26 @@ TEST(OffloadPipeline, EarlyUpdateRunsAsEachShardLandsWithoutTheStep) {
       EXPECT_EQ(units[u].device_params, want[u].device_params) << "step " << step << " unit " << u;
       want[u] = updated(want[u], 0.5f);
     }
+  }
+}
+
+// Streaming with the norm known (the engine sums each shard on the device): update() after the downloads,
+// each unit's update waiting for its own shard; the CPU sums nothing (that is an early update's job).
+TEST(OffloadPipeline, StreamingUpdatesEachUnitOnceItsShardLanded) {
+  std::vector<UnitData> units{UnitData(1000, 1), UnitData(37, 2), UnitData(4099, 3)};
+  std::vector<UnitData> want;
+  for (const UnitData& u : units) want.push_back(updated(u, 0.25f));
+  std::vector<offload::UnitShard> shards;
+  for (UnitData& u : units) shards.push_back(u.shard());
+  offload::Pipeline p(Device::cpu(), DType::bf16, DType::f32, DType::f32, /*delayed=*/false, shards);
+  for (int u : {2, 0, 1}) p.download(u, units[static_cast<std::size_t>(u)].device_grads.data(), nullptr);
+  const std::vector<int> order{0, 1, 2};
+  p.update(adamw(), 0.25f, order);  // at once: the downloads may still be in flight
+  EXPECT_THROW(p.sums_of_squares(), Error);
+  p.drain();
+  for (std::size_t u = 0; u < units.size(); ++u) {
+    EXPECT_EQ(units[u].master, want[u].master) << "unit " << u;
+    EXPECT_EQ(units[u].device_params, want[u].device_params) << "unit " << u;
   }
 }
 
