@@ -1,12 +1,18 @@
-// The offloaded step's pipeline: downloads, host sums, updates and uploads, ordered by events.
+// The offloaded step's pipeline: downloads, updates (with an early update's host sums) and uploads, ordered by
+// events.
 #include "offload/pipeline.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
 #include "core/log.h"
 
 namespace zs::offload {
+
+int default_cpu_threads(int cores, int ranks_on_node) {
+  return std::max(1, cores / std::max(1, ranks_on_node) - 1);
+}
 
 Pipeline::Pipeline(Device device, DType compute, DType reduce, DType state, bool delayed, std::vector<UnitShard> units)
     : device_(device),

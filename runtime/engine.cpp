@@ -7,7 +7,9 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <thread>
 
+#include "core/bootstrap.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "kernels/kernels.h"
@@ -180,8 +182,7 @@ MemoryPlan Engine::memory_plan() const {
 void Engine::check_fits() const {
   // Before any allocation: a run that cannot fit fails now, with zsmem's numbers, not mid-step.
   const MemoryPlan plan = memory_plan();
-  const char* lws = std::getenv("LOCAL_WORLD_SIZE");
-  const int64_t sharing = lws ? std::max(1, std::atoi(lws)) : 1;  // ranks sharing this host's RAM
+  const int64_t sharing = std::max(1, job_env().local_world_size);  // ranks sharing this host's RAM
   const double gib = 1073741824.0;
   auto parts = [&](const CategoryBytes& b) {
     std::string out;
@@ -312,6 +313,16 @@ void Engine::setup_offload() {
   }
   offload_ = std::make_unique<offload::Pipeline>(device_, compute_, reduce_, cfg_.optimizer.state_dtype,
                                                  cfg_.offload.delayed(), std::move(shards));
+  if (device_.is_cuda() && !std::getenv("ZS_CPU_THREADS")) {
+    const int local = job_env().local_world_size;
+    kernels::set_cpu_threads(
+        offload::default_cpu_threads(static_cast<int>(std::thread::hardware_concurrency()), local));
+    if (comm_->rank() == 0)
+      log::info(
+          "offload: the CPU step runs on {} threads per rank ({} ranks on this node, one core each left to "
+          "drive its GPU; ZS_CPU_THREADS chooses)",
+          kernels::cpu_threads(), local);
+  }
   // Without clipping or loss scaling the update does not depend on the global norm, so each unit's can
   // start as soon as its gradients are on the host, behind the rest of the backward (same math, same bits).
   early_update_ = !cfg_.offload.delayed() && cfg_.optimizer.clip_grad_norm <= 0 && !dynamic_scaling_;

@@ -138,5 +138,13 @@ TEST(OffloadPipeline, EarlyUpdateStopsAtAShardThatIsNotFinite) {
   }
 }
 
+TEST(OffloadPipeline, DefaultCpuThreadsLeaveACoreToEachGpu) {
+  EXPECT_EQ(offload::default_cpu_threads(16, 1), 15);
+  EXPECT_EQ(offload::default_cpu_threads(128, 8), 15);  // 8 GPUs on a 128-core node: 16 cores each
+  EXPECT_EQ(offload::default_cpu_threads(12, 8), 1);    // fewer cores than ranks: never 0
+  EXPECT_EQ(offload::default_cpu_threads(2, 1), 1);
+  EXPECT_EQ(offload::default_cpu_threads(8, 0), 7);  // an unknown count is taken as one rank
+}
+
 }  // namespace
 }  // namespace zs
