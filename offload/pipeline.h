@@ -6,9 +6,9 @@
 // (streaming). When the update does not depend on the norm (no clipping, no loss scaling) streaming goes
 // further: each unit is summed (for the finiteness check), updated and uploaded on the CPU right after it
 // lands, behind the rest of the backward, so only the units whose gradients land last are left for after
-// it (early update). Delayed mode (ZeRO-Offload's
-// one-step-stale update) runs the whole CPU step behind the next forward and backward instead: the
-// parameters a step computes with are two updates old, which changes the math.
+// it (early update). Delayed mode (ZeRO-Offload's one-step-stale update) runs the whole CPU step behind
+// the next forward and backward instead: the parameters a step computes with are two updates old, which
+// changes the math.
 //
 // Streams: `download` and `upload` on the device (copy engines on a GPU; worker threads in the CPU build,
 // whose "device" memory is a separate host pool, so ordering bugs show in CI), and a CPU worker for the

@@ -72,13 +72,17 @@ UnitData updated(UnitData u, float grad_scale) {
   return u;
 }
 
+std::vector<offload::UnitShard> shards_of(std::vector<UnitData>& units) {
+  std::vector<offload::UnitShard> shards;
+  for (UnitData& u : units) shards.push_back(u.shard());
+  return shards;
+}
+
 TEST(OffloadPipeline, EarlyUpdateRunsAsEachShardLandsWithoutTheStep) {
   std::vector<UnitData> units{UnitData(1000, 1), UnitData(37, 2), UnitData(4099, 3)};
   std::vector<UnitData> want;
   for (const UnitData& u : units) want.push_back(updated(u, 0.5f));
-  std::vector<offload::UnitShard> shards;
-  for (UnitData& u : units) shards.push_back(u.shard());
-  offload::Pipeline p(Device::cpu(), DType::bf16, DType::f32, DType::f32, /*delayed=*/false, shards);
+  offload::Pipeline p(Device::cpu(), DType::bf16, DType::f32, DType::f32, /*delayed=*/false, shards_of(units));
   for (int step = 0; step < 2; ++step) {  // the second step proves the first left the pipeline ready
     p.update_early(adamw(), 0.5f);
     for (int u : {2, 0, 1}) p.download(u, units[static_cast<std::size_t>(u)].device_grads.data(), nullptr);
@@ -104,9 +108,7 @@ TEST(OffloadPipeline, StreamingUpdatesEachUnitOnceItsShardLanded) {
   std::vector<UnitData> units{UnitData(1000, 1), UnitData(37, 2), UnitData(4099, 3)};
   std::vector<UnitData> want;
   for (const UnitData& u : units) want.push_back(updated(u, 0.25f));
-  std::vector<offload::UnitShard> shards;
-  for (UnitData& u : units) shards.push_back(u.shard());
-  offload::Pipeline p(Device::cpu(), DType::bf16, DType::f32, DType::f32, /*delayed=*/false, shards);
+  offload::Pipeline p(Device::cpu(), DType::bf16, DType::f32, DType::f32, /*delayed=*/false, shards_of(units));
   for (int u : {2, 0, 1}) p.download(u, units[static_cast<std::size_t>(u)].device_grads.data(), nullptr);
   const std::vector<int> order{0, 1, 2};
   p.update(adamw(), 0.25f, order);  // at once: the downloads may still be in flight
@@ -123,9 +125,7 @@ TEST(OffloadPipeline, EarlyUpdateStopsAtAShardThatIsNotFinite) {
   units[0].device_grads[17] = NAN;
   const std::vector<UnitData> before = units;
   const UnitData first = updated(units[2], 1.0f);
-  std::vector<offload::UnitShard> shards;
-  for (UnitData& u : units) shards.push_back(u.shard());
-  offload::Pipeline p(Device::cpu(), DType::bf16, DType::f32, DType::f32, /*delayed=*/false, shards);
+  offload::Pipeline p(Device::cpu(), DType::bf16, DType::f32, DType::f32, /*delayed=*/false, shards_of(units));
   p.update_early(adamw(), 1.0f);
   for (int u : {2, 0, 1}) p.download(u, units[static_cast<std::size_t>(u)].device_grads.data(), nullptr);
   EXPECT_TRUE(std::isnan(p.sums_of_squares()[0]));
