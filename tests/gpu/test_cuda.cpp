@@ -9,14 +9,10 @@
 #include "core/buffer.h"
 #include "core/cuda_check.h"
 #include "core/stream.h"
+#include "tests/gpu/gpu_test.h"
 
 namespace zs {
 namespace {
-
-#define ZS_REQUIRE_GPU()                                                     \
-  if (!cuda_available())                                                     \
-  GTEST_SKIP() << "no CUDA GPU visible: the gpu tests run on a GPU machine " \
-                  "(bench/gpu/check.sh)"
 
 // A chain of async copies across two streams, ordered only by events: the data must arrive intact.
 TEST(CudaStream, EventsOrderCopiesAcrossStreams) {
@@ -49,6 +45,8 @@ TEST(CudaStream, EventsOrderCopiesAcrossStreams) {
   EXPECT_TRUE(e->query());
 }
 
+// A one-rank NCCL group copies instead of calling NCCL (core/comm_nccl.cpp), so this checks that path, every
+// collective, op and dtype; NCCL's own kernels run only in groups of two or more GPUs.
 TEST(Nccl, EveryCollectiveAtWorldOne) {
   ZS_REQUIRE_GPU();
   ProcessGroupOptions opts;

@@ -2,25 +2,16 @@
 // bit-identical twins and a one-rank reduction changes nothing, so the parameters must agree to f32 rounding.
 #include <gtest/gtest.h>
 
-#include "core/bootstrap.h"
 #include "tests/dist/engine_harness.h"
+#include "tests/gpu/gpu_test.h"
 
 namespace zs {
 namespace {
 
 using namespace test;
 
-// The lone process as a Gloo group (CPU engine) and as an NCCL group (CUDA engine).
-std::pair<ProcessGroup, ProcessGroup> cpu_and_gpu_groups() {
-  ProcessGroupOptions go, no;
-  go.backend = Backend::gloo;
-  no.backend = Backend::nccl;
-  ProcessGroup cpu = init_process_group(go);
-  return {std::move(cpu), init_process_group(no)};
-}
-
 TEST(EngineCuda, MatchesTheCpuEngineAtWorldOne) {
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU visible: the gpu tests run on a GPU machine (bench/gpu/check.sh)";
+  ZS_REQUIRE_GPU();
   auto [cpu_pg, gpu_pg] = cpu_and_gpu_groups();
   for (const Case& c :
        {Case{0, DType::f32, 0, 1, 0.0f}, Case{3, DType::f32, 2, 1, 0.0f}, Case{3, DType::bf16, 2, 3, 0.0f},
@@ -39,7 +30,7 @@ TEST(EngineCuda, MatchesTheCpuEngineAtWorldOne) {
 // mode, against the CUDA engine's own device optimizer (twin kernels; only the norm's summation order
 // differs, and these cases do not clip).
 TEST(EngineCuda, OffloadMatchesTheDeviceOptimizerAtWorldOne) {
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU visible: the gpu tests run on a GPU machine (bench/gpu/check.sh)";
+  ZS_REQUIRE_GPU();
   auto [cpu_pg, gpu_pg] = cpu_and_gpu_groups();
   using O = kernels::Optimizer;
   for (const Case& c :

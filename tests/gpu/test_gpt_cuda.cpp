@@ -13,16 +13,13 @@
 #include "examples/gpt/model.h"
 #include "examples/gpt/trainer.h"
 #include "runtime/model_family.h"
+#include "tests/gpu/gpu_test.h"
 
 namespace gpt {
 namespace {
 
 using zs::DType;
 using Vec = std::vector<float>;
-
-#define SKIP_WITHOUT_GPU()   \
-  if (!zs::cuda_available()) \
-  GTEST_SKIP() << "no CUDA GPU visible: the gpu tests run on a GPU machine (bench/gpu/check.sh)"
 
 // Random values, rounded to `t` so the CPU and the GPU start from the same numbers.
 Vec random(std::size_t n, std::mt19937& rng, DType t, float scale = 1.0f) {
@@ -98,7 +95,7 @@ double bound(DType act) {
 }
 
 TEST(GptCuda, LayersMatchTheCpuLayers) {
-  SKIP_WITHOUT_GPU();
+  ZS_REQUIRE_GPU();
   Gpu gpu;
   for (DType act : {DType::f32, DType::bf16}) {
     const cuda::Ctx c = gpu.ctx(act, DType::f32);
@@ -213,15 +210,6 @@ TEST(GptCuda, LayersMatchTheCpuLayers) {
   }
 }
 
-// The lone process as a Gloo group (the CPU engine) and as an NCCL group (the CUDA engine).
-std::pair<zs::ProcessGroup, zs::ProcessGroup> cpu_and_gpu_groups() {
-  zs::ProcessGroupOptions go, no;
-  go.backend = zs::Backend::gloo;
-  no.backend = zs::Backend::nccl;
-  zs::ProcessGroup cpu = zs::init_process_group(go);
-  return {std::move(cpu), zs::init_process_group(no)};
-}
-
 // The model the training tests run: 2 blocks of d = 64, 4 heads, 32 tokens.
 Shape small_shape() {
   Shape s;
@@ -235,8 +223,8 @@ Shape small_shape() {
 // Stage 3 reduce-scatters out of place; stage 0 all-reduces in place (this is how NCCL's one-rank tail bug,
 // NVIDIA/nccl#1950, showed: each block's last 12 gradients, mlp.proj.b's, were the previous step's).
 TEST(GptCuda, GradientsMatchTheCpuModel) {
-  SKIP_WITHOUT_GPU();
-  auto [cpu_pg, gpu_pg] = cpu_and_gpu_groups();
+  ZS_REQUIRE_GPU();
+  auto [cpu_pg, gpu_pg] = zs::test::cpu_and_gpu_groups();
   const Shape shape = small_shape();
   const int batch = 4;
   const zs::family::Units units = zs::family::gpt_units(shape);
@@ -288,8 +276,8 @@ TEST(GptCuda, GradientsMatchTheCpuModel) {
 // on a few elements) within GEMM summation order; bf16 (parameters and activations; f32 gradients and
 // master): the losses within its rounding.
 TEST(GptCuda, TrainsLikeTheCpuModel) {
-  SKIP_WITHOUT_GPU();
-  auto [cpu_pg, gpu_pg] = cpu_and_gpu_groups();
+  ZS_REQUIRE_GPU();
+  auto [cpu_pg, gpu_pg] = zs::test::cpu_and_gpu_groups();
   const Shape shape = small_shape();
   const int batch = 4, steps = 6;
   auto run = [&](zs::ProcessGroup& pg, const char* device, DType param, bool recompute = false) {

@@ -12,15 +12,12 @@
 #include "core/cuda_check.h"
 #include "core/error.h"
 #include "kernels/kernels.h"
+#include "tests/gpu/gpu_test.h"
 
 namespace zs::kernels {
 namespace {
 
 const Device kGpu = Device::cuda(0);
-
-#define ZS_REQUIRE_GPU()                                                                            \
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU visible: the gpu tests run on a GPU machine " \
-                                         "(bench/gpu/check.sh)"
 
 struct Twin {  // the same bytes on host and device
   std::vector<uint8_t> host;
