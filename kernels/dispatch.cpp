@@ -244,6 +244,9 @@ void unpack(Device device, TensorView flat, std::span<const int64_t> offsets, st
 void set_cpu_threads(int n) {
   cpu::ThreadPool::instance().set_threads(n);
 }
+void set_default_cpu_threads(int n) {
+  cpu::ThreadPool::instance().set_default_threads(n);
+}
 int cpu_threads() {
   return cpu::ThreadPool::instance().threads();
 }

@@ -103,6 +103,8 @@ void unpack(Device device, TensorView flat, std::span<const int64_t> offsets, st
 // CPU kernel threads (default: the machine's cores, or ZS_CPU_THREADS) and instruction set
 // ("avx512", "avx2" or "scalar"; chosen from the running CPU, or forced with ZS_CPU_ISA).
 void set_cpu_threads(int n);
+// The same unless ZS_CPU_THREADS chose the count (a library's default yields to the user's choice).
+void set_default_cpu_threads(int n);
 int cpu_threads();
 const char* cpu_isa();
 void set_cpu_isa(const char* name);  // for tests and benchmarks: throws if the CPU lacks it

@@ -313,15 +313,13 @@ void Engine::setup_offload() {
   }
   offload_ = std::make_unique<offload::Pipeline>(device_, compute_, reduce_, cfg_.optimizer.state_dtype,
                                                  cfg_.offload.delayed(), std::move(shards));
-  if (device_.is_cuda() && !std::getenv("ZS_CPU_THREADS")) {
+  if (device_.is_cuda()) {
     const int local = job_env().local_world_size;
-    kernels::set_cpu_threads(
+    kernels::set_default_cpu_threads(
         offload::default_cpu_threads(static_cast<int>(std::thread::hardware_concurrency()), local));
     if (comm_->rank() == 0)
-      log::info(
-          "offload: the CPU step runs on {} threads per rank ({} ranks on this node, one core each left to "
-          "drive its GPU; ZS_CPU_THREADS chooses)",
-          kernels::cpu_threads(), local);
+      log::info("offload: the CPU step runs on {} threads per rank ({} ranks on this node; ZS_CPU_THREADS chooses)",
+                kernels::cpu_threads(), local);
   }
   // Without clipping or loss scaling the update does not depend on the global norm, so each unit's can
   // start as soon as its gradients are on the host, behind the rest of the backward (same math, same bits).

@@ -12,8 +12,15 @@ ThreadPool& ThreadPool::instance() {
 
 ThreadPool::ThreadPool() {
   int n = static_cast<int>(std::thread::hardware_concurrency());
-  if (const char* v = std::getenv("ZS_CPU_THREADS")) n = std::atoi(v);
+  if (const char* v = std::getenv("ZS_CPU_THREADS")) {
+    n = std::atoi(v);
+    chosen_ = true;
+  }
   set_threads(n > 0 ? n : 1);
+}
+
+void ThreadPool::set_default_threads(int n) {
+  if (!chosen_) set_threads(n);
 }
 
 ThreadPool::~ThreadPool() {

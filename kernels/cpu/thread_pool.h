@@ -16,6 +16,8 @@ class ThreadPool {
   ~ThreadPool();
   // Total threads running a parallel_for, the caller included (>= 1).
   void set_threads(int n);
+  // The same, unless ZS_CPU_THREADS chose the count: a caller's default, not the user's choice.
+  void set_default_threads(int n);
   int threads() const { return threads_; }
 
   // Calls f(i) for every i in [0, n), spread over the threads; returns when all calls are done.
@@ -33,7 +35,8 @@ class ThreadPool {
   void drain(void (*fn)(void*, int64_t), void* ctx, int64_t n);
 
   int threads_ = 1;
-  std::mutex run_mu_;  // one parallel_for at a time
+  bool chosen_ = false;  // ZS_CPU_THREADS set the count
+  std::mutex run_mu_;    // one parallel_for at a time
   std::mutex mu_;
   std::condition_variable work_cv_, done_cv_;
   uint64_t generation_ = 0;

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <random>
@@ -224,6 +225,14 @@ TEST(OptimizerUpdate, EveryIsaAndThreadCountIsBitIdentical) {
         ASSERT_EQ(run_case(c, 100003, 11, false), want) << name(c) << " isa " << isa << " threads " << threads;
       }
   }
+}
+
+// A library's default thread count (the offloaded step's on a GPU machine) yields to ZS_CPU_THREADS.
+TEST(CpuThreads, ADefaultYieldsToTheUsersChoice) {
+  KernelSettings keep;
+  const int before = cpu_threads();
+  set_default_cpu_threads(before + 2);
+  EXPECT_EQ(cpu_threads(), std::getenv("ZS_CPU_THREADS") ? before : before + 2);
 }
 
 TEST(OptimizerUpdate, NoDecayRangesMeansDecayEverywhereAndErrorsAreClear) {
