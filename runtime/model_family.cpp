@@ -51,13 +51,16 @@ int64_t gpt_activation_bytes(const Gpt& g, int batch, bool cpu, DType compute, D
   }
   // Kept per block: qkv, attention output, residual, MLP pre-activation (9 n d); scratch: a norm's output
   // (recomputed in backward), GELU's output and its gradient (8 n d), 6 n d of gradients, qkv's (3 n d), the
-  // probabilities (recomputed in backward) and one sequence's probability gradients; the residual stream;
-  // the logits. f32: norm
-  // statistics (4 n per block, 2 n for the final norm), per-row losses and their mean, column-sum partials
-  // (2 per 256 rows per column, up to 4 d columns), the batch's tokens and targets.
-  const int64_t act = (L + 1) * n * d + kept * 9 * n * d + 18 * n * d + attn + head_attn + n * V;
-  const int64_t floats =
-      kept * 4 * n + 3 * n + 1 + 2 * ((n + 255) / 256) * 4 * d + 2 * n + (reduce == DType::f32 ? 0 : V * d);
+  // probabilities (recomputed in backward) and one sequence's probability gradients, or with fused
+  // attention none of these but f32 log-sum-exps (kept per block) and deltas, B H T each; the residual
+  // stream; the logits. f32: norm statistics (4 n per block, 2 n for the final norm), per-row losses and
+  // their mean, column-sum partials (2 per 256 rows per column, up to 4 d columns), the batch's tokens and
+  // targets.
+  const int64_t probs = g.fused_attention ? 0 : attn + head_attn;
+  const int64_t rows_heads = g.fused_attention ? (kept + 1) * batch * H * T : 0;
+  const int64_t act = (L + 1) * n * d + kept * 9 * n * d + 18 * n * d + probs + n * V;
+  const int64_t floats = kept * 4 * n + 3 * n + 1 + 2 * ((n + 255) / 256) * 4 * d + 2 * n +
+                         (reduce == DType::f32 ? 0 : V * d) + rows_heads;
   return static_cast<int64_t>(dtype_size(compute)) * act + 4 * floats;
 }
 
@@ -67,8 +70,13 @@ Gpt parse_gpt(const std::string& spec) {
   std::string item;
   while (std::getline(ss, item, ',')) {
     const auto eq = item.find('=');
-    ZS_CHECK(eq != std::string::npos, "gpt model '{}': '{}' is not key=value (keys d, L, V, T, H)", spec, item);
+    ZS_CHECK(eq != std::string::npos, "gpt model '{}': '{}' is not key=value (keys d, L, V, T, H, attn)", spec, item);
     const std::string key = item.substr(0, eq), val = item.substr(eq + 1);
+    if (key == "attn") {
+      ZS_CHECK(val == "plain" || val == "fused", "gpt model '{}': attn = '{}' is not plain or fused", spec, val);
+      g.fused_attention = val == "fused";
+      continue;
+    }
     int v = 0;
     const auto [end, ec] = std::from_chars(val.data(), val.data() + val.size(), v);
     ZS_CHECK(ec == std::errc() && end == val.data() + val.size() && v > 0,
@@ -84,7 +92,7 @@ Gpt parse_gpt(const std::string& spec) {
     else if (key == "H")
       g.heads = v;
     else
-      ZS_FAIL("gpt model '{}': unknown key '{}' (keys d, L, V, T, H)", spec, key);
+      ZS_FAIL("gpt model '{}': unknown key '{}' (keys d, L, V, T, H, attn)", spec, key);
   }
   ZS_CHECK(g.d % g.heads == 0, "gpt model '{}': d = {} is not a multiple of H = {}", spec, g.d, g.heads);
   return g;

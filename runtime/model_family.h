@@ -19,6 +19,9 @@ struct Gpt {
   int layers = 4;
   int heads = 4;
   int seq = 64;
+  // CUDA, bf16: attention without the T x T probabilities (examples/gpt/cuda/attention_fused.cu), which
+  // changes the activation bytes; the parameters are the same.
+  bool fused_attention = false;
 };
 std::vector<TensorSpec> gpt_block(int d);
 std::vector<TensorSpec> gpt_embed(const Gpt& g);
@@ -28,9 +31,11 @@ Units gpt_units(const Gpt& g);
 // (examples/gpt/backend_cpu.cpp, model.h); on CUDA its device buffers (examples/gpt/cuda/backend_cuda.cpp,
 // ledger category `activations`): the compute dtype, f32 statistics, and an f32 embedding-gradient table
 // when gradients are not f32. `recompute` (activation checkpointing): one block's internals instead of every
-// block's.
+// block's. Fused attention (CUDA) keeps each block's per-query log-sum-exp (B H T floats) instead of the
+// probabilities.
 int64_t gpt_activation_bytes(const Gpt& g, int batch, bool cpu, DType compute, DType reduce, bool recompute = false);
-// Parses "d=2048,L=24,V=32000,T=1024,H=16" (any subset, over the defaults); throws naming a bad field.
+// Parses "d=2048,L=24,V=32000,T=1024,H=16,attn=fused" (any subset, over the defaults; attn: plain or
+// fused); throws naming a bad field.
 Gpt parse_gpt(const std::string& spec);
 
 }  // namespace zs::family

@@ -263,7 +263,9 @@ int main(int argc, char** argv) {
   auto* est = app.add_subcommand("estimate", "predict per-rank bytes by category for worlds x stages");
   est->add_option("--params", params, "total parameters (with --largest-unit: DeepSpeed's cold form)");
   est->add_option("--largest-unit", largest, "parameters of the largest unit");
-  est->add_option("--model", spec, "a model family, e.g. gpt:d=2048,L=24,V=32000,T=1024");
+  est->add_option("--model", spec,
+                  "a model family, e.g. gpt:d=2048,L=24,V=32000,T=1024,H=16 (attn=fused: the example's fused "
+                  "attention, which changes --batch's activations)");
   est->add_option("--manifest", manifest, "a checkpoint (its manifest lists the model's tensors)");
   est->add_option("--config", config_path, "engine YAML: precision, optimizer, zero.* (defaults otherwise)");
   est->add_option("--world", worlds, "ranks (one or a list)")->check(CLI::PositiveNumber);

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The one GPU check: every `gpu` test and the GPU benchmarks in one go (about 5 minutes on an H200, 7.5 with
-# ZS_GPU_BIG=1), one summary table.
+# The one GPU check: every `gpu` test and the GPU benchmarks in one go (about 6 minutes on an H200, 8.5 with
+# ZS_GPU_BIG=1), one summary table. Opt-in extras: ZS_GPU_SWEEP=1 (offload levers), ZS_GPU_SANITIZE=1
+# (compute-sanitizer), ZS_GPU_PROFILE=1 (per-kernel times of the GPT's step).
 # Each check has its own time limit, so one that hangs costs its limit, not the run; the correctness checks
 # come first, and every finished row is also appended to $OUT/gpu_rows.txt as it lands.
 # Run on the GPU machine from the repository root with build/cuda-sm90/gpu-bundle carried over
@@ -45,6 +46,22 @@ gpt() {  # d_model, a label, then extra gpt_train arguments
     --vocab 32000 --steps 6 --log-every 3 --eval-every 0 --eval-batches 1 --data . "$@"
 }
 have_cublas "gpt_train" && { gpt 1024 368M; gpt 2048 1.34B; gpt 2048 "1.34B ckpt-act" --checkpoint-activations; }
+# Fused attention (FlashAttention-style tiles, no T x T probabilities): opt-in until these rows have run.
+have_cublas "gpt_train fused" && { gpt 1024 "368M fused" --attention fused; gpt 2048 "1.34B fused" --attention fused; }
+# ZS_GPU_SANITIZE=1: compute-sanitizer's memcheck and racecheck (shared memory) over the CUDA layers' test,
+# fused attention included (Firecracker machines only; see the device notes).
+sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+if [ "${ZS_GPU_SANITIZE:-0}" = 1 ] && [ -n "$sanitizer" ] && have_cublas "compute-sanitizer"; then
+  for tool in memcheck racecheck; do
+    run "compute-sanitizer $tool gpt layers" 240 "$sanitizer" --tool "$tool" --error-exitcode 1 \
+      "$bundle/bin/zs_gpt_gpu_tests" --gtest_filter='GptCuda.LayersMatchTheCpuLayers'
+  done
+fi
+# ZS_GPU_PROFILE=1: where the GPT's step goes, kernel by kernel (bench/gpu/ncu_gpt.sh), per attention.
+ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1 || true)
+if [ "${ZS_GPU_PROFILE:-0}" = 1 ] && [ -n "$ncu_bin" ] && have_cublas "ncu profile"; then
+  for attn in plain fused; do run "ncu gpt_train d=2048 L=2 $attn" 300 bench/gpu/ncu_gpt.sh "$ncu_bin" "$bundle" "$attn"; done
+fi
 run "optim_bench adamw 1e9 cuda" 60 "$bundle/bin/optim_bench" --device cuda --params 1e9 --iters 10
 run "torch AdamW(fused) 1e9" 60 python3 bench/gpu/torch_adamw.py 1e9
 # Offload (issue: <= 1.5x the no-offload step at ~1.3 B parameters; FSDP2 CPUOffload is 14.4x there).
@@ -83,6 +100,7 @@ run "comm_bench nccl world 1" 60 "$bundle/bin/zsrun" --nproc-per-node 1 --master
 printf '%s\n' "${rows[@]}"
 echo "# full output: $log"
 grep -A12 "== gpt_train" "$log" | grep -E "^==|step .*tok/s|memory" | sed 's/^\[rank0\]: //' || true
+grep -A40 "== ncu" "$log" | grep -E "^==|^kernel |^all kernels|%$" || true
 grep -A4 "== offload_bench" "$log" | grep -E "^==|\[rank0\]" | sed 's/^\[rank0\]: //' || true
 grep -A30 "== comm_bench" "$log" | grep -E "^\[rank0\]:" | sed 's/^\[rank0\]: //' || true
 ours=$(grep -A4 "== optim_bench adamw 1e9" "$log" | awk '$1 == 0 {print $2}')

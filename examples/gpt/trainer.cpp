@@ -22,6 +22,8 @@ std::unique_ptr<Backend> make_backend(zs::Engine& e, const Shape& s, int batch, 
   if (e.device().is_cpu()) {
     ZS_CHECK(p.param == zs::DType::f32 && p.reduce == zs::DType::f32,
              "the GPT example computes on the CPU in f32: set precision.param and precision.reduce to f32");
+    ZS_CHECK(!s.fused_attention,
+             "fused attention runs on CUDA in bf16; the CPU computes plain attention: drop --attention fused");
     return make_cpu_backend(s, batch, recompute);
   }
 #ifdef ZS_GPT_CUDA

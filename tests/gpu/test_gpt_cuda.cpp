@@ -4,7 +4,9 @@
 // intermediate (8 mantissa bits: a relative step of 2^-8 = 3.9e-3 per rounding, a few roundings deep).
 #include <gtest/gtest.h>
 
+#include <array>
 #include <random>
+#include <string>
 
 #include "core/bootstrap.h"
 #include "core/buffer.h"
@@ -163,6 +165,28 @@ TEST(GptCuda, LayersMatchTheCpuLayers) {
       EXPECT_LE(error(O.get(), out), tol) << "attention out " << dt;
       EXPECT_LE(error(DQ.get(), dqkv), tol) << "attention dqkv " << dt;
     }
+    // Fused attention (bf16 only) against the same CPU layers, at each head size it takes; sequences that
+    // end inside a 64-token tile (77, 130) and one that fills it (64).
+    for (const auto& [B, T, d, H] : {std::array{2, 77, 32, 2}, std::array{3, 64, 128, 2}, std::array{2, 130, 256, 2},
+                                     std::array{1, 100, 128, 1}}) {
+      if (act != DType::bf16) {
+        EXPECT_THROW(cuda::check_fused_attention(c, d, H), std::exception) << "fused attention in " << dt;
+        continue;
+      }
+      const std::string what = "fused attention T=" + std::to_string(T) + " head size " + std::to_string(d / H);
+      Vec qkv = R(B * T * 3 * d), dout = R(B * T * d), probs(B * H * T * T), out(B * T * d), dqkv(B * T * 3 * d),
+          scratch(T * T);
+      DevVec QKV(qkv, act), DO(dout, act), O(out, act), DQ(dqkv, act), LSE(Vec(B * H * T), DType::f32),
+          DELTA(Vec(B * H * T), DType::f32);
+      attention_forward(qkv.data(), probs.data(), out.data(), B, T, d, H);
+      attention_backward(qkv.data(), probs.data(), dout.data(), dqkv.data(), scratch.data(), B, T, d, H);
+      cuda::fused_attention_forward(c, QKV.data(), LSE.f(), O.data(), B, T, d, H);
+      cuda::fused_attention_backward(c, QKV.data(), O.data(), LSE.f(), DO.data(), DQ.data(), DELTA.f(), B, T, d, H);
+      EXPECT_LE(error(O.get(), out), tol) << what << " out";
+      EXPECT_LE(error(DQ.get(), dqkv), tol) << what << " dqkv";
+    }
+    EXPECT_THROW(cuda::check_fused_attention(gpu.ctx(DType::bf16, DType::f32), 96, 2), std::exception)
+        << "head size 48";
     for (DType grad : {DType::f32, DType::bf16}) {  // embedding: repeated tokens, both gradient dtypes
       if (act == DType::f32 && grad == DType::bf16) continue;
       const cuda::Ctx cg = gpu.ctx(act, grad);
@@ -274,13 +298,14 @@ TEST(GptCuda, GradientsMatchTheCpuModel) {
 // the same initialisation and batches for 6 AdamW steps. f32: losses and a trained weight (RMS of the
 // difference: AdamW's normalised step turns summation-order noise in near-zero gradients into whole steps
 // on a few elements) within GEMM summation order; bf16 (parameters and activations; f32 gradients and
-// master): the losses within its rounding.
+// master): the losses within its rounding, with plain and with fused attention.
 TEST(GptCuda, TrainsLikeTheCpuModel) {
   ZS_REQUIRE_GPU();
   auto [cpu_pg, gpu_pg] = zs::test::cpu_and_gpu_groups();
-  const Shape shape = small_shape();
   const int batch = 4, steps = 6;
-  auto run = [&](zs::ProcessGroup& pg, const char* device, DType param, bool recompute = false) {
+  auto run = [&](zs::ProcessGroup& pg, const char* device, DType param, bool recompute = false, bool fused = false) {
+    Shape shape = small_shape();
+    shape.fused_attention = fused;
     zs::Config cfg;
     cfg.device = device;
     cfg.precision.param = param;
@@ -308,19 +333,21 @@ TEST(GptCuda, TrainsLikeTheCpuModel) {
     return std::pair{losses, e.read_param(2, "mlp.fc.w")};
   };
   const auto [cpu_losses, cpu_fc] = run(cpu_pg, "cpu", DType::f32);
-  for (DType param : {DType::f32, DType::bf16}) {
-    const auto [losses, fc] = run(gpu_pg, "cuda", param);
+  for (const auto& [param, fused] :
+       {std::pair{DType::f32, false}, std::pair{DType::bf16, false}, std::pair{DType::bf16, true}}) {
+    const auto [losses, fc] = run(gpu_pg, "cuda", param, false, fused);
     const double tol = param == DType::f32 ? 1e-4 : 3e-2;
+    const std::string what = std::string(zs::dtype_name(param)) + (fused ? " fused attention" : "");
     for (int s = 0; s < steps; ++s)
       EXPECT_NEAR(losses[static_cast<std::size_t>(s)], cpu_losses[static_cast<std::size_t>(s)],
                   tol * cpu_losses[static_cast<std::size_t>(s)])
-          << "step " << s << " " << zs::dtype_name(param);
+          << "step " << s << " " << what;
     if (param == DType::f32) {
       EXPECT_LE(rms_error(fc, cpu_fc), 1e-4) << "h.1 mlp.fc.w after training";
     } else {  // activation checkpointing: the same kernels on the same inputs, so the same bits
-      const auto [re_losses, re_fc] = run(gpu_pg, "cuda", param, true);
-      EXPECT_EQ(re_losses, losses) << "activation checkpointing";
-      EXPECT_EQ(re_fc, fc) << "activation checkpointing";
+      const auto [re_losses, re_fc] = run(gpu_pg, "cuda", param, true, fused);
+      EXPECT_EQ(re_losses, losses) << "activation checkpointing, " << what;
+      EXPECT_EQ(re_fc, fc) << "activation checkpointing, " << what;
     }
   }
   EXPECT_LT(cpu_losses.back(), cpu_losses.front());  // it learns (the comparison is not of two idle runs)

@@ -21,6 +21,7 @@ TEST(Zsmem, NonsenseInputExitsTwoSayingWhy) {
       {"estimate --model llama:d=4", "unknown family 'llama'"},
       {"estimate --model gpt:d=-4", "not a positive integer"},
       {"estimate --model gpt:q=4", "unknown key 'q'"},
+      {"estimate --model gpt:attn=flash", "is not plain or fused"},
       {"estimate --params 100 --largest-unit 10 --world 0", "--world"},
       {"estimate", "give the model one way"},
       {"estimate --params 100 --largest-unit 10 --offload everything", "--offload"},

@@ -11,6 +11,8 @@
 // (plain attention: batch * heads * seq^2 values, one buffer for all blocks; recomputing costs one Q K^T
 // GEMM per block, about 1.5 % of a 1.3 B model's step, and saves 256 MiB per block there). With activation
 // checkpointing one block's set serves every block: block_backward runs the block's forward again first.
+// With fused attention (Shape::fused_attention, bf16) there are no probabilities: each block keeps its
+// queries' log-sum-exps (batch * heads * seq floats) and the backward recomputes scores tile by tile.
 #include <cuda_runtime.h>
 
 #include <cstring>
@@ -39,6 +41,7 @@ class CudaBackend final : public Backend {
     c_.act = p.param;
     c_.grad = p.reduce;
     c_.stream = static_cast<cudaStream_t>(e.compute_stream().native_handle());
+    if (s_.fused_attention) cuda::check_fused_attention(c_, s_.d, s_.heads);
     const cublasStatus_t st = cublasCreate(&c_.blas);
     ZS_CHECK(st == CUBLAS_STATUS_SUCCESS, "cublasCreate failed: {}", cublasGetStatusString(st));
     cublasSetStream(c_.blas, c_.stream);
@@ -46,7 +49,7 @@ class CudaBackend final : public Backend {
     ZS_CHECK_CUDA(cudaEventCreateWithFlags(&loss_ready_, cudaEventDisableTiming));
 
     const int64_t n = int64_t{batch} * s_.seq, d = s_.d, L = s_.layers;
-    const int64_t probs = int64_t{batch} * s_.heads * s_.seq * s_.seq;
+    const int64_t probs = int64_t{batch} * s_.heads * s_.seq * s_.seq, rows_heads = int64_t{batch} * s_.heads * s_.seq;
     auto act = [&](int64_t elements) { return alloc(elements * static_cast<int64_t>(zs::dtype_size(c_.act))); };
     auto floats = [&](int64_t count) { return alloc(count * 4); };
     for (int64_t l = 0; l <= L; ++l) stream_.push_back(act(n * d));
@@ -54,10 +57,15 @@ class CudaBackend final : public Backend {
     for (auto& b : blocks_) {
       b.qkv = act(3 * n * d), b.att = act(n * d), b.x1 = act(n * d);
       b.h = act(4 * n * d), b.stats = floats(4 * n);
+      if (s_.fused_attention) b.lse = floats(rows_heads);
     }
     ln_ = act(n * d), hg_ = act(4 * n * d), d_hg_ = act(4 * n * d), d_ln_ = act(n * d), d_x1_ = act(n * d),
     d_att_ = act(n * d);
-    d_qkv_ = act(3 * n * d), probs_ = act(probs), d_probs_ = act(int64_t{s_.heads} * s_.seq * s_.seq);
+    d_qkv_ = act(3 * n * d);
+    if (s_.fused_attention)
+      delta_ = floats(rows_heads);
+    else
+      probs_ = act(probs), d_probs_ = act(int64_t{s_.heads} * s_.seq * s_.seq);
     dres_ = act(n * d), dres2_ = act(n * d), xf_ = act(n * d), logits_ = act(n * s_.vocab);
     head_stats_ = floats(2 * n), row_loss_ = floats(n), loss_ = floats(1);
     colsum_ = floats(cuda::column_sum_scratch(static_cast<int>(n), static_cast<int>(4 * d)));
@@ -97,7 +105,10 @@ class CudaBackend final : public Backend {
     float* st = static_cast<float*>(b.stats.data());  // ln1 mean, rstd, ln2 mean, rstd
     cuda::layernorm_forward(c_, x, p[LN1_G], p[LN1_B], ln_.data(), st, st + n, n, d);
     cuda::linear_forward(c_, ln_.data(), p[QKV_W], p[QKV_B], b.qkv.data(), n, d, 3 * d);
-    cuda::attention_forward(c_, b.qkv.data(), probs_.data(), b.att.data(), batch_, s_.seq, d, s_.heads);
+    if (s_.fused_attention)
+      cuda::fused_attention_forward(c_, b.qkv.data(), lse(b), b.att.data(), batch_, s_.seq, d, s_.heads);
+    else
+      cuda::attention_forward(c_, b.qkv.data(), probs_.data(), b.att.data(), batch_, s_.seq, d, s_.heads);
     cuda::linear_forward(c_, b.att.data(), p[PROJ_W], p[PROJ_B], b.x1.data(), n, d, d, x);
     cuda::layernorm_forward(c_, b.x1.data(), p[LN2_G], p[LN2_B], ln_.data(), st + 2 * n, st + 3 * n, n, d);
     cuda::linear_forward(c_, ln_.data(), p[FC_W], p[FC_B], b.h.data(), n, d, 4 * d);
@@ -137,9 +148,14 @@ class CudaBackend final : public Backend {
     cuda::layernorm_backward(c_, b.x1.data(), p[LN2_G], st + 2 * n, st + 3 * n, d_ln_.data(), d_x1_.data(), g[LN2_G],
                              g[LN2_B], n, d, true);
     cuda::linear_backward(c_, b.att.data(), p[PROJ_W], d_x1_.data(), d_att_.data(), g[PROJ_W], g[PROJ_B], n, d, d);
-    cuda::attention_probs(c_, b.qkv.data(), probs_.data(), batch_, s_.seq, d, s_.heads);  // recomputed
-    cuda::attention_backward(c_, b.qkv.data(), probs_.data(), d_att_.data(), d_qkv_.data(), d_probs_.data(), batch_,
-                             s_.seq, d, s_.heads);
+    if (s_.fused_attention) {
+      cuda::fused_attention_backward(c_, b.qkv.data(), b.att.data(), lse(b), d_att_.data(), d_qkv_.data(),
+                                     static_cast<float*>(delta_.data()), batch_, s_.seq, d, s_.heads);
+    } else {
+      cuda::attention_probs(c_, b.qkv.data(), probs_.data(), batch_, s_.seq, d, s_.heads);  // recomputed
+      cuda::attention_backward(c_, b.qkv.data(), probs_.data(), d_att_.data(), d_qkv_.data(), d_probs_.data(), batch_,
+                               s_.seq, d, s_.heads);
+    }
     cuda::layernorm_forward(c_, x, p[LN1_G], p[LN1_B], ln_.data(), st, st + n, n, d);  // recomputed
     cuda::linear_backward(c_, ln_.data(), p[QKV_W], d_qkv_.data(), d_ln_.data(), g[QKV_W], g[QKV_B], n, d, 3 * d);
     copy(dx, d_x1_.data(), bytes);
@@ -171,8 +187,9 @@ class CudaBackend final : public Backend {
 
  private:
   struct Block {
-    Buffer qkv, att, x1, h, stats;
+    Buffer qkv, att, x1, h, stats, lse;  // lse: fused attention's
   };
+  static float* lse(const Block& b) { return static_cast<float*>(b.lse.data()); }
   Buffer alloc(int64_t bytes) {
     return Buffer(static_cast<std::size_t>(bytes), zs::MemoryKind::device, dev_, zs::MemCategory::activations);
   }
@@ -195,7 +212,7 @@ class CudaBackend final : public Backend {
   cudaEvent_t uploaded_ = nullptr, loss_ready_ = nullptr;
   std::vector<Buffer> stream_;  // the residual stream entering each block, and leaving the last
   std::vector<Block> blocks_;   // per block, or one (recompute)
-  Buffer ln_, hg_, d_hg_, d_ln_, d_x1_, d_att_, d_qkv_, probs_, d_probs_, dres_, dres2_, xf_, logits_;
+  Buffer ln_, hg_, d_hg_, d_ln_, d_x1_, d_att_, d_qkv_, probs_, d_probs_, delta_, dres_, dres2_, xf_, logits_;
   Buffer head_stats_, row_loss_, loss_, colsum_, table_, batch_dev_, batch_host_;
 };
 

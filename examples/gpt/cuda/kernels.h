@@ -1,4 +1,5 @@
-// The GPT's CUDA kernels other than GEMMs (kernels.cu), composed into layers by layers.cpp. Each computes
+// The GPT's CUDA kernels other than GEMMs (kernels.cu; fused attention: attention_fused.cu), composed into
+// layers by layers.cpp. Each computes
 // in f32 and stores activations in `act` (f32 or bf16) and parameter gradients in `grad` (f32 or bf16),
 // on `s`. Launch errors are checked.
 #pragma once
@@ -31,6 +32,12 @@ void gelu_backward(cudaStream_t s, DType act, const void* x, const void* dy, voi
 void causal_softmax(cudaStream_t s, DType act, void* p, int64_t rows, int T);
 // ds = p (ds - rowsum(ds p)) over the same keys, zero after (in place on ds).
 void causal_softmax_backward(cudaStream_t s, DType act, const void* p, void* ds, int64_t rows, int T);
+// Causal self-attention of bf16 qkv [B*T, 3d] into out [B*T, d] without the T x T probabilities (head size
+// d / H of 16, 32, 64 or 128); lse (B*H*T floats) keeps each query's log-sum-exp for the backward.
+void fused_attention(cudaStream_t s, const void* qkv, float* lse, void* out, int B, int T, int d, int H);
+// dqkv (overwritten) from dout, with the forward's out and lse; delta: B*H*T floats of scratch.
+void fused_attention_backward(cudaStream_t s, const void* qkv, const void* out, const float* lse, const void* dout,
+                              void* dqkv, float* delta, int B, int T, int d, int H);
 void embedding(cudaStream_t s, DType act, const int* tokens, const void* wte, const void* wpe, void* x, int B, int T,
                int d);
 // dwte, dwpe +=; `scratch` (V*d floats) accumulates dwte first when grad is not f32.
