@@ -107,8 +107,10 @@ TEST(GptCuda, LayersMatchTheCpuLayers) {
     auto R = [&](std::size_t n, float scale = 1.0f) { return random(n, rng, act, scale); };
     auto G = [&](std::size_t n) { return random(n, rng, DType::f32, 0.1f); };  // f32 gradient accumulators
 
-    {  // linear, with a residual; the backward accumulates into non-zero gradients
-      const int n = 37, in = 53, out = 29;
+    // Sizes that are multiples of 8 take the kernels' 16-byte path, the others the element-by-element one.
+    for (const auto& [n, in, out] : {std::array{37, 53, 29}, std::array{40, 48, 64}}) {
+      // linear, with a residual; the backward accumulates into non-zero gradients
+      SCOPED_TRACE("linear " + std::to_string(n) + " x " + std::to_string(in) + " -> " + std::to_string(out));
       Vec x = R(n * in), w = R(out * in, 0.2f), b = R(out), r = R(n * out), dy = R(n * out), dw = G(out * in),
           db = G(out), y(n * out), dx(n * in);
       DevVec X(x, act), W(w, act), B(b, act), Rr(r, act), DY(dy, act), DW(dw, DType::f32), DB(db, DType::f32),
@@ -123,8 +125,9 @@ TEST(GptCuda, LayersMatchTheCpuLayers) {
       EXPECT_LE(error(DW.get(), dw), tol) << "linear dw " << dt;
       EXPECT_LE(error(DB.get(), db), tol) << "linear db " << dt;
     }
-    {  // layer norm (600 rows: several column-sum chunks), dx accumulated
-      const int n = 600, d = 53;
+    for (const auto& [n, d] : {std::array{600, 53}, std::array{300, 64}}) {
+      // layer norm (600 rows: several column-sum chunks), dx accumulated
+      SCOPED_TRACE("layer norm of " + std::to_string(d));
       Vec x = R(n * d, 2.0f), g = R(d), b = R(d), dy = R(n * d), dx = R(n * d), dg = G(d), db = G(d), y(n * d), mean(n),
           rstd(n);
       DevVec X(x, act), Gg(g, act), B(b, act), DY(dy, act), DX(dx, act), DG(dg, DType::f32), DB(db, DType::f32),
@@ -141,8 +144,8 @@ TEST(GptCuda, LayersMatchTheCpuLayers) {
       EXPECT_LE(error(DG.get(), dg), tol) << "layernorm dg " << dt;
       EXPECT_LE(error(DB.get(), db), tol) << "layernorm db " << dt;
     }
-    {  // GELU, backward in place as the backend runs it
-      const std::size_t n = 1001;
+    for (const std::size_t n : {1001, 1024}) {  // GELU, backward in place as the backend runs it
+      SCOPED_TRACE("gelu of " + std::to_string(n));
       Vec x = R(n, 2.0f), dy = R(n), y(n), dx(n);
       DevVec X(x, act), DY(dy, act), Y(y, act);
       gelu_forward(x.data(), y.data(), static_cast<int64_t>(n));
@@ -152,8 +155,8 @@ TEST(GptCuda, LayersMatchTheCpuLayers) {
       EXPECT_LE(error(Y.get(), y), tol) << "gelu " << dt;
       EXPECT_LE(error(DY.get(), dx), tol) << "gelu backward " << dt;
     }
-    {  // causal attention: 2 sequences of 37 tokens, 3 heads of 8
-      const int B = 2, T = 37, d = 24, H = 3;
+    for (const auto& [B, T, d, H] : {std::array{2, 37, 24, 3}, std::array{2, 64, 32, 2}}) {  // causal attention
+      SCOPED_TRACE("attention T=" + std::to_string(T));
       Vec qkv = R(B * T * 3 * d), dout = R(B * T * d), probs(B * H * T * T), out(B * T * d), dqkv(B * T * 3 * d),
           scratch(T * T);
       DevVec QKV(qkv, act), DO(dout, act), P(probs, act), O(out, act), DQ(dqkv, act), SC(Vec(H * T * T), act);

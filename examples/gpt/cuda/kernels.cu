@@ -1,8 +1,11 @@
 // The GPT's CUDA kernels (see kernels.h). Rows go to warps (layer norm, softmax) or blocks (the vocabulary
-// row of the loss); element-wise kernels are grid-stride loops with 64-bit indices. f32 arithmetic, the
+// row of the loss); element-wise kernels are grid-stride loops with 64-bit indices; both take 8 elements
+// per step with 16-byte accesses where the sizes and pointers allow (with_width). f32 arithmetic, the
 // formulas of model.h's CPU layers.
 #include <algorithm>
 #include <cfloat>
+#include <cstdint>
+#include <initializer_list>
 
 #include "core/cuda_check.h"
 #include "examples/gpt/cuda/kernels.h"
@@ -12,7 +15,9 @@ namespace gpt::cuda::k {
 namespace {
 
 using zs::kernels::cuda::from_f32;
+using zs::kernels::cuda::load;
 using zs::kernels::cuda::Storage;
+using zs::kernels::cuda::store;
 using zs::kernels::cuda::to_f32;
 template <DType T>
 using S = typename Storage<T>::type;
@@ -29,6 +34,23 @@ void on(DType t, F&& f) {
     f.template operator()<DType::f32>();
   else
     f.template operator()<DType::bf16>();
+}
+
+// Element-wise kernels and rows take V = 8 consecutive elements per step, with 16-byte accesses, when the
+// lengths are multiples of 8 and every pointer is 16-byte aligned; else V = 1. f(V) launches.
+template <class F>
+void with_width(bool vector, F&& f) {
+  if (vector)
+    f.template operator()<8>();
+  else
+    f.template operator()<1>();
+}
+
+bool vectorizable(int64_t length, std::initializer_list<const void*> pointers) {
+  if (length % 8 != 0) return false;
+  for (const void* p : pointers)
+    if (reinterpret_cast<std::uintptr_t>(p) % 16 != 0) return false;  // null is aligned
+  return true;
 }
 
 int blocks_for(int64_t items) {
@@ -81,12 +103,20 @@ __device__ __forceinline__ void grid_stride(int64_t n, F f) {
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) f(i);
 }
 
-template <DType A>
+template <DType A, int V>
 __global__ void add_bias_kernel(S<A>* y, const S<A>* b, const S<A>* res, int64_t rows, int cols) {
-  grid_stride(rows * cols, [&](int64_t i) {
-    float v = to_f32<A>(y[i]) + to_f32<A>(b[i % cols]);
-    if (res) v += to_f32<A>(res[i]);
-    y[i] = from_f32<A>(v);
+  grid_stride(rows * cols / V, [&](int64_t it) {
+    const int64_t i = it * V;
+    float v[V], bias[V], r[V];
+    load<A, V>(y, i, v);
+    load<A, V>(b, i % cols, bias);
+    if (res) load<A, V>(res, i, r);
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      v[k] += bias[k];
+      if (res) v[k] += r[k];
+    }
+    store<A, V>(y, i, v);
   });
 }
 
@@ -127,28 +157,39 @@ __global__ void column_finish_kernel(const float2* partial, int chunks, int cols
   if (xhat_sum) xhat_sum[c] = from_f32<G>(to_f32<G>(xhat_sum[c]) + b);
 }
 
-template <DType A>
+template <DType A, int V>
 __global__ void layernorm_kernel(const S<A>* x, const S<A>* g, const S<A>* b, S<A>* y, float* mean, float* rstd,
                                  int rows, int d) {
   const int row = blockIdx.x * kWarpsPerBlock + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (row >= rows) return;
   const S<A>* xr = x + static_cast<int64_t>(row) * d;
   S<A>* yr = y + static_cast<int64_t>(row) * d;
-  float m = 0, v = 0;
-  for (int i = lane; i < d; i += 32) m += to_f32<A>(xr[i]);
+  float m = 0, v = 0, xv[V], gv[V], bv[V];
+  for (int i = lane * V; i < d; i += 32 * V) {
+    load<A, V>(xr, i, xv);
+#pragma unroll
+    for (int k = 0; k < V; ++k) m += xv[k];
+  }
   m = warp_sum(m) / d;
-  for (int i = lane; i < d; i += 32) {
-    const float t = to_f32<A>(xr[i]) - m;
-    v += t * t;
+  for (int i = lane * V; i < d; i += 32 * V) {
+    load<A, V>(xr, i, xv);
+#pragma unroll
+    for (int k = 0; k < V; ++k) v += (xv[k] - m) * (xv[k] - m);
   }
   v = warp_sum(v) / d;
   const float s = 1.0f / sqrtf(v + kLnEps);
-  for (int i = lane; i < d; i += 32)
-    yr[i] = from_f32<A>((to_f32<A>(xr[i]) - m) * s * to_f32<A>(g[i]) + to_f32<A>(b[i]));
+  for (int i = lane * V; i < d; i += 32 * V) {
+    load<A, V>(xr, i, xv);
+    load<A, V>(g, i, gv);
+    load<A, V>(b, i, bv);
+#pragma unroll
+    for (int k = 0; k < V; ++k) xv[k] = (xv[k] - m) * s * gv[k] + bv[k];
+    store<A, V>(yr, i, xv);
+  }
   if (lane == 0) mean[row] = m, rstd[row] = s;
 }
 
-template <DType A>
+template <DType A, int V>
 __global__ void layernorm_dx_kernel(const S<A>* x, const S<A>* g, const float* mean, const float* rstd, const S<A>* dy,
                                     S<A>* dx, int rows, int d, bool accumulate) {
   const int row = blockIdx.x * kWarpsPerBlock + threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -156,57 +197,96 @@ __global__ void layernorm_dx_kernel(const S<A>* x, const S<A>* g, const float* m
   const int64_t base = static_cast<int64_t>(row) * d;
   const float m = mean[row], s = rstd[row];
   float s1 = 0, s2 = 0;  // sum dxhat, sum dxhat xhat
-  for (int i = lane; i < d; i += 32) {
-    const float dxhat = to_f32<A>(dy[base + i]) * to_f32<A>(g[i]);
-    s1 += dxhat;
-    s2 += dxhat * ((to_f32<A>(x[base + i]) - m) * s);
+  float xv[V], gv[V], dyv[V], dxv[V];
+  for (int i = lane * V; i < d; i += 32 * V) {
+    load<A, V>(x, base + i, xv);
+    load<A, V>(g, i, gv);
+    load<A, V>(dy, base + i, dyv);
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const float dxhat = dyv[k] * gv[k];
+      s1 += dxhat;
+      s2 += dxhat * ((xv[k] - m) * s);
+    }
   }
   s1 = warp_sum(s1) / d;
   s2 = warp_sum(s2) / d;
-  for (int i = lane; i < d; i += 32) {
-    const float xhat = (to_f32<A>(x[base + i]) - m) * s;
-    float v = s * (to_f32<A>(dy[base + i]) * to_f32<A>(g[i]) - s1 - xhat * s2);
-    if (accumulate) v += to_f32<A>(dx[base + i]);
-    dx[base + i] = from_f32<A>(v);
+  for (int i = lane * V; i < d; i += 32 * V) {
+    load<A, V>(x, base + i, xv);
+    load<A, V>(g, i, gv);
+    load<A, V>(dy, base + i, dyv);
+    if (accumulate) load<A, V>(dx, base + i, dxv);
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const float xhat = (xv[k] - m) * s;
+      const float v = s * (dyv[k] * gv[k] - s1 - xhat * s2);
+      dxv[k] = accumulate ? v + dxv[k] : v;
+    }
+    store<A, V>(dx, base + i, dxv);
   }
 }
 
 constexpr float kGeluK = 0.7978845608028654f;  // sqrt(2 / pi)
 
-template <DType A>
+template <DType A, int V>
 __global__ void gelu_kernel(const S<A>* x, S<A>* y, int64_t n) {
-  grid_stride(n, [&](int64_t i) {
-    const float v = to_f32<A>(x[i]);
-    y[i] = from_f32<A>(0.5f * v * (1.0f + tanhf(kGeluK * (v + 0.044715f * v * v * v))));
+  grid_stride(n / V, [&](int64_t it) {
+    float v[V];
+    load<A, V>(x, it * V, v);
+#pragma unroll
+    for (int k = 0; k < V; ++k) v[k] = 0.5f * v[k] * (1.0f + tanhf(kGeluK * (v[k] + 0.044715f * v[k] * v[k] * v[k])));
+    store<A, V>(y, it * V, v);
   });
 }
 
-template <DType A>
+template <DType A, int V>
 __global__ void gelu_backward_kernel(const S<A>* x, const S<A>* dy, S<A>* dx, int64_t n) {
-  grid_stride(n, [&](int64_t i) {
-    const float v = to_f32<A>(x[i]);
-    const float t = tanhf(kGeluK * (v + 0.044715f * v * v * v));
-    const float du = kGeluK * (1.0f + 3.0f * 0.044715f * v * v);
-    dx[i] = from_f32<A>(to_f32<A>(dy[i]) * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du));
+  grid_stride(n / V, [&](int64_t it) {
+    float v[V], g[V];
+    load<A, V>(x, it * V, v);
+    load<A, V>(dy, it * V, g);
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const float t = tanhf(kGeluK * (v[k] + 0.044715f * v[k] * v[k] * v[k]));
+      const float du = kGeluK * (1.0f + 3.0f * 0.044715f * v[k] * v[k]);
+      g[k] *= 0.5f * (1.0f + t) + 0.5f * v[k] * (1.0f - t * t) * du;
+    }
+    store<A, V>(dx, it * V, g);
   });
 }
 
-template <DType A>
+// A row's keys in steps of V per lane; keys past the query (j > q) count as masked.
+template <DType A, int V>
 __global__ void causal_softmax_kernel(S<A>* p, int64_t rows, int T) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= rows) return;
   const int q = static_cast<int>(row % T);
   S<A>* r = p + row * T;
-  float mx = -FLT_MAX, sum = 0;
-  for (int j = lane; j <= q; j += 32) mx = fmaxf(mx, to_f32<A>(r[j]));
+  float mx = -FLT_MAX, sum = 0, v[V];
+  for (int j = lane * V; j <= q; j += 32 * V) {
+    load<A, V>(r, j, v);
+#pragma unroll
+    for (int k = 0; k < V; ++k)
+      if (j + k <= q) mx = fmaxf(mx, v[k]);
+  }
   mx = warp_max(mx);
-  for (int j = lane; j <= q; j += 32) sum += expf(to_f32<A>(r[j]) - mx);
+  for (int j = lane * V; j <= q; j += 32 * V) {
+    load<A, V>(r, j, v);
+#pragma unroll
+    for (int k = 0; k < V; ++k)
+      if (j + k <= q) sum += expf(v[k] - mx);
+  }
   sum = warp_sum(sum);
-  for (int j = lane; j < T; j += 32) r[j] = from_f32<A>(j <= q ? expf(to_f32<A>(r[j]) - mx) / sum : 0.0f);
+  for (int j = lane * V; j < T; j += 32 * V) {
+    load<A, V>(r, j, v);
+#pragma unroll
+    for (int k = 0; k < V; ++k) v[k] = j + k <= q ? expf(v[k] - mx) / sum : 0.0f;
+    store<A, V>(r, j, v);
+  }
 }
 
-template <DType A>
+template <DType A, int V>
 __global__ void causal_softmax_backward_kernel(const S<A>* p, S<A>* ds, int64_t rows, int T) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
@@ -214,10 +294,22 @@ __global__ void causal_softmax_backward_kernel(const S<A>* p, S<A>* ds, int64_t 
   const int q = static_cast<int>(row % T);
   const S<A>* pr = p + row * T;
   S<A>* dr = ds + row * T;
-  float dot = 0;
-  for (int j = lane; j <= q; j += 32) dot += to_f32<A>(dr[j]) * to_f32<A>(pr[j]);
+  float dot = 0, pv[V], dv[V];
+  for (int j = lane * V; j <= q; j += 32 * V) {
+    load<A, V>(pr, j, pv);
+    load<A, V>(dr, j, dv);
+#pragma unroll
+    for (int k = 0; k < V; ++k)
+      if (j + k <= q) dot += dv[k] * pv[k];
+  }
   dot = warp_sum(dot);
-  for (int j = lane; j < T; j += 32) dr[j] = from_f32<A>(j <= q ? to_f32<A>(pr[j]) * (to_f32<A>(dr[j]) - dot) : 0.0f);
+  for (int j = lane * V; j < T; j += 32 * V) {
+    load<A, V>(pr, j, pv);
+    load<A, V>(dr, j, dv);
+#pragma unroll
+    for (int k = 0; k < V; ++k) dv[k] = j + k <= q ? pv[k] * (dv[k] - dot) : 0.0f;
+    store<A, V>(dr, j, dv);
+  }
 }
 
 template <DType A>
@@ -282,8 +374,10 @@ __global__ void mean_kernel(const float* v, int n, float* mean) {
 
 void add_bias(cudaStream_t s, DType act, void* y, const void* b, const void* residual, int rows, int cols) {
   on(act, [&]<DType A>() {
-    add_bias_kernel<A><<<blocks_for(int64_t{rows} * cols), kThreads, 0, s>>>(
-        static_cast<S<A>*>(y), static_cast<const S<A>*>(b), static_cast<const S<A>*>(residual), rows, cols);
+    with_width(vectorizable(cols, {y, b, residual}), [&]<int V>() {
+      add_bias_kernel<A, V><<<blocks_for(int64_t{rows} * cols / V), kThreads, 0, s>>>(
+          static_cast<S<A>*>(y), static_cast<const S<A>*>(b), static_cast<const S<A>*>(residual), rows, cols);
+    });
   });
   check_launch();
 }
@@ -311,9 +405,11 @@ void column_sums(cudaStream_t s, DType act, DType grad, const void* dy, const vo
 void layernorm(cudaStream_t s, DType act, const void* x, const void* g, const void* b, void* y, float* mean,
                float* rstd, int rows, int d) {
   on(act, [&]<DType A>() {
-    layernorm_kernel<A><<<warp_row_blocks(rows), kThreads, 0, s>>>(
-        static_cast<const S<A>*>(x), static_cast<const S<A>*>(g), static_cast<const S<A>*>(b), static_cast<S<A>*>(y),
-        mean, rstd, rows, d);
+    with_width(vectorizable(d, {x, g, b, y}), [&]<int V>() {
+      layernorm_kernel<A, V><<<warp_row_blocks(rows), kThreads, 0, s>>>(
+          static_cast<const S<A>*>(x), static_cast<const S<A>*>(g), static_cast<const S<A>*>(b), static_cast<S<A>*>(y),
+          mean, rstd, rows, d);
+    });
   });
   check_launch();
 }
@@ -321,39 +417,49 @@ void layernorm(cudaStream_t s, DType act, const void* x, const void* g, const vo
 void layernorm_dx(cudaStream_t s, DType act, const void* x, const void* g, const float* mean, const float* rstd,
                   const void* dy, void* dx, int rows, int d, bool accumulate) {
   on(act, [&]<DType A>() {
-    layernorm_dx_kernel<A><<<warp_row_blocks(rows), kThreads, 0, s>>>(
-        static_cast<const S<A>*>(x), static_cast<const S<A>*>(g), mean, rstd, static_cast<const S<A>*>(dy),
-        static_cast<S<A>*>(dx), rows, d, accumulate);
+    with_width(vectorizable(d, {x, g, dy, dx}), [&]<int V>() {
+      layernorm_dx_kernel<A, V><<<warp_row_blocks(rows), kThreads, 0, s>>>(
+          static_cast<const S<A>*>(x), static_cast<const S<A>*>(g), mean, rstd, static_cast<const S<A>*>(dy),
+          static_cast<S<A>*>(dx), rows, d, accumulate);
+    });
   });
   check_launch();
 }
 
 void gelu(cudaStream_t s, DType act, const void* x, void* y, int64_t n) {
   on(act, [&]<DType A>() {
-    gelu_kernel<A><<<blocks_for(n), kThreads, 0, s>>>(static_cast<const S<A>*>(x), static_cast<S<A>*>(y), n);
+    with_width(vectorizable(n, {x, y}), [&]<int V>() {
+      gelu_kernel<A, V><<<blocks_for(n / V), kThreads, 0, s>>>(static_cast<const S<A>*>(x), static_cast<S<A>*>(y), n);
+    });
   });
   check_launch();
 }
 
 void gelu_backward(cudaStream_t s, DType act, const void* x, const void* dy, void* dx, int64_t n) {
   on(act, [&]<DType A>() {
-    gelu_backward_kernel<A><<<blocks_for(n), kThreads, 0, s>>>(static_cast<const S<A>*>(x),
-                                                               static_cast<const S<A>*>(dy), static_cast<S<A>*>(dx), n);
+    with_width(vectorizable(n, {x, dy, dx}), [&]<int V>() {
+      gelu_backward_kernel<A, V><<<blocks_for(n / V), kThreads, 0, s>>>(
+          static_cast<const S<A>*>(x), static_cast<const S<A>*>(dy), static_cast<S<A>*>(dx), n);
+    });
   });
   check_launch();
 }
 
 void causal_softmax(cudaStream_t s, DType act, void* p, int64_t rows, int T) {
   on(act, [&]<DType A>() {
-    causal_softmax_kernel<A><<<warp_row_blocks(rows), kThreads, 0, s>>>(static_cast<S<A>*>(p), rows, T);
+    with_width(vectorizable(T, {p}), [&]<int V>() {
+      causal_softmax_kernel<A, V><<<warp_row_blocks(rows), kThreads, 0, s>>>(static_cast<S<A>*>(p), rows, T);
+    });
   });
   check_launch();
 }
 
 void causal_softmax_backward(cudaStream_t s, DType act, const void* p, void* ds, int64_t rows, int T) {
   on(act, [&]<DType A>() {
-    causal_softmax_backward_kernel<A>
-        <<<warp_row_blocks(rows), kThreads, 0, s>>>(static_cast<const S<A>*>(p), static_cast<S<A>*>(ds), rows, T);
+    with_width(vectorizable(T, {p, ds}), [&]<int V>() {
+      causal_softmax_backward_kernel<A, V>
+          <<<warp_row_blocks(rows), kThreads, 0, s>>>(static_cast<const S<A>*>(p), static_cast<S<A>*>(ds), rows, T);
+    });
   });
   check_launch();
 }
