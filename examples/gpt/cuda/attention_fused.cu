@@ -150,10 +150,13 @@ __device__ void store_rows(Acc (&acc)[HD / 16], float* stage, bf16* dst, int64_t
   }
 }
 
-// Lane l of a warp handles row l / 2 of its 16 and columns (l % 2) * 32 .. +32 of a 64-wide piece.
+// Lane l of a warp handles row r = l / 2 of its 16 and columns c0 = (l % 2) * 32 .. +32 of a 64-wide piece,
+// its i-th step at column col(i): rotated by r / 8 + 2 (l % 2) so that the 32 lanes of a step read 32
+// different banks of the f32 scores (row stride kS = 68 words moves a row 4 banks).
 struct Lane {
-  int r, c0;
-  __device__ Lane() : r(threadIdx.x % 32 / 2), c0(threadIdx.x % 2 * 32) {}
+  int r, c0, skew;
+  __device__ Lane() : r(threadIdx.x % 32 / 2), c0(threadIdx.x % 2 * 32), skew(r / 8 + 2 * (threadIdx.x % 2)) {}
+  __device__ int col(int i) const { return c0 + ((i + skew) & 31); }
 };
 
 __device__ __forceinline__ bool visible(int key, int query, int T) {
@@ -182,13 +185,13 @@ __global__ void __launch_bounds__(kThreads)
     scores<HD>(sm.rows(0), sm.tile(1), s);
     __syncwarp();
     float mx = -INFINITY;
-    for (int c = ln.c0; c < ln.c0 + 32; ++c)
-      if (visible(kt * kTile + c, query, T)) mx = fmaxf(mx, s[ln.r * kS + c] * scale2);
+    for (int i = 0; i < 32; ++i)
+      if (const int c = ln.col(i); visible(kt * kTile + c, query, T)) mx = fmaxf(mx, s[ln.r * kS + c] * scale2);
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     const float mn = fmaxf(m, mx);  // finite: key 0 is visible to every row
     float sum = 0;
-    for (int c = ln.c0; c < ln.c0 + 32; ++c)
-      if (visible(kt * kTile + c, query, T)) sum += exp2f(s[ln.r * kS + c] * scale2 - mn);
+    for (int i = 0; i < 32; ++i)
+      if (const int c = ln.col(i); visible(kt * kTile + c, query, T)) sum += exp2f(s[ln.r * kS + c] * scale2 - mn);
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     l = l * exp2f(m - mn) + sum;
     m = mn;
@@ -204,9 +207,11 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     scores<HD>(sm.rows(0), sm.tile(1), s);
     __syncwarp();
-    for (int c = ln.c0; c < ln.c0 + 32; ++c)
+    for (int i = 0; i < 32; ++i) {
+      const int c = ln.col(i);
       p[ln.r * kP + c] =
           __float2bfloat16(visible(kt * kTile + c, query, T) ? exp2f(s[ln.r * kS + c] * scale2 - row_lse) : 0.0f);
+    }
     __syncwarp();
     accumulate<HD>(o, p, sm.tile(2));
   }
@@ -257,14 +262,18 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     scores<HD>(sm.rows(0), sm.tile(2), s);  // S^T: this warp's keys x the tile's queries
     __syncwarp();
-    for (int c = ln.c0; c < ln.c0 + 32; ++c)
+    for (int i = 0; i < 32; ++i) {
+      const int c = ln.col(i);
       pt[ln.r * kP + c] =
           __float2bfloat16(visible(key, qt * kTile + c, T) ? exp2f(s[ln.r * kS + c] * scale2 - sm.lse()[c]) : 0.0f);
+    }
     __syncwarp();
     scores<HD>(sm.rows(1), sm.tile(3), s);  // dP^T = V dO^T
     __syncwarp();
-    for (int c = ln.c0; c < ln.c0 + 32; ++c)
+    for (int i = 0; i < 32; ++i) {
+      const int c = ln.col(i);
       dst[ln.r * kP + c] = __float2bfloat16(__bfloat162float(pt[ln.r * kP + c]) * (s[ln.r * kS + c] - sm.delta()[c]));
+    }
     __syncwarp();
     accumulate<HD>(dv, pt, sm.tile(3));   // dV += P^T dO
     accumulate<HD>(dk, dst, sm.tile(2));  // dK += dS^T Q (times scale below)
@@ -306,7 +315,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncwarp();
 #pragma unroll
     for (int i = 0; i < 32; ++i) {
-      const int c = ln.c0 + i;
+      const int c = ln.col(i);
       p[i] = visible(kt * kTile + c, query, T) ? exp2f(s[ln.r * kS + c] * scale2 - row_lse) : 0.0f;
     }
     __syncwarp();
@@ -314,7 +323,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncwarp();
 #pragma unroll
     for (int i = 0; i < 32; ++i) {
-      const int c = ln.c0 + i;
+      const int c = ln.col(i);
       ds[ln.r * kP + c] = __float2bfloat16(p[i] * (s[ln.r * kS + c] - row_delta));
     }
     __syncwarp();
