@@ -159,6 +159,30 @@ struct Lane {
   __device__ int col(int i) const { return c0 + ((i + skew) & 31); }
 };
 
+// A block's place: its tile of 64 rows (of queries or keys; `longest_first` walks the grid backwards, for
+// the query tiles whose walks are longest), its sequence b and head h, and where that head's columns are:
+// q in qkv (k at +d, v at +2d; rows ld apart) and its rows of an [B*T, d] array (out, dout). `row` is this
+// lane's row of the tile (Lane::r of its warp's 16).
+struct Place {
+  int tile, bh, b, h, row;
+  int64_t ld;
+  __device__ Place(bool longest_first, int H, int d, const Lane& ln)
+      : tile(longest_first ? static_cast<int>(gridDim.x - 1 - blockIdx.x) : static_cast<int>(blockIdx.x)),
+        bh(static_cast<int>(blockIdx.y)),
+        b(bh / H),
+        h(bh % H),
+        row(tile * kTile + static_cast<int>(threadIdx.x / 32) * 16 + ln.r),
+        ld(3 * int64_t{d}) {}
+  template <int HD, class P>
+  __device__ P* q(P* qkv, int T) const {
+    return qkv + int64_t{b} * T * ld + h * HD;
+  }
+  template <int HD, class P>
+  __device__ P* rows_of(P* x, int T, int d) const {
+    return x + int64_t{b} * T * d + h * HD;
+  }
+};
+
 __device__ __forceinline__ bool visible(int key, int query, int T) {
   return key <= query && query < T;  // key <= query < T implies key < T
 }
@@ -168,12 +192,11 @@ __global__ void __launch_bounds__(kThreads)
     forward_kernel(const bf16* qkv, bf16* out, float* lse, int T, int d, int H, float scale2) {
   extern __shared__ __align__(128) unsigned char raw[];
   const Smem<HD> sm{raw, Layout<HD>{3, 1}};
-  const int qt = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);  // the longest rows first
-  const int bh = blockIdx.y, b = bh / H, h = bh % H, warp = threadIdx.x / 32;
-  const int64_t ld = 3 * int64_t{d};
-  const bf16* q = qkv + int64_t{b} * T * ld + h * HD;
   const Lane ln;
-  const int query = qt * kTile + warp * 16 + ln.r;
+  const Place at(true, H, d, ln);
+  const int qt = at.tile, query = at.row;
+  const int64_t ld = at.ld;
+  const bf16* q = at.q<HD>(qkv, T);
   float* s = sm.scores();
   bf16* p = sm.piece(0);
   load_tile<HD>(sm.tile(0), q, ld, qt * kTile, T);
@@ -197,7 +220,7 @@ __global__ void __launch_bounds__(kThreads)
     m = mn;
   }
   const float row_lse = m + log2f(l);
-  if (threadIdx.x % 2 == 0 && query < T) lse[int64_t{bh} * T + query] = row_lse;
+  if (threadIdx.x % 2 == 0 && query < T) lse[int64_t{at.bh} * T + query] = row_lse;
   Acc o[HD / 16];
   zero<HD>(o);
   for (int kt = 0; kt <= qt; ++kt) {
@@ -215,7 +238,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncwarp();
     accumulate<HD>(o, p, sm.tile(2));
   }
-  store_rows<HD>(o, s, out + int64_t{b} * T * d + h * HD, d, qt * kTile + warp * 16, T, 1.0f);
+  store_rows<HD>(o, s, at.rows_of<HD>(out, T, d), d, at.row - ln.r, T, 1.0f);
 }
 
 // delta[bh*T + t] = sum over the head's columns of dout * out, a warp per (row, head).
@@ -239,12 +262,12 @@ __global__ void __launch_bounds__(kThreads)
                 int H, float scale, float scale2) {
   extern __shared__ __align__(128) unsigned char raw[];
   const Smem<HD> sm{raw, Layout<HD>{4, 2}};
-  const int kt = blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H, warp = threadIdx.x / 32;
-  const int64_t ld = 3 * int64_t{d};
-  const bf16* q = qkv + int64_t{b} * T * ld + h * HD;
-  const bf16* dO = dout + int64_t{b} * T * d + h * HD;
   const Lane ln;
-  const int key = kt * kTile + warp * 16 + ln.r;
+  const Place at(false, H, d, ln);  // tile 0's walk is the longest, and comes first
+  const int kt = at.tile, key = at.row;
+  const int64_t ld = at.ld;
+  const bf16* q = at.q<HD>(qkv, T);
+  const bf16* dO = at.rows_of<HD>(dout, T, d);
   float* s = sm.scores();
   bf16 *pt = sm.piece(0), *dst = sm.piece(1);
   load_tile<HD>(sm.tile(0), q + d, ld, kt * kTile, T);
@@ -257,8 +280,8 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     load_tile<HD>(sm.tile(2), q, ld, qt * kTile, T);
     load_tile<HD>(sm.tile(3), dO, d, qt * kTile, T);
-    load_stats(sm.lse(), lse + int64_t{bh} * T, qt * kTile, T);
-    load_stats(sm.delta(), delta + int64_t{bh} * T, qt * kTile, T);
+    load_stats(sm.lse(), lse + int64_t{at.bh} * T, qt * kTile, T);
+    load_stats(sm.delta(), delta + int64_t{at.bh} * T, qt * kTile, T);
     __syncthreads();
     scores<HD>(sm.rows(0), sm.tile(2), s);  // S^T: this warp's keys x the tile's queries
     __syncwarp();
@@ -278,9 +301,9 @@ __global__ void __launch_bounds__(kThreads)
     accumulate<HD>(dv, pt, sm.tile(3));   // dV += P^T dO
     accumulate<HD>(dk, dst, sm.tile(2));  // dK += dS^T Q (times scale below)
   }
-  bf16* dk_out = dqkv + int64_t{b} * T * ld + d + h * HD;
-  store_rows<HD>(dv, s, dk_out + d, ld, kt * kTile + warp * 16, T, 1.0f);
-  store_rows<HD>(dk, s, dk_out, ld, kt * kTile + warp * 16, T, scale);
+  bf16* dk_out = at.q<HD>(dqkv, T) + d;
+  store_rows<HD>(dv, s, dk_out + d, ld, key - ln.r, T, 1.0f);
+  store_rows<HD>(dk, s, dk_out, ld, key - ln.r, T, scale);
 }
 
 // dQ of one query tile (tiles: Q, dO, K, V; piece: dS).
@@ -290,18 +313,17 @@ __global__ void __launch_bounds__(kThreads)
               float scale, float scale2) {
   extern __shared__ __align__(128) unsigned char raw[];
   const Smem<HD> sm{raw, Layout<HD>{4, 1}};
-  const int qt = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);
-  const int bh = blockIdx.y, b = bh / H, h = bh % H, warp = threadIdx.x / 32;
-  const int64_t ld = 3 * int64_t{d};
-  const bf16* q = qkv + int64_t{b} * T * ld + h * HD;
   const Lane ln;
-  const int query = qt * kTile + warp * 16 + ln.r;
+  const Place at(true, H, d, ln);
+  const int qt = at.tile, query = at.row, warp = threadIdx.x / 32;
+  const int64_t ld = at.ld;
+  const bf16* q = at.q<HD>(qkv, T);
   float* s = sm.scores();
   bf16* ds = sm.piece(0);
   load_tile<HD>(sm.tile(0), q, ld, qt * kTile, T);
-  load_tile<HD>(sm.tile(1), dout + int64_t{b} * T * d + h * HD, d, qt * kTile, T);
-  load_stats(sm.lse(), lse + int64_t{bh} * T, qt * kTile, T);
-  load_stats(sm.delta(), delta + int64_t{bh} * T, qt * kTile, T);
+  load_tile<HD>(sm.tile(1), at.rows_of<HD>(dout, T, d), d, qt * kTile, T);
+  load_stats(sm.lse(), lse + int64_t{at.bh} * T, qt * kTile, T);
+  load_stats(sm.delta(), delta + int64_t{at.bh} * T, qt * kTile, T);
   Acc dq[HD / 16];
   zero<HD>(dq);
   float p[32];
@@ -329,7 +351,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncwarp();
     accumulate<HD>(dq, ds, sm.tile(2));  // dQ += dS K (times scale below)
   }
-  store_rows<HD>(dq, s, dqkv + int64_t{b} * T * ld + h * HD, ld, qt * kTile + warp * 16, T, scale);
+  store_rows<HD>(dq, s, at.q<HD>(dqkv, T), ld, query - ln.r, T, scale);
 }
 
 // Runs Launch<HD> for the head size hd (16, 32, 64 or 128).
