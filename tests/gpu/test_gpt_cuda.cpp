@@ -173,7 +173,7 @@ TEST(GptCuda, LayersMatchTheCpuLayers) {
     for (const auto& [B, T, d, H] : {std::array{2, 77, 32, 2}, std::array{3, 64, 128, 2}, std::array{2, 130, 256, 2},
                                      std::array{1, 100, 128, 1}}) {
       if (act != DType::bf16) {
-        EXPECT_THROW(cuda::check_fused_attention(c, d, H), std::exception) << "fused attention in " << dt;
+        EXPECT_THROW(cuda::check_fused_attention(c, B, d, H), std::exception) << "fused attention in " << dt;
         continue;
       }
       const std::string what = "fused attention T=" + std::to_string(T) + " head size " + std::to_string(d / H);
@@ -188,8 +188,10 @@ TEST(GptCuda, LayersMatchTheCpuLayers) {
       EXPECT_LE(error(O.get(), out), tol) << what << " out";
       EXPECT_LE(error(DQ.get(), dqkv), tol) << what << " dqkv";
     }
-    EXPECT_THROW(cuda::check_fused_attention(gpu.ctx(DType::bf16, DType::f32), 96, 2), std::exception)
+    EXPECT_THROW(cuda::check_fused_attention(gpu.ctx(DType::bf16, DType::f32), 2, 96, 2), std::exception)
         << "head size 48";
+    EXPECT_THROW(cuda::check_fused_attention(gpu.ctx(DType::bf16, DType::f32), 4096, 256, 16), std::exception)
+        << "batch x heads over the grid's limit";
     for (DType grad : {DType::f32, DType::bf16}) {  // embedding: repeated tokens, both gradient dtypes
       if (act == DType::f32 && grad == DType::bf16) continue;
       const cuda::Ctx cg = gpu.ctx(act, grad);

@@ -41,7 +41,7 @@ class CudaBackend final : public Backend {
     c_.act = p.param;
     c_.grad = p.reduce;
     c_.stream = static_cast<cudaStream_t>(e.compute_stream().native_handle());
-    if (s_.fused_attention) cuda::check_fused_attention(c_, s_.d, s_.heads);
+    if (s_.fused_attention) cuda::check_fused_attention(c_, batch, s_.d, s_.heads);
     const cublasStatus_t st = cublasCreate(&c_.blas);
     ZS_CHECK(st == CUBLAS_STATUS_SUCCESS, "cublasCreate failed: {}", cublasGetStatusString(st));
     cublasSetStream(c_.blas, c_.stream);

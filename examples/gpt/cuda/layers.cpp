@@ -136,7 +136,7 @@ void attention_backward(const Ctx& c, const void* qkv, const void* probs, const 
   }
 }
 
-void check_fused_attention(const Ctx& c, int d, int H) {
+void check_fused_attention(const Ctx& c, int B, int d, int H) {
   ZS_CHECK(c.act == zs::DType::bf16,
            "fused attention computes in bf16 (precision.param bf16), not {}: use plain attention for {}",
            zs::dtype_name(c.act), zs::dtype_name(c.act));
@@ -145,16 +145,20 @@ void check_fused_attention(const Ctx& c, int d, int H) {
            "fused attention takes a head size (d_model / heads) of 16, 32, 64 or 128, not {} = {} / {}: change "
            "the heads or use plain attention",
            hd, d, H);
+  ZS_CHECK(int64_t{B} * H <= 65535,
+           "fused attention runs a grid row per sequence and head: batch {} x heads {} is over 65535; use a smaller "
+           "batch per rank (more accumulation steps)",
+           B, H);
 }
 
 void fused_attention_forward(const Ctx& c, const void* qkv, float* lse, void* out, int B, int T, int d, int H) {
-  check_fused_attention(c, d, H);
+  check_fused_attention(c, B, d, H);
   k::fused_attention(c.stream, qkv, lse, out, B, T, d, H);
 }
 
 void fused_attention_backward(const Ctx& c, const void* qkv, const void* out, const float* lse, const void* dout,
                               void* dqkv, float* delta, int B, int T, int d, int H) {
-  check_fused_attention(c, d, H);
+  check_fused_attention(c, B, d, H);
   k::fused_attention_backward(c.stream, qkv, out, lse, dout, dqkv, delta, B, T, d, H);
 }
 

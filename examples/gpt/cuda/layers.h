@@ -53,9 +53,9 @@ void attention_forward(const Ctx& c, const void* qkv, void* probs, void* out, in
 void attention_backward(const Ctx& c, const void* qkv, const void* probs, const void* dout, void* dqkv, void* scratch,
                         int B, int T, int d, int H);
 // The same attention without the probabilities (FlashAttention-style tiles; bf16, head size 16, 32, 64 or
-// 128, else check_fused_attention throws saying so): lse holds B*H*T floats from the forward for the
-// backward, delta B*H*T floats of scratch.
-void check_fused_attention(const Ctx& c, int d, int H);
+// 128, batch x heads <= 65535, else check_fused_attention throws saying so): lse holds B*H*T floats from the forward
+// for the backward, delta B*H*T floats of scratch.
+void check_fused_attention(const Ctx& c, int B, int d, int H);
 void fused_attention_forward(const Ctx& c, const void* qkv, float* lse, void* out, int B, int T, int d, int H);
 void fused_attention_backward(const Ctx& c, const void* qkv, const void* out, const float* lse, const void* dout,
                               void* dqkv, float* delta, int B, int T, int d, int H);
