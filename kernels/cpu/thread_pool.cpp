@@ -57,7 +57,7 @@ void ThreadPool::worker() {
     if (stop_) return;
     seen = generation_;
     ++busy_;
-    // Snapshot the job under the lock: the caller cannot start another until busy_ drops to 0.
+    // Snapshot the job under the lock: no call publishes another until busy_ drops to 0.
     auto fn = fn_;
     auto* ctx = ctx_;
     const int64_t n = n_;
@@ -76,7 +76,11 @@ void ThreadPool::run(int64_t n, void (*fn)(void*, int64_t), void* ctx) {
   }
   std::lock_guard run(run_mu_);
   {
-    std::lock_guard lk(mu_);
+    std::unique_lock lk(mu_);
+    // A worker that woke after the previous call returned (all its items claimed, so it waited for nobody)
+    // may still hold that call's job: it leaves before the claim counter is reset, or it would claim an
+    // item of this call and run it with the old function and context.
+    done_cv_.wait(lk, [&] { return busy_ == 0; });
     fn_ = fn;
     ctx_ = ctx;
     n_ = n;

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace zs::kernels::cpu {
@@ -23,8 +24,9 @@ class ThreadPool {
   // Calls f(i) for every i in [0, n), spread over the threads; returns when all calls are done.
   template <typename F>
   void parallel_for(int64_t n, F&& f) {
+    using Fn = std::remove_reference_t<F>;
     run(
-        n, [](void* ctx, int64_t i) { (*static_cast<F*>(ctx))(i); }, &f);
+        n, [](void* ctx, int64_t i) { (*static_cast<Fn*>(ctx))(i); }, const_cast<void*>(static_cast<const void*>(&f)));
   }
 
  private:
