@@ -84,7 +84,8 @@ Model load_model(double params, double largest, const std::string& spec, const s
     }
     m.gpt = true;
     for (auto& [name, tensors] : zs::family::gpt_units(m.shape)) m.units.push_back(tensors);
-    m.what = fmt::format("GPT d={} L={} V={} T={}", m.shape.d, m.shape.layers, m.shape.vocab, m.shape.seq);
+    m.what = fmt::format("GPT d={} L={} V={} T={} H={}{}", m.shape.d, m.shape.layers, m.shape.vocab, m.shape.seq,
+                         m.shape.heads, m.shape.fused_attention ? " (fused attention)" : "");
   } else {
     zs::ckpt::Reader r(manifest);
     std::string unit;

@@ -83,6 +83,24 @@ TEST(Zsmem, EstimateFollowsThePaddedLayout) {
   EXPECT_NE(table.output.find("NO"), std::string::npos) << table.output;  // 1 MiB is too small
 }
 
+// The example's fused attention (attn=fused) changes the activations only: no batch x heads x T^2
+// probabilities (2 x 4 x 64^2 bf16, and one sequence's gradients: 4 x 64^2), one f32 log-sum-exp per
+// query and head kept per block (2 blocks) plus the backward's deltas.
+TEST(Zsmem, FusedAttentionChangesTheActivationsOnly) {
+  const std::string args = " --world 1 --stage 3 --precision bf16 --batch 2 --json";
+  const zs::test::CommandResult plain = zsmem("estimate --model gpt:d=64,L=2,V=256,T=64,H=4" + args);
+  const zs::test::CommandResult fused = zsmem("estimate --model gpt:d=64,L=2,V=256,T=64,H=4,attn=fused" + args);
+  ASSERT_EQ(plain.rc, 0) << plain.output;
+  ASSERT_EQ(fused.rc, 0) << fused.output;
+  const auto p = nlohmann::json::parse(plain.output)[0], f = nlohmann::json::parse(fused.output)[0];
+  EXPECT_EQ(p["bytes"], f["bytes"]);
+  EXPECT_EQ(p["host_bytes"], f["host_bytes"]);
+  const double probs = 2.0 * (2 * 4 * 64 * 64 + 4 * 64 * 64), lse = 4.0 * (2 + 1) * 2 * 4 * 64;
+  EXPECT_DOUBLE_EQ(p["activations"].get<double>() - f["activations"].get<double>(), probs - lse);
+  const zs::test::CommandResult table = zsmem("estimate --model gpt:d=64,L=2,V=256,T=64,H=4,attn=fused --batch 2");
+  EXPECT_NE(table.output.find("(fused attention)"), std::string::npos) << table.output;
+}
+
 // Offload moves the f32 master, m and v (and the gradient shard) to the host: 1000 units of 1024 padded
 // elements at world 4, stage 3, f32: per unit a 256-element shard. The device keeps the f32 parameter shard
 // the gather starts from and the gradient pool; with the parameters offloaded too, only the pools.
