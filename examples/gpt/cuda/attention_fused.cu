@@ -20,6 +20,7 @@
 
 #include "core/cuda_check.h"
 #include "examples/gpt/cuda/kernels.h"
+#include "examples/gpt/cuda/warp.cuh"
 
 namespace gpt::cuda::k {
 namespace {
@@ -250,8 +251,7 @@ __global__ void delta_kernel(const bf16* out, const bf16* dout, float* delta, in
   const int64_t base = row * d + int64_t{h} * hd;
   float sum = 0;
   for (int c = lane; c < hd; c += 32) sum += __bfloat162float(out[base + c]) * __bfloat162float(dout[base + c]);
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  sum = warp_sum(sum);
   if (lane == 0) delta[(row / T * H + h) * T + row % T] = sum;
 }
 

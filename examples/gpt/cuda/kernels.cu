@@ -9,6 +9,7 @@
 
 #include "core/cuda_check.h"
 #include "examples/gpt/cuda/kernels.h"
+#include "examples/gpt/cuda/warp.cuh"
 #include "kernels/cuda/device_math.cuh"
 
 namespace gpt::cuda::k {
@@ -63,18 +64,6 @@ int warp_row_blocks(int64_t rows) {
 
 void check_launch() {
   ZS_CHECK_CUDA(cudaGetLastError());
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
 }
 
 // The whole block's sum or max (every thread gets it); blockDim.x a multiple of 32.
