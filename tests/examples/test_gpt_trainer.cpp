@@ -57,19 +57,9 @@ TEST(GptTrainer, ActivationCheckpointingKeepsLessAndChangesNothing) {
   EXPECT_EQ(full - ckpt, int64_t{23} * (9 * 8192 * 1024 * 2 + 4 * 8192 * 4));
 }
 
-// Fused attention (CUDA, bf16; its values are checked against the CPU layers by the gpu tests): zsmem's
-// count drops the probabilities (8 sequences x 16 heads x 1024^2 bf16, and one sequence's gradients) and
-// adds one log-sum-exp per query and head for each of the 24 blocks, plus the backward's deltas; the
-// CPU backend refuses it, naming the fix.
-TEST(GptTrainer, FusedAttentionKeepsNoProbabilitiesAndNeedsCuda) {
-  zs::family::Gpt g = zs::family::parse_gpt("d=1024,L=24,V=32000,T=1024,H=16");
-  const int64_t plain = zs::family::gpt_activation_bytes(g, 8, false, zs::DType::bf16, zs::DType::f32);
-  g = zs::family::parse_gpt("d=1024,L=24,V=32000,T=1024,H=16,attn=fused");
-  ASSERT_TRUE(g.fused_attention);
-  const int64_t fused = zs::family::gpt_activation_bytes(g, 8, false, zs::DType::bf16, zs::DType::f32);
-  const int64_t probs = int64_t{9} * 16 * 1024 * 1024, lse = int64_t{25} * 8 * 16 * 1024;
-  EXPECT_EQ(plain - fused, 2 * probs - 4 * lse);
-
+// Fused attention runs on CUDA in bf16 (its values are checked against the CPU layers by the gpu tests,
+// its memory by zsmem's tests): the CPU backend refuses it, naming the fix.
+TEST(GptTrainer, FusedAttentionNeedsCuda) {
   zs::ProcessGroupOptions o;
   o.backend = zs::Backend::gloo;
   zs::ProcessGroup pg = zs::init_process_group(o);
