@@ -1,9 +1,12 @@
 // Model family shapes.
 #include "runtime/model_family.h"
 
+#include <fmt/format.h>
+
 #include <charconv>
 #include <sstream>
 
+#include "core/dtype.h"
 #include "core/error.h"
 
 namespace zs::family {
@@ -41,6 +44,29 @@ Units gpt_units(const Gpt& g) {
   return u;
 }
 
+std::string gpt_fused_attention_unfit(int batch, int d, int heads, bool cpu, DType compute) {
+  if (cpu) return "fused attention runs on CUDA; the CPU computes plain attention: drop --attention fused";
+  if (compute != DType::bf16)
+    return fmt::format("fused attention computes in bf16 (precision.param bf16), not {}: use --attention plain",
+                       dtype_name(compute));
+  if (const int hd = d / heads; hd != 16 && hd != 32 && hd != 64 && hd != 128)
+    return fmt::format(
+        "fused attention takes a head size (d_model / heads) of 16, 32, 64 or 128, not {} = {} / {}: change the "
+        "heads or use --attention plain",
+        hd, d, heads);
+  if (int64_t{batch} * heads > 65535)
+    return fmt::format(
+        "fused attention runs a grid row per sequence and head: batch {} x heads {} is over 65535; use a smaller "
+        "batch per rank (more accumulation steps) or --attention plain",
+        batch, heads);
+  return {};
+}
+
+bool gpt_fused_attention(const Gpt& g, int batch, bool cpu, DType compute) {
+  if (g.attention != Attention::automatic) return g.attention == Attention::fused;
+  return gpt_fused_attention_unfit(batch, g.d, g.heads, cpu, compute).empty();
+}
+
 int64_t gpt_activation_bytes(const Gpt& g, int batch, bool cpu, DType compute, DType reduce, bool recompute) {
   const int64_t n = int64_t{batch} * g.seq, d = g.d, L = g.layers, V = g.vocab, T = g.seq, H = g.heads;
   const int64_t attn = batch * H * T * T, head_attn = H * T * T;
@@ -56,8 +82,9 @@ int64_t gpt_activation_bytes(const Gpt& g, int batch, bool cpu, DType compute, D
   // stream; the logits. f32: norm statistics (4 n per block, 2 n for the final norm), per-row losses and
   // their mean, column-sum partials (2 per 256 rows per column, up to 4 d columns), the batch's tokens and
   // targets.
-  const int64_t probs = g.fused_attention ? 0 : attn + head_attn;
-  const int64_t rows_heads = g.fused_attention ? (kept + 1) * batch * H * T : 0;
+  const bool fused = gpt_fused_attention(g, batch, cpu, compute);
+  const int64_t probs = fused ? 0 : attn + head_attn;
+  const int64_t rows_heads = fused ? (kept + 1) * batch * H * T : 0;
   const int64_t act = (L + 1) * n * d + kept * 9 * n * d + 18 * n * d + probs + n * V;
   const int64_t floats = kept * 4 * n + 3 * n + 1 + 2 * ((n + 255) / 256) * 4 * d + 2 * n +
                          (reduce == DType::f32 ? 0 : V * d) + rows_heads;
@@ -73,8 +100,9 @@ Gpt parse_gpt(const std::string& spec) {
     ZS_CHECK(eq != std::string::npos, "gpt model '{}': '{}' is not key=value (keys d, L, V, T, H, attn)", spec, item);
     const std::string key = item.substr(0, eq), val = item.substr(eq + 1);
     if (key == "attn") {
-      ZS_CHECK(val == "plain" || val == "fused", "gpt model '{}': attn = '{}' is not plain or fused", spec, val);
-      g.fused_attention = val == "fused";
+      ZS_CHECK(val == "auto" || val == "plain" || val == "fused",
+               "gpt model '{}': attn = '{}' is not auto, plain or fused", spec, val);
+      g.attention = val == "auto" ? Attention::automatic : val == "plain" ? Attention::plain : Attention::fused;
       continue;
     }
     int v = 0;

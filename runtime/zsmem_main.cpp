@@ -84,8 +84,8 @@ Model load_model(double params, double largest, const std::string& spec, const s
     }
     m.gpt = true;
     for (auto& [name, tensors] : zs::family::gpt_units(m.shape)) m.units.push_back(tensors);
-    m.what = fmt::format("GPT d={} L={} V={} T={} H={}{}", m.shape.d, m.shape.layers, m.shape.vocab, m.shape.seq,
-                         m.shape.heads, m.shape.fused_attention ? " (fused attention)" : "");
+    m.what = fmt::format("GPT d={} L={} V={} T={} H={}", m.shape.d, m.shape.layers, m.shape.vocab, m.shape.seq,
+                         m.shape.heads);
   } else {
     zs::ckpt::Reader r(manifest);
     std::string unit;
@@ -116,6 +116,11 @@ int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, con
                          ? static_cast<double>(zs::family::gpt_activation_bytes(
                                m.shape, batch, cpu, cfg.precision.param, cfg.precision.reduce, recompute))
                          : 0;
+  const std::string what =
+      m.what + (m.gpt && batch > 0 ? zs::family::gpt_fused_attention(m.shape, batch, cpu, cfg.precision.param)
+                                         ? " (fused attention)"
+                                         : " (plain attention)"
+                                   : "");
   const double gib = 1073741824.0;
   auto fits_text = [&] {
     std::string out;
@@ -125,7 +130,7 @@ int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, con
   };
   if (!json_out) {
     fmt::print("{}: {} parameters in {} units (largest {}); compute {}, gradients {}, {}; per rank, bytes on the {}\n",
-               m.what, m.params, m.units.size(), m.largest, zs::dtype_name(cfg.precision.param),
+               what, m.params, m.units.size(), m.largest, zs::dtype_name(cfg.precision.param),
                zs::dtype_name(cfg.precision.reduce), zs::kernels::optimizer_name(cfg.optimizer.type),
                cpu ? "CPU (device: cpu)" : "GPU");
     fmt::print("{:>5} {:>5} {:>16} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>10} | {:>10} | {:>21} {}\n",
@@ -265,8 +270,8 @@ int main(int argc, char** argv) {
   est->add_option("--params", params, "total parameters (with --largest-unit: DeepSpeed's cold form)");
   est->add_option("--largest-unit", largest, "parameters of the largest unit");
   est->add_option("--model", spec,
-                  "a model family, e.g. gpt:d=2048,L=24,V=32000,T=1024,H=16 (attn=fused: the example's fused "
-                  "attention, which changes --batch's activations)");
+                  "a model family, e.g. gpt:d=2048,L=24,V=32000,T=1024,H=16 (attn=auto, plain or fused: the "
+                  "example's attention, which changes --batch's activations; auto: fused on the GPU in bf16)");
   est->add_option("--manifest", manifest, "a checkpoint (its manifest lists the model's tensors)");
   est->add_option("--config", config_path, "engine YAML: precision, optimizer, zero.* (defaults otherwise)");
   est->add_option("--world", worlds, "ranks (one or a list)")->check(CLI::PositiveNumber);

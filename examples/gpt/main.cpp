@@ -62,7 +62,7 @@ int main(int argc, char** argv) {
   int steps = 300, batch = 8, log_every = 20, eval_every = 100, eval_batches = 4, save_every = 0, threads = 0;
   int stage = -1, sample = 0;
   std::string offload, device, precision;  // empty: the config's
-  std::string attention = "plain";
+  std::string attention = "auto";
   uint64_t seed = 1337;
   double lr = 0, check_below = 0;
   bool resume = false, checkpoint_activations = false;
@@ -87,10 +87,10 @@ int main(int argc, char** argv) {
                  "override precision: f32, or bf16 (CUDA: bf16 parameters and activations, f32 gradients and master)")
       ->check(CLI::IsMember({"f32", "bf16"}));
   app.add_option("--attention", attention,
-                 "plain (any device and precision; keeps batch x heads x seq^2 probabilities) or fused (CUDA, bf16, "
-                 "head size 16/32/64/128: tiles, no probabilities)")
+                 "plain (any device and precision; keeps batch x heads x seq^2 probabilities), fused (CUDA, bf16, "
+                 "head size 16/32/64/128: tiles, no probabilities, faster) or auto (fused where it runs)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"plain", "fused"}));
+      ->check(CLI::IsMember({"auto", "plain", "fused"}));
   app.add_option("--vocab", shape.vocab, "vocabulary size (tokens are bytes; a larger table for benchmarks)")
       ->capture_default_str()
       ->check(CLI::Range(256, 1 << 20));
@@ -112,7 +112,9 @@ int main(int argc, char** argv) {
   app.add_option("--check-loss-below", check_below, "exit 1 unless the final validation loss is below this");
   CLI11_PARSE(app, argc, argv);
 
-  shape.fused_attention = attention == "fused";
+  shape.attention = attention == "fused"   ? zs::family::Attention::fused
+                    : attention == "plain" ? zs::family::Attention::plain
+                                           : zs::family::Attention::automatic;
   try {
     zs::Config cfg = config_path.empty() ? zs::Config::from_yaml(kDefaultConfig, "<built-in config>")
                                          : zs::Config::from_yaml_file(config_path);
@@ -149,7 +151,7 @@ int main(int argc, char** argv) {
           cfg.offload.optimizer_on_cpu() ? ", offload " + std::string(cfg.offload.choice()) : std::string();
       std::printf("GPT d=%d L=%d H=%d T=%d V=%d%s: %.2f M parameters in %d units; ZeRO-%d over %d rank%s (%s%s)\n",
                   shape.d, shape.layers, shape.heads, shape.seq, shape.vocab,
-                  shape.fused_attention ? " (fused attention)" : "",
+                  model.shape().attention == zs::family::Attention::fused ? " (fused attention)" : "",
                   static_cast<double>(gpt::parameter_count(shape)) / 1e6, engine.num_units(), cfg.zero.stage, world,
                   world > 1 ? "s" : "", engine.device().is_cpu() ? "cpu, gloo" : "cuda, nccl", off.c_str());
       std::printf("data: %zu KB of text from %d files (train %zu KB, validation %zu KB); %d x %d tokens per rank\n",

@@ -22,8 +22,6 @@ std::unique_ptr<Backend> make_backend(zs::Engine& e, const Shape& s, int batch, 
   if (e.device().is_cpu()) {
     ZS_CHECK(p.param == zs::DType::f32 && p.reduce == zs::DType::f32,
              "the GPT example computes on the CPU in f32: set precision.param and precision.reduce to f32");
-    ZS_CHECK(!s.fused_attention,
-             "fused attention runs on CUDA in bf16; the CPU computes plain attention: drop --attention fused");
     return make_cpu_backend(s, batch, recompute);
   }
 #ifdef ZS_GPT_CUDA
@@ -38,6 +36,14 @@ std::unique_ptr<Backend> make_backend(zs::Engine& e, const Shape& s, int batch, 
 Trainer::Trainer(zs::Engine& engine, const Shape& shape, int batch, bool checkpoint_activations)
     : e_(engine), s_(shape), batch_(batch) {
   ZS_CHECK(s_.d % s_.heads == 0, "d_model {} is not a multiple of heads {}", s_.d, s_.heads);
+  const bool cpu = engine.device().is_cpu();
+  const zs::DType compute = engine.config().precision.param;
+  if (s_.attention == zs::family::Attention::fused) {
+    const std::string why = zs::family::gpt_fused_attention_unfit(batch, s_.d, s_.heads, cpu, compute);
+    ZS_CHECK(why.empty(), "{}", why);
+  }
+  s_.attention = zs::family::gpt_fused_attention(s_, batch, cpu, compute) ? zs::family::Attention::fused
+                                                                          : zs::family::Attention::plain;
   // The family's units in order: embed, h.0 .. h.{L-1}, ln_f.
   for (auto& [name, tensors] : zs::family::gpt_units(s_)) {
     const zs::UnitId u = engine.add_unit(name, std::move(tensors));

@@ -24,6 +24,8 @@ class Trainer {
   double loss(const int* tokens, const int* targets) { return run(tokens, targets, false); }
   // `count` bytes continuing `prompt`, sampled at temperature 0.8 (collective; every rank gets the same text).
   std::string generate(const std::string& prompt, int count, uint64_t seed);
+  // The shape, its attention resolved (plain or fused).
+  const Shape& shape() const { return s_; }
 
  private:
   double run(const int* tokens, const int* targets, bool backward);

@@ -310,7 +310,7 @@ TEST(GptCuda, TrainsLikeTheCpuModel) {
   const int batch = 4, steps = 6;
   auto run = [&](zs::ProcessGroup& pg, const char* device, DType param, bool recompute = false, bool fused = false) {
     Shape shape = small_shape();
-    shape.fused_attention = fused;
+    shape.attention = fused ? zs::family::Attention::fused : zs::family::Attention::plain;
     zs::Config cfg;
     cfg.device = device;
     cfg.precision.param = param;

@@ -21,7 +21,7 @@ TEST(Zsmem, NonsenseInputExitsTwoSayingWhy) {
       {"estimate --model llama:d=4", "unknown family 'llama'"},
       {"estimate --model gpt:d=-4", "not a positive integer"},
       {"estimate --model gpt:q=4", "unknown key 'q'"},
-      {"estimate --model gpt:attn=flash", "is not plain or fused"},
+      {"estimate --model gpt:attn=flash", "is not auto, plain or fused"},
       {"estimate --params 100 --largest-unit 10 --world 0", "--world"},
       {"estimate", "give the model one way"},
       {"estimate --params 100 --largest-unit 10 --offload everything", "--offload"},
@@ -85,20 +85,27 @@ TEST(Zsmem, EstimateFollowsThePaddedLayout) {
 
 // The example's fused attention (attn=fused) changes the activations only: no batch x heads x T^2
 // probabilities (2 x 4 x 64^2 bf16, and one sequence's gradients: 4 x 64^2), one f32 log-sum-exp per
-// query and head kept per block (2 blocks) plus the backward's deltas.
+// query and head kept per block (2 blocks) plus the backward's deltas. attn=auto (the default, as in
+// gpt_train) is fused on the GPU in bf16 and plain in f32.
 TEST(Zsmem, FusedAttentionChangesTheActivationsOnly) {
-  const std::string args = " --world 1 --stage 3 --precision bf16 --batch 2 --json";
-  const zs::test::CommandResult plain = zsmem("estimate --model gpt:d=64,L=2,V=256,T=64,H=4" + args);
-  const zs::test::CommandResult fused = zsmem("estimate --model gpt:d=64,L=2,V=256,T=64,H=4,attn=fused" + args);
-  ASSERT_EQ(plain.rc, 0) << plain.output;
-  ASSERT_EQ(fused.rc, 0) << fused.output;
-  const auto p = nlohmann::json::parse(plain.output)[0], f = nlohmann::json::parse(fused.output)[0];
+  const std::string model = "estimate --model gpt:d=64,L=2,V=256,T=64,H=4";
+  const std::string args = " --world 1 --stage 3 --batch 2 --json", bf16 = " --precision bf16" + args;
+  auto activations = [&](const std::string& command) {
+    const zs::test::CommandResult r = zsmem(command);
+    EXPECT_EQ(r.rc, 0) << r.output;
+    return r.rc == 0 ? nlohmann::json::parse(r.output)[0] : nlohmann::json::object();
+  };
+  const auto p = activations(model + ",attn=plain" + bf16), f = activations(model + ",attn=fused" + bf16);
   EXPECT_EQ(p["bytes"], f["bytes"]);
   EXPECT_EQ(p["host_bytes"], f["host_bytes"]);
   const double probs = 2.0 * (2 * 4 * 64 * 64 + 4 * 64 * 64), lse = 4.0 * (2 + 1) * 2 * 4 * 64;
   EXPECT_DOUBLE_EQ(p["activations"].get<double>() - f["activations"].get<double>(), probs - lse);
-  const zs::test::CommandResult table = zsmem("estimate --model gpt:d=64,L=2,V=256,T=64,H=4,attn=fused --batch 2");
+  EXPECT_EQ(activations(model + bf16)["activations"], f["activations"]);
+  EXPECT_EQ(activations(model + args)["activations"], activations(model + ",attn=plain" + args)["activations"]);
+  const zs::test::CommandResult table = zsmem(model + " --precision bf16 --batch 2");
   EXPECT_NE(table.output.find("(fused attention)"), std::string::npos) << table.output;
+  const zs::test::CommandResult f32 = zsmem(model + " --batch 2");
+  EXPECT_NE(f32.output.find("(plain attention)"), std::string::npos) << f32.output;
 }
 
 // Offload moves the f32 master, m and v (and the gradient shard) to the host: 1000 units of 1024 padded

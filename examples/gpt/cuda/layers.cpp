@@ -3,9 +3,11 @@
 #include "examples/gpt/cuda/layers.h"
 
 #include <cmath>
+#include <string>
 
 #include "core/error.h"
 #include "examples/gpt/cuda/kernels.h"
+#include "runtime/model_family.h"
 
 namespace gpt::cuda {
 namespace {
@@ -137,18 +139,8 @@ void attention_backward(const Ctx& c, const void* qkv, const void* probs, const 
 }
 
 void check_fused_attention(const Ctx& c, int B, int d, int H) {
-  ZS_CHECK(c.act == zs::DType::bf16,
-           "fused attention computes in bf16 (precision.param bf16), not {}: use plain attention for {}",
-           zs::dtype_name(c.act), zs::dtype_name(c.act));
-  const int hd = d / H;
-  ZS_CHECK(hd == 16 || hd == 32 || hd == 64 || hd == 128,
-           "fused attention takes a head size (d_model / heads) of 16, 32, 64 or 128, not {} = {} / {}: change "
-           "the heads or use plain attention",
-           hd, d, H);
-  ZS_CHECK(int64_t{B} * H <= 65535,
-           "fused attention runs a grid row per sequence and head: batch {} x heads {} is over 65535; use a smaller "
-           "batch per rank (more accumulation steps)",
-           B, H);
+  const std::string why = zs::family::gpt_fused_attention_unfit(B, d, H, false, c.act);
+  ZS_CHECK(why.empty(), "{}", why);
 }
 
 void fused_attention_forward(const Ctx& c, const void* qkv, float* lse, void* out, int B, int T, int d, int H) {
