@@ -11,7 +11,8 @@
 namespace zs {
 
 void Engine::write_memory_report(const std::string& dir) const {
-  const MemoryPlan plan = memory_plan();
+  MemoryPlan plan = memory_plan();
+  plan.device[static_cast<std::size_t>(MemCategory::activations)] += declared_activations_;
   const MemoryReport m = memory();
   nlohmann::ordered_json j;
   j["rank"] = comm_->rank();

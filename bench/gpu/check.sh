@@ -49,6 +49,17 @@ have_cublas "gpt_train" && { gpt 1024 368M; gpt 2048 1.34B; gpt 2048 "1.34B ckpt
 # The rows above compute fused attention (the default in bf16 on CUDA: tiles, no T x T probabilities);
 # these, plain attention (the probabilities through cuBLAS and softmax kernels), for the comparison.
 have_cublas "gpt_train plain" && { gpt 1024 "368M plain" --attention plain; gpt 2048 "1.34B plain" --attention plain; }
+# zsmem (issue: the predicted peak within 5 % of the ledger's at world 1 on the GPU): every stage x offload
+# of a small GPT on CUDA in bf16, as ctest's tool.zsmem.measure does on the CPU at worlds 1-4.
+zsmem_runs() {
+  for run in 0:none 1:none 2:none 3:none 1:optimizer 2:optimizer 3:optimizer 3:optimizer+params 1:delayed 3:delayed; do
+    "$bundle/bin/zsmem" measure --nproc 1 --max-error 5 -- "$bundle/bin/gpt_train" --device cuda --precision bf16 \
+      --d-model 256 --layers 4 --heads 4 --seq 256 --batch 4 --steps 2 --log-every 2 --eval-every 0 --eval-batches 1 \
+      --data . --stage "${run%%:*}" --offload "${run#*:}" || { echo "stage:offload $run: prediction off"; return 1; }
+  done
+}
+export bundle && export -f zsmem_runs  # run() starts it under timeout, in a new bash
+have_cublas "zsmem measure" && run "zsmem measure cuda, stage x offload" 180 bash -c zsmem_runs
 # ZS_GPU_SANITIZE=1: compute-sanitizer's memcheck and racecheck (shared memory) over the CUDA layers' test,
 # fused attention included (Firecracker machines only; see the device notes).
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)

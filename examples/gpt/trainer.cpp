@@ -55,6 +55,10 @@ Trainer::Trainer(zs::Engine& engine, const Shape& shape, int batch, bool checkpo
       blocks_.push_back(u);
   }
   math_ = make_backend(engine, s_, batch, checkpoint_activations);
+  // The CUDA layers' buffers are the ledger's `activations`, to the byte (the CPU's are plain vectors).
+  if (!cpu)
+    engine.declare_activations(zs::family::gpt_activation_bytes(
+        s_, batch, false, compute, engine.config().precision.reduce, checkpoint_activations));
 }
 
 double Trainer::run(const int* tokens, const int* targets, bool backward) {

@@ -2,9 +2,14 @@
 // the forward and the backward, not the results (the block's forward runs again on the same input with the
 // same code, so every loss and every trained parameter is bit-identical).
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <vector>
 
+#include "core/buffer.h"
 #include "examples/gpt/trainer.h"
 #include "runtime/model_family.h"
 
@@ -80,6 +85,30 @@ TEST(GptTrainer, FusedAttentionNeedsCuda) {
   } catch (const std::exception& err) {
     EXPECT_NE(std::string(err.what()).find("drop --attention fused"), std::string::npos) << err.what();
   }
+}
+
+// zsmem measure compares each rank's ledger with its memory report's plan: a program's own activation
+// buffers on the device (the CUDA layers declare theirs, zsmem's formula for them) are planned there beside
+// the engine's tables.
+TEST(GptTrainer, TheMemoryReportPlansDeclaredActivations) {
+  zs::ProcessGroupOptions o;
+  o.backend = zs::Backend::gloo;
+  zs::ProcessGroup pg = zs::init_process_group(o);
+  zs::Config cfg;
+  cfg.device = "cpu";
+  zs::Engine e(cfg, *pg.world);
+  Trainer model(e, Shape{}, 2);
+  e.declare_activations(4096);
+  const zs::Buffer activations(4096, zs::MemoryKind::device, e.device(), zs::MemCategory::activations);
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("zs_memory_report_" + std::to_string(getpid()));
+  e.write_memory_report(dir.string());
+  std::ifstream f(dir / "rank-0.json");
+  const nlohmann::json j = nlohmann::json::parse(f);
+  std::filesystem::remove_all(dir);
+  EXPECT_EQ(j["categories"]["activations"]["planned"].get<int64_t>(), 4096);
+  EXPECT_EQ(j["categories"]["activations"]["peak"].get<int64_t>(), 4096);
+  EXPECT_EQ(j["planned_total"].get<int64_t>(), e.memory_plan().device_total() + 4096);
 }
 
 }  // namespace
