@@ -20,7 +20,10 @@ TIME, READ, WRITE = "gpu__time_duration.sum", "dram__bytes_read.sum", "dram__byt
 
 
 def short(name: str) -> str:
-    name = re.sub(r"\(.*", "", name.replace("(anonymous namespace)", "anon"))  # parameters
+    # An anonymous namespace, as ncu spells it: "(anonymous namespace)", "<unnamed>", or with a kernel filter
+    # (-k regex:...) "unnamed>" after the cut outer namespaces.
+    name = re.sub(r"\(anonymous namespace\)|<?unnamed>", "anon", name)
+    name = re.sub(r"\(.*", "", name)  # parameters
     depth, out, targs = 0, [], []
     for ch in name:  # template arguments apart from the kernel's own name
         if ch == "<":
