@@ -21,15 +21,25 @@ struct Trained {
   std::vector<std::vector<float>> params;
 };
 
-Trained train(bool recompute) {
+// One rank over Gloo, and a CPU engine's config.
+zs::ProcessGroup gloo_world() {
   zs::ProcessGroupOptions o;
   o.backend = zs::Backend::gloo;
-  zs::ProcessGroup pg = zs::init_process_group(o);
+  return zs::init_process_group(o);
+}
+
+zs::Config cpu_config() {
+  zs::Config cfg;
+  cfg.device = "cpu";
+  return cfg;
+}
+
+Trained train(bool recompute) {
+  zs::ProcessGroup pg = gloo_world();
   Shape shape;
   shape.d = 32, shape.layers = 3, shape.heads = 4, shape.seq = 16;
   const int batch = 2;
-  zs::Config cfg;
-  cfg.device = "cpu";
+  zs::Config cfg = cpu_config();
   cfg.optimizer.lr = 3e-3f;
   zs::Engine e(cfg, *pg.world);
   Trainer model(e, shape, batch, recompute);
@@ -67,11 +77,8 @@ TEST(GptTrainer, ActivationCheckpointingKeepsLessAndChangesNothing) {
 // its memory by zsmem's tests): asked for on the CPU, the trainer refuses it, naming the fix; the default
 // (automatic) computes plain attention there.
 TEST(GptTrainer, FusedAttentionNeedsCuda) {
-  zs::ProcessGroupOptions o;
-  o.backend = zs::Backend::gloo;
-  zs::ProcessGroup pg = zs::init_process_group(o);
-  zs::Config cfg;
-  cfg.device = "cpu";
+  zs::ProcessGroup pg = gloo_world();
+  zs::Config cfg = cpu_config();
   Shape shape;
   {
     zs::Engine e(cfg, *pg.world);
@@ -91,11 +98,8 @@ TEST(GptTrainer, FusedAttentionNeedsCuda) {
 // buffers on the device (the CUDA layers declare theirs, zsmem's formula for them) are planned there beside
 // the engine's tables.
 TEST(GptTrainer, TheMemoryReportPlansDeclaredActivations) {
-  zs::ProcessGroupOptions o;
-  o.backend = zs::Backend::gloo;
-  zs::ProcessGroup pg = zs::init_process_group(o);
-  zs::Config cfg;
-  cfg.device = "cpu";
+  zs::ProcessGroup pg = gloo_world();
+  zs::Config cfg = cpu_config();
   zs::Engine e(cfg, *pg.world);
   Trainer model(e, Shape{}, 2);
   e.declare_activations(4096);

@@ -62,6 +62,19 @@ __device__ __forceinline__ void wait_copies() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
+// A walk's step: starts copying the next tile (load(), when there is one) and waits for the current one,
+// which then has landed for the whole block.
+template <class Load>
+__device__ __forceinline__ void next_tile(bool more, Load&& load) {
+  if (more) {
+    load();
+    wait_copies<1>();
+  } else {
+    wait_copies<0>();
+  }
+  __syncthreads();
+}
+
 // Four 8 x 8 bf16 matrices from shared memory, lane l giving the address of row l % 8 of matrix l / 8; lane l
 // receives row l / 4, columns 2 (l % 4) and +1 of each (of each transpose with `_t`).
 __device__ __forceinline__ void ldmatrix(uint32_t (&r)[4], const bf16* p) {
@@ -235,16 +248,12 @@ __global__ void __launch_bounds__(kThreads)
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // base-2 units of the scaled scores
   for (int kt = 0; kt <= qt; ++kt) {
     const bf16* k = tiles + (1 + 2 * (kt % 2)) * kTileElems<HD>;
-    if (kt < qt) {
+    next_tile(kt < qt, [&] {
       bf16* next = tiles + (1 + 2 * ((kt + 1) % 2)) * kTileElems<HD>;
       load_tile<HD>(next, q + d, at.ld, (kt + 1) * kTile, T);
       load_tile<HD>(next + kTileElems<HD>, q + 2 * d, at.ld, (kt + 1) * kTile, T);
       commit();
-      wait_copies<1>();
-    } else {
-      wait_copies<0>();
-    }
-    __syncthreads();
+    });
     float s[8][4];
     product_abt<HD>(s, at.warp_rows<HD>(tiles), k);
     float mx[2] = {-INFINITY, -INFINITY};
@@ -325,13 +334,7 @@ __global__ void __launch_bounds__(kThreads)
   float dk[HD / 8][4] = {}, dv[HD / 8][4] = {};
   for (int qt = kt; qt < tiles_t; ++qt) {
     const int buf = (qt - kt) % 2;
-    if (qt + 1 < tiles_t) {
-      load(qt + 1, 1 - buf);
-      wait_copies<1>();
-    } else {
-      wait_copies<0>();
-    }
-    __syncthreads();
+    next_tile(qt + 1 < tiles_t, [&] { load(qt + 1, 1 - buf); });
     const bf16 *qs = tiles + (2 + 2 * buf) * kTileElems<HD>, *dos = qs + kTileElems<HD>;
     const float *ls = stats + 2 * kTile * buf, *ds = ls + kTile;
     const bool edge = qt == kt || (qt + 1) * kTile > T;  // the mask hides some of this tile's pairs
@@ -388,13 +391,7 @@ __global__ void __launch_bounds__(kThreads)
   float dq[HD / 8][4] = {};
   for (int kt = 0; kt <= qt; ++kt) {
     const int buf = kt % 2;
-    if (kt < qt) {
-      load(kt + 1, 1 - buf);
-      wait_copies<1>();
-    } else {
-      wait_copies<0>();
-    }
-    __syncthreads();
+    next_tile(kt < qt, [&] { load(kt + 1, 1 - buf); });
     const bf16 *ks = tiles + (2 + 2 * buf) * kTileElems<HD>, *vs = ks + kTileElems<HD>;
     float p[8][4], dp[8][4];
     product_abt<HD>(p, at.warp_rows<HD>(tiles), ks);  // S
