@@ -12,9 +12,10 @@
 // each recomputing P = exp(S - lse): no atomics, every output written once.
 //
 // Bytes: reads Q, K, V (and dO) tile by tile and writes O (dQ, dK, dV) once; nothing of size T^2 reaches
-// global memory. Work per visible tile pair: 2 Q K^T-sized products forward, 5 backward (7 for plain
-// attention too, over every pair of the full T x T products; the causal mask leaves 136 of 256 tile pairs
-// at T = 1024).
+// global memory. Work per visible tile pair: 2 Q K^T-sized products forward, 7 backward (4 for dK and dV,
+// 3 for dQ: S and dP are formed in both kernels), against plain attention's 2 + 5 over every pair of the
+// full T x T products; the causal mask leaves 136 of 256 tile pairs at T = 1024. Per block of the 1.3 B
+// GPT on an H100: forward 232 us (157 TFLOP/s), dK and dV 327 us, dQ 268 us (bench/RESULTS.md).
 #include <cuda_bf16.h>
 
 #include <cmath>
