@@ -17,6 +17,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "core/bootstrap.h"
@@ -137,10 +138,12 @@ class Engine {
   // (with the declared activations) and the process's peak RSS, as JSON in dir/rank-N.json. Written at
   // destruction when ZS_MEMORY_REPORT=dir.
   void write_memory_report(const std::string& dir) const;
-  // The program's own activation buffers on the device (ledger category `activations`, e.g. zsmem's
-  // family formula for them), which the memory report then plans beside the engine's: zsmem measure
-  // compares the whole device with the ledger.
-  void declare_activations(int64_t bytes) { declared_activations_ = bytes; }
+  // The program's own activation buffers on the device and on the host (ledger category `activations`,
+  // e.g. zsmem's family formulas for them), which the memory report then plans beside the engine's: zsmem
+  // measure compares the whole device and host with the ledger.
+  void declare_activations(int64_t device_bytes, int64_t host_bytes = 0) {
+    declared_activations_ = {device_bytes, host_bytes};
+  }
   // Tensor bytes this rank read in load_weights (its own shards, not the model).
   uint64_t loaded_bytes() const { return last_load_bytes_; }
   const Config& config() const { return cfg_; }
@@ -244,7 +247,7 @@ class Engine {
   int64_t collectives_checked_ = 0;  // the fingerprint's sequence number
   double exposed_comm_s_ = 0;
   uint64_t last_load_bytes_ = 0;
-  int64_t declared_activations_ = 0;
+  std::pair<int64_t, int64_t> declared_activations_{0, 0};  // device, host
   std::function<std::string()> user_state_;
   void wait_timed(Work& w, const Unit* u = nullptr);  // host wait, counted as exposed communication
   LossScaler scaler_;

@@ -12,7 +12,8 @@ namespace zs {
 
 void Engine::write_memory_report(const std::string& dir) const {
   MemoryPlan plan = memory_plan();
-  plan.device[static_cast<std::size_t>(MemCategory::activations)] += declared_activations_;
+  plan.device[static_cast<std::size_t>(MemCategory::activations)] += declared_activations_.first;
+  plan.host[static_cast<std::size_t>(MemCategory::activations)] += declared_activations_.second;
   const MemoryReport m = memory();
   nlohmann::ordered_json j;
   j["rank"] = comm_->rank();

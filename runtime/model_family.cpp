@@ -91,6 +91,10 @@ int64_t gpt_activation_bytes(const Gpt& g, int batch, bool cpu, DType compute, D
   return static_cast<int64_t>(dtype_size(compute)) * act + 4 * floats;
 }
 
+int64_t gpt_activation_host_bytes(const Gpt& g, int batch, bool cpu) {
+  return cpu ? 0 : 2 * 4 * int64_t{batch} * g.seq + 4;
+}
+
 Gpt parse_gpt(const std::string& spec) {
   Gpt g;
   std::stringstream ss(spec);

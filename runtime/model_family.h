@@ -41,6 +41,9 @@ bool gpt_fused_attention(const Gpt& g, int batch, bool cpu, DType compute);
 // block's. Fused attention (CUDA; gpt_fused_attention) keeps each block's per-query log-sum-exp (B H T
 // floats) instead of the probabilities.
 int64_t gpt_activation_bytes(const Gpt& g, int batch, bool cpu, DType compute, DType reduce, bool recompute = false);
+// And in host memory (ledger category `activations` on the host): on CUDA the pinned staging of a batch's
+// tokens and targets and the loss read back; none on the CPU.
+int64_t gpt_activation_host_bytes(const Gpt& g, int batch, bool cpu);
 // Parses "d=2048,L=24,V=32000,T=1024,H=16,attn=fused" (any subset, over the defaults; attn: auto, plain or
 // fused); throws naming a bad field.
 Gpt parse_gpt(const std::string& spec);

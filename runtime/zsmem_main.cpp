@@ -121,6 +121,8 @@ int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, con
                                          ? " (fused attention)"
                                          : " (plain attention)"
                                    : "");
+  const double act_host =
+      m.gpt && batch > 0 ? static_cast<double>(zs::family::gpt_activation_host_bytes(m.shape, batch, cpu)) : 0;
   const double gib = 1073741824.0;
   auto fits_text = [&] {
     std::string out;
@@ -146,7 +148,8 @@ int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, con
         const zs::MemoryPlan p = zs::plan_memory(m.units, cfg, w, 0, cpu);
         auto dev = [&](MemCategory c) { return static_cast<double>(p.device[static_cast<std::size_t>(c)]); };
         const double scratch = dev(MemCategory::comm_scratch) + dev(MemCategory::other);
-        const double total = static_cast<double>(p.device_total()) + act, host = static_cast<double>(p.host_total());
+        const double total = static_cast<double>(p.device_total()) + act,
+                     host = static_cast<double>(p.host_total()) + act_host;
         const DeepSpeedFigure ds =
             deepspeed_estimate(s, cfg.offload, static_cast<double>(m.params), static_cast<double>(m.largest), w);
         const bool fits = (device_gib <= 0 || total <= device_gib * gib) && (host_gib <= 0 || host <= host_gib * gib);
@@ -158,6 +161,7 @@ int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, con
             r["host_bytes"][name] = p.host[static_cast<std::size_t>(c)];
           }
           r["activations"] = act;
+          r["host_activations"] = act_host;
           r["total"] = total;
           r["host_total"] = host;
           auto num = [](double x) { return std::isnan(x) ? nlohmann::ordered_json() : nlohmann::ordered_json(x); };
@@ -183,7 +187,8 @@ int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, con
         "small\n"
         "engine tables; activation: the example trainer's, with --batch; device: their sum. host: the offloaded "
         "master,\n"
-        "optimizer state, gradient shards and upload staging (one pinned pool), and Gloo's staging.\n"
+        "optimizer state, gradient shards and upload staging (one pinned pool), Gloo's staging, and with --batch on\n"
+        "the GPU the example's pinned batch staging.\n"
         "DeepSpeed: its published estimators (model states only; host per node shared by its ranks; stage 1 = stage "
         "2).\n");
   }

@@ -58,7 +58,8 @@ Trainer::Trainer(zs::Engine& engine, const Shape& shape, int batch, bool checkpo
   // The CUDA layers' buffers are the ledger's `activations`, to the byte (the CPU's are plain vectors).
   if (!cpu)
     engine.declare_activations(zs::family::gpt_activation_bytes(
-        s_, batch, false, compute, engine.config().precision.reduce, checkpoint_activations));
+                                   s_, batch, false, compute, engine.config().precision.reduce, checkpoint_activations),
+                               zs::family::gpt_activation_host_bytes(s_, batch, false));
 }
 
 double Trainer::run(const int* tokens, const int* targets, bool backward) {

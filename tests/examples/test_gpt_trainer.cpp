@@ -102,8 +102,9 @@ TEST(GptTrainer, TheMemoryReportPlansDeclaredActivations) {
   zs::Config cfg = cpu_config();
   zs::Engine e(cfg, *pg.world);
   Trainer model(e, Shape{}, 2);
-  e.declare_activations(4096);
+  e.declare_activations(4096, 256);
   const zs::Buffer activations(4096, zs::MemoryKind::device, e.device(), zs::MemCategory::activations);
+  const zs::Buffer staging(256, zs::MemoryKind::pinned, zs::Device::cpu(), zs::MemCategory::activations);
   const std::filesystem::path dir =
       std::filesystem::temp_directory_path() / ("zs_memory_report_" + std::to_string(getpid()));
   e.write_memory_report(dir.string());
@@ -113,6 +114,9 @@ TEST(GptTrainer, TheMemoryReportPlansDeclaredActivations) {
   EXPECT_EQ(j["categories"]["activations"]["planned"].get<int64_t>(), 4096);
   EXPECT_EQ(j["categories"]["activations"]["peak"].get<int64_t>(), 4096);
   EXPECT_EQ(j["planned_total"].get<int64_t>(), e.memory_plan().device_total() + 4096);
+  EXPECT_EQ(j["host_categories"]["activations"]["planned"].get<int64_t>(), 256);
+  EXPECT_EQ(j["host_categories"]["activations"]["peak"].get<int64_t>(), 256);
+  EXPECT_EQ(j["host_planned_total"].get<int64_t>(), e.memory_plan().host_total() + 256);
 }
 
 }  // namespace

@@ -323,6 +323,8 @@ TEST(GptCuda, TrainsLikeTheCpuModel) {
       const zs::MemoryReport m = e.memory();
       EXPECT_EQ(m.on_device[static_cast<std::size_t>(zs::MemCategory::activations)].current,
                 zs::family::gpt_activation_bytes(shape, batch, false, param, DType::f32, recompute));
+      EXPECT_EQ(m.on_host[static_cast<std::size_t>(zs::MemCategory::activations)].current,
+                zs::family::gpt_activation_host_bytes(shape, batch, false));
     }
     e.init_params([&](std::string_view name) { return init_rule(name, shape, 11); });
     std::vector<double> losses;

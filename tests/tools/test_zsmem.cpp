@@ -101,6 +101,10 @@ TEST(Zsmem, FusedAttentionChangesTheActivationsOnly) {
   const double probs = 2.0 * (2 * 4 * 64 * 64 + 4 * 64 * 64), lse = 4.0 * (2 + 1) * 2 * 4 * 64;
   EXPECT_DOUBLE_EQ(p["activations"].get<double>() - f["activations"].get<double>(), probs - lse);
   EXPECT_EQ(activations(model + bf16)["activations"], f["activations"]);
+  // On the GPU the example also stages each batch's tokens and targets (and the loss) in pinned host memory.
+  EXPECT_EQ(p["host_activations"].get<double>(), 2.0 * 4 * 2 * 64 + 4);
+  EXPECT_EQ(p["host_total"].get<double>(), p["host_activations"].get<double>());  // nothing else at stage 3
+  EXPECT_EQ(activations(model + args + " --cpu")["host_activations"].get<double>(), 0.0);
   EXPECT_EQ(activations(model + args)["activations"], activations(model + ",attn=plain" + args)["activations"]);
   const zs::test::CommandResult table = zsmem(model + " --precision bf16 --batch 2");
   EXPECT_NE(table.output.find("(fused attention)"), std::string::npos) << table.output;
