@@ -38,12 +38,11 @@ Trainer::Trainer(zs::Engine& engine, const Shape& shape, int batch, bool checkpo
   ZS_CHECK(s_.d % s_.heads == 0, "d_model {} is not a multiple of heads {}", s_.d, s_.heads);
   const bool cpu = engine.device().is_cpu();
   const zs::DType compute = engine.config().precision.param;
-  if (s_.attention == zs::family::Attention::fused) {
-    const std::string why = zs::family::gpt_fused_attention_unfit(batch, s_.d, s_.heads, cpu, compute);
-    ZS_CHECK(why.empty(), "{}", why);
-  }
-  s_.attention = zs::family::gpt_fused_attention(s_, batch, cpu, compute) ? zs::family::Attention::fused
-                                                                          : zs::family::Attention::plain;
+  // Fused attention where it can run (automatic) or as asked; asked for where it cannot, the reason.
+  const std::string unfit = zs::family::gpt_fused_attention_unfit(batch, s_.d, s_.heads, cpu, compute);
+  ZS_CHECK(s_.attention != zs::family::Attention::fused || unfit.empty(), "{}", unfit);
+  if (s_.attention == zs::family::Attention::automatic)
+    s_.attention = unfit.empty() ? zs::family::Attention::fused : zs::family::Attention::plain;
   // The family's units in order: embed, h.0 .. h.{L-1}, ln_f.
   for (auto& [name, tensors] : zs::family::gpt_units(s_)) {
     const zs::UnitId u = engine.add_unit(name, std::move(tensors));

@@ -41,7 +41,6 @@ class CudaBackend final : public Backend {
     c_.act = p.param;
     c_.grad = p.reduce;
     c_.stream = static_cast<cudaStream_t>(e.compute_stream().native_handle());
-    if (fused_) cuda::check_fused_attention(c_, batch, s_.d, s_.heads);
     const cublasStatus_t st = cublasCreate(&c_.blas);
     ZS_CHECK(st == CUBLAS_STATUS_SUCCESS, "cublasCreate failed: {}", cublasGetStatusString(st));
     cublasSetStream(c_.blas, c_.stream);
@@ -57,12 +56,12 @@ class CudaBackend final : public Backend {
     for (auto& b : blocks_) {
       b.qkv = act(3 * n * d), b.att = act(n * d), b.x1 = act(n * d);
       b.h = act(4 * n * d), b.stats = floats(4 * n);
-      if (fused_) b.lse = floats(rows_heads);
+      if (fused()) b.lse = floats(rows_heads);
     }
     ln_ = act(n * d), hg_ = act(4 * n * d), d_hg_ = act(4 * n * d), d_ln_ = act(n * d), d_x1_ = act(n * d),
     d_att_ = act(n * d);
     d_qkv_ = act(3 * n * d);
-    if (fused_)
+    if (fused())
       delta_ = floats(rows_heads);
     else
       probs_ = act(probs), d_probs_ = act(int64_t{s_.heads} * s_.seq * s_.seq);
@@ -105,7 +104,7 @@ class CudaBackend final : public Backend {
     float* st = static_cast<float*>(b.stats.data());  // ln1 mean, rstd, ln2 mean, rstd
     cuda::layernorm_forward(c_, x, p[LN1_G], p[LN1_B], ln_.data(), st, st + n, n, d);
     cuda::linear_forward(c_, ln_.data(), p[QKV_W], p[QKV_B], b.qkv.data(), n, d, 3 * d);
-    if (fused_)
+    if (fused())
       cuda::fused_attention_forward(c_, b.qkv.data(), lse(b), b.att.data(), batch_, s_.seq, d, s_.heads);
     else
       cuda::attention_forward(c_, b.qkv.data(), probs_.data(), b.att.data(), batch_, s_.seq, d, s_.heads);
@@ -148,7 +147,7 @@ class CudaBackend final : public Backend {
     cuda::layernorm_backward(c_, b.x1.data(), p[LN2_G], st + 2 * n, st + 3 * n, d_ln_.data(), d_x1_.data(), g[LN2_G],
                              g[LN2_B], n, d, true);
     cuda::linear_backward(c_, b.att.data(), p[PROJ_W], d_x1_.data(), d_att_.data(), g[PROJ_W], g[PROJ_B], n, d, d);
-    if (fused_) {
+    if (fused()) {
       cuda::fused_attention_backward(c_, b.qkv.data(), b.att.data(), lse(b), d_att_.data(), d_qkv_.data(),
                                      static_cast<float*>(delta_.data()), batch_, s_.seq, d, s_.heads);
     } else {
@@ -190,6 +189,8 @@ class CudaBackend final : public Backend {
     Buffer qkv, att, x1, h, stats, lse;  // lse: fused attention's
   };
   static float* lse(const Block& b) { return static_cast<float*>(b.lse.data()); }
+  // The trainer resolved automatic attention, and checked that fused attention fits.
+  bool fused() const { return s_.attention == zs::family::Attention::fused; }
   Buffer alloc(int64_t bytes) {
     return Buffer(static_cast<std::size_t>(bytes), zs::MemoryKind::device, dev_, zs::MemCategory::activations);
   }
@@ -207,7 +208,6 @@ class CudaBackend final : public Backend {
   Shape s_;
   int batch_;
   bool recompute_;
-  bool fused_ = s_.attention == zs::family::Attention::fused;  // the trainer resolved automatic
   zs::Device dev_;
   cuda::Ctx c_;
   cudaEvent_t uploaded_ = nullptr, loss_ready_ = nullptr;

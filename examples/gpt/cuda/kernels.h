@@ -1,7 +1,6 @@
 // The GPT's CUDA kernels other than GEMMs (kernels.cu; fused attention: attention_fused.cu), composed into
-// layers by layers.cpp. Each computes
-// in f32 and stores activations in `act` (f32 or bf16) and parameter gradients in `grad` (f32 or bf16),
-// on `s`. Launch errors are checked.
+// layers by layers.cpp. Each computes in f32 and stores activations in `act` (f32 or bf16) and parameter
+// gradients in `grad` (f32 or bf16), on `s`. Launch errors are checked.
 #pragma once
 
 #include <cuda_runtime_api.h>
