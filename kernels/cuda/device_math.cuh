@@ -48,15 +48,48 @@ __device__ __forceinline__ typename Storage<T>::type from_f32(float v) {
   }
 }
 
+// How 16-byte accesses treat the caches. The kernels use `normal`; bench/adamw_variants.cu measures the
+// others on the AdamW update: `streaming` (evict-first loads and stores, ld/st.global.cs) and `prefetch`
+// (loads that skip L1 and ask L2 to fetch the whole 256-byte block, stores evict-first).
+enum class Cache { normal, streaming, prefetch };
+
+template <Cache C>
+__device__ __forceinline__ uint4 load16(const void* p) {
+  if constexpr (C == Cache::normal) {
+    return *static_cast<const uint4*>(p);
+  } else if constexpr (C == Cache::streaming) {
+    return __ldcs(static_cast<const uint4*>(p));
+  } else {
+    uint4 w;
+    asm volatile("ld.global.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(w.x), "=r"(w.y), "=r"(w.z), "=r"(w.w)
+                 : "l"(p));
+    return w;
+  }
+}
+
+template <Cache C>
+__device__ __forceinline__ void store16(void* p, uint4 w) {
+  if constexpr (C == Cache::normal)
+    *static_cast<uint4*>(p) = w;
+  else
+    __stcs(static_cast<uint4*>(p), w);
+}
+
 // V consecutive elements starting at i, as f32. With V == 8 every operand is read with 16-byte loads
 // (the caller guarantees 16-byte alignment of the pointer at i).
-template <DType T, int V>
+template <DType T, int V, Cache C = Cache::normal>
 __device__ __forceinline__ void load(const typename Storage<T>::type* p, int64_t i, float (&o)[V]) {
-  if constexpr (V == 8 && T == DType::f32) {
+  if constexpr (V == 8 && T == DType::f32 && C == Cache::normal) {
     const float4 a = reinterpret_cast<const float4*>(p + i)[0], b = reinterpret_cast<const float4*>(p + i)[1];
     o[0] = a.x, o[1] = a.y, o[2] = a.z, o[3] = a.w, o[4] = b.x, o[5] = b.y, o[6] = b.z, o[7] = b.w;
+  } else if constexpr (V == 8 && T == DType::f32) {
+    const uint4 a = load16<C>(p + i), b = load16<C>(p + i + 4);
+    const uint32_t words[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+    for (int k = 0; k < 8; ++k) o[k] = __uint_as_float(words[k]);
   } else if constexpr (V == 8) {
-    const uint4 w = *reinterpret_cast<const uint4*>(p + i);
+    const uint4 w = load16<C>(p + i);
     const uint32_t words[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
@@ -69,18 +102,23 @@ __device__ __forceinline__ void load(const typename Storage<T>::type* p, int64_t
   }
 }
 
-template <DType T, int V>
+template <DType T, int V, Cache C = Cache::normal>
 __device__ __forceinline__ void store(typename Storage<T>::type* p, int64_t i, const float (&v)[V]) {
-  if constexpr (V == 8 && T == DType::f32) {
+  if constexpr (V == 8 && T == DType::f32 && C == Cache::normal) {
     reinterpret_cast<float4*>(p + i)[0] = make_float4(v[0], v[1], v[2], v[3]);
     reinterpret_cast<float4*>(p + i)[1] = make_float4(v[4], v[5], v[6], v[7]);
+  } else if constexpr (V == 8 && T == DType::f32) {
+    store16<C>(p + i,
+               make_uint4(__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]), __float_as_uint(v[3])));
+    store16<C>(p + i + 4,
+               make_uint4(__float_as_uint(v[4]), __float_as_uint(v[5]), __float_as_uint(v[6]), __float_as_uint(v[7])));
   } else if constexpr (V == 8) {
     uint32_t words[4];
 #pragma unroll
     for (int k = 0; k < 4; ++k)
       words[k] =
           static_cast<uint32_t>(from_f32<T>(v[2 * k])) | (static_cast<uint32_t>(from_f32<T>(v[2 * k + 1])) << 16);
-    *reinterpret_cast<uint4*>(p + i) = make_uint4(words[0], words[1], words[2], words[3]);
+    store16<C>(p + i, make_uint4(words[0], words[1], words[2], words[3]));
   } else {
 #pragma unroll
     for (int k = 0; k < V; ++k) p[i + k] = from_f32<T>(v[k]);
