@@ -37,6 +37,7 @@ struct Args {
   std::string offload = "none";  // none | optimizer | optimizer+params | delayed
   std::string reduce = "f32";
   std::string states = "f32";  // optimizer.state_dtype
+  double ratio = 1.0;          // offload.ratio: the share of the optimizer on the host (the last units)
 };
 
 // Row-major C (m x n) = op(A) op(B) (+ beta C), bf16 inputs, f32 accumulation; C in `ct` (bf16 or f32).
@@ -151,6 +152,10 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_option("--states", a.states, "AdamW's m and v: f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
+  app.add_option("--offload-ratio", a.ratio,
+                 "offload.ratio with --offload optimizer: the share of the parameters whose optimizer runs on the "
+                 "host (the last units), the rest on the GPU")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   try {
     Config cfg;
@@ -165,6 +170,7 @@ int main(int argc, char** argv) {
     cfg.optimizer.weight_decay = 0.1f;
     cfg.optimizer.clip_grad_norm = a.clip;
     cfg.offload.choose(a.offload);
+    cfg.offload.ratio = a.ratio;
     Engine e(cfg);
     const int64_t d = a.d;
     e.add_unit("embed", {{"w", {a.vocab, d}}});
@@ -204,13 +210,13 @@ int main(int argc, char** argv) {
     const double gib = 1073741824.0;
     std::printf(
         "offload_bench: %.3f B params, d=%d L=%d V=%d, %d tokens/step, stage 3 bf16 (reduce %s, states %s, clip %g), "
-        "offload %s\n"
+        "offload %s (ratio %g)\n"
         "  step_ms %.1f  tokens/s %.0f  TFLOP/s %.1f (GEMMs: 6 x params x tokens)  init %.1f s\n"
         "  ledger peak: device %.2f GiB (params %.2f, grads %.2f, gather %.2f, activations %.2f), host %.2f GiB\n"
         "  cuda in use %.2f GiB of %.2f; process peak RSS %.2f GiB\n",
         params / 1e9, a.d, a.layers, a.vocab, a.tokens, a.reduce.c_str(), a.states.c_str(), a.clip, a.offload.c_str(),
-        med, a.tokens / (med / 1e3), 6.0 * params * a.tokens / (med / 1e3) / 1e12, init_s, m.device_total.peak / gib,
-        m.on_device[static_cast<std::size_t>(MemCategory::params)].peak / gib,
+        a.ratio, med, a.tokens / (med / 1e3), 6.0 * params * a.tokens / (med / 1e3) / 1e12, init_s,
+        m.device_total.peak / gib, m.on_device[static_cast<std::size_t>(MemCategory::params)].peak / gib,
         m.on_device[static_cast<std::size_t>(MemCategory::grads)].peak / gib,
         m.on_device[static_cast<std::size_t>(MemCategory::gather_buffers)].peak / gib,
         m.on_device[static_cast<std::size_t>(MemCategory::activations)].peak / gib, m.host_total.peak / gib,

@@ -230,11 +230,16 @@ void Engine::setup() {
   plan_layouts();
   check_fits();
   // Sizes from the memory plan (runtime/memory_plan.h), which zsmem predicts with.
+  std::vector<int64_t> trainable;
+  for (const auto& up : units_) trainable.push_back(up->layout.elements());
+  const std::vector<bool> offloaded = offloaded_units(trainable, cfg_);
   std::vector<UnitBuffers> plans;
   int64_t pool = 0;
-  for (const auto& up : units_) {
-    plans.push_back(unit_buffers(up->layout, up->frozen, cfg_));
+  int pipes = 0;
+  for (std::size_t i = 0; i < units_.size(); ++i) {
+    plans.push_back(unit_buffers(units_[i]->layout, units_[i]->frozen, cfg_, offloaded[i]));
     pool += plans.back().host_pool_bytes();
+    units_[i]->pipe = offloaded[i] ? pipes++ : -1;
   }
   if (pool > 0) host_pool_ = offload::HostPool(pool, cfg_.offload.pin_memory, device_);  // every offloaded part
   for (std::size_t i = 0; i < units_.size(); ++i) {
@@ -291,8 +296,12 @@ void Engine::setup_offload() {
   const int r = shard_rank();
   const auto cs = static_cast<int64_t>(es(compute_)), rs = static_cast<int64_t>(es(reduce_));
   std::vector<offload::UnitShard> shards;
+  int64_t on_host = 0, all = 0;
   for (auto& up : units_) {
     Unit& u = *up;
+    all += u.layout.elements();
+    if (u.pipe < 0) continue;  // offload.ratio < 1: this unit's optimizer stays on the device
+    on_host += u.layout.elements();
     offload::UnitShard s;
     s.n = u.layout.shard;
     s.master = static_cast<float*>(u.master.data());
@@ -311,8 +320,15 @@ void Engine::setup_offload() {
     s.num_decay = u.num_decay_ranges;
     shards.push_back(s);
   }
+  const auto on_host_units = shards.size();
   offload_ = std::make_unique<offload::Pipeline>(device_, compute_, reduce_, cfg_.optimizer.state_dtype,
                                                  cfg_.offload.delayed(), std::move(shards));
+  if (cfg_.offload.ratio < 1.0 && comm_->rank() == 0)
+    log::info(
+        "offload: the optimizer of the last {} of {} units ({:.1f} % of the parameters, offload.ratio {}) runs "
+        "on the host, the others' on the device",
+        on_host_units, units_.size(), all > 0 ? 100.0 * static_cast<double>(on_host) / static_cast<double>(all) : 0.0,
+        cfg_.offload.ratio);
   if (device_.is_cuda()) {
     const int local = job_env().local_world_size;
     kernels::set_default_cpu_threads(
@@ -531,9 +547,9 @@ void Engine::issue_gather(UnitId id) {
     }
     u.pending = shards_->all_gather(slot, full, gs);
   };
-  if (offload_) {  // the CPU step's output: on the device (param_shard), or on the host (offload.params)
-    offload_->wait_params(id, *gs);
-    gather_part(u.param_shard.data() ? u.param_shard.data() : offload_->host_param_source(id), compute_, 0, P, S);
+  if (u.pipe >= 0) {  // the CPU step's output: on the device (param_shard), or on the host (offload.params)
+    offload_->wait_params(u.pipe, *gs);
+    gather_part(u.param_shard.data() ? u.param_shard.data() : offload_->host_param_source(u.pipe), compute_, 0, P, S);
   } else {
     gather_part(u.master.data(), DType::f32, 0, P, S);
   }
@@ -604,7 +620,7 @@ void Engine::set_gather_order(std::vector<UnitId> order) {
 void Engine::refresh_replica(UnitId id) {
   Unit& u = *units_[static_cast<std::size_t>(id)];
   const int64_t S = u.layout.shard;
-  offload_->wait_params(id, *gather_stream_);
+  offload_->wait_params(u.pipe, *gather_stream_);
   TensorView full = u.full_params.view(compute_, u.layout.padded);
   u.pending = shards_->all_gather(full.slice(S * shard_rank(), S), full, gather_stream_.get());
   u.param_state = ParamState::gathering;
@@ -616,7 +632,7 @@ GatheredParams Engine::gather(UnitId id) {
   // Below stage 3 a gather moves nothing, unless an offloaded update must come back first.
   if (cfg_.zero.stage == 3 || offload_) check_agreement(kOpGather, id);
   Unit& u = *units_[static_cast<std::size_t>(id)];
-  ZS_CHECK(!(early_started_ && u.grad_state == GradState::reducing),
+  ZS_CHECK(!(early_started_ && u.pipe >= 0 && u.grad_state == GradState::reducing),
            "rank {}: gather('{}') after its reduce_grads in the same step: with the optimizer offloaded (and no "
            "clipping) its update starts as soon as its gradients are reduced, so its parameters are changing; "
            "gather it before reduce_grads, or after step()",
@@ -729,7 +745,7 @@ void Engine::reduce_grads(UnitId id) {
   compute_stream_->record(ready);  // the app's gradient writes come first
   rs->wait(ready);
   TensorView full = TensorView::flat(grad_base(u), reduce_, P, device_);
-  if (offload_) {
+  if (u.pipe >= 0) {
     // In place, wherever the full gradients are, then this rank's shard to the host for the CPU step.
     TensorView shard = full.slice(S * r, S);
     if (early_update_ && !early_started_) {  // this step's first shard: the CPU updates each as it lands
@@ -751,7 +767,7 @@ void Engine::reduce_grads(UnitId id) {
       reduced = shard_summed_[static_cast<std::size_t>(id)].get();
       rs->record(*reduced);
     }
-    Event& copied = offload_->download(id, shard.data, reduced);
+    Event& copied = offload_->download(u.pipe, shard.data, reduced);
     if (u.grad_buffer >= 0) {
       PoolBuffer& pb = grad_pool_[static_cast<std::size_t>(u.grad_buffer)];
       pb.last_reduce = u.pending;
@@ -795,22 +811,29 @@ StepStats Engine::step() {
   // Stages 0-1 (and 2-3 with accumulation) keep whole-unit gradients; stages 2-3 otherwise keep a shard.
   const bool full_grads = stage <= 1 || accum > 1;
   // Global gradient norm: per-unit sums of squares, one all-reduce over the shards.
+  // Each unit's sum lands in the device's scratch: a unit updated on the device is summed now, an offloaded
+  // one was summed behind its reduce (reduce_grads), or on the host as its shard arrived (early update).
   std::vector<float>& host = norm_host_;
-  if (offload_ && early_update_) {  // summed on the host as each shard arrived there
-    host = offload_->sums_of_squares();
-  } else {
-    float* sums = static_cast<float*>(norm_scratch_.data());
-    if (offload_) {
-      reduce_stream_->synchronize();  // each shard was summed behind its reduce (reduce_grads)
-      // The gradient buffers are zeroed or handed to the next step's units (finish_step) only once their
-      // shards are on the host.
-      consume(offload_->downloads_done());
-    } else {
-      for (std::size_t i = 0; i < units_.size(); ++i)
-        kernels::sum_squares(device_, grad_shard(*units_[i], full_grads), sums + i, compute_stream_.get());
-      compute_stream_->synchronize();
-    }
-    memory_copy(host.data(), Device::cpu(), sums, device_, host.size() * sizeof(float));
+  float* sums = static_cast<float*>(norm_scratch_.data());
+  bool on_device = false;
+  for (std::size_t i = 0; i < units_.size(); ++i) {
+    if (units_[i]->pipe >= 0) continue;
+    kernels::sum_squares(device_, grad_shard(*units_[i], full_grads), sums + i, compute_stream_.get());
+    on_device = true;
+  }
+  const bool early = offload_ && early_update_;
+  if (offload_ && !early) {
+    reduce_stream_->synchronize();
+    // The gradient buffers are zeroed or handed to the next step's units (finish_step) only once their
+    // shards are on the host.
+    consume(offload_->downloads_done());
+  }
+  if (on_device) compute_stream_->synchronize();
+  if (on_device || !early) memory_copy(host.data(), Device::cpu(), sums, device_, host.size() * sizeof(float));
+  if (early) {
+    const std::vector<float>& landed = offload_->sums_of_squares();
+    for (std::size_t i = 0; i < units_.size(); ++i)
+      if (units_[i]->pipe >= 0) host[i] = landed[static_cast<std::size_t>(units_[i]->pipe)];
   }
   float total = 0.0f;
   for (float s : host) total += s;
@@ -851,6 +874,8 @@ StepStats Engine::step() {
   st.grad_norm = norm;
   st.lr = cfg_.schedule.lr(cfg_.optimizer.lr, step_ + 1);
   const kernels::OptimizerHyper h = hyper(step_ + 1);
+  const auto grad_scale = static_cast<float>(clip / accum / scale);
+  update_on_device(h, grad_scale, full_grads);  // the units whose optimizer is on the device (all, without offload)
   if (offload_) {
     // The CPU updates unit by unit in the order the next forward gathers them (the early update already
     // did, as each unit's gradients landed); each replica (stages 1-2) is all-gathered again once its
@@ -859,19 +884,19 @@ StepStats Engine::step() {
       if (update_order_.empty()) {  // first use in gather order (the recorded forward first), then the rest
         std::vector<bool> seen(units_.size(), false);
         auto add = [&](int u) {
-          if (seen[static_cast<std::size_t>(u)]) return;
+          const Unit& unit = *units_[static_cast<std::size_t>(u)];
+          if (seen[static_cast<std::size_t>(u)] || unit.pipe < 0) return;
           seen[static_cast<std::size_t>(u)] = true;
-          update_order_.push_back(u);
+          update_order_.push_back(unit.pipe);
         };
         for (UnitId u : order_) add(u);
         for (int u = 0; u < num_units(); ++u) add(u);
       }
-      offload_->update(h, static_cast<float>(clip / accum / scale), update_order_);
+      offload_->update(h, grad_scale, update_order_);
     }
     if (stage < 3)
-      for (auto& up : units_) up->param_state = ParamState::updating;
-  } else {
-    update_on_device(h, static_cast<float>(clip / accum / scale), full_grads);
+      for (auto& up : units_)
+        if (up->pipe >= 0) up->param_state = ParamState::updating;
   }
   ++step_;
   finish_step(full_grads);
@@ -904,8 +929,10 @@ TensorView Engine::grad_shard(const Unit& u, bool full_grads) const {
 
 void Engine::update_on_device(const kernels::OptimizerHyper& h, float grad_scale, bool full_grads) {
   const int stage = cfg_.zero.stage, r = shard_rank();
+  if (std::none_of(units_.begin(), units_.end(), [](const auto& u) { return u->pipe < 0; })) return;
   for (auto& up : units_) {
     Unit& u = *up;
+    if (u.pipe >= 0) continue;  // updated on the host
     const int64_t S = u.layout.shard, lo = stage == 0 ? 0 : S * r;
     kernels::UpdateArgs a;
     a.n = S;
@@ -933,6 +960,7 @@ void Engine::update_on_device(const kernels::OptimizerHyper& h, float grad_scale
     // Each unit's replica is complete once its all-gather lands; the next forward waits for it at gather()
     // (unit by unit, so the later units' gathers overlap the earlier units' compute).
     for (auto& up : units_) {
+      if (up->pipe >= 0) continue;
       TensorView full = up->full_params.view(compute_, up->layout.padded);
       up->pending = shards_->all_gather(full.slice(up->layout.shard * r, up->layout.shard), full, gather_stream_.get());
       up->param_state = ParamState::gathering;

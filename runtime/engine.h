@@ -197,7 +197,8 @@ class Engine {
   void setup_offload();
   TensorView grad_shard(const Unit& u, bool full_grads) const;
   kernels::OptimizerHyper hyper(int64_t step) const;  // the optimizer's settings for step `step` (1-based)
-  // The optimizer kernels on this device's shards (the stage 1-2 replicas then all-gathered).
+  // The optimizer kernels on this device's shards of the units whose optimizer runs here (every unit without
+  // offload; see offload.ratio), the stage 1-2 replicas then all-gathered.
   void update_on_device(const kernels::OptimizerHyper& h, float grad_scale, bool full_grads);
   void finish_step(bool full_grads);
   // While the first step records the order (and always with ZS_CHECK_COLLECTIVES=1): every rank confirms
@@ -232,7 +233,7 @@ class Engine {
 
   // Prefetch: the order of gathers recorded on the first step, and where this step has got to in it.
   std::vector<UnitId> order_;
-  std::vector<int> update_order_;  // offload: each unit once, in the order of its first gather
+  std::vector<int> update_order_;  // offload: each offloaded unit's pipe once, in the order of its first gather
   std::size_t order_pos_ = 0;
   bool recording_ = true;
 

@@ -7,7 +7,7 @@
 
 namespace zs {
 
-UnitBuffers unit_buffers(const FlatLayout& layout, const FlatLayout& frozen, const Config& cfg) {
+UnitBuffers unit_buffers(const FlatLayout& layout, const FlatLayout& frozen, const Config& cfg, bool offloaded) {
   const int stage = cfg.zero.stage;
   const int64_t P = layout.padded, S = layout.shard, PF = frozen.padded;
   const auto cs = static_cast<int64_t>(dtype_size(cfg.precision.param));
@@ -27,7 +27,7 @@ UnitBuffers unit_buffers(const FlatLayout& layout, const FlatLayout& frozen, con
   if (o.type == kernels::Optimizer::adamw || o.type == kernels::Optimizer::adam) b.v = S * ss;
   const bool full_grads = stage <= 1 || cfg.zero.grad_accumulation > 1;
   b.grads = (full_grads ? P : S) * rs;
-  if (cfg.offload.optimizer_on_cpu()) {
+  if (offloaded) {
     // The CPU step owns the f32 master (a copy apart from any f32 replica on the device), m and v, and reads
     // the reduced gradient shard from the host; the device keeps what the forward and backward touch.
     b.offload = true;
@@ -43,6 +43,21 @@ UnitBuffers unit_buffers(const FlatLayout& layout, const FlatLayout& frozen, con
       b.param_shard = S * cs;
   }
   return b;
+}
+
+std::vector<bool> offloaded_units(std::span<const int64_t> trainable, const Config& cfg) {
+  const bool all = cfg.offload.optimizer_on_cpu();
+  std::vector<bool> out(trainable.size(), all);
+  if (!all || cfg.offload.ratio >= 1.0) return out;
+  int64_t total = 0;
+  for (int64_t n : trainable) total += n;
+  const double want = cfg.offload.ratio * static_cast<double>(total);
+  int64_t have = 0;  // elements of the units chosen so far, from the last one back
+  for (std::size_t u = trainable.size(); u-- > 0;) {
+    out[u] = have == 0 || static_cast<double>(have) < want;
+    if (out[u]) have += trainable[u];
+  }
+  return out;
 }
 
 int64_t UnitBuffers::host_pool_bytes() const {
@@ -73,11 +88,19 @@ MemoryPlan plan_memory(std::span<const std::vector<TensorSpec>> units, const Con
   auto host = [&](MemCategory c) -> int64_t& { return plan.host[static_cast<std::size_t>(c)]; };
   const int stage = cfg.zero.stage, shards = cfg.zero.shard_size(world), shard = cfg.zero.shard_rank(world, rank);
   int64_t largest = 0, largest_trainable = 0;
+  std::vector<UnitLayouts> layouts;
+  std::vector<int64_t> trainable;
   for (const auto& tensors : units) {
-    const UnitLayouts l = make_unit_layouts(tensors, stage == 0 ? 1 : shards);
+    layouts.push_back(make_unit_layouts(tensors, stage == 0 ? 1 : shards));
+    trainable.push_back(layouts.back().layout.elements());
+  }
+  const std::vector<bool> offloaded = offloaded_units(trainable, cfg);
+  for (std::size_t i = 0; i < units.size(); ++i) {
+    const std::vector<TensorSpec>& tensors = units[i];
+    const UnitLayouts& l = layouts[i];
     largest = std::max(largest, l.layout.padded + l.frozen.padded);
     largest_trainable = std::max(largest_trainable, l.layout.padded);
-    const UnitBuffers b = unit_buffers(l.layout, l.frozen, cfg);
+    const UnitBuffers b = unit_buffers(l.layout, l.frozen, cfg, offloaded[i]);
     auto state = [&](MemCategory c) -> int64_t& { return b.offload ? host(c) : dev(c); };
     dev(MemCategory::params) += b.full_params + b.param_shard;
     (b.params_on_host ? host(MemCategory::params) : dev(MemCategory::params)) += b.frozen_shard;

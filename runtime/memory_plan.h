@@ -25,7 +25,8 @@ struct UnitBuffers {
   MemCategory master_category = MemCategory::master;  // params when the master is the only copy (f32, stage 3)
   int64_t m = 0, v = 0;                               // optimizer state
   int64_t grads = 0;  // device, reduce dtype: whole unit (stages 0-1, accumulation) or this rank's shard
-  // offload.optimizer: cpu — master, m and v above live in the host pool, and:
+  // The unit's optimizer runs on the host (offload.optimizer: cpu, and offloaded_units() chose it): master, m
+  // and v above live in the host pool, and:
   bool offload = false;
   bool params_on_host = false;  // offload.params: cpu (the frozen shard and host_params are the parameters)
   int64_t param_shard = 0;      // device, compute dtype: the shard the all-gather starts from (stage 3)
@@ -35,7 +36,13 @@ struct UnitBuffers {
   // Host-pool bytes (each part 64-byte aligned in the one pinned allocation).
   int64_t host_pool_bytes() const;
 };
-UnitBuffers unit_buffers(const FlatLayout& layout, const FlatLayout& frozen, const Config& cfg);
+UnitBuffers unit_buffers(const FlatLayout& layout, const FlatLayout& frozen, const Config& cfg, bool offloaded);
+
+// Which units' optimizer runs on the host: none without offload.optimizer: cpu, every unit at offload.ratio
+// 1, else the fewest last units (in registration order) that hold at least `ratio` of the trainable
+// elements (trainable[u]: unit u's), so the next forward's first units are updated on the device at once
+// while the host updates the rest. Pure: the engine allocates and zsmem predicts with it.
+std::vector<bool> offloaded_units(std::span<const int64_t> trainable, const Config& cfg);
 
 // The engine's fixed pools: stage-3 gather buffers (each holds the largest unit in the compute dtype) and
 // the stage-2/3 gradient buffers (the largest unit's trainable part in the reduce dtype).

@@ -106,8 +106,8 @@ Model load_model(double params, double largest, const std::string& spec, const s
 }
 
 int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, const std::vector<int>& stages,
-             const std::vector<std::string>& offloads, bool cpu, double device_gib, double host_gib, int batch,
-             bool recompute, bool json_out) {
+             const std::vector<std::string>& offloads, double ratio, bool cpu, double device_gib, double host_gib,
+             int batch, bool recompute, bool json_out) {
   for (int w : worlds)
     if (const int g = cfg.zero.hybrid_group; g > 0 && w % g != 0)
       throw Usage(fmt::format("zero.hybrid_group {} does not divide --world {} into whole groups", g, w));
@@ -144,17 +144,23 @@ int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, con
       for (int s : stages) {
         cfg.zero.stage = s;
         cfg.offload.choose(off);
+        // offload.ratio: the streaming optimizer offload's rows only (the others have no share to choose).
+        cfg.offload.ratio = off == "optimizer" ? ratio : 1.0;
         if (!zs::offload_problem(cfg).empty()) continue;  // e.g. stage 0 with offload: not a configuration
+        const std::string label = cfg.offload.ratio < 1.0 ? fmt::format("{} {:.3g}", off, cfg.offload.ratio) : off;
         const zs::MemoryPlan p = zs::plan_memory(m.units, cfg, w, 0, cpu);
         auto dev = [&](MemCategory c) { return static_cast<double>(p.device[static_cast<std::size_t>(c)]); };
         const double scratch = dev(MemCategory::comm_scratch) + dev(MemCategory::other);
         const double total = static_cast<double>(p.device_total()) + act,
                      host = static_cast<double>(p.host_total()) + act_host;
+        // (DeepSpeed's estimators know no ratio.)
         const DeepSpeedFigure ds =
-            deepspeed_estimate(s, cfg.offload, static_cast<double>(m.params), static_cast<double>(m.largest), w);
+            cfg.offload.ratio < 1.0
+                ? DeepSpeedFigure{std::nan(""), std::nan("")}
+                : deepspeed_estimate(s, cfg.offload, static_cast<double>(m.params), static_cast<double>(m.largest), w);
         const bool fits = (device_gib <= 0 || total <= device_gib * gib) && (host_gib <= 0 || host <= host_gib * gib);
         if (json_out) {
-          nlohmann::ordered_json r{{"world", w}, {"stage", s}, {"offload", off}};
+          nlohmann::ordered_json r{{"world", w}, {"stage", s}, {"offload", off}, {"offload_ratio", cfg.offload.ratio}};
           for (int c = 0; c < zs::kMemCategoryCount; ++c) {
             const std::string name(zs::mem_category_name(static_cast<MemCategory>(c)));
             r["bytes"][name] = p.device[static_cast<std::size_t>(c)];
@@ -173,7 +179,7 @@ int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, con
         }
         fmt::print(
             "{:>5} {:>5} {:>16} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>10} | {:>10} | {:>21} {}\n", w,
-            s, off, human(dev(MemCategory::params)), human(dev(MemCategory::master)), human(dev(MemCategory::grads)),
+            s, label, human(dev(MemCategory::params)), human(dev(MemCategory::master)), human(dev(MemCategory::grads)),
             human(dev(MemCategory::optim_state)), human(dev(MemCategory::gather_buffers)), human(scratch),
             act > 0 ? human(act) : "-", human(total), human(host),
             std::isnan(ds.device) ? "-" : fmt::format("{} / {}", human(ds.device), human(ds.host)),
@@ -264,7 +270,7 @@ int measure(int nproc, double max_error, bool json_out, const std::string& svg,
 int main(int argc, char** argv) {
   CLI::App app{"zsmem: per-rank memory of a ZeroShard run, predicted (estimate) and measured (measure)", "zsmem"};
   app.require_subcommand(1);
-  double params = 0, largest = 0, device_gib = 0, host_gib = 0, max_error = 0;
+  double params = 0, largest = 0, device_gib = 0, host_gib = 0, max_error = 0, ratio = 1;
   std::string spec, manifest, config_path, precision = "f32", reduce = "f32", optimizer = "adamw", states = "f32";
   std::vector<std::string> offloads{"none"};
   std::vector<int> worlds{1}, stages{0, 1, 2, 3};
@@ -285,6 +291,10 @@ int main(int argc, char** argv) {
                   "none, optimizer (stages 1-3), optimizer+params (stage 3) or delayed (the optimizer, delayed "
                   "mode), one or a list; rows that are not a configuration are left out")
       ->check(zs::offload_choices());
+  auto* ratio_given = est->add_option(
+      "--offload-ratio", ratio,
+      "offload.ratio for the optimizer rows: the share of the parameters whose optimizer runs on the host "
+      "(the last units; the rest on the device), in (0, 1]; default 1, or the --config's");
   est->add_option("--precision", precision, "compute dtype: f32, bf16, f16")
       ->check(CLI::IsMember({"f32", "bf16", "f16"}));
   est->add_option("--reduce", reduce, "gradient dtype: f32, bf16")->check(CLI::IsMember({"f32", "bf16"}));
@@ -330,7 +340,11 @@ int main(int argc, char** argv) {
     if (!config_path.empty() && cfg.offload.optimizer_on_cpu() && offloads == std::vector<std::string>{"none"})
       offloads = {std::string(cfg.offload.choice())};  // the config's own choice
     if (recompute && batch == 0) throw Usage("--checkpoint-activations needs --batch (it changes the activations)");
-    return estimate(m, cfg, worlds, stages, offloads, cpu, device_gib, host_gib, batch, recompute, json_out);
+    if (ratio_given->count() == 0) ratio = cfg.offload.ratio;  // the config's (1 by default)
+    if (!(ratio > 0 && ratio <= 1))
+      throw Usage(
+          fmt::format("--offload-ratio {} is not in (0, 1]: it is the share of the optimizer on the host", ratio));
+    return estimate(m, cfg, worlds, stages, offloads, ratio, cpu, device_gib, host_gib, batch, recompute, json_out);
   } catch (const Usage& e) {
     fmt::print(stderr, "zsmem: {}\n", e.what());
     return 2;

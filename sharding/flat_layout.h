@@ -32,6 +32,12 @@ struct FlatLayout {
   int64_t align = 1;
 
   int64_t shard_offset(int rank) const { return shard * rank; }
+  // The tensors' elements, without alignment or padding.
+  int64_t elements() const {
+    int64_t n = 0;
+    for (const Slot& s : slots) n += s.numel;
+    return n;
+  }
   // The parts of the selected tensors that fall into `rank`'s shard, in shard-local element coordinates,
   // sorted and disjoint (adjacent parts merged). `select[i]` says whether tensor i counts.
   std::vector<kernels::ElementRange> shard_ranges(int rank, const std::vector<bool>& select) const;

@@ -44,6 +44,7 @@ struct Unit {
   Buffer host_grads;   // host, reduce dtype: the reduced shard the CPU step reads (two slots when delayed)
   Buffer host_params;  // host, compute dtype: the CPU step's output for bf16/f16 compute
   int64_t num_decay_ranges = 0;
+  int pipe = -1;  // offload: this unit's index in the CPU step's pipeline (-1: its optimizer runs on the device)
 
   // Step state.
   ParamState param_state = ParamState::sharded;

@@ -164,13 +164,17 @@ TEST(CheckpointStates, ResumeAcrossStateDtypes) {
 }
 
 // Where the optimizer ran is not part of a checkpoint: one saved with the optimizer and parameters
-// offloaded resumes on the device optimizer (and back), bit-identical to training straight through.
+// offloaded resumes on the device optimizer (and back, and then into a partial offload, offload.ratio
+// 0.5), bit-identical to training straight through.
 TEST(OffloadedCheckpoint, ResumesOnTheDeviceAndBack) {
   const fs::path dir = shared_dir("offload");
-  Case device{3, DType::f32, 2, 1, 1.0f}, offloaded = device;
+  Case device{3, DType::f32, 2, 1, 1.0f}, offloaded = device, part = device;
   offloaded.offload = 2;
+  part.offload = 1;
+  Config part_cfg = make_config(part);
+  part_cfg.offload.ratio = 0.5;
   Engine straight(make_config(device), *pg().world);
-  constexpr int kFirst = 30, kSecond = 10, kThird = 10;
+  constexpr int kFirst = 30, kSecond = 10, kThird = 10, kFourth = 10;
   const Trajectory want = train(device, straight, kFirst + kSecond + kThird);
   {
     Engine first(make_config(offloaded), *pg().world);
@@ -189,6 +193,13 @@ TEST(OffloadedCheckpoint, ResumesOnTheDeviceAndBack) {
   third.load_checkpoint(dir.string());
   const Trajectory got = train(offloaded, third, kThird);
   EXPECT_EQ(got.params, want.params);
+  third.save_checkpoint(dir.string());
+  const Trajectory want4 = train(device, straight, kFourth);
+  Engine fourth(part_cfg, *pg().world);
+  declare(fourth);
+  fourth.load_checkpoint(dir.string());
+  const Trajectory got4 = train(part, fourth, kFourth);
+  EXPECT_EQ(got4.params, want4.params) << "resumed with offload.ratio 0.5";
 }
 
 // N ranks save, M ranks load (different padding, different shards): the loaded parameters are exactly the

@@ -54,5 +54,29 @@ TEST(EngineCuda, OffloadMatchesTheDeviceOptimizerAtWorldOne) {
   }
 }
 
+// Partial offload (offload.ratio) on CUDA: the first units updated by the device's kernels, the last ones by
+// the CPU step, in one step; against the CPU build's run of the same split and the CUDA device optimizer
+// (without clipping, as above: the norm's summation order differs between the builds).
+TEST(EngineCuda, PartialOffloadMatchesTheDeviceOptimizerAtWorldOne) {
+  ZS_REQUIRE_GPU();
+  auto [cpu_pg, gpu_pg] = cpu_and_gpu_groups();
+  for (Case c : {Case{1, DType::f32, 0, 1, 0.0f}, Case{3, DType::bf16, 2, 1, 0.0f}, Case{2, DType::f32, 2, 3, 0.0f}}) {
+    Engine plain(make_config(c), *gpu_pg.world);
+    const Trajectory d = train(c, plain, 10);
+    c.offload = 1;
+    Config cfg = make_config(c);
+    cfg.offload.ratio = 0.5;
+    Engine on_cpu(cfg, *cpu_pg.world);
+    Engine on_gpu(cfg, *gpu_pg.world);
+    ASSERT_TRUE(on_gpu.device().is_cuda());
+    const Trajectory a = train(c, on_cpu, 10), b = train(c, on_gpu, 10);
+    EXPECT_LE(worst_rms_error(b.params, a.params), 1e-6) << name(c, 1) << ", ratio 0.5, vs the CPU build";
+    EXPECT_LE(worst_rms_error(b.params, d.params), 1e-6) << name(c, 1) << ", ratio 0.5, vs the device optimizer";
+    const MemoryReport m = on_gpu.memory();
+    EXPECT_GT(m.on_device[static_cast<std::size_t>(MemCategory::optim_state)].current, 0) << name(c, 1);
+    EXPECT_GT(m.on_host[static_cast<std::size_t>(MemCategory::optim_state)].current, 0) << name(c, 1);
+  }
+}
+
 }  // namespace
 }  // namespace zs

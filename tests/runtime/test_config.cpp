@@ -110,6 +110,20 @@ TEST(Config, OffloadNeedsTheStagesItWorksWith) {
   o.choose("none");
   EXPECT_TRUE(!o.optimizer_on_cpu() && !o.params_on_cpu() && !o.delayed());
   EXPECT_THROW(o.choose("everything"), Error);
+  // offload.ratio (DeepSpeed's offload_optimizer.ratio): a share in (0, 1], below 1 with the streaming
+  // optimizer offload alone.
+  EXPECT_DOUBLE_EQ(Config::from_yaml("offload: {optimizer: cpu, ratio: 0.25}\n").offload.ratio, 0.25);
+  EXPECT_DOUBLE_EQ(Config::from_yaml("").offload.ratio, 1.0);
+  e = error_of("zero: {stage: 3}\noffload: {optimizer: cpu, ratio: 0}\n");
+  EXPECT_NE(e.find("train.yaml:2:"), std::string::npos) << e;
+  EXPECT_NE(e.find("offload.ratio must be in (0, 1], got 0"), std::string::npos) << e;
+  EXPECT_NE(error_of("offload: {optimizer: cpu, ratio: 1.5}\n").find("must be in (0, 1]"), std::string::npos);
+  e = error_of("offload: {ratio: 0.5}\n");
+  EXPECT_NE(e.find("offload.ratio below 1 needs offload.optimizer: cpu"), std::string::npos) << e;
+  e = error_of("offload: {optimizer: cpu, params: cpu, ratio: 0.5}\n");
+  EXPECT_NE(e.find("use it with offload.params: none"), std::string::npos) << e;
+  e = error_of("offload: {optimizer: cpu, mode: delayed, ratio: 0.5}\n");
+  EXPECT_NE(e.find("offload.ratio below 1 works with offload.mode: streaming"), std::string::npos) << e;
   Config in_code;  // built in code, the engine refuses it with the same words (offload_problem)
   in_code.zero.stage = 0;
   in_code.offload.optimizer = "cpu";

@@ -27,6 +27,8 @@ TEST(Zsmem, NonsenseInputExitsTwoSayingWhy) {
       {"estimate --params 100 --largest-unit 10 --offload everything", "--offload"},
       {"estimate --params 100 --largest-unit 10 --host-memory -1", "--host-memory"},
       {"estimate --model gpt:d=64 --checkpoint-activations", "needs --batch"},
+      {"estimate --params 100 --largest-unit 10 --offload optimizer --offload-ratio 0", "not in (0, 1]"},
+      {"estimate --params 100 --largest-unit 10 --offload optimizer --offload-ratio 1.5", "not in (0, 1]"},
       {"frobnicate", "A subcommand is required"}};
   for (const auto& [args, want] : cases) {
     const zs::test::CommandResult p = zsmem(args);
@@ -153,6 +155,35 @@ TEST(Zsmem, OffloadRowsMoveTheStateToTheHost) {
   const zs::test::CommandResult fit =
       zsmem("estimate --params 1000000 --largest-unit 1000 --stage 3 --offload optimizer --host-memory 0.01");
   EXPECT_NE(fit.output.find("NO"), std::string::npos) << fit.output;  // 16 MB of host state in 10 MiB
+}
+
+// --offload-ratio (offload.ratio): the optimizer rows keep the first units' optimizer on the device and
+// offload the last ones holding that share: 1000 units of 1000 at ratio 0.25 put the last 250 on the host
+// (256-element shards at world 4), with no DeepSpeed figure beside them (its estimators know no ratio).
+TEST(Zsmem, OffloadRatioSplitsTheOptimizerState) {
+  const zs::test::CommandResult p = zsmem(
+      "estimate --params 1000000 --largest-unit 1000 --world 4 --stage 3 --offload none optimizer delayed "
+      "--offload-ratio 0.25 --json");
+  ASSERT_EQ(p.rc, 0) << p.output;
+  const auto rows = nlohmann::json::parse(p.output);
+  ASSERT_EQ(rows.size(), 3u);
+  const auto& none = rows[0];
+  const auto& part = rows[1];
+  const auto& delayed = rows[2];  // the ratio is the streaming optimizer rows' only
+  EXPECT_EQ(none["offload_ratio"].get<double>(), 1.0);
+  EXPECT_EQ(delayed["offload_ratio"].get<double>(), 1.0);
+  EXPECT_EQ(part["offload_ratio"].get<double>(), 0.25);
+  const int64_t shard = 256;
+  EXPECT_EQ(part["host_bytes"]["optim_state"].get<int64_t>(), 8 * shard * 250);
+  EXPECT_EQ(part["host_bytes"]["master"].get<int64_t>(), 4 * shard * 250);
+  EXPECT_EQ(part["bytes"]["optim_state"].get<int64_t>(), 8 * shard * 750);
+  EXPECT_EQ(part["bytes"]["optim_state"].get<int64_t>() + part["host_bytes"]["optim_state"].get<int64_t>(),
+            none["bytes"]["optim_state"].get<int64_t>());
+  EXPECT_TRUE(part["deepspeed_estimate"].is_null());
+  EXPECT_FALSE(none["deepspeed_estimate"].is_null());
+  const zs::test::CommandResult table = zsmem(
+      "estimate --params 1000000 --largest-unit 1000 --world 4 --stage 3 --offload optimizer --offload-ratio 0.25");
+  EXPECT_NE(table.output.find("optimizer 0.25"), std::string::npos) << table.output;
 }
 
 }  // namespace

@@ -1,0 +1,58 @@
+// Memory planning's pure choices, on their own (the engine's ledger against the whole plan is in
+// tests/dist/test_engine.cpp).
+#include <gtest/gtest.h>
+
+#include "runtime/memory_plan.h"
+
+namespace zs {
+namespace {
+
+Config offload_ratio(double ratio) {
+  Config cfg;
+  cfg.offload.optimizer = "cpu";
+  cfg.offload.ratio = ratio;
+  return cfg;
+}
+
+// offload.ratio: the fewest last units holding at least that share of the trainable elements go to the host.
+TEST(MemoryPlan, OffloadRatioTakesTheFewestLastUnitsThatReachIt) {
+  const std::vector<int64_t> units = {100, 300, 200, 400};  // 1000 elements
+  using V = std::vector<bool>;
+  EXPECT_EQ(offloaded_units(units, Config{}), V(4, false));                                 // no offload
+  EXPECT_EQ(offloaded_units(units, offload_ratio(1.0)), V(4, true));                        // all of it
+  EXPECT_EQ(offloaded_units(units, offload_ratio(0.4)), (V{false, false, false, true}));    // 400 >= 400
+  EXPECT_EQ(offloaded_units(units, offload_ratio(0.41)), (V{false, false, true, true}));    // 600 >= 410
+  EXPECT_EQ(offloaded_units(units, offload_ratio(0.6)), (V{false, false, true, true}));     // 600 >= 600
+  EXPECT_EQ(offloaded_units(units, offload_ratio(0.61)), (V{false, true, true, true}));     // 900
+  EXPECT_EQ(offloaded_units(units, offload_ratio(0.95)), (V{true, true, true, true}));      // 1000
+  EXPECT_EQ(offloaded_units(units, offload_ratio(0.001)), (V{false, false, false, true}));  // at least one unit
+  // A last unit without trainable elements (frozen) holds no optimizer: the one before it goes too.
+  EXPECT_EQ(offloaded_units(std::vector<int64_t>{500, 500, 0}, offload_ratio(0.1)), (V{false, true, true}));
+  EXPECT_TRUE(offloaded_units(std::vector<int64_t>{}, offload_ratio(0.5)).empty());
+}
+
+// Below ratio 1 the optimizer state splits between the device and the host, and the two add up to the
+// whole offload's host bytes (f32 master, m and v: 12 B per shard element, whatever the split).
+TEST(MemoryPlan, PartialOffloadSplitsTheOptimizerState) {
+  std::vector<std::vector<TensorSpec>> units;
+  for (int64_t rows : {64, 128, 96, 256}) units.push_back({{"w", Shape{rows, 64}}, {"b", Shape{rows}, true, false}});
+  Config cfg = offload_ratio(1.0);
+  cfg.zero.stage = 3;
+  cfg.precision.param = DType::bf16;
+  const MemoryPlan all = plan_memory(units, cfg, 2, 0, false);
+  cfg.offload.ratio = 0.5;
+  const MemoryPlan half = plan_memory(units, cfg, 2, 0, false);
+  const auto os = static_cast<std::size_t>(MemCategory::optim_state),
+             ms = static_cast<std::size_t>(MemCategory::master);
+  EXPECT_EQ(all.device[os] + all.device[ms], 0);
+  EXPECT_GT(half.device[os], 0);
+  EXPECT_GT(half.host[os], 0);
+  EXPECT_EQ(half.device[os] + half.host[os], all.host[os]);
+  EXPECT_EQ(half.device[ms] + half.host[ms], all.host[ms]);
+  // The last unit alone (256 x 64 + 256 of 36 928 elements) is below half: the last two go to the host.
+  const std::vector<bool> host = offloaded_units(std::vector<int64_t>{64 * 65, 128 * 65, 96 * 65, 256 * 65}, cfg);
+  EXPECT_EQ(host, (std::vector<bool>{false, false, true, true}));
+}
+
+}  // namespace
+}  // namespace zs
