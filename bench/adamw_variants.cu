@@ -17,6 +17,7 @@
 #include <exception>
 #include <vector>
 
+#include "bench/cuda_time.h"
 #include "core/cuda_check.h"
 #include "kernels/cuda/update_item.cuh"
 #include "kernels/kernels.h"
@@ -139,22 +140,6 @@ void run(const Variant& var, const OptimizerHyper& h, const Shard& x) {
   }
 }
 
-template <typename F>
-float time_ms(F&& f) {
-  cudaEvent_t a, b;
-  ZS_CHECK_CUDA(cudaEventCreate(&a));
-  ZS_CHECK_CUDA(cudaEventCreate(&b));
-  ZS_CHECK_CUDA(cudaEventRecord(a));
-  f();
-  ZS_CHECK_CUDA(cudaEventRecord(b));
-  ZS_CHECK_CUDA(cudaEventSynchronize(b));
-  float ms = 0;
-  ZS_CHECK_CUDA(cudaEventElapsedTime(&ms, a, b));
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  return ms;
-}
-
 float median(std::vector<float> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
@@ -201,9 +186,9 @@ int main(int argc, char** argv) {
     std::vector<float> copy_ms;
     for (Variant& var : vars) run(var, h, x);  // warm-up
     for (int r = 0; r < rounds; ++r) {
-      copy_ms.push_back(
-          time_ms([&] { ZS_CHECK_CUDA(cudaMemcpyAsync(dst, src, copy_bytes, cudaMemcpyDeviceToDevice)); }));
-      for (Variant& var : vars) var.ms.push_back(time_ms([&] { run(var, h, x); }));
+      copy_ms.push_back(bench::cuda_elapsed_ms(
+          [&] { ZS_CHECK_CUDA(cudaMemcpyAsync(dst, src, copy_bytes, cudaMemcpyDeviceToDevice)); }));
+      for (Variant& var : vars) var.ms.push_back(bench::cuda_elapsed_ms([&] { run(var, h, x); }));
     }
     cudaDeviceProp prop{};
     ZS_CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));

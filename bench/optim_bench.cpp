@@ -17,6 +17,7 @@
 #ifdef ZS_WITH_CUDA
 #include <cuda_runtime_api.h>
 
+#include "bench/cuda_time.h"
 #include "core/cuda_check.h"
 #endif
 
@@ -44,18 +45,7 @@ double time_median(Device d, int iters, F&& f) {
   for (int i = 0; i < iters; ++i) {
 #ifdef ZS_WITH_CUDA
     if (d.is_cuda()) {
-      cudaEvent_t a, b;
-      ZS_CHECK_CUDA(cudaEventCreate(&a));
-      ZS_CHECK_CUDA(cudaEventCreate(&b));
-      ZS_CHECK_CUDA(cudaEventRecord(a));
-      f();
-      ZS_CHECK_CUDA(cudaEventRecord(b));
-      ZS_CHECK_CUDA(cudaEventSynchronize(b));
-      float ms = 0;
-      ZS_CHECK_CUDA(cudaEventElapsedTime(&ms, a, b));
-      t.push_back(ms / 1e3);
-      cudaEventDestroy(a);
-      cudaEventDestroy(b);
+      t.push_back(bench::cuda_elapsed_ms(f) / 1e3);
       continue;
     }
 #endif

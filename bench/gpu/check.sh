@@ -4,11 +4,13 @@
 # (compute-sanitizer), ZS_GPU_PROFILE=1 (per-kernel times of the GPT's step).
 # Each check has its own time limit, so one that hangs costs its limit, not the run; the correctness checks
 # come first, and every finished row is also appended to $OUT/gpu_rows.txt as it lands.
-# Run on the GPU machine from the repository root with build/cuda-sm90/gpu-bundle carried over
-# (made by bench/gpu/build.sh). Prints the card, then PASS/FAIL/SKIP per check.
+# Run on the GPU machine from the repository root with build/cuda-sm90/gpu-bundle, or its archive
+# gpu-bundle.tar.xz, carried over (both made by bench/gpu/build.sh). Prints the card, then PASS/FAIL/SKIP per
+# check.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 bundle=build/cuda-sm90/gpu-bundle
+[ ! -d "$bundle" ] && [ -f "$bundle.tar.xz" ] && tar -C build/cuda-sm90 -xJf "$bundle.tar.xz"
 nccl_lib=$(python3 -c "import nvidia.nccl,os;print(os.path.join(nvidia.nccl.__path__[0],'lib'))" 2>/dev/null || true)
 # cuBLAS (offload_bench) from PyTorch's CUDA 13 wheels, wherever they put it.
 cublas_lib=$(python3 -c "
@@ -91,6 +93,9 @@ if have_cublas "offload_bench"; then
   ZS_CPU_THREADS=$(nproc) offload "1.3B, all $(nproc) CPU threads," 90 delayed 3
   # No clipping: each unit's CPU update starts as its gradients land, behind the rest of the backward.
   offload "1.3B no clipping" 90 optimizer 3 --clip 0
+  # Partial offload (offload.ratio, ZeRO-Offload++): the last units' optimizer on the host, the rest on the
+  # GPU; the host's share of the traffic, and so the step, falls with the ratio.
+  for r in 0.1 0.25 0.5; do offload "1.3B ratio $r" 90 optimizer 3 --offload-ratio "$r"; done
   # The offloaded step is bound by host memory traffic (about 51 GB per step at 1.27 B with f32 gradients
   # and states; bench/RESULTS.md): the ratio falls with fewer bytes (bf16 gradients and states) and with
   # more tokens per step. ZS_GPU_SWEEP=1 measures both (about 5 minutes; run it on its own).
