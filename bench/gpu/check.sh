@@ -54,10 +54,14 @@ have_cublas "gpt_train plain" && { gpt 1024 "368M plain" --attention plain; gpt 
 # zsmem (issue: the predicted peak within 5 % of the ledger's at world 1 on the GPU): every stage x offload
 # of a small GPT on CUDA in bf16, as ctest's tool.zsmem.measure does on the CPU at worlds 1-4.
 zsmem_runs() {
-  for run in 0:none 1:none 2:none 3:none 1:optimizer 2:optimizer 3:optimizer 3:optimizer+params 1:delayed 3:delayed; do
+  # stage:offload[:offload.ratio]
+  for run in 0:none 1:none 2:none 3:none 1:optimizer 2:optimizer 3:optimizer 3:optimizer+params 1:delayed 3:delayed \
+    1:optimizer:0.5 3:optimizer:0.5; do
+    IFS=: read -r stage off ratio <<<"$run"
     "$bundle/bin/zsmem" measure --nproc 1 --max-error 5 -- "$bundle/bin/gpt_train" --device cuda --precision bf16 \
       --d-model 256 --layers 4 --heads 4 --seq 256 --batch 4 --steps 2 --log-every 2 --eval-every 0 --eval-batches 1 \
-      --data . --stage "${run%%:*}" --offload "${run#*:}" || { echo "stage:offload $run: prediction off"; return 1; }
+      --data . --stage "$stage" --offload "$off" --offload-ratio "${ratio:-1}" ||
+      { echo "stage:offload $run: prediction off"; return 1; }
   done
 }
 export bundle && export -f zsmem_runs  # run() starts it under timeout, in a new bash

@@ -64,7 +64,7 @@ int main(int argc, char** argv) {
   std::string offload, device, precision;  // empty: the config's
   std::string attention = "auto";
   uint64_t seed = 1337;
-  double lr = 0, check_below = 0;
+  double lr = 0, check_below = 0, offload_ratio = 1;
   bool resume = false, checkpoint_activations = false;
   std::string config_path, ckpt_dir, export_path;
   std::vector<std::string> data{ZS_EXAMPLE_DATA};
@@ -80,6 +80,9 @@ int main(int argc, char** argv) {
   app.add_option("--offload", offload,
                  "override offload: none, optimizer (stages 1-3), optimizer+params (stage 3), delayed")
       ->check(zs::offload_choices());
+  auto* ratio_given = app.add_option("--offload-ratio", offload_ratio,
+                                     "override offload.ratio: the share of the parameters whose optimizer runs on the "
+                                     "host with --offload optimizer (the last units; the rest on the device)");
   app.add_option("--lr", lr, "override optimizer.lr");
   app.add_option("--device", device, "override device: auto, cpu or cuda")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
@@ -121,6 +124,7 @@ int main(int argc, char** argv) {
     if (config_path.empty()) cfg.schedule.total_steps = std::max<int64_t>(steps, cfg.schedule.warmup_steps + 1);
     if (stage >= 0) cfg.zero.stage = stage;
     if (!offload.empty()) cfg.offload.choose(offload);
+    if (ratio_given->count() > 0) cfg.offload.ratio = offload_ratio;  // the engine checks it (offload_problem)
     if (lr > 0) cfg.optimizer.lr = static_cast<float>(lr);
     if (!device.empty()) cfg.device = device;
     if (!precision.empty()) {
@@ -147,8 +151,9 @@ int main(int argc, char** argv) {
       engine.init_params([&](std::string_view name) { return gpt::init_rule(name, shape, seed); });
     }
     if (rank == 0) {
-      const std::string off =
+      std::string off =
           cfg.offload.optimizer_on_cpu() ? ", offload " + std::string(cfg.offload.choice()) : std::string();
+      if (cfg.offload.ratio < 1.0) off += fmt::format(" (ratio {})", cfg.offload.ratio);
       std::printf("GPT d=%d L=%d H=%d T=%d V=%d%s: %.2f M parameters in %d units; ZeRO-%d over %d rank%s (%s%s)\n",
                   shape.d, shape.layers, shape.heads, shape.seq, shape.vocab,
                   model.shape().attention == zs::family::Attention::fused ? " (fused attention)" : "",
