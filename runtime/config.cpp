@@ -249,6 +249,7 @@ void Config::Offload::choose(std::string_view choice) {
   optimizer = choice == "none" ? "none" : "cpu";
   params = choice == "optimizer+params" ? "cpu" : "none";
   mode = choice == "delayed" ? "delayed" : "streaming";
+  if (choice != "optimizer") ratio = 1.0;  // a share of the optimizer on the host is the streaming offload's only
 }
 
 std::string_view Config::Offload::choice() const {

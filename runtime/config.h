@@ -62,7 +62,8 @@ struct Config {
     bool params_on_cpu() const { return params == "cpu"; }
     bool delayed() const { return mode == "delayed"; }
     // The tools' one-word form: none, optimizer, optimizer+params, or delayed (the optimizer, delayed mode).
-    // choose() sets all three fields from it (throws on another word); choice() names the current setting.
+    // choose() sets all three fields from it, and ratio to 1 for any word but optimizer (throws on another
+    // word); choice() names the current setting.
     static constexpr std::string_view kChoices[] = {"none", "optimizer", "optimizer+params", "delayed"};
     void choose(std::string_view choice);
     std::string_view choice() const;

@@ -105,8 +105,12 @@ TEST(Config, OffloadNeedsTheStagesItWorksWith) {
     o.choose(c);
     EXPECT_EQ(o.choice(), c);
   }
-  o.choose("delayed");
+  o.ratio = 0.5;
+  o.choose("optimizer");  // keeps a configured share
+  EXPECT_DOUBLE_EQ(o.ratio, 0.5);
+  o.choose("delayed");  // which has none
   EXPECT_TRUE(o.optimizer_on_cpu() && !o.params_on_cpu() && o.delayed());
+  EXPECT_DOUBLE_EQ(o.ratio, 1.0);
   o.choose("none");
   EXPECT_TRUE(!o.optimizer_on_cpu() && !o.params_on_cpu() && !o.delayed());
   EXPECT_THROW(o.choose("everything"), Error);
