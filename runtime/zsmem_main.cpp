@@ -106,8 +106,8 @@ Model load_model(double params, double largest, const std::string& spec, const s
 }
 
 int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, const std::vector<int>& stages,
-             const std::vector<std::string>& offloads, double ratio, bool cpu, double device_gib, double host_gib,
-             int batch, bool recompute, bool json_out) {
+             const std::vector<std::string>& offloads, const std::vector<double>& ratios, bool cpu, double device_gib,
+             double host_gib, int batch, bool recompute, bool json_out) {
   for (int w : worlds)
     if (const int g = cfg.zero.hybrid_group; g > 0 && w % g != 0)
       throw Usage(fmt::format("zero.hybrid_group {} does not divide --world {} into whole groups", g, w));
@@ -139,13 +139,16 @@ int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, con
                "world", "stage", "offload", "params", "master", "grads", "optim", "gather", "scratch", "activation",
                "device", "host", "DeepSpeed dev / host", fits_text());
   }
+  // offload.ratio: one row per share for the streaming optimizer offload (the others have no share to choose).
+  std::vector<std::pair<std::string, double>> choices;
+  for (const std::string& off : offloads)
+    for (double r : off == "optimizer" ? ratios : std::vector<double>{1.0}) choices.emplace_back(off, r);
   for (int w : worlds)
-    for (const std::string& off : offloads)
+    for (const auto& [off, ratio] : choices)
       for (int s : stages) {
         cfg.zero.stage = s;
         cfg.offload.choose(off);
-        // offload.ratio: the streaming optimizer offload's rows only (the others have no share to choose).
-        cfg.offload.ratio = off == "optimizer" ? ratio : 1.0;
+        cfg.offload.ratio = ratio;
         if (!zs::offload_problem(cfg).empty()) continue;  // e.g. stage 0 with offload: not a configuration
         const std::string label = cfg.offload.ratio < 1.0 ? fmt::format("{} {:.3g}", off, cfg.offload.ratio) : off;
         const zs::MemoryPlan p = zs::plan_memory(m.units, cfg, w, 0, cpu);
@@ -270,9 +273,10 @@ int measure(int nproc, double max_error, bool json_out, const std::string& svg,
 int main(int argc, char** argv) {
   CLI::App app{"zsmem: per-rank memory of a ZeroShard run, predicted (estimate) and measured (measure)", "zsmem"};
   app.require_subcommand(1);
-  double params = 0, largest = 0, device_gib = 0, host_gib = 0, max_error = 0, ratio = 1;
+  double params = 0, largest = 0, device_gib = 0, host_gib = 0, max_error = 0;
   std::string spec, manifest, config_path, precision = "f32", reduce = "f32", optimizer = "adamw", states = "f32";
   std::vector<std::string> offloads{"none"};
+  std::vector<double> ratios;
   std::vector<int> worlds{1}, stages{0, 1, 2, 3};
   int max_live = 4, accumulation = 1, batch = 0, nproc = 1;
   bool cpu = false, json_out = false, recompute = false;
@@ -291,10 +295,9 @@ int main(int argc, char** argv) {
                   "none, optimizer (stages 1-3), optimizer+params (stage 3) or delayed (the optimizer, delayed "
                   "mode), one or a list; rows that are not a configuration are left out")
       ->check(zs::offload_choices());
-  auto* ratio_given = est->add_option(
-      "--offload-ratio", ratio,
-      "offload.ratio for the optimizer rows: the share of the parameters whose optimizer runs on the host "
-      "(the last units; the rest on the device), in (0, 1]; default 1, or the --config's");
+  est->add_option("--offload-ratio", ratios,
+                  "offload.ratio for the optimizer rows, one or a list: the share of the parameters whose optimizer "
+                  "runs on the host (the last units; the rest on the device), in (0, 1]; default 1, or the --config's");
   est->add_option("--precision", precision, "compute dtype: f32, bf16, f16")
       ->check(CLI::IsMember({"f32", "bf16", "f16"}));
   est->add_option("--reduce", reduce, "gradient dtype: f32, bf16")->check(CLI::IsMember({"f32", "bf16"}));
@@ -340,11 +343,12 @@ int main(int argc, char** argv) {
     if (!config_path.empty() && cfg.offload.optimizer_on_cpu() && offloads == std::vector<std::string>{"none"})
       offloads = {std::string(cfg.offload.choice())};  // the config's own choice
     if (recompute && batch == 0) throw Usage("--checkpoint-activations needs --batch (it changes the activations)");
-    if (ratio_given->count() == 0) ratio = cfg.offload.ratio;  // the config's (1 by default)
-    if (!(ratio > 0 && ratio <= 1))
-      throw Usage(
-          fmt::format("--offload-ratio {} is not in (0, 1]: it is the share of the optimizer on the host", ratio));
-    return estimate(m, cfg, worlds, stages, offloads, ratio, cpu, device_gib, host_gib, batch, recompute, json_out);
+    if (ratios.empty()) ratios = {cfg.offload.ratio};  // the config's (1 by default)
+    for (double r : ratios)
+      if (!(r > 0 && r <= 1))
+        throw Usage(
+            fmt::format("--offload-ratio {} is not in (0, 1]: it is the share of the optimizer on the host", r));
+    return estimate(m, cfg, worlds, stages, offloads, ratios, cpu, device_gib, host_gib, batch, recompute, json_out);
   } catch (const Usage& e) {
     fmt::print(stderr, "zsmem: {}\n", e.what());
     return 2;

@@ -181,9 +181,13 @@ TEST(Zsmem, OffloadRatioSplitsTheOptimizerState) {
             none["bytes"]["optim_state"].get<int64_t>());
   EXPECT_TRUE(part["deepspeed_estimate"].is_null());
   EXPECT_FALSE(none["deepspeed_estimate"].is_null());
+  // A list of shares: one optimizer row each, in the table too.
   const zs::test::CommandResult table = zsmem(
-      "estimate --params 1000000 --largest-unit 1000 --world 4 --stage 3 --offload optimizer --offload-ratio 0.25");
+      "estimate --params 1000000 --largest-unit 1000 --world 4 --stage 3 --offload optimizer --offload-ratio 0.25 "
+      "0.5 1");
   EXPECT_NE(table.output.find("optimizer 0.25"), std::string::npos) << table.output;
+  EXPECT_NE(table.output.find("optimizer 0.5"), std::string::npos) << table.output;
+  EXPECT_NE(table.output.find("        optimizer |"), std::string::npos) << table.output;  // ratio 1
 }
 
 }  // namespace
