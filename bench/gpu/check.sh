@@ -133,7 +133,7 @@ grep -A30 "== comm_bench" "$log" | grep -E "^\[rank0\]:" | sed 's/^\[rank0\]: //
 ours=$(grep -A4 "== optim_bench adamw 1e9" "$log" | awk '$1 == 0 {print $2}')
 theirs=$(grep "torch_adamw_ms" "$log" | awk '{print $2}')
 grep -A4 "== optim_bench adamw 1e9" "$log" | tail -3
-grep -A12 "== adamw_variants" "$log" | grep -E "^#|^  " || true
+grep -A16 "== adamw_variants" "$log" | grep -E "^#|^  " || true
 [ -n "$ours" ] && [ -n "$theirs" ] && echo "# AdamW 1e9 params: ours ${ours} ms, torch fused ${theirs} ms, ours/torch $(python3 -c "print(round($ours/$theirs, 3))")"
 cpu_ours=$(grep -F -A4 "== optim_bench adamw 1e8 cpu (" "$log" | awk -v c="$cores" '$1 == c {print $2}')
 cpu_theirs=$(grep "torch_cpu_adamw_ms" "$log" | awk '{print $2}')
