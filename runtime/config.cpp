@@ -214,8 +214,7 @@ Config parse_config(const std::string& text, const std::string& source) {
   off.choice("params", c.offload.params, {"none", "cpu"});
   off.get<bool>("pin_memory", c.offload.pin_memory);
   off.choice("mode", c.offload.mode, {"streaming", "delayed"});
-  off.get<double>(
-      "ratio", c.offload.ratio, [](double r) { return r > 0.0 && r <= 1.0; }, "in (0, 1]");
+  off.get<double>("ratio", c.offload.ratio, Config::Offload::ratio_valid, "in (0, 1]");
   off.finish();
   if (const std::string bad = offload_problem(c); !bad.empty()) top.fail(root["offload"], bad);
 
@@ -268,7 +267,7 @@ std::string offload_problem(const Config& c) {
            "optimizer's output, kept where the optimizer runs)";
   if (c.offload.params == "cpu" && c.offload.mode == "delayed")
     return "offload.mode: delayed works with offload.optimizer only; with offload.params: cpu use mode: streaming";
-  if (!(c.offload.ratio > 0.0 && c.offload.ratio <= 1.0))
+  if (!Config::Offload::ratio_valid(c.offload.ratio))
     return fmt::format("offload.ratio {} is not in (0, 1]: it is the share of the optimizer kept on the host",
                        c.offload.ratio);
   if (c.offload.ratio < 1.0 && c.offload.optimizer != "cpu")

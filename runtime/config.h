@@ -55,9 +55,10 @@ struct Config {
     // The share of the trainable parameters whose optimizer runs on the host (DeepSpeed's
     // offload_optimizer.ratio, ZeRO-Offload++): the last units in registration order, at least this share
     // of the elements; the others keep master, m and v on the device and update there, while the host
-    // works (offload_units() picks them). 1: every unit. In (0, 1]; below 1 with mode: streaming and
+    // works (offloaded_units() picks them). 1: every unit. In (0, 1]; below 1 with mode: streaming and
     // params: none only.
     double ratio = 1.0;
+    static constexpr bool ratio_valid(double r) { return r > 0.0 && r <= 1.0; }
     bool optimizer_on_cpu() const { return optimizer == "cpu"; }
     bool params_on_cpu() const { return params == "cpu"; }
     bool delayed() const { return mode == "delayed"; }

@@ -345,7 +345,7 @@ int main(int argc, char** argv) {
     if (recompute && batch == 0) throw Usage("--checkpoint-activations needs --batch (it changes the activations)");
     if (ratios.empty()) ratios = {cfg.offload.ratio};  // the config's (1 by default)
     for (double r : ratios)
-      if (!(r > 0 && r <= 1))
+      if (!zs::Config::Offload::ratio_valid(r))
         throw Usage(
             fmt::format("--offload-ratio {} is not in (0, 1]: it is the share of the optimizer on the host", r));
     return estimate(m, cfg, worlds, stages, offloads, ratios, cpu, device_gib, host_gib, batch, recompute, json_out);
