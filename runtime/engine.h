@@ -252,7 +252,9 @@ class Engine {
   std::function<std::string()> user_state_;
   void wait_timed(Work& w, const Unit* u = nullptr);  // host wait, counted as exposed communication
   LossScaler scaler_;
-  Buffer norm_scratch_;                               // per-unit sums of squares, then the global total (device memory)
+  Buffer norm_scratch_;  // per-unit sums of squares, then the global total (device memory)
+  Buffer control_;       // all_gather_host's (kControlFloats per rank of the world): at set-up, or at its first use
+  Buffer& control();
   std::vector<std::unique_ptr<Event>> grads_ready_;   // per unit: the app's gradient writes are done
   std::vector<std::unique_ptr<Event>> shard_summed_;  // offload, per unit: its shard reduced and summed
   std::unique_ptr<Event> update_done_;                // the step's optimizer updates are done

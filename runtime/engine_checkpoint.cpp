@@ -46,21 +46,29 @@ void attempt(bool& ok, std::string& error, F&& f) {
 
 }  // namespace
 
+Buffer& Engine::control() {
+  if (!control_.data())
+    control_ = Buffer(static_cast<std::size_t>(kControlFloats * comm_->size()) * sizeof(float), MemoryKind::device,
+                      device_, MemCategory::other);
+  return control_;
+}
+
 std::vector<float> Engine::all_gather_host(const std::vector<float>& mine) {
   const int n = comm_->size();
   const int64_t k = static_cast<int64_t>(mine.size());
-  Buffer buf(static_cast<std::size_t>(n * k) * sizeof(float), MemoryKind::device, device_, MemCategory::other);
-  TensorView all = buf.view(DType::f32, n * k), slot = all.slice(k * comm_->rank(), k);
+  ZS_CHECK(k <= kControlFloats, "all_gather_host: a control message of {} floats exceeds the buffer's {}", k,
+           kControlFloats);
+  TensorView all = control().view(DType::f32, n * k), slot = all.slice(k * comm_->rank(), k);
   memory_copy(slot.data, device_, mine.data(), Device::cpu(), mine.size() * sizeof(float));
   comm_->all_gather(slot, all).wait();
   std::vector<float> out(static_cast<std::size_t>(n * k));
-  memory_copy(out.data(), Device::cpu(), buf.data(), device_, out.size() * sizeof(float));
+  memory_copy(out.data(), Device::cpu(), all.data, device_, out.size() * sizeof(float));
   return out;
 }
 
 void Engine::agree(bool ok, const std::string& what, const std::string& error) {
   // Each rank sends its verdict and the head of its error, so every rank's message says what went wrong.
-  constexpr std::size_t kChars = 480;
+  constexpr auto kChars = static_cast<std::size_t>(kControlFloats - 1);
   std::vector<float> mine(1 + kChars, 0.0f);
   mine[0] = ok ? 1.0f : 0.0f;
   for (std::size_t i = 0; i < std::min(kChars, error.size()); ++i) mine[1 + i] = static_cast<unsigned char>(error[i]);

@@ -120,6 +120,7 @@ MemoryPlan plan_memory(std::span<const std::vector<TensorSpec>> units, const Con
   dev(MemCategory::gather_buffers) += p.gather_count * p.gather_bytes;
   dev(MemCategory::grads) += p.grad_count * p.grad_bytes;
   dev(MemCategory::other) += static_cast<int64_t>((units.size() + 1) * sizeof(float));  // the norm scratch
+  dev(MemCategory::other) += kControlFloats * world * static_cast<int64_t>(sizeof(float));
   if (cpu_device)
     host(MemCategory::comm_scratch) =  // NCCL has none
         comm_streams(stage, cfg.zero.replicated(world)) * GlooComm::kScratchBytesPerStream;

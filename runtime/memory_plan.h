@@ -44,6 +44,11 @@ UnitBuffers unit_buffers(const FlatLayout& layout, const FlatLayout& frozen, con
 // while the host updates the rest. Pure: the engine allocates and zsmem predicts with it.
 std::vector<bool> offloaded_units(std::span<const int64_t> trainable, const Config& cfg);
 
+// The engine's control messages between ranks (agreement checks, error verdicts, checkpoint digests) travel
+// through one device buffer of this many floats per rank of the world, allocated with the engine: the
+// largest message, Engine::agree's, is a verdict and 480 characters of its error.
+constexpr int64_t kControlFloats = 481;
+
 // The engine's fixed pools: stage-3 gather buffers (each holds the largest unit in the compute dtype) and
 // the stage-2/3 gradient buffers (the largest unit's trainable part in the reduce dtype).
 struct PoolPlan {
