@@ -121,23 +121,31 @@ struct Variant {
   std::vector<float> ms;
 };
 
+// Device 0's SMs, and the blocks of one resident wave of adamw_kernel<C>: asked once, outside the timed launches.
+int sm_count() {
+  static const int sms = [] {
+    int n = 0;
+    ZS_CHECK_CUDA(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, 0));
+    return n;
+  }();
+  return sms;
+}
+
 template <Cache C>
 int resident_blocks() {
-  int per_sm = 0, dev = 0, sms = 0;
-  ZS_CHECK_CUDA(cudaGetDevice(&dev));
-  ZS_CHECK_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  ZS_CHECK_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, adamw_kernel<C>, kThreads, 0));
-  return per_sm * sms;
+  static const int blocks = [] {
+    int per_sm = 0;
+    ZS_CHECK_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, adamw_kernel<C>, kThreads, 0));
+    return per_sm * sm_count();
+  }();
+  return blocks;
 }
 
 template <Cache C>
 void launch(const UpdateScalars& s, const Shard& x, Grid grid) {
-  int sms = 0, dev = 0;
-  ZS_CHECK_CUDA(cudaGetDevice(&dev));
-  ZS_CHECK_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   const int64_t want = std::max<int64_t>(1, (x.n / 8 + kThreads - 1) / kThreads);
   int64_t blocks = want;
-  if (grid == Grid::strided) blocks = std::min<int64_t>(want, int64_t{sms} * 16);
+  if (grid == Grid::strided) blocks = std::min<int64_t>(want, int64_t{sm_count()} * 16);
   if (grid == Grid::resident || grid == Grid::chunked) blocks = std::min<int64_t>(want, resident_blocks<C>());
   const int64_t chunk = grid == Grid::chunked ? (x.n / 8 + blocks - 1) / blocks : 0;
   adamw_kernel<C><<<static_cast<unsigned>(blocks), kThreads>>>(s, x.p, x.g, x.m, x.v, x.n, chunk);

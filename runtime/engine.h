@@ -180,6 +180,9 @@ class Engine {
   void quiesce(const char* op);  // between steps: nothing in flight, nothing held
   // Every rank's `mine` (same length on all), in rank order; for small control messages.
   std::vector<float> all_gather_host(const std::vector<float>& mine);
+  // The control messages' buffer, allocated at set-up (after the fit check) or at its first use (a load's
+  // verdicts come before set-up).
+  Buffer& control();
   // Throws on every rank, naming the failed ones, unless every rank passes ok.
   void agree(bool ok, const std::string& what, const std::string& error);
   void release(UnitId u);
@@ -253,8 +256,7 @@ class Engine {
   void wait_timed(Work& w, const Unit* u = nullptr);  // host wait, counted as exposed communication
   LossScaler scaler_;
   Buffer norm_scratch_;  // per-unit sums of squares, then the global total (device memory)
-  Buffer control_;       // all_gather_host's (kControlFloats per rank of the world): at set-up, or at its first use
-  Buffer& control();
+  Buffer control_;       // all_gather_host's (kControlFloats per rank of the world): see control()
   std::vector<std::unique_ptr<Event>> grads_ready_;   // per unit: the app's gradient writes are done
   std::vector<std::unique_ptr<Event>> shard_summed_;  // offload, per unit: its shard reduced and summed
   std::unique_ptr<Event> update_done_;                // the step's optimizer updates are done
