@@ -1,9 +1,7 @@
-// The offloaded step's pipeline: downloads, updates (with an early update's host sums) and uploads, ordered by
-// events.
+// The offloaded step's pipeline: downloads, updates and uploads, ordered by events.
 #include "offload/pipeline.h"
 
 #include <algorithm>
-#include <cmath>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -25,7 +23,8 @@ Pipeline::Pipeline(Device device, DType compute, DType reduce, DType state, bool
       upload_(make_stream(device)),
       cpu_(make_stream(Device::cpu())),
       all_downloaded_(make_event(device)),
-      sums_(units_.size(), 0.0f) {
+      done_(units_.size(), 0) {
+  updated_order_.reserve(units_.size());
   for (std::size_t u = 0; u < units_.size(); ++u) {
     downloaded_.push_back(make_event(device));
     uploaded_.push_back(make_event(device));
@@ -50,20 +49,10 @@ Event& Pipeline::download(int u, const void* device_grads, Event* reduced) {
   memory_copy_async(host, device_grads, static_cast<std::size_t>(s.n) * dtype_size(reduce_), *download_);
   Event& done = *downloaded_[static_cast<std::size_t>(u)];
   download_->record(done);
-  if (early_) {  // its sum, update and upload right behind, while the device goes on with the backward
-    // The closures capture only [this, u] (no allocation in std::function); slot_ changes only after
-    // sums_of_squares() has waited for them.
+  if (early_) {  // its update and upload right behind, while the device goes on with the backward
+    // The closure captures only [this, u] (no allocation in std::function).
     cpu_->submit([this, u] {
-      const auto i = static_cast<std::size_t>(u);
-      downloaded_[i]->synchronize();
-      const TensorView g = TensorView::flat(units_[i].grads[slot_], reduce_, units_[i].n, Device::cpu());
-      kernels::sum_squares(Device::cpu(), g, &sums_[i]);
-    });
-    cpu_->submit([this, u] {
-      step_.failed = step_.failed || !std::isfinite(sums_[static_cast<std::size_t>(u)]);
-      if (step_.failed) return;
-      update_unit(u);
-      upload(u);
+      if (!finishing_.load(std::memory_order_acquire)) update_once(u);
     });
     cpu_->record(*updated_[static_cast<std::size_t>(u)]);
   }
@@ -75,18 +64,39 @@ Event& Pipeline::downloads_done() {
   return *all_downloaded_;
 }
 
-const std::vector<float>& Pipeline::sums_of_squares() {
-  ZS_CHECK(early_, "offload: the CPU sums the gradients only in an early update (update_early)");
-  cpu_->synchronize();
-  early_ = false;
-  return sums_;
+void Pipeline::update_once(int u) {
+  const auto i = static_cast<std::size_t>(u);
+  if (done_[i] == epoch_) return;
+  done_[i] = epoch_;
+  downloaded_[i]->synchronize();
+  update_unit(u);
+  upload(u);
 }
 
 void Pipeline::update_early(const kernels::OptimizerHyper& h, float grad_scale) {
   ZS_CHECK(!delayed_, "offload: an early update is for streaming mode, not delayed");
-  // The CPU worker is idle: the last step's sums_of_squares waited for it, and this step has not downloaded.
+  // The CPU worker is idle by now (the next forward waited for every unit it gathered), so the step's
+  // arguments can change.
+  cpu_->synchronize();
   step_ = {h, grad_scale, slot_};
+  ++epoch_;
+  updated_order_.clear();
+  finishing_.store(false, std::memory_order_release);
   early_ = true;
+}
+
+void Pipeline::finish_early(std::span<const int> order) {
+  ZS_CHECK(early_, "offload: finish_early without update_early in this step");
+  ZS_CHECK(order.size() == units_.size(), "offload: the update order names {} units, not {}", order.size(),
+           units_.size());
+  // The CPU worker skips the queued per-landing updates it has not started; the same units are queued
+  // again in forward order (each done once: update_once), so the first the next forward needs comes first.
+  finishing_.store(true, std::memory_order_release);
+  for (int u : order) {
+    cpu_->submit([this, u] { update_once(u); });
+    cpu_->record(*updated_[static_cast<std::size_t>(u)]);
+  }
+  early_ = false;
 }
 
 const void* Pipeline::host_param_source(int u) const {
@@ -120,6 +130,7 @@ void Pipeline::update_unit(int u) {
   a.decay_ranges = s.decay;
   a.num_decay_ranges = s.num_decay;
   kernels::optimizer_update(Device::cpu(), step_.h, a);
+  updated_order_.push_back(u);
 }
 
 void Pipeline::update(const kernels::OptimizerHyper& h, float grad_scale, std::span<const int> order) {
@@ -130,6 +141,7 @@ void Pipeline::update(const kernels::OptimizerHyper& h, float grad_scale, std::s
   // arguments can change; the closures capture only [this, u].
   cpu_->synchronize();
   step_ = {h, grad_scale, slot_};
+  updated_order_.clear();
   if (delayed_) {
     // The previous step's update has had a whole forward and backward to finish; its results go up now
     // and this step's update starts behind the next step (each unit once its upload has read the host copy).

@@ -4,11 +4,11 @@
 // known the CPU updates the units in forward order with the SIMD kernels and uploads each one as soon as
 // it is done, so the next forward starts on unit 0 while later units are still being updated
 // (streaming). When the update does not depend on the norm (no clipping, no loss scaling) streaming goes
-// further: each unit is summed (for the finiteness check), updated and uploaded on the CPU right after it
-// lands, behind the rest of the backward, so only the units whose gradients land last are left for after
-// it (early update). Delayed mode (ZeRO-Offload's one-step-stale update) runs the whole CPU step behind
-// the next forward and backward instead: the parameters a step computes with are two updates old, which
-// changes the math.
+// further: the CPU updates and uploads each unit right after it lands, behind the rest of the backward
+// (early update); once the backward is over, the units it has not started yet are taken in forward
+// order instead, so the next forward starts while the CPU finishes the last ones. Delayed mode
+// (ZeRO-Offload's one-step-stale update) runs the whole CPU step behind the next forward and backward
+// instead: the parameters a step computes with are two updates old, which changes the math.
 //
 // Streams: `download` and `upload` on the device (copy engines on a GPU; worker threads in the CPU build,
 // whose "device" memory is a separate host pool, so ordering bugs show in CI), and a CPU worker for the
@@ -16,6 +16,8 @@
 // CPU has not finished yet.
 #pragma once
 
+#include <atomic>
+#include <cstdint>
 #include <memory>
 #include <span>
 #include <vector>
@@ -51,19 +53,21 @@ class Pipeline {
   Pipeline& operator=(const Pipeline&) = delete;
 
   // Unit u's reduced gradient shard at `device_grads` (complete at `reduced`, an event of the device)
-  // goes to the host (in an early update, then the CPU sums, updates and uploads it). Returns the event
-  // after which the device buffer may be reused.
+  // goes to the host (in an early update, the CPU then updates and uploads it). Returns the event after
+  // which the device buffer may be reused.
   Event& download(int u, const void* device_grads, Event* reduced);
   // An event after every download enqueued so far: the device gradient buffers are free to reuse after it.
   Event& downloads_done();
-  // Early update only: blocks until this step's downloads, sums and updates are done, rethrowing a
-  // failure of the CPU step; each unit's sum of squares of its gradient shard, unscaled.
-  const std::vector<float>& sums_of_squares();
   // Early update: this step's updates start as each gradient shard lands, with h and grad_scale (the
   // caller knows them before the norm: no clipping, no loss scaling; streaming only). Call before the
-  // step's first download; update() is then not called for this step. A unit whose shard is not finite is
-  // not updated, nor is any unit after it (the caller fails the step on the norm).
+  // step's first download; update() is then not called for this step, finish_early() is.
   void update_early(const kernels::OptimizerHyper& h, float grad_scale);
+  // Early update, once every unit's shard has been downloaded (the backward is over) and the norm is
+  // finite: the units the CPU has not started yet are updated in `order` (every unit once: the order the
+  // next forward needs them) instead of the order they landed in. Returns at once.
+  void finish_early(std::span<const int> order);
+  // The units in the order the CPU updated them in the last step (complete once it is drained).
+  const std::vector<int>& updated_order() const { return updated_order_; }
   // The step: every unit's update with h (h.step is the step number), its gradient multiplied by
   // grad_scale, in `order` (every unit once: the order the next forward needs them). Returns at once; the
   // CPU works behind it.
@@ -82,6 +86,8 @@ class Pipeline {
  private:
   void upload(int u);       // enqueues unit u's updated shard to device_params
   void update_unit(int u);  // with step_
+  // CPU worker, early update: updates and uploads u unless it already was this step.
+  void update_once(int u);
 
   Device device_;
   DType compute_, reduce_, state_;
@@ -90,14 +96,18 @@ class Pipeline {
   std::unique_ptr<Stream> download_, upload_, cpu_;
   std::vector<std::unique_ptr<Event>> downloaded_, uploaded_, updated_;
   std::unique_ptr<Event> all_downloaded_;
-  std::vector<float> sums_;
   struct StepArgs {
     kernels::OptimizerHyper h;
     float grad_scale = 1.0f;
-    int slot = 0;         // the grads[] slot the update reads
-    bool failed = false;  // early update: a shard was not finite, so no later unit is updated (CPU worker)
-  } step_;                // the update in progress; set while the CPU worker is idle
-  bool early_ = false;    // this step's downloads also update (update_early was called; until sums_of_squares)
+    int slot = 0;  // the grads[] slot the update reads
+  } step_;         // the update in progress; set while the CPU worker is idle
+  // Early update. The CPU worker alone reads and writes `done_` (unit u is updated when done_[u] equals
+  // the step's epoch_) and `updated_order_`; the host sets `finishing_` once every shard is downloaded.
+  std::vector<int64_t> done_;
+  std::vector<int> updated_order_;
+  int64_t epoch_ = 0;
+  std::atomic<bool> finishing_{false};
+  bool early_ = false;    // this step's downloads also update (from update_early to finish_early)
   int slot_ = 0;          // the grads[] slot this step's downloads fill (delayed mode alternates)
   bool pending_ = false;  // delayed: updated on the host, not uploaded yet
 };

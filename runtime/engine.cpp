@@ -754,21 +754,18 @@ void Engine::reduce_grads(UnitId id) {
       early_started_ = true;
     }
     u.pending = reduce_scatter(full, shard);
-    Event* reduced = u.pending.event();
-    if (!early_update_) {
-      // The norm from the device's copy, as without offload: the host, whose memory traffic bounds the
-      // offloaded step, then reads the gradients once (in the update). Summed behind the reduce on its
-      // stream; the copy to the host, and so the buffer's reuse, waits for the sum.
-      float* out = static_cast<float*>(norm_scratch_.data()) + id;
-      const Device dev = device_;
-      const DType t = reduce_;
-      rs->submit([dev, data = shard.data, t, S, out, rs] {
-        kernels::sum_squares(dev, TensorView::flat(data, t, S, dev), out, rs);
-      });
-      reduced = shard_summed_[static_cast<std::size_t>(id)].get();
-      rs->record(*reduced);
-    }
-    Event& copied = offload_->download(u.pipe, shard.data, reduced);
+    // The norm from the device's copy, as without offload: the host, whose memory traffic bounds the
+    // offloaded step, then reads the gradients once (in the update). Summed behind the reduce on its
+    // stream; the copy to the host, and so the buffer's reuse, waits for the sum.
+    float* out = static_cast<float*>(norm_scratch_.data()) + id;
+    const Device dev = device_;
+    const DType t = reduce_;
+    rs->submit([dev, data = shard.data, t, S, out, rs] {
+      kernels::sum_squares(dev, TensorView::flat(data, t, S, dev), out, rs);
+    });
+    Event& summed = *shard_summed_[static_cast<std::size_t>(id)];
+    rs->record(summed);
+    Event& copied = offload_->download(u.pipe, shard.data, &summed);
     if (u.grad_buffer >= 0) {
       PoolBuffer& pb = grad_pool_[static_cast<std::size_t>(u.grad_buffer)];
       pb.last_reduce = u.pending;
@@ -813,7 +810,7 @@ StepStats Engine::step() {
   const bool full_grads = stage <= 1 || accum > 1;
   // Global gradient norm: per-unit sums of squares, one all-reduce over the shards.
   // Each unit's sum lands in the device's scratch: a unit updated on the device is summed now, an offloaded
-  // one was summed behind its reduce (reduce_grads), or on the host as its shard arrived (early update).
+  // one was summed behind its reduce (reduce_grads).
   std::vector<float>& host = norm_host_;
   float* sums = static_cast<float*>(norm_scratch_.data());
   bool on_device = false;
@@ -822,20 +819,14 @@ StepStats Engine::step() {
     kernels::sum_squares(device_, grad_shard(*units_[i], full_grads), sums + i, compute_stream_.get());
     on_device = true;
   }
-  const bool early = offload_ && early_update_;
-  if (offload_ && !early) {
+  if (offload_) {
     reduce_stream_->synchronize();
     // The gradient buffers are zeroed or handed to the next step's units (finish_step) only once their
     // shards are on the host.
     consume(offload_->downloads_done());
   }
   if (on_device) compute_stream_->synchronize();
-  if (on_device || !early) memory_copy(host.data(), Device::cpu(), sums, device_, host.size() * sizeof(float));
-  if (early) {
-    const std::vector<float>& landed = offload_->sums_of_squares();
-    for (std::size_t i = 0; i < units_.size(); ++i)
-      if (units_[i]->pipe >= 0) host[i] = landed[static_cast<std::size_t>(units_[i]->pipe)];
-  }
+  memory_copy(host.data(), Device::cpu(), sums, device_, host.size() * sizeof(float));
   float total = 0.0f;
   for (float s : host) total += s;
   if (stage >= 1) {
@@ -859,6 +850,9 @@ StepStats Engine::step() {
     return st;
   }
   if (!std::isfinite(norm)) {
+    // An early update has been changing the units as they landed: let it finish before reporting, so
+    // nothing is in flight when the caller resumes from a checkpoint.
+    if (early_started_) offload_->drain();
     std::string bad;
     for (std::size_t i = 0; i < units_.size(); ++i)
       if (!std::isfinite(host[i])) bad += (bad.empty() ? "" : ", ") + units_[i]->name;
@@ -878,23 +872,24 @@ StepStats Engine::step() {
   const auto grad_scale = static_cast<float>(clip / accum / scale);
   update_on_device(h, grad_scale, full_grads);  // the units whose optimizer is on the device (all, without offload)
   if (offload_) {
-    // The CPU updates unit by unit in the order the next forward gathers them (the early update already
-    // did, as each unit's gradients landed); each replica (stages 1-2) is all-gathered again once its
-    // shard is back, at its gather in the next forward.
-    if (!early_started_) {
-      if (update_order_.empty()) {  // first use in gather order (the recorded forward first), then the rest
-        std::vector<bool> seen(units_.size(), false);
-        auto add = [&](int u) {
-          const Unit& unit = *units_[static_cast<std::size_t>(u)];
-          if (seen[static_cast<std::size_t>(u)] || unit.pipe < 0) return;
-          seen[static_cast<std::size_t>(u)] = true;
-          update_order_.push_back(unit.pipe);
-        };
-        for (UnitId u : order_) add(u);
-        for (int u = 0; u < num_units(); ++u) add(u);
-      }
-      offload_->update(h, grad_scale, update_order_);
+    // The CPU updates unit by unit in the order the next forward gathers them (an early update has done
+    // so as each unit's gradients landed; the units it has not started yet now follow that order); each
+    // replica (stages 1-2) is all-gathered again once its shard is back, at its gather in the next forward.
+    if (update_order_.empty()) {  // first use in gather order (the recorded forward first), then the rest
+      std::vector<bool> seen(units_.size(), false);
+      auto add = [&](int u) {
+        const Unit& unit = *units_[static_cast<std::size_t>(u)];
+        if (seen[static_cast<std::size_t>(u)] || unit.pipe < 0) return;
+        seen[static_cast<std::size_t>(u)] = true;
+        update_order_.push_back(unit.pipe);
+      };
+      for (UnitId u : order_) add(u);
+      for (int u = 0; u < num_units(); ++u) add(u);
     }
+    if (early_started_)
+      offload_->finish_early(update_order_);
+    else
+      offload_->update(h, grad_scale, update_order_);
     if (stage < 3)
       for (auto& up : units_)
         if (up->pipe >= 0) up->param_state = ParamState::updating;
