@@ -62,7 +62,7 @@ class Pipeline {
   // caller knows them before the norm: no clipping, no loss scaling; streaming only). Call before the
   // step's first download; update() is then not called for this step, finish_early() is.
   void update_early(const kernels::OptimizerHyper& h, float grad_scale);
-  // Early update, once every unit's shard has been downloaded (the backward is over) and the norm is
+  // Early update, once every unit's download has been enqueued (the backward is over) and the norm is
   // finite: the units the CPU has not started yet are updated in `order` (every unit once: the order the
   // next forward needs them) instead of the order they landed in. Returns at once.
   void finish_early(std::span<const int> order);
@@ -101,8 +101,8 @@ class Pipeline {
     float grad_scale = 1.0f;
     int slot = 0;  // the grads[] slot the update reads
   } step_;         // the update in progress; set while the CPU worker is idle
-  // Early update. The CPU worker alone reads and writes `done_` (unit u is updated when done_[u] equals
-  // the step's epoch_) and `updated_order_`; the host sets `finishing_` once every shard is downloaded.
+  // Early update. While the CPU worker runs, it alone reads and writes `done_` (unit u is updated when
+  // done_[u] equals the step's epoch_) and `updated_order_`; the host sets `finishing_` in finish_early().
   std::vector<int64_t> done_;
   std::vector<int> updated_order_;
   int64_t epoch_ = 0;
