@@ -77,12 +77,18 @@ __device__ __forceinline__ void store16(void* p, uint4 w) {
 }
 
 // V consecutive elements starting at i, as f32. With V == 8 every operand is read with 16-byte loads
-// (the caller guarantees 16-byte alignment of the pointer at i).
+// (the caller guarantees 16-byte alignment of the pointer at i); an f32 operand takes two, 16 bytes apart,
+// so one warp-wide access uses half of each 32-byte sector it touches and the next one the other half.
+// V == 4 with f32 is one 16-byte access, a warp's 512 contiguous bytes (bench/adamw_variants.cu measures
+// both).
 template <DType T, int V, Cache C = Cache::normal>
 __device__ __forceinline__ void load(const typename Storage<T>::type* p, int64_t i, float (&o)[V]) {
   if constexpr (V == 8 && T == DType::f32 && C == Cache::normal) {
     const float4 a = reinterpret_cast<const float4*>(p + i)[0], b = reinterpret_cast<const float4*>(p + i)[1];
     o[0] = a.x, o[1] = a.y, o[2] = a.z, o[3] = a.w, o[4] = b.x, o[5] = b.y, o[6] = b.z, o[7] = b.w;
+  } else if constexpr (V == 4 && T == DType::f32) {
+    const uint4 a = load16<C>(p + i);
+    o[0] = __uint_as_float(a.x), o[1] = __uint_as_float(a.y), o[2] = __uint_as_float(a.z), o[3] = __uint_as_float(a.w);
   } else if constexpr (V == 8 && T == DType::f32) {
     const uint4 a = load16<C>(p + i), b = load16<C>(p + i + 4);
     const uint32_t words[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
@@ -107,6 +113,9 @@ __device__ __forceinline__ void store(typename Storage<T>::type* p, int64_t i, c
   if constexpr (V == 8 && T == DType::f32 && C == Cache::normal) {
     reinterpret_cast<float4*>(p + i)[0] = make_float4(v[0], v[1], v[2], v[3]);
     reinterpret_cast<float4*>(p + i)[1] = make_float4(v[4], v[5], v[6], v[7]);
+  } else if constexpr (V == 4 && T == DType::f32) {
+    store16<C>(p + i,
+               make_uint4(__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]), __float_as_uint(v[3])));
   } else if constexpr (V == 8 && T == DType::f32) {
     store16<C>(p + i,
                make_uint4(__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]), __float_as_uint(v[3])));
