@@ -100,6 +100,9 @@ if have_cublas "offload_bench"; then
   # Partial offload (offload.ratio, ZeRO-Offload++): the last units' optimizer on the host, the rest on the
   # GPU; the host's share of the traffic, and so the step, falls with the ratio.
   for r in 0.1 0.25 0.5; do offload "1.3B ratio $r" 90 optimizer 3 --offload-ratio "$r"; done
+  # ... and without clipping: the host's units are the backward's first, so their CPU updates start as soon
+  # as the backward does and have the rest of it and the next forward up to them to finish in.
+  for r in 0.25 0.5; do offload "1.3B no clipping ratio $r" 90 optimizer 3 --offload-ratio "$r" --clip 0; done
   # The offloaded step is bound by host memory traffic (about 51 GB per step at 1.27 B with f32 gradients
   # and states; bench/RESULTS.md): the ratio falls with fewer bytes (bf16 gradients and states) and with
   # more tokens per step. ZS_GPU_SWEEP=1 measures both (about 5 minutes; run it on its own).
