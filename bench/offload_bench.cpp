@@ -194,6 +194,7 @@ int main(int argc, char** argv) {
     e.synchronize();  // the offloaded step too
     ZS_CHECK_CUDA(cudaDeviceSynchronize());
     MemoryLedger::global().reset_peaks();
+    e.take_offload_timing();  // from here on
     // Steps back to back (a streaming step's CPU update overlaps the next forward), then everything drained:
     // the mean over the run is the step time a training loop sees.
     const auto t0 = std::chrono::steady_clock::now();
@@ -202,6 +203,7 @@ int main(int argc, char** argv) {
     ZS_CHECK_CUDA(cudaDeviceSynchronize());
     const double med =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / a.steps;
+    const offload::Timing ot = e.take_offload_timing();
     const MemoryReport m = e.memory();
     rusage ru{};
     getrusage(RUSAGE_SELF, &ru);
@@ -222,6 +224,13 @@ int main(int argc, char** argv) {
         m.on_device[static_cast<std::size_t>(MemCategory::activations)].peak / gib, m.host_total.peak / gib,
         static_cast<double>(total - free) / gib, static_cast<double>(total) / gib,
         static_cast<double>(ru.ru_maxrss) * 1024 / gib);
+    // Offloaded: is the step bound by the CPU's update (its time near the step's) or by what does not overlap?
+    if (ot.updates > 0)
+      std::printf(
+          "  offload: CPU updates %.1f ms/step on %d threads (%.2f GB/step, %.1f GB/s), the host blocked on them "
+          "%.1f ms/step\n",
+          ot.update_ms / a.steps, kernels::cpu_threads(), ot.update_bytes / a.steps / 1e9,
+          ot.update_bytes / (ot.update_ms * 1e6), ot.wait_ms / a.steps);
     return 0;
   } catch (const std::exception& ex) {
     std::fprintf(stderr, "offload_bench: %s\n", ex.what());

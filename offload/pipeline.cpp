@@ -2,11 +2,21 @@
 #include "offload/pipeline.h"
 
 #include <algorithm>
+#include <chrono>
 
 #include "core/error.h"
 #include "core/log.h"
 
 namespace zs::offload {
+
+namespace {
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
 
 int default_cpu_threads(int cores, int ranks_on_node) {
   return std::max(1, cores / std::max(1, ranks_on_node) - 1);
@@ -129,7 +139,11 @@ void Pipeline::update_unit(int u) {
   }
   a.decay_ranges = s.decay;
   a.num_decay_ranges = s.num_decay;
+  const int64_t t0 = now_ns();
   kernels::optimizer_update(Device::cpu(), step_.h, a);
+  update_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
+  update_bytes_.fetch_add(s.n * kernels::update_bytes_per_element(a), std::memory_order_relaxed);
+  updates_.fetch_add(1, std::memory_order_relaxed);
   updated_order_.push_back(u);
 }
 
@@ -171,8 +185,22 @@ void Pipeline::update(const kernels::OptimizerHyper& h, float grad_scale, std::s
 }
 
 void Pipeline::wait_params(int u, Stream& stream) {
-  if (!delayed_) updated_[static_cast<std::size_t>(u)]->synchronize();  // its upload is enqueued after this
+  if (!delayed_) {  // its upload is enqueued after its update
+    const int64_t t0 = now_ns();
+    updated_[static_cast<std::size_t>(u)]->synchronize();
+    wait_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
+  }
   if (units_[static_cast<std::size_t>(u)].device_params) stream.wait(*uploaded_[static_cast<std::size_t>(u)]);
+}
+
+Timing Pipeline::take_timing() {
+  constexpr auto relaxed = std::memory_order_relaxed;
+  Timing t;
+  t.update_ms = static_cast<double>(update_ns_.exchange(0, relaxed)) / 1e6;
+  t.update_bytes = static_cast<double>(update_bytes_.exchange(0, relaxed));
+  t.updates = updates_.exchange(0, relaxed);
+  t.wait_ms = static_cast<double>(wait_ns_.exchange(0, relaxed)) / 1e6;
+  return t;
 }
 
 void Pipeline::drain() {

@@ -40,6 +40,16 @@ struct UnitShard {
   int64_t num_decay = 0;
 };
 
+// Where the offloaded step's time went (Pipeline::take_timing): the CPU worker's time in updates and the
+// bytes those moved (kernels::update_bytes_per_element), and the host's time blocked in wait_params on an
+// update the CPU had not finished (streaming: the next forward waiting for the CPU).
+struct Timing {
+  double update_ms = 0.0;
+  double update_bytes = 0.0;
+  int64_t updates = 0;
+  double wait_ms = 0.0;
+};
+
 // The CPU step's threads on a GPU machine when ZS_CPU_THREADS does not say: this rank's share of the
 // node's cores, less one for the thread that drives the GPU (measured on an H200's 16-core host: the
 // delayed step 552 -> 446 ms with 15 threads instead of 16). At least 1. Pure.
@@ -78,6 +88,8 @@ class Pipeline {
   void wait_params(int u, Stream& stream);
   // Where unit u's current compute-dtype parameters are on the host: host_params, or the f32 master.
   const void* host_param_source(int u) const;
+  // The Timing since the last call (updates still running count once they are done).
+  Timing take_timing();
   // Blocks until nothing is in flight (copies, sums, updates); rethrows a failure of the CPU step.
   void drain();
   // Drains, and forgets a delayed update that was not uploaded (the parameters were just replaced).
@@ -110,6 +122,8 @@ class Pipeline {
   bool early_ = false;    // this step's downloads also update (from update_early to finish_early)
   int slot_ = 0;          // the grads[] slot this step's downloads fill (delayed mode alternates)
   bool pending_ = false;  // delayed: updated on the host, not uploaded yet
+  // Timing, summed by the CPU worker (updates) and the host (waits); take_timing() reads and clears them.
+  std::atomic<int64_t> update_ns_{0}, update_bytes_{0}, updates_{0}, wait_ns_{0};
 };
 
 }  // namespace zs::offload

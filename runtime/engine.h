@@ -131,6 +131,10 @@ class Engine {
   // the last reset: the communication that compute did not hide.
   double exposed_comm_seconds() const { return exposed_comm_s_; }
   void reset_exposed_comm() { exposed_comm_s_ = 0; }
+  // With offload.optimizer: cpu, where the offloaded step's time went since the last call (the CPU's update
+  // time and bytes, the host's time blocked on the CPU before a gather); zeros otherwise. Updates still
+  // running count at the next call (synchronize() first to count them all).
+  offload::Timing take_offload_timing() { return offload_ ? offload_->take_timing() : offload::Timing{}; }
   MemoryReport memory() const;
   // What init_params allocates on this rank, by category (runtime/memory_plan.h; zsmem predicts with it).
   MemoryPlan memory_plan() const;

@@ -131,7 +131,7 @@ printf '%s\n' "${rows[@]}"
 echo "# full output: $log"
 grep -A12 "== gpt_train" "$log" | grep -E "^==|step .*tok/s|memory" | sed 's/^\[rank0\]: //' || true
 grep -A40 "== ncu" "$log" | grep -E "^==|^kernel |^all kernels|[0-9]%  " || true
-grep -A4 "== offload_bench" "$log" | grep -E "^==|\[rank0\]" | sed 's/^\[rank0\]: //' || true
+grep -A6 "== offload_bench" "$log" | grep -E "^==|\[rank0\]" | sed 's/^\[rank0\]: //' || true
 grep -A30 "== comm_bench" "$log" | grep -E "^\[rank0\]:" | sed 's/^\[rank0\]: //' || true
 ours=$(grep -A4 "== optim_bench adamw 1e9" "$log" | awk '$1 == 0 {print $2}')
 theirs=$(grep "torch_adamw_ms" "$log" | awk '{print $2}')

@@ -192,12 +192,18 @@ int main(int argc, char** argv) {
       if ((eval_every > 0 && (step + 1) % eval_every == 0) || last) val = validate();
       if ((step + 1) % log_every == 0 || last) {
         const double train_loss = mean_over_ranks(window_loss / window);
+        // Offloaded: the CPU's update time per step, and how long the next forward waited for it.
+        const zs::offload::Timing ot = engine.take_offload_timing();
+        const std::string offload = ot.updates > 0 ? fmt::format(" | CPU step {:.1f} ms, waited {:.1f} ms",
+                                                                 ot.update_ms / window, ot.wait_ms / window)
+                                                   : "";
         if (rank == 0) {
           if (tty) std::printf("\r\033[K");
-          std::printf("step %5lld/%d | loss %.3f | val %s | lr %.2e | |g| %.2f | %.0f ms/step | %.1fk tok/s\n",
+          std::printf("step %5lld/%d | loss %.3f | val %s | lr %.2e | |g| %.2f | %.0f ms/step | %.1fk tok/s%s\n",
                       static_cast<long long>(step + 1), steps, train_loss,
                       std::isnan(val) ? "  -  " : fmt::format("{:.3f}", val).c_str(), st.lr, st.grad_norm,
-                      1e3 * window_s / window, static_cast<double>(n) * world * window / window_s / 1e3);
+                      1e3 * window_s / window, static_cast<double>(n) * world * window / window_s / 1e3,
+                      offload.c_str());
           if (step + 1 == log_every || last) print_memory(engine);
           std::fflush(stdout);
         }

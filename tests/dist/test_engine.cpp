@@ -164,6 +164,11 @@ TEST(EngineOffload, PartialOffloadIsBitIdenticalToTheDeviceOptimizer) {
     EXPECT_GT(on_host, 0) << what;
     EXPECT_LT(on_host, split.num_units()) << what;
     EXPECT_GE(split.unit(split.num_units() - 1).pipe, 0) << what << ": the last unit goes to the host first";
+    // Every offloaded unit's update counted once per step, with its bytes.
+    split.synchronize();
+    const offload::Timing t = split.take_offload_timing();
+    EXPECT_EQ(t.updates, 12 * on_host) << what;
+    EXPECT_EQ(device.take_offload_timing().updates, 0) << what;
     const MemoryReport m = split.memory();
     const auto os = static_cast<std::size_t>(MemCategory::optim_state);
     EXPECT_GT(m.on_host[os].current, 0) << what;

@@ -4,9 +4,11 @@
 // not started yet in the next forward's order, each still updated once.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <future>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include "core/dtype.h"
@@ -146,6 +148,38 @@ TEST(OffloadPipeline, FinishEarlyTakesTheRestInTheNextForwardsOrder) {
     EXPECT_EQ(units[u].master, want[u].master) << "unit " << u;
     EXPECT_EQ(units[u].device_params, want[u].device_params) << "unit " << u;
   }
+}
+
+// take_timing: each update once with the bytes it moved (30 B per element here: f32 master, gradient, m and
+// v, and the bf16 copy), and the host's time blocked in wait_params while the CPU had not updated the unit
+// (its shard held back 200 ms); then zeros until more happens.
+TEST(OffloadPipeline, TimingCountsTheUpdatesTheirBytesAndTheHostsWait) {
+  std::vector<UnitData> units{UnitData(1000, 1), UnitData(37, 2)};
+  offload::Pipeline p(Device::cpu(), DType::bf16, DType::f32, DType::f32, /*delayed=*/false, shards_of(units));
+  std::unique_ptr<Stream> gate = make_stream(Device::cpu()), compute = make_stream(Device::cpu());
+  std::unique_ptr<Event> open = make_event(Device::cpu());
+  std::promise<void> release;
+  gate->submit([f = release.get_future().share()] { f.wait(); });
+  gate->record(*open);
+  for (int u : {1, 0}) p.download(u, units[static_cast<std::size_t>(u)].device_grads.data(), open.get());
+  p.update(adamw(), 1.0f, std::vector<int>{0, 1});
+  std::thread later([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    release.set_value();
+  });
+  p.wait_params(0, *compute);  // blocks until the shard is released and unit 0 updated
+  later.join();
+  p.drain();
+  const offload::Timing t = p.take_timing();
+  EXPECT_EQ(t.updates, 2);
+  EXPECT_EQ(t.update_bytes, (1000.0 + 37.0) * 30.0);
+  EXPECT_GT(t.update_ms, 0.0);
+  EXPECT_GE(t.wait_ms, 100.0);
+  const offload::Timing none = p.take_timing();
+  EXPECT_EQ(none.updates, 0);
+  EXPECT_EQ(none.update_bytes, 0.0);
+  EXPECT_EQ(none.update_ms, 0.0);
+  EXPECT_EQ(none.wait_ms, 0.0);
 }
 
 TEST(OffloadPipeline, DefaultCpuThreadsLeaveACoreToEachGpu) {
