@@ -2,9 +2,11 @@
 // parameter), beside variants that run the same item code (kernels/cuda/update_item.cuh) and change only
 // how memory is reached: the cache policy of the 16-byte accesses (device_math.cuh's Cache), the grid
 // (the kernels' grid-stride grid of 16 blocks per SM, one resident wave, one item per thread, or one
-// resident wave whose blocks each take a contiguous chunk, as torch's multi-tensor kernels do) and the
-// item (the kernels' 8 elements, two 16-byte accesses per f32 operand that each fill half of the sectors
-// a warp touches, or 4 elements, one 16-byte access, a warp's 512 contiguous bytes). Every
+// resident wave whose blocks each take a contiguous chunk, as torch's multi-tensor kernels do), the item
+// (the kernels' 8 elements, two 16-byte accesses per f32 operand that each fill half of the sectors a warp
+// touches, or 4 elements, one 16-byte access, a warp's 512 contiguous bytes) and the depth (items whose
+// loads a thread has in flight before it updates the first: near the memory's peak its latency grows, and
+// so do the bytes in flight that hide it). Every
 // variant's result is first checked bit for bit against the kernels' own on a small shard with a tail;
 // then all are timed on the same buffers in interleaved rounds (median), next to a device-to-device copy of
 // as many bytes. The lever a <= 10.0 ms AdamW over 1e9 parameters on an H100 needs (2.8 TB/s) is measured
@@ -53,7 +55,8 @@ const char* cache_name(Cache c) {
 }
 
 // chunk == 0: grid-stride over the V-element items; else block b takes items [b * chunk, (b + 1) * chunk).
-template <Cache C, int V>
+// D items (it, it + stride, ...) are loaded before the first is updated.
+template <Cache C, int V, int D>
 __global__ void adamw_kernel(UpdateScalars s, float* p, const float* g, float* m, float* v, int64_t n, int64_t chunk) {
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t items = n / V;
@@ -61,8 +64,18 @@ __global__ void adamw_kernel(UpdateScalars s, float* p, const float* g, float* m
   const int64_t chunk_end = (blockIdx.x + 1) * chunk;
   const int64_t end = chunk && chunk_end < items ? chunk_end : items;
   const int64_t stride = chunk ? blockDim.x : static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t it = first; it < end; it += stride)
-    cuda::update_item<DType::f32, DType::f32, DType::f32, false, V, C>(s, p, g, m, v, nullptr, nullptr, 0, it * V);
+  for (int64_t it = first; it < end; it += D * stride) {
+    cuda::UpdateItem<DType::f32, DType::f32, V, C> x[D];
+#pragma unroll
+    for (int d = 0; d < D; ++d)
+      if (it + d * stride < end) x[d].load(p, g, m, v, (it + d * stride) * V);
+#pragma unroll
+    for (int d = 0; d < D; ++d)
+      if (it + d * stride < end) {
+        x[d].apply(s, true, nullptr, 0, (it + d * stride) * V);
+        x[d].template store<DType::f32, false>(p, m, v, nullptr, (it + d * stride) * V);
+      }
+  }
   const int64_t t = items * V + tid;
   if (t < n) cuda::update_item<DType::f32, DType::f32, DType::f32, false, 1, C>(s, p, g, m, v, nullptr, nullptr, 0, t);
 }
@@ -119,12 +132,13 @@ struct Variant {
   Cache cache = Cache::normal;
   Grid grid = Grid::strided;
   int item = 8;          // elements per thread and iteration
+  int depth = 1;         // items in flight per thread
   bool kernels = false;  // the kernels' own launch (kernels::optimizer_update)
   bool same = true;      // its result equals the kernels' bit for bit (only those are timed)
   std::vector<float> ms;
 };
 
-// Device 0's SMs, and the blocks of one resident wave of adamw_kernel<C, V>: asked once, outside the timed launches.
+// Device 0's SMs, and the blocks of one resident wave of adamw_kernel<C, V, D>: asked once, outside the timed launches.
 int sm_count() {
   static const int sms = [] {
     int n = 0;
@@ -134,44 +148,46 @@ int sm_count() {
   return sms;
 }
 
-template <Cache C, int V>
+template <Cache C, int V, int D>
 int resident_blocks() {
   static const int blocks = [] {
     int per_sm = 0;
-    ZS_CHECK_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, adamw_kernel<C, V>, kThreads, 0));
+    ZS_CHECK_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, adamw_kernel<C, V, D>, kThreads, 0));
     return per_sm * sm_count();
   }();
   return blocks;
 }
 
-template <Cache C, int V>
+template <Cache C, int V, int D>
 void launch(const UpdateScalars& s, const Shard& x, Grid grid) {
   const int64_t want = std::max<int64_t>(1, (x.n / V + kThreads - 1) / kThreads);
   int64_t blocks = want;
   if (grid == Grid::strided) blocks = std::min<int64_t>(want, int64_t{sm_count()} * 16);
-  if (grid == Grid::resident || grid == Grid::chunked) blocks = std::min<int64_t>(want, resident_blocks<C, V>());
+  if (grid == Grid::resident || grid == Grid::chunked) blocks = std::min<int64_t>(want, resident_blocks<C, V, D>());
   const int64_t chunk = grid == Grid::chunked ? (x.n / V + blocks - 1) / blocks : 0;
-  adamw_kernel<C, V><<<static_cast<unsigned>(blocks), kThreads>>>(s, x.p, x.g, x.m, x.v, x.n, chunk);
+  adamw_kernel<C, V, D><<<static_cast<unsigned>(blocks), kThreads>>>(s, x.p, x.g, x.m, x.v, x.n, chunk);
   ZS_CHECK_CUDA(cudaGetLastError());
 }
 
-template <int V>
+template <int V, int D>
 void launch(const UpdateScalars& s, const Shard& x, Cache cache, Grid grid) {
   switch (cache) {
     case Cache::normal:
-      return launch<Cache::normal, V>(s, x, grid);
+      return launch<Cache::normal, V, D>(s, x, grid);
     case Cache::streaming:
-      return launch<Cache::streaming, V>(s, x, grid);
+      return launch<Cache::streaming, V, D>(s, x, grid);
     case Cache::prefetch:
-      return launch<Cache::prefetch, V>(s, x, grid);
+      return launch<Cache::prefetch, V, D>(s, x, grid);
   }
 }
 
 void run(const Variant& var, const OptimizerHyper& h, const Shard& x) {
   if (var.kernels) return optimizer_update(Device::cuda(0), h, x.args());
   const UpdateScalars s = make_scalars(h, x.args());
-  if (var.item == 4) return launch<4>(s, x, var.cache, var.grid);
-  launch<8>(s, x, var.cache, var.grid);
+  if (var.item == 4)
+    return var.depth == 2 ? launch<4, 2>(s, x, var.cache, var.grid) : launch<4, 1>(s, x, var.cache, var.grid);
+  if (var.depth == 2) return launch<8, 2>(s, x, var.cache, var.grid);
+  launch<8, 1>(s, x, var.cache, var.grid);
 }
 
 float median(std::vector<float> v) {
@@ -189,10 +205,12 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "usage: adamw_variants [params >= 1] [rounds >= 1]\n");
       return 2;
     }
-    std::vector<Variant> vars = {{Cache::normal, Grid::strided, 8, true}};
+    std::vector<Variant> vars = {{Cache::normal, Grid::strided, 8, 1, true}};
     for (int item : {8, 4})
-      for (Cache c : {Cache::normal, Cache::streaming, Cache::prefetch})
+      for (Cache c : {Cache::normal, Cache::streaming, Cache::prefetch}) {
         for (Grid g : {Grid::strided, Grid::resident, Grid::flat, Grid::chunked}) vars.push_back({c, g, item});
+        for (Grid g : {Grid::strided, Grid::resident}) vars.push_back({c, g, item, 2});
+      }
     OptimizerHyper h;
     h.weight_decay = 0.1f;
     h.step = 10;
@@ -206,9 +224,10 @@ int main(int argc, char** argv) {
         run(var, h, x);
         var.same = x.read() == want;
         if (!var.same)
-          std::fprintf(
-              stderr, "adamw_variants: %s, %s, %d-element items: result differs from the kernels' update (not timed)\n",
-              cache_name(var.cache), grid_name(var.grid), var.item);
+          std::fprintf(stderr,
+                       "adamw_variants: %s, %s, %d-element items, %d in flight: result differs from the kernels' "
+                       "update (not timed)\n",
+                       cache_name(var.cache), grid_name(var.grid), var.item, var.depth);
       }
     }
     Shard x(n);
@@ -235,15 +254,15 @@ int main(int argc, char** argv) {
         "# adamw_variants on %s: %.3g f32 params (28 B/param), median of %d interleaved rounds; copy %.3f ms, "
         "%.0f GB/s\n",
         prop.name, static_cast<double>(n), rounds, median(copy_ms), copy_gbs);
-    std::printf("# %-20s %-24s %5s %10s %10s %8s %10s\n", "cache", "grid", "item", "time (ms)", "eff GB/s", "of copy",
-                "vs kernels");
+    std::printf("# %-20s %-24s %5s %5s %10s %10s %8s %10s\n", "cache", "grid", "item", "depth", "time (ms)", "eff GB/s",
+                "of copy", "vs kernels");
     const float base = median(vars[0].ms);
     for (const Variant& var : vars) {
       const float ms = median(var.ms);
       const double gbs = static_cast<double>(n) * 28.0 / ms / 1e6;
-      std::printf("  %-20s %-24s %5d %10.3f %10.1f %7.1f%% %10.3f\n",
-                  var.kernels ? "the kernels' update" : cache_name(var.cache), grid_name(var.grid), var.item, ms, gbs,
-                  100.0 * gbs / copy_gbs, ms / base);
+      std::printf("  %-20s %-24s %5d %5d %10.3f %10.1f %7.1f%% %10.3f\n",
+                  var.kernels ? "the kernels' update" : cache_name(var.cache), grid_name(var.grid), var.item, var.depth,
+                  ms, gbs, 100.0 * gbs / copy_gbs, ms / base);
     }
     cudaFree(src);
     cudaFree(dst);

@@ -82,7 +82,8 @@ if [ "${ZS_GPU_PROFILE:-0}" = 1 ] && [ -n "$ncu_bin" ] && have_cublas "ncu profi
 fi
 run "optim_bench adamw 1e9 cuda" 60 "$bundle/bin/optim_bench" --device cuda --params 1e9 --iters 10
 run "torch AdamW(fused) 1e9" 60 python3 bench/gpu/torch_adamw.py 1e9
-# The same update's memory-access variants (cache policy, grid, item size), each checked bit for bit first.
+# The same update's memory-access variants (cache policy, grid, item size, items in flight), each checked bit
+# for bit first.
 run "adamw_variants 1e9" 90 "$bundle/bin/adamw_variants" 1e9 10
 # Offload (issue: <= 1.5x the no-offload step at ~1.3 B parameters; FSDP2 CPUOffload is 14.4x there).
 offload() {  # size label, time limit, offload choice, timed steps, extra args
@@ -136,7 +137,7 @@ grep -A30 "== comm_bench" "$log" | grep -E "^\[rank0\]:" | sed 's/^\[rank0\]: //
 ours=$(grep -A4 "== optim_bench adamw 1e9" "$log" | awk '$1 == 0 {print $2}')
 theirs=$(grep "torch_adamw_ms" "$log" | awk '{print $2}')
 grep -A4 "== optim_bench adamw 1e9" "$log" | tail -3
-grep -A32 "== adamw_variants" "$log" | grep -E "^#|^  " || true
+grep -A44 "== adamw_variants" "$log" | grep -E "^#|^  " || true
 [ -n "$ours" ] && [ -n "$theirs" ] && echo "# AdamW 1e9 params: ours ${ours} ms, torch fused ${theirs} ms, ours/torch $(python3 -c "print(round($ours/$theirs, 3))")"
 cpu_ours=$(grep -F -A4 "== optim_bench adamw 1e8 cpu (" "$log" | awk -v c="$cores" '$1 == c {print $2}')
 cpu_theirs=$(grep "torch_cpu_adamw_ms" "$log" | awk '{print $2}')
