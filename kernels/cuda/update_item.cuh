@@ -87,7 +87,7 @@ __device__ __forceinline__ void update_item(const UpdateScalars& s, float* p, co
   UpdateItem<G, S, V, C> x;
   x.load(p, g, st1, st2, i);
   x.apply(s, st1 != nullptr, ranges, nranges, i);
-  x.store<O, HasOut>(p, st1, st2, out, i);
+  x.template store<O, HasOut>(p, st1, st2, out, i);
 }
 
 }  // namespace zs::kernels::cuda
