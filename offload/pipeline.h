@@ -90,7 +90,7 @@ class Pipeline {
   const void* host_param_source(int u) const;
   // The Timing since the last call (updates still running count once they are done).
   Timing take_timing();
-  // Blocks until nothing is in flight (copies, sums, updates); rethrows a failure of the CPU step.
+  // Blocks until nothing is in flight (copies, updates, uploads); rethrows a failure of the CPU step.
   void drain();
   // Drains, and forgets a delayed update that was not uploaded (the parameters were just replaced).
   void discard_pending();

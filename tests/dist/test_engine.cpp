@@ -164,7 +164,7 @@ TEST(EngineOffload, PartialOffloadIsBitIdenticalToTheDeviceOptimizer) {
     EXPECT_GT(on_host, 0) << what;
     EXPECT_LT(on_host, split.num_units()) << what;
     EXPECT_GE(split.unit(split.num_units() - 1).pipe, 0) << what << ": the last unit goes to the host first";
-    // Every offloaded unit's update counted once per step, with its bytes.
+    // Every offloaded unit's update counted once per step (the device optimizer counts none).
     split.synchronize();
     const offload::Timing t = split.take_offload_timing();
     EXPECT_EQ(t.updates, 12 * on_host) << what;
