@@ -8,7 +8,9 @@
 
 #include "core/bootstrap.h"
 #include "core/buffer.h"
+#include "core/byte_size.h"
 #include "core/error.h"
+#include "runtime/cli.h"
 
 namespace {
 
@@ -26,18 +28,9 @@ struct Args {
 };
 
 int64_t parse_size(const std::string& s) {
-  std::size_t pos = 0;
-  double v = std::stod(s, &pos);
-  std::string unit = s.substr(pos);
-  if (unit == "K" || unit == "k")
-    v *= 1 << 10;
-  else if (unit == "M")
-    v *= 1 << 20;
-  else if (unit == "G")
-    v *= 1 << 30;
-  else
-    ZS_CHECK(unit.empty(), "size '{}': expected a number with an optional K, M or G suffix", s);
-  return static_cast<int64_t>(v);
+  const std::optional<double> bytes = parse_byte_size(s);
+  ZS_CHECK(bytes.has_value(), "size '{}': expected a number of bytes with an optional unit (K, M, G, KiB, MB, ...)", s);
+  return static_cast<int64_t>(*bytes);
 }
 
 // Small integers: exact in every dtype, and so are sums over a few ranks.
@@ -157,9 +150,9 @@ int main(int argc, char** argv) {
   app.add_option("-f,--step-factor", a.factor, "size multiplier between rows")
       ->check(CLI::Range(2, 1024))
       ->capture_default_str();
-  app.add_option("-n,--iters", a.iters, "timed iterations per size")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("-n,--iters", a.iters, "timed iterations per size")->check(zs::positive())->capture_default_str();
   app.add_option("-w,--warmup", a.warmup, "untimed iterations per size")
-      ->check(CLI::NonNegativeNumber)
+      ->check(zs::non_negative())
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   try {

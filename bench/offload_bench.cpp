@@ -149,7 +149,7 @@ int main(int argc, char** argv) {
   app.add_option("--clip", a.clip,
                  "gradient clipping norm (0: off; the offloaded update then starts as each unit's "
                  "gradients land, behind the backward)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(zs::non_negative())
       ->capture_default_str();
   app.add_option("--states", a.states, "AdamW's m and v: f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
   app.add_option("--offload-ratio", a.ratio,
@@ -207,8 +207,7 @@ int main(int argc, char** argv) {
     const MemoryReport m = e.memory();
     rusage ru{};
     getrusage(RUSAGE_SELF, &ru);
-    std::size_t free = 0, total = 0;
-    ZS_CHECK_CUDA(cudaMemGetInfo(&free, &total));
+    const DeviceMemoryUse cuda = device_memory_use(e.device());
     const double gib = 1073741824.0;
     std::printf(
         "offload_bench: %.3f B params, d=%d L=%d V=%d, %d tokens/step, stage 3 bf16 (reduce %s, states %s, clip %g), "
@@ -222,7 +221,7 @@ int main(int argc, char** argv) {
         m.on_device[static_cast<std::size_t>(MemCategory::grads)].peak / gib,
         m.on_device[static_cast<std::size_t>(MemCategory::gather_buffers)].peak / gib,
         m.on_device[static_cast<std::size_t>(MemCategory::activations)].peak / gib, m.host_total.peak / gib,
-        static_cast<double>(total - free) / gib, static_cast<double>(total) / gib,
+        static_cast<double>(cuda.used) / gib, static_cast<double>(cuda.total) / gib,
         static_cast<double>(ru.ru_maxrss) * 1024 / gib);
     // Offloaded: is the step bound by the CPU's update (its time near the step's) or by what does not overlap?
     if (ot.updates > 0)

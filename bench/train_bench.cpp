@@ -92,7 +92,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--clip", a.clip,
                  "clipping norms to run (0: off; an offloaded update then starts as each unit's gradients land)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(zs::non_negative())
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   try {

@@ -60,10 +60,8 @@ void* memory_alloc(MemoryKind kind, Device device, std::size_t bytes, MemCategor
 int64_t available_memory(Device device) {
 #ifdef ZS_WITH_CUDA
   if (device.is_cuda()) {
-    ZS_CHECK_CUDA(cudaSetDevice(device.index));
-    std::size_t free = 0, total = 0;
-    ZS_CHECK_CUDA(cudaMemGetInfo(&free, &total));
-    return static_cast<int64_t>(free);
+    const DeviceMemoryUse use = device_memory_use(device);
+    return use.total - use.used;
   }
 #endif
   std::ifstream meminfo("/proc/meminfo");
@@ -74,6 +72,19 @@ int64_t available_memory(Device device) {
     meminfo.ignore(64, '\n');
   }
   return INT64_MAX;  // unknown: do not refuse
+}
+
+DeviceMemoryUse device_memory_use(Device device) {
+#ifdef ZS_WITH_CUDA
+  if (device.is_cuda()) {
+    ZS_CHECK_CUDA(cudaSetDevice(device.index));
+    std::size_t free = 0, total = 0;
+    ZS_CHECK_CUDA(cudaMemGetInfo(&free, &total));
+    return {static_cast<int64_t>(total - free), static_cast<int64_t>(total)};
+  }
+#endif
+  (void)device;
+  return {};
 }
 
 void memory_free(MemoryKind kind, Device device, void* ptr) noexcept {

@@ -19,6 +19,12 @@ void* memory_alloc(MemoryKind kind, Device device, std::size_t bytes, MemCategor
 void memory_free(MemoryKind kind, Device device, void* ptr) noexcept;
 // Bytes that can still be allocated: the device's free memory (CUDA), or the host's MemAvailable (CPU).
 int64_t available_memory(Device device);
+// A CUDA device's memory in use and in all, as cudaMemGetInfo sees it: every process on the card, and this
+// process's CUDA context and library workspaces besides its buffers. {0, 0} for the CPU.
+struct DeviceMemoryUse {
+  int64_t used = 0, total = 0;
+};
+DeviceMemoryUse device_memory_use(Device device);
 
 // Synchronous copy between any two memories (host <-> device, device <-> device); for set-up and checks,
 // not the hot path (which copies asynchronously on a stream).

@@ -26,6 +26,26 @@ inline std::optional<int> parse_command_line(CLI::App& app, int argc, char** arg
   return std::nullopt;
 }
 
+// Number validators that say what was wrong in words ("--world: 0 is not a positive number"), where CLI11's
+// PositiveNumber and NonNegativeNumber print a range ending in the largest double.
+inline CLI::Validator positive() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        double v = 0;
+        return CLI::detail::lexical_cast(text, v) && v > 0 ? "" : "'" + text + "' is not a positive number";
+      },
+      "POSITIVE");
+}
+
+inline CLI::Validator non_negative() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        double v = 0;
+        return CLI::detail::lexical_cast(text, v) && v >= 0 ? "" : "'" + text + "' is not a number >= 0";
+      },
+      "NONNEGATIVE");
+}
+
 // The validator of an --offload option: Config::Offload::kChoices.
 inline CLI::IsMember offload_choices() {
   return CLI::IsMember(

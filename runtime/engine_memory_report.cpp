@@ -36,6 +36,11 @@ void Engine::write_memory_report(const std::string& dir) const {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
   j["peak_rss"] = static_cast<int64_t>(ru.ru_maxrss) * 1024;
+  if (device_.is_cuda()) {  // the whole card, now: the ledger's buffers, the CUDA context, library workspaces
+    const DeviceMemoryUse use = device_memory_use(device_);
+    j["cuda_in_use"] = use.used;
+    j["cuda_total"] = use.total;
+  }
   // The timelines of this engine's device and of the host: [seconds, bytes per category...], at most ~4000
   // points each (every k-th, always keeping the last), and the phase marks.
   MemoryLedger& l = MemoryLedger::global();

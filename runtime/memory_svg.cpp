@@ -20,6 +20,19 @@ std::string mib(double b) {
   return b >= 1 << 30 ? fmt::format("{:.2f} GiB", b / (1 << 30)) : fmt::format("{:.1f} MiB", b / (1 << 20));
 }
 
+// The axis step: the smallest 1, 2 or 5 x 10^k that cuts `span` into at most `ticks` steps.
+double nice_step(double span, int ticks) {
+  const double raw = span / ticks, decade = std::pow(10.0, std::floor(std::log10(raw)));
+  for (double m : {1.0, 2.0, 5.0})
+    if (m * decade >= raw * (1 - 1e-9)) return m * decade;
+  return 10 * decade;
+}
+
+// Decimals that show every multiple of `step` exactly.
+int decimals(double step) {
+  return std::max(0, static_cast<int>(-std::floor(std::log10(step) + 1e-9)));
+}
+
 const char* band_color(const std::string& label) {
   if (label.starts_with("forward")) return "#dbe9f6";
   if (label.starts_with("backward")) return "#fde3cc";
@@ -82,13 +95,15 @@ std::string panel(const nlohmann::json& tl, double planned, const nlohmann::json
                      y0 + kTop + ph);
   svg += fmt::format("<line x1=\"{0}\" y1=\"{1}\" x2=\"{2}\" y2=\"{1}\" stroke=\"black\"/>\n", kLeft, y0 + kTop + ph,
                      kLeft + pw);
-  for (int i = 0; i <= 4; ++i) {
-    const double b = top / 1.08 * i / 4;
-    svg += fmt::format("<text x=\"{}\" y=\"{:.1f}\" text-anchor=\"end\">{}</text>\n", kLeft - 6, Y(b) + 4, mib(b));
-    const double t = t_end * i / 4;
-    svg += fmt::format("<text x=\"{:.1f}\" y=\"{}\" text-anchor=\"middle\">{:.2f} s</text>\n", X(t),
-                       y0 + kTop + ph + 18, t);
-  }
+  // Ticks at round numbers of GiB (or MiB below 1 GiB) and of seconds.
+  const double unit = top / 1.08 >= 1 << 30 ? 1 << 30 : 1 << 20, by = nice_step(top / 1.08 / unit, 5);
+  for (int i = 0; i * by * unit <= top; ++i)
+    svg += fmt::format("<text x=\"{}\" y=\"{:.1f}\" text-anchor=\"end\">{:.{}f} {}</text>\n", kLeft - 6,
+                       Y(i * by * unit) + 4, i * by, decimals(by), unit > 1 << 20 ? "GiB" : "MiB");
+  const double dt = nice_step(t_end, 5);
+  for (int i = 0; i * dt <= t_end * (1 + 1e-9); ++i)
+    svg += fmt::format("<text x=\"{:.1f}\" y=\"{}\" text-anchor=\"middle\">{:.{}f} s</text>\n", X(i * dt),
+                       y0 + kTop + ph + 18, i * dt, decimals(dt));
   svg += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">seconds since init_params</text>\n",
                      kLeft + pw / 2, y0 + kTop + ph + 40);
   // Legend: categories (top of the stack first) with their final bytes, then the phase colours.

@@ -7,7 +7,9 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <tuple>
 
+#include "core/byte_size.h"
 #include "core/error.h"
 #include "runtime/checkpoint.h"
 #include "runtime/cli.h"
@@ -18,21 +20,13 @@
 namespace {
 
 namespace fs = std::filesystem;
+using zs::format_bytes;
 using zs::MemCategory;
+constexpr double kGiB = 1073741824.0;
 
 struct Usage : std::runtime_error {  // bad input: exit 2
   using std::runtime_error::runtime_error;
 };
-
-std::string human(double bytes) {
-  const char* unit[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int i = 0;
-  while (std::fabs(bytes) >= 1024 && i < 4) {
-    bytes /= 1024;
-    ++i;
-  }
-  return i == 0 ? fmt::format("{:.0f} B", bytes) : fmt::format("{:.2f} {}", bytes, unit[i]);
-}
 
 // DeepSpeed's published model-state estimators per GPU (estimate_zero2/3_model_states_mem_needs, one node,
 // ZeRO-Init): {device, host} bytes, the host's per node divided among its ranks. They count model states
@@ -106,8 +100,8 @@ Model load_model(double params, double largest, const std::string& spec, const s
 }
 
 int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, const std::vector<int>& stages,
-             const std::vector<std::string>& offloads, const std::vector<double>& ratios, bool cpu, double device_gib,
-             double host_gib, int batch, bool recompute, bool json_out) {
+             const std::vector<std::string>& offloads, const std::vector<double>& ratios, bool cpu, double device_bytes,
+             double host_bytes, int batch, bool recompute, bool json_out) {
   for (int w : worlds)
     if (const int g = cfg.zero.hybrid_group; g > 0 && w % g != 0)
       throw Usage(fmt::format("zero.hybrid_group {} does not divide --world {} into whole groups", g, w));
@@ -123,11 +117,10 @@ int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, con
                                    : "");
   const double act_host =
       m.gpt && batch > 0 ? static_cast<double>(zs::family::gpt_activation_host_bytes(m.shape, batch, cpu)) : 0;
-  const double gib = 1073741824.0;
   auto fits_text = [&] {
     std::string out;
-    if (device_gib > 0) out += fmt::format("device {} GiB", device_gib);
-    if (host_gib > 0) out += fmt::format("{}host {} GiB", out.empty() ? "" : ", ", host_gib);
+    if (device_bytes > 0) out += "device " + format_bytes(device_bytes);
+    if (host_bytes > 0) out += (out.empty() ? "host " : ", host ") + format_bytes(host_bytes);
     return out.empty() ? "" : "fits " + out;
   };
   if (!json_out) {
@@ -161,7 +154,7 @@ int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, con
             cfg.offload.ratio < 1.0
                 ? DeepSpeedFigure{std::nan(""), std::nan("")}
                 : deepspeed_estimate(s, cfg.offload, static_cast<double>(m.params), static_cast<double>(m.largest), w);
-        const bool fits = (device_gib <= 0 || total <= device_gib * gib) && (host_gib <= 0 || host <= host_gib * gib);
+        const bool fits = (device_bytes <= 0 || total <= device_bytes) && (host_bytes <= 0 || host <= host_bytes);
         if (json_out) {
           nlohmann::ordered_json r{{"world", w}, {"stage", s}, {"offload", off}, {"offload_ratio", cfg.offload.ratio}};
           for (int c = 0; c < zs::kMemCategoryCount; ++c) {
@@ -176,17 +169,18 @@ int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, con
           auto num = [](double x) { return std::isnan(x) ? nlohmann::ordered_json() : nlohmann::ordered_json(x); };
           r["deepspeed_estimate"] = num(ds.device);
           r["deepspeed_host_estimate"] = num(ds.host);
-          if (device_gib > 0 || host_gib > 0) r["fits"] = fits;
+          if (device_bytes > 0 || host_bytes > 0) r["fits"] = fits;
           rows.push_back(r);
           continue;
         }
         fmt::print(
             "{:>5} {:>5} {:>16} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>10} | {:>10} | {:>21} {}\n", w,
-            s, label, human(dev(MemCategory::params)), human(dev(MemCategory::master)), human(dev(MemCategory::grads)),
-            human(dev(MemCategory::optim_state)), human(dev(MemCategory::gather_buffers)), human(scratch),
-            act > 0 ? human(act) : "-", human(total), human(host),
-            std::isnan(ds.device) ? "-" : fmt::format("{} / {}", human(ds.device), human(ds.host)),
-            device_gib > 0 || host_gib > 0 ? (fits ? "yes" : "NO") : "");
+            s, label, format_bytes(dev(MemCategory::params)), format_bytes(dev(MemCategory::master)),
+            format_bytes(dev(MemCategory::grads)), format_bytes(dev(MemCategory::optim_state)),
+            format_bytes(dev(MemCategory::gather_buffers)), format_bytes(scratch), act > 0 ? format_bytes(act) : "-",
+            format_bytes(total), format_bytes(host),
+            std::isnan(ds.device) ? "-" : fmt::format("{} / {}", format_bytes(ds.device), format_bytes(ds.host)),
+            device_bytes > 0 || host_bytes > 0 ? (fits ? "yes" : "NO") : "");
       }
   if (json_out) {
     fmt::print("{}\n", rows.dump(1));
@@ -245,19 +239,32 @@ int measure(int nproc, double max_error, bool json_out, const std::string& svg,
     j.erase("marks");
     all.push_back(j);
     if (json_out) continue;
-    fmt::print("rank {} of {} (stage {}, {}): {:<15} {:>11} {:>11} {:>11}\n", r, j["world"].get<int>(),
-               j["stage"].get<int>(), j["device"].get<std::string>(), "category", "predicted", "peak", "now");
-    for (const char* place : {"categories", "host_categories"})
-      for (auto& [name, c] : j[place].items())
+    // One table per rank: each place's categories, then its total with the prediction's error.
+    const std::string head = fmt::format("rank {} of {} (ZeRO-{}, {})", r, j["world"].get<int>(), j["stage"].get<int>(),
+                                         j["device"].get<std::string>());
+    fmt::print("{:<25} {:>12} {:>12} {:>12} {:>8}\n", head, "predicted", "peak", "now", "error");
+    for (const auto& [place, key, err_pct] :
+         {std::tuple{"device", "categories", err}, std::tuple{"host", "host_categories", host_err}}) {
+      const bool device = place[0] == 'd';
+      if (!device && host_planned == 0 && host_peak == 0) continue;  // nothing on the host
+      double now = 0;
+      for (auto& [name, c] : j[key].items()) {
+        now += c["current"].get<double>();
         if (c["planned"].get<int64_t>() || c["peak"].get<int64_t>())
-          fmt::print("  {:<15} {:>11} {:>11} {:>11}\n", (place[0] == 'h' ? "host " : "") + name,
-                     human(c["planned"].get<double>()), human(c["peak"].get<double>()),
-                     human(c["current"].get<double>()));
-    fmt::print(
-        "  {:<15} {:>11} {:>11}   error {:+.2f} %; host {} predicted, {} peak, error {:+.2f} %; process peak "
-        "RSS {}\n",
-        "device total", human(planned), human(peak), err, human(host_planned), human(host_peak), host_err,
-        human(j["peak_rss"].get<double>()));
+          fmt::print("  {:<6} {:<16} {:>12} {:>12} {:>12}\n", place, name, format_bytes(c["planned"].get<double>()),
+                     format_bytes(c["peak"].get<double>()), format_bytes(c["current"].get<double>()));
+      }
+      fmt::print("  {:<6} {:<16} {:>12} {:>12} {:>12} {:>+7.2f}%\n", place, "total",
+                 format_bytes(device ? planned : host_planned), format_bytes(device ? peak : host_peak),
+                 format_bytes(now), err_pct);
+    }
+    fmt::print("  process peak RSS {} (the OS's count: every page this process touched, in the ledger or not)\n",
+               format_bytes(j["peak_rss"].get<double>()));
+    if (j.contains("cuda_in_use"))
+      fmt::print(
+          "  cuda in use {} of {} (the card's, at the end: the device total, the CUDA context, library "
+          "workspaces, other processes)\n",
+          format_bytes(j["cuda_in_use"].get<double>()), format_bytes(j["cuda_total"].get<double>()));
   }
   fs::remove_all(dir);
   if (json_out) fmt::print("{}\n", all.dump(1));
@@ -273,7 +280,17 @@ int measure(int nproc, double max_error, bool json_out, const std::string& svg,
 int main(int argc, char** argv) {
   CLI::App app{"zsmem: per-rank memory of a ZeroShard run, predicted (estimate) and measured (measure)", "zsmem"};
   app.require_subcommand(1);
-  double params = 0, largest = 0, device_gib = 0, host_gib = 0, max_error = 0;
+  double params = 0, largest = 0, max_error = 0;
+  std::string device_memory = "0", host_memory = "0";
+  // A bare number of GiB, or a number and a unit (core/byte_size.h).
+  const CLI::Validator byte_size(
+      [](std::string& text) -> std::string {
+        return zs::parse_byte_size(text, kGiB) ? ""
+                                               : "'" + text +
+                                                     "' is not a size: give a number of GiB (80) or a number "
+                                                     "and a unit (80GiB, 85.9GB, 81920MiB)";
+      },
+      "SIZE");
   std::string spec, manifest, config_path, precision = "f32", reduce = "f32", optimizer = "adamw", states = "f32";
   std::vector<std::string> offloads{"none"};
   std::vector<double> ratios;
@@ -289,7 +306,7 @@ int main(int argc, char** argv) {
                   "example's attention, which changes --batch's activations; auto: fused on the GPU in bf16)");
   est->add_option("--manifest", manifest, "a checkpoint (its manifest lists the model's tensors)");
   est->add_option("--config", config_path, "engine YAML: precision, optimizer, zero.* (defaults otherwise)");
-  est->add_option("--world", worlds, "ranks (one or a list)")->check(CLI::PositiveNumber);
+  est->add_option("--world", worlds, "ranks (one or a list)")->check(zs::positive());
   est->add_option("--stage", stages, "ZeRO stages")->check(CLI::Range(0, 3));
   est->add_option("--offload", offloads,
                   "none, optimizer (stages 1-3), optimizer+params (stage 3) or delayed (the optimizer, delayed "
@@ -305,20 +322,22 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"adamw", "adam", "sgd", "lion"}));
   est->add_option("--states", states, "optimizer state dtype (optimizer.state_dtype): f32, or bf16 (not sgd)")
       ->check(CLI::IsMember({"f32", "bf16"}));
-  est->add_option("--max-live", max_live, "zero.max_live_units (stage-3 gather buffers)")->check(CLI::PositiveNumber);
-  est->add_option("--accumulation", accumulation, "zero.grad_accumulation")->check(CLI::PositiveNumber);
+  est->add_option("--max-live", max_live, "zero.max_live_units (stage-3 gather buffers)")->check(zs::positive());
+  est->add_option("--accumulation", accumulation, "zero.grad_accumulation")->check(zs::positive());
   est->add_option("--batch", batch, "sequences per rank: adds the example GPT's activations (CPU or CUDA layers)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(zs::non_negative());
   est->add_flag("--checkpoint-activations", recompute,
                 "with --batch: the example's activation checkpointing (gpt_train --checkpoint-activations)");
   est->add_flag("--cpu", cpu, "the engine's device is the CPU (Gloo staging counted)");
-  est->add_option("--device-memory", device_gib, "GiB per device: says whether each row fits")
-      ->check(CLI::NonNegativeNumber);
-  est->add_option("--host-memory", host_gib, "GiB of host memory per rank: says whether each row's host part fits")
-      ->check(CLI::NonNegativeNumber);
+  est->add_option("--device-memory", device_memory,
+                  "memory per device, e.g. 80 (GiB), 80GiB or 85.9GB: says whether each row fits")
+      ->check(byte_size);
+  est->add_option("--host-memory", host_memory,
+                  "host memory per rank, e.g. 125 (GiB) or 125GiB: says whether each row's host part fits")
+      ->check(byte_size);
   est->add_flag("--json", json_out, "machine-readable");
   auto* mea = app.add_subcommand("measure", "run a program under zsrun and compare each rank's ledger with the plan");
-  mea->add_option("--nproc", nproc, "ranks")->check(CLI::PositiveNumber);
+  mea->add_option("--nproc", nproc, "ranks")->check(zs::positive());
   mea->add_option("--max-error", max_error, "exit 1 when a rank's total differs from the prediction by more (%)");
   mea->add_flag("--json", json_out, "machine-readable");
   std::string svg;
@@ -348,7 +367,8 @@ int main(int argc, char** argv) {
       if (!zs::Config::Offload::ratio_valid(r))
         throw Usage(
             fmt::format("--offload-ratio {} is not in (0, 1]: it is the share of the optimizer on the host", r));
-    return estimate(m, cfg, worlds, stages, offloads, ratios, cpu, device_gib, host_gib, batch, recompute, json_out);
+    return estimate(m, cfg, worlds, stages, offloads, ratios, cpu, *zs::parse_byte_size(device_memory, kGiB),
+                    *zs::parse_byte_size(host_memory, kGiB), batch, recompute, json_out);
   } catch (const Usage& e) {
     fmt::print(stderr, "zsmem: {}\n", e.what());
     return 2;

@@ -69,12 +69,12 @@ int main(int argc, char** argv) {
   std::string config_path, ckpt_dir, export_path;
   std::vector<std::string> data{ZS_EXAMPLE_DATA};
   CLI::App app{"gpt_train: a byte-level GPT trained with ZeroShard (run it under zsrun)", "gpt_train"};
-  app.add_option("--steps", steps, "optimizer steps")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--batch", batch, "sequences per rank per step")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--seq", shape.seq, "context length")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--d-model", shape.d, "width")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--layers", shape.layers, "blocks")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--heads", shape.heads, "attention heads")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--steps", steps, "optimizer steps")->capture_default_str()->check(zs::positive());
+  app.add_option("--batch", batch, "sequences per rank per step")->capture_default_str()->check(zs::positive());
+  app.add_option("--seq", shape.seq, "context length")->capture_default_str()->check(zs::positive());
+  app.add_option("--d-model", shape.d, "width")->capture_default_str()->check(zs::positive());
+  app.add_option("--layers", shape.layers, "blocks")->capture_default_str()->check(zs::positive());
+  app.add_option("--heads", shape.heads, "attention heads")->capture_default_str()->check(zs::positive());
   app.add_option("--config", config_path, "engine YAML (docs/config.md); default: ZeRO-3, AdamW, cosine");
   app.add_option("--stage", stage, "override zero.stage")->check(CLI::Range(0, 3));
   app.add_option("--offload", offload,

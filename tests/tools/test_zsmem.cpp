@@ -22,10 +22,12 @@ TEST(Zsmem, NonsenseInputExitsTwoSayingWhy) {
       {"estimate --model gpt:d=-4", "not a positive integer"},
       {"estimate --model gpt:q=4", "unknown key 'q'"},
       {"estimate --model gpt:attn=flash", "is not auto, plain or fused"},
-      {"estimate --params 100 --largest-unit 10 --world 0", "--world"},
+      {"estimate --params 100 --largest-unit 10 --world 0", "--world: '0' is not a positive number"},
+      {"estimate --params 100 --largest-unit 10 --batch -1", "--batch: '-1' is not a number >= 0"},
       {"estimate", "give the model one way"},
       {"estimate --params 100 --largest-unit 10 --offload everything", "--offload"},
-      {"estimate --params 100 --largest-unit 10 --host-memory -1", "--host-memory"},
+      {"estimate --params 100 --largest-unit 10 --host-memory -1", "--host-memory: '-1' is not a size"},
+      {"estimate --params 100 --largest-unit 10 --device-memory 80x", "--device-memory: '80x' is not a size"},
       {"estimate --model gpt:d=64 --checkpoint-activations", "needs --batch"},
       {"estimate --params 100 --largest-unit 10 --offload optimizer --offload-ratio 0", "not in (0, 1]"},
       {"estimate --params 100 --largest-unit 10 --offload optimizer --offload-ratio 1.5", "not in (0, 1]"},
@@ -87,6 +89,14 @@ TEST(Zsmem, EstimateFollowsThePaddedLayout) {
   ASSERT_EQ(table.rc, 0) << table.output;
   EXPECT_NE(table.output.find("DeepSpeed"), std::string::npos) << table.output;
   EXPECT_NE(table.output.find("NO"), std::string::npos) << table.output;  // 1 MiB is too small
+  // Sizes with units: the bare 0.001 (GiB) above, in MiB and in decimal kB.
+  for (const char* size : {"1.024MiB", "1073.741824KB"}) {
+    const zs::test::CommandResult same =
+        zsmem(std::string("estimate --model gpt:d=64,L=2,V=256,T=32 --world 1 2 --device-memory ") + size);
+    ASSERT_EQ(same.rc, 0) << same.output;
+    EXPECT_NE(same.output.find("fits device 1.02 MiB"), std::string::npos) << same.output;
+    EXPECT_EQ(same.output.substr(same.output.find('\n')), table.output.substr(table.output.find('\n'))) << size;
+  }
 }
 
 // The example's fused attention (attn=fused) changes the activations only: no batch x heads x T^2
