@@ -50,6 +50,7 @@ std::string validate(const Options& o) {
   if (o.master_port < 0 || o.master_port > 65535) return fmt::format("--master-port {} is not a port", o.master_port);
   if (o.nnodes > 1 && o.master_port == 0) return "--master-port 0 (pick a free port) only works with --nnodes 1";
   if (o.max_restarts < 0) return "--max-restarts must be >= 0";
+  if (!(o.grace_s >= 0)) return fmt::format("--grace {} must be a number of seconds >= 0", o.grace_s);
   return {};
 }
 

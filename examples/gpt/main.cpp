@@ -83,7 +83,7 @@ int main(int argc, char** argv) {
   auto* ratio_given = app.add_option("--offload-ratio", offload_ratio,
                                      "override offload.ratio: the share of the parameters whose optimizer runs on the "
                                      "host with --offload optimizer (the last units; the rest on the device)");
-  app.add_option("--lr", lr, "override optimizer.lr");
+  app.add_option("--lr", lr, "override optimizer.lr")->check(zs::positive());
   app.add_option("--device", device, "override device: auto, cpu or cuda")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   app.add_option("--precision", precision,
@@ -99,21 +99,27 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(256, 1 << 20));
   app.add_option("--data", data, "text files or directories")->capture_default_str();
   app.add_option("--seed", seed, "initialisation and data order")->capture_default_str();
-  app.add_option("--log-every", log_every, "print every N steps")->capture_default_str();
+  app.add_option("--log-every", log_every, "print every N steps")->capture_default_str()->check(zs::positive());
   app.add_option("--eval-every", eval_every, "validation loss every N steps (0: only at the end)")
-      ->capture_default_str();
-  app.add_option("--eval-batches", eval_batches, "validation batches per rank")->capture_default_str();
-  app.add_option("--ckpt-dir", ckpt_dir, "checkpoint directory");
-  app.add_option("--save-every", save_every, "save a checkpoint every N steps (needs --ckpt-dir)");
+      ->capture_default_str()
+      ->check(zs::non_negative());
+  app.add_option("--eval-batches", eval_batches, "validation batches per rank (0: no validation)")
+      ->capture_default_str()
+      ->check(zs::non_negative());
+  auto* ckpt_given = app.add_option("--ckpt-dir", ckpt_dir, "checkpoint directory");
+  app.add_option("--save-every", save_every, "save a checkpoint every N steps")
+      ->check(zs::positive())
+      ->needs(ckpt_given);
   app.add_flag("--checkpoint-activations", checkpoint_activations,
                "keep only each block's input and run its forward again in the backward (less memory, one more "
                "forward per step)");
-  app.add_flag("--resume", resume, "continue from the latest checkpoint in --ckpt-dir, if there is one");
+  app.add_flag("--resume", resume, "continue from the latest checkpoint in --ckpt-dir, if there is one")
+      ->needs(ckpt_given);
   app.add_option("--export", export_path, "write the trained parameters to this safetensors file");
-  app.add_option("--sample", sample, "print N bytes generated from the model at the end");
-  app.add_option("--threads", threads, "BLAS threads per rank (default: cores / local ranks)");
+  app.add_option("--sample", sample, "print N bytes generated from the model at the end")->check(zs::non_negative());
+  app.add_option("--threads", threads, "BLAS threads per rank (default: cores / local ranks)")->check(zs::positive());
   app.add_option("--check-loss-below", check_below, "exit 1 unless the final validation loss is below this");
-  CLI11_PARSE(app, argc, argv);
+  if (const auto stop = zs::parse_command_line(app, argc, argv)) return *stop;
 
   shape.attention = attention == "fused"   ? zs::family::Attention::fused
                     : attention == "plain" ? zs::family::Attention::plain

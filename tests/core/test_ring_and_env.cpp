@@ -165,6 +165,9 @@ TEST(Launcher, ValidateRejectsNonsense) {
   o.nnodes = 2;
   o.master_port = 0;
   EXPECT_NE(launcher::validate(o).find("--master-port 0"), std::string::npos);
+  o.nnodes = 1;
+  o.grace_s = -1;
+  EXPECT_NE(launcher::validate(o).find("--grace -1 must be"), std::string::npos);
 }
 
 }  // namespace

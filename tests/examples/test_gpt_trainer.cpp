@@ -1,17 +1,20 @@
 // The GPT trainer through a CPU engine at world 1: activation checkpointing changes what is kept between
 // the forward and the backward, not the results (the block's forward runs again on the same input with the
-// same code, so every loss and every trained parameter is bit-identical).
+// same code, so every loss and every trained parameter is bit-identical). And gpt_train's command line.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "core/buffer.h"
 #include "examples/gpt/trainer.h"
 #include "runtime/model_family.h"
+#include "tests/run_command.h"
 
 namespace gpt {
 namespace {
@@ -117,6 +120,25 @@ TEST(GptTrainer, TheMemoryReportPlansDeclaredActivations) {
   EXPECT_EQ(j["host_categories"]["activations"]["planned"].get<int64_t>(), 256);
   EXPECT_EQ(j["host_categories"]["activations"]["peak"].get<int64_t>(), 256);
   EXPECT_EQ(j["host_planned_total"].get<int64_t>(), e.memory_plan().host_total() + 256);
+}
+
+// gpt_train's command line: nonsense exits 2 naming the option and what was wrong, before any engine starts.
+TEST(GptTrainer, NonsenseArgumentsExitTwoSayingWhy) {
+  const std::pair<const char*, const char*> cases[] = {{"--steps 0", "--steps: '0' is not a positive number"},
+                                                       {"--lr -1", "--lr: '-1' is not a positive number"},
+                                                       {"--log-every 0", "--log-every: '0' is not a positive number"},
+                                                       {"--eval-every -1", "--eval-every: '-1' is not a number >= 0"},
+                                                       {"--threads 0", "--threads: '0' is not a positive number"},
+                                                       {"--sample -4", "--sample: '-4' is not a number >= 0"},
+                                                       {"--save-every 5", "--save-every requires --ckpt-dir"},
+                                                       {"--resume", "--resume requires --ckpt-dir"},
+                                                       {"--stage 4", "--stage"},
+                                                       {"--offload everything", "--offload"}};
+  for (const auto& [args, want] : cases) {
+    const zs::test::CommandResult p = zs::test::run_command(std::string(ZS_GPT_TRAIN_PATH) + " " + args);
+    EXPECT_EQ(p.rc, 2) << args << "\n" << p.output;
+    EXPECT_NE(p.output.find(want), std::string::npos) << args << "\n" << p.output;
+  }
 }
 
 }  // namespace
