@@ -124,10 +124,12 @@ int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, con
     return out.empty() ? "" : "fits " + out;
   };
   if (!json_out) {
-    fmt::print("{}: {} parameters in {} units (largest {}); compute {}, gradients {}, {}; per rank, bytes on the {}\n",
-               what, m.params, m.units.size(), m.largest, zs::dtype_name(cfg.precision.param),
-               zs::dtype_name(cfg.precision.reduce), zs::kernels::optimizer_name(cfg.optimizer.type),
-               cpu ? "CPU (device: cpu)" : "GPU");
+    fmt::print(
+        "{}: {} parameters in {} units (largest {}); compute {}, gradients {}, {}; stage 3 gathers {} units (prefetch "
+        "{}); per rank, bytes on the {}\n",
+        what, m.params, m.units.size(), m.largest, zs::dtype_name(cfg.precision.param),
+        zs::dtype_name(cfg.precision.reduce), zs::kernels::optimizer_name(cfg.optimizer.type), cfg.zero.max_live_units,
+        cfg.zero.prefetch, cpu ? "CPU (device: cpu)" : "GPU");
     fmt::print("{:>5} {:>5} {:>16} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>10} | {:>10} | {:>21} {}\n",
                "world", "stage", "offload", "params", "master", "grads", "optim", "gather", "scratch", "activation",
                "device", "host", "DeepSpeed dev / host", fits_text());
@@ -295,7 +297,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> offloads{"none"};
   std::vector<double> ratios;
   std::vector<int> worlds{1}, stages{0, 1, 2, 3};
-  int max_live = 4, accumulation = 1, batch = 0, nproc = 1;
+  int max_live = 4, prefetch = 2, accumulation = 1, batch = 0, nproc = 1;
   bool cpu = false, json_out = false, recompute = false;
   std::vector<std::string> command;
   auto* est = app.add_subcommand("estimate", "predict per-rank bytes by category for worlds x stages");
@@ -305,25 +307,35 @@ int main(int argc, char** argv) {
                   "a model family, e.g. gpt:d=2048,L=24,V=32000,T=1024,H=16 (attn=auto, plain or fused: the "
                   "example's attention, which changes --batch's activations; auto: fused on the GPU in bf16)");
   est->add_option("--manifest", manifest, "a checkpoint (its manifest lists the model's tensors)");
-  est->add_option("--config", config_path, "engine YAML: precision, optimizer, zero.* (defaults otherwise)");
+  est->add_option("--config", config_path,
+                  "engine YAML: precision, optimizer, zero.*, offload.* (the options below override it)");
   est->add_option("--world", worlds, "ranks (one or a list)")->check(zs::positive());
   est->add_option("--stage", stages, "ZeRO stages")->check(CLI::Range(0, 3));
-  est->add_option("--offload", offloads,
-                  "none, optimizer (stages 1-3), optimizer+params (stage 3) or delayed (the optimizer, delayed "
-                  "mode), one or a list; rows that are not a configuration are left out")
-      ->check(zs::offload_choices());
+  auto* offload_given =
+      est->add_option("--offload", offloads,
+                      "none, optimizer (stages 1-3), optimizer+params (stage 3) or delayed (the optimizer, delayed "
+                      "mode), one or a list; rows that are not a configuration are left out")
+          ->check(zs::offload_choices());
   est->add_option("--offload-ratio", ratios,
                   "offload.ratio for the optimizer rows, one or a list: the share of the parameters whose optimizer "
                   "runs on the host (the last units; the rest on the device), in (0, 1]; default 1, or the --config's");
-  est->add_option("--precision", precision, "compute dtype: f32, bf16, f16")
-      ->check(CLI::IsMember({"f32", "bf16", "f16"}));
-  est->add_option("--reduce", reduce, "gradient dtype: f32, bf16")->check(CLI::IsMember({"f32", "bf16"}));
-  est->add_option("--optimizer", optimizer, "adamw, adam, sgd, lion")
-      ->check(CLI::IsMember({"adamw", "adam", "sgd", "lion"}));
-  est->add_option("--states", states, "optimizer state dtype (optimizer.state_dtype): f32, or bf16 (not sgd)")
-      ->check(CLI::IsMember({"f32", "bf16"}));
-  est->add_option("--max-live", max_live, "zero.max_live_units (stage-3 gather buffers)")->check(zs::positive());
-  est->add_option("--accumulation", accumulation, "zero.grad_accumulation")->check(zs::positive());
+  auto* precision_given = est->add_option("--precision", precision, "compute dtype: f32, bf16, f16")
+                              ->check(CLI::IsMember({"f32", "bf16", "f16"}));
+  auto* reduce_given =
+      est->add_option("--reduce", reduce, "gradient dtype: f32, bf16")->check(CLI::IsMember({"f32", "bf16"}));
+  auto* optimizer_given = est->add_option("--optimizer", optimizer, "adamw, adam, sgd, lion")
+                              ->check(CLI::IsMember({"adamw", "adam", "sgd", "lion"}));
+  auto* states_given =
+      est->add_option("--states", states, "optimizer state dtype (optimizer.state_dtype): f32, or bf16 (not sgd)")
+          ->check(CLI::IsMember({"f32", "bf16"}));
+  auto* max_live_given =
+      est->add_option("--max-live", max_live, "zero.max_live_units (stage-3 gather buffers)")->check(zs::positive());
+  auto* prefetch_given =
+      est->add_option("--prefetch", prefetch,
+                      "zero.prefetch (stage-3 gathers issued ahead): raises --max-live to prefetch + 1 unless given")
+          ->check(zs::non_negative());
+  auto* accumulation_given =
+      est->add_option("--accumulation", accumulation, "zero.grad_accumulation")->check(zs::positive());
   est->add_option("--batch", batch, "sequences per rank: adds the example GPT's activations (CPU or CUDA layers)")
       ->check(zs::non_negative());
   est->add_flag("--checkpoint-activations", recompute,
@@ -347,20 +359,30 @@ int main(int argc, char** argv) {
   try {
     if (*mea) return measure(nproc, max_error, json_out, svg, command);
     zs::Config cfg = config_path.empty() ? zs::Config{} : zs::Config::from_yaml_file(config_path);
-    if (config_path.empty()) {
-      cfg.precision.param = zs::dtype_parse(precision);
-      cfg.precision.reduce = zs::dtype_parse(reduce);
+    // The options given override the config (or the defaults, which they share with zs::Config).
+    if (precision_given->count()) cfg.precision.param = zs::dtype_parse(precision);
+    if (reduce_given->count()) cfg.precision.reduce = zs::dtype_parse(reduce);
+    if (optimizer_given->count()) {
       cfg.optimizer.type = *zs::kernels::optimizer_parse(optimizer);  // CLI11 admitted only the four names
       if (optimizer == "sgd") cfg.optimizer.momentum = 0.9f;
-      if (states == "bf16" && optimizer == "sgd") throw Usage("--states bf16 is for adamw, adam and lion");
-      cfg.optimizer.state_dtype = zs::dtype_parse(states);
-      cfg.zero.max_live_units = max_live;
-      cfg.zero.grad_accumulation = accumulation;
     }
+    if (states_given->count()) cfg.optimizer.state_dtype = zs::dtype_parse(states);
+    if (cfg.optimizer.type == zs::kernels::Optimizer::sgd && cfg.optimizer.state_dtype == zs::DType::bf16)
+      throw Usage("--states bf16 (optimizer.state_dtype) is for adamw, adam and lion, not sgd");
+    if (max_live_given->count()) cfg.zero.max_live_units = max_live;
+    if (prefetch_given->count()) {
+      cfg.zero.prefetch = prefetch;
+      if (!max_live_given->count()) cfg.zero.max_live_units = std::max(cfg.zero.max_live_units, prefetch + 1);
+    }
+    if (cfg.zero.max_live_units < cfg.zero.prefetch + 1)
+      throw Usage(
+          fmt::format("--max-live {} must be at least --prefetch + 1 ({}): the unit in use and the prefetched "
+                      "ones are live together",
+                      cfg.zero.max_live_units, cfg.zero.prefetch + 1));
+    if (accumulation_given->count()) cfg.zero.grad_accumulation = accumulation;
     const Model m = load_model(params, largest, spec, manifest);
     if (batch > 0 && !m.gpt) throw Usage("--batch needs --model gpt:... (activations are known for that family)");
-    if (!config_path.empty() && cfg.offload.optimizer_on_cpu() && offloads == std::vector<std::string>{"none"})
-      offloads = {std::string(cfg.offload.choice())};  // the config's own choice
+    if (!offload_given->count()) offloads = {std::string(cfg.offload.choice())};  // the config's (none by default)
     if (recompute && batch == 0) throw Usage("--checkpoint-activations needs --batch (it changes the activations)");
     if (ratios.empty()) ratios = {cfg.offload.ratio};  // the config's (1 by default)
     for (double r : ratios)

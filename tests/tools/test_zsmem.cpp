@@ -61,6 +61,38 @@ TEST(Zsmem, HybridGroupsShardWithinTheGroup) {
   EXPECT_NE(bad.output.find("does not divide --world 3"), std::string::npos) << bad.output;
 }
 
+// --prefetch sizes the stage-3 gather pool at prefetch + 1 units unless --max-live is given; the options
+// given override a --config's values, and a config's offload is its rows' default.
+TEST(Zsmem, PrefetchAndOptionsOverTheConfig) {
+  auto gather = [](const std::string& args) {
+    const zs::test::CommandResult p = zsmem("estimate --params 1e6 --largest-unit 1e3 --stage 3 --json" + args);
+    EXPECT_EQ(p.rc, 0) << args << "\n" << p.output;
+    return p.rc == 0 ? nlohmann::json::parse(p.output)[0]["bytes"]["gather_buffers"].get<int64_t>() : -1;
+  };
+  const int64_t unit = gather(" --max-live 1 --prefetch 0");
+  EXPECT_EQ(unit, 1008 * 4);  // 1000 parameters padded to a multiple of 16, f32
+  EXPECT_EQ(gather(""), 4 * unit);  // zero.max_live_units' default
+  EXPECT_EQ(gather(" --prefetch 6"), 7 * unit);
+  EXPECT_EQ(gather(" --prefetch 1"), 4 * unit);  // already enough
+  EXPECT_EQ(gather(" --prefetch 6 --max-live 9"), 9 * unit);
+  const zs::test::CommandResult bad = zsmem("estimate --params 1e6 --largest-unit 1e3 --prefetch 4 --max-live 3");
+  EXPECT_EQ(bad.rc, 2) << bad.output;
+  EXPECT_NE(bad.output.find("--max-live 3 must be at least --prefetch + 1 (5)"), std::string::npos) << bad.output;
+
+  const std::string yaml = (std::filesystem::temp_directory_path() / "zsmem_override_test.yaml").string();
+  std::ofstream(yaml) << "zero:\n  max_live_units: 8\noffload:\n  optimizer: cpu\n";
+  EXPECT_EQ(gather(" --config " + yaml), 8 * unit);
+  EXPECT_EQ(gather(" --config " + yaml + " --max-live 5"), 5 * unit);
+  const zs::test::CommandResult rows =
+      zsmem("estimate --params 1e6 --largest-unit 1e3 --stage 3 --json --config " + yaml);
+  const zs::test::CommandResult none =
+      zsmem("estimate --params 1e6 --largest-unit 1e3 --stage 3 --json --offload none --config " + yaml);
+  ASSERT_EQ(rows.rc, 0) << rows.output;
+  ASSERT_EQ(none.rc, 0) << none.output;
+  EXPECT_EQ(nlohmann::json::parse(rows.output)[0]["offload"], "optimizer");
+  EXPECT_EQ(nlohmann::json::parse(none.output)[0]["offload"], "none");
+}
+
 // 1000 units of 1000 parameters at world 4, f32 AdamW: each unit pads to 1024 (a multiple of 4 x 16), so
 // stage 3 holds 16 B x 1024 / 4 per unit (master = params, grads shard, m, v) plus 4 gather buffers.
 TEST(Zsmem, EstimateFollowsThePaddedLayout) {
