@@ -12,6 +12,8 @@
 #include <cstdio>
 #include <thread>
 
+#include "core/buffer.h"
+#include "core/byte_size.h"
 #include "core/log.h"
 #include "examples/gpt/data.h"
 #include "examples/gpt/trainer.h"
@@ -40,19 +42,21 @@ schedule:
 device: auto
 )";
 
-std::string mb(int64_t bytes) {
-  return fmt::format("{:.2f} MB", static_cast<double>(bytes) / 1e6);
-}
-
+// The ledger's peak per category on this rank's device, and on a GPU the card's memory in use beside it (the
+// CUDA context and cuBLAS's workspace are outside the ledger).
 void print_memory(const zs::Engine& e) {
   const zs::MemoryReport m = e.memory();
   std::string line;
   for (int c = 0; c < zs::kMemCategoryCount; ++c) {
     const auto& s = m.on_device[static_cast<std::size_t>(c)];
-    if (s.peak > 0) line += fmt::format(" {} {} |", zs::mem_category_name(static_cast<zs::MemCategory>(c)), mb(s.peak));
+    if (s.peak > 0)
+      line += fmt::format(" {} {} |", zs::mem_category_name(static_cast<zs::MemCategory>(c)), zs::format_bytes(s.peak));
   }
-  std::printf("memory (rank 0, %s, peak by category):%s total %s\n", e.device().is_cpu() ? "cpu" : "cuda", line.c_str(),
-              mb(m.device_total.peak).c_str());
+  std::string cuda;
+  if (const zs::DeviceMemoryUse use = zs::device_memory_use(e.device()); use.total > 0)
+    cuda = fmt::format("; cuda in use {} of {}", zs::format_bytes(use.used), zs::format_bytes(use.total));
+  std::printf("memory (rank 0, %s, peak by category):%s total %s%s\n", e.device().is_cpu() ? "cpu" : "cuda",
+              line.c_str(), zs::format_bytes(m.device_total.peak).c_str(), cuda.c_str());
 }
 
 }  // namespace
