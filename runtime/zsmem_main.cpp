@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <tuple>
 
 #include "core/byte_size.h"
@@ -53,6 +54,7 @@ struct Model {
   int64_t params = 0, largest = 0;
   bool gpt = false;
   zs::family::Gpt shape;
+  std::optional<zs::ckpt::Manifest> saved;  // --manifest: how the checkpoint was trained
 };
 
 Model load_model(double params, double largest, const std::string& spec, const std::string& manifest) {
@@ -88,7 +90,11 @@ Model load_model(double params, double largest, const std::string& spec, const s
       unit = t.unit;
       m.units.back().push_back({t.name, zs::Shape(std::span<const int64_t>(t.shape)), t.trainable, t.weight_decay});
     }
-    m.what = fmt::format("the model of checkpoint {}", r.dir());
+    const zs::ckpt::Manifest& saved = r.manifest();
+    m.what = fmt::format("the model of checkpoint {} (saved at world {}, ZeRO-{}, {} {})", r.dir(), saved.world_size,
+                         saved.stage, saved.optimizer, zs::dtype_name(saved.param_dtype));
+    m.saved = saved;
+    m.saved->tensors.clear();  // what is kept: the settings
   }
   for (const auto& u : m.units) {
     int64_t n = 0;
@@ -306,10 +312,12 @@ int main(int argc, char** argv) {
   est->add_option("--model", spec,
                   "a model family, e.g. gpt:d=2048,L=24,V=32000,T=1024,H=16 (attn=auto, plain or fused: the "
                   "example's attention, which changes --batch's activations; auto: fused on the GPU in bf16)");
-  est->add_option("--manifest", manifest, "a checkpoint (its manifest lists the model's tensors)");
+  est->add_option("--manifest", manifest,
+                  "a checkpoint: its model's tensors, and (without --config) its precision, optimizer and world");
   est->add_option("--config", config_path,
                   "engine YAML: precision, optimizer, zero.*, offload.* (the options below override it)");
-  est->add_option("--world", worlds, "ranks (one or a list)")->check(zs::positive());
+  auto* world_given =
+      est->add_option("--world", worlds, "ranks (one or a list; default 1, or a --manifest's)")->check(zs::positive());
   est->add_option("--stage", stages, "ZeRO stages")->check(CLI::Range(0, 3));
   auto* offload_given =
       est->add_option("--offload", offloads,
@@ -358,7 +366,15 @@ int main(int argc, char** argv) {
   if (const auto stop = zs::parse_command_line(app, argc, argv)) return *stop;
   try {
     if (*mea) return measure(nproc, max_error, json_out, svg, command);
+    const Model m = load_model(params, largest, spec, manifest);
     zs::Config cfg = config_path.empty() ? zs::Config{} : zs::Config::from_yaml_file(config_path);
+    if (m.saved && config_path.empty()) {  // a checkpoint's own settings, unless the options below say otherwise
+      cfg.precision.param = m.saved->param_dtype;
+      if (const auto type = zs::kernels::optimizer_parse(m.saved->optimizer)) cfg.optimizer.type = *type;
+      if (const auto it = m.saved->hyper.find("momentum"); it != m.saved->hyper.end())
+        cfg.optimizer.momentum = static_cast<float>(it->second);
+      if (!world_given->count()) worlds = {m.saved->world_size};
+    }
     // The options given override the config (or the defaults, which they share with zs::Config).
     if (precision_given->count()) cfg.precision.param = zs::dtype_parse(precision);
     if (reduce_given->count()) cfg.precision.reduce = zs::dtype_parse(reduce);
@@ -380,7 +396,6 @@ int main(int argc, char** argv) {
                       "ones are live together",
                       cfg.zero.max_live_units, cfg.zero.prefetch + 1));
     if (accumulation_given->count()) cfg.zero.grad_accumulation = accumulation;
-    const Model m = load_model(params, largest, spec, manifest);
     if (batch > 0 && !m.gpt) throw Usage("--batch needs --model gpt:... (activations are known for that family)");
     if (!offload_given->count()) offloads = {std::string(cfg.offload.choice())};  // the config's (none by default)
     if (recompute && batch == 0) throw Usage("--checkpoint-activations needs --batch (it changes the activations)");

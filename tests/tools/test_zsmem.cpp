@@ -70,7 +70,7 @@ TEST(Zsmem, PrefetchAndOptionsOverTheConfig) {
     return p.rc == 0 ? nlohmann::json::parse(p.output)[0]["bytes"]["gather_buffers"].get<int64_t>() : -1;
   };
   const int64_t unit = gather(" --max-live 1 --prefetch 0");
-  EXPECT_EQ(unit, 1008 * 4);  // 1000 parameters padded to a multiple of 16, f32
+  EXPECT_EQ(unit, 1008 * 4);        // 1000 parameters padded to a multiple of 16, f32
   EXPECT_EQ(gather(""), 4 * unit);  // zero.max_live_units' default
   EXPECT_EQ(gather(" --prefetch 6"), 7 * unit);
   EXPECT_EQ(gather(" --prefetch 1"), 4 * unit);  // already enough
@@ -91,6 +91,55 @@ TEST(Zsmem, PrefetchAndOptionsOverTheConfig) {
   ASSERT_EQ(none.rc, 0) << none.output;
   EXPECT_EQ(nlohmann::json::parse(rows.output)[0]["offload"], "optimizer");
   EXPECT_EQ(nlohmann::json::parse(none.output)[0]["offload"], "none");
+}
+
+// --manifest: the checkpoint's tensors make the units, and (without --config) its precision, optimizer and
+// world size are the defaults. Here SGD without momentum (no state at all), bf16, saved at world 2.
+TEST(Zsmem, AManifestBringsItsModelAndItsSettings) {
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / "zsmem_manifest_test";
+  std::filesystem::create_directories(dir);
+  nlohmann::json tensors = nlohmann::json::array();
+  for (int u = 0; u < 3; ++u)
+    tensors.push_back({{"name", "u" + std::to_string(u) + ".w"},
+                       {"unit", "u" + std::to_string(u)},
+                       {"shape", {1000}},
+                       {"dtype", "f32"},
+                       {"trainable", true},
+                       {"weight_decay", true},
+                       {"pieces", {{0, 0, 1000}}}});
+  const nlohmann::json manifest = {
+      {"format", "zeroshard-checkpoint"},
+      {"version", 1},
+      {"step", 7},
+      {"world_size", 2},
+      {"stage", 2},
+      {"param_dtype", "bf16"},
+      {"optimizer", {{"type", "sgd"}, {"states", {"momentum_buffer"}}, {"hyper", {{"lr", 0.1}, {"momentum", 0.0}}}}},
+      {"schedule", {{"type", "constant"}, {"warmup_steps", 0}, {"total_steps", 0}, {"min_lr_ratio", 0.0}}},
+      {"loss_scaler",
+       {{"scale", 1.0}, {"window", 1000}, {"hysteresis", 2}, {"clean_steps", 0}, {"windows_to_wait", 0}}},
+      {"user_state", ""},
+      {"files", {{{"name", "rank-00000.safetensors"}, {"bytes", 1}, {"xxh64", "0000000000000001"}}}},
+      {"tensors", tensors}};
+  std::ofstream(dir / "manifest.json") << manifest.dump(1);
+  const zs::test::CommandResult p = zsmem("estimate --stage 1 --json --manifest " + dir.string());
+  const zs::test::CommandResult table = zsmem("estimate --stage 1 --manifest " + dir.string());
+  const zs::test::CommandResult adamw =
+      zsmem("estimate --stage 1 --json --optimizer adamw --world 1 --manifest " + dir.string());
+  std::filesystem::remove_all(dir);
+  ASSERT_EQ(p.rc, 0) << p.output;
+  ASSERT_EQ(adamw.rc, 0) << adamw.output;
+  EXPECT_NE(table.output.find("saved at world 2, ZeRO-2, sgd bf16"), std::string::npos) << table.output;
+  const nlohmann::json row = nlohmann::json::parse(p.output)[0], a = nlohmann::json::parse(adamw.output)[0];
+  EXPECT_EQ(row["world"], 2);
+  // 3 units of 1000 padded to 1024 (a multiple of 2 x 16) at world 2: bf16 parameters, an f32 master shard
+  // (stage 1 keeps the parameters whole), no state.
+  EXPECT_EQ(row["bytes"]["params"].get<int64_t>(), 3 * 1024 * 2);
+  EXPECT_EQ(row["bytes"]["master"].get<int64_t>(), 3 * 512 * 4);
+  EXPECT_EQ(row["bytes"]["optim_state"].get<int64_t>(), 0);
+  // The options given override it: AdamW's two f32 states at world 1 (1000 padded to 1008).
+  EXPECT_EQ(a["world"], 1);
+  EXPECT_EQ(a["bytes"]["optim_state"].get<int64_t>(), 3 * 1008 * 8);
 }
 
 // 1000 units of 1000 parameters at world 4, f32 AdamW: each unit pads to 1024 (a multiple of 4 x 16), so
