@@ -93,6 +93,35 @@ void copy(Device d, Buffer& dst, const Buffer& src, int threads) {
   for (auto& th : pool) th.join();
 }
 
+// The update's memory accesses without its arithmetic (CPU, f32 operands): each thread streams its slice of
+// the parameter and the states, read and written in place, and of the gradient, read, adding the gradient
+// to each. The same bytes in the same pattern as the update, so update / this is how close the update
+// comes to the memory's rate for its own traffic (a copy's non-temporal stores are another pattern).
+void same_access_range(float* __restrict p, const float* __restrict g, float* __restrict s1, float* __restrict s2,
+                       int64_t lo, int64_t hi) {
+  if (s1 && s2) {
+    for (int64_t i = lo; i < hi; ++i) {
+      p[i] += g[i];
+      s1[i] += g[i];
+      s2[i] += g[i];
+    }
+  } else if (s1) {
+    for (int64_t i = lo; i < hi; ++i) {
+      p[i] += g[i];
+      s1[i] += g[i];
+    }
+  } else {
+    for (int64_t i = lo; i < hi; ++i) p[i] += g[i];
+  }
+}
+
+void same_access(float* p, const float* g, float* s1, float* s2, int64_t n, int threads) {
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t)
+    pool.emplace_back([=] { same_access_range(p, g, s1, s2, n * t / threads, n * (t + 1) / threads); });
+  for (auto& th : pool) th.join();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -149,8 +178,10 @@ int main(int argc, char** argv) {
     std::printf("# optim_bench: %s on %s (%s), %.3g params, grad %s, state %s, param-out %s: %ld B/param moved\n",
                 a.optimizer.c_str(), dev.str().c_str(), dev.is_cpu() ? kernels::cpu_isa() : "cuda", a.params,
                 a.grad.c_str(), a.state.c_str(), a.out.c_str(), static_cast<long>(bpe));
-    std::printf("# %7s %12s %12s %10s %10s %8s\n", "threads", "time (ms)", "Gparams/s", "eff GB/s", "copy GB/s",
-                "ratio");
+    // On the CPU with f32 operands and no parameter copy, the update's own access pattern is timed too.
+    const bool same = dev.is_cpu() && gt == DType::f32 && st == DType::f32 && !u.param_out;
+    std::printf("# %7s %12s %12s %10s %10s %8s%s\n", "threads", "time (ms)", "Gparams/s", "eff GB/s", "copy GB/s",
+                "ratio", same ? "  same-access GB/s    ratio" : "");
     for (int t : threads) {
       if (dev.is_cpu()) kernels::set_cpu_threads(t);
       const double tu = time_median(dev, a.iters, [&] {
@@ -163,8 +194,17 @@ int main(int argc, char** argv) {
 #endif
       const double eff = static_cast<double>(n) * static_cast<double>(bpe) / tu / 1e9;
       const double copy = static_cast<double>(copy_elems) * 8.0 / tc / 1e9;
-      std::printf("  %7d %12.3f %12.3f %10.2f %10.2f %7.1f%%\n", t, tu * 1e3, static_cast<double>(n) / tu / 1e9, eff,
+      std::printf("  %7d %12.3f %12.3f %10.2f %10.2f %7.1f%%", t, tu * 1e3, static_cast<double>(n) / tu / 1e9, eff,
                   copy, 100.0 * eff / copy);
+      if (same) {
+        const double ts = time_median(dev, a.iters, [&] {
+          same_access(u.param, static_cast<const float*>(u.grad), static_cast<float*>(u.state1),
+                      static_cast<float*>(u.state2), n, t);
+        });
+        const double access = static_cast<double>(n) * static_cast<double>(bpe) / ts / 1e9;
+        std::printf(" %17.2f %7.1f%%", access, 100.0 * eff / access);
+      }
+      std::printf("\n");
     }
     return 0;
   } catch (const std::exception& e) {
