@@ -140,6 +140,7 @@ int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, con
                "world", "stage", "offload", "params", "master", "grads", "optim", "gather", "scratch", "activation",
                "device", "host", "DeepSpeed dev / host", fits_text());
   }
+  std::vector<std::string> host_rows;
   // offload.ratio: one row per share for the streaming optimizer offload (the others have no share to choose).
   std::vector<std::pair<std::string, double>> choices;
   for (const std::string& off : offloads)
@@ -189,17 +190,36 @@ int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, con
             format_bytes(total), format_bytes(host),
             std::isnan(ds.device) ? "-" : fmt::format("{} / {}", format_bytes(ds.device), format_bytes(ds.host)),
             device_bytes > 0 || host_bytes > 0 ? (fits ? "yes" : "NO") : "");
+        // The host's part by category, in a second table (rows with offload, Gloo's staging or a batch's).
+        auto on_host = [&](MemCategory c) { return static_cast<double>(p.host[static_cast<std::size_t>(c)]); };
+        if (host > 0)
+          host_rows.push_back(
+              fmt::format("{:>5} {:>5} {:>16} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>10}\n", w, s,
+                          label, format_bytes(on_host(MemCategory::params)), format_bytes(on_host(MemCategory::master)),
+                          format_bytes(on_host(MemCategory::grads)), format_bytes(on_host(MemCategory::optim_state)),
+                          format_bytes(on_host(MemCategory::offload_staging)),
+                          format_bytes(on_host(MemCategory::comm_scratch) + on_host(MemCategory::other)),
+                          format_bytes(on_host(MemCategory::activations) + act_host), format_bytes(host)));
       }
   if (json_out) {
     fmt::print("{}\n", rows.dump(1));
   } else {
+    if (!host_rows.empty()) {
+      fmt::print(
+          "host memory per rank, by category:\n{:>5} {:>5} {:>16} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} "
+          "{:>10} | {:>10}\n",
+          "world", "stage", "offload", "params", "master", "grads", "optim", "staging", "scratch", "activation",
+          "host");
+      for (const std::string& line : host_rows) fmt::print("{}", line);
+    }
     fmt::print(
         "params/master/grads/optim/gather: the engine's own device buffers (padding and pools included); scratch: "
         "small\n"
         "engine tables; activation: the example trainer's, with --batch; device: their sum. host: the offloaded "
         "master,\n"
-        "optimizer state, gradient shards and upload staging (one pinned pool), Gloo's staging, and with --batch on\n"
-        "the GPU the example's pinned batch staging.\n"
+        "optimizer state, gradient shards and upload staging (one pinned pool), Gloo's staging (scratch), and with "
+        "--batch\n"
+        "on the GPU the example's pinned batch staging (activation).\n"
         "DeepSpeed: its published estimators (model states only; host per node shared by its ranks; stage 1 = stage "
         "2).\n");
   }

@@ -251,6 +251,16 @@ TEST(Zsmem, OffloadRowsMoveTheStateToTheHost) {
   const zs::test::CommandResult fit =
       zsmem("estimate --params 1000000 --largest-unit 1000 --stage 3 --offload optimizer --host-memory 0.01");
   EXPECT_NE(fit.output.find("NO"), std::string::npos) << fit.output;  // 16 MB of host state in 10 MiB
+  // The text's second table: the host by category (1000 units of 1008 at world 1), for the offload row only.
+  const std::string table =
+      zsmem("estimate --params 1000000 --largest-unit 1000 --stage 3 --offload none optimizer").output;
+  const std::size_t host = table.find("host memory per rank, by category:");
+  ASSERT_NE(host, std::string::npos) << table;
+  EXPECT_NE(table.find("        optimizer |        0 B   3.85 MiB   3.85 MiB   7.69 MiB", host), std::string::npos)
+      << table;
+  EXPECT_EQ(table.find("             none |", host), std::string::npos) << table;
+  const std::string none = zsmem("estimate --params 1000000 --largest-unit 1000 --stage 3").output;
+  EXPECT_EQ(none.find("host memory per rank"), std::string::npos) << none;
 }
 
 // --offload-ratio (offload.ratio): the optimizer rows keep the first units' optimizer on the device and
