@@ -26,7 +26,7 @@ inline std::optional<int> parse_command_line(CLI::App& app, int argc, char** arg
   return std::nullopt;
 }
 
-// Number validators that say what was wrong in words ("--world: 0 is not a positive number"), where CLI11's
+// Number validators that say what was wrong in words ("--world: '0' is not a positive number"), where CLI11's
 // PositiveNumber and NonNegativeNumber print a range ending in the largest double.
 inline CLI::Validator positive() {
   return CLI::Validator(
