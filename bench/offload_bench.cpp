@@ -155,6 +155,7 @@ int main(int argc, char** argv) {
   app.add_option("--offload-ratio", a.ratio,
                  "offload.ratio with --offload optimizer: the share of the parameters whose optimizer runs on the "
                  "host (the last units), the rest on the GPU")
+      ->check(zs::offload_ratio())
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   try {

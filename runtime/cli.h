@@ -46,6 +46,18 @@ inline CLI::Validator non_negative() {
       "NONNEGATIVE");
 }
 
+// The validator of an --offload-ratio option: Config::Offload::ratio_valid.
+inline CLI::Validator offload_ratio() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        double v = 0;
+        return CLI::detail::lexical_cast(text, v) && Config::Offload::ratio_valid(v)
+                   ? ""
+                   : "'" + text + "' is not in (0, 1]: the share of the parameters whose optimizer runs on the host";
+      },
+      "RATIO");
+}
+
 // The validator of an --offload option: Config::Offload::kChoices.
 inline CLI::IsMember offload_choices() {
   return CLI::IsMember(

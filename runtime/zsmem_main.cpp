@@ -346,7 +346,8 @@ int main(int argc, char** argv) {
           ->check(zs::offload_choices());
   est->add_option("--offload-ratio", ratios,
                   "offload.ratio for the optimizer rows, one or a list: the share of the parameters whose optimizer "
-                  "runs on the host (the last units; the rest on the device), in (0, 1]; default 1, or the --config's");
+                  "runs on the host (the last units; the rest on the device), in (0, 1]; default 1, or the --config's")
+      ->check(zs::offload_ratio());
   auto* precision_given = est->add_option("--precision", precision, "compute dtype: f32, bf16, f16")
                               ->check(CLI::IsMember({"f32", "bf16", "f16"}));
   auto* reduce_given =
@@ -420,10 +421,6 @@ int main(int argc, char** argv) {
     if (!offload_given->count()) offloads = {std::string(cfg.offload.choice())};  // the config's (none by default)
     if (recompute && batch == 0) throw Usage("--checkpoint-activations needs --batch (it changes the activations)");
     if (ratios.empty()) ratios = {cfg.offload.ratio};  // the config's (1 by default)
-    for (double r : ratios)
-      if (!zs::Config::Offload::ratio_valid(r))
-        throw Usage(
-            fmt::format("--offload-ratio {} is not in (0, 1]: it is the share of the optimizer on the host", r));
     return estimate(m, cfg, worlds, stages, offloads, ratios, cpu, *zs::parse_byte_size(device_memory, kGiB),
                     *zs::parse_byte_size(host_memory, kGiB), batch, recompute, json_out);
   } catch (const Usage& e) {

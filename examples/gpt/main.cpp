@@ -86,7 +86,8 @@ int main(int argc, char** argv) {
       ->check(zs::offload_choices());
   auto* ratio_given = app.add_option("--offload-ratio", offload_ratio,
                                      "override offload.ratio: the share of the parameters whose optimizer runs on the "
-                                     "host with --offload optimizer (the last units; the rest on the device)");
+                                     "host with --offload optimizer (the last units; the rest on the device)")
+                          ->check(zs::offload_ratio());
   app.add_option("--lr", lr, "override optimizer.lr")->check(zs::positive());
   app.add_option("--device", device, "override device: auto, cpu or cuda")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));

@@ -133,7 +133,8 @@ TEST(GptTrainer, NonsenseArgumentsExitTwoSayingWhy) {
                                                        {"--save-every 5", "--save-every requires --ckpt-dir"},
                                                        {"--resume", "--resume requires --ckpt-dir"},
                                                        {"--stage 4", "--stage"},
-                                                       {"--offload everything", "--offload"}};
+                                                       {"--offload everything", "--offload"},
+                                                       {"--offload-ratio 2", "--offload-ratio: '2' is not in (0, 1]"}};
   for (const auto& [args, want] : cases) {
     const zs::test::CommandResult p = zs::test::run_command(std::string(ZS_GPT_TRAIN_PATH) + " " + args);
     EXPECT_EQ(p.rc, 2) << args << "\n" << p.output;
