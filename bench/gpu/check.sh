@@ -8,7 +8,7 @@
 # gpu-bundle.tar.xz, carried over (both made by bench/gpu/build.sh). Prints the card, then PASS/FAIL/SKIP per
 # check.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 bundle=build/cuda-sm90/gpu-bundle
 [ ! -d "$bundle" ] && [ -f "$bundle.tar.xz" ] && tar -C build/cuda-sm90 -xJf "$bundle.tar.xz"
 nccl_lib=$(python3 -c "import nvidia.nccl,os;print(os.path.join(nvidia.nccl.__path__[0],'lib'))" 2>/dev/null || true)
