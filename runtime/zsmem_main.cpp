@@ -2,6 +2,7 @@
 #include <unistd.h>
 
 #include <fmt/format.h>
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -226,15 +227,42 @@ int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, con
   return 0;
 }
 
+// What measure runs: the command as given, or with none (or only options) the example GPT beside zsmem (in
+// an install's or the GPU bundle's bin/, or the build tree's examples/) for a few steps, with those options.
+std::vector<std::string> measured_command(const fs::path& self, const std::vector<std::string>& command) {
+  if (!command.empty() && !command[0].starts_with("-")) return command;
+  fs::path trainer;
+  for (const fs::path& p : {self / "gpt_train", self.parent_path() / "examples" / "gpt_train"})
+    if (trainer.empty() && fs::exists(p)) trainer = p;
+  if (trainer.empty())
+    throw Usage("measure: give the program to run after -- (the example gpt_train is not beside zsmem)");
+  std::vector<std::string> run{trainer.string()};
+  run.insert(run.end(), command.begin(), command.end());
+  for (const auto& [option, value] : {std::pair{"--steps", "3"}, {"--log-every", "3"}, {"--eval-every", "0"}}) {
+    const bool given = std::any_of(command.begin(), command.end(), [o = std::string(option)](const std::string& a) {
+      return a == o || a.starts_with(o + "=");
+    });
+    if (!given) run.insert(run.end(), {option, value});
+  }
+  return run;
+}
+
+// One shell word: single-quoted, with any single quote inside spelled '\''.
+std::string shell_word(const std::string& a) {
+  std::string out = "'";
+  for (char c : a) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
 int measure(int nproc, double max_error, bool json_out, const std::string& svg,
             const std::vector<std::string>& command) {
-  if (command.empty()) throw Usage("measure: give the program to run after --");
+  const fs::path self = fs::read_symlink("/proc/self/exe").parent_path();
+  const std::vector<std::string> run = measured_command(self, command);
   const fs::path dir = fs::temp_directory_path() / fmt::format("zsmem_{}", getpid());
   fs::remove_all(dir);
-  const fs::path self = fs::read_symlink("/proc/self/exe").parent_path();
   std::string cmd = fmt::format("ZS_MEMORY_REPORT={} {} --nproc-per-node {} --master-port 0 --", dir.string(),
                                 (self / "zsrun").string(), nproc);
-  for (const auto& a : command) cmd += " '" + a + "'";
+  for (const auto& a : run) cmd += " " + shell_word(a);
   if (!json_out) cmd += " >&2";
   const int rc = std::system(cmd.c_str());
   if (rc != 0) {
@@ -383,7 +411,9 @@ int main(int argc, char** argv) {
   mea->add_flag("--json", json_out, "machine-readable");
   std::string svg;
   mea->add_option("--svg", svg, "draw rank 0's memory timeline (by category, with forward/backward/step) here");
-  mea->add_option("command", command, "the program and its arguments (after --)")->required();
+  mea->add_option("command", command,
+                  "the program and its arguments (after --); none, or only options: the example gpt_train with them, "
+                  "for 3 steps unless --steps says otherwise");
   if (const auto stop = zs::parse_command_line(app, argc, argv)) return *stop;
   try {
     if (*mea) return measure(nproc, max_error, json_out, svg, command);
