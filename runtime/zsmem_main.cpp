@@ -30,14 +30,14 @@ struct Usage : std::runtime_error {  // bad input: exit 2
   using std::runtime_error::runtime_error;
 };
 
-// DeepSpeed's published model-state estimators per GPU (estimate_zero2/3_model_states_mem_needs, one node,
-// ZeRO-Init): {device, host} bytes, the host's per node divided among its ranks. They count model states
-// only; stage 1 uses stage 2's.
+// DeepSpeed's published model-state estimators per GPU (estimate_zero2/3_model_states_mem_needs with ZeRO-Init,
+// `per_node` GPUs per node): {device, host} bytes, the host's per node divided among its ranks. They count
+// model states only; stage 1 uses stage 2's.
 struct DeepSpeedFigure {
   double device = NAN, host = NAN;
 };
 DeepSpeedFigure deepspeed_estimate(int stage, const zs::Config::Offload& offload, double params, double largest,
-                                   int world) {
+                                   int world, int per_node) {
   if (stage == 0) return {};
   const double buffer = 1.5;  // their additional_buffer_factor
   if (stage == 3) {
@@ -45,7 +45,8 @@ DeepSpeedFigure deepspeed_estimate(int stage, const zs::Config::Offload& offload
     if (offload.optimizer_on_cpu()) return {4 * largest + 2 * params / world, 16 * params * buffer / world};
     return {4 * largest + 18 * params / world, 4 * largest * buffer};
   }
-  if (offload.optimizer_on_cpu()) return {2 * params, params * std::max(4.0 * world, 16.0) * buffer / world};
+  // Stages 1-2 with offload: their host figure per node grows with the whole world, shared by the node's ranks.
+  if (offload.optimizer_on_cpu()) return {2 * params, params * std::max(4.0 * world, 16.0) * buffer / per_node};
   return {4 * params + 16 * params / world, 4 * params * buffer};
 }
 
@@ -106,37 +107,48 @@ Model load_model(double params, double largest, const std::string& spec, const s
   return m;
 }
 
-int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, const std::vector<int>& stages,
-             const std::vector<std::string>& offloads, const std::vector<double>& ratios, bool cpu, double device_bytes,
-             double host_bytes, int batch, bool recompute, bool json_out) {
-  for (int w : worlds)
+// What estimate prints: its rows (worlds x offload choices x stages) and the memory they must fit in.
+struct EstimateQuery {
+  std::vector<int> worlds{1}, stages{0, 1, 2, 3};
+  std::vector<std::string> offloads{"none"};
+  std::vector<double> ratios;               // offload.ratio for the optimizer rows
+  bool cpu = false;                         // the engine's device is the CPU
+  double device_bytes = 0, host_bytes = 0;  // 0: not asked
+  int batch = 0;                            // the example GPT's activations with this many sequences
+  bool recompute = false;                   // ... with activation checkpointing
+  int ranks_per_node = 0;                   // DeepSpeed's num_gpus_per_node (0: one node)
+  bool json = false;
+};
+
+int estimate(const Model& m, zs::Config cfg, const EstimateQuery& q) {
+  for (int w : q.worlds)
     if (const int g = cfg.zero.hybrid_group; g > 0 && w % g != 0)
       throw Usage(fmt::format("zero.hybrid_group {} does not divide --world {} into whole groups", g, w));
   nlohmann::ordered_json rows = nlohmann::ordered_json::array();
-  const double act = m.gpt && batch > 0
+  const double act = m.gpt && q.batch > 0
                          ? static_cast<double>(zs::family::gpt_activation_bytes(
-                               m.shape, batch, cpu, cfg.precision.param, cfg.precision.reduce, recompute))
+                               m.shape, q.batch, q.cpu, cfg.precision.param, cfg.precision.reduce, q.recompute))
                          : 0;
   const std::string what =
-      m.what + (m.gpt && batch > 0 ? zs::family::gpt_fused_attention(m.shape, batch, cpu, cfg.precision.param)
-                                         ? " (fused attention)"
-                                         : " (plain attention)"
-                                   : "");
+      m.what + (m.gpt && q.batch > 0 ? zs::family::gpt_fused_attention(m.shape, q.batch, q.cpu, cfg.precision.param)
+                                           ? " (fused attention)"
+                                           : " (plain attention)"
+                                     : "");
   const double act_host =
-      m.gpt && batch > 0 ? static_cast<double>(zs::family::gpt_activation_host_bytes(m.shape, batch, cpu)) : 0;
+      m.gpt && q.batch > 0 ? static_cast<double>(zs::family::gpt_activation_host_bytes(m.shape, q.batch, q.cpu)) : 0;
   auto fits_text = [&] {
     std::string out;
-    if (device_bytes > 0) out += "device " + format_bytes(device_bytes);
-    if (host_bytes > 0) out += (out.empty() ? "host " : ", host ") + format_bytes(host_bytes);
+    if (q.device_bytes > 0) out += "device " + format_bytes(q.device_bytes);
+    if (q.host_bytes > 0) out += (out.empty() ? "host " : ", host ") + format_bytes(q.host_bytes);
     return out.empty() ? "" : "fits " + out;
   };
-  if (!json_out) {
+  if (!q.json) {
     fmt::print(
         "{}: {} parameters in {} units (largest {}); compute {}, gradients {}, {}; stage 3 gathers {} units (prefetch "
         "{}); per rank, bytes on the {}\n",
         what, m.params, m.units.size(), m.largest, zs::dtype_name(cfg.precision.param),
         zs::dtype_name(cfg.precision.reduce), zs::kernels::optimizer_name(cfg.optimizer.type), cfg.zero.max_live_units,
-        cfg.zero.prefetch, cpu ? "CPU (device: cpu)" : "GPU");
+        cfg.zero.prefetch, q.cpu ? "CPU (device: cpu)" : "GPU");
     fmt::print("{:>5} {:>5} {:>16} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>10} | {:>10} | {:>21} {}\n",
                "world", "stage", "offload", "params", "master", "grads", "optim", "gather", "scratch", "activation",
                "device", "host", "DeepSpeed dev / host", fits_text());
@@ -144,17 +156,17 @@ int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, con
   std::vector<std::string> host_rows;
   // offload.ratio: one row per share for the streaming optimizer offload (the others have no share to choose).
   std::vector<std::pair<std::string, double>> choices;
-  for (const std::string& off : offloads)
-    for (double r : off == "optimizer" ? ratios : std::vector<double>{1.0}) choices.emplace_back(off, r);
-  for (int w : worlds)
+  for (const std::string& off : q.offloads)
+    for (double r : off == "optimizer" ? q.ratios : std::vector<double>{1.0}) choices.emplace_back(off, r);
+  for (int w : q.worlds)
     for (const auto& [off, ratio] : choices)
-      for (int s : stages) {
+      for (int s : q.stages) {
         cfg.zero.stage = s;
         cfg.offload.choose(off);
         cfg.offload.ratio = ratio;
         if (!zs::offload_problem(cfg).empty()) continue;  // e.g. stage 0 with offload: not a configuration
         const std::string label = cfg.offload.ratio < 1.0 ? fmt::format("{} {:.3g}", off, cfg.offload.ratio) : off;
-        const zs::MemoryPlan p = zs::plan_memory(m.units, cfg, w, 0, cpu);
+        const zs::MemoryPlan p = zs::plan_memory(m.units, cfg, w, 0, q.cpu);
         auto dev = [&](MemCategory c) { return static_cast<double>(p.device[static_cast<std::size_t>(c)]); };
         const double scratch = dev(MemCategory::comm_scratch) + dev(MemCategory::other);
         const double total = static_cast<double>(p.device_total()) + act,
@@ -163,9 +175,11 @@ int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, con
         const DeepSpeedFigure ds =
             cfg.offload.ratio < 1.0
                 ? DeepSpeedFigure{std::nan(""), std::nan("")}
-                : deepspeed_estimate(s, cfg.offload, static_cast<double>(m.params), static_cast<double>(m.largest), w);
-        const bool fits = (device_bytes <= 0 || total <= device_bytes) && (host_bytes <= 0 || host <= host_bytes);
-        if (json_out) {
+                : deepspeed_estimate(s, cfg.offload, static_cast<double>(m.params), static_cast<double>(m.largest), w,
+                                     q.ranks_per_node > 0 ? std::min(q.ranks_per_node, w) : w);
+        const bool fits =
+            (q.device_bytes <= 0 || total <= q.device_bytes) && (q.host_bytes <= 0 || host <= q.host_bytes);
+        if (q.json) {
           nlohmann::ordered_json r{{"world", w}, {"stage", s}, {"offload", off}, {"offload_ratio", cfg.offload.ratio}};
           for (int c = 0; c < zs::kMemCategoryCount; ++c) {
             const std::string name(zs::mem_category_name(static_cast<MemCategory>(c)));
@@ -179,7 +193,7 @@ int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, con
           auto num = [](double x) { return std::isnan(x) ? nlohmann::ordered_json() : nlohmann::ordered_json(x); };
           r["deepspeed_estimate"] = num(ds.device);
           r["deepspeed_host_estimate"] = num(ds.host);
-          if (device_bytes > 0 || host_bytes > 0) r["fits"] = fits;
+          if (q.device_bytes > 0 || q.host_bytes > 0) r["fits"] = fits;
           rows.push_back(r);
           continue;
         }
@@ -190,7 +204,7 @@ int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, con
             format_bytes(dev(MemCategory::gather_buffers)), format_bytes(scratch), act > 0 ? format_bytes(act) : "-",
             format_bytes(total), format_bytes(host),
             std::isnan(ds.device) ? "-" : fmt::format("{} / {}", format_bytes(ds.device), format_bytes(ds.host)),
-            device_bytes > 0 || host_bytes > 0 ? (fits ? "yes" : "NO") : "");
+            q.device_bytes > 0 || q.host_bytes > 0 ? (fits ? "yes" : "NO") : "");
         // The host's part by category, in a second table (rows with offload, Gloo's staging or a batch's).
         auto on_host = [&](MemCategory c) { return static_cast<double>(p.host[static_cast<std::size_t>(c)]); };
         if (host > 0)
@@ -202,7 +216,7 @@ int estimate(const Model& m, zs::Config cfg, const std::vector<int>& worlds, con
                           format_bytes(on_host(MemCategory::comm_scratch) + on_host(MemCategory::other)),
                           format_bytes(on_host(MemCategory::activations) + act_host), format_bytes(host)));
       }
-  if (json_out) {
+  if (q.json) {
     fmt::print("{}\n", rows.dump(1));
   } else {
     if (!host_rows.empty()) {
@@ -348,11 +362,9 @@ int main(int argc, char** argv) {
       },
       "SIZE");
   std::string spec, manifest, config_path, precision = "f32", reduce = "f32", optimizer = "adamw", states = "f32";
-  std::vector<std::string> offloads{"none"};
-  std::vector<double> ratios;
-  std::vector<int> worlds{1}, stages{0, 1, 2, 3};
-  int max_live = 4, prefetch = 2, accumulation = 1, batch = 0, nproc = 1;
-  bool cpu = false, json_out = false, recompute = false;
+  EstimateQuery q;
+  int max_live = 4, prefetch = 2, accumulation = 1, nproc = 1;
+  bool json_out = false;
   std::vector<std::string> command;
   auto* est = app.add_subcommand("estimate", "predict per-rank bytes by category for worlds x stages");
   est->add_option("--params", params, "total parameters (with --largest-unit: DeepSpeed's cold form)");
@@ -364,15 +376,15 @@ int main(int argc, char** argv) {
                   "a checkpoint: its model's tensors, and (without --config) its precision, optimizer and world");
   est->add_option("--config", config_path,
                   "engine YAML: precision, optimizer, zero.*, offload.* (the options below override it)");
-  auto* world_given =
-      est->add_option("--world", worlds, "ranks (one or a list; default 1, or a --manifest's)")->check(zs::positive());
-  est->add_option("--stage", stages, "ZeRO stages")->check(CLI::Range(0, 3));
+  auto* world_given = est->add_option("--world", q.worlds, "ranks (one or a list; default 1, or a --manifest's)")
+                          ->check(zs::positive());
+  est->add_option("--stage", q.stages, "ZeRO stages")->check(CLI::Range(0, 3));
   auto* offload_given =
-      est->add_option("--offload", offloads,
+      est->add_option("--offload", q.offloads,
                       "none, optimizer (stages 1-3), optimizer+params (stage 3) or delayed (the optimizer, delayed "
                       "mode), one or a list; rows that are not a configuration are left out")
           ->check(zs::offload_choices());
-  est->add_option("--offload-ratio", ratios,
+  est->add_option("--offload-ratio", q.ratios,
                   "offload.ratio for the optimizer rows, one or a list: the share of the parameters whose optimizer "
                   "runs on the host (the last units; the rest on the device), in (0, 1]; default 1, or the --config's")
       ->check(zs::offload_ratio());
@@ -393,17 +405,21 @@ int main(int argc, char** argv) {
           ->check(zs::non_negative());
   auto* accumulation_given =
       est->add_option("--accumulation", accumulation, "zero.grad_accumulation")->check(zs::positive());
-  est->add_option("--batch", batch, "sequences per rank: adds the example GPT's activations (CPU or CUDA layers)")
+  est->add_option("--batch", q.batch, "sequences per rank: adds the example GPT's activations (CPU or CUDA layers)")
       ->check(zs::non_negative());
-  est->add_flag("--checkpoint-activations", recompute,
+  est->add_flag("--checkpoint-activations", q.recompute,
                 "with --batch: the example's activation checkpointing (gpt_train --checkpoint-activations)");
-  est->add_flag("--cpu", cpu, "the engine's device is the CPU (Gloo staging counted)");
+  est->add_flag("--cpu", q.cpu, "the engine's device is the CPU (Gloo staging counted)");
   est->add_option("--device-memory", device_memory,
                   "memory per device, e.g. 80 (GiB), 80GiB or 85.9GB: says whether each row fits")
       ->check(byte_size);
   est->add_option("--host-memory", host_memory,
                   "host memory per rank, e.g. 125 (GiB) or 125GiB: says whether each row's host part fits")
       ->check(byte_size);
+  est->add_option("--ranks-per-node", q.ranks_per_node,
+                  "ranks (GPUs) per node, for DeepSpeed's figure: its host memory per node, shared by the node's "
+                  "ranks (default: the whole world on one node)")
+      ->check(zs::positive());
   est->add_flag("--json", json_out, "machine-readable");
   auto* mea = app.add_subcommand("measure", "run a program under zsrun and compare each rank's ledger with the plan");
   mea->add_option("--nproc", nproc, "ranks")->check(zs::positive());
@@ -424,7 +440,7 @@ int main(int argc, char** argv) {
       if (const auto type = zs::kernels::optimizer_parse(m.saved->optimizer)) cfg.optimizer.type = *type;
       if (const auto it = m.saved->hyper.find("momentum"); it != m.saved->hyper.end())
         cfg.optimizer.momentum = static_cast<float>(it->second);
-      if (!world_given->count()) worlds = {m.saved->world_size};
+      if (!world_given->count()) q.worlds = {m.saved->world_size};
     }
     // The options given override the config (or the defaults, which they share with zs::Config).
     if (precision_given->count()) cfg.precision.param = zs::dtype_parse(precision);
@@ -447,12 +463,14 @@ int main(int argc, char** argv) {
                       "ones are live together",
                       cfg.zero.max_live_units, cfg.zero.prefetch + 1));
     if (accumulation_given->count()) cfg.zero.grad_accumulation = accumulation;
-    if (batch > 0 && !m.gpt) throw Usage("--batch needs --model gpt:... (activations are known for that family)");
-    if (!offload_given->count()) offloads = {std::string(cfg.offload.choice())};  // the config's (none by default)
-    if (recompute && batch == 0) throw Usage("--checkpoint-activations needs --batch (it changes the activations)");
-    if (ratios.empty()) ratios = {cfg.offload.ratio};  // the config's (1 by default)
-    return estimate(m, cfg, worlds, stages, offloads, ratios, cpu, *zs::parse_byte_size(device_memory, kGiB),
-                    *zs::parse_byte_size(host_memory, kGiB), batch, recompute, json_out);
+    if (q.batch > 0 && !m.gpt) throw Usage("--batch needs --model gpt:... (activations are known for that family)");
+    if (!offload_given->count()) q.offloads = {std::string(cfg.offload.choice())};  // the config's (none by default)
+    if (q.recompute && q.batch == 0) throw Usage("--checkpoint-activations needs --batch (it changes the activations)");
+    if (q.ratios.empty()) q.ratios = {cfg.offload.ratio};  // the config's (1 by default)
+    q.device_bytes = *zs::parse_byte_size(device_memory, kGiB);
+    q.host_bytes = *zs::parse_byte_size(host_memory, kGiB);
+    q.json = json_out;
+    return estimate(m, cfg, q);
   } catch (const Usage& e) {
     fmt::print(stderr, "zsmem: {}\n", e.what());
     return 2;

@@ -24,6 +24,7 @@ TEST(Zsmem, NonsenseInputExitsTwoSayingWhy) {
       {"estimate --model gpt:attn=flash", "is not auto, plain or fused"},
       {"estimate --params 100 --largest-unit 10 --world 0", "--world: '0' is not a positive number"},
       {"estimate --params 100 --largest-unit 10 --batch -1", "--batch: '-1' is not a number >= 0"},
+      {"estimate --params 100 --largest-unit 10 --ranks-per-node 0", "--ranks-per-node: '0' is not a positive number"},
       {"estimate", "give the model one way"},
       {"estimate --params 100 --largest-unit 10 --offload everything", "--offload"},
       {"estimate --params 100 --largest-unit 10 --host-memory -1", "--host-memory: '-1' is not a size"},
@@ -248,6 +249,17 @@ TEST(Zsmem, OffloadRowsMoveTheStateToTheHost) {
   EXPECT_EQ(all["total"].get<double>(), 2 * 4 * 1024 + 4 * 4 * 1024 + 4 * 1001 + 4 * 481 * 4);
   EXPECT_DOUBLE_EQ(all["deepspeed_estimate"].get<double>(), 4 * 1000);
   EXPECT_DOUBLE_EQ(find(1, "optimizer")["deepspeed_estimate"].get<double>(), 2 * 1e6);
+  // DeepSpeed's host figure for stages 1-2 with offload is per node and grows with the whole world: at world 16
+  // it is 1e6 x max(4 x 16, 16) x 1.5 per node, shared by 16 ranks on one node or by 8 on each of two.
+  auto ds_host = [](const std::string& extra) {
+    const zs::test::CommandResult r =
+        zsmem("estimate --params 1000000 --largest-unit 1000 --world 16 --stage 2 --offload optimizer --json" + extra);
+    EXPECT_EQ(r.rc, 0) << r.output;
+    return r.rc == 0 ? nlohmann::json::parse(r.output)[0]["deepspeed_host_estimate"].get<double>() : -1.0;
+  };
+  EXPECT_DOUBLE_EQ(ds_host(""), 1e6 * 64 * 1.5 / 16);
+  EXPECT_DOUBLE_EQ(ds_host(" --ranks-per-node 8"), 1e6 * 64 * 1.5 / 8);
+  EXPECT_DOUBLE_EQ(ds_host(" --ranks-per-node 32"), 1e6 * 64 * 1.5 / 16);  // no more ranks on a node than the world
   const zs::test::CommandResult fit =
       zsmem("estimate --params 1000000 --largest-unit 1000 --stage 3 --offload optimizer --host-memory 0.01");
   EXPECT_NE(fit.output.find("NO"), std::string::npos) << fit.output;  // 16 MB of host state in 10 MiB
