@@ -6,6 +6,7 @@
 #include <iterator>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "runtime/config.h"
@@ -26,36 +27,31 @@ inline std::optional<int> parse_command_line(CLI::App& app, int argc, char** arg
   return std::nullopt;
 }
 
-// Number validators that say what was wrong in words ("--world: '0' is not a positive number"), where CLI11's
-// PositiveNumber and NonNegativeNumber print a range ending in the largest double.
-inline CLI::Validator positive() {
+// A validator of one number that says what was wrong in words ("--world: '0' is not a positive number"), where
+// CLI11's PositiveNumber and NonNegativeNumber print a range ending in the largest double: `ok` decides, and
+// `what` ends the message "'<text>' is not ...".
+template <typename Ok>
+CLI::Validator number_check(Ok ok, std::string what, std::string name) {
   return CLI::Validator(
-      [](std::string& text) -> std::string {
+      [ok, what](std::string& text) -> std::string {
         double v = 0;
-        return CLI::detail::lexical_cast(text, v) && v > 0 ? "" : "'" + text + "' is not a positive number";
+        return CLI::detail::lexical_cast(text, v) && ok(v) ? "" : "'" + text + "' is not " + what;
       },
-      "POSITIVE");
+      std::move(name));
+}
+
+inline CLI::Validator positive() {
+  return number_check([](double v) { return v > 0; }, "a positive number", "POSITIVE");
 }
 
 inline CLI::Validator non_negative() {
-  return CLI::Validator(
-      [](std::string& text) -> std::string {
-        double v = 0;
-        return CLI::detail::lexical_cast(text, v) && v >= 0 ? "" : "'" + text + "' is not a number >= 0";
-      },
-      "NONNEGATIVE");
+  return number_check([](double v) { return v >= 0; }, "a number >= 0", "NONNEGATIVE");
 }
 
 // The validator of an --offload-ratio option: Config::Offload::ratio_valid.
 inline CLI::Validator offload_ratio() {
-  return CLI::Validator(
-      [](std::string& text) -> std::string {
-        double v = 0;
-        return CLI::detail::lexical_cast(text, v) && Config::Offload::ratio_valid(v)
-                   ? ""
-                   : "'" + text + "' is not in (0, 1]: the share of the parameters whose optimizer runs on the host";
-      },
-      "RATIO");
+  return number_check([](double v) { return Config::Offload::ratio_valid(v); },
+                      "in (0, 1]: the share of the parameters whose optimizer runs on the host", "RATIO");
 }
 
 // The validator of an --offload option: Config::Offload::kChoices.
