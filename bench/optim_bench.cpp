@@ -70,6 +70,16 @@ void fill(Device d, Buffer& b, DType t, float scale) {
                 std::min(host.size(), b.bytes() - off));
 }
 
+// f(lo, hi) on `threads` threads, over [0, n) cut into consecutive slices whose starts are multiples of
+// `grain`; returns when all are done.
+template <typename F>
+void in_slices(int threads, int64_t n, int64_t grain, F f) {
+  const int64_t slice = std::max(grain, (n / threads + grain - 1) / grain * grain);
+  std::vector<std::thread> pool;
+  for (int64_t lo = 0; lo < n; lo += slice) pool.emplace_back([=] { f(lo, std::min(n, lo + slice)); });
+  for (auto& th : pool) th.join();
+}
+
 // The reference copy: on CPU one large memcpy per thread (glibc streams it with non-temporal stores, so
 // each byte counted is a byte moved; a cached-store copy would also read every destination line first);
 // on CUDA a device-to-device cudaMemcpyAsync.
@@ -80,46 +90,37 @@ void copy(Device d, Buffer& dst, const Buffer& src, int threads) {
     return;
   }
 #endif
-  const std::size_t slice = (src.bytes() / static_cast<std::size_t>(threads) + 63) / 64 * 64;
-  std::vector<std::thread> pool;
-  for (int t = 0; t < threads; ++t) {
-    const std::size_t off = slice * static_cast<std::size_t>(t);
-    if (off >= src.bytes()) break;
-    pool.emplace_back([&, off] {
-      std::memcpy(static_cast<char*>(dst.data()) + off, static_cast<const char*>(src.data()) + off,
-                  std::min(slice, src.bytes() - off));
-    });
-  }
-  for (auto& th : pool) th.join();
+  auto* to = static_cast<char*>(dst.data());
+  const auto* from = static_cast<const char*>(src.data());
+  in_slices(threads, static_cast<int64_t>(src.bytes()), 64,
+            [=](int64_t lo, int64_t hi) { std::memcpy(to + lo, from + lo, static_cast<std::size_t>(hi - lo)); });
 }
 
 // The update's memory accesses without its arithmetic (CPU, f32 operands): each thread streams its slice of
 // the parameter and the states, read and written in place, and of the gradient, read, adding the gradient
 // to each. The same bytes in the same pattern as the update, so update / this is how close the update
 // comes to the memory's rate for its own traffic (a copy's non-temporal stores are another pattern).
+// In blocks of 16 elements, so the compiler vectorises each block whole (no alias checks, no versioning,
+// whatever the caller it is inlined into: the measured rate is the memory's, not the loop's).
 void same_access_range(float* __restrict p, const float* __restrict g, float* __restrict s1, float* __restrict s2,
                        int64_t lo, int64_t hi) {
-  if (s1 && s2) {
-    for (int64_t i = lo; i < hi; ++i) {
-      p[i] += g[i];
-      s1[i] += g[i];
-      s2[i] += g[i];
+  constexpr int64_t kBlock = 16;
+  int64_t i = lo;
+  for (; i + kBlock <= hi; i += kBlock)
+    for (int64_t k = i; k < i + kBlock; ++k) {
+      p[k] += g[k];
+      if (s1) s1[k] += g[k];
+      if (s2) s2[k] += g[k];
     }
-  } else if (s1) {
-    for (int64_t i = lo; i < hi; ++i) {
-      p[i] += g[i];
-      s1[i] += g[i];
-    }
-  } else {
-    for (int64_t i = lo; i < hi; ++i) p[i] += g[i];
+  for (; i < hi; ++i) {
+    p[i] += g[i];
+    if (s1) s1[i] += g[i];
+    if (s2) s2[i] += g[i];
   }
 }
 
 void same_access(float* p, const float* g, float* s1, float* s2, int64_t n, int threads) {
-  std::vector<std::thread> pool;
-  for (int t = 0; t < threads; ++t)
-    pool.emplace_back([=] { same_access_range(p, g, s1, s2, n * t / threads, n * (t + 1) / threads); });
-  for (auto& th : pool) th.join();
+  in_slices(threads, n, 16, [=](int64_t lo, int64_t hi) { same_access_range(p, g, s1, s2, lo, hi); });
 }
 
 }  // namespace
