@@ -118,7 +118,9 @@ int main(int argc, char** argv) {
   app.add_flag("--checkpoint-activations", checkpoint_activations,
                "keep only each block's input and run its forward again in the backward (less memory, one more "
                "forward per step)");
-  app.add_flag("--resume", resume, "continue from the latest checkpoint in --ckpt-dir, if there is one")
+  app.add_flag("--resume", resume,
+               "continue from the latest checkpoint in --ckpt-dir, if there is one (implied when zsrun "
+               "--max-restarts restarts the job)")
       ->needs(ckpt_given);
   app.add_option("--export", export_path, "write the trained parameters to this safetensors file");
   app.add_option("--sample", sample, "print N bytes generated from the model at the end")->check(zs::non_negative());
@@ -154,8 +156,10 @@ int main(int argc, char** argv) {
                                          : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / local));
     gpt::Trainer model(engine, shape, batch, checkpoint_activations);
     const gpt::Corpus corpus = gpt::load_corpus(data, 0.1);
+    // A job zsrun restarted after a failure continues from its latest checkpoint, as --resume does.
+    const int restart = zs::job_env().restart_count;
     int64_t start = 0;
-    if (resume && !ckpt_dir.empty() && !zs::ckpt::find_latest(ckpt_dir).empty()) {
+    if ((resume || restart > 0) && !ckpt_dir.empty() && !zs::ckpt::find_latest(ckpt_dir).empty()) {
       engine.load_checkpoint(ckpt_dir);
       start = engine.steps_done();
     } else {
@@ -173,7 +177,11 @@ int main(int argc, char** argv) {
       std::printf("data: %zu KB of text from %d files (train %zu KB, validation %zu KB); %d x %d tokens per rank\n",
                   (corpus.train.size() + corpus.val.size()) / 1000, corpus.files, corpus.train.size() / 1000,
                   corpus.val.size() / 1000, batch, shape.seq);
-      if (start > 0) std::printf("resumed from %s at step %lld\n", ckpt_dir.c_str(), static_cast<long long>(start));
+      if (start > 0)
+        std::printf("resumed from %s at step %lld\n", ckpt_dir.c_str(), static_cast<long long>(start));
+      else if (restart > 0)
+        std::printf("restart %d: %s, so training starts again from step 0\n", restart,
+                    ckpt_dir.empty() ? "no --ckpt-dir" : "no checkpoint saved yet");
     }
     const std::size_t n = static_cast<std::size_t>(batch) * static_cast<std::size_t>(shape.seq);
     std::vector<int> tokens(n), targets(n);

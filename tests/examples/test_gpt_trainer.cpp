@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
@@ -140,6 +141,41 @@ TEST(GptTrainer, NonsenseArgumentsExitTwoSayingWhy) {
     EXPECT_EQ(p.rc, 2) << args << "\n" << p.output;
     EXPECT_NE(p.output.find(want), std::string::npos) << args << "\n" << p.output;
   }
+}
+
+// A job that zsrun restarts (ZS_RESTART_COUNT > 0) continues from --ckpt-dir's latest checkpoint without
+// --resume, and ends with the parameters of a run that was never interrupted; without a checkpoint it says
+// that it starts again.
+TEST(GptTrainer, ARestartedJobContinuesFromItsCheckpoint) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("zs_gpt_restart_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  const std::string prog = std::string(ZS_GPT_TRAIN_PATH) +
+                           " --layers 1 --d-model 32 --heads 2 --seq 16 --batch 2 --threads 1 --eval-batches 0"
+                           " --log-every 100";
+  const std::string ckpt = (dir / "ckpt").string(), straight = (dir / "straight.safetensors").string(),
+                    restarted = (dir / "restarted.safetensors").string();
+  const zs::test::CommandResult first =
+      zs::test::run_command(prog + " --steps 4 --ckpt-dir " + ckpt + " --save-every 2");
+  ASSERT_EQ(first.rc, 0) << first.output;
+  const zs::test::CommandResult second =
+      zs::test::run_command("ZS_RESTART_COUNT=1 " + prog + " --steps 6 --ckpt-dir " + ckpt + " --export " + restarted);
+  ASSERT_EQ(second.rc, 0) << second.output;
+  EXPECT_NE(second.output.find("resumed from " + ckpt + " at step 4"), std::string::npos) << second.output;
+  const zs::test::CommandResult whole = zs::test::run_command(prog + " --steps 6 --export " + straight);
+  ASSERT_EQ(whole.rc, 0) << whole.output;
+  auto bytes = [](const fs::path& p) {
+    std::ifstream f(p, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  };
+  const std::string a = bytes(restarted), b = bytes(straight);
+  EXPECT_FALSE(a.empty());
+  EXPECT_TRUE(a == b) << "the restarted run's parameters differ from the uninterrupted run's";
+  const zs::test::CommandResult bare = zs::test::run_command("ZS_RESTART_COUNT=2 " + prog + " --steps 1");
+  EXPECT_EQ(bare.rc, 0) << bare.output;
+  EXPECT_NE(bare.output.find("restart 2: no --ckpt-dir, so training starts again from step 0"), std::string::npos)
+      << bare.output;
+  fs::remove_all(dir);
 }
 
 }  // namespace
