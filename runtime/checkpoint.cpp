@@ -70,6 +70,36 @@ bool is_step_dir(const fs::path& p) {
                      [](char c) { return c >= '0' && c <= '9'; });
 }
 
+// The step number a step directory's name holds.
+int64_t step_of(const fs::path& p) {
+  return std::stoll(p.filename().string().substr(kStepPrefix.size()));
+}
+
+// The step directories under `root` that hold a manifest (complete checkpoints), oldest first.
+std::vector<fs::path> complete_steps(const fs::path& root) {
+  std::vector<fs::path> steps;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(root, ec))
+    if (e.is_directory() && is_step_dir(e.path()) && fs::exists(e.path() / "manifest.json", ec))
+      steps.push_back(e.path());
+  std::sort(steps.begin(), steps.end(), [](const fs::path& a, const fs::path& b) { return step_of(a) < step_of(b); });
+  return steps;
+}
+
+// The fix for a damaged file of step directory `dir`: the newest complete checkpoint before it, and how to
+// resume from that one.
+std::string earlier_checkpoint(const fs::path& dir) {
+  const fs::path root = dir.parent_path();
+  std::string best;
+  if (is_step_dir(dir))
+    for (const fs::path& p : complete_steps(root))
+      if (step_of(p) < step_of(dir)) best = p.filename().string();
+  if (best.empty()) return fmt::format("'{}' holds no earlier checkpoint to load instead", root.string());
+  return fmt::format(
+      "load an earlier checkpoint: '{}' is the newest before it (write '{}' into '{}' to resume from it)",
+      (root / best).string(), best, (root / "latest").string());
+}
+
 std::string read_text(const fs::path& p) {
   std::ifstream f(p, std::ios::binary);
   ZS_CHECK(f.good(), "cannot read '{}'", p.string());
@@ -315,10 +345,7 @@ void commit(const std::string& root, const std::string& tmp, const Manifest& m, 
   fsync_dir(root);
   write_file_atomic((r / "latest").string(), step_dir_name(m.step) + "\n");
   // Keep the newest `keep` complete step directories (and never the one `latest` names).
-  std::vector<fs::path> steps;
-  for (const auto& e : fs::directory_iterator(r))
-    if (e.is_directory() && is_step_dir(e.path())) steps.push_back(e.path());
-  std::sort(steps.begin(), steps.end());
+  const std::vector<fs::path> steps = complete_steps(r);
   const std::size_t k = static_cast<std::size_t>(std::max(1, keep));
   for (std::size_t i = 0; i + k < steps.size(); ++i)
     if (steps[i] != final_dir) fs::remove_all(steps[i], ec);
@@ -338,15 +365,16 @@ void Reader::verify(int file) {
   const FileEntry& f = manifest_.files.at(static_cast<std::size_t>(file));
   const std::string path = (fs::path(dir_) / f.name).string();
   std::error_code ec;
-  ZS_CHECK(fs::exists(path, ec), "checkpoint file '{}' is missing (the manifest lists it: {} bytes)", path,
-           f.digest.bytes);
+  ZS_CHECK(fs::exists(path, ec), "checkpoint file '{}' is missing (the manifest lists it: {} bytes); {}", path,
+           f.digest.bytes, earlier_checkpoint(dir_));
   const uint64_t size = fs::file_size(path, ec);
-  ZS_CHECK(size == f.digest.bytes, "checkpoint file '{}' has {} bytes but the manifest says {}: {}", path, size,
-           f.digest.bytes, size < f.digest.bytes ? "it is truncated" : "it was changed after the checkpoint was saved");
+  ZS_CHECK(size == f.digest.bytes, "checkpoint file '{}' has {} bytes but the manifest says {}: {}; {}", path, size,
+           f.digest.bytes, size < f.digest.bytes ? "it is truncated" : "it was changed after the checkpoint was saved",
+           earlier_checkpoint(dir_));
   const FileDigest d = digest_file(path);
   ZS_CHECK(d.xxh64 == f.digest.xxh64,
-           "checkpoint file '{}' is corrupt: its xxHash64 is {} but the manifest says {}; load an earlier checkpoint",
-           path, hex64(d.xxh64), hex64(f.digest.xxh64));
+           "checkpoint file '{}' is corrupt: its xxHash64 is {} but the manifest says {}; {}", path, hex64(d.xxh64),
+           hex64(f.digest.xxh64), earlier_checkpoint(dir_));
   open_[file] = std::make_unique<SafetensorsFile>(path);
 }
 

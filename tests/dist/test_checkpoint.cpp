@@ -289,6 +289,31 @@ class BadCheckpoint : public ::testing::Test {
 TEST_F(BadCheckpoint, TruncatedFile) {
   const std::string m = load_after([&] { fs::resize_file(file(victim()), fs::file_size(file(victim())) - 100); });
   expect_named(m, "truncated");
+  EXPECT_TRUE(has(m, fmt::format("'{}' holds no earlier checkpoint to load instead", root.string()))) << m;
+}
+
+// With an older checkpoint beside the damaged one, the error names it and how to resume from it, and that
+// advice works.
+TEST_F(BadCheckpoint, TheErrorNamesTheNewestEarlierCheckpoint) {
+  {
+    Engine e(make_config(c), *pg().world);
+    declare(e);
+    e.load_checkpoint(root.string());
+    train(c, e, 2);
+    e.save_checkpoint(root.string());  // step 5, beside step 3
+  }
+  const fs::path damaged = root / ckpt::step_dir_name(5) / ckpt::rank_file_name(victim());
+  const std::string m = load_after([&] { fs::remove(damaged); });
+  EXPECT_TRUE(has(m, damaged.string() + "' is missing")) << m;
+  EXPECT_TRUE(has(m, fmt::format("'{}' is the newest before it (write '{}' into '{}'", step_dir.string(),
+                                 ckpt::step_dir_name(3), (root / "latest").string())))
+      << m;
+  if (pg().world->rank() == 0) std::ofstream(root / "latest") << ckpt::step_dir_name(3) << "\n";
+  pg().world->barrier().wait();
+  Engine e(make_config(c), *pg().world);
+  declare(e);
+  e.load_checkpoint(root.string());
+  EXPECT_EQ(e.steps_done(), 3);
 }
 
 TEST_F(BadCheckpoint, OneFlippedByte) {
