@@ -1,6 +1,8 @@
 // Comm front end: argument checks, sequence numbers and descriptions shared by every backend.
 #include "core/comm.h"
 
+#include <fmt/ranges.h>
+
 #include <algorithm>
 #include <charconv>
 
@@ -46,6 +48,31 @@ std::string Comm::describe(const CollectiveOp& op) const {
   if (op.kind == CollectiveKind::barrier) return what + ")";
   const TensorView& big = op.kind == CollectiveKind::all_gather ? op.out : op.in;
   return what + fmt::format(", {} x {})", big.numel(), dtype_name(big.dtype));
+}
+
+void Comm::await_ranks(Store& store, const std::string& prefix) const {
+  auto key = [&](int r) { return fmt::format("{}joined/{}", prefix, r); };
+  const uint8_t here = 1;
+  store.set(key(rank()), std::span(&here, 1));
+  std::vector<std::string> keys;
+  for (int r = 0; r < size(); ++r) keys.push_back(key(r));
+  try {
+    store.wait(keys, options().rendezvous_timeout);
+  } catch (const Error&) {
+    std::vector<int> missing;
+    for (int r = 0; r < size(); ++r)
+      if (!store.check({key(r)})) missing.push_back(r);
+    if (missing.empty()) throw;  // they arrived just as the wait gave up: not a missing rank
+    constexpr std::size_t kNamed = 8;
+    const std::size_t named = std::min(kNamed, missing.size());
+    ZS_FAIL(
+        "rank {}: rendezvous of group '{}' ({} ranks) timed out after {} s: rank{} {}{} never joined; start every "
+        "rank (on each node, zsrun with the same --nnodes, --master-addr, --master-port and ZS_JOB_TOKEN) or "
+        "raise ZS_RENDEZVOUS_TIMEOUT_S",
+        rank(), name(), size(), options().rendezvous_timeout.count() / 1000.0, missing.size() > 1 ? "s" : "",
+        fmt::join(missing.begin(), missing.begin() + static_cast<std::ptrdiff_t>(named), ", "),
+        missing.size() > named ? fmt::format(" ... ({} of {})", missing.size(), size()) : "");
+  }
 }
 
 float Comm::all_reduce_value(float value, ReduceOp op) {

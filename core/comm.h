@@ -100,6 +100,10 @@ class Comm {
 
  protected:
   Comm(int rank, int size, CommOptions opts) : rank_(rank), size_(size), opts_(std::move(opts)) {}
+  // Group creation's first step in every backend: each rank sets `prefix`joined/<rank> and waits for the
+  // others' within the rendezvous timeout, so a rank that never arrives is named in an error instead of
+  // stalling the backend's own connection set-up.
+  void await_ranks(Store& store, const std::string& prefix) const;
   virtual Work launch(const CollectiveOp& op, Stream& stream) = 0;
 
  private:

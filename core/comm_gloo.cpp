@@ -301,6 +301,7 @@ GlooComm::~GlooComm() {
 void GlooComm::connect() {
   auto ctx = std::make_shared<gloo::rendezvous::Context>(rank(), size());
   ctx->setTimeout(timeout());
+  await_ranks(*store_, "");
   GlooStore adapter(*store_, options().rendezvous_timeout);
   try {
     ctx->connectFullMesh(adapter, dev_);

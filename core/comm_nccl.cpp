@@ -84,6 +84,7 @@ NcclComm::NcclComm(std::shared_ptr<Store> store, int rank, int size, CommOptions
     : Comm(rank, size, std::move(opts)), device_(device) {
   ZS_CHECK(device.is_cuda(), "the NCCL backend needs a CUDA device, got {}", device.str());
   ZS_CHECK_CUDA(cudaSetDevice(device.index));
+  await_ranks(*store, "nccl/" + name() + "/");
   ncclUniqueId id;
   const std::string key = "nccl/" + name() + "/unique_id";
   if (rank == 0) {
