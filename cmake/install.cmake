@@ -10,7 +10,7 @@ if(ZS_HAVE_CUDA)
   install(TARGETS zs_nccl EXPORT zeroshardTargets)
 endif()
 install(TARGETS zsrun zsckpt zsmem RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
-install(DIRECTORY core kernels sharding optim runtime DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/zeroshard
+install(DIRECTORY core kernels sharding optim offload runtime DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/zeroshard
         FILES_MATCHING PATTERN "*.h")
 install(EXPORT zeroshardTargets NAMESPACE zeroshard:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/zeroshard)
 configure_package_config_file(cmake/zeroshardConfig.cmake.in
