@@ -169,6 +169,9 @@ int main(int argc, char** argv) {
       std::string off =
           cfg.offload.optimizer_on_cpu() ? ", offload " + std::string(cfg.offload.choice()) : std::string();
       if (cfg.offload.ratio < 1.0) off += fmt::format(" (ratio {})", cfg.offload.ratio);
+      if (cfg.zero.hybrid_group > 0 && cfg.zero.hybrid_group < world)
+        off += fmt::format(", hybrid: sharded within groups of {}, {} replicas", cfg.zero.hybrid_group,
+                           world / cfg.zero.hybrid_group);
       std::printf("GPT d=%d L=%d H=%d T=%d V=%d%s: %.2f M parameters in %d units; ZeRO-%d over %d rank%s (%s%s)\n",
                   shape.d, shape.layers, shape.heads, shape.seq, shape.vocab,
                   model.shape().attention == zs::family::Attention::fused ? " (fused attention)" : "",
