@@ -149,7 +149,7 @@ int estimate(const Model& m, zs::Config cfg, const EstimateQuery& q) {
         what, m.params, m.units.size(), m.largest, zs::dtype_name(cfg.precision.param),
         zs::dtype_name(cfg.precision.reduce), zs::kernels::optimizer_name(cfg.optimizer.type), cfg.zero.max_live_units,
         cfg.zero.prefetch, q.cpu ? "CPU (device: cpu)" : "GPU");
-    fmt::print("{:>5} {:>5} {:>16} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>10} | {:>10} | {:>21} {}\n",
+    fmt::print("{:>5} {:>5} {:>16} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>10} | {:>10} | {:>23} {}\n",
                "world", "stage", "offload", "params", "master", "grads", "optim", "gather", "scratch", "activation",
                "device", "host", "DeepSpeed dev / host", fits_text());
   }
@@ -198,7 +198,7 @@ int estimate(const Model& m, zs::Config cfg, const EstimateQuery& q) {
           continue;
         }
         fmt::print(
-            "{:>5} {:>5} {:>16} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>10} | {:>10} | {:>21} {}\n", w,
+            "{:>5} {:>5} {:>16} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>10} | {:>10} | {:>23} {}\n", w,
             s, label, format_bytes(dev(MemCategory::params)), format_bytes(dev(MemCategory::master)),
             format_bytes(dev(MemCategory::grads)), format_bytes(dev(MemCategory::optim_state)),
             format_bytes(dev(MemCategory::gather_buffers)), format_bytes(scratch), act > 0 ? format_bytes(act) : "-",
