@@ -3,6 +3,7 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <filesystem>
 #include <iterator>
 #include <optional>
 #include <string>
@@ -52,6 +53,20 @@ inline CLI::Validator non_negative() {
 inline CLI::Validator offload_ratio() {
   return number_check([](double v) { return Config::Offload::ratio_valid(v); },
                       "in (0, 1]: the share of the parameters whose optimizer runs on the host", "RATIO");
+}
+
+// The validator of a file the program writes at the end (an export, a picture): its directory must exist
+// now, so a typo fails before the work instead of losing it.
+inline CLI::Validator output_file() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        const std::filesystem::path dir = std::filesystem::path(text).parent_path();
+        std::error_code ec;
+        return dir.empty() || std::filesystem::is_directory(dir, ec)
+                   ? ""
+                   : "'" + text + "': directory '" + dir.string() + "' does not exist (create it first)";
+      },
+      "FILE");
 }
 
 // The validator of an --offload option: Config::Offload::kChoices.

@@ -285,6 +285,7 @@ void Engine::setup() {
         {Buffer(static_cast<std::size_t>(pools.grad_bytes), mk, device_, MemCategory::grads), -1, nullptr, {}});
   norm_scratch_ = Buffer((units_.size() + 1) * sizeof(float), mk, device_, MemCategory::other);
   control();  // now, not in the first step's agreement checks
+  check_checkpoint_dir();
   for (std::size_t i = 0; i < units_.size(); ++i) grads_ready_.push_back(make_event(device_));
   if (cfg_.offload.optimizer_on_cpu())
     for (std::size_t i = 0; i < units_.size(); ++i) shard_summed_.push_back(make_event(device_));

@@ -181,6 +181,8 @@ class Engine {
   // Checkpoint helpers (engine_checkpoint.cpp).
   ckpt::Manifest describe_checkpoint() const;
   FileDigest write_rank_file(const std::string& path, const ckpt::Manifest& m);
+  // With checkpoint.every_steps: every writing rank can create checkpoint.dir and a file in it (collective).
+  void check_checkpoint_dir();
   void quiesce(const char* op);  // between steps: nothing in flight, nothing held
   // Every rank's `mine` (same length on all), in rank order; for small control messages.
   std::vector<float> all_gather_host(const std::vector<float>& mine);

@@ -256,6 +256,26 @@ void Engine::save_checkpoint(const std::string& root, const std::string& user_st
     log::info("saved checkpoint of step {} to {}", step_, (fs::path(root) / ckpt::step_dir_name(step_)).string());
 }
 
+void Engine::check_checkpoint_dir() {
+  if (cfg_.checkpoint.every_steps <= 0) return;
+  const fs::path root(cfg_.checkpoint.dir);
+  const int r = comm_->rank();
+  bool ok = true;
+  std::string error;
+  if (r < shard_size())  // the ranks that write rank files
+    attempt(ok, error, [&] {
+      fs::create_directories(root);
+      const fs::path probe = root / fmt::format(".write-test-rank{}", r);
+      write_file_atomic(probe.string(), "");
+      fs::remove(probe);
+    });
+  if (!ok) error += "; fix checkpoint.dir or its permissions";
+  agree(ok,
+        fmt::format("the check before training that checkpoint.dir '{}' can be written (every {} steps save there)",
+                    root.string(), cfg_.checkpoint.every_steps),
+        error);
+}
+
 void Engine::save_weights(const std::string& path, DType dtype) {
   ZS_CHECK(dtype == DType::f32 || dtype == DType::bf16, "save_weights: dtype {} is not f32 or bf16", dtype_name(dtype));
   quiesce("save_weights");

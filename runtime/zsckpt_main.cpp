@@ -44,7 +44,7 @@ int main(int argc, char** argv) {
   ver->add_option("DIR", dir, "checkpoint")->required();
   auto* exp = app.add_subcommand("export", "write the parameters to one safetensors file, tensor by tensor");
   exp->add_option("DIR", dir, "checkpoint")->required();
-  exp->add_option("--out", out, "the safetensors file to write")->required();
+  exp->add_option("--out", out, "the safetensors file to write")->required()->check(zs::output_file());
   exp->add_option("--dtype", dtype, "f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}))->capture_default_str();
   if (const auto stop = zs::parse_command_line(app, argc, argv)) return *stop;
   try {

@@ -426,7 +426,8 @@ int main(int argc, char** argv) {
   mea->add_option("--max-error", max_error, "exit 1 when a rank's total differs from the prediction by more (%)");
   mea->add_flag("--json", json_out, "machine-readable");
   std::string svg;
-  mea->add_option("--svg", svg, "draw rank 0's memory timeline (by category, with forward/backward/step) here");
+  mea->add_option("--svg", svg, "draw rank 0's memory timeline (by category, with forward/backward/step) here")
+      ->check(zs::output_file());
   mea->add_option("command", command,
                   "the program and its arguments (after --); none, or only options: the example gpt_train with them, "
                   "for 3 steps unless --steps says otherwise");

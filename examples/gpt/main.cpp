@@ -122,7 +122,8 @@ int main(int argc, char** argv) {
                "continue from the latest checkpoint in --ckpt-dir, if there is one (implied when zsrun "
                "--max-restarts restarts the job)")
       ->needs(ckpt_given);
-  app.add_option("--export", export_path, "write the trained parameters to this safetensors file");
+  app.add_option("--export", export_path, "write the trained parameters to this safetensors file")
+      ->check(zs::output_file());
   app.add_option("--sample", sample, "print N bytes generated from the model at the end")->check(zs::non_negative());
   app.add_option("--threads", threads, "BLAS threads per rank (default: cores / local ranks)")->check(zs::positive());
   app.add_option("--check-loss-below", check_below, "exit 1 unless the final validation loss is below this");

@@ -433,6 +433,23 @@ TEST(CheckpointRotation, KeepsTheNewestAndSavesPeriodically) {
   for (int f = 0; f < static_cast<int>(r.manifest().files.size()); ++f) r.verify(f);
 }
 
+// With checkpoint.every_steps, a checkpoint.dir that cannot be written fails init_params on every rank, before
+// the first step, instead of failing the first save after the steps before it.
+TEST(CheckpointRotation, AnUnwritableDirectoryFailsBeforeTraining) {
+  const fs::path root = shared_dir("unwritable");
+  if (pg().world->rank() == 0) std::ofstream(root / "a-file") << "not a directory";
+  pg().world->barrier().wait();
+  Config cfg = make_config({2, DType::f32, 0, 1, 0.0f});
+  cfg.checkpoint.dir = (root / "a-file" / "ckpt").string();
+  cfg.checkpoint.every_steps = 100;
+  Engine e(cfg, *pg().world);
+  declare(e);
+  const std::string m = error_of([&] { e.init_params(kInit); });
+  EXPECT_TRUE(has(m, fmt::format("checkpoint.dir '{}' can be written", cfg.checkpoint.dir))) << m;
+  EXPECT_TRUE(has(m, "failed on rank")) << m;
+  EXPECT_TRUE(has(m, "fix checkpoint.dir or its permissions")) << m;
+}
+
 }  // namespace
 }  // namespace zs
 

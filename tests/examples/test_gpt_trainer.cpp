@@ -125,17 +125,19 @@ TEST(GptTrainer, TheMemoryReportPlansDeclaredActivations) {
 
 // gpt_train's command line: nonsense exits 2 naming the option and what was wrong, before any engine starts.
 TEST(GptTrainer, NonsenseArgumentsExitTwoSayingWhy) {
-  const std::pair<const char*, const char*> cases[] = {{"--steps 0", "--steps: '0' is not a positive number"},
-                                                       {"--lr -1", "--lr: '-1' is not a positive number"},
-                                                       {"--log-every 0", "--log-every: '0' is not a positive number"},
-                                                       {"--eval-every -1", "--eval-every: '-1' is not a number >= 0"},
-                                                       {"--threads 0", "--threads: '0' is not a positive number"},
-                                                       {"--sample -4", "--sample: '-4' is not a number >= 0"},
-                                                       {"--save-every 5", "--save-every requires --ckpt-dir"},
-                                                       {"--resume", "--resume requires --ckpt-dir"},
-                                                       {"--stage 4", "--stage"},
-                                                       {"--offload everything", "--offload"},
-                                                       {"--offload-ratio 2", "--offload-ratio: '2' is not in (0, 1]"}};
+  const std::pair<const char*, const char*> cases[] = {
+      {"--steps 0", "--steps: '0' is not a positive number"},
+      {"--lr -1", "--lr: '-1' is not a positive number"},
+      {"--log-every 0", "--log-every: '0' is not a positive number"},
+      {"--eval-every -1", "--eval-every: '-1' is not a number >= 0"},
+      {"--threads 0", "--threads: '0' is not a positive number"},
+      {"--sample -4", "--sample: '-4' is not a number >= 0"},
+      {"--save-every 5", "--save-every requires --ckpt-dir"},
+      {"--resume", "--resume requires --ckpt-dir"},
+      {"--stage 4", "--stage"},
+      {"--offload everything", "--offload"},
+      {"--offload-ratio 2", "--offload-ratio: '2' is not in (0, 1]"},
+      {"--export /nonexistent-dir/m.safetensors", "directory '/nonexistent-dir' does not exist"}};
   for (const auto& [args, want] : cases) {
     const zs::test::CommandResult p = zs::test::run_command(std::string(ZS_GPT_TRAIN_PATH) + " " + args);
     EXPECT_EQ(p.rc, 2) << args << "\n" << p.output;
