@@ -26,6 +26,14 @@ std::size_t edit_distance(const std::string& a, const std::string& b) {
   return prev[b.size()];
 }
 
+// A value as the user wrote it, for messages: a scalar's text, or a sequence or mapping in flow style.
+std::string node_text(const YAML::Node& n) {
+  if (n.IsScalar()) return n.Scalar();
+  YAML::Emitter e;
+  e << YAML::Flow << n;
+  return e.c_str();
+}
+
 // One mapping of the document: reads known keys, then rejects whatever else is there.
 class Section {
  public:
@@ -53,10 +61,9 @@ class Section {
     try {
       out = v.as<T>();
     } catch (const YAML::Exception&) {
-      fail(v, fmt::format("{}: expected {}, got '{}'", key_path(key), type_name<T>(),
-                          v.IsScalar() ? v.Scalar() : "a structure"));
+      fail(v, fmt::format("{}: expected {}, got '{}'", key_path(key), type_name<T>(), node_text(v)));
     }
-    if (valid && !valid(out)) fail(v, fmt::format("{} must be {}, got {}", key_path(key), range, v.Scalar()));
+    if (valid && !valid(out)) fail(v, fmt::format("{} must be {}, got {}", key_path(key), range, node_text(v)));
   }
 
   // A string restricted to `choices`.
