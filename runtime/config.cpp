@@ -66,11 +66,12 @@ class Section {
     if (valid && !valid(out)) fail(v, fmt::format("{} must be {}, got {}", key_path(key), range, node_text(v)));
   }
 
-  // A string restricted to `choices`.
-  void choice(const char* key, std::string& out, std::vector<std::string> choices) {
+  // A string restricted to `choices`; `hint` ends the error (what a user coming from elsewhere meant).
+  void choice(const char* key, std::string& out, std::vector<std::string> choices, const char* hint = "") {
     get<std::string>(key, out);
     if (std::find(choices.begin(), choices.end(), out) == choices.end())
-      fail(node_[key], fmt::format("{} must be one of {}, got '{}'", key_path(key), fmt::join(choices, ", "), out));
+      fail(node_[key],
+           fmt::format("{} must be one of {}, got '{}'{}", key_path(key), fmt::join(choices, ", "), out, hint));
   }
 
   Section sub(const char* key) {
@@ -173,7 +174,8 @@ Config parse_config(const std::string& text, const std::string& source) {
   c.precision.param = read_dtype(p, "param", c.precision.param, {"fp32", "bf16", "fp16"});
   c.precision.reduce = read_dtype(p, "reduce", c.precision.reduce, {"fp32", "bf16"});
   c.precision.master = read_dtype(p, "master", c.precision.master, {"fp32"});
-  p.choice("loss_scale", c.precision.loss_scale, {"none", "dynamic"});
+  p.choice("loss_scale", c.precision.loss_scale, {"none", "dynamic"},
+           " (DeepSpeed's loss_scale: 0 is 'dynamic' here; a fixed scale is not supported)");
   p.finish();
 
   Section o = top.sub("optimizer");

@@ -63,6 +63,8 @@ TEST(Config, WrongTypesAndRangesAreNamed) {
   EXPECT_NE(e.find("zero.stage must be 0, 1, 2 or 3, got 7"), std::string::npos) << e;
   e = error_of("optimizer: {betas: [0.9]}\n");
   EXPECT_NE(e.find("optimizer.betas must be two numbers in [0, 1), got [0.9]"), std::string::npos) << e;
+  e = error_of("precision: {loss_scale: 0}\n");
+  EXPECT_NE(e.find("got '0' (DeepSpeed's loss_scale: 0 is 'dynamic' here"), std::string::npos) << e;
   e = error_of("precision: {param: int8}\n");
   EXPECT_NE(e.find("precision.param must be one of fp32, bf16, fp16, got 'int8'"), std::string::npos) << e;
   e = error_of("optimizer: {type: adagrad}\n");
