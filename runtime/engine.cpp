@@ -454,7 +454,9 @@ void Engine::install(const ValueSource& source, const StateSource& states) {
 int Engine::tensor_index(const Unit& unit, std::string_view name) const {
   for (std::size_t i = 0; i < unit.tensors.size(); ++i)
     if (unit.tensors[i].name == name) return static_cast<int>(i);
-  ZS_FAIL("unit '{}' has no tensor '{}'", unit.name, name);
+  std::vector<std::string_view> names;
+  for (const auto& t : unit.tensors) names.push_back(t.name);
+  ZS_FAIL("unit '{}' has no tensor '{}'; its tensors: {}", unit.name, name, fmt::join(names, ", "));
 }
 
 void* Engine::param_base(const Unit& u) const {

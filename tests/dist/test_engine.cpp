@@ -595,5 +595,15 @@ TEST(EngineErrors, HoldingMoreThanTheCapIsAClearError) {
   EXPECT_NE(m.find("max_live_units"), std::string::npos) << m;
 }
 
+TEST(EngineErrors, AnUnknownTensorNameListsTheUnitsTensors) {
+  Engine engine(make_config({3, DType::f32, 0, 1, 0.0f}), *pg().world);
+  auto units = test::model_units();
+  std::vector<UnitId> ids;
+  for (auto& [name, tensors] : units) ids.push_back(engine.add_unit(name, tensors));
+  engine.init_params(kInit);
+  const std::string m = error_of([&] { engine.grads(ids[1], "weight"); });
+  EXPECT_NE(m.find("unit 'block1' has no tensor 'weight'; its tensors: w, b, ln_g, ln_b"), std::string::npos) << m;
+}
+
 }  // namespace
 }  // namespace zs
