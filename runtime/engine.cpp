@@ -155,6 +155,20 @@ UnitId Engine::add_unit(std::string name, std::vector<TensorSpec> tensors) {
            "add_unit('{}'): every tensor is frozen; a unit needs at least one trainable tensor (keep fully frozen "
            "layers outside the engine)",
            name);
+  // Names identify tensors in checkpoints and exports ("unit.tensor"): each must be one tensor's.
+  ZS_CHECK(!name.empty(), "add_unit: a unit needs a name (it prefixes its tensors' names in checkpoints)");
+  ZS_CHECK(std::none_of(units_.begin(), units_.end(), [&](const auto& o) { return o->name == name; }),
+           "add_unit('{}'): a unit of that name was added already; unit names must be unique", name);
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    const std::string& t = tensors[i].name;
+    ZS_CHECK(!t.empty(), "add_unit('{}'): tensor {} has no name", name, i);
+    for (std::size_t j = 0; j < i; ++j)
+      ZS_CHECK(tensors[j].name != t, "add_unit('{}'): tensor '{}' is declared twice", name, t);
+    const auto clash = full_names_.find(name + "." + t);
+    ZS_CHECK(clash == full_names_.end(), "add_unit('{}'): tensor '{}' is named '{}.{}', like a tensor of unit '{}'",
+             name, t, name, t, clash->second);
+  }
+  for (const TensorSpec& t : tensors) full_names_.emplace(name + "." + t.name, name);
   auto u = std::make_unique<Unit>();
   u->name = std::move(name);
   u->tensors = std::move(tensors);
@@ -802,7 +816,7 @@ StepStats Engine::step() {
   const int accum = cfg_.zero.grad_accumulation;
   for (auto& up : units_) {
     Unit& u = *up;
-    ZS_CHECK(u.grad_state == GradState::reducing, "rank {}: step() but unit '{}' {} ", r, u.name,
+    ZS_CHECK(u.grad_state == GradState::reducing, "rank {}: step() but unit '{}' {}", r, u.name,
              u.grad_state == GradState::none
                  ? "got no gradients this step (call grads and reduce_grads for every unit)"
                  : fmt::format("was reduced after {} of {} micro-batches", u.micro_batches, accum));

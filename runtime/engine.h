@@ -17,6 +17,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -225,7 +226,8 @@ class Engine {
   std::unique_ptr<Stream> compute_stream_, gather_stream_, reduce_stream_;
   offload::HostPool host_pool_;  // the offloaded state's memory; outlives the units' parts of it
   std::vector<std::unique_ptr<Unit>> units_;
-  std::unique_ptr<offload::Pipeline> offload_;  // offload.optimizer: cpu (drained before the units go)
+  std::unordered_map<std::string, std::string> full_names_;  // "unit.tensor" -> unit: add_unit's uniqueness check
+  std::unique_ptr<offload::Pipeline> offload_;               // offload.optimizer: cpu (drained before the units go)
   bool early_update_ = false;   // offload: update each unit as its gradients land (no clipping, no scaling)
   bool early_started_ = false;  // ... and this step's update has started
   bool ready_ = false;

@@ -595,6 +595,19 @@ TEST(EngineErrors, HoldingMoreThanTheCapIsAClearError) {
   EXPECT_NE(m.find("max_live_units"), std::string::npos) << m;
 }
 
+// A tensor is "unit.tensor" in checkpoints and exports: add_unit refuses a name that is not one tensor's.
+TEST(EngineErrors, NamesMustIdentifyOneTensor) {
+  Engine engine(make_config({3, DType::f32, 0, 1, 0.0f}), *pg().world);
+  engine.add_unit("h.0", {{"w", {4}}});
+  std::string m = error_of([&] { engine.add_unit("h.0", {{"b", {4}}}); });
+  EXPECT_NE(m.find("add_unit('h.0'): a unit of that name was added already"), std::string::npos) << m;
+  m = error_of([&] { engine.add_unit("h.1", {{"w", {4}}, {"w", {4}}}); });
+  EXPECT_NE(m.find("add_unit('h.1'): tensor 'w' is declared twice"), std::string::npos) << m;
+  m = error_of([&] { engine.add_unit("h", {{"0.w", {4}}}); });
+  EXPECT_NE(m.find("tensor '0.w' is named 'h.0.w', like a tensor of unit 'h.0'"), std::string::npos) << m;
+  EXPECT_EQ(engine.add_unit("h.1", {{"w", {4}}}), 1);  // the refused units left nothing behind
+}
+
 TEST(EngineErrors, AnUnknownTensorNameListsTheUnitsTensors) {
   Engine engine(make_config({3, DType::f32, 0, 1, 0.0f}), *pg().world);
   auto units = test::model_units();
