@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
+#include <unordered_map>
 
 #include "core/error.h"
 #include "runtime/safetensors.h"
@@ -445,25 +446,32 @@ void export_safetensors(Reader& r, const std::string& out, DType dtype) {
   w.finish();
 }
 
-std::string diff_tensors(const std::vector<TensorEntry>& checkpoint, const std::vector<TensorEntry>& model) {
-  std::string out;
-  auto line = [&](const std::string& s) { out += (out.empty() ? "" : "\n") + ("  " + s); };
+std::string diff_tensors(const std::vector<TensorEntry>& saved, const std::vector<TensorEntry>& model,
+                         std::string_view source, bool extras_differ) {
+  std::string out, extras;
+  auto line = [](std::string& to, const std::string& s) { to += (to.empty() ? "" : "\n") + ("  " + s); };
   auto shape = [](const TensorEntry& t) { return fmt::format("[{}]", fmt::join(t.shape, ", ")); };
+  std::unordered_map<std::string_view, const TensorEntry*> in_saved, in_model;
+  for (const auto& t : saved) in_saved.emplace(t.name, &t);
+  for (const auto& t : model) in_model.emplace(t.name, &t);
   for (const auto& want : model) {
-    const auto it =
-        std::find_if(checkpoint.begin(), checkpoint.end(), [&](const TensorEntry& c) { return c.name == want.name; });
-    if (it == checkpoint.end())
-      line(fmt::format("{} {}: in the model, not in the checkpoint", want.name, shape(want)));
-    else if (it->shape != want.shape)
-      line(fmt::format("{}: shape {} in the checkpoint, {} in the model", want.name, shape(*it), shape(want)));
-    else if (it->trainable != want.trainable)
-      line(fmt::format("{}: {} in the checkpoint, {} in the model", want.name, it->trainable ? "trainable" : "frozen",
-                       want.trainable ? "trainable" : "frozen"));
+    const auto it = in_saved.find(want.name);
+    if (it == in_saved.end())
+      line(out, fmt::format("{} {}: in the model, not in the {}", want.name, shape(want), source));
+    else if (it->second->shape != want.shape)
+      line(out,
+           fmt::format("{}: shape {} in the {}, {} in the model", want.name, shape(*it->second), source, shape(want)));
+    else if (it->second->trainable != want.trainable)
+      line(out,
+           fmt::format("{}: {} in the {}, {} in the model", want.name, it->second->trainable ? "trainable" : "frozen",
+                       source, want.trainable ? "trainable" : "frozen"));
   }
-  for (const auto& have : checkpoint)
-    if (std::none_of(model.begin(), model.end(), [&](const TensorEntry& m) { return m.name == have.name; }))
-      line(fmt::format("{} {}: in the checkpoint, not in the model", have.name, shape(have)));
-  return out;
+  for (const auto& have : saved)
+    if (!in_model.count(have.name))
+      line(extras_differ ? out : extras,
+           fmt::format("{} {}: in the {}, not in the model", have.name, shape(have), source));
+  if (out.empty() || extras.empty()) return out;
+  return out + fmt::format("\n  (and, not needed by the model, in the {} only:)\n", source) + extras;
 }
 
 }  // namespace zs::ckpt

@@ -128,8 +128,11 @@ uint64_t verify_all(Reader& r);
 // is in memory at a time.
 void export_safetensors(Reader& r, const std::string& out, DType dtype);
 
-// What differs between the tensors of a checkpoint and those of a model ("" when nothing): missing,
-// unexpected, and reshaped or re-frozen tensors, one per line.
-std::string diff_tensors(const std::vector<TensorEntry>& checkpoint, const std::vector<TensorEntry>& model);
+// What differs between the tensors saved in `source` (a checkpoint, a file) and those of a model ("" when
+// nothing): missing, unexpected, and reshaped or re-frozen tensors, one per line. With extras_differ false,
+// saved tensors the model lacks are no difference, but are listed beside one (a missing tensor is often
+// one of them under another name).
+std::string diff_tensors(const std::vector<TensorEntry>& saved, const std::vector<TensorEntry>& model,
+                         std::string_view source = "checkpoint", bool extras_differ = true);
 
 }  // namespace zs::ckpt

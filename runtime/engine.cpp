@@ -372,27 +372,6 @@ void Engine::init_params(const InitRule& rule) {
   });
 }
 
-void Engine::load_weights(const std::string& path) {
-  ZS_CHECK(!ready_, "load_weights: the parameters were already initialised or loaded");
-  SafetensorsFile file(path);
-  for (const auto& up : units_)  // check every name and shape before allocating or reading anything
-    for (int t = 0; t < static_cast<int>(up->tensors.size()); ++t) {
-      const SafetensorsTensor& st = file.tensor(up->full_name(t));
-      const Shape& want = up->tensors[static_cast<std::size_t>(t)].shape;
-      bool same = static_cast<int>(st.shape.size()) == want.ndim;
-      for (int d = 0; same && d < want.ndim; ++d) same = st.shape[static_cast<std::size_t>(d)] == want[d];
-      ZS_CHECK(same, "{}: tensor '{}' has shape [{}] but the model declares [{}]", path, st.name,
-               fmt::join(st.shape, ", "),
-               fmt::join(std::span(want.dims.data(), static_cast<std::size_t>(want.ndim)), ", "));
-    }
-  setup();
-  install([&](const Unit& u, int t, int64_t first, int64_t count, float* out) {
-    file.read_f32(file.tensor(u.full_name(t)), first, count, out);
-  });
-  log::debug("load_weights: read {} bytes of {}", file.bytes_read(), path);
-  last_load_bytes_ = file.bytes_read();
-}
-
 void Engine::install(const ValueSource& source, const StateSource& states) {
   const int stage = cfg_.zero.stage, r = shard_rank();
   for (auto& up : units_) {

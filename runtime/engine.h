@@ -35,6 +35,7 @@
 namespace zs {
 namespace ckpt {
 struct Manifest;
+struct TensorEntry;
 }
 
 using UnitId = int;
@@ -181,6 +182,7 @@ class Engine {
   void install(const ValueSource& source, const StateSource& states = nullptr);
   // Checkpoint helpers (engine_checkpoint.cpp).
   ckpt::Manifest describe_checkpoint() const;
+  std::vector<ckpt::TensorEntry> tensor_entries() const;  // the model's tensors, in order, without pieces
   FileDigest write_rank_file(const std::string& path, const ckpt::Manifest& m);
   // With checkpoint.every_steps: every writing rank can create checkpoint.dir and a file in it (collective).
   void check_checkpoint_dir();

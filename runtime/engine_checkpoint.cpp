@@ -138,20 +138,33 @@ ckpt::Manifest Engine::describe_checkpoint() const {
   m.schedule = cfg_.schedule;
   m.scaler = scaler_;
   for (int w = 0; w < shard_size(); ++w) m.files.push_back({ckpt::rank_file_name(w), {}});
+  m.tensors = tensor_entries();
+  std::size_t k = 0;
   for (const auto& up : units_) {
     const Unit& u = *up;
     for (int i = 0; i < static_cast<int>(u.tensors.size()); ++i) {
-      const TensorSpec& t = u.tensors[static_cast<std::size_t>(i)];
-      ckpt::TensorEntry e{
-          u.full_name(i), u.name, {}, t.trainable, t.weight_decay, t.trainable ? DType::f32 : compute_, {}};
-      e.shape.assign(t.shape.dims.begin(), t.shape.dims.begin() + t.shape.ndim);
       const FlatLayout& l = u.is_frozen(i) ? u.frozen : u.layout;
       ckpt::add_pieces(l, l.slots[static_cast<std::size_t>(u.slot_of[static_cast<std::size_t>(i)])], shard_size(),
-                       e.pieces);
-      m.tensors.push_back(std::move(e));
+                       m.tensors[k++].pieces);
     }
   }
   return m;
+}
+
+std::vector<ckpt::TensorEntry> Engine::tensor_entries() const {
+  std::vector<ckpt::TensorEntry> out;
+  for (const auto& up : units_)
+    for (int i = 0; i < static_cast<int>(up->tensors.size()); ++i) {
+      const TensorSpec& t = up->tensors[static_cast<std::size_t>(i)];
+      out.push_back({up->full_name(i),
+                     up->name,
+                     {t.shape.dims.begin(), t.shape.dims.begin() + t.shape.ndim},
+                     t.trainable,
+                     t.weight_decay,
+                     t.trainable ? DType::f32 : compute_,
+                     {}});
+    }
+  return out;
 }
 
 FileDigest Engine::write_rank_file(const std::string& path, const ckpt::Manifest& m) {
@@ -276,6 +289,24 @@ void Engine::check_checkpoint_dir() {
         error);
 }
 
+void Engine::load_weights(const std::string& path) {
+  ZS_CHECK(!ready_, "load_weights: the parameters were already initialised or loaded");
+  SafetensorsFile file(path);
+  // Every name and shape is checked, and every difference listed, before anything is allocated or read.
+  std::vector<ckpt::TensorEntry> in_file, model = tensor_entries();
+  for (auto& e : model) e.trainable = true;  // a weights file has no frozen tensors
+  for (const SafetensorsTensor& t : file.tensors()) in_file.push_back({t.name, "", t.shape, true, false, t.dtype, {}});
+  const std::string diff = ckpt::diff_tensors(in_file, model, "file", /*extras_differ=*/false);
+  ZS_CHECK(diff.empty(), "load_weights('{}'): the file does not fit this model; the tensors that differ:\n{}", path,
+           diff);
+  setup();
+  install([&](const Unit& u, int t, int64_t first, int64_t count, float* out) {
+    file.read_f32(file.tensor(u.full_name(t)), first, count, out);
+  });
+  log::debug("load_weights: read {} bytes of {}", file.bytes_read(), path);
+  last_load_bytes_ = file.bytes_read();
+}
+
 void Engine::save_weights(const std::string& path, DType dtype) {
   ZS_CHECK(dtype == DType::f32 || dtype == DType::bf16, "save_weights: dtype {} is not f32 or bf16", dtype_name(dtype));
   quiesce("save_weights");
@@ -322,15 +353,7 @@ std::string Engine::load_checkpoint(const std::string& dir) {
   attempt(ok, error, [&] {
     reader = std::make_unique<ckpt::Reader>(dir);
     const ckpt::Manifest& m = reader->manifest();
-    std::vector<ckpt::TensorEntry> model;
-    for (const auto& up : units_)
-      for (int i = 0; i < static_cast<int>(up->tensors.size()); ++i) {
-        const TensorSpec& t = up->tensors[static_cast<std::size_t>(i)];
-        ckpt::TensorEntry e{up->full_name(i), up->name, {}, t.trainable, t.weight_decay, DType::f32, {}};
-        e.shape.assign(t.shape.dims.begin(), t.shape.dims.begin() + t.shape.ndim);
-        model.push_back(std::move(e));
-      }
-    const std::string diff = ckpt::diff_tensors(m.tensors, model);
+    const std::string diff = ckpt::diff_tensors(m.tensors, tensor_entries());
     ZS_CHECK(diff.empty(), "checkpoint '{}' does not fit this model; the tensors that differ:\n{}", reader->dir(),
              diff);
     const std::string_view want = kernels::optimizer_name(cfg_.optimizer.type);

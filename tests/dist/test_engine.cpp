@@ -569,15 +569,21 @@ TEST(EngineLoad, EachRankReadsOnlyItsShardsAndEveryStageMatchesTheFile) {
     comm.barrier().wait();
     if (comm.rank() == 0) std::remove(shared.c_str());
   }
-  // A file that does not match the model: the error names the tensor and both shapes.
+  // A file that does not match the model: the error lists every tensor that differs (both shapes of a
+  // reshaped one), and beside them the file's tensors the model lacks (here the missing bias, renamed).
   const std::string bad = fmt::format("/tmp/zs_badload_{}_{}.safetensors", getpid(), comm.rank());
   std::vector<float> w(53 * 36);
-  std::vector<SafetensorsSource> src = {{"input.w", DType::f32, {53, 36}, w.data()}};
+  std::vector<SafetensorsSource> src = {{"input.w", DType::f32, {53, 36}, w.data()},
+                                        {"model.input.b", DType::f32, {53}, w.data()}};
   write_safetensors(bad, src);
   Engine engine(make_config({3, DType::f32, 0, 1, 0.0f}), comm);
   for (auto& [unit, tensors] : model_units()) engine.add_unit(unit, tensors);
   const std::string m = error_of([&] { engine.load_weights(bad); });
-  EXPECT_NE(m.find("tensor 'input.w' has shape [53, 36] but the model declares [53, 37]"), std::string::npos) << m;
+  EXPECT_NE(m.find("the file does not fit this model"), std::string::npos) << m;
+  EXPECT_NE(m.find("input.w: shape [53, 36] in the file, [53, 37] in the model"), std::string::npos) << m;
+  EXPECT_NE(m.find("input.b [53]: in the model, not in the file"), std::string::npos) << m;
+  EXPECT_NE(m.find("head.b [11]: in the model, not in the file"), std::string::npos) << m;
+  EXPECT_NE(m.find("model.input.b [53]: in the file, not in the model"), std::string::npos) << m;
   std::remove(bad.c_str());
 }
 
