@@ -36,7 +36,7 @@ namespace zs {
 namespace ckpt {
 struct Manifest;
 struct TensorEntry;
-}
+}  // namespace ckpt
 
 using UnitId = int;
 
@@ -212,11 +212,12 @@ class Engine {
   // The optimizer kernels on this device's shards of the units whose optimizer runs here (every unit without
   // offload; see offload.ratio), the stage 1-2 replicas then all-gathered.
   void update_on_device(const kernels::OptimizerHyper& h, float grad_scale, bool full_grads);
-  void finish_step(bool full_grads);
+  void finish_step(bool full_grads);  // reset per-step state (after an update or a skipped step)
   // While the first step records the order (and always with ZS_CHECK_COLLECTIVES=1): every rank confirms
   // it is about to run the same collective on the same unit, so a divergent program fails with both sides
   // named instead of hanging or mixing data.
-  void check_agreement(int op, UnitId u);  // reset per-step state (after an update or a skipped step)
+  enum class Collective { gather = 1, reduce_grads = 2 };  // (values travel in the check's message)
+  void check_agreement(Collective op, UnitId u);
 
   Config cfg_;
   std::unique_ptr<ProcessGroup> owned_pg_;
