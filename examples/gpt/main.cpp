@@ -119,9 +119,8 @@ int main(int argc, char** argv) {
                "keep only each block's input and run its forward again in the backward (less memory, one more "
                "forward per step)");
   app.add_flag("--resume", resume,
-               "continue from the latest checkpoint in --ckpt-dir, if there is one (implied when zsrun "
-               "--max-restarts restarts the job)")
-      ->needs(ckpt_given);
+               "continue from the latest checkpoint in --ckpt-dir (or the --config's periodic checkpoint.dir), if "
+               "there is one (implied when zsrun --max-restarts restarts the job)");
   app.add_option("--export", export_path, "write the trained parameters to this safetensors file")
       ->check(zs::output_file());
   app.add_option("--sample", sample, "print N bytes generated from the model at the end")->check(zs::non_negative());
@@ -148,6 +147,13 @@ int main(int argc, char** argv) {
     if (!ckpt_dir.empty()) {
       cfg.checkpoint.dir = ckpt_dir;
       cfg.checkpoint.every_steps = save_every;
+    } else if (cfg.checkpoint.every_steps > 0) {
+      ckpt_dir = cfg.checkpoint.dir;  // the config saves periodically: resume from there, save there at the end
+    } else if (resume) {
+      std::fprintf(stderr,
+                   "--resume: no checkpoint directory; give --ckpt-dir, or a --config whose checkpoint.every_steps "
+                   "saves to checkpoint.dir\n");
+      return 2;
     }
     zs::Engine engine(cfg);
     const int rank = engine.comm().rank(), world = engine.comm().size();

@@ -133,7 +133,7 @@ TEST(GptTrainer, NonsenseArgumentsExitTwoSayingWhy) {
       {"--threads 0", "--threads: '0' is not a positive number"},
       {"--sample -4", "--sample: '-4' is not a number >= 0"},
       {"--save-every 5", "--save-every requires --ckpt-dir"},
-      {"--resume", "--resume requires --ckpt-dir"},
+      {"--resume", "--resume: no checkpoint directory; give --ckpt-dir"},
       {"--stage 4", "--stage"},
       {"--offload everything", "--offload"},
       {"--offload-ratio 2", "--offload-ratio: '2' is not in (0, 1]"},
@@ -173,6 +173,14 @@ TEST(GptTrainer, ARestartedJobContinuesFromItsCheckpoint) {
   const std::string a = bytes(restarted), b = bytes(straight);
   EXPECT_FALSE(a.empty());
   EXPECT_TRUE(a == b) << "the restarted run's parameters differ from the uninterrupted run's";
+  // The same when the checkpoints come from the config's checkpoint section instead of --ckpt-dir.
+  const fs::path yaml = dir / "train.yaml";
+  std::ofstream(yaml) << "checkpoint: {dir: " << (dir / "from_config").string() << ", every_steps: 2}\n";
+  const std::string with_config = prog + " --config " + yaml.string();
+  ASSERT_EQ(zs::test::run_command(with_config + " --steps 2").rc, 0);
+  const zs::test::CommandResult again = zs::test::run_command("ZS_RESTART_COUNT=1 " + with_config + " --steps 3");
+  EXPECT_NE(again.output.find("resumed from " + (dir / "from_config").string() + " at step 2"), std::string::npos)
+      << again.output;
   const zs::test::CommandResult bare = zs::test::run_command("ZS_RESTART_COUNT=2 " + prog + " --steps 1");
   EXPECT_EQ(bare.rc, 0) << bare.output;
   EXPECT_NE(bare.output.find("restart 2: no --ckpt-dir, so training starts again from step 0"), std::string::npos)
