@@ -188,7 +188,8 @@ int main(int argc, char** argv) {
                   (corpus.train.size() + corpus.val.size()) / 1000, corpus.files, corpus.train.size() / 1000,
                   corpus.val.size() / 1000, batch, shape.seq);
       if (start > 0)
-        std::printf("resumed from %s at step %lld\n", ckpt_dir.c_str(), static_cast<long long>(start));
+        std::printf("resumed from %s at step %lld%s\n", ckpt_dir.c_str(), static_cast<long long>(start),
+                    start >= steps ? ": nothing to train up to --steps (raise it to train on)" : "");
       else if (restart > 0)
         std::printf("restart %d: %s, so training starts again from step 0\n", restart,
                     ckpt_dir.empty() ? "no --ckpt-dir" : "no checkpoint saved yet");
