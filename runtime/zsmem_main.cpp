@@ -1,4 +1,6 @@
 // zsmem: predict per-rank memory from the engine's own plan (estimate), and measure a real run against it.
+#include <sys/wait.h>
+
 #include <unistd.h>
 
 #include <fmt/format.h>
@@ -280,7 +282,10 @@ int measure(int nproc, double max_error, bool json_out, const std::string& svg,
   if (!json_out) cmd += " >&2";
   const int rc = std::system(cmd.c_str());
   if (rc != 0) {
-    fmt::print(stderr, "zsmem: the run failed (status {}); nothing to measure\n", rc);
+    fmt::print(stderr, "zsmem: the run failed ({}; its output is above); nothing to measure\n",
+               rc > 0 && WIFEXITED(rc)     ? fmt::format("zsrun exited with status {}", WEXITSTATUS(rc))
+               : rc > 0 && WIFSIGNALED(rc) ? fmt::format("zsrun was killed by signal {}", WTERMSIG(rc))
+                                           : fmt::format("the shell could not run it: {}", rc));
     return 1;
   }
   nlohmann::json all = nlohmann::json::array();
