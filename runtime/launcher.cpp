@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -39,6 +40,22 @@ EnvList rank_env(const Options& o, int local_rank, int master_port, const std::s
           {"ZS_JOB_TOKEN", token},
           {"ZS_LAUNCHER", "zsrun"},
           {"ZS_RESTART_COUNT", std::to_string(restart)}};
+}
+
+int nproc_from(const std::string& text, int gpus, int cpus, std::string& error) {
+  if (text == "gpu" || (text == "auto" && gpus > 0)) {
+    if (gpus > 0) return gpus;
+    error = "--nproc-per-node gpu: no CUDA GPU is visible (or this build has no CUDA); give a number, or cpu";
+    return 0;
+  }
+  if (text == "cpu" || text == "auto") return std::max(1, cpus);
+  int n = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+  if (ec != std::errc() || end != text.data() + text.size() || n < 1) {
+    error = fmt::format("--nproc-per-node '{}' is not a number >= 1, gpu, cpu or auto", text);
+    return 0;
+  }
+  return n;
 }
 
 std::string validate(const Options& o) {

@@ -23,6 +23,11 @@ using EnvList = std::vector<std::pair<std::string, std::string>>;
 // The variables one local rank gets (pure; torchrun's names plus ZS_JOB_TOKEN and ZS_RESTART_COUNT).
 EnvList rank_env(const Options& o, int local_rank, int master_port, const std::string& token, int restart);
 
+// --nproc-per-node as torchrun takes it: a number, or gpu (one rank per visible GPU), cpu (one per core) or
+// auto (gpu when there is one, else cpu). Pure: `gpus` and `cpus` are what this node has. Returns the count,
+// or 0 with `error` set.
+int nproc_from(const std::string& text, int gpus, int cpus, std::string& error);
+
 // Checks the options; returns an error message, empty when they are valid.
 std::string validate(const Options& o);
 

@@ -1,5 +1,8 @@
 // zsrun: the command-line front end of the launcher (CLI11).
+#include <cstdio>
+#include <thread>
 
+#include "core/bootstrap.h"
 #include "runtime/cli.h"
 #include "runtime/launcher.h"
 
@@ -11,7 +14,11 @@ int main(int argc, char** argv) {
       "node 0 hosts the rendezvous store; output lines are prefixed with [rankN]:. When a rank fails the others\n"
       "get SIGTERM, then SIGKILL after a grace period, and zsrun exits non-zero naming the rank.",
       "zsrun"};
-  app.add_option("--nproc-per-node", o.nproc_per_node, "ranks to start on this node")->capture_default_str();
+  std::string nproc = "1";
+  app.add_option("--nproc-per-node", nproc,
+                 "ranks to start on this node: a number, or gpu (one per visible GPU), cpu (one per core) or auto "
+                 "(gpu when there is one, else cpu)")
+      ->capture_default_str();
   app.add_option("--nnodes", o.nnodes, "nodes in the job")->capture_default_str();
   app.add_option("--node-rank", o.node_rank, "this node's index in [0, nnodes)")->capture_default_str();
   app.add_option("--master-addr", o.master_addr, "address of node 0, which hosts the store")->capture_default_str();
@@ -26,5 +33,13 @@ int main(int argc, char** argv) {
   app.add_option("command", o.command, "the program to run on every rank, and its arguments")->required();
   app.positionals_at_end();
   if (const auto stop = zs::parse_command_line(app, argc, argv)) return *stop;
+  std::string error;
+  const bool ask_cuda = nproc == "gpu" || nproc == "auto";  // (initialises the driver: only when asked)
+  o.nproc_per_node = zs::launcher::nproc_from(nproc, ask_cuda ? zs::cuda_device_count() : 0,
+                                              static_cast<int>(std::thread::hardware_concurrency()), error);
+  if (o.nproc_per_node < 1) {
+    std::fprintf(stderr, "zsrun: %s\n", error.c_str());
+    return 2;
+  }
   return zs::launcher::run(o);
 }

@@ -170,5 +170,23 @@ TEST(Launcher, ValidateRejectsNonsense) {
   EXPECT_NE(launcher::validate(o).find("--grace -1 must be"), std::string::npos);
 }
 
+// --nproc-per-node as torchrun takes it.
+TEST(Launcher, NprocPerNodeTakesANumberGpuCpuOrAuto) {
+  std::string e;
+  EXPECT_EQ(launcher::nproc_from("3", 0, 16, e), 3);
+  EXPECT_EQ(launcher::nproc_from("gpu", 8, 16, e), 8);
+  EXPECT_EQ(launcher::nproc_from("cpu", 8, 16, e), 16);
+  EXPECT_EQ(launcher::nproc_from("auto", 8, 16, e), 8);
+  EXPECT_EQ(launcher::nproc_from("auto", 0, 16, e), 16);
+  EXPECT_EQ(e, "");
+  EXPECT_EQ(launcher::nproc_from("gpu", 0, 16, e), 0);
+  EXPECT_NE(e.find("--nproc-per-node gpu: no CUDA GPU is visible"), std::string::npos) << e;
+  for (const char* bad : {"0", "-2", "2x", "", "gpus"}) {
+    e.clear();
+    EXPECT_EQ(launcher::nproc_from(bad, 8, 16, e), 0) << bad;
+    EXPECT_NE(e.find("is not a number >= 1, gpu, cpu or auto"), std::string::npos) << bad << ": " << e;
+  }
+}
+
 }  // namespace
 }  // namespace zs
