@@ -19,11 +19,16 @@ int main(int argc, char** argv) {
                  "ranks to start on this node: a number, or gpu (one per visible GPU), cpu (one per core) or auto "
                  "(gpu when there is one, else cpu)")
       ->capture_default_str();
-  app.add_option("--nnodes", o.nnodes, "nodes in the job")->capture_default_str();
-  app.add_option("--node-rank", o.node_rank, "this node's index in [0, nnodes)")->capture_default_str();
-  app.add_option("--master-addr", o.master_addr, "address of node 0, which hosts the store")->capture_default_str();
-  app.add_option("--master-port", o.master_port, "store port on node 0; 0 picks a free one (single node)")
-      ->capture_default_str();
+  auto* nnodes = app.add_option("--nnodes", o.nnodes, "nodes in the job")->capture_default_str();
+  auto* node_rank =
+      app.add_option("--node-rank", o.node_rank, "this node's index in [0, nnodes)")->capture_default_str();
+  auto* addr =
+      app.add_option("--master-addr", o.master_addr, "address of node 0, which hosts the store")->capture_default_str();
+  auto* port = app.add_option("--master-port", o.master_port, "store port on node 0; 0 picks a free one (single node)")
+                   ->capture_default_str();
+  bool standalone = false;
+  app.add_flag("--standalone", standalone, "a single-node job on a free port (torchrun's; as --master-port 0)")
+      ->excludes(nnodes, node_rank, addr, port);
   app.add_option("--max-restarts", o.max_restarts,
                  "restart the whole job up to N times after a failure (ranks see ZS_RESTART_COUNT and resume from "
                  "their latest checkpoint)")
@@ -33,6 +38,7 @@ int main(int argc, char** argv) {
   app.add_option("command", o.command, "the program to run on every rank, and its arguments")->required();
   app.positionals_at_end();
   if (const auto stop = zs::parse_command_line(app, argc, argv)) return *stop;
+  if (standalone) o.master_port = 0;
   std::string error;
   const bool ask_cuda = nproc == "gpu" || nproc == "auto";  // (initialises the driver: only when asked)
   o.nproc_per_node = zs::launcher::nproc_from(nproc, ask_cuda ? zs::cuda_device_count() : 0,

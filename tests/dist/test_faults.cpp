@@ -149,8 +149,23 @@ TEST(Zsrun, BadFlagOrMissingProgramExitsTwoWithAMessage) {
   const CommandResult help = run_command(ZS_ZSRUN_PATH " --help");
   EXPECT_EQ(help.rc, 0);
   for (const char* opt : {"--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port",
-                          "--max-restarts", "--grace", "ZS_JOB_TOKEN"})
+                          "--max-restarts", "--grace", "--standalone", "ZS_JOB_TOKEN"})
     EXPECT_NE(help.output.find(opt), std::string::npos) << opt;
+  const CommandResult clash = run_command(ZS_ZSRUN_PATH " --standalone --master-port 5 -- true");
+  EXPECT_EQ(clash.rc, 2) << clash.output;
+  const CommandResult count = run_command(ZS_ZSRUN_PATH " --nproc-per-node gpus -- true");
+  EXPECT_EQ(count.rc, 2) << count.output;
+  EXPECT_NE(count.output.find("--nproc-per-node 'gpus' is not a number >= 1, gpu, cpu or auto"), std::string::npos)
+      << count.output;
+}
+
+// torchrun's --standalone: one node, a free port (not the default 29500), so two jobs on a host do not collide.
+TEST(Zsrun, StandalonePicksAFreePort) {
+  const CommandResult r =
+      run_command(ZS_ZSRUN_PATH " --standalone --nproc-per-node 2 -- sh -c 'echo port=$MASTER_PORT'");
+  EXPECT_EQ(r.rc, 0) << r.output;
+  EXPECT_NE(r.output.find("[rank1]: port="), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("port=29500"), std::string::npos) << r.output;
 }
 
 TEST(Zsrun, SigtermIsForwardedAndNothingSurvives) {
