@@ -4,6 +4,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <sstream>
@@ -305,6 +306,16 @@ Config Config::from_yaml_file(const std::string& path) {
   std::stringstream ss;
   ss << f.rdbuf();
   return from_yaml(ss.str(), path);
+}
+
+std::string Config::job_path() {
+  const char* path = std::getenv("ZS_CONFIG");
+  return path ? path : "";
+}
+
+Config Config::from_job(const Config& otherwise) {
+  const std::string path = job_path();
+  return path.empty() ? otherwise : from_yaml_file(path);
 }
 
 }  // namespace zs

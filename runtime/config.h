@@ -88,6 +88,10 @@ struct Config {
   // Throws zs::Error "<source>:<line>:<col>: ..." on the first problem.
   static Config from_yaml(const std::string& text, const std::string& source = "<config>");
   static Config from_yaml_file(const std::string& path);
+  // The file `zsrun --config` named for this job (ZS_CONFIG; zsrun checked it before starting any rank): its
+  // path ("" when there is none), and its config or `otherwise`.
+  static std::string job_path();
+  static Config from_job(const Config& otherwise);
 };
 
 // Why this offload choice cannot run with this stage (empty when it can); the YAML reader and the engine

@@ -30,16 +30,18 @@ namespace zs::launcher {
 EnvList rank_env(const Options& o, int local_rank, int master_port, const std::string& token, int restart) {
   const int world = o.nnodes * o.nproc_per_node;
   const int rank = o.node_rank * o.nproc_per_node + local_rank;
-  return {{"RANK", std::to_string(rank)},
-          {"LOCAL_RANK", std::to_string(local_rank)},
-          {"WORLD_SIZE", std::to_string(world)},
-          {"LOCAL_WORLD_SIZE", std::to_string(o.nproc_per_node)},
-          {"GROUP_RANK", std::to_string(o.node_rank)},
-          {"MASTER_ADDR", o.master_addr},
-          {"MASTER_PORT", std::to_string(master_port)},
-          {"ZS_JOB_TOKEN", token},
-          {"ZS_LAUNCHER", "zsrun"},
-          {"ZS_RESTART_COUNT", std::to_string(restart)}};
+  EnvList env{{"RANK", std::to_string(rank)},
+              {"LOCAL_RANK", std::to_string(local_rank)},
+              {"WORLD_SIZE", std::to_string(world)},
+              {"LOCAL_WORLD_SIZE", std::to_string(o.nproc_per_node)},
+              {"GROUP_RANK", std::to_string(o.node_rank)},
+              {"MASTER_ADDR", o.master_addr},
+              {"MASTER_PORT", std::to_string(master_port)},
+              {"ZS_JOB_TOKEN", token},
+              {"ZS_LAUNCHER", "zsrun"},
+              {"ZS_RESTART_COUNT", std::to_string(restart)}};
+  if (!o.config.empty()) env.emplace_back("ZS_CONFIG", o.config);
+  return env;
 }
 
 int nproc_from(const std::string& text, int gpus, int cpus, std::string& error) {

@@ -15,12 +15,14 @@ struct Options {
   int master_port = 29500;  // 0: pick a free port (single-node jobs)
   int max_restarts = 0;
   double grace_s = 5.0;  // between TERM and KILL when stopping ranks
+  std::string config;    // --config: the engine YAML, checked before any rank starts; the ranks get ZS_CONFIG
   std::vector<std::string> command;
 };
 
 using EnvList = std::vector<std::pair<std::string, std::string>>;
 
-// The variables one local rank gets (pure; torchrun's names plus ZS_JOB_TOKEN and ZS_RESTART_COUNT).
+// The variables one local rank gets (pure; torchrun's names plus ZS_JOB_TOKEN, ZS_RESTART_COUNT and, with
+// --config, ZS_CONFIG).
 EnvList rank_env(const Options& o, int local_rank, int master_port, const std::string& token, int restart);
 
 // --nproc-per-node as torchrun takes it: a number, or gpu (one rank per visible GPU), cpu (one per core) or

@@ -1,5 +1,6 @@
 // zsrun: the command-line front end of the launcher (CLI11).
 #include <cstdio>
+#include <filesystem>
 #include <thread>
 
 #include "core/bootstrap.h"
@@ -35,10 +36,22 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--grace", o.grace_s, "seconds between SIGTERM and SIGKILL when stopping ranks")
       ->capture_default_str();
+  app.add_option("--config", o.config,
+                 "the engine YAML: checked before any rank starts (a bad one fails once, at its line and column); "
+                 "the ranks get its path in ZS_CONFIG (zs::Config::from_job)");
   app.add_option("command", o.command, "the program to run on every rank, and its arguments")->required();
   app.positionals_at_end();
   if (const auto stop = zs::parse_command_line(app, argc, argv)) return *stop;
   if (standalone) o.master_port = 0;
+  if (!o.config.empty()) {
+    try {
+      o.config = std::filesystem::absolute(o.config).string();  // the ranks may start elsewhere
+      zs::Config::from_yaml_file(o.config);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "zsrun: --config: %s\n", e.what());
+      return 2;
+    }
+  }
   std::string error;
   const bool ask_cuda = nproc == "gpu" || nproc == "auto";  // (initialises the driver: only when asked)
   o.nproc_per_node = zs::launcher::nproc_from(nproc, ask_cuda ? zs::cuda_device_count() : 0,

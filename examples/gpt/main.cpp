@@ -79,7 +79,8 @@ int main(int argc, char** argv) {
   app.add_option("--d-model", shape.d, "width")->capture_default_str()->check(zs::positive());
   app.add_option("--layers", shape.layers, "blocks")->capture_default_str()->check(zs::positive());
   app.add_option("--heads", shape.heads, "attention heads")->capture_default_str()->check(zs::positive());
-  app.add_option("--config", config_path, "engine YAML (docs/config.md); default: ZeRO-3, AdamW, cosine");
+  app.add_option("--config", config_path,
+                 "engine YAML (docs/config.md); default: zsrun --config's, else ZeRO-3, AdamW, cosine");
   app.add_option("--stage", stage, "override zero.stage")->check(CLI::Range(0, 3));
   app.add_option("--offload", offload,
                  "override offload: none, optimizer (stages 1-3), optimizer+params (stage 3), delayed")
@@ -132,6 +133,7 @@ int main(int argc, char** argv) {
                     : attention == "plain" ? zs::family::Attention::plain
                                            : zs::family::Attention::automatic;
   try {
+    if (config_path.empty()) config_path = zs::Config::job_path();  // zsrun --config
     zs::Config cfg = config_path.empty() ? zs::Config::from_yaml(kDefaultConfig, "<built-in config>")
                                          : zs::Config::from_yaml_file(config_path);
     if (config_path.empty()) cfg.schedule.total_steps = std::max<int64_t>(steps, cfg.schedule.warmup_steps + 1);

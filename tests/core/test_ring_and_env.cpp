@@ -152,6 +152,10 @@ TEST(Launcher, RankEnvFollowsTorchrunNames) {
   EXPECT_EQ(m["MASTER_PORT"], "29501");
   EXPECT_EQ(m["ZS_JOB_TOKEN"], "tok");
   EXPECT_EQ(m["ZS_RESTART_COUNT"], "1");
+  EXPECT_EQ(m.count("ZS_CONFIG"), 0u);
+  o.config = "/jobs/train.yaml";
+  for (const auto& [k, v] : launcher::rank_env(o, 0, 29501, "tok", 0)) m[k] = v;
+  EXPECT_EQ(m["ZS_CONFIG"], "/jobs/train.yaml");
 }
 
 TEST(Launcher, ValidateRejectsNonsense) {

@@ -151,6 +151,14 @@ TEST(Zsrun, BadFlagOrMissingProgramExitsTwoWithAMessage) {
   for (const char* opt : {"--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port",
                           "--max-restarts", "--grace", "--standalone", "ZS_JOB_TOKEN"})
     EXPECT_NE(help.output.find(opt), std::string::npos) << opt;
+  // --config is checked before any rank starts: one located error, exit 2.
+  const fs::path yaml = fs::temp_directory_path() / fmt_dir("bad.yaml");
+  std::ofstream(yaml) << "zero:\n  stage: 2\n  prefech: 1\n";
+  const CommandResult config = run_command(ZS_ZSRUN_PATH " --config " + yaml.string() + " -- true");
+  EXPECT_EQ(config.rc, 2) << config.output;
+  EXPECT_NE(config.output.find(":3:3: unknown key 'prefech' in 'zero'; did you mean 'prefetch'?"), std::string::npos)
+      << config.output;
+  fs::remove(yaml);
   const CommandResult clash = run_command(ZS_ZSRUN_PATH " --standalone --master-port 5 -- true");
   EXPECT_EQ(clash.rc, 2) << clash.output;
   const CommandResult count = run_command(ZS_ZSRUN_PATH " --nproc-per-node gpus -- true");

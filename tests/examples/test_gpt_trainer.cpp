@@ -145,6 +145,19 @@ TEST(GptTrainer, NonsenseArgumentsExitTwoSayingWhy) {
   }
 }
 
+// zsrun --config hands its file to the ranks in ZS_CONFIG: gpt_train takes it when given no --config.
+TEST(GptTrainer, TakesTheJobsConfigFromZsrun) {
+  namespace fs = std::filesystem;
+  const fs::path yaml = fs::temp_directory_path() / ("zs_gpt_job_" + std::to_string(::getpid()) + ".yaml");
+  std::ofstream(yaml) << "zero: {stage: 2}\n";
+  const zs::test::CommandResult r =
+      zs::test::run_command("ZS_CONFIG=" + yaml.string() + " " + ZS_GPT_TRAIN_PATH +
+                            " --layers 1 --d-model 32 --heads 2 --seq 16 --batch 2 --steps 1 --eval-batches 0");
+  EXPECT_EQ(r.rc, 0) << r.output;
+  EXPECT_NE(r.output.find("ZeRO-2 over 1 rank"), std::string::npos) << r.output;
+  fs::remove(yaml);
+}
+
 // A job that zsrun restarts (ZS_RESTART_COUNT > 0) continues from --ckpt-dir's latest checkpoint without
 // --resume, and ends with the parameters of a run that was never interrupted; without a checkpoint it says
 // that it starts again.
