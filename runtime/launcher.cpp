@@ -44,20 +44,17 @@ EnvList rank_env(const Options& o, int local_rank, int master_port, const std::s
   return env;
 }
 
-int nproc_from(const std::string& text, int gpus, int cpus, std::string& error) {
+Nproc nproc_from(const std::string& text, int gpus, int cpus) {
   if (text == "gpu" || (text == "auto" && gpus > 0)) {
-    if (gpus > 0) return gpus;
-    error = "--nproc-per-node gpu: no CUDA GPU is visible (or this build has no CUDA); give a number, or cpu";
-    return 0;
+    if (gpus > 0) return {gpus, ""};
+    return {0, "--nproc-per-node gpu: no CUDA GPU is visible (or this build has no CUDA); give a number, or cpu"};
   }
-  if (text == "cpu" || text == "auto") return std::max(1, cpus);
+  if (text == "cpu" || text == "auto") return {std::max(1, cpus), ""};
   int n = 0;
   const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
-  if (ec != std::errc() || end != text.data() + text.size() || n < 1) {
-    error = fmt::format("--nproc-per-node '{}' is not a number >= 1, gpu, cpu or auto", text);
-    return 0;
-  }
-  return n;
+  if (ec != std::errc() || end != text.data() + text.size() || n < 1)
+    return {0, fmt::format("--nproc-per-node '{}' is not a number >= 1, gpu, cpu or auto", text)};
+  return {n, ""};
 }
 
 std::string validate(const Options& o) {

@@ -26,9 +26,12 @@ using EnvList = std::vector<std::pair<std::string, std::string>>;
 EnvList rank_env(const Options& o, int local_rank, int master_port, const std::string& token, int restart);
 
 // --nproc-per-node as torchrun takes it: a number, or gpu (one rank per visible GPU), cpu (one per core) or
-// auto (gpu when there is one, else cpu). Pure: `gpus` and `cpus` are what this node has. Returns the count,
-// or 0 with `error` set.
-int nproc_from(const std::string& text, int gpus, int cpus, std::string& error);
+// auto (gpu when there is one, else cpu). Pure: `gpus` and `cpus` are what this node has.
+struct Nproc {
+  int count = 0;      // >= 1, or 0 with
+  std::string error;  // why not
+};
+Nproc nproc_from(const std::string& text, int gpus, int cpus);
 
 // Checks the options; returns an error message, empty when they are valid.
 std::string validate(const Options& o);

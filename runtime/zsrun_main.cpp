@@ -52,13 +52,13 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  std::string error;
   const bool ask_cuda = nproc == "gpu" || nproc == "auto";  // (initialises the driver: only when asked)
-  o.nproc_per_node = zs::launcher::nproc_from(nproc, ask_cuda ? zs::cuda_device_count() : 0,
-                                              static_cast<int>(std::thread::hardware_concurrency()), error);
-  if (o.nproc_per_node < 1) {
-    std::fprintf(stderr, "zsrun: %s\n", error.c_str());
+  const zs::launcher::Nproc n = zs::launcher::nproc_from(nproc, ask_cuda ? zs::cuda_device_count() : 0,
+                                                         static_cast<int>(std::thread::hardware_concurrency()));
+  if (n.count < 1) {
+    std::fprintf(stderr, "zsrun: %s\n", n.error.c_str());
     return 2;
   }
+  o.nproc_per_node = n.count;
   return zs::launcher::run(o);
 }

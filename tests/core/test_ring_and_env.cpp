@@ -176,19 +176,19 @@ TEST(Launcher, ValidateRejectsNonsense) {
 
 // --nproc-per-node as torchrun takes it.
 TEST(Launcher, NprocPerNodeTakesANumberGpuCpuOrAuto) {
-  std::string e;
-  EXPECT_EQ(launcher::nproc_from("3", 0, 16, e), 3);
-  EXPECT_EQ(launcher::nproc_from("gpu", 8, 16, e), 8);
-  EXPECT_EQ(launcher::nproc_from("cpu", 8, 16, e), 16);
-  EXPECT_EQ(launcher::nproc_from("auto", 8, 16, e), 8);
-  EXPECT_EQ(launcher::nproc_from("auto", 0, 16, e), 16);
-  EXPECT_EQ(e, "");
-  EXPECT_EQ(launcher::nproc_from("gpu", 0, 16, e), 0);
-  EXPECT_NE(e.find("--nproc-per-node gpu: no CUDA GPU is visible"), std::string::npos) << e;
+  EXPECT_EQ(launcher::nproc_from("3", 0, 16).count, 3);
+  EXPECT_EQ(launcher::nproc_from("gpu", 8, 16).count, 8);
+  EXPECT_EQ(launcher::nproc_from("cpu", 8, 16).count, 16);
+  EXPECT_EQ(launcher::nproc_from("auto", 8, 16).count, 8);
+  EXPECT_EQ(launcher::nproc_from("auto", 0, 16).count, 16);
+  EXPECT_EQ(launcher::nproc_from("auto", 0, 16).error, "");
+  const launcher::Nproc none = launcher::nproc_from("gpu", 0, 16);
+  EXPECT_EQ(none.count, 0);
+  EXPECT_NE(none.error.find("--nproc-per-node gpu: no CUDA GPU is visible"), std::string::npos) << none.error;
   for (const char* bad : {"0", "-2", "2x", "", "gpus"}) {
-    e.clear();
-    EXPECT_EQ(launcher::nproc_from(bad, 8, 16, e), 0) << bad;
-    EXPECT_NE(e.find("is not a number >= 1, gpu, cpu or auto"), std::string::npos) << bad << ": " << e;
+    const launcher::Nproc n = launcher::nproc_from(bad, 8, 16);
+    EXPECT_EQ(n.count, 0) << bad;
+    EXPECT_NE(n.error.find("is not a number >= 1, gpu, cpu or auto"), std::string::npos) << bad << ": " << n.error;
   }
 }
 
