@@ -90,11 +90,11 @@ std::vector<fs::path> complete_steps(const fs::path& root) {
 // The fix for a damaged file of step directory `dir`: the newest complete checkpoint before it, and how to
 // resume from that one.
 std::string earlier_checkpoint(const fs::path& dir) {
+  if (!is_step_dir(dir)) return "load another checkpoint";  // a directory outside a checkpoint root
   const fs::path root = dir.parent_path();
   std::string best;
-  if (is_step_dir(dir))
-    for (const fs::path& p : complete_steps(root))
-      if (step_of(p) < step_of(dir)) best = p.filename().string();
+  for (const fs::path& p : complete_steps(root))
+    if (step_of(p) < step_of(dir)) best = p.filename().string();
   if (best.empty()) return fmt::format("'{}' holds no earlier checkpoint to load instead", root.string());
   return fmt::format(
       "load an earlier checkpoint: '{}' is the newest before it (write '{}' into '{}' to resume from it)",
