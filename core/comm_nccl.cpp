@@ -84,9 +84,10 @@ NcclComm::NcclComm(std::shared_ptr<Store> store, int rank, int size, CommOptions
     : Comm(rank, size, std::move(opts)), device_(device) {
   ZS_CHECK(device.is_cuda(), "the NCCL backend needs a CUDA device, got {}", device.str());
   ZS_CHECK_CUDA(cudaSetDevice(device.index));
-  await_ranks(*store, "nccl/" + name() + "/");
+  const std::string prefix = "nccl/" + name() + "/";
+  await_ranks(*store, prefix);
   ncclUniqueId id;
-  const std::string key = "nccl/" + name() + "/unique_id";
+  const std::string key = prefix + "unique_id";
   if (rank == 0) {
     ZS_CHECK_NCCL(ncclGetUniqueId(&id), "rank 0 creating group '{}'", name());
     store->set(key, std::span(reinterpret_cast<const uint8_t*>(&id), sizeof id));

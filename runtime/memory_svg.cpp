@@ -7,6 +7,7 @@
 #include <cmath>
 #include <vector>
 
+#include "core/byte_size.h"
 #include "core/memory_ledger.h"
 
 namespace zs {
@@ -15,10 +16,6 @@ namespace {
 constexpr double kW = 960, kH = 460, kLeft = 80, kRight = 200, kTop = 50, kBottom = 60;
 constexpr const char* kColors[kMemCategoryCount] = {"#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f",
                                                     "#edc948", "#b07aa1", "#ff9da7", "#9c755f"};
-
-std::string mib(double b) {
-  return b >= 1 << 30 ? fmt::format("{:.2f} GiB", b / (1 << 30)) : fmt::format("{:.1f} MiB", b / (1 << 20));
-}
 
 // The axis step: the smallest 1, 2 or 5 x 10^k that cuts `span` into at most `ticks` steps.
 double nice_step(double span, int ticks) {
@@ -90,7 +87,7 @@ std::string panel(const nlohmann::json& tl, double planned, const nlohmann::json
   svg += fmt::format(
       "<line x1=\"{}\" y1=\"{:.1f}\" x2=\"{}\" y2=\"{:.1f}\" stroke=\"black\" stroke-dasharray=\"6,4\"/>\n"
       "<text x=\"{}\" y=\"{:.1f}\" text-anchor=\"end\">predicted {}</text>\n",
-      kLeft, Y(planned), kLeft + pw, Y(planned), kLeft + pw - 4, Y(planned) - 5, mib(planned));
+      kLeft, Y(planned), kLeft + pw, Y(planned), kLeft + pw - 4, Y(planned) - 5, format_bytes(planned));
   svg += fmt::format("<line x1=\"{0}\" y1=\"{1}\" x2=\"{0}\" y2=\"{2}\" stroke=\"black\"/>\n", kLeft, y0 + kTop,
                      y0 + kTop + ph);
   svg += fmt::format("<line x1=\"{0}\" y1=\"{1}\" x2=\"{2}\" y2=\"{1}\" stroke=\"black\"/>\n", kLeft, y0 + kTop + ph,
@@ -114,7 +111,7 @@ std::string panel(const nlohmann::json& tl, double planned, const nlohmann::json
         "<rect x=\"{}\" y=\"{:.0f}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{:.0f}\">{} "
         "{}</text>\n",
         kW - kRight + 16, ly, kColors[c], kW - kRight + 34, ly + 10, mem_category_name(static_cast<MemCategory>(c)),
-        mib(tl.back()[static_cast<std::size_t>(1 + c)].get<double>()));
+        format_bytes(tl.back()[static_cast<std::size_t>(1 + c)].get<double>()));
   }
   ly += 10;
   for (const char* phase : {"forward", "backward", "step"}) {
