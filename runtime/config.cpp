@@ -166,10 +166,7 @@ Config parse_config(const std::string& text, const std::string& source) {
   z.get<int>("hybrid_group", c.zero.hybrid_group, at_least(0), ">= 0");
   z.get<int>("grad_accumulation", c.zero.grad_accumulation, between(1, 1 << 20), ">= 1");
   z.finish();
-  if (c.zero.max_live_units < c.zero.prefetch + 1)
-    top.fail(root["zero"], fmt::format("zero.max_live_units ({}) must be at least prefetch + 1 ({}): the unit in use "
-                                       "and the prefetched ones are live together",
-                                       c.zero.max_live_units, c.zero.prefetch + 1));
+  if (const std::string bad = live_units_problem(c); !bad.empty()) top.fail(root["zero"], bad);
 
   Section p = top.sub("precision");
   c.precision.param = read_dtype(p, "param", c.precision.param, {"fp32", "bf16", "fp16"});
@@ -265,6 +262,14 @@ std::string_view Config::Offload::choice() const {
   if (!optimizer_on_cpu()) return "none";
   if (params_on_cpu()) return "optimizer+params";
   return delayed() ? "delayed" : "optimizer";
+}
+
+std::string live_units_problem(const Config& c) {
+  if (c.zero.max_live_units >= c.zero.prefetch + 1) return {};
+  return fmt::format(
+      "zero.max_live_units ({}) must be at least prefetch + 1 ({}): the unit in use and the prefetched "
+      "ones are live together",
+      c.zero.max_live_units, c.zero.prefetch + 1);
 }
 
 std::string offload_problem(const Config& c) {

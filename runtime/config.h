@@ -97,5 +97,8 @@ struct Config {
 // Why this offload choice cannot run with this stage (empty when it can); the YAML reader and the engine
 // both refuse such a config with this message.
 std::string offload_problem(const Config& c);
+// Why zero.max_live_units cannot hold the unit in use and the prefetched ones (empty when it can); the YAML
+// reader and zsmem refuse such a config with this message.
+std::string live_units_problem(const Config& c);
 
 }  // namespace zs

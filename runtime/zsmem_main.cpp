@@ -463,11 +463,8 @@ int main(int argc, char** argv) {
       cfg.zero.prefetch = prefetch;
       if (!max_live_given->count()) cfg.zero.max_live_units = std::max(cfg.zero.max_live_units, prefetch + 1);
     }
-    if (cfg.zero.max_live_units < cfg.zero.prefetch + 1)
-      throw Usage(
-          fmt::format("--max-live {} must be at least --prefetch + 1 ({}): the unit in use and the prefetched "
-                      "ones are live together",
-                      cfg.zero.max_live_units, cfg.zero.prefetch + 1));
+    if (const std::string bad = zs::live_units_problem(cfg); !bad.empty())
+      throw Usage("--max-live, --prefetch: " + bad);
     if (accumulation_given->count()) cfg.zero.grad_accumulation = accumulation;
     if (q.batch > 0 && !m.gpt) throw Usage("--batch needs --model gpt:... (activations are known for that family)");
     if (!offload_given->count()) q.offloads = {std::string(cfg.offload.choice())};  // the config's (none by default)

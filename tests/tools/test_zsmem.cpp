@@ -78,7 +78,9 @@ TEST(Zsmem, PrefetchAndOptionsOverTheConfig) {
   EXPECT_EQ(gather(" --prefetch 6 --max-live 9"), 9 * unit);
   const zs::test::CommandResult bad = zsmem("estimate --params 1e6 --largest-unit 1e3 --prefetch 4 --max-live 3");
   EXPECT_EQ(bad.rc, 2) << bad.output;
-  EXPECT_NE(bad.output.find("--max-live 3 must be at least --prefetch + 1 (5)"), std::string::npos) << bad.output;
+  EXPECT_NE(bad.output.find("--max-live, --prefetch: zero.max_live_units (3) must be at least prefetch + 1 (5)"),
+            std::string::npos)
+      << bad.output;
 
   const std::string yaml = (std::filesystem::temp_directory_path() / "zsmem_override_test.yaml").string();
   std::ofstream(yaml) << "zero:\n  max_live_units: 8\noffload:\n  optimizer: cpu\n";
