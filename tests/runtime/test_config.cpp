@@ -1,6 +1,10 @@
 // Config from YAML: defaults, every section read, and errors that name the key, line:column and a fix.
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+
 #include "core/error.h"
 #include "optim/schedule.h"
 #include "runtime/config.h"
@@ -143,6 +147,24 @@ TEST(Config, ComplexKeysAreLocatedErrors) {
   EXPECT_NE(e.find("a key in 'zero' must be a plain name, not a mapping"), std::string::npos) << e;
   const std::string seq = error_of("zero: [1, 2]\n");
   EXPECT_NE(seq.find("train.yaml:1:"), std::string::npos) << seq;
+}
+
+// zsrun --config names the job's file in ZS_CONFIG: from_job reads it, or keeps the caller's defaults.
+TEST(Config, FromJobReadsTheFileZsrunNamed) {
+  const std::string path = ::testing::TempDir() + "zs_job_config_test.yaml";
+  std::ofstream(path) << "zero: {stage: 1, prefetch: 0}\n";
+  zs::Config defaults;
+  defaults.zero.stage = 2;
+  unsetenv("ZS_CONFIG");
+  EXPECT_EQ(zs::Config::job_path(), "");
+  EXPECT_EQ(zs::Config::from_job(defaults).zero.stage, 2);
+  setenv("ZS_CONFIG", path.c_str(), 1);
+  EXPECT_EQ(zs::Config::job_path(), path);
+  const zs::Config job = zs::Config::from_job(defaults);
+  EXPECT_EQ(job.zero.stage, 1);
+  EXPECT_EQ(job.zero.prefetch, 0);
+  unsetenv("ZS_CONFIG");
+  std::remove(path.c_str());
 }
 
 TEST(Schedule, WarmupThenCosineOrLinearToTheFloor) {
