@@ -160,6 +160,9 @@ struct Child {
 
 // Likely causes first: a rank killed by a signal, then one with an unusual exit status, then the
 // status-1 exits that usually follow a peer's loss; ties by rank.
+// How long after a rank's failure zsrun waits for other failures before it stops the job (see supervise).
+constexpr auto kSettle = std::chrono::milliseconds(250);
+
 std::string describe_failures(std::vector<const Child*> failed) {
   auto weight = [](const Child* c) { return WIFSIGNALED(c->status) ? 0 : WEXITSTATUS(c->status) != 1 ? 1 : 2; };
   std::sort(failed.begin(), failed.end(), [&](const Child* a, const Child* b) {
@@ -184,7 +187,8 @@ class Job {
   // Runs until every rank has exited; returns the first failure's description (empty when all exited 0).
   std::string supervise(int* interrupt_signal) {
     std::string failure;
-    std::optional<Clock::time_point> kill_at;
+    std::optional<Clock::time_point> kill_at, settle_at;
+    std::vector<const Child*> failed;
     for (;;) {
       bool any_alive = false, any_pipe = false;
       for (auto& c : children_) any_alive |= c.alive;
@@ -199,9 +203,12 @@ class Job {
       for (auto& p : pipes_)
         if (p.fd >= 0) fds.push_back({p.fd, POLLIN, 0});
       int timeout_ms = -1;
-      if (kill_at)
-        timeout_ms = static_cast<int>(std::max<int64_t>(
-            0, std::chrono::duration_cast<std::chrono::milliseconds>(*kill_at - Clock::now()).count()));
+      for (const auto& at : {kill_at, settle_at})
+        if (at) {
+          const int ms = static_cast<int>(
+              std::max<int64_t>(0, std::chrono::duration_cast<std::chrono::milliseconds>(*at - Clock::now()).count()));
+          timeout_ms = timeout_ms < 0 ? ms : std::min(timeout_ms, ms);
+        }
       if (!any_alive) timeout_ms = 100;
       int rc = ::poll(fds.data(), fds.size(), timeout_ms);
       if (rc < 0 && errno != EINTR) break;
@@ -217,17 +224,22 @@ class Job {
           }
         }
       }
-      // Every rank that failed on its own in the first batch of exits is named: when zsrun is slow to
-      // run, the rank that died first and the peers that failed because of it are reaped together.
-      std::vector<const Child*> failed;
+      // Every rank that fails on its own within kSettle of the first failure is named, before the others
+      // are stopped: the rank that died first and the peers that failed because of it (a broken
+      // connection) can exit in either order, and describe_failures puts the likely cause first.
       reap([&](const Child& c) {
         if ((!WIFEXITED(c.status) || WEXITSTATUS(c.status) != 0) && failure.empty() && !*interrupt_signal)
           failed.push_back(&c);
       });
-      if (!failed.empty()) {
-        failure = describe_failures(failed);
-        signal_all(SIGTERM);
-        kill_at = Clock::now() + grace();
+      if (!failed.empty() && failure.empty()) {
+        if (!settle_at) settle_at = Clock::now() + kSettle;
+        const bool none_left = std::none_of(children_.begin(), children_.end(), [](const Child& c) { return c.alive; });
+        if (none_left || Clock::now() >= *settle_at) {
+          failure = describe_failures(failed);
+          settle_at.reset();
+          signal_all(SIGTERM);
+          kill_at = Clock::now() + grace();
+        }
       }
       if (kill_at && Clock::now() >= *kill_at) {
         kill_groups(SIGKILL);

@@ -24,6 +24,11 @@ int main(int argc, char** argv) {
     zs::ProcessGroup pg = zs::init_process_group(opts);
     std::vector<float> buf(1 << 16, 1.0f);
     auto v = zs::TensorView::flat(buf.data(), zs::DType::f32, static_cast<int64_t>(buf.size()));
+    if (mode == "collateral-first") {  // the peer's failure (rank 0) exits before the cause (rank 1) dies
+      if (rank == 0) return 1;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      raise(SIGKILL);
+    }
     for (int step = 0;; ++step) {
       if (step == 3 && rank == 1) {
         if (mode == "exit3") std::exit(3);

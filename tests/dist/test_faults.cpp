@@ -101,6 +101,19 @@ TEST(Faults, RankKilledWhileOthersWaitInACollective) {
   expect_all_gone(r, 4);
 }
 
+// A rank killed just after a peer failed (as when the peer saw the connection break first): zsrun names the
+// killed rank first, not only the exit it happened to reap first.
+TEST(Faults, AKilledRankIsNamedFirstEvenWhenAPeerExitedBeforeIt) {
+  Result r = run_job("collateral-first", 2);
+  EXPECT_NE(r.rc, 0) << r.output;
+  const std::size_t killed = r.output.find("zsrun: rank 1 (local rank 1"),
+                    exited = r.output.find("rank 0 (local rank 0");
+  ASSERT_NE(killed, std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("killed by signal 9 (KILL), and rank 0"), std::string::npos) << r.output;
+  EXPECT_LT(killed, exited) << r.output;
+  expect_all_gone(r, 2);
+}
+
 TEST(Faults, RankThatNeverStartsFailsRendezvousWithATimeout) {
   Result r = run_job("nostart", 3, "ZS_RENDEZVOUS_TIMEOUT_S=3");
   EXPECT_NE(r.rc, 0) << r.output;
