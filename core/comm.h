@@ -98,6 +98,10 @@ class Comm {
   // "all_gather #17 on group 'world' (rank 1 of 4, 4096 x bf16)", for error messages.
   std::string describe(const CollectiveOp& op) const;
 
+  // The store the group met through: for control messages outside the collectives' order (a background
+  // checkpoint's commit). Keys under "ckpt/" are the engine's.
+  const std::shared_ptr<Store>& store() const { return job_store_; }
+
  protected:
   Comm(int rank, int size, CommOptions opts) : rank_(rank), size_(size), opts_(std::move(opts)) {}
   // Group creation's first step in every backend: each rank sets `prefix`joined/<rank> and waits for the
@@ -105,6 +109,8 @@ class Comm {
   // stalling the backend's own connection set-up.
   void await_ranks(Store& store, const std::string& prefix) const;
   virtual Work launch(const CollectiveOp& op, Stream& stream) = 0;
+
+  std::shared_ptr<Store> job_store_;  // set by the backend's constructor
 
  private:
   Work issue(CollectiveOp op, Stream* stream);

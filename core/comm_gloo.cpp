@@ -284,6 +284,7 @@ GlooComm::GlooComm(std::shared_ptr<Store> root_store, std::shared_ptr<gloo::tran
       dev_(std::move(dev)),
       stream_(make_stream(Device::cpu())),
       states_(std::make_unique<WorkPool<GlooWorkState>>()) {
+  job_store_ = root_store_;
   connect();
 }
 

@@ -101,6 +101,7 @@ NcclComm::NcclComm(std::shared_ptr<Store> store, int rank, int size, CommOptions
   stream_ = make_stream(device_);
   barrier_scratch_ = Buffer(sizeof(float), MemoryKind::device, device_, MemCategory::comm_scratch);
   states_ = std::make_unique<WorkPool<NcclWorkState>>();
+  job_store_ = std::move(store);
 }
 
 NcclComm::NcclComm(ncclComm_t comm, int rank, int size, CommOptions opts, Device device)
@@ -129,7 +130,9 @@ std::unique_ptr<Comm> NcclComm::split(int color, int key) {
   ZS_CHECK_NCCL(ncclCommUserRank(child, &r), "");
   ZS_CHECK_NCCL(ncclCommCount(child, &n), "");
   CommOptions o{fmt::format("{}/split.c{}", name(), color), timeout(), options().rendezvous_timeout};
-  return std::unique_ptr<Comm>(new NcclComm(child, r, n, o, device_));
+  auto group = std::unique_ptr<NcclComm>(new NcclComm(child, r, n, o, device_));
+  group->job_store_ = job_store_;
+  return group;
 }
 
 Work NcclComm::launch(const CollectiveOp& op, Stream& stream) {

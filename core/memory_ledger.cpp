@@ -9,8 +9,9 @@ namespace zs {
 
 std::string_view mem_category_name(MemCategory c) {
   static constexpr std::array<std::string_view, kMemCategoryCount> names = {
-      "params",       "grads",           "master",      "optim_state", "gather_buffers",
-      "comm_scratch", "offload_staging", "activations", "other"};
+      "params",         "grads",        "master",          "optim_state",
+      "gather_buffers", "comm_scratch", "offload_staging", "checkpoint_staging",
+      "activations",    "other"};
   return names[static_cast<std::size_t>(c)];
 }
 

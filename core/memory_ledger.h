@@ -22,10 +22,11 @@ enum class MemCategory : uint8_t {
   gather_buffers,
   comm_scratch,
   offload_staging,
+  checkpoint_staging,  // host: the copy a checkpoint.async save writes from
   activations,
   other,
 };
-inline constexpr int kMemCategoryCount = 9;
+inline constexpr int kMemCategoryCount = 10;
 std::string_view mem_category_name(MemCategory c);
 
 // Where charged bytes live: one device's memory, or the host's (pageable or pinned). On a CPU engine the

@@ -148,6 +148,14 @@ std::pair<int64_t, int64_t> owned_range(const FlatLayout& l, int rank, int write
   return {std::min(l.padded, chunk * rank), std::min(l.padded, chunk * (rank + 1))};
 }
 
+int64_t file_elements(const FlatLayout& l, int file, int writers) {
+  std::vector<Piece> pieces;
+  for (const FlatLayout::Slot& slot : l.slots) add_pieces(l, slot, writers, pieces);
+  int64_t n = 0;
+  for (const Piece& p : pieces) n += p.file == file ? p.count : 0;
+  return n;
+}
+
 void add_pieces(const FlatLayout& l, const FlatLayout::Slot& slot, int writers, std::vector<Piece>& out) {
   for (int w = 0; w < writers; ++w) {
     const auto [lo, hi] = owned_range(l, w, writers);

@@ -88,6 +88,8 @@ std::vector<std::string> state_names(std::string_view optimizer);
 std::pair<int64_t, int64_t> owned_range(const FlatLayout& l, int rank, int writers);
 // Appends to `out` the pieces of the tensor in slot [offset, offset + numel) of a layout saved by `writers`.
 void add_pieces(const FlatLayout& l, const FlatLayout::Slot& slot, int writers, std::vector<Piece>& out);
+// The elements of l's tensors (not its padding) that file `file` of `writers` holds: its pieces' total.
+int64_t file_elements(const FlatLayout& l, int file, int writers);
 
 // `dir` is a step directory (holds manifest.json) or a checkpoint root (holds `latest`): the step
 // directory. Throws naming what is missing.

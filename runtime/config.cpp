@@ -237,6 +237,7 @@ Config parse_config(const std::string& text, const std::string& source) {
   ck.get<std::string>("dir", c.checkpoint.dir);
   ck.get<int64_t>("every_steps", c.checkpoint.every_steps, at_least<int64_t>(0), ">= 0");
   ck.get<int>("keep", c.checkpoint.keep, at_least(1), ">= 1");
+  ck.get<bool>("async", c.checkpoint.async);
   ck.finish();
 
   Section dbg = top.sub("debug");

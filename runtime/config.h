@@ -83,6 +83,9 @@ struct Config {
     std::string dir = "ckpt";
     int64_t every_steps = 0;
     int keep = 3;
+    // save_checkpoint copies this rank's part to host memory (checkpoint_staging, allocated with the engine)
+    // and returns; a thread writes and commits it while training goes on (runtime/async_checkpoint.h).
+    bool async = false;
   } checkpoint;
 
   // Throws zs::Error "<source>:<line>:<col>: ..." on the first problem.

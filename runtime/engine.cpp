@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "kernels/kernels.h"
+#include "runtime/async_checkpoint.h"
 #include "runtime/memory_plan.h"
 
 namespace zs {
@@ -122,6 +123,11 @@ Engine::~Engine() {
     if (s) quietly([&] { s->synchronize(); });
   // A copy of a gradient shard to the host may still read the gradient pool (an engine dropped mid-step).
   if (offload_) quietly([&] { offload_->drain(); });
+  if (async_ckpt_) try {  // a checkpoint.async save still being written
+      async_ckpt_->wait();
+    } catch (const std::exception& e) {
+      log::error("{}", e.what());
+    }
   if (const char* dir = std::getenv("ZS_MEMORY_REPORT"); dir && ready_) quietly([&] { write_memory_report(dir); });
 }
 
@@ -198,10 +204,13 @@ void Engine::check_fits() const {
         device_.is_cpu() && sharing > 1 ? fmt::format(fmt::runtime(shared), sharing) : "");
   if (!device_.is_cpu() && plan.host_total() > host_free)
     ZS_FAIL(
-        "rank {}: the offloaded state does not fit in host memory: it needs {:.2f} GiB per rank ({}) but {:.2f} GiB "
-        "is available{}; offload less (offload.params: none), use more ranks or nodes, or a smaller model",
+        "rank {}: the engine's host memory does not fit: it needs {:.2f} GiB per rank ({}) but {:.2f} GiB "
+        "is available{}; offload less (offload.params: none), {}use more ranks or nodes, or a smaller model",
         comm_->rank(), static_cast<double>(plan.host_total()) / gib, parts(plan.host),
-        static_cast<double>(host_free) / gib, sharing > 1 ? fmt::format(fmt::runtime(shared), sharing) : "");
+        static_cast<double>(host_free) / gib, sharing > 1 ? fmt::format(fmt::runtime(shared), sharing) : "",
+        plan.host[static_cast<std::size_t>(MemCategory::checkpoint_staging)] > 0 ? "save synchronously "
+                                                                                   "(checkpoint.async: false), "
+                                                                                 : "");
 }
 
 void Engine::setup() {
@@ -277,6 +286,14 @@ void Engine::setup() {
   norm_scratch_ = Buffer((units_.size() + 1) * sizeof(float), mk, device_, MemCategory::other);
   control();  // now, not in the first step's agreement checks
   check_checkpoint_dir();
+  if (cfg_.checkpoint.async) {
+    async_ckpt_ = std::make_unique<AsyncCheckpoint>(comm_->store(), comm_->timeout());
+    const int64_t staging = memory_plan().host[static_cast<std::size_t>(MemCategory::checkpoint_staging)];
+    if (staging > 0)
+      ckpt_staging_ = Buffer(static_cast<std::size_t>(staging),
+                             device_.is_cuda() && cfg_.offload.pin_memory ? MemoryKind::pinned : MemoryKind::host,
+                             device_, MemCategory::checkpoint_staging);
+  }
   for (std::size_t i = 0; i < units_.size(); ++i) grads_ready_.push_back(make_event(device_));
   if (cfg_.offload.optimizer_on_cpu())
     for (std::size_t i = 0; i < units_.size(); ++i) shard_summed_.push_back(make_event(device_));

@@ -56,6 +56,7 @@ struct MemoryReport {
 };
 
 class Engine;
+class AsyncCheckpoint;
 
 // The gathered (full) parameters of one unit in the compute dtype; released when destroyed.
 class GatheredParams {
@@ -116,6 +117,11 @@ class Engine {
   // checkpoint.keep; `user_state` is the application's own (data position, RNG), returned by load. A failure
   // on any rank (disk full, a dead peer) leaves the previous checkpoint as it was and throws on every rank.
   void save_checkpoint(const std::string& root, const std::string& user_state = "");
+  // With checkpoint.async, save_checkpoint copies this rank's part to host memory and returns; a thread
+  // writes it and rank 0 commits once every rank's file is in. wait_checkpoint blocks until that save is
+  // committed, and throws, on every rank alike, when it failed (the previous checkpoint stays the latest).
+  // save_checkpoint and load_checkpoint wait first; the destructor waits and logs a failure. Not collective.
+  void wait_checkpoint();
   // Loads a checkpoint root (its latest) or one step directory, saved at any world size and stage: instead
   // of init_params, or between steps. Every file this rank reads is checked (size, xxHash64), and every rank
   // agrees, before any parameter changes. Returns the saved user_state.
@@ -183,7 +189,10 @@ class Engine {
   // Checkpoint helpers (engine_checkpoint.cpp).
   ckpt::Manifest describe_checkpoint() const;
   std::vector<ckpt::TensorEntry> tensor_entries() const;  // the model's tensors, in order, without pieces
+  struct RankFile;  // this rank's checkpoint file: its tensors, and where their bytes are now
+  RankFile rank_file(const ckpt::Manifest& m) const;
   FileDigest write_rank_file(const std::string& path, const ckpt::Manifest& m);
+  std::size_t stage_rank_file(const RankFile& f);  // checkpoint.async: into ckpt_staging_; returns the bytes
   // With checkpoint.every_steps: every writing rank can create checkpoint.dir and a file in it (collective).
   void check_checkpoint_dir();
   void quiesce(const char* op);  // between steps: nothing in flight, nothing held
@@ -264,6 +273,8 @@ class Engine {
   uint64_t last_load_bytes_ = 0;
   std::pair<int64_t, int64_t> declared_activations_{0, 0};  // device, host
   std::function<std::string()> user_state_;
+  Buffer ckpt_staging_;                               // checkpoint.async: this rank's file, copied between steps
+  std::unique_ptr<AsyncCheckpoint> async_ckpt_;       // and its writer (declared after the staging: goes first)
   void wait_timed(Work& w, const Unit* u = nullptr);  // host wait, counted as exposed communication
   LossScaler scaler_;
   Buffer norm_scratch_;  // per-unit sums of squares, then the global total (device memory)

@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "runtime/async_checkpoint.h"
 #include "runtime/checkpoint.h"
 #include "runtime/engine.h"
 #include "runtime/safetensors.h"
@@ -167,7 +168,17 @@ std::vector<ckpt::TensorEntry> Engine::tensor_entries() const {
   return out;
 }
 
-FileDigest Engine::write_rank_file(const std::string& path, const ckpt::Manifest& m) {
+struct Engine::RankFile {
+  std::vector<SafetensorsTensor> tensors;
+  std::map<std::string, std::string> metadata;
+  struct Part {
+    const char* src;  // on the engine's device
+    std::size_t bytes;
+  };
+  std::vector<Part> parts;  // the tensors' bytes, in order
+};
+
+Engine::RankFile Engine::rank_file(const ckpt::Manifest& m) const {
   const int r = shard_rank(), stage = cfg_.zero.stage;
   // Where flat element x of a unit's layout lives on the device, for the stored parameter and the states.
   struct Source {
@@ -175,12 +186,8 @@ FileDigest Engine::write_rank_file(const std::string& path, const ckpt::Manifest
     int64_t origin;  // the flat index of base[0]
     DType dtype;
   };
-  struct Job {
-    Source src;
-    int64_t flat, count;
-  };
-  std::vector<SafetensorsTensor> decl;
-  std::vector<Job> jobs;
+  RankFile f;
+  f.metadata = {{"format", std::string(ckpt::kFormat)}, {"rank", std::to_string(r)}, {"step", std::to_string(step_)}};
   std::size_t ti = 0;
   for (const auto& up : units_) {
     const Unit& u = *up;
@@ -207,28 +214,54 @@ FileDigest Engine::write_rank_file(const std::string& path, const ckpt::Manifest
       for (const auto& p : e.pieces) {
         if (p.file != r) continue;
         for (std::size_t k = 0; k < sources.size(); ++k) {
+          const Source& src = sources[k];
           const std::string_view state = k == 0 ? ckpt::kParam : std::string_view(m.states[k - 1]);
-          decl.push_back({ckpt::entry_name(e.name, state), sources[k].dtype, {p.count}, 0, 0});
-          jobs.push_back({sources[k], offset + p.first, p.count});
+          const auto es = static_cast<int64_t>(dtype_size(src.dtype));
+          f.tensors.push_back({ckpt::entry_name(e.name, state), src.dtype, {p.count}, 0, 0});
+          f.parts.push_back({src.base + (offset + p.first - src.origin) * es, static_cast<std::size_t>(p.count * es)});
         }
       }
     }
   }
-  SafetensorsWriter w(
-      path, std::move(decl),
-      {{"format", std::string(ckpt::kFormat)}, {"rank", std::to_string(r)}, {"step", std::to_string(step_)}});
+  return f;
+}
+
+FileDigest Engine::write_rank_file(const std::string& path, const ckpt::Manifest& m) {
+  RankFile f = rank_file(m);
+  SafetensorsWriter w(path, std::move(f.tensors), f.metadata);
   std::vector<char> host;
-  for (const Job& j : jobs) {
-    const std::size_t bytes = static_cast<std::size_t>(j.count) * dtype_size(j.src.dtype);
-    host.resize(bytes);
-    memory_copy(host.data(), Device::cpu(),
-                j.src.base + (j.flat - j.src.origin) * static_cast<int64_t>(dtype_size(j.src.dtype)), device_, bytes);
-    w.write(host.data(), bytes);
+  for (const RankFile::Part& p : f.parts) {
+    host.resize(p.bytes);
+    memory_copy(host.data(), Device::cpu(), p.src, device_, p.bytes);
+    w.write(host.data(), p.bytes);
   }
   return w.finish();
 }
 
+std::size_t Engine::stage_rank_file(const RankFile& f) {
+  std::size_t total = 0;
+  for (const RankFile::Part& p : f.parts) total += p.bytes;
+  ZS_CHECK(total == ckpt_staging_.bytes(),
+           "rank {}: this rank's checkpoint file has {} bytes but its staging {} (a memory-plan bug)", comm_->rank(),
+           total, ckpt_staging_.bytes());
+  auto* dst = static_cast<char*>(ckpt_staging_.data());
+  for (const RankFile::Part& p : f.parts) {
+    memory_copy(dst, Device::cpu(), p.src, device_, p.bytes);
+    dst += p.bytes;
+  }
+  return total;
+}
+
+void Engine::wait_checkpoint() {
+  if (async_ckpt_) async_ckpt_->wait();
+}
+
 void Engine::save_checkpoint(const std::string& root, const std::string& user_state) {
+  if (async_ckpt_ && async_ckpt_->busy() && comm_->rank() == 0)
+    log::warn(
+        "save_checkpoint: the previous checkpoint.async save is still being written; waiting for it (save "
+        "less often, or to faster storage)");
+  wait_checkpoint();
   quiesce("save_checkpoint");
   // The first shard group writes (file w is shard w); with hybrid sharding the other groups hold copies.
   const int n = shard_size(), r = comm_->rank();
@@ -248,15 +281,41 @@ void Engine::save_checkpoint(const std::string& root, const std::string& user_st
       fs::create_directories(tmp);
     });
   agree(ok, what, error);
+  // From here a failure removes the temporary directory: the previous checkpoint stays the latest.
+  auto agree_or_discard = [&](const std::string& stage) {
+    try {
+      agree(ok, what + stage, error);
+    } catch (const Error&) {
+      std::error_code ec;
+      if (r == 0) fs::remove_all(tmp, ec);
+      throw;
+    }
+  };
+  if (async_ckpt_) {  // copy this rank's part; a thread writes and commits it (runtime/async_checkpoint.h)
+    AsyncCheckpoint::Save s;
+    s.root = root;
+    s.tmp_dir = tmp.string();
+    s.keep = cfg_.checkpoint.keep;
+    s.rank = r;
+    s.writes = writes;
+    s.writers = n;
+    s.what = fmt::format("save_checkpoint('{}') of step {}", root, step_);
+    if (writes)
+      attempt(ok, error, [&] {
+        RankFile f = rank_file(m);
+        s.bytes = stage_rank_file(f);
+        s.data = ckpt_staging_.data();
+        s.tensors = std::move(f.tensors);
+        s.metadata = std::move(f.metadata);
+      });
+    agree_or_discard(" staging");
+    s.manifest = std::move(m);
+    async_ckpt_->start(std::move(s));
+    return;
+  }
   FileDigest d;
   if (writes) attempt(ok, error, [&] { d = write_rank_file((tmp / ckpt::rank_file_name(r)).string(), m); });
-  try {
-    agree(ok, what + " writing", error);
-  } catch (const Error&) {
-    std::error_code ec;
-    if (r == 0) fs::remove_all(tmp, ec);  // the previous checkpoint stays the latest
-    throw;
-  }
+  agree_or_discard(" writing");
   std::vector<float> mine;
   put_u64(mine, d.bytes);
   put_u64(mine, d.xxh64);
@@ -343,6 +402,7 @@ void Engine::save_weights(const std::string& path, DType dtype) {
 
 std::string Engine::load_checkpoint(const std::string& dir) {
   ZS_CHECK(!units_.empty(), "load_checkpoint: add the model's units first");
+  wait_checkpoint();  // a checkpoint.async save in flight (perhaps of this very checkpoint)
   if (ready_) quiesce("load_checkpoint");
   plan_layouts();
   const int stage = cfg_.zero.stage, r = shard_rank();

@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "kernels/kernels.h"
+#include "runtime/checkpoint.h"
 
 namespace zs {
 
@@ -115,6 +116,12 @@ MemoryPlan plan_memory(std::span<const std::vector<TensorSpec>> units, const Con
     const auto ranges = l.layout.shard_ranges(stage == 0 ? 0 : shard, decays);
     state(MemCategory::other) +=  // the weight-decay ranges, where the optimizer runs
         static_cast<int64_t>(std::max<std::size_t>(1, ranges.size()) * sizeof(kernels::ElementRange));
+    if (cfg.checkpoint.async && rank < shards) {  // this rank's checkpoint file (the first shard group writes)
+      const int64_t states = (b.m > 0) + (b.v > 0);
+      host(MemCategory::checkpoint_staging) +=
+          ckpt::file_elements(l.layout, rank, shards) * (4 + states * dtype_size(cfg.optimizer.state_dtype)) +
+          (l.frozen.slots.empty() ? 0 : ckpt::file_elements(l.frozen, rank, shards) * dtype_size(cfg.precision.param));
+    }
   }
   const PoolPlan p = pool_plan(largest, largest_trainable, static_cast<int>(units.size()), cfg);
   dev(MemCategory::gather_buffers) += p.gather_count * p.gather_bytes;

@@ -15,7 +15,7 @@ namespace {
 
 constexpr double kW = 960, kH = 460, kLeft = 80, kRight = 200, kTop = 50, kBottom = 60;
 constexpr const char* kColors[kMemCategoryCount] = {"#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f",
-                                                    "#edc948", "#b07aa1", "#ff9da7", "#9c755f"};
+                                                    "#edc948", "#b07aa1", "#bab0ac", "#ff9da7", "#9c755f"};
 
 // The axis step: the smallest 1, 2 or 5 x 10^k that cuts `span` into at most `ticks` steps.
 double nice_step(double span, int ticks) {

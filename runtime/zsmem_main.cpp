@@ -210,13 +210,13 @@ int estimate(const Model& m, zs::Config cfg, const EstimateQuery& q) {
         // The host's part by category, in a second table (rows with offload, Gloo's staging or a batch's).
         auto on_host = [&](MemCategory c) { return static_cast<double>(p.host[static_cast<std::size_t>(c)]); };
         if (host > 0)
-          host_rows.push_back(
-              fmt::format("{:>5} {:>5} {:>16} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>10}\n", w, s,
-                          label, format_bytes(on_host(MemCategory::params)), format_bytes(on_host(MemCategory::master)),
-                          format_bytes(on_host(MemCategory::grads)), format_bytes(on_host(MemCategory::optim_state)),
-                          format_bytes(on_host(MemCategory::offload_staging)),
-                          format_bytes(on_host(MemCategory::comm_scratch) + on_host(MemCategory::other)),
-                          format_bytes(on_host(MemCategory::activations) + act_host), format_bytes(host)));
+          host_rows.push_back(fmt::format(
+              "{:>5} {:>5} {:>16} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>10}\n", w, s, label,
+              format_bytes(on_host(MemCategory::params)), format_bytes(on_host(MemCategory::master)),
+              format_bytes(on_host(MemCategory::grads)), format_bytes(on_host(MemCategory::optim_state)),
+              format_bytes(on_host(MemCategory::offload_staging) + on_host(MemCategory::checkpoint_staging)),
+              format_bytes(on_host(MemCategory::comm_scratch) + on_host(MemCategory::other)),
+              format_bytes(on_host(MemCategory::activations) + act_host), format_bytes(host)));
       }
   if (q.json) {
     fmt::print("{}\n", rows.dump(1));
@@ -234,9 +234,9 @@ int estimate(const Model& m, zs::Config cfg, const EstimateQuery& q) {
         "small\n"
         "engine tables; activation: the example trainer's, with --batch; device: their sum. host: the offloaded "
         "master,\n"
-        "optimizer state, gradient shards and upload staging (one pinned pool), Gloo's staging (scratch), and with "
-        "--batch\n"
-        "on the GPU the example's pinned batch staging (activation).\n"
+        "optimizer state, gradient shards and upload staging (one pinned pool), with --async-checkpoint the copy a\n"
+        "save writes from (staging too), Gloo's staging (scratch), and with --batch on the GPU the example's pinned\n"
+        "batch staging (activation).\n"
         "DeepSpeed: its published estimators (model states only; host per node shared by its ranks; stage 1 = stage "
         "2).\n");
   }
@@ -415,6 +415,9 @@ int main(int argc, char** argv) {
   est->add_flag("--checkpoint-activations", q.recompute,
                 "with --batch: the example's activation checkpointing (gpt_train --checkpoint-activations)");
   est->add_flag("--cpu", q.cpu, "the engine's device is the CPU (Gloo staging counted)");
+  bool async_checkpoint = false;
+  est->add_flag("--async-checkpoint", async_checkpoint,
+                "checkpoint.async: a host copy of each rank's checkpoint file (the first shard group's ranks)");
   est->add_option("--device-memory", device_memory,
                   "memory per device, e.g. 80 (GiB), 80GiB or 85.9GB: says whether each row fits")
       ->check(byte_size);
@@ -466,6 +469,7 @@ int main(int argc, char** argv) {
     if (const std::string bad = zs::live_units_problem(cfg); !bad.empty())
       throw Usage("--max-live, --prefetch: " + bad);
     if (accumulation_given->count()) cfg.zero.grad_accumulation = accumulation;
+    if (async_checkpoint) cfg.checkpoint.async = true;
     if (q.batch > 0 && !m.gpt) throw Usage("--batch needs --model gpt:... (activations are known for that family)");
     if (!offload_given->count()) q.offloads = {std::string(cfg.offload.choice())};  // the config's (none by default)
     if (q.recompute && q.batch == 0) throw Usage("--checkpoint-activations needs --batch (it changes the activations)");

@@ -8,12 +8,12 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 cmake --preset cuda-sm90 >/dev/null
 cmake --build --preset cuda-sm90 -j "$(nproc)" --target zs_gpu_tests zs_gpt_gpu_tests gpt_train comm_bench optim_bench \
-  adamw_variants offload_bench zsrun zsmem
+  adamw_variants offload_bench ckpt_bench zsrun zsmem
 out=build/cuda-sm90/gpu-bundle
 rm -rf "$out" && mkdir -p "$out/bin" "$out/lib"
 bins=(build/cuda-sm90/tests/zs_gpu_tests build/cuda-sm90/tests/zs_gpt_gpu_tests build/cuda-sm90/examples/gpt_train
       build/cuda-sm90/bench/comm_bench build/cuda-sm90/bench/optim_bench build/cuda-sm90/bench/adamw_variants
-      build/cuda-sm90/bench/offload_bench
+      build/cuda-sm90/bench/offload_bench build/cuda-sm90/bench/ckpt_bench
       build/cuda-sm90/runtime/zsrun build/cuda-sm90/runtime/zsmem)
 for b in "${bins[@]}"; do
   cp "$b" "$out/bin/" && strip "$out/bin/$(basename "$b")"

@@ -35,6 +35,7 @@ run() {  # name, time limit in seconds, command...
 }
 echo "# card: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi')"
 echo "# date: $(date -u +%Y-%m-%dT%H:%MZ)  nccl: ${nccl_lib:-not found}"
+echo "# host:$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2), $(nproc) cores, $(grep -o -m1 'avx512_bf16' /proc/cpuinfo || echo 'no avx512_bf16')"
 have_cublas() { [ -n "$cublas_lib" ] || { rows+=("$(printf '%-34s SKIP (no libcublasLt.so.13 in the Python wheels)' "$1")"); false; }; }
 # Correctness first.
 run "gpu tests (streams, NCCL, kernels, engine)" 150 "$bundle/bin/zs_gpu_tests"
@@ -123,6 +124,9 @@ run "optim_bench adamw 1e8 cpu bf16 states" 60 "$bundle/bin/optim_bench" --devic
 # can save by choosing narrower gradients and states (not the same arithmetic as torch's f32 AdamW).
 run "optim_bench adamw 1e8 cpu bf16 grads+states" 60 "$bundle/bin/optim_bench" --device cpu --params 1e8 --iters 7 \
   --threads "$cores" --grad bf16 --state bf16
+# checkpoint.async: what a save holds the training (a copy to pinned memory) against a synchronous save.
+run "ckpt_bench cuda 2e8" 90 "$bundle/bin/zsrun" --nproc-per-node 1 --master-port 0 -- \
+  "$bundle/bin/ckpt_bench" --device cuda --params 2e8 --saves 3 --dir /tmp/zs_ckpt_bench
 run "comm_bench nccl world 1" 60 "$bundle/bin/zsrun" --nproc-per-node 1 --master-port 0 -- \
   "$bundle/bin/comm_bench" --backend nccl -b 1M -e 1G -f 4
 # The largest model on this card and host (target >= 7 B): one step, optimizer and parameters offloaded.
@@ -133,6 +137,7 @@ echo "# full output: $log"
 grep -A12 "== gpt_train" "$log" | grep -E "^==|step .*tok/s|memory" | sed 's/^\[rank0\]: //' || true
 grep -A40 "== ncu" "$log" | grep -E "^==|^kernel |^all kernels|[0-9]%  " || true
 grep -A6 "== offload_bench" "$log" | grep -E "^==|\[rank0\]" | sed 's/^\[rank0\]: //' || true
+grep -A4 "== ckpt_bench" "$log" | grep -E "^==|\[rank0\]" | sed "s/^\[rank0\]: //" || true
 grep -A30 "== comm_bench" "$log" | grep -E "^\[rank0\]:" | sed 's/^\[rank0\]: //' || true
 ours=$(grep -A4 "== optim_bench adamw 1e9" "$log" | awk '$1 == 0 {print $2}')
 theirs=$(grep "torch_adamw_ms" "$log" | awk '{print $2}')

@@ -69,7 +69,7 @@ int main(int argc, char** argv) {
   std::string attention = "auto";
   uint64_t seed = 1337;
   double lr = 0, check_below = 0, offload_ratio = 1;
-  bool resume = false, checkpoint_activations = false;
+  bool resume = false, checkpoint_activations = false, async_checkpoint = false;
   std::string config_path, ckpt_dir, export_path;
   std::vector<std::string> data{ZS_EXAMPLE_DATA};
   CLI::App app{"gpt_train: a byte-level GPT trained with ZeroShard (run it under zsrun)", "gpt_train"};
@@ -116,6 +116,9 @@ int main(int argc, char** argv) {
   app.add_option("--save-every", save_every, "save a checkpoint every N steps")
       ->check(zs::positive())
       ->needs(ckpt_given);
+  app.add_flag("--async-checkpoint", async_checkpoint,
+               "save checkpoints in the background (checkpoint.async): a copy in host memory, written while "
+               "training goes on");
   app.add_flag("--checkpoint-activations", checkpoint_activations,
                "keep only each block's input and run its forward again in the backward (less memory, one more "
                "forward per step)");
@@ -146,6 +149,7 @@ int main(int argc, char** argv) {
       cfg.precision.param = precision == "bf16" ? zs::DType::bf16 : zs::DType::f32;
       cfg.precision.reduce = zs::DType::f32;
     }
+    if (async_checkpoint) cfg.checkpoint.async = true;
     if (!ckpt_dir.empty()) {
       cfg.checkpoint.dir = ckpt_dir;
       cfg.checkpoint.every_steps = save_every;
@@ -250,7 +254,10 @@ int main(int argc, char** argv) {
         std::fflush(stdout);
       }
     }
-    if (!ckpt_dir.empty() && engine.steps_done() > start) engine.save_checkpoint(ckpt_dir);
+    const int64_t every = cfg.checkpoint.every_steps;
+    const bool saved_by_step = every > 0 && engine.steps_done() % every == 0;  // step() just saved this one
+    if (!ckpt_dir.empty() && engine.steps_done() > start && !saved_by_step) engine.save_checkpoint(ckpt_dir);
+    engine.wait_checkpoint();  // (checkpoint.async) the last save is committed, or its failure is the exit status
     if (!export_path.empty()) {
       engine.save_weights(export_path);
       if (rank == 0) std::printf("exported %s (%d units)\n", export_path.c_str(), engine.num_units());

@@ -3,6 +3,7 @@
 // the middle of writing a checkpoint.
 //   ckpt_prog train DIR STEPS [--kill-at K] [--stall-at K] [--out FILE]   (FILE: the final parameters)
 //   ckpt_prog kill-during-save DIR
+// With ZS_TEST_ASYNC_CHECKPOINT=1 it saves with checkpoint.async.
 #include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -39,6 +40,7 @@ int main(int argc, char** argv) {
   try {
     Config cfg = test::make_config(kCase);
     cfg.checkpoint.dir = dir;
+    cfg.checkpoint.async = env_int("ZS_TEST_ASYNC_CHECKPOINT") == 1;
     if (mode == "train") {
       const int steps = argc > 3 ? std::atoi(argv[3]) : 0;
       int kill_at = -1, stall_at = -1;
@@ -71,6 +73,7 @@ int main(int argc, char** argv) {
       Engine e(cfg);
       test::train(kCase, e, 3);
       e.save_checkpoint(dir);
+      e.wait_checkpoint();  // (async) committed before the file-size limit below
       test::train(kCase, e, 2);
       if (rank == 1) {
         // Dies mid-write, every time: its file of the step-5 checkpoint may grow to 4 KiB (of ~50), and the
@@ -82,6 +85,7 @@ int main(int argc, char** argv) {
         setrlimit(RLIMIT_FSIZE, &lim);
       }
       e.save_checkpoint(dir);
+      e.wait_checkpoint();
       std::printf("rank %d: the second save completed\n", rank);
       return 0;
     }

@@ -278,6 +278,26 @@ class BadCheckpoint : public ::testing::Test {
   }
   fs::path file(int rank) const { return step_dir / ckpt::rank_file_name(rank); }
   int victim() const { return pg().world->size() - 1; }
+  // The error f throws while the victim may write only 4 KiB per file (a file-size limit standing in for a
+  // full disk), or "".
+  template <typename F>
+  std::string with_a_full_disk_on_the_victim(F&& f) {
+    rlimit old{};
+    getrlimit(RLIMIT_FSIZE, &old);
+    const bool limited = pg().world->rank() == victim();
+    if (limited) {
+      signal(SIGXFSZ, SIG_IGN);
+      rlimit small = old;
+      small.rlim_cur = 4096;
+      setrlimit(RLIMIT_FSIZE, &small);
+    }
+    const std::string m = error_of(f);
+    if (limited) {
+      setrlimit(RLIMIT_FSIZE, &old);
+      signal(SIGXFSZ, SIG_DFL);
+    }
+    return m;
+  }
   // Only the last rank reads the damaged file; every rank's error names that rank, the file and the fault.
   void expect_named(const std::string& msg, const std::string& what) {
     EXPECT_TRUE(has(msg, fmt::format("failed on rank {}", victim()))) << msg;
@@ -383,20 +403,7 @@ TEST_F(BadCheckpoint, DiskFullDuringSaveKeepsThePreviousCheckpoint) {
   declare(e);
   e.load_checkpoint(root.string());
   train(c, e, 2);
-  rlimit old{};
-  getrlimit(RLIMIT_FSIZE, &old);
-  const bool limited = pg().world->rank() == victim();
-  if (limited) {
-    signal(SIGXFSZ, SIG_IGN);
-    rlimit small = old;
-    small.rlim_cur = 4096;
-    setrlimit(RLIMIT_FSIZE, &small);
-  }
-  const std::string m = error_of([&] { e.save_checkpoint(root.string()); });
-  if (limited) {
-    setrlimit(RLIMIT_FSIZE, &old);
-    signal(SIGXFSZ, SIG_DFL);
-  }
+  const std::string m = with_a_full_disk_on_the_victim([&] { e.save_checkpoint(root.string()); });
   EXPECT_TRUE(has(m, "disk is full or a file-size limit")) << m;
   EXPECT_TRUE(has(m, fmt::format("writing failed on rank {}", victim()))) << m;
   EXPECT_TRUE(has(m, "previous checkpoint is unchanged")) << m;
@@ -409,28 +416,99 @@ TEST_F(BadCheckpoint, DiskFullDuringSaveKeepsThePreviousCheckpoint) {
   EXPECT_EQ(again.steps_done(), 3);
 }
 
+// The same with checkpoint.async: save_checkpoint returns at once and the failure comes from
+// wait_checkpoint, on every rank, naming the rank and the fault; the previous checkpoint stays the latest.
+TEST_F(BadCheckpoint, DiskFullDuringAnAsyncSaveKeepsThePreviousCheckpoint) {
+  Config cfg = make_config(c);
+  cfg.checkpoint.async = true;
+  Engine e(cfg, *pg().world);
+  declare(e);
+  e.load_checkpoint(root.string());
+  train(c, e, 2);
+  const std::string m = with_a_full_disk_on_the_victim([&] {
+    e.save_checkpoint(root.string());
+    e.wait_checkpoint();
+  });
+  EXPECT_TRUE(has(m, fmt::format("rank {}: save_checkpoint('{}') of step 5 failed", pg().world->rank(), root.string())))
+      << m;
+  EXPECT_TRUE(has(m, fmt::format("): rank {}: ", victim()))) << m;
+  EXPECT_TRUE(has(m, "disk is full or a file-size limit")) << m;
+  EXPECT_TRUE(has(m, "the previous checkpoint stays the latest")) << m;
+  EXPECT_NO_THROW(e.wait_checkpoint());  // reported once
+  pg().world->barrier().wait();
+  EXPECT_FALSE(fs::exists(root / (ckpt::step_dir_name(5) + ".tmp")));
+  EXPECT_EQ(ckpt::find_latest(root.string()), step_dir.string());
+  train(c, e, 1);  // the engine trains on, and the next save works
+  e.save_checkpoint(root.string());
+  e.wait_checkpoint();
+  pg().world->barrier().wait();
+  EXPECT_EQ(ckpt::find_latest(root.string()), (root / ckpt::step_dir_name(6)).string());
+}
+
+// ---- checkpoint.async --------------------------------------------------------------------------------------
+
+// A save that finishes in the background writes the very bytes a synchronous save writes, though training
+// goes on (and changes every state it copied) while it is written.
+TEST(AsyncCheckpoint, WritesTheSameBytesAsASynchronousSave) {
+  for (const Case& c : {Case{3, DType::f32, 2, 1, 1.0f}, Case{1, DType::bf16, 0, 3, 0.5f},
+                        Case{0, DType::f32, 0, 1, 0.0f, kernels::Optimizer::sgd},
+                        Case{2, DType::f32, 2, 1, 0.5f, kernels::Optimizer::adamw, false, 1, false, true}}) {
+    const fs::path sync_root = shared_dir("sync"), async_root = shared_dir("async");
+    {
+      Engine e(make_config(c), *pg().world);
+      train(c, e, 20);
+      e.save_checkpoint(sync_root.string(), "at 20");
+    }
+    Config cfg = make_config(c);
+    cfg.checkpoint.async = true;
+    Engine e(cfg, *pg().world);
+    train(c, e, 20);
+    e.save_checkpoint(async_root.string(), "at 20");
+    train(c, e, 3);
+    e.wait_checkpoint();
+    pg().world->barrier().wait();
+    const fs::path a = sync_root / ckpt::step_dir_name(20), b = async_root / ckpt::step_dir_name(20);
+    std::vector<std::string> names;
+    for (const auto& f : fs::directory_iterator(a)) names.push_back(f.path().filename().string());
+    EXPECT_EQ(names.size(), static_cast<std::size_t>(pg().world->size()) + 1) << name(c, pg().world->size());
+    auto bytes = [](const fs::path& p) {
+      std::ifstream f(p, std::ios::binary);
+      return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    };
+    for (const std::string& n : names)
+      EXPECT_TRUE(bytes(a / n) == bytes(b / n)) << n << " differs, " << name(c, pg().world->size());
+    EXPECT_EQ(ckpt::find_latest(async_root.string()), b.string());
+    pg().world->barrier().wait();  // every rank has read them before the next case's shared_dir removes them
+  }
+}
+
 // ---- housekeeping ------------------------------------------------------------------------------------------
 
 TEST(CheckpointRotation, KeepsTheNewestAndSavesPeriodically) {
-  const fs::path root = shared_dir("rotate");
-  Config cfg = make_config({2, DType::f32, 0, 1, 0.0f});
-  cfg.checkpoint.dir = root.string();
-  cfg.checkpoint.every_steps = 2;
-  cfg.checkpoint.keep = 2;
-  Engine e(cfg, *pg().world);
-  int calls = 0;
-  e.set_user_state([&] { return fmt::format("call {}", ++calls); });
-  train({2, DType::f32, 0, 1, 0.0f}, e, 7);
-  pg().world->barrier().wait();
-  std::vector<std::string> dirs;
-  for (const auto& d : fs::directory_iterator(root)) dirs.push_back(d.path().filename().string());
-  std::sort(dirs.begin(), dirs.end());
-  EXPECT_EQ(dirs, (std::vector<std::string>{"latest", ckpt::step_dir_name(4), ckpt::step_dir_name(6)}));
-  ckpt::Reader r(root.string());
-  EXPECT_EQ(r.manifest().step, 6);
-  EXPECT_EQ(r.manifest().user_state, "call 3");
-  EXPECT_EQ(r.manifest().world_size, pg().world->size());
-  for (int f = 0; f < static_cast<int>(r.manifest().files.size()); ++f) r.verify(f);
+  for (bool async : {false, true}) {
+    const fs::path root = shared_dir("rotate");
+    Config cfg = make_config({2, DType::f32, 0, 1, 0.0f});
+    cfg.checkpoint.dir = root.string();
+    cfg.checkpoint.every_steps = 2;
+    cfg.checkpoint.keep = 2;
+    cfg.checkpoint.async = async;
+    Engine e(cfg, *pg().world);
+    int calls = 0;
+    e.set_user_state([&] { return fmt::format("call {}", ++calls); });
+    train({2, DType::f32, 0, 1, 0.0f}, e, 7);
+    e.wait_checkpoint();
+    pg().world->barrier().wait();
+    std::vector<std::string> dirs;
+    for (const auto& d : fs::directory_iterator(root)) dirs.push_back(d.path().filename().string());
+    std::sort(dirs.begin(), dirs.end());
+    EXPECT_EQ(dirs, (std::vector<std::string>{"latest", ckpt::step_dir_name(4), ckpt::step_dir_name(6)}));
+    ckpt::Reader r(root.string());
+    EXPECT_EQ(r.manifest().step, 6);
+    EXPECT_EQ(r.manifest().user_state, "call 3");
+    EXPECT_EQ(r.manifest().world_size, pg().world->size());
+    for (int f = 0; f < static_cast<int>(r.manifest().files.size()); ++f) r.verify(f);
+    pg().world->barrier().wait();  // every rank has read it before the next round's shared_dir removes it
+  }
 }
 
 // With checkpoint.every_steps, a checkpoint.dir that cannot be written fails init_params on every rank, before

@@ -301,8 +301,9 @@ TEST(EngineMemory, PlanEqualsTheLedger) {
     const char* optimizer = "none";
     const char* params = "none";
     const char* mode = "streaming";
-    bool hybrid = false;  // zero.hybrid_group: half the world (an even world of 2 or more)
-    double ratio = 1.0;   // offload.ratio
+    bool hybrid = false;      // zero.hybrid_group: half the world (an even world of 2 or more)
+    double ratio = 1.0;       // offload.ratio
+    bool async_save = false;  // checkpoint.async: the staging is planned, and holds exactly a save's bytes
   };
   for (const Run& run :
        {Run{Case{0, DType::f32, 0, 1, 0.0f}}, Run{Case{1, DType::bf16, 0, 3, 0.0f}},
@@ -315,7 +316,11 @@ TEST(EngineMemory, PlanEqualsTheLedger) {
         Run{Case{3, DType::f32, 2, 1, 0.0f}, "none", "none", "streaming", true},
         Run{Case{2, DType::bf16, 0, 1, 0.0f}, "cpu", "none", "streaming", true},
         Run{Case{1, DType::f32, 0, 1, 0.0f}, "cpu", "none", "streaming", false, 0.5},
-        Run{Case{3, DType::bf16, 2, 3, 0.0f}, "cpu", "none", "streaming", false, 0.3}}) {
+        Run{Case{3, DType::bf16, 2, 3, 0.0f}, "cpu", "none", "streaming", false, 0.3},
+        Run{Case{0, DType::f32, 0, 1, 0.0f}, "none", "none", "streaming", false, 1.0, true},
+        Run{Case{3, DType::bf16, 2, 1, 0.0f, kernels::Optimizer::sgd}, "none", "none", "streaming", false, 1.0, true},
+        Run{Case{2, DType::bf16, 0, 1, 0.0f, kernels::Optimizer::adamw, false, 0, false, true}, "cpu", "none",
+            "streaming", true, 1.0, true}}) {
     const Case& c = run.c;
     const int n = pg().world->size();
     if (run.hybrid && (n < 2 || n % 2)) continue;
@@ -325,9 +330,10 @@ TEST(EngineMemory, PlanEqualsTheLedger) {
     cfg.offload.params = run.params;
     cfg.offload.mode = run.mode;
     cfg.offload.ratio = run.ratio;
-    const std::string what =
-        fmt::format("{}, offload optimizer {} params {} {}{}, ratio {}", name(c, pg().world->size()), run.optimizer,
-                    run.params, run.mode, run.hybrid ? ", hybrid" : "", run.ratio);
+    cfg.checkpoint.async = run.async_save;
+    const std::string what = fmt::format("{}, offload optimizer {} params {} {}{}, ratio {}{}",
+                                         name(c, pg().world->size()), run.optimizer, run.params, run.mode,
+                                         run.hybrid ? ", hybrid" : "", run.ratio, run.async_save ? ", async save" : "");
     MemoryLedger& l = MemoryLedger::global();
     const MemPlace places[] = {Device::cpu(), MemPlace::host_memory()};
     std::array<CategoryBytes, 2> before{};
@@ -350,6 +356,12 @@ TEST(EngineMemory, PlanEqualsTheLedger) {
                     want[static_cast<std::size_t>(i)])
               << places[p].str() << " " << mem_category_name(cat) << ", " << what;
         }
+      if (run.async_save) {  // the first shard group writes; a save fills the staging exactly (or throws)
+        const int64_t staging = plan.host[static_cast<std::size_t>(MemCategory::checkpoint_staging)];
+        EXPECT_EQ(staging > 0, pg().world->rank() < cfg.zero.shard_size(pg().world->size())) << what;
+        engine.save_checkpoint((test::job_dir("zs_plan_") / "ckpt").string());
+        EXPECT_NO_THROW(engine.wait_checkpoint()) << what;
+      }
       if (run.optimizer == std::string("cpu")) {  // the optimizer state left the device (all of it at ratio 1)
         const auto os = static_cast<std::size_t>(MemCategory::optim_state);
         if (run.ratio < 1.0) {
@@ -373,6 +385,8 @@ TEST(EngineMemory, PlanEqualsTheLedger) {
       }
     }
   }
+  pg().world->barrier().wait();
+  if (pg().world->rank() == 0) std::filesystem::remove_all(test::job_dir("zs_plan_"));
 }
 
 TEST(EngineF16, OverflowSkipsTheStepHalvesTheScaleAndLeavesParametersAlone) {
@@ -486,6 +500,7 @@ TEST(EngineErrors, CheckCollectivesNamesBothSidesAfterTheFirstStep) {
 TEST(EngineFrozen, FrozenTensorsTakeNoGradientOrOptimizerMemoryAndNeverChange) {
   for (int stage = 0; stage <= 3; ++stage) {
     Config cfg = make_config({stage, DType::bf16, 1, 1, 0.0f});
+    cfg.checkpoint.async = true;  // frozen tensors are saved too: the staging holds exactly the save's bytes
     MemoryLedger& l = MemoryLedger::global();
     const int64_t grads0 = l.stats(Device::cpu(), MemCategory::grads).current;
     const int64_t optim0 = l.stats(Device::cpu(), MemCategory::optim_state).current;
@@ -516,7 +531,17 @@ TEST(EngineFrozen, FrozenTensorsTakeNoGradientOrOptimizerMemoryAndNeverChange) {
     const int64_t per = stage == 0 ? lay.padded : lay.shard;
     EXPECT_EQ(l.stats(Device::cpu(), MemCategory::optim_state).current - optim0, 2 * 4 * per) << "stage " << stage;
     EXPECT_LT(l.stats(Device::cpu(), MemCategory::grads).current - grads0, 7000 * 4) << "stage " << stage;
+    const std::string dir = (test::job_dir("zs_frozen_") / std::to_string(stage)).string();
+    engine.save_checkpoint(dir);
+    engine.wait_checkpoint();
+    Engine again(cfg, *pg().world);
+    again.add_unit("emb", {{"w", {29, 31}}, {"pos", {1000, 7}, false, false}, {"b", {29}, true, false}});
+    again.load_checkpoint(dir);
+    EXPECT_EQ(again.read_param(u, "pos"), pos0) << "stage " << stage;
+    EXPECT_EQ(again.read_param(u, "w"), engine.read_param(u, "w")) << "stage " << stage;
   }
+  pg().world->barrier().wait();
+  if (pg().world->rank() == 0) std::filesystem::remove_all(test::job_dir("zs_frozen_"));
 }
 
 // load_weights: every stage reproduces the file exactly, and below stage 0 each rank reads only its shard:

@@ -1,7 +1,12 @@
 // The engine on CUDA + NCCL at world 1 against the same run on CPU + Gloo (label gpu): the kernels are
 // bit-identical twins and a one-rank reduction changes nothing, so the parameters must agree to f32 rounding.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <filesystem>
+#include <fstream>
+
+#include "runtime/checkpoint.h"
 #include "tests/dist/engine_harness.h"
 #include "tests/gpu/gpu_test.h"
 
@@ -76,6 +81,42 @@ TEST(EngineCuda, PartialOffloadMatchesTheDeviceOptimizerAtWorldOne) {
     EXPECT_GT(m.on_device[static_cast<std::size_t>(MemCategory::optim_state)].current, 0) << name(c, 1);
     EXPECT_GT(m.on_host[static_cast<std::size_t>(MemCategory::optim_state)].current, 0) << name(c, 1);
   }
+}
+
+// checkpoint.async on CUDA: the staging copy comes from device memory into pinned host memory, and the files
+// are the bytes a synchronous save writes, though training changes the device's states while they are written.
+TEST(EngineCuda, AsyncCheckpointWritesWhatASynchronousSaveWrites) {
+  ZS_REQUIRE_GPU();
+  auto [cpu_pg, gpu_pg] = cpu_and_gpu_groups();
+  const std::filesystem::path root = std::filesystem::temp_directory_path() / fmt::format("zs_gpu_ckpt_{}", getpid());
+  auto bytes = [](const std::filesystem::path& p) {
+    std::ifstream f(p, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  };
+  for (const Case& c :
+       {Case{3, DType::bf16, 2, 1, 0.0f}, Case{2, DType::f32, 2, 1, 0.0f, kernels::Optimizer::adamw, false, 1}}) {
+    std::filesystem::remove_all(root);
+    {
+      Engine e(make_config(c), *gpu_pg.world);
+      train(c, e, 5);
+      e.save_checkpoint((root / "sync").string());
+    }
+    Config cfg = make_config(c);
+    cfg.checkpoint.async = true;
+    Engine e(cfg, *gpu_pg.world);
+    ASSERT_TRUE(e.device().is_cuda());
+    train(c, e, 5);
+    e.save_checkpoint((root / "async").string());
+    train(c, e, 2);
+    e.wait_checkpoint();
+    const std::string step = ckpt::step_dir_name(5);
+    for (const char* f : {"manifest.json", "rank-00000.safetensors"}) {
+      const std::string a = bytes(root / "sync" / step / f), b = bytes(root / "async" / step / f);
+      EXPECT_FALSE(a.empty()) << f;
+      EXPECT_TRUE(a == b) << f << " differs, " << name(c, 1);
+    }
+  }
+  std::filesystem::remove_all(root);
 }
 
 }  // namespace

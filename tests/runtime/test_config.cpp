@@ -30,7 +30,7 @@ schedule:  { type: cosine, warmup_steps: 100, total_steps: 10000, min_lr_ratio: 
 offload:   { optimizer: cpu, params: none, pin_memory: true, mode: streaming }
 comm:      { backend: gloo, timeout_s: 30 }
 device: cpu
-checkpoint: { dir: ckpt, every_steps: 500, keep: 3 }
+checkpoint: { dir: ckpt, every_steps: 500, keep: 3, async: true }
 )");
   EXPECT_EQ(c.zero.stage, 2);
   EXPECT_EQ(c.zero.prefetch, 1);
@@ -44,7 +44,9 @@ checkpoint: { dir: ckpt, every_steps: 500, keep: 3 }
   EXPECT_EQ(c.comm.timeout_s, 30);
   EXPECT_EQ(c.device, "cpu");
   EXPECT_EQ(c.checkpoint.every_steps, 500);
+  EXPECT_TRUE(c.checkpoint.async);
   Config d = Config::from_yaml("");
+  EXPECT_FALSE(d.checkpoint.async);
   EXPECT_EQ(d.zero.stage, 3);
   EXPECT_EQ(d.precision.param, DType::f32);
 }
@@ -71,6 +73,9 @@ TEST(Config, WrongTypesAndRangesAreNamed) {
   EXPECT_NE(e.find("got '0' (DeepSpeed's loss_scale: 0 is 'dynamic' here"), std::string::npos) << e;
   e = error_of("precision: {param: int8}\n");
   EXPECT_NE(e.find("precision.param must be one of fp32, bf16, fp16, got 'int8'"), std::string::npos) << e;
+  e = error_of("checkpoint:\n  async: sometimes\n");
+  EXPECT_NE(e.find("train.yaml:2:10"), std::string::npos) << e;
+  EXPECT_NE(e.find("checkpoint.async"), std::string::npos) << e;
   e = error_of("optimizer: {type: adagrad}\n");
   EXPECT_NE(e.find("must be one of adamw, adam, sgd, lion"), std::string::npos) << e;
   e = error_of("zero: {prefetch: 4, max_live_units: 2}\n");
