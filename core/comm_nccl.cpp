@@ -122,6 +122,7 @@ void NcclComm::abort() {
 }
 
 std::unique_ptr<Comm> NcclComm::split(int color, int key) {
+  const uint64_t index = splits_++;  // on every rank, joining or not
   ncclComm_t child = nullptr;
   ZS_CHECK_NCCL(ncclCommSplit(comm_, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &child, nullptr),
                 "rank {} splitting group '{}'", rank(), name());
@@ -129,7 +130,7 @@ std::unique_ptr<Comm> NcclComm::split(int color, int key) {
   int r = 0, n = 0;
   ZS_CHECK_NCCL(ncclCommUserRank(child, &r), "");
   ZS_CHECK_NCCL(ncclCommCount(child, &n), "");
-  CommOptions o{fmt::format("{}/split.c{}", name(), color), timeout(), options().rendezvous_timeout};
+  CommOptions o{fmt::format("{}/split{}.c{}", name(), index, color), timeout(), options().rendezvous_timeout};
   auto group = std::unique_ptr<NcclComm>(new NcclComm(child, r, n, o, device_));
   group->job_store_ = job_store_;
   return group;

@@ -34,8 +34,9 @@ class NcclComm final : public Comm {
   ncclComm_t comm_ = nullptr;
   Device device_;
   std::unique_ptr<Stream> stream_;
-  Buffer barrier_scratch_;  // one float: NCCL has no barrier, so it all-reduces this
+  Buffer barrier_scratch_;                           // one float: NCCL has no barrier, so it all-reduces this
   std::unique_ptr<WorkPool<NcclWorkState>> states_;  // the collectives' completions, reused
+  uint64_t splits_ = 0;  // splits of this group so far (every rank splits in the same order): in the names
 };
 
 }  // namespace zs

@@ -3,7 +3,6 @@
 
 #include <fmt/ranges.h>
 
-#include <atomic>
 #include <charconv>
 #include <chrono>
 #include <filesystem>
@@ -43,12 +42,18 @@ bool parse_digest(const std::string& s, FileDigest& d) {
   return ec2 == std::errc() && q == end;
 }
 
-std::atomic<uint64_t> g_instances{0};
+// The n-th AsyncCheckpoint of this process on the group `name`.
+uint64_t next_instance(const std::string& name) {
+  static std::mutex mu;
+  static std::map<std::string, uint64_t> count;
+  std::lock_guard lk(mu);
+  return count[name]++;
+}
 
 }  // namespace
 
-AsyncCheckpoint::AsyncCheckpoint(std::shared_ptr<Store> store, Millis timeout)
-    : store_(std::move(store)), timeout_(timeout), instance_(g_instances++) {
+AsyncCheckpoint::AsyncCheckpoint(std::shared_ptr<Store> store, const std::string& group, Millis timeout)
+    : store_(std::move(store)), timeout_(timeout), prefix_(fmt::format("ckpt/{}/{}", group, next_instance(group))) {
   ZS_CHECK(store_, "checkpoint.async needs the job's store, and this engine's group has none");
 }
 
@@ -61,7 +66,7 @@ AsyncCheckpoint::~AsyncCheckpoint() {
 }
 
 std::string AsyncCheckpoint::key(uint64_t save, const std::string& what) const {
-  return fmt::format("ckpt/{}/{}/{}", instance_, save, what);
+  return fmt::format("{}/{}/{}", prefix_, save, what);
 }
 
 void AsyncCheckpoint::start(Save s) {

@@ -35,9 +35,10 @@ class AsyncCheckpoint {
     std::string what;  // "save_checkpoint('ckpt') of step 100", for errors
   };
 
-  // store: the job's (this restart attempt's namespace); timeout: how long a rank waits for another's part.
-  // The ranks create their engines, so these, in the same order: keys are numbered by creation.
-  AsyncCheckpoint(std::shared_ptr<Store> store, Millis timeout);
+  // store: the engine's group's (this restart attempt's namespace in the job's); group: its name; timeout:
+  // how long a rank waits for another's part. The group's ranks create their engines on it, so these, in the
+  // same order: the keys are numbered per group by creation.
+  AsyncCheckpoint(std::shared_ptr<Store> store, const std::string& group, Millis timeout);
   ~AsyncCheckpoint();  // waits for a save in flight; logs (cannot throw) its failure
   AsyncCheckpoint(const AsyncCheckpoint&) = delete;
   AsyncCheckpoint& operator=(const AsyncCheckpoint&) = delete;
@@ -47,11 +48,11 @@ class AsyncCheckpoint {
   // True while a save is being written or committed.
   bool busy();
   // Blocks until the save in flight (if any) is committed or has failed; throws zs::Error, with the same
-  // message on every rank, when it failed.
+  // failure on every rank, when it failed.
   void wait();
 
  private:
-  std::string key(uint64_t save, const std::string& what) const;  // "ckpt/<instance>/<save>/<what>"
+  std::string key(uint64_t save, const std::string& what) const;  // "ckpt/<group>/<n>/<save>/<what>"
   void run(Save s, uint64_t save);                                // the thread's body
   void write_and_publish(const Save& s, uint64_t save);
   std::string commit(Save& s, uint64_t save);  // rank 0, every writer's digest in: "" or the failure
@@ -59,7 +60,7 @@ class AsyncCheckpoint {
 
   std::shared_ptr<Store> store_;
   Millis timeout_;
-  uint64_t instance_;   // this process's how-many-th (the same on every rank)
+  std::string prefix_;  // "ckpt/<group>/<n>": this process's n-th on the group (the same on its every rank)
   uint64_t saves_ = 0;  // saves started
   std::thread thread_;
   std::mutex mu_;

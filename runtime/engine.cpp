@@ -287,7 +287,7 @@ void Engine::setup() {
   control();  // now, not in the first step's agreement checks
   check_checkpoint_dir();
   if (cfg_.checkpoint.async) {
-    async_ckpt_ = std::make_unique<AsyncCheckpoint>(comm_->store(), comm_->timeout());
+    async_ckpt_ = std::make_unique<AsyncCheckpoint>(comm_->store(), comm_->name(), comm_->timeout());
     const int64_t staging = memory_plan().host[static_cast<std::size_t>(MemCategory::checkpoint_staging)];
     if (staging > 0)
       ckpt_staging_ = Buffer(static_cast<std::size_t>(staging),

@@ -482,6 +482,32 @@ TEST(AsyncCheckpoint, WritesTheSameBytesAsASynchronousSave) {
   }
 }
 
+// An engine on a sub-group before one on the world, so the ranks have different histories: each group's
+// saves meet under their own keys in the store, and the world's save commits with every rank's file.
+TEST(AsyncCheckpoint, EnginesOnSubGroupsKeepTheirSavesApart) {
+  const Case c{3, DType::f32, 0, 1, 0.0f};
+  Config cfg = make_config(c);
+  cfg.checkpoint.async = true;
+  const fs::path root = shared_dir("subgroups");
+  if (Comm* pair = group(2)) {
+    Engine e(cfg, *pair);
+    train(c, e, 2);
+    e.save_checkpoint((root / "pair").string());
+    e.wait_checkpoint();
+  }
+  Engine e(cfg, *pg().world);
+  train(c, e, 3);
+  e.save_checkpoint((root / "world").string());
+  e.wait_checkpoint();
+  pg().world->barrier().wait();
+  ckpt::Reader r((root / "world").string());
+  EXPECT_EQ(r.manifest().step, 3);
+  EXPECT_EQ(r.manifest().world_size, pg().world->size());
+  for (int f = 0; f < static_cast<int>(r.manifest().files.size()); ++f) r.verify(f);
+  EXPECT_EQ(ckpt::Reader((root / "pair").string()).manifest().world_size, 2);
+  pg().world->barrier().wait();
+}
+
 // ---- housekeeping ------------------------------------------------------------------------------------------
 
 TEST(CheckpointRotation, KeepsTheNewestAndSavesPeriodically) {
