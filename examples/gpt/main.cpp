@@ -43,20 +43,26 @@ device: auto
 )";
 
 // The ledger's peak per category on this rank's device, and on a GPU the card's memory in use beside it (the
-// CUDA context and cuBLAS's workspace are outside the ledger).
+// CUDA context and cuBLAS's workspace are outside the ledger); then the engine's host memory, when it has
+// any (offload, a checkpoint.async copy).
 void print_memory(const zs::Engine& e) {
   const zs::MemoryReport m = e.memory();
-  std::string line;
-  for (int c = 0; c < zs::kMemCategoryCount; ++c) {
-    const auto& s = m.on_device[static_cast<std::size_t>(c)];
-    if (s.peak > 0)
-      line += fmt::format(" {} {} |", zs::mem_category_name(static_cast<zs::MemCategory>(c)), zs::format_bytes(s.peak));
-  }
+  auto by_category = [](const std::array<zs::MemStats, zs::kMemCategoryCount>& stats) {
+    std::string line;
+    for (int c = 0; c < zs::kMemCategoryCount; ++c)
+      if (const auto& s = stats[static_cast<std::size_t>(c)]; s.peak > 0)
+        line +=
+            fmt::format(" {} {} |", zs::mem_category_name(static_cast<zs::MemCategory>(c)), zs::format_bytes(s.peak));
+    return line;
+  };
   std::string cuda;
   if (const zs::DeviceMemoryUse use = zs::device_memory_use(e.device()); use.total > 0)
     cuda = fmt::format("; cuda in use {} of {}", zs::format_bytes(use.used), zs::format_bytes(use.total));
   std::printf("memory (rank 0, %s, peak by category):%s total %s%s\n", e.device().is_cpu() ? "cpu" : "cuda",
-              line.c_str(), zs::format_bytes(m.device_total.peak).c_str(), cuda.c_str());
+              by_category(m.on_device).c_str(), zs::format_bytes(m.device_total.peak).c_str(), cuda.c_str());
+  if (m.host_total.peak > 0)
+    std::printf("host memory (rank 0):%s total %s\n", by_category(m.on_host).c_str(),
+                zs::format_bytes(m.host_total.peak).c_str());
 }
 
 }  // namespace
