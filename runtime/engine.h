@@ -109,7 +109,8 @@ class Engine {
   StepStats step();
   // Blocks until everything the engine has in flight is done: collectives, prefetched gathers, the
   // offloaded CPU update and its uploads (step() returns before those). Between steps; collective. For
-  // timing a run of steps, or before reading parameters from another thread.
+  // timing a run of steps, or before reading parameters from another thread. (A checkpoint.async save is
+  // not waited for here: wait_checkpoint.)
   void synchronize();
 
   // Checkpoints (DESIGN §8; the format is in runtime/checkpoint.h). Collective; call between steps.
