@@ -7,6 +7,7 @@
 #include <chrono>
 #include <filesystem>
 
+#include "core/byte_size.h"
 #include "core/error.h"
 #include "core/log.h"
 
@@ -122,6 +123,7 @@ void AsyncCheckpoint::write_and_publish(const Save& s, uint64_t save) {
 
 std::string AsyncCheckpoint::commit(Save& s, uint64_t save) {
   const Clock::time_point deadline = Clock::now() + timeout_;
+  uint64_t bytes = 0;
   std::vector<std::string> failures;
   for (int w = 0; w < s.writers; ++w) {
     const std::string k = key(save, fmt::format("file/{}", w));
@@ -134,6 +136,7 @@ std::string AsyncCheckpoint::commit(Save& s, uint64_t save) {
     FileDigest& d = s.manifest.files.at(static_cast<std::size_t>(w)).digest;
     if (report.starts_with("!") || !parse_digest(report, d))
       failures.push_back(fmt::format("rank {}: {}", w, report.substr(report.starts_with("!") ? 1 : 0)));
+    bytes += d.bytes;
   }
   std::string failure = fmt::format("{}", fmt::join(failures, "; "));
   try {
@@ -142,8 +145,10 @@ std::string AsyncCheckpoint::commit(Save& s, uint64_t save) {
     failure = e.what();
   }
   if (failure.empty())
-    log::info("saved checkpoint of step {} to {} (in the background)", s.manifest.step,
-              (fs::path(s.root) / ckpt::step_dir_name(s.manifest.step)).string());
+    log::info("saved checkpoint of step {} to {} in the background ({} in {:.2f} s since the copy)", s.manifest.step,
+              (fs::path(s.root) / ckpt::step_dir_name(s.manifest.step)).string(),
+              format_bytes(static_cast<double>(bytes)),
+              std::chrono::duration<double>(Clock::now() - s.staged_at).count());
   if (!failure.empty()) {
     std::error_code ec;
     fs::remove_all(s.tmp_dir, ec);

@@ -6,6 +6,7 @@
 // leaves the previous checkpoint the latest, as a synchronous save does.
 #pragma once
 
+#include <chrono>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -33,6 +34,7 @@ class AsyncCheckpoint {
     const void* data = nullptr;  // ... and their bytes, in order (the staged copy; stays untouched until done)
     std::size_t bytes = 0;
     std::string what;  // "save_checkpoint('ckpt') of step 100", for errors
+    std::chrono::steady_clock::time_point staged_at = std::chrono::steady_clock::now();
   };
 
   // store: the engine's group's (this restart attempt's namespace in the job's); group: its name; timeout:

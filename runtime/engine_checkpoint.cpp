@@ -310,6 +310,7 @@ void Engine::save_checkpoint(const std::string& root, const std::string& user_st
       });
     agree_or_discard(" staging");
     s.manifest = std::move(m);
+    s.staged_at = std::chrono::steady_clock::now();
     async_ckpt_->start(std::move(s));
     return;
   }
