@@ -6,6 +6,7 @@
 #include <charconv>
 #include <chrono>
 #include <filesystem>
+#include <mutex>
 
 #include "core/byte_size.h"
 #include "core/error.h"
@@ -72,15 +73,11 @@ std::string AsyncCheckpoint::key(uint64_t save, const std::string& what) const {
 
 void AsyncCheckpoint::start(Save s) {
   ZS_CHECK(!thread_.joinable(), "AsyncCheckpoint::start with a save in flight: wait() first");
-  {
-    std::lock_guard lk(mu_);
-    done_ = false;
-  }
+  done_ = false;
   thread_ = std::thread([this, s = std::move(s), save = saves_++]() mutable { run(std::move(s), save); });
 }
 
 bool AsyncCheckpoint::busy() {
-  std::lock_guard lk(mu_);
   return !done_;
 }
 
@@ -99,7 +96,6 @@ void AsyncCheckpoint::run(Save s, uint64_t save) {
   } catch (const std::exception& e) {  // the store itself failed: the job is going down
     failure = e.what();
   }
-  std::lock_guard lk(mu_);
   if (!failure.empty())
     failure_ =
         fmt::format("rank {}: {} failed (the previous checkpoint stays the latest): {}", s.rank, s.what, failure);
@@ -144,12 +140,12 @@ std::string AsyncCheckpoint::commit(Save& s, uint64_t save) {
   } catch (const std::exception& e) {
     failure = e.what();
   }
-  if (failure.empty())
+  if (failure.empty()) {
     log::info("saved checkpoint of step {} to {} in the background ({} in {:.2f} s since the copy)", s.manifest.step,
               (fs::path(s.root) / ckpt::step_dir_name(s.manifest.step)).string(),
               format_bytes(static_cast<double>(bytes)),
               std::chrono::duration<double>(Clock::now() - s.staged_at).count());
-  if (!failure.empty()) {
+  } else {
     std::error_code ec;
     fs::remove_all(s.tmp_dir, ec);
   }

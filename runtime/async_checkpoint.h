@@ -6,10 +6,10 @@
 // leaves the previous checkpoint the latest, as a synchronous save does.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -65,9 +65,8 @@ class AsyncCheckpoint {
   std::string prefix_;  // "ckpt/<group>/<n>": this process's n-th on the group (the same on its every rank)
   uint64_t saves_ = 0;  // saves started
   std::thread thread_;
-  std::mutex mu_;
-  bool done_ = true;
-  std::string failure_;  // of the last finished save, until wait() reports it
+  std::atomic<bool> done_{true};  // the thread has finished (it may not be joined yet)
+  std::string failure_;           // of the last finished save, until wait() reports it (read after the join)
 };
 
 }  // namespace zs

@@ -176,9 +176,8 @@ MemoryPlan Engine::memory_plan() const {
   return plan_memory(specs, cfg_, comm_->size(), comm_->rank(), device_.is_cpu());
 }
 
-void Engine::check_fits() const {
+void Engine::check_fits(const MemoryPlan& plan) const {
   // Before any allocation: a run that cannot fit fails now, with zsmem's numbers, not mid-step.
-  const MemoryPlan plan = memory_plan();
   const int64_t sharing = std::max(1, job_env().local_world_size);  // ranks sharing this host's RAM
   const double gib = 1073741824.0;
   auto parts = [&](const CategoryBytes& b) {
@@ -228,7 +227,8 @@ void Engine::setup() {
   const MemoryKind mk = MemoryKind::device;
   int64_t largest = 0, largest_grads = 0;  // elements of the biggest unit: all params / trainable ones
   plan_layouts();
-  check_fits();
+  const MemoryPlan plan = memory_plan();
+  check_fits(plan);
   // Sizes from the memory plan (runtime/memory_plan.h), which zsmem predicts with.
   std::vector<int64_t> trainable;
   for (const auto& up : units_) trainable.push_back(up->layout.elements());
@@ -288,7 +288,7 @@ void Engine::setup() {
   check_checkpoint_dir();
   if (cfg_.checkpoint.async) {
     async_ckpt_ = std::make_unique<AsyncCheckpoint>(comm_->store(), comm_->name(), comm_->timeout());
-    const int64_t staging = memory_plan().host[static_cast<std::size_t>(MemCategory::checkpoint_staging)];
+    const int64_t staging = plan.host[static_cast<std::size_t>(MemCategory::checkpoint_staging)];
     if (staging > 0)
       ckpt_staging_ = Buffer(static_cast<std::size_t>(staging),
                              device_.is_cuda() && cfg_.offload.pin_memory ? MemoryKind::pinned : MemoryKind::host,

@@ -172,8 +172,9 @@ class Engine {
 
  private:
   friend class GatheredParams;
-  void plan_layouts();      // each unit's flat layouts (pure; no allocation)
-  void check_fits() const;  // throws, naming the need and what is available, when the memory plan cannot fit
+  void plan_layouts();  // each unit's flat layouts (pure; no allocation)
+  // Throws, naming the need and what is available, when the memory plan cannot fit.
+  void check_fits(const MemoryPlan& plan) const;
   void make_streams();
   // Hybrid sharding (zero.hybrid_group: g): shards live in groups of g consecutive ranks and are replicated
   // across the groups. Without it the shard group is the world.

@@ -158,11 +158,11 @@ struct Child {
   int status = 0;
 };
 
-// Likely causes first: a rank killed by a signal, then one with an unusual exit status, then the
-// status-1 exits that usually follow a peer's loss; ties by rank.
 // How long after a rank's failure zsrun waits for other failures before it stops the job (see supervise).
 constexpr auto kSettle = std::chrono::milliseconds(250);
 
+// Likely causes first: a rank killed by a signal, then one with an unusual exit status, then the
+// status-1 exits that usually follow a peer's loss; ties by rank.
 std::string describe_failures(std::vector<const Child*> failed) {
   auto weight = [](const Child* c) { return WIFSIGNALED(c->status) ? 0 : WEXITSTATUS(c->status) != 1 ? 1 : 2; };
   std::sort(failed.begin(), failed.end(), [&](const Child* a, const Child* b) {

@@ -120,7 +120,7 @@ MemoryPlan plan_memory(std::span<const std::vector<TensorSpec>> units, const Con
       const int64_t states = (b.m > 0) + (b.v > 0);
       host(MemCategory::checkpoint_staging) +=
           ckpt::file_elements(l.layout, rank, shards) * (4 + states * dtype_size(cfg.optimizer.state_dtype)) +
-          (l.frozen.slots.empty() ? 0 : ckpt::file_elements(l.frozen, rank, shards) * dtype_size(cfg.precision.param));
+          ckpt::file_elements(l.frozen, rank, shards) * dtype_size(cfg.precision.param);
     }
   }
   const PoolPlan p = pool_plan(largest, largest_trainable, static_cast<int>(units.size()), cfg);
