@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 
 #include "core/cuda_check.h"
 #include "core/error.h"
@@ -34,7 +35,9 @@ using namespace zs;
 struct Args {
   int d = 2048, layers = 24, vocab = 32000, tokens = 8192, steps = 3;
   float clip = 1.0f;             // optimizer.clip_grad_norm; 0: the offloaded update starts in the backward
-  std::string offload = "none";  // none | optimizer | optimizer+params | delayed
+  std::string offload = "none";  // none | optimizer | optimizer+params | delayed | nvme | nvme+params
+  std::string nvme_path;         // with nvme: offload.nvme_path (default: the temporary directory)
+  int buffers = 4;               // with nvme: offload.buffer_count
   std::string reduce = "f32";
   std::string states = "f32";  // optimizer.state_dtype
   double ratio = 1.0;          // offload.ratio: the share of the optimizer on the host (the last units)
@@ -142,7 +145,9 @@ int main(int argc, char** argv) {
   app.add_option("--vocab", a.vocab, "embedding rows")->capture_default_str();
   app.add_option("--tokens", a.tokens, "tokens per step (batch x sequence)")->capture_default_str();
   app.add_option("--steps", a.steps, "timed steps (after one warm-up step)")->capture_default_str();
-  app.add_option("--offload", a.offload, "none, optimizer, optimizer+params, delayed")
+  app.add_option("--nvme-path", a.nvme_path, "with --offload nvme: the directory of the optimizer state's file");
+  app.add_option("--buffers", a.buffers, "with --offload nvme: offload.buffer_count")->capture_default_str();
+  app.add_option("--offload", a.offload, "none, optimizer, optimizer+params, delayed, nvme, nvme+params")
       ->check(zs::offload_choices())
       ->capture_default_str();
   app.add_option("--reduce", a.reduce, "gradient dtype: f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
@@ -172,6 +177,8 @@ int main(int argc, char** argv) {
     cfg.optimizer.clip_grad_norm = a.clip;
     cfg.offload.choose(a.offload);
     cfg.offload.ratio = a.ratio;
+    cfg.offload.nvme_path = a.nvme_path.empty() ? std::filesystem::temp_directory_path().string() : a.nvme_path;
+    cfg.offload.buffer_count = a.buffers;
     Engine e(cfg);
     const int64_t d = a.d;
     e.add_unit("embed", {{"w", {a.vocab, d}}});

@@ -22,13 +22,15 @@ int default_cpu_threads(int cores, int ranks_on_node) {
   return std::max(1, cores / std::max(1, ranks_on_node) - 1);
 }
 
-Pipeline::Pipeline(Device device, DType compute, DType reduce, DType state, bool delayed, std::vector<UnitShard> units)
+Pipeline::Pipeline(Device device, DType compute, DType reduce, DType state, bool delayed, std::vector<UnitShard> units,
+                   std::unique_ptr<StateSwap> swap)
     : device_(device),
       compute_(compute),
       reduce_(reduce),
       state_(state),
       delayed_(delayed),
       units_(std::move(units)),
+      swap_(std::move(swap)),
       download_(make_stream(device)),
       upload_(make_stream(device)),
       cpu_(make_stream(Device::cpu())),
@@ -85,6 +87,7 @@ void Pipeline::update_once(int u) {
 
 void Pipeline::update_early(const kernels::OptimizerHyper& h, float grad_scale) {
   ZS_CHECK(!delayed_, "offload: an early update is for streaming mode, not delayed");
+  ZS_CHECK(!swap_, "offload: an early update takes units as they land; the state on disk is read in a known order");
   // The CPU worker is idle by now (the next forward waited for every unit it gathered), so the step's
   // arguments can change.
   cpu_->synchronize();
@@ -124,14 +127,16 @@ void Pipeline::upload(int u) {
 
 void Pipeline::update_unit(int u) {
   const UnitShard& s = units_[static_cast<std::size_t>(u)];
+  // The state: in host memory, or read from disk into a buffer ahead of this update (update() queued it).
+  const StateSwap::Parts state = swap_ ? swap_->acquire(u) : StateSwap::Parts{s.master, s.m, s.v};
   kernels::UpdateArgs a;
   a.n = s.n;
-  a.param = s.master;
+  a.param = static_cast<float*>(state[0]);
   a.grad = s.grads[step_.slot];
   a.grad_dtype = reduce_;
   a.grad_scale = step_.grad_scale;
-  a.state1 = s.m;
-  a.state2 = s.v;
+  a.state1 = state[1];
+  a.state2 = state[2];
   a.state_dtype = state_;
   if (s.host_params) {  // bf16/f16 compute: the compute copy in the same pass
     a.param_out = s.host_params;
@@ -141,6 +146,7 @@ void Pipeline::update_unit(int u) {
   a.num_decay_ranges = s.num_decay;
   const int64_t t0 = now_ns();
   kernels::optimizer_update(Device::cpu(), step_.h, a);
+  if (swap_) swap_->release(u);  // written back behind the next updates
   update_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
   update_bytes_.fetch_add(s.n * kernels::update_bytes_per_element(a), std::memory_order_relaxed);
   updates_.fetch_add(1, std::memory_order_relaxed);
@@ -156,6 +162,8 @@ void Pipeline::update(const kernels::OptimizerHyper& h, float grad_scale, std::s
   cpu_->synchronize();
   step_ = {h, grad_scale, slot_};
   updated_order_.clear();
+  if (swap_)  // the reads run ahead of the updates, as far as the buffers allow
+    for (int u : order) swap_->prefetch(u);
   if (delayed_) {
     // The previous step's update has had a whole forward and backward to finish; its results go up now
     // and this step's update starts behind the next step (each unit once its upload has read the host copy).
@@ -207,6 +215,7 @@ void Pipeline::drain() {
   cpu_->synchronize();
   download_->synchronize();
   upload_->synchronize();
+  if (swap_) swap_->drain();
 }
 
 void Pipeline::discard_pending() {

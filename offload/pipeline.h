@@ -24,17 +24,19 @@
 
 #include "core/buffer.h"
 #include "kernels/kernels.h"
+#include "offload/state_swap.h"
 
 namespace zs::offload {
 
 // One unit's shard on the host, and where its updated parameters go.
 struct UnitShard {
   int64_t n = 0;            // elements in this rank's shard
-  float* master = nullptr;  // f32, host
-  void* m = nullptr;        // optimizer state, host (null when the optimizer keeps none)
+  float* master = nullptr;  // f32, host (null with a StateSwap: the state is on disk)
+  void* m = nullptr;        // optimizer state, host (null when the optimizer keeps none, or on disk)
   void* v = nullptr;
   void* grads[2] = {};            // reduce dtype, host; [1] is delayed mode's second slot
-  void* host_params = nullptr;    // compute dtype, host, written by the update (null for f32: the master is it)
+  void* host_params = nullptr;    // compute dtype, host, written by the update (null for f32 with the master
+                                  // in memory: the master is it)
   void* device_params = nullptr;  // where the updated shard is uploaded (null: the parameters stay on the host)
   const kernels::ElementRange* decay = nullptr;  // host
   int64_t num_decay = 0;
@@ -57,7 +59,10 @@ int default_cpu_threads(int cores, int ranks_on_node);
 
 class Pipeline {
  public:
-  Pipeline(Device device, DType compute, DType reduce, DType state, bool delayed, std::vector<UnitShard> units);
+  // swap: every unit's master, m and v on disk (offload.optimizer: nvme), read ahead of each update and
+  // written back behind it, in the order update() takes the units; no early update then.
+  Pipeline(Device device, DType compute, DType reduce, DType state, bool delayed, std::vector<UnitShard> units,
+           std::unique_ptr<StateSwap> swap = nullptr);
   ~Pipeline();
   Pipeline(const Pipeline&) = delete;
   Pipeline& operator=(const Pipeline&) = delete;
@@ -94,6 +99,8 @@ class Pipeline {
   void drain();
   // Drains, and forgets a delayed update that was not uploaded (the parameters were just replaced).
   void discard_pending();
+  // The units' state on disk, or null; between steps (after drain) its get/put read and write a unit's.
+  StateSwap* swap() const { return swap_.get(); }
 
  private:
   void upload(int u);       // enqueues unit u's updated shard to device_params
@@ -105,6 +112,7 @@ class Pipeline {
   DType compute_, reduce_, state_;
   bool delayed_;
   std::vector<UnitShard> units_;
+  std::unique_ptr<StateSwap> swap_;
   std::unique_ptr<Stream> download_, upload_, cpu_;
   std::vector<std::unique_ptr<Event>> downloaded_, uploaded_, updated_;
   std::unique_ptr<Event> all_downloaded_;

@@ -217,13 +217,17 @@ Config parse_config(const std::string& text, const std::string& source) {
                                            c.schedule.total_steps, c.schedule.warmup_steps, kind));
 
   Section off = top.sub("offload");
-  off.choice("optimizer", c.offload.optimizer, {"none", "cpu"});
+  off.choice("optimizer", c.offload.optimizer, {"none", "cpu", "nvme"});
   off.choice("params", c.offload.params, {"none", "cpu"});
   off.get<bool>("pin_memory", c.offload.pin_memory);
   off.choice("mode", c.offload.mode, {"streaming", "delayed"});
   off.get<double>("ratio", c.offload.ratio, Config::Offload::ratio_valid, "in (0, 1]");
+  off.get<std::string>("nvme_path", c.offload.nvme_path);
+  off.get<int>("buffer_count", c.offload.buffer_count, at_least(2), ">= 2");
   off.finish();
   if (const std::string bad = offload_problem(c); !bad.empty()) top.fail(root["offload"], bad);
+  if (c.offload.state_on_nvme() && c.offload.nvme_path.empty())
+    top.fail(root["offload"], "offload.optimizer: nvme needs offload.nvme_path: a directory on a fast local disk");
 
   Section cm = top.sub("comm");
   cm.choice("backend", c.comm.backend, {"auto", "gloo", "nccl"});
@@ -252,15 +256,16 @@ Config parse_config(const std::string& text, const std::string& source) {
 
 void Config::Offload::choose(std::string_view choice) {
   ZS_CHECK(std::find(std::begin(kChoices), std::end(kChoices), choice) != std::end(kChoices),
-           "offload '{}': expected none, optimizer, optimizer+params or delayed", choice);
-  optimizer = choice == "none" ? "none" : "cpu";
-  params = choice == "optimizer+params" ? "cpu" : "none";
+           "offload '{}': expected none, optimizer, optimizer+params, delayed, nvme or nvme+params", choice);
+  optimizer = choice == "none" ? "none" : choice.starts_with("nvme") ? "nvme" : "cpu";
+  params = choice.ends_with("+params") ? "cpu" : "none";
   mode = choice == "delayed" ? "delayed" : "streaming";
   if (choice != "optimizer") ratio = 1.0;  // a share of the optimizer on the host is the streaming offload's only
 }
 
 std::string_view Config::Offload::choice() const {
   if (!optimizer_on_cpu()) return "none";
+  if (state_on_nvme()) return params_on_cpu() ? "nvme+params" : "nvme";
   if (params_on_cpu()) return "optimizer+params";
   return delayed() ? "delayed" : "optimizer";
 }
@@ -275,19 +280,22 @@ std::string live_units_problem(const Config& c) {
 
 std::string offload_problem(const Config& c) {
   // What DeepSpeed users expect: optimizer offload from stage 1, parameter offload at stage 3 on top of it.
-  if (c.offload.optimizer == "cpu" && c.zero.stage == 0)
-    return "offload.optimizer: cpu needs zero.stage 1, 2 or 3 (stage 0 keeps a full optimizer replica on every rank; "
-           "shard it first)";
-  if (c.offload.params == "cpu" && (c.zero.stage != 3 || c.offload.optimizer != "cpu"))
-    return "offload.params: cpu needs zero.stage: 3 and offload.optimizer: cpu (the parameter shards are the "
-           "optimizer's output, kept where the optimizer runs)";
+  if (c.offload.optimizer_on_cpu() && c.zero.stage == 0)
+    return fmt::format(
+        "offload.optimizer: {} needs zero.stage 1, 2 or 3 (stage 0 keeps a full optimizer replica on every rank; "
+        "shard it first)",
+        c.offload.optimizer);
+  if (c.offload.params == "cpu" && (c.zero.stage != 3 || !c.offload.optimizer_on_cpu()))
+    return "offload.params: cpu needs zero.stage: 3 and offload.optimizer: cpu or nvme (the parameter shards are "
+           "the optimizer's output, kept where the optimizer runs)";
   if (c.offload.params == "cpu" && c.offload.mode == "delayed")
     return "offload.mode: delayed works with offload.optimizer only; with offload.params: cpu use mode: streaming";
   if (!Config::Offload::ratio_valid(c.offload.ratio))
     return fmt::format("offload.ratio {} is not in (0, 1]: it is the share of the optimizer kept on the host",
                        c.offload.ratio);
-  if (c.offload.ratio < 1.0 && c.offload.optimizer != "cpu")
-    return "offload.ratio below 1 needs offload.optimizer: cpu (it is the share of the optimizer on the host)";
+  if (c.offload.ratio < 1.0 && !c.offload.optimizer_on_cpu())
+    return "offload.ratio below 1 needs offload.optimizer: cpu or nvme (it is the share of the optimizer on the "
+           "host)";
   if (c.offload.ratio < 1.0 && c.offload.params == "cpu")
     return "offload.ratio below 1 keeps some units' optimizer, and so their parameters, on the device: use it with "
            "offload.params: none";

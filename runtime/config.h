@@ -48,10 +48,15 @@ struct Config {
   } optimizer;
   Schedule schedule;
   struct Offload {
-    std::string optimizer = "none";  // none | cpu
-    std::string params = "none";     // none | cpu
+    // Where the optimizer steps and keeps its state: none (the device), cpu (host memory), or nvme: the CPU
+    // steps, with the f32 master, m and v in a file under nvme_path, streamed through buffer_count host
+    // buffers of the largest unit's state (ZeRO-Infinity's optimizer on NVMe; offload/state_swap.h).
+    std::string optimizer = "none";
+    std::string params = "none";  // none | cpu
     bool pin_memory = true;
     std::string mode = "streaming";  // streaming | delayed
+    std::string nvme_path;           // offload.optimizer: nvme: an existing directory on a fast local disk
+    int buffer_count = 4;            // offload.optimizer: nvme: host buffers for the state in flight, >= 2
     // The share of the trainable parameters whose optimizer runs on the host (DeepSpeed's
     // offload_optimizer.ratio, ZeRO-Offload++): the last units in registration order, at least this share
     // of the elements; the others keep master, m and v on the device and update there, while the host
@@ -59,13 +64,16 @@ struct Config {
     // params: none only.
     double ratio = 1.0;
     static constexpr bool ratio_valid(double r) { return r > 0.0 && r <= 1.0; }
-    bool optimizer_on_cpu() const { return optimizer == "cpu"; }
+    bool optimizer_on_cpu() const { return optimizer != "none"; }  // the CPU steps (cpu or nvme)
+    bool state_on_nvme() const { return optimizer == "nvme"; }
     bool params_on_cpu() const { return params == "cpu"; }
     bool delayed() const { return mode == "delayed"; }
-    // The tools' one-word form: none, optimizer, optimizer+params, or delayed (the optimizer, delayed mode).
-    // choose() sets all three fields from it, and ratio to 1 for any word but optimizer (throws on another
-    // word); choice() names the current setting.
-    static constexpr std::string_view kChoices[] = {"none", "optimizer", "optimizer+params", "delayed"};
+    // The tools' one-word form: none, optimizer, optimizer+params, delayed (the optimizer, delayed mode), or
+    // nvme and nvme+params (the optimizer's state on NVMe). choose() sets the optimizer, params and mode
+    // fields from it, and ratio to 1 for any word but optimizer (throws on another word); choice() names
+    // the current setting.
+    static constexpr std::string_view kChoices[] = {"none",    "optimizer", "optimizer+params",
+                                                    "delayed", "nvme",      "nvme+params"};
     void choose(std::string_view choice);
     std::string_view choice() const;
   } offload;

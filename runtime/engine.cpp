@@ -234,13 +234,16 @@ void Engine::setup() {
   for (const auto& up : units_) trainable.push_back(up->layout.elements());
   const std::vector<bool> offloaded = offloaded_units(trainable, cfg_);
   std::vector<UnitBuffers> plans;
+  std::vector<offload::SwapRegion> on_disk;  // by pipe
   int64_t pool = 0;
   int pipes = 0;
   for (std::size_t i = 0; i < units_.size(); ++i) {
     plans.push_back(unit_buffers(units_[i]->layout, units_[i]->frozen, cfg_, offloaded[i]));
     pool += plans.back().host_pool_bytes();
+    if (plans.back().state_on_disk) on_disk.push_back(plans.back().swap_region());
     units_[i]->pipe = offloaded[i] ? pipes++ : -1;
   }
+  pool += offload::pool_part_bytes(offload::swap_buffer_bytes(on_disk, cfg_.offload.buffer_count));
   if (pool > 0) host_pool_ = offload::HostPool(pool, cfg_.offload.pin_memory, device_);  // every offloaded part
   for (std::size_t i = 0; i < units_.size(); ++i) {
     Unit& u = *units_[i];
@@ -255,9 +258,11 @@ void Engine::setup() {
     u.full_params = alloc(b.full_params, MemCategory::params);
     u.frozen_shard =
         b.params_on_host ? host(b.frozen_shard, MemCategory::params) : alloc(b.frozen_shard, MemCategory::params);
-    u.master = state(b.master, b.master_category);
-    u.m = state(b.m, MemCategory::optim_state);
-    u.v = state(b.v, MemCategory::optim_state);
+    if (!b.state_on_disk) {
+      u.master = state(b.master, b.master_category);
+      u.m = state(b.m, MemCategory::optim_state);
+      u.v = state(b.v, MemCategory::optim_state);
+    }
     u.grads = alloc(b.grads, MemCategory::grads);
     u.param_shard = alloc(b.param_shard, MemCategory::params);
     u.host_grads = host(b.host_grads, MemCategory::grads);
@@ -272,7 +277,7 @@ void Engine::setup() {
     memory_copy(u.decay_ranges.data(), u.decay_ranges.resident(), ranges.data(), Device::cpu(),
                 ranges.size() * sizeof(kernels::ElementRange));
   }
-  if (cfg_.offload.optimizer_on_cpu()) setup_offload();
+  if (cfg_.offload.optimizer_on_cpu()) setup_offload(std::move(on_disk));
   const PoolPlan pools = pool_plan(largest, largest_grads, num_units(), cfg_);
   for (int i = 0; i < pools.gather_count; ++i)
     gather_pool_.push_back(
@@ -302,7 +307,7 @@ void Engine::setup() {
   ready_ = true;
 }
 
-void Engine::setup_offload() {
+void Engine::setup_offload(std::vector<offload::SwapRegion> on_disk) {
   const int r = shard_rank();
   const auto cs = static_cast<int64_t>(dtype_size(compute_)), rs = static_cast<int64_t>(dtype_size(reduce_));
   std::vector<offload::UnitShard> shards;
@@ -331,8 +336,22 @@ void Engine::setup_offload() {
     shards.push_back(s);
   }
   const auto on_host_units = shards.size();
+  std::unique_ptr<offload::StateSwap> swap;
+  if (cfg_.offload.state_on_nvme()) {
+    const int count = cfg_.offload.buffer_count;
+    swap_buffers_ = host_pool_.take(offload::swap_buffer_bytes(on_disk, count), MemCategory::optim_state);
+    swap = std::make_unique<offload::StateSwap>(cfg_.offload.nvme_path, comm_->rank(), std::move(on_disk),
+                                                swap_buffers_.data(), count);
+    if (comm_->rank() == 0)
+      log::info(
+          "offload: the optimizer state is on disk, {:.2f} GiB for rank 0 in {} ({}), streamed through {} host "
+          "buffers of {:.1f} MiB",
+          static_cast<double>(swap->file_bytes()) / 1073741824.0, cfg_.offload.nvme_path,
+          swap->direct() ? "O_DIRECT" : "through the page cache: the filesystem refused O_DIRECT", count,
+          static_cast<double>(swap_buffers_.bytes() - offload::kSwapAlignment) / count / 1048576.0);
+  }
   offload_ = std::make_unique<offload::Pipeline>(device_, compute_, reduce_, cfg_.optimizer.state_dtype,
-                                                 cfg_.offload.delayed(), std::move(shards));
+                                                 cfg_.offload.delayed(), std::move(shards), std::move(swap));
   if (cfg_.offload.ratio < 1.0 && comm_->rank() == 0)
     log::info(
         "offload: the optimizer of the last {} of {} units ({:.1f} % of the parameters, offload.ratio {}) runs "
@@ -349,7 +368,9 @@ void Engine::setup_offload() {
   }
   // Without clipping or loss scaling the update does not depend on the global norm, so each unit's can
   // start as soon as its gradients are on the host, behind the rest of the backward (same math, same bits).
-  early_update_ = !cfg_.offload.delayed() && cfg_.optimizer.clip_grad_norm <= 0 && !dynamic_scaling_;
+  // (Not with the state on disk: its reads follow the order the update takes the units in.)
+  early_update_ = !cfg_.offload.delayed() && cfg_.optimizer.clip_grad_norm <= 0 && !dynamic_scaling_ &&
+                  !cfg_.offload.state_on_nvme();
 }
 
 void Engine::init_params(const init::Initializer& init) {
@@ -398,8 +419,24 @@ void Engine::install(const ValueSource& source, const StateSource& states) {
     const int64_t lo = stage == 0 ? 0 : S * r, lof = stage == 0 ? 0 : SF * r;
     const std::vector<float> train = shard_values(u.layout, false, values);
     const std::vector<float> frozen = PF > 0 ? shard_values(u.frozen, true, values) : std::vector<float>{};
-    if (u.master.data())
-      memory_copy(u.master.data(), u.master.resident(), train.data(), Device::cpu(), train.size() * 4);
+    // Where the master, m and v go: their buffers, or the unit's region of the state file (offload.optimizer:
+    // nvme), read into a host buffer here and written back below.
+    struct StatePart {
+      void* data;
+      Device where;
+      std::size_t bytes;
+    };
+    offload::StateSwap* swap = u.pipe >= 0 ? offload_->swap() : nullptr;
+    std::array<StatePart, 3> state{};
+    if (swap) {
+      const offload::StateSwap::Parts parts = swap->get(u.pipe);
+      for (std::size_t k = 0; k < 3; ++k)
+        state[k] = {parts[k], Device::cpu(), static_cast<std::size_t>(swap->region(u.pipe).bytes[k])};
+    } else {
+      std::size_t k = 0;
+      for (const Buffer* b : {&u.master, &u.m, &u.v}) state[k++] = {b->data(), b->resident(), b->bytes()};
+    }
+    if (state[0].data) memory_copy(state[0].data, state[0].where, train.data(), Device::cpu(), train.size() * 4);
     for (const Buffer* b : {&u.param_shard, &u.host_params})  // the offloaded step's compute-dtype copies
       if (b->data()) upload(b->data(), b->resident(), train);
     if (stage == 3) {
@@ -416,19 +453,19 @@ void Engine::install(const ValueSource& source, const StateSource& states) {
       }
       u.param_state = ParamState::sharded;  // the replica is whole
     }
-    int which = 0;
-    for (Buffer* b : {&u.m, &u.v}) {
-      ++which;
-      if (!b->data()) continue;
+    for (int which = 1; which <= 2; ++which) {
+      const StatePart& b = state[static_cast<std::size_t>(which)];
+      if (!b.data) continue;
       if (!states) {
-        memory_zero(b->data(), b->resident(), b->bytes());
+        memory_zero(b.data, b.where, b.bytes);
         continue;
       }
       const auto v = shard_values(u.layout, false, [&](int t, int64_t first, int64_t count, float* out) {
         states(u, t, which, first, count, out);
       });
-      put(b->data(), b->resident(), v, cfg_.optimizer.state_dtype);
+      put(b.data, b.where, v, cfg_.optimizer.state_dtype);
     }
+    if (swap) swap->put(u.pipe);
     memory_zero(u.grads.data(), device_, u.grads.bytes());
     memory_zero(u.host_grads.data(), Device::cpu(), u.host_grads.bytes());
   }

@@ -195,6 +195,7 @@ class Engine {
   RankFile rank_file(const ckpt::Manifest& m) const;
   FileDigest write_rank_file(const std::string& path, const ckpt::Manifest& m);
   std::size_t stage_rank_file(const RankFile& f);  // checkpoint.async: into ckpt_staging_; returns the bytes
+  void copy_part(void* dst, const RankFile& f, std::size_t part);  // one part of its bytes, to host memory
   // With checkpoint.every_steps: every writing rank can create checkpoint.dir and a file in it (collective).
   void check_checkpoint_dir();
   void quiesce(const char* op);  // between steps: nothing in flight, nothing held
@@ -217,7 +218,7 @@ class Engine {
   void consume(Event& e);                          // make compute wait for an event (a copy)
   // Stages 1-2 with the optimizer offloaded: all-gathers the replica once the unit's shard is back.
   void refresh_replica(UnitId u);
-  void setup_offload();
+  void setup_offload(std::vector<offload::SwapRegion> on_disk);  // on_disk: by pipe, with the state on disk
   TensorView grad_shard(const Unit& u, bool full_grads) const;
   kernels::OptimizerHyper hyper(int64_t step) const;  // the optimizer's settings for step `step` (1-based)
   // The optimizer kernels on this device's shards of the units whose optimizer runs here (every unit without
@@ -239,6 +240,7 @@ class Engine {
   DType compute_, reduce_;
   std::unique_ptr<Stream> compute_stream_, gather_stream_, reduce_stream_;
   offload::HostPool host_pool_;  // the offloaded state's memory; outlives the units' parts of it
+  Buffer swap_buffers_;          // offload.optimizer: nvme: the state's host buffers (outlive offload_'s swap)
   std::vector<std::unique_ptr<Unit>> units_;
   std::unordered_map<std::string, std::string> full_names_;  // "unit.tensor" -> unit: add_unit's uniqueness check
   std::unique_ptr<offload::Pipeline> offload_;               // offload.optimizer: cpu (drained before the units go)

@@ -3,6 +3,7 @@
 // Engine::save_weights: the full parameters in one safetensors file.
 #include <fmt/ranges.h>
 
+#include <cstring>
 #include <filesystem>
 
 #include "core/error.h"
@@ -124,9 +125,9 @@ ckpt::Manifest Engine::describe_checkpoint() const {
   m.param_dtype = compute_;
   m.optimizer = kernels::optimizer_name(o.type);
   const auto names = ckpt::state_names(m.optimizer);
-  const Unit& first = *units_.front();
-  if (first.m.data()) m.states.push_back(names.at(0));
-  if (first.v.data()) m.states.push_back(names.at(1));
+  const OptimizerStates states = optimizer_states(cfg_);
+  if (states.m) m.states.push_back(names.at(0));
+  if (states.v) m.states.push_back(names.at(1));
   m.hyper = {{"lr", decimal(o.lr)},
              {"beta1", decimal(o.beta1)},
              {"beta2", decimal(o.beta2)},
@@ -172,8 +173,12 @@ struct Engine::RankFile {
   std::vector<SafetensorsTensor> tensors;
   std::map<std::string, std::string> metadata;
   struct Part {
-    const char* src;  // on the engine's device
+    const char* src;  // on the engine's device (null for a part on disk)
     std::size_t bytes;
+    // offload.optimizer: nvme: the part is at byte `offset` of part `disk_part` (master, m, v) of unit
+    // pipe `disk_unit`'s state on disk.
+    int disk_unit = -1, disk_part = 0;
+    int64_t offset = 0;
   };
   std::vector<Part> parts;  // the tensors' bytes, in order
 };
@@ -182,10 +187,12 @@ Engine::RankFile Engine::rank_file(const ckpt::Manifest& m) const {
   const int r = shard_rank(), stage = cfg_.zero.stage;
   // Where flat element x of a unit's layout lives on the device, for the stored parameter and the states.
   struct Source {
-    const char* base;
-    int64_t origin;  // the flat index of base[0]
+    const char* base;  // null: on disk, part disk_part of the unit's state
+    int64_t origin;    // the flat index of base[0]
     DType dtype;
+    int disk_part = 0;
   };
+  const offload::StateSwap* swap = offload_ ? offload_->swap() : nullptr;
   RankFile f;
   f.metadata = {{"format", std::string(ckpt::kFormat)}, {"rank", std::to_string(r)}, {"step", std::to_string(step_)}};
   std::size_t ti = 0;
@@ -201,6 +208,12 @@ Engine::RankFile Engine::rank_file(const ckpt::Manifest& m) const {
           sources.push_back({full + u.layout.padded * static_cast<int64_t>(dtype_size(compute_)), 0, compute_});
         else
           sources.push_back({static_cast<const char*>(u.frozen_shard.data()), SF * r, compute_});
+      } else if (swap && u.pipe >= 0) {  // the state on disk: this rank's shard of each part
+        const offload::SwapRegion& region = swap->region(u.pipe);
+        sources.push_back({nullptr, S * r, DType::f32, 0});
+        for (int k = 1; k <= 2; ++k)
+          if (region.bytes[static_cast<std::size_t>(k)] > 0)
+            sources.push_back({nullptr, S * r, cfg_.optimizer.state_dtype, k});
       } else {
         const bool shard = stage > 0 && u.master.data();
         sources.push_back(
@@ -218,7 +231,12 @@ Engine::RankFile Engine::rank_file(const ckpt::Manifest& m) const {
           const std::string_view state = k == 0 ? ckpt::kParam : std::string_view(m.states[k - 1]);
           const auto es = static_cast<int64_t>(dtype_size(src.dtype));
           f.tensors.push_back({ckpt::entry_name(e.name, state), src.dtype, {p.count}, 0, 0});
-          f.parts.push_back({src.base + (offset + p.first - src.origin) * es, static_cast<std::size_t>(p.count * es)});
+          const int64_t at = (offset + p.first - src.origin) * es;
+          const auto bytes = static_cast<std::size_t>(p.count * es);
+          if (src.base)
+            f.parts.push_back({src.base + at, bytes});
+          else
+            f.parts.push_back({nullptr, bytes, u.pipe, src.disk_part, at});
         }
       }
     }
@@ -230,12 +248,20 @@ FileDigest Engine::write_rank_file(const std::string& path, const ckpt::Manifest
   RankFile f = rank_file(m);
   SafetensorsWriter w(path, std::move(f.tensors), f.metadata);
   std::vector<char> host;
-  for (const RankFile::Part& p : f.parts) {
-    host.resize(p.bytes);
-    memory_copy(host.data(), Device::cpu(), p.src, device_, p.bytes);
-    w.write(host.data(), p.bytes);
+  for (std::size_t i = 0; i < f.parts.size(); ++i) {
+    host.resize(f.parts[i].bytes);
+    copy_part(host.data(), f, i);
+    w.write(host.data(), host.size());
   }
   return w.finish();
+}
+
+void Engine::copy_part(void* dst, const RankFile& f, std::size_t part) {
+  const RankFile::Part& p = f.parts[part];
+  if (p.disk_unit < 0) return memory_copy(dst, Device::cpu(), p.src, device_, p.bytes);
+  // A unit's parts come one after the other, so its state is read from disk once (get() keeps it).
+  const offload::StateSwap::Parts state = offload_->swap()->get(p.disk_unit);
+  std::memcpy(dst, static_cast<const char*>(state[static_cast<std::size_t>(p.disk_part)]) + p.offset, p.bytes);
 }
 
 std::size_t Engine::stage_rank_file(const RankFile& f) {
@@ -245,9 +271,9 @@ std::size_t Engine::stage_rank_file(const RankFile& f) {
            "rank {}: this rank's checkpoint file has {} bytes but its staging {} (a memory-plan bug)", comm_->rank(),
            total, ckpt_staging_.bytes());
   auto* dst = static_cast<char*>(ckpt_staging_.data());
-  for (const RankFile::Part& p : f.parts) {
-    memory_copy(dst, Device::cpu(), p.src, device_, p.bytes);
-    dst += p.bytes;
+  for (std::size_t i = 0; i < f.parts.size(); ++i) {
+    copy_part(dst, f, i);
+    dst += f.parts[i].bytes;
   }
   return total;
 }

@@ -278,7 +278,9 @@ std::vector<float> Engine::read_param(UnitId id, std::string_view tensor) {
       shard = u.master.data() ? master : master + l.shard * r * 4;
   }
   compute_stream_->synchronize();
-  if (offload_) offload_->drain();  // the master is on the host, maybe still being updated
+  if (offload_) offload_->drain();                 // the master is on the host, maybe still being updated
+  if (!frozen && u.pipe >= 0 && offload_->swap())  // ... or on disk (offload.optimizer: nvme)
+    shard = static_cast<const char*>(offload_->swap()->get(u.pipe)[0]);
   Buffer tmp;
   if (!full) {
     tmp = Buffer(l.padded * dtype_size(t), MemoryKind::device, device_, MemCategory::other);

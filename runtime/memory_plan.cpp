@@ -24,8 +24,9 @@ UnitBuffers unit_buffers(const FlatLayout& layout, const FlatLayout& frozen, con
   if (stage == 3 || !f32) b.master = S * 4;
   if (stage == 3 && f32) b.master_category = MemCategory::params;
   const auto ss = static_cast<int64_t>(dtype_size(o.state_dtype));
-  if (o.type != kernels::Optimizer::sgd || o.momentum != 0.0f) b.m = S * ss;
-  if (o.type == kernels::Optimizer::adamw || o.type == kernels::Optimizer::adam) b.v = S * ss;
+  const OptimizerStates states = optimizer_states(cfg);
+  if (states.m) b.m = S * ss;
+  if (states.v) b.v = S * ss;
   const bool full_grads = stage <= 1 || cfg.zero.grad_accumulation > 1;
   b.grads = (full_grads ? P : S) * rs;
   if (offloaded) {
@@ -37,7 +38,8 @@ UnitBuffers unit_buffers(const FlatLayout& layout, const FlatLayout& frozen, con
     b.master_category = MemCategory::master;
     if (!full_grads) b.grads = 0;  // the reduce-scatter lands in the gradient pool, then goes to the host
     b.host_grads = S * rs * (cfg.offload.delayed() ? 2 : 1);
-    if (!f32) b.host_params = S * cs;
+    b.state_on_disk = cfg.offload.state_on_nvme();
+    if (!f32 || b.state_on_disk) b.host_params = S * cs;
     if (b.params_on_host)
       b.host_params_category = MemCategory::params;
     else if (stage == 3)
@@ -61,10 +63,16 @@ std::vector<bool> offloaded_units(std::span<const int64_t> trainable, const Conf
   return out;
 }
 
+OptimizerStates optimizer_states(const Config& cfg) {
+  const auto& o = cfg.optimizer;
+  return {o.type != kernels::Optimizer::sgd || o.momentum != 0.0f,
+          o.type == kernels::Optimizer::adamw || o.type == kernels::Optimizer::adam};
+}
+
 int64_t UnitBuffers::host_pool_bytes() const {
   if (!offload) return 0;
   auto aligned = offload::pool_part_bytes;
-  return aligned(master) + aligned(m) + aligned(v) + aligned(host_grads) + aligned(host_params) +
+  return (state_on_disk ? 0 : aligned(master) + aligned(m) + aligned(v)) + aligned(host_grads) + aligned(host_params) +
          (params_on_host ? aligned(frozen_shard) : 0);
 }
 
@@ -96,6 +104,7 @@ MemoryPlan plan_memory(std::span<const std::vector<TensorSpec>> units, const Con
     trainable.push_back(layouts.back().layout.elements());
   }
   const std::vector<bool> offloaded = offloaded_units(trainable, cfg);
+  std::vector<offload::SwapRegion> on_disk;
   for (std::size_t i = 0; i < units.size(); ++i) {
     const std::vector<TensorSpec>& tensors = units[i];
     const UnitLayouts& l = layouts[i];
@@ -105,8 +114,12 @@ MemoryPlan plan_memory(std::span<const std::vector<TensorSpec>> units, const Con
     auto state = [&](MemCategory c) -> int64_t& { return b.offload ? host(c) : dev(c); };
     dev(MemCategory::params) += b.full_params + b.param_shard;
     (b.params_on_host ? host(MemCategory::params) : dev(MemCategory::params)) += b.frozen_shard;
-    state(b.master_category) += b.master;
-    state(MemCategory::optim_state) += b.m + b.v;
+    if (b.state_on_disk) {
+      on_disk.push_back(b.swap_region());
+    } else {
+      state(b.master_category) += b.master;
+      state(MemCategory::optim_state) += b.m + b.v;
+    }
     dev(MemCategory::grads) += b.grads;
     host(MemCategory::grads) += b.host_grads;
     host(b.host_params_category) += b.host_params;
@@ -123,6 +136,10 @@ MemoryPlan plan_memory(std::span<const std::vector<TensorSpec>> units, const Con
           ckpt::file_elements(l.frozen, rank, shards) * dtype_size(cfg.precision.param);
     }
   }
+  // The state file, and the host buffers it streams through (one host-pool part).
+  plan.disk = offload::swap_file_bytes(on_disk);
+  if (const int64_t b = offload::swap_buffer_bytes(on_disk, cfg.offload.buffer_count); b > 0)
+    host(MemCategory::optim_state) += b;
   const PoolPlan p = pool_plan(largest, largest_trainable, static_cast<int>(units.size()), cfg);
   dev(MemCategory::gather_buffers) += p.gather_count * p.gather_bytes;
   dev(MemCategory::grads) += p.grad_count * p.grad_bytes;

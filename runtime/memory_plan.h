@@ -11,6 +11,7 @@
 #include "core/comm_gloo.h"
 #include "core/memory_ledger.h"
 #include "offload/host_pool.h"
+#include "offload/state_swap.h"
 #include "runtime/config.h"
 #include "sharding/flat_layout.h"
 
@@ -31,12 +32,22 @@ struct UnitBuffers {
   bool params_on_host = false;  // offload.params: cpu (the frozen shard and host_params are the parameters)
   int64_t param_shard = 0;      // device, compute dtype: the shard the all-gather starts from (stage 3)
   int64_t host_grads = 0;       // host, reduce dtype: the reduced shard the CPU step reads (x2 when delayed)
-  int64_t host_params = 0;      // host, compute dtype: what the CPU step writes for bf16/f16 compute
+  int64_t host_params = 0;      // host, compute dtype: what the CPU step writes for bf16/f16 compute (and f32
+                                // with the state on disk: the master is not in memory)
   MemCategory host_params_category = MemCategory::offload_staging;  // params with offload.params
+  // offload.optimizer: nvme: master, m and v above are the unit's region of the state file, not memory.
+  bool state_on_disk = false;
   // Host-pool bytes (each part 64-byte aligned in the one pinned allocation).
   int64_t host_pool_bytes() const;
+  offload::SwapRegion swap_region() const { return offload::swap_region(master, m, v); }
 };
 UnitBuffers unit_buffers(const FlatLayout& layout, const FlatLayout& frozen, const Config& cfg, bool offloaded);
+
+// The per-element states the optimizer keeps: m (all but SGD without momentum) and v (Adam, AdamW). Pure.
+struct OptimizerStates {
+  bool m = false, v = false;
+};
+OptimizerStates optimizer_states(const Config& cfg);
 
 // Which units' optimizer runs on the host: none without offload.optimizer: cpu, every unit at offload.ratio
 // 1, else the fewest last units (in registration order) that hold at least `ratio` of the trainable
@@ -72,6 +83,7 @@ using CategoryBytes = std::array<int64_t, kMemCategoryCount>;
 struct MemoryPlan {
   CategoryBytes device{};  // the engine's device memory by category
   CategoryBytes host{};    // and its host memory (offload, Gloo's staging)
+  int64_t disk = 0;        // offload.optimizer: nvme: this rank's optimizer-state file (not memory)
   static int64_t sum(const CategoryBytes& b) {
     int64_t t = 0;
     for (int64_t x : b) t += x;

@@ -173,9 +173,9 @@ int estimate(const Model& m, zs::Config cfg, const EstimateQuery& q) {
         const double scratch = dev(MemCategory::comm_scratch) + dev(MemCategory::other);
         const double total = static_cast<double>(p.device_total()) + act,
                      host = static_cast<double>(p.host_total()) + act_host;
-        // (DeepSpeed's estimators know no ratio.)
+        // (DeepSpeed's estimators know no ratio and no NVMe.)
         const DeepSpeedFigure ds =
-            cfg.offload.ratio < 1.0
+            cfg.offload.ratio < 1.0 || cfg.offload.state_on_nvme()
                 ? DeepSpeedFigure{std::nan(""), std::nan("")}
                 : deepspeed_estimate(s, cfg.offload, static_cast<double>(m.params), static_cast<double>(m.largest), w,
                                      q.ranks_per_node > 0 ? std::min(q.ranks_per_node, w) : w);
@@ -188,6 +188,7 @@ int estimate(const Model& m, zs::Config cfg, const EstimateQuery& q) {
             r["bytes"][name] = p.device[static_cast<std::size_t>(c)];
             r["host_bytes"][name] = p.host[static_cast<std::size_t>(c)];
           }
+          r["disk_bytes"] = p.disk;
           r["activations"] = act;
           r["host_activations"] = act_host;
           r["total"] = total;
@@ -211,12 +212,13 @@ int estimate(const Model& m, zs::Config cfg, const EstimateQuery& q) {
         auto on_host = [&](MemCategory c) { return static_cast<double>(p.host[static_cast<std::size_t>(c)]); };
         if (host > 0)
           host_rows.push_back(fmt::format(
-              "{:>5} {:>5} {:>16} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>10}\n", w, s, label,
+              "{:>5} {:>5} {:>16} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>10} | {:>10}\n", w, s, label,
               format_bytes(on_host(MemCategory::params)), format_bytes(on_host(MemCategory::master)),
               format_bytes(on_host(MemCategory::grads)), format_bytes(on_host(MemCategory::optim_state)),
               format_bytes(on_host(MemCategory::offload_staging) + on_host(MemCategory::checkpoint_staging)),
               format_bytes(on_host(MemCategory::comm_scratch) + on_host(MemCategory::other)),
-              format_bytes(on_host(MemCategory::activations) + act_host), format_bytes(host)));
+              format_bytes(on_host(MemCategory::activations) + act_host), format_bytes(host),
+              p.disk > 0 ? format_bytes(static_cast<double>(p.disk)) : "-"));
       }
   if (q.json) {
     fmt::print("{}\n", rows.dump(1));
@@ -224,9 +226,9 @@ int estimate(const Model& m, zs::Config cfg, const EstimateQuery& q) {
     if (!host_rows.empty()) {
       fmt::print(
           "host memory per rank, by category:\n{:>5} {:>5} {:>16} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} "
-          "{:>10} | {:>10}\n",
-          "world", "stage", "offload", "params", "master", "grads", "optim", "staging", "scratch", "activation",
-          "host");
+          "{:>10} | {:>10} | {:>10}\n",
+          "world", "stage", "offload", "params", "master", "grads", "optim", "staging", "scratch", "activation", "host",
+          "disk");
       for (const std::string& line : host_rows) fmt::print("{}", line);
     }
     fmt::print(
@@ -236,7 +238,8 @@ int estimate(const Model& m, zs::Config cfg, const EstimateQuery& q) {
         "master,\n"
         "optimizer state, gradient shards and upload staging (one pinned pool), with --async-checkpoint the copy a\n"
         "save writes from (staging too), Gloo's staging (scratch), and with --batch on the GPU the example's pinned\n"
-        "batch staging (activation).\n"
+        "batch staging (activation); with nvme the optimizer state's host buffers (optim). disk: with nvme, the\n"
+        "optimizer state's file (offload.nvme_path).\n"
         "DeepSpeed: its published estimators (model states only; host per node shared by its ranks; stage 1 = stage "
         "2).\n");
   }
@@ -386,8 +389,9 @@ int main(int argc, char** argv) {
   est->add_option("--stage", q.stages, "ZeRO stages")->check(CLI::Range(0, 3));
   auto* offload_given =
       est->add_option("--offload", q.offloads,
-                      "none, optimizer (stages 1-3), optimizer+params (stage 3) or delayed (the optimizer, delayed "
-                      "mode), one or a list; rows that are not a configuration are left out")
+                      "none, optimizer (stages 1-3), optimizer+params (stage 3), delayed (the optimizer, delayed "
+                      "mode), nvme or nvme+params (the optimizer's state on disk), one or a list; rows that are not a "
+                      "configuration are left out")
           ->check(zs::offload_choices());
   est->add_option("--offload-ratio", q.ratios,
                   "offload.ratio for the optimizer rows, one or a list: the share of the parameters whose optimizer "

@@ -105,6 +105,9 @@ if have_cublas "offload_bench"; then
   # ... and without clipping: the host's units are the backward's first, so their CPU updates start as soon
   # as the backward does and have the rest of it and the next forward up to them to finish in.
   for r in 0.25 0.5; do offload "1.3B no clipping ratio $r" 90 optimizer 3 --offload-ratio "$r" --clip 0; done
+  # The optimizer's state on the machine's disk (offload.optimizer: nvme): 15 GB read and written per step
+  # at 1.27 B; the step is bound by the disk (its log line names O_DIRECT or the page cache).
+  offload "1.3B" 240 nvme 1 --nvme-path "${ZS_NVME_PATH:-/tmp}"
   # The offloaded step is bound by host memory traffic (about 51 GB per step at 1.27 B with f32 gradients
   # and states; bench/RESULTS.md): the ratio falls with fewer bytes (bf16 gradients and states) and with
   # more tokens per step. ZS_GPU_SWEEP=1 measures both (about 5 minutes; run it on its own).

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <thread>
 
 #include "core/buffer.h"
@@ -71,7 +72,7 @@ int main(int argc, char** argv) {
   gpt::Shape shape;
   int steps = 300, batch = 8, log_every = 20, eval_every = 100, eval_batches = 4, save_every = 0, threads = 0;
   int stage = -1, sample = 0;
-  std::string offload, device, precision;  // empty: the config's
+  std::string offload, device, precision, nvme_path;  // empty: the config's
   std::string attention = "auto";
   uint64_t seed = 1337;
   double lr = 0, check_below = 0, offload_ratio = 1;
@@ -89,8 +90,12 @@ int main(int argc, char** argv) {
                  "engine YAML (docs/config.md); default: zsrun --config's, else ZeRO-3, AdamW, cosine");
   app.add_option("--stage", stage, "override zero.stage")->check(CLI::Range(0, 3));
   app.add_option("--offload", offload,
-                 "override offload: none, optimizer (stages 1-3), optimizer+params (stage 3), delayed")
+                 "override offload: none, optimizer (stages 1-3), optimizer+params (stage 3), delayed, nvme or "
+                 "nvme+params (the optimizer's state on disk, in --nvme-path)")
       ->check(zs::offload_choices());
+  app.add_option("--nvme-path", nvme_path,
+                 "override offload.nvme_path: the directory for the optimizer's state with --offload nvme (default: "
+                 "the system's temporary directory)");
   auto* ratio_given = app.add_option("--offload-ratio", offload_ratio,
                                      "override offload.ratio: the share of the parameters whose optimizer runs on the "
                                      "host with --offload optimizer (the last units; the rest on the device)")
@@ -149,6 +154,9 @@ int main(int argc, char** argv) {
     if (stage >= 0) cfg.zero.stage = stage;
     if (!offload.empty()) cfg.offload.choose(offload);
     if (ratio_given->count() > 0) cfg.offload.ratio = offload_ratio;  // the engine checks it (offload_problem)
+    if (!nvme_path.empty()) cfg.offload.nvme_path = nvme_path;
+    if (cfg.offload.state_on_nvme() && cfg.offload.nvme_path.empty())
+      cfg.offload.nvme_path = std::filesystem::temp_directory_path().string();
     if (lr > 0) cfg.optimizer.lr = static_cast<float>(lr);
     if (!device.empty()) cfg.device = device;
     if (!precision.empty()) {

@@ -2,7 +2,10 @@
 // single-process reference trainer, shared by the dist tests and the GPU tests.
 #pragma once
 
+#include <unistd.h>
+
 #include <cmath>
+#include <filesystem>
 #include <functional>
 #include <type_traits>
 
@@ -57,6 +60,27 @@ inline Config make_config(const Case& c) {
   if (c.offload >= 2) cfg.offload.params = "cpu";
   if (c.delayed) cfg.offload.mode = "delayed";
   if (c.bf16_states) cfg.optimizer.state_dtype = DType::bf16;
+  return cfg;
+}
+
+// cfg with the optimizer's state on disk (offload.optimizer: nvme) in a directory of this process's own,
+// through `buffers` host buffers (2: fewer than the test model's 4 units, so every unit's state goes to
+// the disk and back every step).
+inline Config on_nvme(Config cfg, int buffers = 2) {
+  struct Dir {
+    Dir() : path(std::filesystem::temp_directory_path() / fmt::format("zs_nvme_{}", ::getpid())) {
+      std::filesystem::create_directories(path);
+    }
+    ~Dir() {
+      std::error_code ec;
+      std::filesystem::remove_all(path, ec);
+    }
+    std::filesystem::path path;
+  };
+  static const Dir dir;
+  cfg.offload.optimizer = "nvme";
+  cfg.offload.nvme_path = dir.path.string();
+  cfg.offload.buffer_count = buffers;
   return cfg;
 }
 

@@ -165,41 +165,47 @@ TEST(CheckpointStates, ResumeAcrossStateDtypes) {
 
 // Where the optimizer ran is not part of a checkpoint: one saved with the optimizer and parameters
 // offloaded resumes on the device optimizer (and back, and then into a partial offload, offload.ratio
-// 0.5), bit-identical to training straight through.
+// 0.5), bit-identical to training straight through; the same with the optimizer's state on disk
+// (offload.optimizer: nvme), which a save reads from its file and a load writes to it.
 TEST(OffloadedCheckpoint, ResumesOnTheDeviceAndBack) {
-  const fs::path dir = shared_dir("offload");
   Case device{3, DType::f32, 2, 1, 1.0f}, offloaded = device, part = device;
   offloaded.offload = 2;
   part.offload = 1;
   Config part_cfg = make_config(part);
   part_cfg.offload.ratio = 0.5;
-  Engine straight(make_config(device), *pg().world);
-  constexpr int kFirst = 30, kSecond = 10, kThird = 10, kFourth = 10;
-  const Trajectory want = train(device, straight, kFirst + kSecond + kThird);
-  {
-    Engine first(make_config(offloaded), *pg().world);
-    train(offloaded, first, kFirst);
-    first.save_checkpoint(dir.string());
+  for (const Config& off_cfg : {make_config(offloaded), on_nvme(make_config(offloaded), 3)}) {
+    const std::string what = fmt::format("offload.optimizer: {}", off_cfg.offload.optimizer);
+    const fs::path dir = shared_dir("offload");
+    Engine straight(make_config(device), *pg().world);
+    constexpr int kFirst = 30, kSecond = 10, kThird = 10, kFourth = 10;
+    const Trajectory want = train(device, straight, kFirst + kSecond + kThird);
+    {
+      Engine first(off_cfg, *pg().world);
+      train(offloaded, first, kFirst);
+      first.save_checkpoint(dir.string());
+    }
+    {
+      Engine second(make_config(device), *pg().world);
+      declare(second);
+      second.load_checkpoint(dir.string());
+      train(device, second, kSecond);
+      second.save_checkpoint(dir.string());
+    }
+    Engine third(off_cfg, *pg().world);
+    declare(third);
+    third.load_checkpoint(dir.string());
+    const Trajectory got = train(offloaded, third, kThird);
+    EXPECT_EQ(got.params, want.params) << what;
+    EXPECT_EQ(got.losses, std::vector<double>(want.losses.end() - kThird, want.losses.end())) << what;
+    third.save_checkpoint(dir.string());
+    const Trajectory want4 = train(device, straight, kFourth);
+    Engine fourth(part_cfg, *pg().world);
+    declare(fourth);
+    fourth.load_checkpoint(dir.string());
+    const Trajectory got4 = train(part, fourth, kFourth);
+    EXPECT_EQ(got4.params, want4.params) << what << ", resumed with offload.ratio 0.5";
+    pg().world->barrier().wait();  // every rank has loaded before the next round's shared_dir removes it
   }
-  {
-    Engine second(make_config(device), *pg().world);
-    declare(second);
-    second.load_checkpoint(dir.string());
-    train(device, second, kSecond);
-    second.save_checkpoint(dir.string());
-  }
-  Engine third(make_config(offloaded), *pg().world);
-  declare(third);
-  third.load_checkpoint(dir.string());
-  const Trajectory got = train(offloaded, third, kThird);
-  EXPECT_EQ(got.params, want.params);
-  third.save_checkpoint(dir.string());
-  const Trajectory want4 = train(device, straight, kFourth);
-  Engine fourth(part_cfg, *pg().world);
-  declare(fourth);
-  fourth.load_checkpoint(dir.string());
-  const Trajectory got4 = train(part, fourth, kFourth);
-  EXPECT_EQ(got4.params, want4.params) << "resumed with offload.ratio 0.5";
 }
 
 // N ranks save, M ranks load (different padding, different shards): the loaded parameters are exactly the
@@ -450,16 +456,21 @@ TEST_F(BadCheckpoint, DiskFullDuringAnAsyncSaveKeepsThePreviousCheckpoint) {
 // A save that finishes in the background writes the very bytes a synchronous save writes, though training
 // goes on (and changes every state it copied) while it is written.
 TEST(AsyncCheckpoint, WritesTheSameBytesAsASynchronousSave) {
-  for (const Case& c : {Case{3, DType::f32, 2, 1, 1.0f}, Case{1, DType::bf16, 0, 3, 0.5f},
-                        Case{0, DType::f32, 0, 1, 0.0f, kernels::Optimizer::sgd},
-                        Case{2, DType::f32, 2, 1, 0.5f, kernels::Optimizer::adamw, false, 1, false, true}}) {
+  struct Run {
+    Case c;
+    bool nvme = false;  // the async save's engine keeps its optimizer state on disk (the synchronous one in memory)
+  };
+  for (const auto& [c, nvme] : {Run{Case{3, DType::f32, 2, 1, 1.0f}}, Run{Case{1, DType::bf16, 0, 3, 0.5f}},
+                                Run{Case{0, DType::f32, 0, 1, 0.0f, kernels::Optimizer::sgd}},
+                                Run{Case{2, DType::f32, 2, 1, 0.5f, kernels::Optimizer::adamw, false, 1, false, true}},
+                                Run{Case{3, DType::bf16, 2, 1, 1.0f, kernels::Optimizer::adamw, false, 2}, true}}) {
     const fs::path sync_root = shared_dir("sync"), async_root = shared_dir("async");
     {
       Engine e(make_config(c), *pg().world);
       train(c, e, 20);
       e.save_checkpoint(sync_root.string(), "at 20");
     }
-    Config cfg = make_config(c);
+    Config cfg = nvme ? on_nvme(make_config(c)) : make_config(c);
     cfg.checkpoint.async = true;
     Engine e(cfg, *pg().world);
     train(c, e, 20);

@@ -129,6 +129,59 @@ TEST(EngineOffload, StreamingIsBitIdenticalToTheDeviceOptimizer) {
   }
 }
 
+// The optimizer's state on disk (offload.optimizer: nvme) runs the same kernels on the same shards in the
+// same order, only read from the disk before each unit's update and written back after it, through 2
+// buffers for the model's 4 units: bit-identical to the device optimizer at stages 1-3 for each
+// optimizer's set of states, bf16 compute and states, the parameters offloaded too, a partial offload; and
+// delayed mode bit-identical to delayed mode with the state in memory. The host holds the 2 buffers, none
+// of the master, m and v.
+TEST(EngineOffload, StateOnDiskIsBitIdenticalToTheStateInMemory) {
+  using O = kernels::Optimizer;
+  struct Run {
+    Case c;  // c.offload: what the state on disk runs with (0: the optimizer alone), against the same in memory
+    const char* against = "the device optimizer";
+    double ratio = 1.0;
+  };
+  for (const Run& run :
+       {Run{Case{1, DType::f32, 0, 1, 1.0f}}, Run{Case{2, DType::bf16, 2, 1, 0.0f, O::lion}},
+        Run{Case{3, DType::f32, 2, 3, 0.5f, O::adam}}, Run{Case{3, DType::f32, 2, 1, 0.0f, O::sgd, false, 2}},
+        Run{Case{3, DType::bf16, 2, 1, 1.0f, O::adamw, false, 2, false, true}},
+        Run{Case{2, DType::f32, 0, 1, 1.0f}, "the device optimizer", 0.5},
+        Run{Case{2, DType::f32, 0, 1, 1.0f, O::adamw, false, 1, true}, "delayed offload in memory"}}) {
+    Case c = run.c;
+    const std::string what =
+        fmt::format("{}, offload.ratio {}, against {}", name(c, pg().world->size()), run.ratio, run.against);
+    if (!c.delayed) c.offload = 0;  // the reference: the device optimizer, or delayed offload in memory
+    std::vector<StepStats> want_stats, got_stats;
+    Trajectory want;
+    {  // gone before the other is made: the host memory below is the state on disk's alone
+      Engine memory(make_config(c), *pg().world);
+      want = train(c, memory, 12, nullptr, &want_stats);
+    }
+    c.offload = std::max(run.c.offload, 1);
+    Config cfg = on_nvme(make_config(c));
+    cfg.offload.ratio = run.ratio;
+    Engine disk(cfg, *pg().world);
+    const Trajectory got = train(c, disk, 12, nullptr, &got_stats);
+    EXPECT_EQ(got.losses, want.losses) << what;
+    EXPECT_EQ(got.params, want.params) << what;
+    for (std::size_t k = 0; k < got_stats.size() && k < want_stats.size(); ++k)
+      EXPECT_EQ(got_stats[k].grad_norm, want_stats[k].grad_norm) << what << ", step " << k + 1;
+    const MemoryReport m = disk.memory();
+    EXPECT_EQ(m.on_host[static_cast<std::size_t>(MemCategory::master)].current, 0) << what;
+    std::vector<offload::SwapRegion> regions;
+    for (UnitId u = 0; u < disk.num_units(); ++u)
+      if (disk.unit(u).pipe >= 0) {
+        const UnitBuffers b = unit_buffers(disk.unit(u).layout, disk.unit(u).frozen, cfg, true);
+        regions.push_back(b.swap_region());
+      }
+    EXPECT_EQ(regions.size() < 4, run.ratio < 1.0) << what;
+    EXPECT_EQ(m.on_host[static_cast<std::size_t>(MemCategory::optim_state)].current,
+              offload::swap_buffer_bytes(regions, 2))
+        << what << ": the host holds the buffers only";
+  }
+}
+
 // Partial offload (offload.ratio, DeepSpeed's ZeRO-Offload++): the last units' optimizer on the host, the
 // others' on the device, in the same step. Same kernels, same shards, same order per unit, so again
 // bit-identical to the device optimizer, with and without clipping (the early update), at stages 1-3; the
@@ -306,11 +359,16 @@ TEST(EngineMemory, PlanEqualsTheLedger) {
     bool async_save = false;  // checkpoint.async: the staging is planned, and holds exactly a save's bytes
   };
   for (const Run& run :
-       {Run{Case{0, DType::f32, 0, 1, 0.0f}}, Run{Case{1, DType::bf16, 0, 3, 0.0f}},
-        Run{Case{2, DType::f32, 0, 1, 0.0f}}, Run{Case{2, DType::bf16, 0, 3, 0.0f}},
-        Run{Case{3, DType::f32, 2, 1, 0.0f}}, Run{Case{3, DType::bf16, 0, 1, 0.0f, kernels::Optimizer::lion}},
-        Run{Case{1, DType::f32, 0, 1, 0.0f}, "cpu"}, Run{Case{2, DType::bf16, 2, 1, 0.0f}, "cpu", "none", "delayed"},
-        Run{Case{3, DType::bf16, 2, 1, 0.0f}, "cpu"}, Run{Case{3, DType::f32, 0, 3, 0.0f}, "cpu", "cpu"},
+       {Run{Case{0, DType::f32, 0, 1, 0.0f}},
+        Run{Case{1, DType::bf16, 0, 3, 0.0f}},
+        Run{Case{2, DType::f32, 0, 1, 0.0f}},
+        Run{Case{2, DType::bf16, 0, 3, 0.0f}},
+        Run{Case{3, DType::f32, 2, 1, 0.0f}},
+        Run{Case{3, DType::bf16, 0, 1, 0.0f, kernels::Optimizer::lion}},
+        Run{Case{1, DType::f32, 0, 1, 0.0f}, "cpu"},
+        Run{Case{2, DType::bf16, 2, 1, 0.0f}, "cpu", "none", "delayed"},
+        Run{Case{3, DType::bf16, 2, 1, 0.0f}, "cpu"},
+        Run{Case{3, DType::f32, 0, 3, 0.0f}, "cpu", "cpu"},
         Run{Case{3, DType::bf16, 2, 1, 0.0f, kernels::Optimizer::adamw, false, 0, false, true}},
         Run{Case{1, DType::f32, 0, 1, 0.0f, kernels::Optimizer::adamw, false, 0, false, true}, "cpu"},
         Run{Case{3, DType::f32, 2, 1, 0.0f}, "none", "none", "streaming", true},
@@ -320,13 +378,18 @@ TEST(EngineMemory, PlanEqualsTheLedger) {
         Run{Case{0, DType::f32, 0, 1, 0.0f}, "none", "none", "streaming", false, 1.0, true},
         Run{Case{3, DType::bf16, 2, 1, 0.0f, kernels::Optimizer::sgd}, "none", "none", "streaming", false, 1.0, true},
         Run{Case{2, DType::bf16, 0, 1, 0.0f, kernels::Optimizer::adamw, false, 0, false, true}, "cpu", "none",
-            "streaming", true, 1.0, true}}) {
+            "streaming", true, 1.0, true},
+        Run{Case{3, DType::f32, 2, 1, 0.0f}, "nvme", "cpu"},
+        Run{Case{1, DType::bf16, 0, 1, 0.0f}, "nvme"},
+        Run{Case{2, DType::f32, 0, 1, 0.0f}, "nvme", "none", "delayed"},
+        Run{Case{2, DType::f32, 0, 1, 0.0f}, "nvme", "none", "streaming", false, 0.5, true}}) {
     const Case& c = run.c;
     const int n = pg().world->size();
     if (run.hybrid && (n < 2 || n % 2)) continue;
     Config cfg = make_config(c);
     if (run.hybrid) cfg.zero.hybrid_group = n / 2;
     cfg.offload.optimizer = run.optimizer;
+    if (run.optimizer == std::string("nvme")) cfg = on_nvme(cfg);
     cfg.offload.params = run.params;
     cfg.offload.mode = run.mode;
     cfg.offload.ratio = run.ratio;
@@ -362,7 +425,9 @@ TEST(EngineMemory, PlanEqualsTheLedger) {
         engine.save_checkpoint((test::job_dir("zs_plan_") / "ckpt").string());
         EXPECT_NO_THROW(engine.wait_checkpoint()) << what;
       }
-      if (run.optimizer == std::string("cpu")) {  // the optimizer state left the device (all of it at ratio 1)
+      // The state file: where the optimizer's state is on disk, and only there.
+      EXPECT_EQ(plan.disk > 0, run.optimizer == std::string("nvme")) << what;
+      if (run.optimizer != std::string("none")) {  // the optimizer state left the device (all of it at ratio 1)
         const auto os = static_cast<std::size_t>(MemCategory::optim_state);
         if (run.ratio < 1.0) {
           EXPECT_GT(plan.device[os], 0) << what;

@@ -139,6 +139,22 @@ TEST(Config, OffloadNeedsTheStagesItWorksWith) {
   EXPECT_NE(e.find("use it with offload.params: none"), std::string::npos) << e;
   e = error_of("offload: {optimizer: cpu, mode: delayed, ratio: 0.5}\n");
   EXPECT_NE(e.find("offload.ratio below 1 works with offload.mode: streaming"), std::string::npos) << e;
+  // The optimizer's state on disk (DeepSpeed's offload_optimizer: {device: nvme, nvme_path, buffer_count}).
+  const Config nvme = Config::from_yaml(
+      "zero: {stage: 3}\noffload: {optimizer: nvme, params: cpu, nvme_path: /local_nvme, buffer_count: 6}\n");
+  EXPECT_TRUE(nvme.offload.optimizer_on_cpu() && nvme.offload.state_on_nvme() && nvme.offload.params_on_cpu());
+  EXPECT_EQ(nvme.offload.nvme_path, "/local_nvme");
+  EXPECT_EQ(nvme.offload.buffer_count, 6);
+  EXPECT_EQ(nvme.offload.choice(), "nvme+params");
+  EXPECT_EQ(Config::from_yaml("").offload.buffer_count, 4);
+  e = error_of("zero: {stage: 2}\noffload: {optimizer: nvme}\n");
+  EXPECT_NE(e.find("train.yaml:2:"), std::string::npos) << e;
+  EXPECT_NE(e.find("offload.optimizer: nvme needs offload.nvme_path"), std::string::npos) << e;
+  e = error_of("zero: {stage: 2}\noffload: {optimizer: nvme, nvme_path: /x, buffer_count: 1}\n");
+  EXPECT_NE(e.find("offload.buffer_count must be >= 2, got 1"), std::string::npos) << e;
+  EXPECT_NE(error_of("zero: {stage: 0}\noffload: {optimizer: nvme, nvme_path: /x}\n")
+                .find("offload.optimizer: nvme needs zero.stage"),
+            std::string::npos);
   Config in_code;  // built in code, the engine refuses it with the same words (offload_problem)
   in_code.zero.stage = 0;
   in_code.offload.optimizer = "cpu";

@@ -54,5 +54,34 @@ TEST(MemoryPlan, PartialOffloadSplitsTheOptimizerState) {
   EXPECT_EQ(host, (std::vector<bool>{false, false, true, true}));
 }
 
+// offload.optimizer: nvme: the master, m and v move from host memory to the file, each part 4 KiB aligned
+// (12 B per shard element and the alignment), and the host keeps buffer_count buffers of the largest
+// unit's; with f32 compute the host also keeps the f32 parameters the CPU step writes (the master was them).
+TEST(MemoryPlan, StateOnDiskKeepsBuffersOnTheHost) {
+  std::vector<std::vector<TensorSpec>> units;
+  for (int64_t rows : {64, 128, 96, 256}) units.push_back({{"w", Shape{rows, 64}}, {"b", Shape{rows}, true, false}});
+  for (DType param : {DType::bf16, DType::f32}) {
+    Config cfg = offload_ratio(1.0);
+    cfg.zero.stage = 3;
+    cfg.precision.param = param;
+    const MemoryPlan memory = plan_memory(units, cfg, 2, 0, false);
+    cfg.offload.optimizer = "nvme";
+    cfg.offload.buffer_count = 3;
+    const MemoryPlan disk = plan_memory(units, cfg, 2, 0, false);
+    const auto os = static_cast<std::size_t>(MemCategory::optim_state),
+               ms = static_cast<std::size_t>(MemCategory::master),
+               st = static_cast<std::size_t>(MemCategory::offload_staging);
+    EXPECT_EQ(memory.disk, 0);
+    EXPECT_EQ(disk.host[ms], 0);
+    EXPECT_EQ(disk.device, memory.device);
+    int64_t file = 0;  // each unit's shard: (rows x 65) / 2 elements, 3 parts of 4 B each rounded up to 4 KiB
+    for (int64_t rows : {64, 128, 96, 256}) file += 3 * offload::swap_aligned(rows * 65 / 2 * 4);
+    EXPECT_EQ(disk.disk, file);
+    EXPECT_EQ(disk.host[os], 3 * 3 * offload::swap_aligned(256 * 65 / 2 * 4) + 4096);
+    // f32 compute: the CPU step's f32 output on the host, as large as the master it replaces.
+    EXPECT_EQ(disk.host[st] - memory.host[st], param == DType::f32 ? memory.host[ms] : 0) << dtype_name(param);
+  }
+}
+
 }  // namespace
 }  // namespace zs

@@ -1,0 +1,107 @@
+// StateSwap: the optimizer state on a local disk (offload.optimizer: nvme, ZeRO-Infinity's NVMe tier). Every
+// offloaded unit's f32 master, m and v live in one region of a file; the host keeps `count` buffers, each
+// the size of the largest region. Ahead of a unit's CPU update a reader thread reads its region into the
+// next buffer; behind the update a writer thread writes the buffer back, and the buffer then takes the next
+// read. The disk streams both ways while the CPU updates, and host memory holds `count` units' state instead
+// of all of it.
+//
+// The file is created under a unique name and unlinked at once (a crash leaves nothing behind); it is
+// allocated in full up front, so a full disk is an error at start-up, not in step 1000. It is opened with
+// O_DIRECT where the filesystem allows it, so the state does not come back into host memory as page cache;
+// regions, offsets and buffers are 4 KiB aligned for that.
+#pragma once
+
+#include <array>
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <mutex>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace zs::offload {
+
+inline constexpr int64_t kSwapAlignment = 4096;  // O_DIRECT's: offsets, lengths and buffers
+
+constexpr int64_t swap_aligned(int64_t bytes) {
+  return (bytes + kSwapAlignment - 1) / kSwapAlignment * kSwapAlignment;
+}
+
+// One unit's region of the file: its parts (master, m, v; 0 bytes where the optimizer keeps no such state)
+// one after the other, each at a 4 KiB aligned offset. Pure.
+struct SwapRegion {
+  std::array<int64_t, 3> bytes{};
+  std::array<int64_t, 3> offset{};
+  int64_t size = 0;  // a multiple of 4 KiB
+};
+SwapRegion swap_region(int64_t master, int64_t m, int64_t v);
+// The file's bytes (the regions one after the other), and the host bytes of `count` buffers of the
+// largest region, with the slack to align the first to 4 KiB. Pure.
+int64_t swap_file_bytes(std::span<const SwapRegion> regions);
+int64_t swap_buffer_bytes(std::span<const SwapRegion> regions, int count);
+
+class StateSwap {
+ public:
+  using Parts = std::array<void*, 3>;  // a unit's master, m and v in a buffer (null where its region has none)
+
+  // Creates the file in directory `dir` (it must exist), named for `rank`, and allocates it; `buffers` is
+  // host memory of swap_buffer_bytes(regions, count) bytes, the caller's, outliving this. count >= 2.
+  StateSwap(const std::string& dir, int rank, std::vector<SwapRegion> regions, void* buffers, int count);
+  ~StateSwap();
+  StateSwap(const StateSwap&) = delete;
+  StateSwap& operator=(const StateSwap&) = delete;
+
+  // The step. prefetch(u) queues unit u's region to be read into the next buffer and returns at once;
+  // acquire(u) waits until it is there; release(u) queues the write-back, after which the buffer takes
+  // the next read. Units are acquired and released in the order they were prefetched (one thread), and
+  // every prefetched unit is acquired and released. acquire throws when a read or write failed.
+  void prefetch(int u);
+  Parts acquire(int u);
+  void release(int u);
+  // Waits until every prefetched unit is back on the disk; rethrows the first I/O failure.
+  void drain();
+  // Between steps: unit u's region, read into a buffer now (again only when another unit was read or the
+  // step ran since); put(u) writes that buffer back now.
+  Parts get(int u);
+  void put(int u);
+
+  const SwapRegion& region(int u) const { return regions_[static_cast<std::size_t>(u)]; }
+  const std::string& path() const { return path_; }  // the name it was created under (unlinked)
+  bool direct() const { return direct_; }            // O_DIRECT (false where the filesystem refused it)
+  int64_t file_bytes() const { return file_bytes_; }
+
+ private:
+  void run(bool writer);                     // an I/O thread: the reads, or the writes
+  void io(bool write, int u, char* buffer);  // one whole region, synchronously; throws naming the op
+  char* buffer(int64_t seq) const { return base_ + (seq % count_) * slot_; }
+  Parts parts(int u, char* buffer) const;
+  void rethrow_locked() const;
+
+  std::string path_;
+  int rank_;
+  int fd_ = -1;
+  bool direct_ = false;
+  std::vector<SwapRegion> regions_;
+  std::vector<int64_t> offset_;  // each region's offset in the file
+  int64_t file_bytes_ = 0, slot_ = 0;
+  char* base_ = nullptr;
+  int count_;
+  // Jobs in prefetch order; job s uses buffer s % count_. Counts of jobs queued, read, acquired, released
+  // and written (in that order, each by one thread): written_ <= released_ <= acquired_ <= read_ <= queued_.
+  // A read starts once the job count_ before it (its buffer's) and the last job of its unit (the state it
+  // reads) are written. unit_of_ and after_ (that last job's number, or -1) are rings, allocated once, over
+  // the jobs not yet written; last_job_ is each unit's latest job.
+  std::vector<int> unit_of_;
+  std::vector<int64_t> after_, last_job_;
+  int64_t queued_ = 0, read_ = 0, acquired_ = 0, released_ = 0, written_ = 0;
+  int held_ = -1;  // get(): the unit in buffer 0 between steps
+  bool stop_ = false;
+  std::exception_ptr error_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::thread reader_, writer_;
+};
+
+}  // namespace zs::offload
