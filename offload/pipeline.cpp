@@ -162,8 +162,13 @@ void Pipeline::update(const kernels::OptimizerHyper& h, float grad_scale, std::s
   cpu_->synchronize();
   step_ = {h, grad_scale, slot_};
   updated_order_.clear();
-  if (swap_)  // the reads run ahead of the updates, as far as the buffers allow
+  if (ahead_) {  // the reads were queued in the backward, in this order
+    ZS_CHECK(std::equal(order.begin(), order.end(), ahead_order_.begin(), ahead_order_.end()),
+             "offload: the update's order differs from the read-ahead's (a bug)");
+    ahead_ = false;
+  } else if (swap_) {  // the reads run ahead of the updates, as far as the buffers allow
     for (int u : order) swap_->prefetch(u);
+  }
   if (delayed_) {
     // The previous step's update has had a whole forward and backward to finish; its results go up now
     // and this step's update starts behind the next step (each unit once its upload has read the host copy).
@@ -192,6 +197,25 @@ void Pipeline::update(const kernels::OptimizerHyper& h, float grad_scale, std::s
   }
 }
 
+void Pipeline::read_ahead(std::span<const int> order) {
+  if (!swap_ || delayed_ || ahead_) return;
+  // The CPU is done with the last step's units (the forward waited for each), so their jobs are ahead of
+  // these in the swap's queue, as its order requires.
+  ahead_order_.assign(order.begin(), order.end());
+  for (int u : order) swap_->prefetch(u);
+  ahead_ = true;
+}
+
+void Pipeline::skip() {
+  if (!ahead_) return;
+  for (int u : ahead_order_)
+    cpu_->submit([this, u] {
+      swap_->acquire(u);
+      swap_->release(u, /*changed=*/false);
+    });
+  ahead_ = false;
+}
+
 void Pipeline::wait_params(int u, Stream& stream) {
   if (!delayed_) {  // its upload is enqueued after its update
     const int64_t t0 = now_ns();
@@ -212,6 +236,7 @@ Timing Pipeline::take_timing() {
 }
 
 void Pipeline::drain() {
+  skip();
   cpu_->synchronize();
   download_->synchronize();
   upload_->synchronize();

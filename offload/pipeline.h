@@ -83,6 +83,13 @@ class Pipeline {
   void finish_early(std::span<const int> order);
   // The units in the order the CPU updated them in the last step (complete once it is drained).
   const std::vector<int>& updated_order() const { return updated_order_; }
+  // The state on disk, streaming: this step's reads start now, during the backward, in `order` (the order
+  // update() will take), as far ahead as the buffers allow; once a step (later calls in the step do
+  // nothing). update() must then take the same order, or skip() end the step. Does nothing without a
+  // StateSwap or in delayed mode (whose reads follow the previous step's update).
+  void read_ahead(std::span<const int> order);
+  // A step without an update (overflow, a non-finite norm): the state read ahead goes back unchanged.
+  void skip();
   // The step: every unit's update with h (h.step is the step number), its gradient multiplied by
   // grad_scale, in `order` (every unit once: the order the next forward needs them). Returns at once; the
   // CPU works behind it.
@@ -95,7 +102,8 @@ class Pipeline {
   const void* host_param_source(int u) const;
   // The Timing since the last call (updates still running count once they are done).
   Timing take_timing();
-  // Blocks until nothing is in flight (copies, updates, uploads); rethrows a failure of the CPU step.
+  // Blocks until nothing is in flight (copies, updates, uploads); rethrows a failure of the CPU step. A
+  // read-ahead without its update is skipped (the state goes back unchanged).
   void drain();
   // Drains, and forgets a delayed update that was not uploaded (the parameters were just replaced).
   void discard_pending();
@@ -130,6 +138,9 @@ class Pipeline {
   bool early_ = false;    // this step's downloads also update (from update_early to finish_early)
   int slot_ = 0;          // the grads[] slot this step's downloads fill (delayed mode alternates)
   bool pending_ = false;  // delayed: updated on the host, not uploaded yet
+  // read_ahead(): this step's reads are queued, in ahead_order_ (sized once).
+  bool ahead_ = false;
+  std::vector<int> ahead_order_;
   // Timing, summed by the CPU worker (updates) and the host (waits); take_timing() reads and clears them.
   std::atomic<int64_t> update_ns_{0}, update_bytes_{0}, updates_{0}, wait_ns_{0};
 };

@@ -89,6 +89,7 @@ StateSwap::StateSwap(const std::string& dir, int rank, std::vector<SwapRegion> r
   }
   unit_of_.resize(regions_.size() + static_cast<std::size_t>(count_));
   after_.resize(unit_of_.size());
+  changed_.resize(unit_of_.size());
   last_job_.assign(regions_.size(), -1);
   reader_ = std::thread([this] { run(false); });
   writer_ = std::thread([this] { run(true); });
@@ -151,6 +152,11 @@ void StateSwap::run(bool writer) {
     if (stop_ || error_) return;  // after an error the swap is unusable; every later call rethrows it
     const int64_t s = writer ? written_ : read_;
     const int u = unit_of_[static_cast<std::size_t>(s % cap)];
+    if (writer && !changed_[static_cast<std::size_t>(s % cap)]) {  // unchanged: the disk has it
+      ++written_;
+      cv_.notify_all();
+      continue;
+    }
     lk.unlock();
     try {
       io(writer, u, buffer(s));
@@ -196,12 +202,13 @@ StateSwap::Parts StateSwap::acquire(int u) {
   return parts(u, buffer(acquired_++));
 }
 
-void StateSwap::release(int u) {
+void StateSwap::release(int u, bool changed) {
   {
     std::lock_guard lk(mu_);
     const auto cap = static_cast<int64_t>(unit_of_.size());
     ZS_CHECK(released_ < acquired_ && unit_of_[static_cast<std::size_t>(released_ % cap)] == u,
              "offload: unit {}'s optimizer state released out of order (a bug)", u);
+    changed_[static_cast<std::size_t>(released_ % cap)] = changed;
     ++released_;
   }
   cv_.notify_all();

@@ -57,9 +57,10 @@ class StateSwap {
   // acquire(u) waits until it is there; release(u) queues the write-back, after which the buffer takes
   // the next read. Units are acquired and released in the order they were prefetched (one thread), and
   // every prefetched unit is acquired and released. acquire throws when a read or write failed.
+  // release(u, false): the state was not changed (a skipped step), so it is not written back.
   void prefetch(int u);
   Parts acquire(int u);
-  void release(int u);
+  void release(int u, bool changed = true);
   // Waits until every prefetched unit is back on the disk; rethrows the first I/O failure.
   void drain();
   // Between steps: unit u's region, read into a buffer now (again only when another unit was read or the
@@ -95,6 +96,7 @@ class StateSwap {
   // the jobs not yet written; last_job_ is each unit's latest job.
   std::vector<int> unit_of_;
   std::vector<int64_t> after_, last_job_;
+  std::vector<char> changed_;  // ring: the job's release changed the state (else the writer skips it)
   int64_t queued_ = 0, read_ = 0, acquired_ = 0, released_ = 0, written_ = 0;
   int held_ = -1;  // get(): the unit in buffer 0 between steps
   bool stop_ = false;

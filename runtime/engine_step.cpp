@@ -94,6 +94,8 @@ void Engine::reduce_grads(UnitId id) {
       offload_->update_early(hyper(step_ + 1), static_cast<float>(1.0 / cfg_.zero.grad_accumulation));
       early_started_ = true;
     }
+    // With the state on disk the step's reads start now, behind the backward (once the order is known).
+    if (!update_order_.empty()) offload_->read_ahead(update_order_);
     u.pending = reduce_scatter(full, shard);
     // The norm from the device's copy, as without offload: the host, whose memory traffic bounds the
     // offloaded step, then reads the gradients once (in the update). Summed behind the reduce on its
@@ -183,6 +185,7 @@ StepStats Engine::step() {
   st.loss_scale = scale;
   if (dynamic_scaling_ && scaler_.update(!std::isfinite(norm))) {
     // Overflow: no update this step, a smaller scale for the next; the scaled gradients are dropped.
+    if (offload_) offload_->skip();
     st.skipped = true;
     st.grad_norm = norm;
     st.lr = cfg_.schedule.lr(cfg_.optimizer.lr, step_ + 1);
@@ -191,9 +194,10 @@ StepStats Engine::step() {
     return st;
   }
   if (!std::isfinite(norm)) {
-    // An early update has been changing the units as they landed: let it finish before reporting, so
-    // nothing is in flight when the caller resumes from a checkpoint.
-    if (early_started_) offload_->drain();
+    // An early update has been changing the units as they landed (or, with the state on disk, reads have
+    // been running ahead: they go back unchanged): let it finish before reporting, so nothing is in flight
+    // when the caller resumes from a checkpoint.
+    if (offload_) offload_->drain();
     std::string bad;
     for (std::size_t i = 0; i < units_.size(); ++i)
       if (!std::isfinite(host[i])) bad += (bad.empty() ? "" : ", ") + units_[i]->name;

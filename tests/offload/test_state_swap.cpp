@@ -76,7 +76,8 @@ struct SwapFixture : ::testing::Test {
 
 // Five steps over 7 units with 3 buffers: the host prefetches each step's order (forward, then backward,
 // then forward...) while the "CPU" thread acquires each unit, checks it holds the last step's bytes, writes
-// this step's and releases it. Between steps get/put read and write single units in place.
+// this step's and releases it; then a step that changes nothing writes nothing. Between steps get/put read
+// and write single units in place.
 TEST_F(SwapFixture, CyclesEveryUnitThroughFewerBuffersByteForByte) {
   std::vector<char> mem = buffers(3);
   StateSwap swap(dir.string(), 5, regions, mem.data(), 3);
@@ -105,6 +106,12 @@ TEST_F(SwapFixture, CyclesEveryUnitThroughFewerBuffersByteForByte) {
     for (int u : order) swap.prefetch(u);
     cpu.join();
     EXPECT_EQ(bad, "") << "step " << step;
+  }
+  // A skipped step: each unit read and scribbled on, but released unchanged, so not written back.
+  for (int u = 0; u < n; ++u) swap.prefetch(u);
+  for (int u = 0; u < n; ++u) {
+    fill(swap.acquire(u), regions[static_cast<std::size_t>(u)], u, 7);
+    swap.release(u, /*changed=*/false);
   }
   swap.drain();
   for (int u = n; u-- > 0;) EXPECT_EQ(mismatch(swap.get(u), regions[static_cast<std::size_t>(u)], u, 5), "");
