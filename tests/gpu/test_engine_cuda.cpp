@@ -83,6 +83,33 @@ TEST(EngineCuda, PartialOffloadMatchesTheDeviceOptimizerAtWorldOne) {
   }
 }
 
+// The optimizer's state on disk (offload.optimizer: nvme) on CUDA: the same CPU step as with the state in
+// pinned memory, only read from the file ahead of each update, so bit-identical to it; a checkpoint saved
+// from the disk and loaded by an engine with the state in memory trains on bit-identical too.
+TEST(EngineCuda, StateOnDiskMatchesTheStateInMemoryAtWorldOne) {
+  ZS_REQUIRE_GPU();
+  auto [cpu_pg, gpu_pg] = cpu_and_gpu_groups();
+  using O = kernels::Optimizer;
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / fmt::format("zs_gpu_nvme_{}", getpid());
+  for (const Case& c :
+       {Case{2, DType::bf16, 2, 1, 1.0f, O::adamw, false, 1}, Case{3, DType::bf16, 2, 1, 0.0f, O::adamw, false, 2}}) {
+    std::filesystem::remove_all(dir);
+    Engine memory(make_config(c), *gpu_pg.world);
+    const Trajectory want = train(c, memory, 15);
+    Engine disk(on_nvme(make_config(c)), *gpu_pg.world);
+    ASSERT_TRUE(disk.device().is_cuda());
+    const Trajectory got = train(c, disk, 10);
+    disk.save_checkpoint(dir.string());
+    Engine resumed(make_config(c), *gpu_pg.world);
+    for (auto& [n, tensors] : model_units()) resumed.add_unit(n, tensors);
+    resumed.load_checkpoint(dir.string());
+    const Trajectory rest = train(c, resumed, 5);
+    EXPECT_EQ(rest.params, want.params) << name(c, 1) << ": saved from the disk, resumed in memory";
+    EXPECT_EQ(got.losses, std::vector<double>(want.losses.begin(), want.losses.begin() + 10)) << name(c, 1);
+  }
+  std::filesystem::remove_all(dir);
+}
+
 // checkpoint.async on CUDA: the staging copy comes from device memory into pinned host memory, and the files
 // are the bytes a synchronous save writes, though training changes the device's states while they are written.
 TEST(EngineCuda, AsyncCheckpointWritesWhatASynchronousSaveWrites) {
