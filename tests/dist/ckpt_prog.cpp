@@ -3,7 +3,8 @@
 // the middle of writing a checkpoint.
 //   ckpt_prog train DIR STEPS [--kill-at K] [--stall-at K] [--out FILE]   (FILE: the final parameters)
 //   ckpt_prog kill-during-save DIR
-// With ZS_TEST_ASYNC_CHECKPOINT=1 it saves with checkpoint.async.
+// With ZS_TEST_ASYNC_CHECKPOINT=1 it saves with checkpoint.async; with ZS_TEST_NVME_PATH=DIR its optimizer
+// state is on disk in DIR (offload.optimizer: nvme).
 #include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -41,6 +42,10 @@ int main(int argc, char** argv) {
     Config cfg = test::make_config(kCase);
     cfg.checkpoint.dir = dir;
     cfg.checkpoint.async = env_int("ZS_TEST_ASYNC_CHECKPOINT") == 1;
+    if (const char* nvme = std::getenv("ZS_TEST_NVME_PATH")) {
+      cfg.offload.optimizer = "nvme";
+      cfg.offload.nvme_path = nvme;
+    }
     if (mode == "train") {
       const int steps = argc > 3 ? std::atoi(argv[3]) : 0;
       int kill_at = -1, stall_at = -1;

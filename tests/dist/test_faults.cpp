@@ -260,9 +260,12 @@ TEST(CheckpointFaults, RankKilledMidWriteLeavesThePreviousCheckpoint) {
 
 // zsrun --max-restarts: a rank SIGKILLed at step 34 of 60 (checkpoints every 10 steps); the restarted job
 // resumes from step 30 and ends with parameters bit-identical to a run that was never interrupted. The same
-// with checkpoint.async, where the kill may come before step 30's save is committed (then it resumes from 20).
+// with checkpoint.async, where the kill may come before step 30's save is committed (then it resumes from 20),
+// and with the optimizer's state on disk (offload.optimizer: nvme), whose files the killed job leaves none of.
 TEST(CheckpointFaults, RestartResumesFromTheLatestCheckpointExactly) {
-  for (const std::string env : {"", "ZS_TEST_ASYNC_CHECKPOINT=1 "}) {
+  const fs::path nvme = fresh_dir("ckpt_restart_nvme");
+  for (const std::string& env :
+       {std::string(), std::string("ZS_TEST_ASYNC_CHECKPOINT=1 "), "ZS_TEST_NVME_PATH=" + nvme.string() + " "}) {
     const fs::path a = fresh_dir("ckpt_restart_a"), b = fresh_dir("ckpt_restart_b");
     const CommandResult killed = run_command(
         env + job(2, "train " + (a / "ckpt").string() + " 60 --kill-at 34 --out " + (a / "final.safetensors").string(),
@@ -286,6 +289,8 @@ TEST(CheckpointFaults, RestartResumesFromTheLatestCheckpointExactly) {
     fs::remove_all(a);
     fs::remove_all(b);
   }
+  EXPECT_TRUE(fs::is_empty(nvme)) << "the optimizer state's files are unlinked from the start";
+  fs::remove_all(nvme);
 }
 
 // Watchdog: a rank that stops participating mid-step (it sleeps in its backward) makes its peers' collective
