@@ -238,9 +238,9 @@ int main(int argc, char** argv) {
     if (ot.updates > 0)
       std::printf(
           "  offload: CPU updates %.1f ms/step on %d threads (%.2f GB/step, %.1f GB/s), the host blocked on them "
-          "%.1f ms/step\n",
+          "%.1f ms/step, the CPU waited for the disk %.1f ms/step\n",
           ot.update_ms / a.steps, kernels::cpu_threads(), ot.update_bytes / a.steps / 1e9,
-          ot.update_bytes / (ot.update_ms * 1e6), ot.wait_ms / a.steps);
+          ot.update_bytes / (ot.update_ms * 1e6), ot.wait_ms / a.steps, ot.disk_wait_ms / a.steps);
     return 0;
   } catch (const std::exception& ex) {
     std::fprintf(stderr, "offload_bench: %s\n", ex.what());

@@ -128,7 +128,12 @@ void Pipeline::upload(int u) {
 void Pipeline::update_unit(int u) {
   const UnitShard& s = units_[static_cast<std::size_t>(u)];
   // The state: in host memory, or read from disk into a buffer ahead of this update (update() queued it).
-  const StateSwap::Parts state = swap_ ? swap_->acquire(u) : StateSwap::Parts{s.master, s.m, s.v};
+  StateSwap::Parts state{s.master, s.m, s.v};
+  if (swap_) {
+    const int64_t w0 = now_ns();
+    state = swap_->acquire(u);
+    disk_wait_ns_.fetch_add(now_ns() - w0, std::memory_order_relaxed);
+  }
   kernels::UpdateArgs a;
   a.n = s.n;
   a.param = static_cast<float*>(state[0]);
@@ -232,6 +237,7 @@ Timing Pipeline::take_timing() {
   t.update_bytes = static_cast<double>(update_bytes_.exchange(0, relaxed));
   t.updates = updates_.exchange(0, relaxed);
   t.wait_ms = static_cast<double>(wait_ns_.exchange(0, relaxed)) / 1e6;
+  t.disk_wait_ms = static_cast<double>(disk_wait_ns_.exchange(0, relaxed)) / 1e6;
   return t;
 }
 

@@ -43,13 +43,15 @@ struct UnitShard {
 };
 
 // Where the offloaded step's time went (Pipeline::take_timing): the CPU worker's time in updates and the
-// bytes those moved (kernels::update_bytes_per_element), and the host's time blocked in wait_params on an
-// update the CPU had not finished (streaming: the next forward waiting for the CPU).
+// bytes those moved (kernels::update_bytes_per_element), the host's time blocked in wait_params on an
+// update the CPU had not finished (streaming: the next forward waiting for the CPU), and with the state on
+// disk the CPU worker's time waiting for its reads (the disk behind: more buffers, or a faster disk).
 struct Timing {
   double update_ms = 0.0;
   double update_bytes = 0.0;
   int64_t updates = 0;
   double wait_ms = 0.0;
+  double disk_wait_ms = 0.0;
 };
 
 // The CPU step's threads on a GPU machine when ZS_CPU_THREADS does not say: this rank's share of the
@@ -142,7 +144,7 @@ class Pipeline {
   bool ahead_ = false;
   std::vector<int> ahead_order_;
   // Timing, summed by the CPU worker (updates) and the host (waits); take_timing() reads and clears them.
-  std::atomic<int64_t> update_ns_{0}, update_bytes_{0}, updates_{0}, wait_ns_{0};
+  std::atomic<int64_t> update_ns_{0}, update_bytes_{0}, updates_{0}, wait_ns_{0}, disk_wait_ns_{0};
 };
 
 }  // namespace zs::offload

@@ -87,7 +87,7 @@ StateSwap::StateSwap(const std::string& dir, int rank, std::vector<SwapRegion> r
     direct_ = false;  // accepted by fcntl but refused on I/O (some filesystems): the page cache it is
     ::fcntl(fd_, F_SETFL, flags);
   }
-  unit_of_.resize(regions_.size() + static_cast<std::size_t>(count_));
+  unit_of_.resize(2 * regions_.size() + static_cast<std::size_t>(count_));
   after_.resize(unit_of_.size());
   changed_.resize(unit_of_.size());
   last_job_.assign(regions_.size(), -1);
@@ -178,11 +178,12 @@ void StateSwap::rethrow_locked() const {
 
 void StateSwap::prefetch(int u) {
   {
-    std::lock_guard lk(mu_);
-    rethrow_locked();
+    std::unique_lock lk(mu_);
+    // The ring holds two steps' jobs and the buffers'; a third step's prefetch waits for the oldest
+    // jobs' writes (their acquires were queued before it, so they go on without this thread).
     const auto cap = static_cast<int64_t>(unit_of_.size());
-    ZS_CHECK(queued_ - written_ < cap, "offload: {} units' optimizer state queued for {} buffers (a bug)",
-             queued_ - written_, cap);
+    cv_.wait(lk, [&] { return error_ || queued_ - written_ < cap; });
+    rethrow_locked();
     unit_of_[static_cast<std::size_t>(queued_ % cap)] = u;
     int64_t& last = last_job_[static_cast<std::size_t>(u)];
     after_[static_cast<std::size_t>(queued_ % cap)] = last;

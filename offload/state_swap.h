@@ -53,7 +53,8 @@ class StateSwap {
   StateSwap(const StateSwap&) = delete;
   StateSwap& operator=(const StateSwap&) = delete;
 
-  // The step. prefetch(u) queues unit u's region to be read into the next buffer and returns at once;
+  // The step. prefetch(u) queues unit u's region to be read into the next buffer and returns (at once
+  // unless two steps' jobs are still queued: then once the oldest is written);
   // acquire(u) waits until it is there; release(u) queues the write-back, after which the buffer takes
   // the next read. Units are acquired and released in the order they were prefetched (one thread), and
   // every prefetched unit is acquired and released. acquire throws when a read or write failed.
@@ -93,7 +94,8 @@ class StateSwap {
   // and written (in that order, each by one thread): written_ <= released_ <= acquired_ <= read_ <= queued_.
   // A read starts once the job count_ before it (its buffer's) and the last job of its unit (the state it
   // reads) are written. unit_of_ and after_ (that last job's number, or -1) are rings, allocated once, over
-  // the jobs not yet written; last_job_ is each unit's latest job.
+  // the jobs not yet written (two steps' and the buffers': prefetch waits beyond); last_job_ is each unit's
+  // latest job.
   std::vector<int> unit_of_;
   std::vector<int64_t> after_, last_job_;
   std::vector<char> changed_;  // ring: the job's release changed the state (else the writer skips it)

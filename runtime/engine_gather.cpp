@@ -265,12 +265,13 @@ std::vector<float> Engine::read_param(UnitId id, std::string_view tensor) {
   const DType t = frozen ? compute_ : DType::f32;
   const char* full = nullptr;
   const char* shard = nullptr;
+  const bool on_disk = !frozen && u.pipe >= 0 && offload_->swap();  // offload.optimizer: nvme: read below
   if (frozen) {
     if (stage <= 2)
       full = static_cast<const char*>(u.full_params.data()) + u.layout.padded * static_cast<int64_t>(dtype_size(t));
     else
       shard = static_cast<const char*>(u.frozen_shard.data());
-  } else {
+  } else if (!on_disk) {
     const char* master = static_cast<const char*>(u.master.data() ? u.master.data() : u.full_params.data());
     if (stage == 0)
       full = master;
@@ -278,9 +279,8 @@ std::vector<float> Engine::read_param(UnitId id, std::string_view tensor) {
       shard = u.master.data() ? master : master + l.shard * r * 4;
   }
   compute_stream_->synchronize();
-  if (offload_) offload_->drain();                 // the master is on the host, maybe still being updated
-  if (!frozen && u.pipe >= 0 && offload_->swap())  // ... or on disk (offload.optimizer: nvme)
-    shard = static_cast<const char*>(offload_->swap()->get(u.pipe)[0]);
+  if (offload_) offload_->drain();  // the master is on the host, maybe still being updated
+  if (on_disk) shard = static_cast<const char*>(offload_->swap()->get(u.pipe)[0]);
   Buffer tmp;
   if (!full) {
     tmp = Buffer(l.padded * dtype_size(t), MemoryKind::device, device_, MemCategory::other);

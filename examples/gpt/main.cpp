@@ -242,11 +242,13 @@ int main(int argc, char** argv) {
       if ((eval_every > 0 && (step + 1) % eval_every == 0) || last) val = validate();
       if ((step + 1) % log_every == 0 || last) {
         const double train_loss = mean_over_ranks(window_loss / window);
-        // Offloaded: the CPU's update time per step, and how long the next forward waited for it.
+        // Offloaded: the CPU's update time per step, how long the next forward waited for it, and with the
+        // state on disk how long the CPU waited for its reads.
         const zs::offload::Timing ot = engine.take_offload_timing();
-        const std::string offload = ot.updates > 0 ? fmt::format(" | CPU step {:.1f} ms, waited {:.1f} ms",
-                                                                 ot.update_ms / window, ot.wait_ms / window)
-                                                   : "";
+        std::string offload = ot.updates > 0 ? fmt::format(" | CPU step {:.1f} ms, waited {:.1f} ms",
+                                                           ot.update_ms / window, ot.wait_ms / window)
+                                             : "";
+        if (cfg.offload.state_on_nvme()) offload += fmt::format(", disk {:.1f} ms", ot.disk_wait_ms / window);
         if (rank == 0) {
           if (tty) std::printf("\r\033[K");
           std::printf("step %5lld/%d | loss %.3f | val %s | lr %.2e | |g| %.2f | %.0f ms/step | %.1fk tok/s%s\n",

@@ -3,9 +3,12 @@
 // update(), exactly as the optimizer kernel updates it in place; finish_early takes the units the CPU has
 // not started yet in the next forward's order, each still updated once.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
+#include <cstring>
+#include <filesystem>
 #include <future>
 #include <memory>
 #include <thread>
@@ -16,6 +19,7 @@
 #include "core/stream.h"
 #include "kernels/kernels.h"
 #include "offload/pipeline.h"
+#include "offload/state_swap.h"
 
 namespace zs {
 namespace {
@@ -180,6 +184,68 @@ TEST(OffloadPipeline, TimingCountsTheUpdatesTheirBytesAndTheHostsWait) {
   EXPECT_EQ(none.update_bytes, 0.0);
   EXPECT_EQ(none.update_ms, 0.0);
   EXPECT_EQ(none.wait_ms, 0.0);
+}
+
+// The state on disk (a StateSwap): the same update as in memory, bit for bit, over three steps; the reads
+// queued early (read_ahead) are taken by the update in their order; a skipped step leaves the state as it
+// was; the CPU's wait for the disk is counted (and is zero with the state in memory).
+TEST(OffloadPipeline, StateOnDiskUpdatesAsTheStateInMemory) {
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / fmt::format("zs_pipe_{}", ::getpid());
+  std::filesystem::create_directories(dir);
+  std::vector<UnitData> memory{UnitData(1000, 1), UnitData(37, 2), UnitData(4099, 3)};
+  std::vector<UnitData> disk = memory;
+  std::vector<offload::SwapRegion> regions;
+  for (const UnitData& u : disk) {
+    const auto bytes = static_cast<int64_t>(u.master.size()) * 4;
+    regions.push_back(offload::swap_region(bytes, bytes, bytes));
+  }
+  std::vector<char> buffers(static_cast<std::size_t>(offload::swap_buffer_bytes(regions, 2)));
+  auto swap = std::make_unique<offload::StateSwap>(dir.string(), 0, regions, buffers.data(), 2);
+  offload::StateSwap* s = swap.get();
+  for (int u = 0; u < 3; ++u) {  // the initial state into the file (as the engine's init does)
+    const offload::StateSwap::Parts parts = s->get(u);
+    const UnitData& d = disk[static_cast<std::size_t>(u)];
+    std::memcpy(parts[0], d.master.data(), d.master.size() * 4);
+    std::memset(parts[1], 0, d.m.size() * 4);
+    std::memset(parts[2], 0, d.v.size() * 4);
+    s->put(u);
+  }
+  std::vector<offload::UnitShard> on_disk = shards_of(disk);
+  for (offload::UnitShard& sh : on_disk) sh.master = nullptr, sh.m = sh.v = nullptr;
+  offload::Pipeline a(Device::cpu(), DType::bf16, DType::f32, DType::f32, false, shards_of(memory));
+  offload::Pipeline b(Device::cpu(), DType::bf16, DType::f32, DType::f32, false, std::move(on_disk), std::move(swap));
+  const std::vector<int> order{2, 0, 1};
+  for (int step = 1; step <= 4; ++step) {
+    kernels::OptimizerHyper h = adamw();
+    h.step = step;
+    for (int u : {1, 2, 0}) {
+      if (u == 1) b.read_ahead(order);  // the first download of the step, as the engine calls it
+      a.download(u, memory[static_cast<std::size_t>(u)].device_grads.data(), nullptr);
+      b.download(u, disk[static_cast<std::size_t>(u)].device_grads.data(), nullptr);
+    }
+    if (step == 3) {  // skipped: no update, the state read ahead goes back unchanged
+      b.skip();
+      continue;
+    }
+    a.update(h, 0.5f, order);
+    b.update(h, 0.5f, order);
+    a.drain();
+    b.drain();
+  }
+  for (int u = 0; u < 3; ++u) {
+    const UnitData& m = memory[static_cast<std::size_t>(u)];
+    const offload::StateSwap::Parts parts = b.swap()->get(u);
+    EXPECT_EQ(0, std::memcmp(parts[0], m.master.data(), m.master.size() * 4)) << "master, unit " << u;
+    EXPECT_EQ(0, std::memcmp(parts[1], m.m.data(), m.m.size() * 4)) << "m, unit " << u;
+    EXPECT_EQ(0, std::memcmp(parts[2], m.v.data(), m.v.size() * 4)) << "v, unit " << u;
+    EXPECT_EQ(disk[static_cast<std::size_t>(u)].device_params, m.device_params) << "uploaded, unit " << u;
+  }
+  EXPECT_EQ(a.take_timing().disk_wait_ms, 0.0);
+  EXPECT_EQ(b.take_timing().updates, 9);
+  b.read_ahead(order);
+  EXPECT_THROW(b.update(adamw(), 1.0f, std::vector<int>{0, 1, 2}), Error) << "an order other than the read-ahead's";
+  b.drain();  // the read-ahead goes back unchanged
+  std::filesystem::remove_all(dir);
 }
 
 TEST(OffloadPipeline, DefaultCpuThreadsLeaveACoreToEachGpu) {
