@@ -344,11 +344,16 @@ void Engine::setup_offload(std::vector<offload::SwapRegion> on_disk) {
                                                 swap_buffers_.data(), count);
     if (comm_->rank() == 0)
       log::info(
-          "offload: the optimizer state is on disk, {:.2f} GiB for rank 0 in {} ({}), streamed through {} host "
+          "offload: the optimizer state is on disk, {:.2f} GiB for rank 0 in {}, streamed through {} host "
           "buffers of {:.1f} MiB",
-          static_cast<double>(swap->file_bytes()) / 1073741824.0, cfg_.offload.nvme_path,
-          swap->direct() ? "O_DIRECT" : "through the page cache: the filesystem refused O_DIRECT", count,
+          static_cast<double>(swap->file_bytes()) / 1073741824.0, cfg_.offload.nvme_path, count,
           static_cast<double>(swap_buffers_.bytes() - offload::kSwapAlignment) / count / 1048576.0);
+    if (!swap->direct())
+      log::warn(
+          "offload: the filesystem of offload.nvme_path '{}' refused O_DIRECT: the optimizer state passes through "
+          "the page cache, which holds it in host memory again while memory lasts; use a directory on a local "
+          "disk (ext4, xfs)",
+          cfg_.offload.nvme_path);
   }
   offload_ = std::make_unique<offload::Pipeline>(device_, compute_, reduce_, cfg_.optimizer.state_dtype,
                                                  cfg_.offload.delayed(), std::move(shards), std::move(swap));
