@@ -53,11 +53,11 @@ class StateSwap {
   StateSwap(const StateSwap&) = delete;
   StateSwap& operator=(const StateSwap&) = delete;
 
-  // The step. prefetch(u) queues unit u's region to be read into the next buffer and returns (at once
-  // unless two steps' jobs are still queued: then once the oldest is written);
-  // acquire(u) waits until it is there; release(u) queues the write-back, after which the buffer takes
-  // the next read. Units are acquired and released in the order they were prefetched (one thread), and
-  // every prefetched unit is acquired and released. acquire throws when a read or write failed.
+  // The step. prefetch(u) queues unit u's region to be read into the next buffer and returns (at once,
+  // unless two steps' jobs are still queued: then once the oldest is written); acquire(u) waits until it
+  // is there; release(u) queues the write-back, after which the buffer takes the next read. One thread
+  // acquires and releases the units in the order they were prefetched, every one of them. acquire throws
+  // when a read or write failed.
   // release(u, false): the state was not changed (a skipped step), so it is not written back.
   void prefetch(int u);
   Parts acquire(int u);
