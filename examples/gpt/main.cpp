@@ -248,7 +248,8 @@ int main(int argc, char** argv) {
         std::string offload = ot.updates > 0 ? fmt::format(" | CPU step {:.1f} ms, waited {:.1f} ms",
                                                            ot.update_ms / window, ot.wait_ms / window)
                                              : "";
-        if (cfg.offload.state_on_nvme()) offload += fmt::format(", disk {:.1f} ms", ot.disk_wait_ms / window);
+        if (ot.updates > 0 && cfg.offload.state_on_nvme())
+          offload += fmt::format(", disk {:.1f} ms", ot.disk_wait_ms / window);
         if (rank == 0) {
           if (tty) std::printf("\r\033[K");
           std::printf("step %5lld/%d | loss %.3f | val %s | lr %.2e | |g| %.2f | %.0f ms/step | %.1fk tok/s%s\n",

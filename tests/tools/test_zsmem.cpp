@@ -167,6 +167,22 @@ TEST(Zsmem, EstimateFollowsThePaddedLayout) {
   ASSERT_EQ(hr.size(), 2u);
   EXPECT_EQ(hr[0]["bytes"]["optim_state"].get<int64_t>(), 1000 * 4 * 256);
   EXPECT_EQ(hr[1]["host_bytes"]["optim_state"].get<int64_t>(), 1000 * 4 * 256);
+  // The optimizer's state on disk (offload nvme): each unit's 256-element shard of master, m and v is 3 parts
+  // of 1 KiB, each padded to 4 KiB in the file; the host keeps 4 buffers of one region (and 4 KiB to align
+  // them) instead, and no master. DeepSpeed's estimators have no NVMe figure.
+  const zs::test::CommandResult disk =
+      zsmem("estimate --params 1000000 --largest-unit 1000 --world 4 --stage 3 --offload optimizer nvme --json");
+  ASSERT_EQ(disk.rc, 0) << disk.output;
+  const auto dr = nlohmann::json::parse(disk.output);
+  ASSERT_EQ(dr.size(), 2u);
+  EXPECT_EQ(dr[0]["disk_bytes"].get<int64_t>(), 0);
+  EXPECT_EQ(dr[0]["host_bytes"]["master"].get<int64_t>(), 1000 * 4 * 256);
+  EXPECT_EQ(dr[1]["offload"], "nvme");
+  EXPECT_EQ(dr[1]["disk_bytes"].get<int64_t>(), 1000 * 3 * 4096);
+  EXPECT_EQ(dr[1]["host_bytes"]["master"].get<int64_t>(), 0);
+  EXPECT_EQ(dr[1]["host_bytes"]["optim_state"].get<int64_t>(), 4 * 3 * 4096 + 4096);
+  EXPECT_EQ(dr[1]["bytes"], dr[0]["bytes"]) << "the device holds the same";
+  EXPECT_TRUE(dr[1]["deepspeed_estimate"].is_null());
   EXPECT_EQ(zsmem("estimate --params 1000 --largest-unit 10 --optimizer sgd --states bf16").rc, 2);
   const zs::test::CommandResult table =
       zsmem("estimate --model gpt:d=64,L=2,V=256,T=32 --world 1 2 --device-memory 0.001");
