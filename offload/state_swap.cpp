@@ -1,13 +1,7 @@
 // StateSwap: the file, its reader and writer threads, and the buffers' hand-offs.
 #include "offload/state_swap.h"
 
-#include <fcntl.h>
-#include <sys/statvfs.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
-#include <filesystem>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -42,51 +36,24 @@ int64_t swap_buffer_bytes(std::span<const SwapRegion> regions, int count) {
   return largest == 0 ? 0 : largest * count + kSwapAlignment;
 }
 
+namespace {
+
+// Each region's offset in the file (the regions one after the other), and the file's size last.
+std::vector<int64_t> offsets(std::span<const SwapRegion> regions) {
+  std::vector<int64_t> out{0};
+  for (const SwapRegion& r : regions) out.push_back(out.back() + r.size);
+  return out;
+}
+
+}  // namespace
+
 StateSwap::StateSwap(const std::string& dir, int rank, std::vector<SwapRegion> regions, void* buffers, int count)
-    : rank_(rank), regions_(std::move(regions)), count_(count) {
-  ZS_CHECK(count >= 2, "offload.buffer_count {} must be at least 2 (one buffer is read while another is updated)",
-           count);
-  ZS_CHECK(!dir.empty(),
-           "rank {}: offload.optimizer: nvme needs offload.nvme_path: a directory on a fast local disk for the "
-           "optimizer's state",
-           rank);
-  std::error_code ec;
-  ZS_CHECK(std::filesystem::is_directory(dir, ec),
-           "rank {}: offload.nvme_path '{}' is not a directory; create it (on a fast local disk) or point "
-           "offload.nvme_path at one",
-           rank, dir);
-  for (const SwapRegion& r : regions_) {
-    offset_.push_back(file_bytes_);
-    file_bytes_ += r.size;
-    slot_ = std::max(slot_, r.size);
-  }
-  const auto addr = reinterpret_cast<uintptr_t>(buffers);
-  base_ = static_cast<char*>(buffers) + (swap_aligned(static_cast<int64_t>(addr)) - static_cast<int64_t>(addr));
-  std::string name = fmt::format("{}/zeroshard-optimizer-state.rank{}.XXXXXX", dir, rank);
-  fd_ = ::mkostemp(name.data(), O_CLOEXEC);
-  ZS_CHECK(fd_ >= 0, "rank {}: offload.optimizer: nvme could not create its file in '{}': {}; check the permissions",
-           rank, dir, detail::sys_error_string(errno));
-  path_ = name;
-  ::unlink(name.c_str());  // the open descriptor keeps it; nothing outlives the process
-  const int flags = ::fcntl(fd_, F_GETFL);
-  direct_ = flags != -1 && ::fcntl(fd_, F_SETFL, flags | O_DIRECT) == 0;
-  if (const int rc = ::posix_fallocate(fd_, 0, std::max<int64_t>(file_bytes_, 1)); rc != 0) {
-    struct statvfs fs {};
-    const double free_gib = ::fstatvfs(fd_, &fs) == 0
-                                ? static_cast<double>(fs.f_bavail) * static_cast<double>(fs.f_frsize) / 1073741824.0
-                                : -1.0;
-    ::close(fd_);
-    ZS_CHECK(rc != ENOSPC,
-             "rank {}: offload.optimizer: nvme needs {:.2f} GiB of disk in '{}' for this rank's optimizer state, "
-             "and {:.2f} GiB are free; free space, point offload.nvme_path at a larger disk, or use more ranks",
-             rank, static_cast<double>(file_bytes_) / 1073741824.0, dir, free_gib);
-    ZS_FAIL("rank {}: offload.optimizer: nvme could not allocate {} bytes in '{}': {}", rank, file_bytes_, dir,
-            detail::sys_error_string(rc));
-  }
-  if (direct_ && slot_ > 0 && ::pwrite(fd_, base_, kSwapAlignment, 0) != kSwapAlignment) {
-    direct_ = false;  // accepted by fcntl but refused on I/O (some filesystems): the page cache it is
-    ::fcntl(fd_, F_SETFL, flags);
-  }
+    : count_(at_least_two(count, "offload.buffer_count")),
+      regions_(std::move(regions)),
+      offset_(offsets(regions_)),
+      file_(dir, rank, offset_.back(), {"offload.optimizer: nvme", "optimizer state", "optimizer-state"}),
+      base_(swap_aligned(buffers)) {
+  for (const SwapRegion& r : regions_) slot_ = std::max(slot_, r.size);
   unit_of_.resize(2 * regions_.size() + static_cast<std::size_t>(count_));
   after_.resize(unit_of_.size());
   changed_.resize(unit_of_.size());
@@ -108,7 +75,6 @@ StateSwap::~StateSwap() {
   cv_.notify_all();
   reader_.join();
   writer_.join();
-  ::close(fd_);
 }
 
 StateSwap::Parts StateSwap::parts(int u, char* buffer) const {
@@ -120,23 +86,12 @@ StateSwap::Parts StateSwap::parts(int u, char* buffer) const {
 
 void StateSwap::io(bool write, int u, char* buffer) {
   const SwapRegion& r = regions_[static_cast<std::size_t>(u)];
-  const int64_t at = offset_[static_cast<std::size_t>(u)];
-  for (int64_t done = 0; done < r.size;) {
-    const auto n = static_cast<std::size_t>(r.size - done);
-    const ssize_t got = write ? ::pwrite(fd_, buffer + done, n, at + done) : ::pread(fd_, buffer + done, n, at + done);
-    if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) {
-      const int err = got < 0 ? errno : EIO;  // a read of 0 bytes: the file is shorter than it was allocated
-      std::string what;
-      for (std::size_t k = 0; k < 3; ++k)
-        if (r.bytes[k] > 0) what += fmt::format("{}{}", what.empty() ? "" : ", ", kParts[k]);
-      ZS_FAIL(
-          "rank {}: offload.optimizer: nvme: {} of unit {}'s optimizer state ({}; {} bytes at offset {}) in '{}' "
-          "failed: {}; check the disk (dmesg) and its free space",
-          rank_, write ? "writing" : "reading", u, what, r.size, at, path_, detail::sys_error_string(err));
-    }
-    done += got;
-  }
+  file_.io(write, offset_[static_cast<std::size_t>(u)], buffer, r.size, [&] {
+    std::string parts;
+    for (std::size_t k = 0; k < 3; ++k)
+      if (r.bytes[k] > 0) parts += fmt::format("{}{}", parts.empty() ? "" : ", ", kParts[k]);
+    return fmt::format("unit {}'s optimizer state ({})", u, parts);
+  });
 }
 
 void StateSwap::run(bool writer) {

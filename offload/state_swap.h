@@ -5,10 +5,8 @@
 // read. The disk streams both ways while the CPU updates, and host memory holds `count` units' state instead
 // of all of it.
 //
-// The file is created under a unique name and unlinked at once (a crash leaves nothing behind); it is
-// allocated in full up front, so a full disk is an error at start-up, not in step 1000. It is opened with
-// O_DIRECT where the filesystem allows it, so the state does not come back into host memory as page cache;
-// regions, offsets and buffers are 4 KiB aligned for that.
+// The file is a SwapFile (offload/swap_file.h: unlinked at once, allocated up front, O_DIRECT); regions,
+// offsets and buffers are 4 KiB aligned for it.
 #pragma once
 
 #include <array>
@@ -21,13 +19,9 @@
 #include <thread>
 #include <vector>
 
+#include "offload/swap_file.h"
+
 namespace zs::offload {
-
-inline constexpr int64_t kSwapAlignment = 4096;  // O_DIRECT's: offsets, lengths and buffers
-
-constexpr int64_t swap_aligned(int64_t bytes) {
-  return (bytes + kSwapAlignment - 1) / kSwapAlignment * kSwapAlignment;
-}
 
 // One unit's region of the file: its parts (master, m, v; 0 bytes where the optimizer keeps no such state)
 // one after the other, each at a 4 KiB aligned offset. Pure.
@@ -70,9 +64,9 @@ class StateSwap {
   void put(int u);
 
   const SwapRegion& region(int u) const { return regions_[static_cast<std::size_t>(u)]; }
-  const std::string& path() const { return path_; }  // the name it was created under (unlinked)
-  bool direct() const { return direct_; }            // O_DIRECT (false where the filesystem refused it)
-  int64_t file_bytes() const { return file_bytes_; }
+  const std::string& path() const { return file_.path(); }  // the name it was created under (unlinked)
+  bool direct() const { return file_.direct(); }            // O_DIRECT (false where the filesystem refused it)
+  int64_t file_bytes() const { return file_.bytes(); }
 
  private:
   void run(bool writer);                     // an I/O thread: the reads, or the writes
@@ -81,15 +75,12 @@ class StateSwap {
   Parts parts(int u, char* buffer) const;
   void rethrow_locked() const;
 
-  std::string path_;
-  int rank_;
-  int fd_ = -1;
-  bool direct_ = false;
-  std::vector<SwapRegion> regions_;
-  std::vector<int64_t> offset_;  // each region's offset in the file
-  int64_t file_bytes_ = 0, slot_ = 0;
-  char* base_ = nullptr;
   int count_;
+  std::vector<SwapRegion> regions_;
+  std::vector<int64_t> offset_;  // each region's offset in the file, and the file's size last
+  int64_t slot_ = 0;
+  SwapFile file_;
+  char* base_ = nullptr;
   // Jobs in prefetch order; job s uses buffer s % count_. Counts of jobs queued, read, acquired, released
   // and written (in that order, each by one thread): written_ <= released_ <= acquired_ <= read_ <= queued_.
   // A read starts once the job count_ before it (its buffer's) and the last job of its unit (the state it
