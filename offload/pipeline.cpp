@@ -23,7 +23,7 @@ int default_cpu_threads(int cores, int ranks_on_node) {
 }
 
 Pipeline::Pipeline(Device device, DType compute, DType reduce, DType state, bool delayed, std::vector<UnitShard> units,
-                   std::unique_ptr<StateSwap> swap)
+                   std::unique_ptr<StateSwap> swap, std::unique_ptr<ParamSwap> params)
     : device_(device),
       compute_(compute),
       reduce_(reduce),
@@ -31,6 +31,7 @@ Pipeline::Pipeline(Device device, DType compute, DType reduce, DType state, bool
       delayed_(delayed),
       units_(std::move(units)),
       swap_(std::move(swap)),
+      params_(std::move(params)),
       download_(make_stream(device)),
       upload_(make_stream(device)),
       cpu_(make_stream(Device::cpu())),
@@ -143,8 +144,8 @@ void Pipeline::update_unit(int u) {
   a.state1 = state[1];
   a.state2 = state[2];
   a.state_dtype = state_;
-  if (s.host_params) {  // bf16/f16 compute: the compute copy in the same pass
-    a.param_out = s.host_params;
+  if (s.host_params || params_) {  // bf16/f16 compute: the compute copy in the same pass (to disk: a slot)
+    a.param_out = params_ ? params_->begin_write(u) : s.host_params;
     a.param_out_dtype = compute_;
   }
   a.decay_ranges = s.decay;
@@ -152,6 +153,7 @@ void Pipeline::update_unit(int u) {
   const int64_t t0 = now_ns();
   kernels::optimizer_update(Device::cpu(), step_.h, a);
   if (swap_) swap_->release(u);  // written back behind the next updates
+  if (params_) params_->finish(u);
   update_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
   update_bytes_.fetch_add(s.n * kernels::update_bytes_per_element(a), std::memory_order_relaxed);
   updates_.fetch_add(1, std::memory_order_relaxed);
@@ -238,6 +240,7 @@ Timing Pipeline::take_timing() {
   t.updates = updates_.exchange(0, relaxed);
   t.wait_ms = static_cast<double>(wait_ns_.exchange(0, relaxed)) / 1e6;
   t.disk_wait_ms = static_cast<double>(disk_wait_ns_.exchange(0, relaxed)) / 1e6;
+  if (params_) t.param_disk = params_->take_stats();
   return t;
 }
 
@@ -247,6 +250,7 @@ void Pipeline::drain() {
   download_->synchronize();
   upload_->synchronize();
   if (swap_) swap_->drain();
+  if (params_) params_->drain();
 }
 
 void Pipeline::discard_pending() {

@@ -24,6 +24,7 @@
 
 #include "core/buffer.h"
 #include "kernels/kernels.h"
+#include "offload/param_swap.h"
 #include "offload/state_swap.h"
 
 namespace zs::offload {
@@ -36,7 +37,7 @@ struct UnitShard {
   void* v = nullptr;
   void* grads[2] = {};            // reduce dtype, host; [1] is delayed mode's second slot
   void* host_params = nullptr;    // compute dtype, host, written by the update (null for f32 with the master
-                                  // in memory: the master is it)
+                                  // in memory: the master is it; null with a ParamSwap: on disk)
   void* device_params = nullptr;  // where the updated shard is uploaded (null: the parameters stay on the host)
   const kernels::ElementRange* decay = nullptr;  // host
   int64_t num_decay = 0;
@@ -44,14 +45,16 @@ struct UnitShard {
 
 // Where the offloaded step's time went (Pipeline::take_timing): the CPU worker's time in updates and the
 // bytes those moved (kernels::update_bytes_per_element), the host's time blocked in wait_params on an
-// update the CPU had not finished (streaming: the next forward waiting for the CPU), and with the state on
-// disk the CPU worker's time waiting for its reads (the disk behind: more buffers, or a faster disk).
+// update the CPU had not finished (streaming: the next forward waiting for the CPU), with the state on
+// disk the CPU worker's time waiting for its reads (the disk behind: more buffers, or a faster disk), and
+// with the parameters on disk the gathers' (ParamSwap::Stats: the host's time blocked on reads).
 struct Timing {
   double update_ms = 0.0;
   double update_bytes = 0.0;
   int64_t updates = 0;
   double wait_ms = 0.0;
   double disk_wait_ms = 0.0;
+  ParamSwap::Stats param_disk;
 };
 
 // The CPU step's threads on a GPU machine when ZS_CPU_THREADS does not say: this rank's share of the
@@ -62,9 +65,11 @@ int default_cpu_threads(int cores, int ranks_on_node);
 class Pipeline {
  public:
   // swap: every unit's master, m and v on disk (offload.optimizer: nvme), read ahead of each update and
-  // written back behind it, in the order update() takes the units; no early update then.
+  // written back behind it, in the order update() takes the units; no early update then. params: every
+  // unit's compute-dtype shard on disk (offload.params: nvme): the update writes it there (through a slot
+  // the next gather reads it from), and the gathers take it with param_swap()'s acquire and release.
   Pipeline(Device device, DType compute, DType reduce, DType state, bool delayed, std::vector<UnitShard> units,
-           std::unique_ptr<StateSwap> swap = nullptr);
+           std::unique_ptr<StateSwap> swap = nullptr, std::unique_ptr<ParamSwap> params = nullptr);
   ~Pipeline();
   Pipeline(const Pipeline&) = delete;
   Pipeline& operator=(const Pipeline&) = delete;
@@ -100,8 +105,11 @@ class Pipeline {
   // (device_params) or on the host (host_param_source); blocks the host until the CPU has updated u when
   // it has not yet (streaming).
   void wait_params(int u, Stream& stream);
-  // Where unit u's current compute-dtype parameters are on the host: host_params, or the f32 master.
+  // Where unit u's current compute-dtype parameters are on the host: host_params, or the f32 master (not
+  // with a ParamSwap: param_swap()).
   const void* host_param_source(int u) const;
+  // True when unit u's update, if one is queued, is done: its parameters may be read ahead.
+  bool params_ready(int u) const { return updated_[static_cast<std::size_t>(u)]->query(); }
   // The Timing since the last call (updates still running count once they are done).
   Timing take_timing();
   // Blocks until nothing is in flight (copies, updates, uploads); rethrows a failure of the CPU step. A
@@ -111,6 +119,8 @@ class Pipeline {
   void discard_pending();
   // The units' state on disk, or null; between steps (after drain) its get/put read and write a unit's.
   StateSwap* swap() const { return swap_.get(); }
+  // The units' parameters on disk, or null.
+  ParamSwap* param_swap() const { return params_.get(); }
 
  private:
   void upload(int u);       // enqueues unit u's updated shard to device_params
@@ -123,6 +133,7 @@ class Pipeline {
   bool delayed_;
   std::vector<UnitShard> units_;
   std::unique_ptr<StateSwap> swap_;
+  std::unique_ptr<ParamSwap> params_;
   std::unique_ptr<Stream> download_, upload_, cpu_;
   std::vector<std::unique_ptr<Event>> downloaded_, uploaded_, updated_;
   std::unique_ptr<Event> all_downloaded_;

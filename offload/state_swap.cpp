@@ -14,28 +14,6 @@ constexpr const char* kParts[] = {"master", "m", "v"};
 
 }  // namespace
 
-SwapRegion swap_region(int64_t master, int64_t m, int64_t v) {
-  SwapRegion r;
-  r.bytes = {master, m, v};
-  for (std::size_t k = 0; k < 3; ++k) {
-    r.offset[k] = r.size;
-    r.size += swap_aligned(r.bytes[k]);
-  }
-  return r;
-}
-
-int64_t swap_file_bytes(std::span<const SwapRegion> regions) {
-  int64_t total = 0;
-  for (const SwapRegion& r : regions) total += r.size;
-  return total;
-}
-
-int64_t swap_buffer_bytes(std::span<const SwapRegion> regions, int count) {
-  int64_t largest = 0;
-  for (const SwapRegion& r : regions) largest = std::max(largest, r.size);
-  return largest == 0 ? 0 : largest * count + kSwapAlignment;
-}
-
 namespace {
 
 // Each region's offset in the file (the regions one after the other), and the file's size last.

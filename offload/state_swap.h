@@ -23,19 +23,6 @@
 
 namespace zs::offload {
 
-// One unit's region of the file: its parts (master, m, v; 0 bytes where the optimizer keeps no such state)
-// one after the other, each at a 4 KiB aligned offset. Pure.
-struct SwapRegion {
-  std::array<int64_t, 3> bytes{};
-  std::array<int64_t, 3> offset{};
-  int64_t size = 0;  // a multiple of 4 KiB
-};
-SwapRegion swap_region(int64_t master, int64_t m, int64_t v);
-// The file's bytes (the regions one after the other), and the host bytes of `count` buffers of the
-// largest region, with the slack to align the first to 4 KiB. Pure.
-int64_t swap_file_bytes(std::span<const SwapRegion> regions);
-int64_t swap_buffer_bytes(std::span<const SwapRegion> regions, int count);
-
 class StateSwap {
  public:
   using Parts = std::array<void*, 3>;  // a unit's master, m and v in a buffer (null where its region has none)

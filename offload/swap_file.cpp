@@ -16,6 +16,28 @@
 
 namespace zs::offload {
 
+SwapRegion swap_region(int64_t master, int64_t m, int64_t v) {
+  SwapRegion r;
+  r.bytes = {master, m, v};
+  for (std::size_t k = 0; k < 3; ++k) {
+    r.offset[k] = r.size;
+    r.size += swap_aligned(r.bytes[k]);
+  }
+  return r;
+}
+
+int64_t swap_file_bytes(std::span<const SwapRegion> regions) {
+  int64_t total = 0;
+  for (const SwapRegion& r : regions) total += r.size;
+  return total;
+}
+
+int64_t swap_buffer_bytes(std::span<const SwapRegion> regions, int count) {
+  int64_t largest = 0;
+  for (const SwapRegion& r : regions) largest = std::max(largest, r.size);
+  return largest == 0 ? 0 : largest * count + kSwapAlignment;
+}
+
 char* swap_aligned(void* p) {
   const auto addr = reinterpret_cast<uintptr_t>(p);
   return static_cast<char*>(p) + (swap_aligned(static_cast<int64_t>(addr)) - static_cast<int64_t>(addr));

@@ -6,7 +6,9 @@
 // cache. Offsets, lengths and buffers are then 4 KiB aligned (swap_aligned).
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <span>
 #include <string>
 
 namespace zs::offload {
@@ -16,6 +18,20 @@ inline constexpr int64_t kSwapAlignment = 4096;  // O_DIRECT's: offsets, lengths
 constexpr int64_t swap_aligned(int64_t bytes) {
   return (bytes + kSwapAlignment - 1) / kSwapAlignment * kSwapAlignment;
 }
+
+// One unit's region of a file: its parts (the optimizer state's master, m, v, 0 bytes where the optimizer
+// keeps no such state; the parameters' shard alone) one after the other, each at a 4 KiB aligned offset.
+// Pure.
+struct SwapRegion {
+  std::array<int64_t, 3> bytes{};
+  std::array<int64_t, 3> offset{};
+  int64_t size = 0;  // a multiple of 4 KiB
+};
+SwapRegion swap_region(int64_t master, int64_t m, int64_t v);
+// The file's bytes (the regions one after the other), and the host bytes of `count` buffers of the
+// largest region, with the slack to align the first to 4 KiB. Pure.
+int64_t swap_file_bytes(std::span<const SwapRegion> regions);
+int64_t swap_buffer_bytes(std::span<const SwapRegion> regions, int count);
 
 // The first 4 KiB boundary at or after p (host buffers are allocated with kSwapAlignment bytes of slack).
 char* swap_aligned(void* p);

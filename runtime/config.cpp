@@ -218,16 +218,18 @@ Config parse_config(const std::string& text, const std::string& source) {
 
   Section off = top.sub("offload");
   off.choice("optimizer", c.offload.optimizer, {"none", "cpu", "nvme"});
-  off.choice("params", c.offload.params, {"none", "cpu"});
+  off.choice("params", c.offload.params, {"none", "cpu", "nvme"});
   off.get<bool>("pin_memory", c.offload.pin_memory);
   off.choice("mode", c.offload.mode, {"streaming", "delayed"});
   off.get<double>("ratio", c.offload.ratio, Config::Offload::ratio_valid, "in (0, 1]");
   off.get<std::string>("nvme_path", c.offload.nvme_path);
   off.get<int>("buffer_count", c.offload.buffer_count, at_least(2), ">= 2");
+  off.get<int>("param_buffer_count", c.offload.param_buffer_count, at_least(2), ">= 2");
   off.finish();
   if (const std::string bad = offload_problem(c); !bad.empty()) top.fail(root["offload"], bad);
-  if (c.offload.state_on_nvme() && c.offload.nvme_path.empty())
-    top.fail(root["offload"], "offload.optimizer: nvme needs offload.nvme_path: a directory on a fast local disk");
+  if ((c.offload.state_on_nvme() || c.offload.params_on_nvme()) && c.offload.nvme_path.empty())
+    top.fail(root["offload"], fmt::format("offload.{}: nvme needs offload.nvme_path: a directory on a fast local disk",
+                                          c.offload.state_on_nvme() ? "optimizer" : "params"));
 
   Section cm = top.sub("comm");
   cm.choice("backend", c.comm.backend, {"auto", "gloo", "nccl"});
@@ -256,17 +258,20 @@ Config parse_config(const std::string& text, const std::string& source) {
 
 void Config::Offload::choose(std::string_view choice) {
   ZS_CHECK(std::find(std::begin(kChoices), std::end(kChoices), choice) != std::end(kChoices),
-           "offload '{}': expected none, optimizer, optimizer+params, delayed, nvme or nvme+params", choice);
+           "offload '{}': expected none, optimizer, optimizer+params, delayed, nvme, nvme+params, "
+           "optimizer+nvme-params or nvme+nvme-params",
+           choice);
   optimizer = choice == "none" ? "none" : choice.starts_with("nvme") ? "nvme" : "cpu";
-  params = choice.ends_with("+params") ? "cpu" : "none";
+  params = choice.ends_with("+nvme-params") ? "nvme" : choice.ends_with("+params") ? "cpu" : "none";
   mode = choice == "delayed" ? "delayed" : "streaming";
   if (choice != "optimizer") ratio = 1.0;  // a share of the optimizer on the host is the streaming offload's only
 }
 
 std::string_view Config::Offload::choice() const {
   if (!optimizer_on_cpu()) return "none";
-  if (state_on_nvme()) return params_on_cpu() ? "nvme+params" : "nvme";
-  if (params_on_cpu()) return "optimizer+params";
+  if (params_on_nvme()) return state_on_nvme() ? "nvme+nvme-params" : "optimizer+nvme-params";
+  if (state_on_nvme()) return params_offloaded() ? "nvme+params" : "nvme";
+  if (params_offloaded()) return "optimizer+params";
   return delayed() ? "delayed" : "optimizer";
 }
 
@@ -285,18 +290,26 @@ std::string offload_problem(const Config& c) {
         "offload.optimizer: {} needs zero.stage 1, 2 or 3 (stage 0 keeps a full optimizer replica on every rank; "
         "shard it first)",
         c.offload.optimizer);
-  if (c.offload.params == "cpu" && (c.zero.stage != 3 || !c.offload.optimizer_on_cpu()))
-    return "offload.params: cpu needs zero.stage: 3 and offload.optimizer: cpu or nvme (the parameter shards are "
-           "the optimizer's output, kept where the optimizer runs)";
-  if (c.offload.params == "cpu" && c.offload.mode == "delayed")
-    return "offload.mode: delayed works with offload.optimizer only; with offload.params: cpu use mode: streaming";
+  const std::string& params = c.offload.params;
+  if (c.offload.params_offloaded() && (c.zero.stage != 3 || !c.offload.optimizer_on_cpu()))
+    return fmt::format(
+        "offload.params: {} needs zero.stage: 3 and offload.optimizer: cpu or nvme (the parameter shards are the "
+        "optimizer's output, kept where the optimizer runs)",
+        params);
+  if (c.offload.params_offloaded() && c.offload.mode == "delayed")
+    return fmt::format(
+        "offload.mode: delayed works with offload.optimizer only; with offload.params: {} use mode: streaming", params);
+  if (c.offload.params_on_nvme() && c.precision.param == DType::f32 && !c.offload.state_on_nvme())
+    return "offload.params: nvme with precision.param: fp32 and offload.optimizer: cpu has nothing to move: the "
+           "parameters are the f32 master, which the CPU step keeps in host memory; use offload.params: cpu, "
+           "precision.param: bf16, or offload.optimizer: nvme";
   if (!Config::Offload::ratio_valid(c.offload.ratio))
     return fmt::format("offload.ratio {} is not in (0, 1]: it is the share of the optimizer kept on the host",
                        c.offload.ratio);
   if (c.offload.ratio < 1.0 && !c.offload.optimizer_on_cpu())
     return "offload.ratio below 1 needs offload.optimizer: cpu or nvme (it is the share of the optimizer on the "
            "host)";
-  if (c.offload.ratio < 1.0 && c.offload.params == "cpu")
+  if (c.offload.ratio < 1.0 && c.offload.params_offloaded())
     return "offload.ratio below 1 keeps some units' optimizer, and so their parameters, on the device: use it with "
            "offload.params: none";
   if (c.offload.ratio < 1.0 && c.offload.mode == "delayed")

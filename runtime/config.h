@@ -52,11 +52,15 @@ struct Config {
     // steps, with the f32 master, m and v in a file under nvme_path, streamed through buffer_count host
     // buffers of the largest unit's state (ZeRO-Infinity's optimizer on NVMe; offload/state_swap.h).
     std::string optimizer = "none";
-    std::string params = "none";  // none | cpu
+    // Where stage 3 keeps the parameter shards the CPU step writes and the gathers start from: none (the
+    // device), cpu (host memory) or nvme: a file under nvme_path, cached in param_buffer_count host slots
+    // of the largest unit's shard (ZeRO-Infinity's parameters on NVMe; offload/param_swap.h).
+    std::string params = "none";
     bool pin_memory = true;
     std::string mode = "streaming";  // streaming | delayed
     std::string nvme_path;           // offload.optimizer: nvme: an existing directory on a fast local disk
     int buffer_count = 4;            // offload.optimizer: nvme: host buffers for the state in flight, >= 2
+    int param_buffer_count = 5;      // offload.params: nvme: host slots for parameter shards, >= 2
     // The share of the trainable parameters whose optimizer runs on the host (DeepSpeed's
     // offload_optimizer.ratio, ZeRO-Offload++): the last units in registration order, at least this share
     // of the elements; the others keep master, m and v on the device and update there, while the host
@@ -66,14 +70,16 @@ struct Config {
     static constexpr bool ratio_valid(double r) { return r > 0.0 && r <= 1.0; }
     bool optimizer_on_cpu() const { return optimizer != "none"; }  // the CPU steps (cpu or nvme)
     bool state_on_nvme() const { return optimizer == "nvme"; }
-    bool params_on_cpu() const { return params == "cpu"; }
+    bool params_offloaded() const { return params != "none"; }  // off the device: host memory or disk
+    bool params_on_nvme() const { return params == "nvme"; }
     bool delayed() const { return mode == "delayed"; }
-    // The tools' one-word form: none, optimizer, optimizer+params, delayed (the optimizer, delayed mode), or
-    // nvme and nvme+params (the optimizer's state on NVMe). choose() sets the optimizer, params and mode
-    // fields from it, and ratio to 1 for any word but optimizer (throws on another word); choice() names
-    // the current setting.
-    static constexpr std::string_view kChoices[] = {"none",    "optimizer", "optimizer+params",
-                                                    "delayed", "nvme",      "nvme+params"};
+    // The tools' one-word form: none, optimizer, optimizer+params, delayed (the optimizer, delayed mode),
+    // nvme and nvme+params (the optimizer's state on NVMe), and optimizer+nvme-params and nvme+nvme-params
+    // (the parameters on NVMe too: ZeRO-Infinity). choose() sets the optimizer, params and mode fields
+    // from it, and ratio to 1 for any word but optimizer (throws on another word); choice() names the
+    // current setting.
+    static constexpr std::string_view kChoices[] = {"none", "optimizer",   "optimizer+params",      "delayed",
+                                                    "nvme", "nvme+params", "optimizer+nvme-params", "nvme+nvme-params"};
     void choose(std::string_view choice);
     std::string_view choice() const;
   } offload;

@@ -234,16 +234,18 @@ void Engine::setup() {
   for (const auto& up : units_) trainable.push_back(up->layout.elements());
   const std::vector<bool> offloaded = offloaded_units(trainable, cfg_);
   std::vector<UnitBuffers> plans;
-  std::vector<offload::SwapRegion> on_disk;  // by pipe
+  std::vector<offload::SwapRegion> on_disk, params_on_disk;  // by pipe
   int64_t pool = 0;
   int pipes = 0;
   for (std::size_t i = 0; i < units_.size(); ++i) {
     plans.push_back(unit_buffers(units_[i]->layout, units_[i]->frozen, cfg_, offloaded[i]));
     pool += plans.back().host_pool_bytes();
     if (plans.back().state_on_disk) on_disk.push_back(plans.back().swap_region());
+    if (plans.back().params_on_disk) params_on_disk.push_back(plans.back().param_region());
     units_[i]->pipe = offloaded[i] ? pipes++ : -1;
   }
-  pool += offload::pool_part_bytes(offload::swap_buffer_bytes(on_disk, cfg_.offload.buffer_count));
+  pool += offload::pool_part_bytes(offload::swap_buffer_bytes(on_disk, cfg_.offload.buffer_count)) +
+          offload::pool_part_bytes(offload::swap_buffer_bytes(params_on_disk, cfg_.offload.param_buffer_count));
   if (pool > 0) host_pool_ = offload::HostPool(pool, cfg_.offload.pin_memory, device_);  // every offloaded part
   for (std::size_t i = 0; i < units_.size(); ++i) {
     Unit& u = *units_[i];
@@ -266,7 +268,7 @@ void Engine::setup() {
     u.grads = alloc(b.grads, MemCategory::grads);
     u.param_shard = alloc(b.param_shard, MemCategory::params);
     u.host_grads = host(b.host_grads, MemCategory::grads);
-    u.host_params = host(b.host_params, b.host_params_category);
+    if (!b.params_on_disk) u.host_params = host(b.host_params, b.host_params_category);
     std::vector<bool> decays;
     for (const auto& t : u.tensors)
       if (t.trainable) decays.push_back(t.weight_decay);
@@ -277,7 +279,7 @@ void Engine::setup() {
     memory_copy(u.decay_ranges.data(), u.decay_ranges.resident(), ranges.data(), Device::cpu(),
                 ranges.size() * sizeof(kernels::ElementRange));
   }
-  if (cfg_.offload.optimizer_on_cpu()) setup_offload(std::move(on_disk));
+  if (cfg_.offload.optimizer_on_cpu()) setup_offload(std::move(on_disk), params_on_disk);
   const PoolPlan pools = pool_plan(largest, largest_grads, num_units(), cfg_);
   for (int i = 0; i < pools.gather_count; ++i)
     gather_pool_.push_back(
@@ -307,7 +309,16 @@ void Engine::setup() {
   ready_ = true;
 }
 
-void Engine::setup_offload(std::vector<offload::SwapRegion> on_disk) {
+void Engine::warn_no_direct(const char* contents) const {
+  log::warn(
+      "offload: the filesystem of offload.nvme_path '{}' refused O_DIRECT: the file of the {} goes through the page "
+      "cache, which holds its data in host memory again while memory lasts; use a directory on a local disk (ext4, "
+      "xfs)",
+      cfg_.offload.nvme_path, contents);
+}
+
+void Engine::setup_offload(std::vector<offload::SwapRegion> on_disk,
+                           std::span<const offload::SwapRegion> params_on_disk) {
   const int r = shard_rank();
   const auto cs = static_cast<int64_t>(dtype_size(compute_)), rs = static_cast<int64_t>(dtype_size(reduce_));
   std::vector<offload::UnitShard> shards;
@@ -326,7 +337,8 @@ void Engine::setup_offload(std::vector<offload::SwapRegion> on_disk) {
     if (cfg_.offload.delayed()) s.grads[1] = static_cast<char*>(u.host_grads.data()) + s.n * rs;
     s.host_params = u.host_params.data();
     // The updated shard goes to its slot of the replica (stages 1-2) or to the device shard the stage-3
-    // all-gather starts from; with offload.params it stays on the host and the gather uploads it.
+    // all-gather starts from; with offload.params it stays on the host (or the disk) and the gather
+    // uploads it.
     if (u.full_params.data())
       s.device_params = static_cast<char*>(u.full_params.data()) + s.n * r * cs;
     else
@@ -348,15 +360,26 @@ void Engine::setup_offload(std::vector<offload::SwapRegion> on_disk) {
           "buffers of {:.1f} MiB",
           static_cast<double>(swap->file_bytes()) / 1073741824.0, cfg_.offload.nvme_path, count,
           static_cast<double>(swap_buffers_.bytes() - offload::kSwapAlignment) / count / 1048576.0);
-    if (!swap->direct())
-      log::warn(
-          "offload: the filesystem of offload.nvme_path '{}' refused O_DIRECT: the optimizer state passes through "
-          "the page cache, which holds it in host memory again while memory lasts; use a directory on a local "
-          "disk (ext4, xfs)",
-          cfg_.offload.nvme_path);
+    if (!swap->direct()) warn_no_direct("optimizer state");
+  }
+  std::unique_ptr<offload::ParamSwap> params;
+  if (cfg_.offload.params_on_nvme()) {
+    const int count = cfg_.offload.param_buffer_count;
+    std::vector<int64_t> bytes;
+    for (const offload::SwapRegion& r : params_on_disk) bytes.push_back(r.bytes[0]);
+    param_swap_buffers_ = host_pool_.take(offload::swap_buffer_bytes(params_on_disk, count), MemCategory::params);
+    params = std::make_unique<offload::ParamSwap>(cfg_.offload.nvme_path, comm_->rank(), bytes,
+                                                  param_swap_buffers_.data(), count, device_);
+    if (comm_->rank() == 0)
+      log::info(
+          "offload: the parameters are on disk, {:.2f} GiB for rank 0 in {}, cached in {} host slots of {:.1f} MiB",
+          static_cast<double>(params->file_bytes()) / 1073741824.0, cfg_.offload.nvme_path, count,
+          static_cast<double>(param_swap_buffers_.bytes() - offload::kSwapAlignment) / count / 1048576.0);
+    if (!params->direct()) warn_no_direct("parameters");
   }
   offload_ = std::make_unique<offload::Pipeline>(device_, compute_, reduce_, cfg_.optimizer.state_dtype,
-                                                 cfg_.offload.delayed(), std::move(shards), std::move(swap));
+                                                 cfg_.offload.delayed(), std::move(shards), std::move(swap),
+                                                 std::move(params));
   if (cfg_.offload.ratio < 1.0 && comm_->rank() == 0)
     log::info(
         "offload: the optimizer of the last {} of {} units ({:.1f} % of the parameters, offload.ratio {}) runs "
@@ -444,6 +467,10 @@ void Engine::install(const ValueSource& source, const StateSource& states) {
     if (state[0].data) memory_copy(state[0].data, state[0].where, train.data(), Device::cpu(), train.size() * 4);
     for (const Buffer* b : {&u.param_shard, &u.host_params})  // the offloaded step's compute-dtype copies
       if (b->data()) upload(b->data(), b->resident(), train);
+    if (offload::ParamSwap* disk = u.pipe >= 0 ? offload_->param_swap() : nullptr) {  // or on disk
+      upload(disk->begin_write(u.pipe), Device::cpu(), train);
+      disk->finish(u.pipe);
+    }
     if (stage == 3) {
       if (PF > 0) upload(u.frozen_shard.data(), u.frozen_shard.resident(), frozen);
     } else {

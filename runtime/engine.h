@@ -208,7 +208,9 @@ class Engine {
   void agree(bool ok, const std::string& what, const std::string& error);
   void release(UnitId u);
   int tensor_index(const Unit& unit, std::string_view name) const;
-  void issue_gather(UnitId u);
+  void issue_gather(UnitId u, std::size_t next);  // next: the position in order_ after this gather
+  // offload.params: nvme: starts the reads of the units the gathers from order_[from] on will want.
+  void read_params_ahead(std::size_t from);
   int acquire_gather_buffer(UnitId for_unit);
   int acquire_grad_buffer(UnitId u);
   void* param_base(const Unit& unit) const;  // where the unit's full compute params are now
@@ -218,7 +220,9 @@ class Engine {
   void consume(Event& e);                          // make compute wait for an event (a copy)
   // Stages 1-2 with the optimizer offloaded: all-gathers the replica once the unit's shard is back.
   void refresh_replica(UnitId u);
-  void setup_offload(std::vector<offload::SwapRegion> on_disk);  // on_disk: by pipe, with the state on disk
+  // on_disk, params_on_disk: by pipe, with the state or the parameters on disk (their files' regions).
+  void setup_offload(std::vector<offload::SwapRegion> on_disk, std::span<const offload::SwapRegion> params_on_disk);
+  void warn_no_direct(const char* contents) const;  // a rank's warning: offload.nvme_path refused O_DIRECT
   TensorView grad_shard(const Unit& u, bool full_grads) const;
   kernels::OptimizerHyper hyper(int64_t step) const;  // the optimizer's settings for step `step` (1-based)
   // The optimizer kernels on this device's shards of the units whose optimizer runs here (every unit without
@@ -241,6 +245,7 @@ class Engine {
   std::unique_ptr<Stream> compute_stream_, gather_stream_, reduce_stream_;
   offload::HostPool host_pool_;  // the offloaded state's memory; outlives the units' parts of it
   Buffer swap_buffers_;          // offload.optimizer: nvme: the state's host buffers (outlive offload_'s swap)
+  Buffer param_swap_buffers_;    // offload.params: nvme: the parameters' host slots (likewise)
   std::vector<std::unique_ptr<Unit>> units_;
   std::unordered_map<std::string, std::string> full_names_;  // "unit.tensor" -> unit: add_unit's uniqueness check
   std::unique_ptr<offload::Pipeline> offload_;               // offload.optimizer: cpu (drained before the units go)

@@ -105,7 +105,18 @@ int Engine::acquire_gather_buffer(UnitId for_unit) {
       held);
 }
 
-void Engine::issue_gather(UnitId id) {
+void Engine::read_params_ahead(std::size_t from) {
+  if (recording_) return;  // the order is not known yet
+  offload::ParamSwap& disk = *offload_->param_swap();
+  const auto end = std::min(order_.size(), from + static_cast<std::size_t>(cfg_.offload.param_buffer_count - 1));
+  for (std::size_t i = from; i < end; ++i) {
+    const int pipe = units_[static_cast<std::size_t>(order_[i])]->pipe;
+    // Not a unit the CPU is still updating: its read would bring in the shard the update replaces.
+    if (pipe >= 0 && offload_->params_ready(pipe)) disk.prefetch(pipe);
+  }
+}
+
+void Engine::issue_gather(UnitId id, std::size_t next) {
   Unit& u = *units_[static_cast<std::size_t>(id)];
   const int b = acquire_gather_buffer(id);
   PoolBuffer& pb = gather_pool_[static_cast<std::size_t>(b)];
@@ -135,7 +146,13 @@ void Engine::issue_gather(UnitId id) {
   };
   if (u.pipe >= 0) {  // the CPU step's output: on the device (param_shard), or on the host (offload.params)
     offload_->wait_params(u.pipe, *gs);
-    gather_part(u.param_shard.data() ? u.param_shard.data() : offload_->host_param_source(u.pipe), compute_, 0, P, S);
+    if (offload::ParamSwap* disk = offload_->param_swap()) {  // offload.params: nvme: a slot, read if need be
+      gather_part(disk->acquire(u.pipe), compute_, 0, P, S);
+      disk->release(u.pipe, *gs);
+      read_params_ahead(next);
+    } else {
+      gather_part(u.param_shard.data() ? u.param_shard.data() : offload_->host_param_source(u.pipe), compute_, 0, P, S);
+    }
   } else {
     gather_part(u.master.data(), DType::f32, 0, P, S);
   }
@@ -159,7 +176,7 @@ void Engine::prefetch_after(UnitId id) {
     const bool free =
         std::any_of(gather_pool_.begin(), gather_pool_.end(), [](const PoolBuffer& b) { return b.owner < 0; });
     if (!free) return;
-    issue_gather(order_[i]);
+    issue_gather(order_[i], i + 1);
   }
 }
 
@@ -230,7 +247,7 @@ GatheredParams Engine::gather(UnitId id) {
         std::find(order_.begin() + static_cast<std::ptrdiff_t>(std::min(order_pos_, order_.size())), order_.end(), id);
     if (it != order_.end()) order_pos_ = static_cast<std::size_t>(it - order_.begin()) + 1;
   }
-  if (cfg_.zero.stage == 3 && u.param_state == ParamState::sharded) issue_gather(id);
+  if (cfg_.zero.stage == 3 && u.param_state == ParamState::sharded) issue_gather(id, order_pos_);
   if (u.param_state == ParamState::updating) refresh_replica(id);
   prefetch_after(id);  // the next units' all-gathers overlap this unit's compute
   // Stage 3: this gather's all-gather. Stages 1-2: the previous step's all-gather of the updated replica.

@@ -33,7 +33,8 @@ UnitBuffers unit_buffers(const FlatLayout& layout, const FlatLayout& frozen, con
     // The CPU step owns the f32 master (a copy apart from any f32 replica on the device), m and v, and reads
     // the reduced gradient shard from the host; the device keeps what the forward and backward touch.
     b.offload = true;
-    b.params_on_host = cfg.offload.params_on_cpu();
+    b.params_on_host = cfg.offload.params_offloaded();
+    b.params_on_disk = cfg.offload.params_on_nvme();
     b.master = S * 4;
     b.master_category = MemCategory::master;
     if (!full_grads) b.grads = 0;  // the reduce-scatter lands in the gradient pool, then goes to the host
@@ -72,8 +73,8 @@ OptimizerStates optimizer_states(const Config& cfg) {
 int64_t UnitBuffers::host_pool_bytes() const {
   if (!offload) return 0;
   auto aligned = offload::pool_part_bytes;
-  return (state_on_disk ? 0 : aligned(master) + aligned(m) + aligned(v)) + aligned(host_grads) + aligned(host_params) +
-         (params_on_host ? aligned(frozen_shard) : 0);
+  return (state_on_disk ? 0 : aligned(master) + aligned(m) + aligned(v)) + aligned(host_grads) +
+         (params_on_disk ? 0 : aligned(host_params)) + (params_on_host ? aligned(frozen_shard) : 0);
 }
 
 PoolPlan pool_plan(int64_t largest_elements, int64_t largest_trainable_elements, int num_units, const Config& cfg) {
@@ -104,7 +105,7 @@ MemoryPlan plan_memory(std::span<const std::vector<TensorSpec>> units, const Con
     trainable.push_back(layouts.back().layout.elements());
   }
   const std::vector<bool> offloaded = offloaded_units(trainable, cfg);
-  std::vector<offload::SwapRegion> on_disk;
+  std::vector<offload::SwapRegion> on_disk, params_on_disk;
   for (std::size_t i = 0; i < units.size(); ++i) {
     const std::vector<TensorSpec>& tensors = units[i];
     const UnitLayouts& l = layouts[i];
@@ -122,7 +123,10 @@ MemoryPlan plan_memory(std::span<const std::vector<TensorSpec>> units, const Con
     }
     dev(MemCategory::grads) += b.grads;
     host(MemCategory::grads) += b.host_grads;
-    host(b.host_params_category) += b.host_params;
+    if (b.params_on_disk)
+      params_on_disk.push_back(b.param_region());
+    else
+      host(b.host_params_category) += b.host_params;
     std::vector<bool> decays;
     for (const auto& t : tensors)
       if (t.trainable) decays.push_back(t.weight_decay);
@@ -136,10 +140,12 @@ MemoryPlan plan_memory(std::span<const std::vector<TensorSpec>> units, const Con
           ckpt::file_elements(l.frozen, rank, shards) * dtype_size(cfg.precision.param);
     }
   }
-  // The state file, and the host buffers it streams through (one host-pool part).
-  plan.disk = offload::swap_file_bytes(on_disk);
+  // The files, and the host buffers they stream through (a host-pool part each).
+  plan.disk = offload::swap_file_bytes(on_disk) + offload::swap_file_bytes(params_on_disk);
   if (const int64_t b = offload::swap_buffer_bytes(on_disk, cfg.offload.buffer_count); b > 0)
     host(MemCategory::optim_state) += b;
+  if (const int64_t b = offload::swap_buffer_bytes(params_on_disk, cfg.offload.param_buffer_count); b > 0)
+    host(MemCategory::params) += b;
   const PoolPlan p = pool_plan(largest, largest_trainable, static_cast<int>(units.size()), cfg);
   dev(MemCategory::gather_buffers) += p.gather_count * p.gather_bytes;
   dev(MemCategory::grads) += p.grad_count * p.grad_bytes;

@@ -29,7 +29,7 @@ struct UnitBuffers {
   // The unit's optimizer runs on the host (offload.optimizer: cpu, and offloaded_units() chose it): master, m
   // and v above live in the host pool, and:
   bool offload = false;
-  bool params_on_host = false;  // offload.params: cpu (the frozen shard and host_params are the parameters)
+  bool params_on_host = false;  // offload.params: cpu or nvme (the frozen shard and host_params are the parameters)
   int64_t param_shard = 0;      // device, compute dtype: the shard the all-gather starts from (stage 3)
   int64_t host_grads = 0;       // host, reduce dtype: the reduced shard the CPU step reads (x2 when delayed)
   int64_t host_params = 0;      // host, compute dtype: what the CPU step writes for bf16/f16 compute (and f32
@@ -37,9 +37,13 @@ struct UnitBuffers {
   MemCategory host_params_category = MemCategory::offload_staging;  // params with offload.params
   // offload.optimizer: nvme: master, m and v above are the unit's region of the state file, not memory.
   bool state_on_disk = false;
+  // offload.params: nvme: host_params above is the unit's region of the parameters' file, not memory (the
+  // frozen shard stays in host memory).
+  bool params_on_disk = false;
   // Host-pool bytes (each part 64-byte aligned in the one pinned allocation).
   int64_t host_pool_bytes() const;
   offload::SwapRegion swap_region() const { return offload::swap_region(master, m, v); }
+  offload::SwapRegion param_region() const { return offload::swap_region(host_params, 0, 0); }
 };
 UnitBuffers unit_buffers(const FlatLayout& layout, const FlatLayout& frozen, const Config& cfg, bool offloaded);
 
@@ -83,7 +87,7 @@ using CategoryBytes = std::array<int64_t, kMemCategoryCount>;
 struct MemoryPlan {
   CategoryBytes device{};  // the engine's device memory by category
   CategoryBytes host{};    // and its host memory (offload, Gloo's staging)
-  int64_t disk = 0;        // offload.optimizer: nvme: this rank's optimizer-state file (not memory)
+  int64_t disk = 0;        // offload.*: nvme: this rank's files (the optimizer's state, the parameters)
   static int64_t sum(const CategoryBytes& b) {
     int64_t t = 0;
     for (int64_t x : b) t += x;

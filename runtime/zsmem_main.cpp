@@ -43,7 +43,7 @@ DeepSpeedFigure deepspeed_estimate(int stage, const zs::Config::Offload& offload
   if (stage == 0) return {};
   const double buffer = 1.5;  // their additional_buffer_factor
   if (stage == 3) {
-    if (offload.params_on_cpu()) return {4 * largest, 18 * params * buffer / world};
+    if (offload.params_offloaded()) return {4 * largest, 18 * params * buffer / world};
     if (offload.optimizer_on_cpu()) return {4 * largest + 2 * params / world, 16 * params * buffer / world};
     return {4 * largest + 18 * params / world, 4 * largest * buffer};
   }
@@ -151,7 +151,7 @@ int estimate(const Model& m, zs::Config cfg, const EstimateQuery& q) {
         what, m.params, m.units.size(), m.largest, zs::dtype_name(cfg.precision.param),
         zs::dtype_name(cfg.precision.reduce), zs::kernels::optimizer_name(cfg.optimizer.type), cfg.zero.max_live_units,
         cfg.zero.prefetch, q.cpu ? "CPU (device: cpu)" : "GPU");
-    fmt::print("{:>5} {:>5} {:>16} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>10} | {:>10} | {:>23} {}\n",
+    fmt::print("{:>5} {:>5} {:>21} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>10} | {:>10} | {:>23} {}\n",
                "world", "stage", "offload", "params", "master", "grads", "optim", "gather", "scratch", "activation",
                "device", "host", "DeepSpeed dev / host", fits_text());
   }
@@ -175,7 +175,7 @@ int estimate(const Model& m, zs::Config cfg, const EstimateQuery& q) {
                      host = static_cast<double>(p.host_total()) + act_host;
         // (DeepSpeed's estimators know no ratio and no NVMe.)
         const DeepSpeedFigure ds =
-            cfg.offload.ratio < 1.0 || cfg.offload.state_on_nvme()
+            cfg.offload.ratio < 1.0 || cfg.offload.state_on_nvme() || cfg.offload.params_on_nvme()
                 ? DeepSpeedFigure{std::nan(""), std::nan("")}
                 : deepspeed_estimate(s, cfg.offload, static_cast<double>(m.params), static_cast<double>(m.largest), w,
                                      q.ranks_per_node > 0 ? std::min(q.ranks_per_node, w) : w);
@@ -201,7 +201,7 @@ int estimate(const Model& m, zs::Config cfg, const EstimateQuery& q) {
           continue;
         }
         fmt::print(
-            "{:>5} {:>5} {:>16} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>10} | {:>10} | {:>23} {}\n", w,
+            "{:>5} {:>5} {:>21} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>10} | {:>10} | {:>23} {}\n", w,
             s, label, format_bytes(dev(MemCategory::params)), format_bytes(dev(MemCategory::master)),
             format_bytes(dev(MemCategory::grads)), format_bytes(dev(MemCategory::optim_state)),
             format_bytes(dev(MemCategory::gather_buffers)), format_bytes(scratch), act > 0 ? format_bytes(act) : "-",
@@ -212,7 +212,7 @@ int estimate(const Model& m, zs::Config cfg, const EstimateQuery& q) {
         auto on_host = [&](MemCategory c) { return static_cast<double>(p.host[static_cast<std::size_t>(c)]); };
         if (host > 0)
           host_rows.push_back(fmt::format(
-              "{:>5} {:>5} {:>16} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>10} | {:>10}\n", w, s, label,
+              "{:>5} {:>5} {:>21} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>10} | {:>10}\n", w, s, label,
               format_bytes(on_host(MemCategory::params)), format_bytes(on_host(MemCategory::master)),
               format_bytes(on_host(MemCategory::grads)), format_bytes(on_host(MemCategory::optim_state)),
               format_bytes(on_host(MemCategory::offload_staging) + on_host(MemCategory::checkpoint_staging)),
@@ -225,7 +225,7 @@ int estimate(const Model& m, zs::Config cfg, const EstimateQuery& q) {
   } else {
     if (!host_rows.empty()) {
       fmt::print(
-          "host memory per rank, by category:\n{:>5} {:>5} {:>16} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} "
+          "host memory per rank, by category:\n{:>5} {:>5} {:>21} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} "
           "{:>10} | {:>10} | {:>10}\n",
           "world", "stage", "offload", "params", "master", "grads", "optim", "staging", "scratch", "activation", "host",
           "disk");
@@ -238,8 +238,9 @@ int estimate(const Model& m, zs::Config cfg, const EstimateQuery& q) {
         "master,\n"
         "optimizer state, gradient shards and upload staging (one pinned pool), with --async-checkpoint the copy a\n"
         "save writes from (staging too), Gloo's staging (scratch), and with --batch on the GPU the example's pinned\n"
-        "batch staging (activation); with nvme the optimizer state's host buffers (optim). disk: with nvme, the\n"
-        "optimizer state's file (offload.nvme_path).\n"
+        "batch staging (activation); with nvme the optimizer state's host buffers (optim), with nvme-params the\n"
+        "parameters' host slots (params). disk: with nvme, the optimizer state's file, with nvme-params the\n"
+        "parameters' file (offload.nvme_path).\n"
         "DeepSpeed: its published estimators (model states only; host per node shared by its ranks; stage 1 = stage "
         "2).\n");
   }
@@ -390,8 +391,9 @@ int main(int argc, char** argv) {
   auto* offload_given =
       est->add_option("--offload", q.offloads,
                       "none, optimizer (stages 1-3), optimizer+params (stage 3), delayed (the optimizer, delayed "
-                      "mode), nvme or nvme+params (the optimizer's state on disk), one or a list; rows that are not a "
-                      "configuration are left out")
+                      "mode), nvme or nvme+params (the optimizer's state on disk), optimizer+nvme-params or "
+                      "nvme+nvme-params (the parameters on disk too: ZeRO-Infinity), one or a list; rows that are not "
+                      "a configuration are left out")
           ->check(zs::offload_choices());
   est->add_option("--offload-ratio", q.ratios,
                   "offload.ratio for the optimizer rows, one or a list: the share of the parameters whose optimizer "

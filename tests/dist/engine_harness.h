@@ -63,10 +63,8 @@ inline Config make_config(const Case& c) {
   return cfg;
 }
 
-// cfg with the optimizer's state on disk (offload.optimizer: nvme) in a directory of this process's own,
-// through `buffers` host buffers (2: fewer than the test model's 4 units, so every unit's state goes to
-// the disk and back every step).
-inline Config on_nvme(Config cfg, int buffers = 2) {
+// A directory of this process's own for the files of offload.*: nvme, removed at exit.
+inline const std::string& nvme_dir() {
   struct Dir {
     Dir() : path(std::filesystem::temp_directory_path() / fmt::format("zs_nvme_{}", ::getpid())) {
       std::filesystem::create_directories(path);
@@ -75,12 +73,27 @@ inline Config on_nvme(Config cfg, int buffers = 2) {
       std::error_code ec;
       std::filesystem::remove_all(path, ec);
     }
-    std::filesystem::path path;
+    std::string path;
   };
   static const Dir dir;
+  return dir.path;
+}
+
+// cfg with the optimizer's state on disk (offload.optimizer: nvme) through `buffers` host buffers (2: fewer
+// than the test model's 4 units, so every unit's state goes to the disk and back every step).
+inline Config on_nvme(Config cfg, int buffers = 2) {
   cfg.offload.optimizer = "nvme";
-  cfg.offload.nvme_path = dir.path.string();
+  cfg.offload.nvme_path = nvme_dir();
   cfg.offload.buffer_count = buffers;
+  return cfg;
+}
+
+// cfg (stage 3, the optimizer offloaded) with the parameters on disk too (offload.params: nvme), cached in
+// `slots` host slots (2: fewer than the model's 4 units, so shards go to the disk and back every step).
+inline Config params_on_nvme(Config cfg, int slots = 2) {
+  cfg.offload.params = "nvme";
+  cfg.offload.nvme_path = nvme_dir();
+  cfg.offload.param_buffer_count = slots;
   return cfg;
 }
 

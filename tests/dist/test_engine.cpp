@@ -182,6 +182,64 @@ TEST(EngineOffload, StateOnDiskIsBitIdenticalToTheStateInMemory) {
   }
 }
 
+// The parameters on disk (offload.params: nvme, stage 3): the CPU step writes each unit's new shard through
+// a host slot to the file, and the gathers take it from the slot, or read it back; 2 slots for the model's 4
+// units, so shards go to the disk and back every step. The same kernels on the same shards in the same
+// order: bit-identical to the device optimizer, with the optimizer's state in memory or on disk too
+// (ZeRO-Infinity), with and without clipping (the early update writes units as they land), bf16 and f32
+// compute. The host holds the slots, none of the parameter shards; the ledger equals the plan.
+TEST(EngineOffload, ParamsOnDiskAreBitIdenticalToTheDeviceOptimizer) {
+  using O = kernels::Optimizer;
+  struct Run {
+    Case c;
+    bool state_on_disk;
+    int slots = 2;
+  };
+  for (const Run& run :
+       {Run{Case{3, DType::bf16, 2, 1, 0.0f}, false}, Run{Case{3, DType::bf16, 2, 1, 1.0f, O::adam}, true},
+        Run{Case{3, DType::f32, 0, 1, 0.5f, O::sgd}, true, 3},
+        Run{Case{3, DType::bf16, 0, 3, 0.0f, O::lion, false, 0, false, true}, false, 4}}) {
+    Case c = run.c;
+    const std::string what = fmt::format("{}, the state {}, {} slots", name(c, pg().world->size()),
+                                         run.state_on_disk ? "on disk" : "in memory", run.slots);
+    std::vector<StepStats> want_stats, got_stats;
+    Trajectory want;
+    {
+      Engine device(make_config(c), *pg().world);
+      want = train(c, device, 12, nullptr, &want_stats);
+    }
+    c.offload = 1;
+    Config cfg = make_config(c);
+    if (run.state_on_disk) cfg = on_nvme(cfg);
+    cfg = params_on_nvme(cfg, run.slots);
+    Engine disk(cfg, *pg().world);
+    const Trajectory got = train(c, disk, 12, nullptr, &got_stats);
+    EXPECT_EQ(got.losses, want.losses) << what;
+    EXPECT_EQ(got.params, want.params) << what;
+    for (std::size_t k = 0; k < got_stats.size() && k < want_stats.size(); ++k)
+      EXPECT_EQ(got_stats[k].grad_norm, want_stats[k].grad_norm) << what << ", step " << k + 1;
+    std::vector<offload::SwapRegion> regions, state_regions;
+    for (UnitId u = 0; u < disk.num_units(); ++u) {
+      const UnitBuffers b = unit_buffers(disk.unit(u).layout, disk.unit(u).frozen, cfg, true);
+      regions.push_back(b.param_region());
+      if (run.state_on_disk) state_regions.push_back(b.swap_region());
+    }
+    const MemoryReport m = disk.memory();
+    EXPECT_EQ(m.on_host[static_cast<std::size_t>(MemCategory::params)].current,
+              offload::swap_buffer_bytes(regions, run.slots))
+        << what << ": the host holds the slots only";
+    EXPECT_EQ(m.on_device[static_cast<std::size_t>(MemCategory::params)].current, 0) << what;
+    const MemoryPlan plan = disk.memory_plan();
+    EXPECT_EQ(plan.disk, offload::swap_file_bytes(regions) + offload::swap_file_bytes(state_regions)) << what;
+    disk.synchronize();
+    const offload::Timing t = disk.take_offload_timing();
+    if (run.slots < 4)
+      EXPECT_GT(t.param_disk.reads, 0) << what << ": 4 units do not fit " << run.slots << " slots";
+    else
+      EXPECT_EQ(t.param_disk.reads, 0) << what << ": each unit keeps its slot";
+  }
+}
+
 // Partial offload (offload.ratio, DeepSpeed's ZeRO-Offload++): the last units' optimizer on the host, the
 // others' on the device, in the same step. Same kernels, same shards, same order per unit, so again
 // bit-identical to the device optimizer, with and without clipping (the early update), at stages 1-3; the
@@ -382,7 +440,9 @@ TEST(EngineMemory, PlanEqualsTheLedger) {
         Run{Case{3, DType::f32, 2, 1, 0.0f}, "nvme", "cpu"},
         Run{Case{1, DType::bf16, 0, 1, 0.0f}, "nvme"},
         Run{Case{2, DType::f32, 0, 1, 0.0f}, "nvme", "none", "delayed"},
-        Run{Case{2, DType::f32, 0, 1, 0.0f}, "nvme", "none", "streaming", false, 0.5, true}}) {
+        Run{Case{2, DType::f32, 0, 1, 0.0f}, "nvme", "none", "streaming", false, 0.5, true},
+        Run{Case{3, DType::bf16, 2, 1, 0.0f}, "cpu", "nvme", "streaming", false, 1.0, true},
+        Run{Case{3, DType::f32, 0, 1, 0.0f}, "nvme", "nvme"}}) {
     const Case& c = run.c;
     const int n = pg().world->size();
     if (run.hybrid && (n < 2 || n % 2)) continue;
@@ -391,6 +451,7 @@ TEST(EngineMemory, PlanEqualsTheLedger) {
     cfg.offload.optimizer = run.optimizer;
     if (run.optimizer == std::string("nvme")) cfg = on_nvme(cfg);
     cfg.offload.params = run.params;
+    if (run.params == std::string("nvme")) cfg = params_on_nvme(cfg);
     cfg.offload.mode = run.mode;
     cfg.offload.ratio = run.ratio;
     cfg.checkpoint.async = run.async_save;
@@ -425,8 +486,8 @@ TEST(EngineMemory, PlanEqualsTheLedger) {
         engine.save_checkpoint((test::job_dir("zs_plan_") / "ckpt").string());
         EXPECT_NO_THROW(engine.wait_checkpoint()) << what;
       }
-      // The state file: where the optimizer's state is on disk, and only there.
-      EXPECT_EQ(plan.disk > 0, run.optimizer == std::string("nvme")) << what;
+      // The files: where the optimizer's state or the parameters are on disk, and only there.
+      EXPECT_EQ(plan.disk > 0, run.optimizer == std::string("nvme") || run.params == std::string("nvme")) << what;
       if (run.optimizer != std::string("none")) {  // the optimizer state left the device (all of it at ratio 1)
         const auto os = static_cast<std::size_t>(MemCategory::optim_state);
         if (run.ratio < 1.0) {

@@ -84,8 +84,7 @@ TEST(CheckpointManifest, DamageIsNamed) {
             std::string::npos)
       << good;
   EXPECT_NE(parse_error(replaced(good, "[1,8,7]", "[1,8,6]")).find("cover 14 of 15 elements"), std::string::npos);
-  EXPECT_NE(parse_error(replaced(good, "[[1,0,4]]", "[[5,0,4]]")).find("file #5 of 2"),
-            std::string::npos);
+  EXPECT_NE(parse_error(replaced(good, "[[1,0,4]]", "[[5,0,4]]")).find("file #5 of 2"), std::string::npos);
   EXPECT_NE(parse_error(replaced(good, "\"h.0.mask\"", "\"h.0.w\"")).find("'h.0.w' appears twice"), std::string::npos);
 }
 
@@ -96,7 +95,8 @@ TEST(CheckpointPieces, CoverEveryTensorExactly) {
   for (int trial = 0; trial < 200; ++trial) {
     std::vector<TensorSpec> specs;
     const int count = 1 + static_cast<int>(rng() % 5);
-    for (int i = 0; i < count; ++i) specs.push_back({"t" + std::to_string(i), Shape({1 + static_cast<int64_t>(rng() % 300)})});
+    for (int i = 0; i < count; ++i)
+      specs.push_back({"t" + std::to_string(i), Shape({1 + static_cast<int64_t>(rng() % 300)})});
     const int writers = 1 + static_cast<int>(rng() % 5);
     const bool sharded = rng() % 2 == 0;
     const FlatLayout l = make_flat_layout(specs, sharded ? writers : 1);

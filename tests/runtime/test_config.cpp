@@ -110,7 +110,7 @@ TEST(Config, OffloadNeedsTheStagesItWorksWith) {
   e = error_of("zero: {stage: 3}\noffload: {optimizer: cpu, params: cpu, mode: delayed}\n");
   EXPECT_NE(e.find("mode: delayed works with offload.optimizer only"), std::string::npos) << e;
   const Config ok = Config::from_yaml("zero: {stage: 3}\noffload: {optimizer: cpu, params: cpu, pin_memory: false}\n");
-  EXPECT_TRUE(ok.offload.optimizer_on_cpu() && ok.offload.params_on_cpu() && !ok.offload.pin_memory);
+  EXPECT_TRUE(ok.offload.optimizer_on_cpu() && ok.offload.params_offloaded() && !ok.offload.pin_memory);
   Config::Offload o;  // the tools' one-word form sets every field and reads back
   for (std::string_view c : Config::Offload::kChoices) {
     o.choose(c);
@@ -120,10 +120,10 @@ TEST(Config, OffloadNeedsTheStagesItWorksWith) {
   o.choose("optimizer");  // keeps a configured share
   EXPECT_DOUBLE_EQ(o.ratio, 0.5);
   o.choose("delayed");  // which has none
-  EXPECT_TRUE(o.optimizer_on_cpu() && !o.params_on_cpu() && o.delayed());
+  EXPECT_TRUE(o.optimizer_on_cpu() && !o.params_offloaded() && o.delayed());
   EXPECT_DOUBLE_EQ(o.ratio, 1.0);
   o.choose("none");
-  EXPECT_TRUE(!o.optimizer_on_cpu() && !o.params_on_cpu() && !o.delayed());
+  EXPECT_TRUE(!o.optimizer_on_cpu() && !o.params_offloaded() && !o.delayed());
   EXPECT_THROW(o.choose("everything"), Error);
   // offload.ratio (DeepSpeed's offload_optimizer.ratio): a share in (0, 1], below 1 with the streaming
   // optimizer offload alone.
@@ -142,7 +142,7 @@ TEST(Config, OffloadNeedsTheStagesItWorksWith) {
   // The optimizer's state on disk (DeepSpeed's offload_optimizer: {device: nvme, nvme_path, buffer_count}).
   const Config nvme = Config::from_yaml(
       "zero: {stage: 3}\noffload: {optimizer: nvme, params: cpu, nvme_path: /local_nvme, buffer_count: 6}\n");
-  EXPECT_TRUE(nvme.offload.optimizer_on_cpu() && nvme.offload.state_on_nvme() && nvme.offload.params_on_cpu());
+  EXPECT_TRUE(nvme.offload.optimizer_on_cpu() && nvme.offload.state_on_nvme() && nvme.offload.params_offloaded());
   EXPECT_EQ(nvme.offload.nvme_path, "/local_nvme");
   EXPECT_EQ(nvme.offload.buffer_count, 6);
   EXPECT_EQ(nvme.offload.choice(), "nvme+params");
@@ -155,6 +155,27 @@ TEST(Config, OffloadNeedsTheStagesItWorksWith) {
   EXPECT_NE(error_of("zero: {stage: 0}\noffload: {optimizer: nvme, nvme_path: /x}\n")
                 .find("offload.optimizer: nvme needs zero.stage"),
             std::string::npos);
+  // The parameters on disk too (DeepSpeed's offload_param: {device: nvme, nvme_path, buffer_count}).
+  const Config inf = Config::from_yaml(
+      "zero: {stage: 3}\nprecision: {param: bf16}\noffload: {optimizer: cpu, params: nvme, nvme_path: /local_nvme, "
+      "param_buffer_count: 3}\n");
+  EXPECT_TRUE(inf.offload.params_on_nvme() && inf.offload.params_offloaded() && !inf.offload.state_on_nvme());
+  EXPECT_EQ(inf.offload.param_buffer_count, 3);
+  EXPECT_EQ(inf.offload.choice(), "optimizer+nvme-params");
+  EXPECT_EQ(Config::from_yaml("").offload.param_buffer_count, 5);
+  e = error_of("zero: {stage: 3}\nprecision: {param: bf16}\noffload: {optimizer: cpu, params: nvme}\n");
+  EXPECT_NE(e.find("train.yaml:3:"), std::string::npos) << e;
+  EXPECT_NE(e.find("offload.params: nvme needs offload.nvme_path"), std::string::npos) << e;
+  e = error_of("zero: {stage: 2}\noffload: {optimizer: nvme, params: nvme, nvme_path: /x}\n");
+  EXPECT_NE(e.find("offload.params: nvme needs zero.stage: 3"), std::string::npos) << e;
+  e = error_of("zero: {stage: 3}\noffload: {optimizer: cpu, params: nvme, nvme_path: /x}\n");
+  EXPECT_NE(e.find("the parameters are the f32 master, which the CPU step keeps in host memory"), std::string::npos)
+      << e;
+  e = error_of("zero: {stage: 3}\noffload: {optimizer: nvme, params: nvme, nvme_path: /x, mode: delayed}\n");
+  EXPECT_NE(e.find("with offload.params: nvme use mode: streaming"), std::string::npos) << e;
+  e = error_of("zero: {stage: 3}\noffload: {optimizer: nvme, params: nvme, nvme_path: /x, param_buffer_count: 1}\n");
+  EXPECT_NE(e.find("offload.param_buffer_count must be >= 2, got 1"), std::string::npos) << e;
+  EXPECT_NO_THROW(Config::from_yaml("zero: {stage: 3}\noffload: {optimizer: nvme, params: nvme, nvme_path: /x}\n"));
   Config in_code;  // built in code, the engine refuses it with the same words (offload_problem)
   in_code.zero.stage = 0;
   in_code.offload.optimizer = "cpu";

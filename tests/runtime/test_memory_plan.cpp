@@ -83,5 +83,37 @@ TEST(MemoryPlan, StateOnDiskKeepsBuffersOnTheHost) {
   }
 }
 
+// The parameters on disk (offload.params: nvme) take the parameter shards out of host memory and put the
+// slots in their place; the file holds each unit's shard in the compute dtype, rounded up to 4 KiB; the
+// device and the optimizer's side are as with the parameters in host memory.
+TEST(MemoryPlan, ParamsOnDiskKeepSlotsOnTheHost) {
+  std::vector<std::vector<TensorSpec>> units;
+  for (int64_t rows : {64, 128, 96, 256}) units.push_back({{"w", Shape{rows, 64}}, {"b", Shape{rows}, true, false}});
+  for (const char* optimizer : {"cpu", "nvme"}) {
+    Config cfg = offload_ratio(1.0);
+    cfg.zero.stage = 3;
+    cfg.precision.param = DType::bf16;
+    cfg.offload.optimizer = optimizer;
+    cfg.offload.params = "cpu";
+    const MemoryPlan memory = plan_memory(units, cfg, 2, 0, false);
+    cfg.offload.params = "nvme";
+    cfg.offload.param_buffer_count = 3;
+    const MemoryPlan disk = plan_memory(units, cfg, 2, 0, false);
+    const auto ps = static_cast<std::size_t>(MemCategory::params);
+    int64_t file = 0, shards = 0;  // each unit's shard: (rows x 65) / 2 elements of 2 B
+    for (int64_t rows : {64, 128, 96, 256}) {
+      file += offload::swap_aligned(rows * 65 / 2 * 2);
+      shards += rows * 65 / 2 * 2;
+    }
+    EXPECT_EQ(disk.disk - memory.disk, file) << optimizer;
+    EXPECT_EQ(memory.host[ps], shards) << optimizer;
+    EXPECT_EQ(disk.host[ps], 3 * offload::swap_aligned(256 * 65 / 2 * 2) + 4096) << optimizer;
+    EXPECT_EQ(disk.device, memory.device) << optimizer;
+    CategoryBytes rest_memory = memory.host, rest_disk = disk.host;
+    rest_memory[ps] = rest_disk[ps] = 0;
+    EXPECT_EQ(rest_disk, rest_memory) << optimizer;
+  }
+}
+
 }  // namespace
 }  // namespace zs

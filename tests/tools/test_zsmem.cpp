@@ -183,6 +183,21 @@ TEST(Zsmem, EstimateFollowsThePaddedLayout) {
   EXPECT_EQ(dr[1]["host_bytes"]["optim_state"].get<int64_t>(), 4 * 3 * 4096 + 4096);
   EXPECT_EQ(dr[1]["bytes"], dr[0]["bytes"]) << "the device holds the same";
   EXPECT_TRUE(dr[1]["deepspeed_estimate"].is_null());
+  // The parameters on disk too (nvme+nvme-params): each unit's f32 shard (the master is on disk) is 1 KiB,
+  // padded to 4 KiB in a second file; the host keeps 5 slots of 4 KiB (and 4 KiB to align them) instead of
+  // the shards.
+  const zs::test::CommandResult both = zsmem(
+      "estimate --params 1000000 --largest-unit 1000 --world 4 --stage 3 --offload nvme+params nvme+nvme-params "
+      "--json");
+  ASSERT_EQ(both.rc, 0) << both.output;
+  const auto br = nlohmann::json::parse(both.output);
+  ASSERT_EQ(br.size(), 2u);
+  EXPECT_EQ(br[0]["host_bytes"]["params"].get<int64_t>(), 1000 * 4 * 256);
+  EXPECT_EQ(br[1]["offload"], "nvme+nvme-params");
+  EXPECT_EQ(br[1]["disk_bytes"].get<int64_t>(), 1000 * 3 * 4096 + 1000 * 4096);
+  EXPECT_EQ(br[1]["host_bytes"]["params"].get<int64_t>(), 5 * 4096 + 4096);
+  EXPECT_EQ(br[1]["bytes"], br[0]["bytes"]) << "the device holds the same";
+  EXPECT_TRUE(br[1]["deepspeed_estimate"].is_null());
   EXPECT_EQ(zsmem("estimate --params 1000 --largest-unit 10 --optimizer sgd --states bf16").rc, 2);
   const zs::test::CommandResult table =
       zsmem("estimate --model gpt:d=64,L=2,V=256,T=32 --world 1 2 --device-memory 0.001");

@@ -1,0 +1,231 @@
+// ParamSwap: the slots, their hand-offs between the gathers, the CPU step and the I/O threads.
+#include "offload/param_swap.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "core/error.h"
+#include "core/log.h"
+
+namespace zs::offload {
+
+namespace {
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+std::vector<int64_t> region_offsets(std::span<const int64_t> bytes) {
+  std::vector<int64_t> out{0};
+  for (int64_t b : bytes) out.push_back(out.back() + swap_aligned(b));
+  return out;
+}
+
+}  // namespace
+
+ParamSwap::ParamSwap(const std::string& dir, int rank, std::span<const int64_t> bytes, void* buffers, int count,
+                     Device device)
+    : count_(at_least_two(count, "offload.param_buffer_count")),
+      bytes_(bytes.begin(), bytes.end()),
+      offset_(region_offsets(bytes)),
+      file_(dir, rank, offset_.back(), {"offload.params: nvme", "parameters", "params"}),
+      base_(swap_aligned(buffers)),
+      slots_(static_cast<std::size_t>(count)),
+      slot_of_(bytes.size(), -1) {
+  for (int64_t b : bytes_) slot_bytes_ = std::max(slot_bytes_, swap_aligned(b));
+  for (Slot& s : slots_) s.copied = make_event(device);
+  reads_.ring.resize(slots_.size());
+  writes_.ring.resize(slots_.size());
+  reader_ = std::thread([this] { run(false); });
+  writer_ = std::thread([this] { run(true); });
+}
+
+ParamSwap::~ParamSwap() {
+  try {
+    drain();
+  } catch (const std::exception& e) {
+    log::warn("offload: the parameters' file failed while shutting down: {}", e.what());
+  }
+  {
+    std::lock_guard lk(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  reader_.join();
+  writer_.join();
+}
+
+void ParamSwap::rethrow_locked() const {
+  if (error_) std::rethrow_exception(error_);
+}
+
+int ParamSwap::victim(bool prefetching) const {
+  int best = -1;
+  auto rank = [&](const Slot& s) { return std::pair{!s.used, s.wanted}; };  // used first, then least wanted
+  for (int i = 0; i < count_; ++i) {
+    const Slot& s = slots_[static_cast<std::size_t>(i)];
+    if (busy(s)) continue;
+    if (s.unit < 0) return i;
+    if (prefetching && (!s.used || requests_ - s.wanted < count_ || !s.copied->query())) continue;
+    if (best < 0 || rank(s) < rank(slots_[static_cast<std::size_t>(best)])) best = i;
+  }
+  return best;
+}
+
+void ParamSwap::claim(int s, int u, State state) {
+  Slot& slot = slots_[static_cast<std::size_t>(s)];
+  if (slot.unit >= 0) slot_of_[static_cast<std::size_t>(slot.unit)] = -1;
+  slot.unit = u;
+  slot.state = state;
+  slot.used = false;
+  slot.wanted = requests_;
+  slot_of_[static_cast<std::size_t>(u)] = s;
+  if (state == State::reading) {
+    reads_.push(s);
+    ++in_flight_;
+  }
+}
+
+void ParamSwap::prefetch(int u) {
+  {
+    std::lock_guard lk(mu_);
+    if (error_) return;  // acquire reports it
+    ++requests_;
+    if (const int s = slot_of_[static_cast<std::size_t>(u)]; s >= 0) {
+      slots_[static_cast<std::size_t>(s)].wanted = requests_;
+      return;
+    }
+    const int s = victim(true);
+    if (s < 0) return;
+    claim(s, u, State::reading);
+  }
+  cv_.notify_all();
+}
+
+const void* ParamSwap::acquire(int u) {
+  const int64_t t0 = now_ns();
+  std::unique_lock lk(mu_);
+  ++requests_;
+  acquires_.fetch_add(1, std::memory_order_relaxed);
+  for (;;) {
+    rethrow_locked();
+    int s = slot_of_[static_cast<std::size_t>(u)];
+    if (s < 0 && (s = victim(false)) >= 0) {
+      claim(s, u, State::reading);
+      cv_.notify_all();
+    }
+    if (s >= 0) {
+      Slot& slot = slots_[static_cast<std::size_t>(s)];
+      slot.wanted = requests_;
+      if (slot.state == State::ready) {
+        ++slot.pins;
+        slot.used = true;
+        wait_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
+        return slot_data(s);
+      }
+    }
+    cv_.wait(lk);  // its read or fill, or a slot to read it into
+  }
+}
+
+void ParamSwap::release(int u, Stream& copy) {
+  {
+    std::lock_guard lk(mu_);
+    const int s = slot_of_[static_cast<std::size_t>(u)];
+    ZS_CHECK(s >= 0 && slots_[static_cast<std::size_t>(s)].pins > 0,
+             "offload: unit {}'s parameters released without acquire (a bug)", u);
+    Slot& slot = slots_[static_cast<std::size_t>(s)];
+    copy.record(*slot.copied);
+    --slot.pins;
+  }
+  cv_.notify_all();
+}
+
+void* ParamSwap::begin_write(int u) {
+  int s = -1;
+  {
+    std::unique_lock lk(mu_);
+    ++requests_;
+    for (;;) {
+      rethrow_locked();
+      s = slot_of_[static_cast<std::size_t>(u)];
+      if (s >= 0 && !busy(slots_[static_cast<std::size_t>(s)])) {
+        slots_[static_cast<std::size_t>(s)].state = State::filling;
+        break;
+      }
+      if (s < 0 && (s = victim(false)) >= 0) {
+        claim(s, u, State::filling);
+        break;
+      }
+      cv_.wait(lk);  // the unit's slot to be free of its read, copies and write, or any slot to be
+    }
+  }
+  slots_[static_cast<std::size_t>(s)].copied->synchronize();  // the last gather's copy out of it is done
+  return slot_data(s);
+}
+
+void ParamSwap::finish(int u) {
+  {
+    std::lock_guard lk(mu_);
+    const int s = slot_of_[static_cast<std::size_t>(u)];
+    ZS_CHECK(s >= 0 && slots_[static_cast<std::size_t>(s)].state == State::filling,
+             "offload: unit {}'s parameters finished without begin_write (a bug)", u);
+    Slot& slot = slots_[static_cast<std::size_t>(s)];
+    slot.state = State::ready;
+    slot.writing = true;
+    slot.wanted = requests_;
+    writes_.push(s);
+    ++in_flight_;
+  }
+  cv_.notify_all();
+}
+
+void ParamSwap::run(bool writer) {
+  Queue& queue = writer ? writes_ : reads_;
+  std::unique_lock lk(mu_);
+  for (;;) {
+    cv_.wait(lk, [&] { return stop_ || error_ || queue.size > 0; });
+    if (stop_ || error_) return;  // after an error the swap is unusable; every later call rethrows it
+    const int s = queue.pop();
+    Slot& slot = slots_[static_cast<std::size_t>(s)];
+    const int u = slot.unit;  // fixed while the slot is in I/O
+    lk.unlock();
+    try {
+      if (!writer) slot.copied->synchronize();  // the slot's last copy out, before it is read over
+      const auto i = static_cast<std::size_t>(u);
+      file_.io(writer, offset_[i], slot_data(s), swap_aligned(bytes_[i]),
+               [&] { return fmt::format("unit {}'s parameters", u); });
+    } catch (...) {
+      lk.lock();
+      error_ = std::current_exception();
+      cv_.notify_all();
+      return;
+    }
+    lk.lock();
+    if (writer)
+      slot.writing = false;
+    else
+      slot.state = State::ready;
+    if (!writer) reads_done_.fetch_add(1, std::memory_order_relaxed);
+    --in_flight_;
+    cv_.notify_all();
+  }
+}
+
+void ParamSwap::drain() {
+  std::unique_lock lk(mu_);
+  cv_.wait(lk, [&] { return error_ || in_flight_ == 0; });
+  rethrow_locked();
+}
+
+ParamSwap::Stats ParamSwap::take_stats() {
+  constexpr auto relaxed = std::memory_order_relaxed;
+  Stats s;
+  s.acquires = acquires_.exchange(0, relaxed);
+  s.reads = reads_done_.exchange(0, relaxed);
+  s.wait_ms = static_cast<double>(wait_ns_.exchange(0, relaxed)) / 1e6;
+  return s;
+}
+
+}  // namespace zs::offload
