@@ -35,9 +35,10 @@ using namespace zs;
 struct Args {
   int d = 2048, layers = 24, vocab = 32000, tokens = 8192, steps = 3;
   float clip = 1.0f;             // optimizer.clip_grad_norm; 0: the offloaded update starts in the backward
-  std::string offload = "none";  // none | optimizer | optimizer+params | delayed | nvme | nvme+params
+  std::string offload = "none";  // a Config::Offload::kChoices word
   std::string nvme_path;         // with nvme: offload.nvme_path (default: the temporary directory)
   int buffers = 4;               // with nvme: offload.buffer_count
+  int param_buffers = 5;         // with nvme-params: offload.param_buffer_count
   std::string reduce = "f32";
   std::string states = "f32";  // optimizer.state_dtype
   double ratio = 1.0;          // offload.ratio: the share of the optimizer on the host (the last units)
@@ -145,9 +146,13 @@ int main(int argc, char** argv) {
   app.add_option("--vocab", a.vocab, "embedding rows")->capture_default_str();
   app.add_option("--tokens", a.tokens, "tokens per step (batch x sequence)")->capture_default_str();
   app.add_option("--steps", a.steps, "timed steps (after one warm-up step)")->capture_default_str();
-  app.add_option("--nvme-path", a.nvme_path, "with --offload nvme: the directory of the optimizer state's file");
+  app.add_option("--nvme-path", a.nvme_path, "with --offload nvme or *nvme-params: the directory of the files");
   app.add_option("--buffers", a.buffers, "with --offload nvme: offload.buffer_count")->capture_default_str();
-  app.add_option("--offload", a.offload, "none, optimizer, optimizer+params, delayed, nvme, nvme+params")
+  app.add_option("--param-buffers", a.param_buffers, "with --offload *nvme-params: offload.param_buffer_count")
+      ->capture_default_str();
+  app.add_option("--offload", a.offload,
+                 "none, optimizer, optimizer+params, delayed, nvme, nvme+params, optimizer+nvme-params, "
+                 "nvme+nvme-params")
       ->check(zs::offload_choices())
       ->capture_default_str();
   app.add_option("--reduce", a.reduce, "gradient dtype: f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
@@ -179,6 +184,7 @@ int main(int argc, char** argv) {
     cfg.offload.ratio = a.ratio;
     cfg.offload.nvme_path = a.nvme_path.empty() ? std::filesystem::temp_directory_path().string() : a.nvme_path;
     cfg.offload.buffer_count = a.buffers;
+    cfg.offload.param_buffer_count = a.param_buffers;
     Engine e(cfg);
     const int64_t d = a.d;
     e.add_unit("embed", {{"w", {a.vocab, d}}});
@@ -241,6 +247,12 @@ int main(int argc, char** argv) {
           "%.1f ms/step, the CPU waited for the disk %.1f ms/step\n",
           ot.update_ms / a.steps, kernels::cpu_threads(), ot.update_bytes / a.steps / 1e9,
           ot.update_bytes / (ot.update_ms * 1e6), ot.wait_ms / a.steps, ot.disk_wait_ms / a.steps);
+    if (ot.param_disk.acquires > 0)
+      std::printf(
+          "  parameters on disk: %lld of %lld gathers read their shard from the disk, the host blocked on the "
+          "reads %.1f ms/step\n",
+          static_cast<long long>(ot.param_disk.reads), static_cast<long long>(ot.param_disk.acquires),
+          ot.param_disk.wait_ms / a.steps);
     return 0;
   } catch (const std::exception& ex) {
     std::fprintf(stderr, "offload_bench: %s\n", ex.what());

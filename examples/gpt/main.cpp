@@ -91,11 +91,13 @@ int main(int argc, char** argv) {
   app.add_option("--stage", stage, "override zero.stage")->check(CLI::Range(0, 3));
   app.add_option("--offload", offload,
                  "override offload: none, optimizer (stages 1-3), optimizer+params (stage 3), delayed, nvme or "
-                 "nvme+params (the optimizer's state on disk, in --nvme-path)")
+                 "nvme+params (the optimizer's state on disk, in --nvme-path), optimizer+nvme-params or "
+                 "nvme+nvme-params (the parameters on disk too; stage 3, and bf16/f16 with the optimizer's state in "
+                 "memory)")
       ->check(zs::offload_choices());
   app.add_option("--nvme-path", nvme_path,
-                 "override offload.nvme_path: the directory for the optimizer's state with --offload nvme (default: "
-                 "the system's temporary directory)");
+                 "override offload.nvme_path: the directory for the files of --offload nvme and nvme-params "
+                 "(default: the system's temporary directory)");
   auto* ratio_given = app.add_option("--offload-ratio", offload_ratio,
                                      "override offload.ratio: the share of the parameters whose optimizer runs on the "
                                      "host with --offload optimizer (the last units; the rest on the device)")
@@ -155,7 +157,7 @@ int main(int argc, char** argv) {
     if (!offload.empty()) cfg.offload.choose(offload);
     if (ratio_given->count() > 0) cfg.offload.ratio = offload_ratio;  // the engine checks it (offload_problem)
     if (!nvme_path.empty()) cfg.offload.nvme_path = nvme_path;
-    if (cfg.offload.state_on_nvme() && cfg.offload.nvme_path.empty())
+    if ((cfg.offload.state_on_nvme() || cfg.offload.params_on_nvme()) && cfg.offload.nvme_path.empty())
       cfg.offload.nvme_path = std::filesystem::temp_directory_path().string();
     if (lr > 0) cfg.optimizer.lr = static_cast<float>(lr);
     if (!device.empty()) cfg.device = device;
@@ -242,14 +244,18 @@ int main(int argc, char** argv) {
       if ((eval_every > 0 && (step + 1) % eval_every == 0) || last) val = validate();
       if ((step + 1) % log_every == 0 || last) {
         const double train_loss = mean_over_ranks(window_loss / window);
-        // Offloaded: the CPU's update time per step, how long the next forward waited for it, and with the
-        // state on disk how long the CPU waited for its reads.
+        // Offloaded: the CPU's update time per step, how long the next forward waited for it, with the state
+        // on disk how long the CPU waited for its reads, and with the parameters on disk how long the gathers
+        // waited for theirs and how many of their shards came from the disk rather than a slot.
         const zs::offload::Timing ot = engine.take_offload_timing();
         std::string offload = ot.updates > 0 ? fmt::format(" | CPU step {:.1f} ms, waited {:.1f} ms",
                                                            ot.update_ms / window, ot.wait_ms / window)
                                              : "";
         if (ot.updates > 0 && cfg.offload.state_on_nvme())
           offload += fmt::format(", disk {:.1f} ms", ot.disk_wait_ms / window);
+        if (ot.updates > 0 && ot.param_disk.acquires > 0)
+          offload += fmt::format(", params read {:.1f} ms ({} of {} gathers)", ot.param_disk.wait_ms / window,
+                                 ot.param_disk.reads, ot.param_disk.acquires);
         if (rank == 0) {
           if (tty) std::printf("\r\033[K");
           std::printf("step %5lld/%d | loss %.3f | val %s | lr %.2e | |g| %.2f | %.0f ms/step | %.1fk tok/s%s\n",

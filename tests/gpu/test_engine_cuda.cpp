@@ -110,6 +110,29 @@ TEST(EngineCuda, StateOnDiskMatchesTheStateInMemoryAtWorldOne) {
   std::filesystem::remove_all(dir);
 }
 
+// The parameters on disk (offload.params: nvme) on CUDA: the gathers upload each unit's shard from a pinned
+// host slot (read from the file when it is not in one), the CPU step writes it through a slot; 2 slots for
+// 4 units. Bit-identical to the parameters in pinned memory, with clipping and without (the early update),
+// with the optimizer's state in memory and on disk.
+TEST(EngineCuda, ParamsOnDiskMatchParamsInMemoryAtWorldOne) {
+  ZS_REQUIRE_GPU();
+  auto [cpu_pg, gpu_pg] = cpu_and_gpu_groups();
+  using O = kernels::Optimizer;
+  for (const Case& c :
+       {Case{3, DType::bf16, 2, 1, 1.0f, O::adamw, false, 2}, Case{3, DType::bf16, 2, 1, 0.0f, O::adamw, false, 2}}) {
+    Engine memory(make_config(c), *gpu_pg.world);
+    const Trajectory want = train(c, memory, 10);
+    for (bool state_on_disk : {false, true}) {
+      Engine disk(params_on_nvme(state_on_disk ? on_nvme(make_config(c)) : make_config(c)), *gpu_pg.world);
+      ASSERT_TRUE(disk.device().is_cuda());
+      const Trajectory got = train(c, disk, 10);
+      const std::string what = fmt::format("{}, the state {}", name(c, 1), state_on_disk ? "on disk" : "in memory");
+      EXPECT_EQ(got.losses, want.losses) << what;
+      EXPECT_EQ(got.params, want.params) << what;
+    }
+  }
+}
+
 // checkpoint.async on CUDA: the staging copy comes from device memory into pinned host memory, and the files
 // are the bytes a synchronous save writes, though training changes the device's states while they are written.
 TEST(EngineCuda, AsyncCheckpointWritesWhatASynchronousSaveWrites) {
