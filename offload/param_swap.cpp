@@ -16,24 +16,18 @@ int64_t now_ns() {
       .count();
 }
 
-std::vector<int64_t> region_offsets(std::span<const int64_t> bytes) {
-  std::vector<int64_t> out{0};
-  for (int64_t b : bytes) out.push_back(out.back() + swap_aligned(b));
-  return out;
-}
-
 }  // namespace
 
-ParamSwap::ParamSwap(const std::string& dir, int rank, std::span<const int64_t> bytes, void* buffers, int count,
+ParamSwap::ParamSwap(const std::string& dir, int rank, std::vector<SwapRegion> regions, void* buffers, int count,
                      Device device)
     : count_(at_least_two(count, "offload.param_buffer_count")),
-      bytes_(bytes.begin(), bytes.end()),
-      offset_(region_offsets(bytes)),
+      regions_(std::move(regions)),
+      offset_(swap_offsets(regions_)),
       file_(dir, rank, offset_.back(), {"offload.params: nvme", "parameters", "params"}),
       base_(swap_aligned(buffers)),
       slots_(static_cast<std::size_t>(count)),
-      slot_of_(bytes.size(), -1) {
-  for (int64_t b : bytes_) slot_bytes_ = std::max(slot_bytes_, swap_aligned(b));
+      slot_of_(regions_.size(), -1) {
+  for (const SwapRegion& r : regions_) slot_bytes_ = std::max(slot_bytes_, r.size);
   for (Slot& s : slots_) s.copied = make_event(device);
   reads_.ring.resize(slots_.size());
   writes_.ring.resize(slots_.size());
@@ -194,7 +188,7 @@ void ParamSwap::run(bool writer) {
     try {
       if (!writer) slot.copied->synchronize();  // the slot's last copy out, before it is read over
       const auto i = static_cast<std::size_t>(u);
-      file_.io(writer, offset_[i], slot_data(s), swap_aligned(bytes_[i]),
+      file_.io(writer, offset_[i], slot_data(s), regions_[i].size,
                [&] { return fmt::format("unit {}'s parameters", u); });
     } catch (...) {
       lk.lock();

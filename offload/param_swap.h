@@ -24,7 +24,6 @@
 #include <exception>
 #include <memory>
 #include <mutex>
-#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -36,10 +35,10 @@ namespace zs::offload {
 
 class ParamSwap {
  public:
-  // Creates the file in directory `dir` for `rank`, one region per unit of bytes[u] (its shard in the compute
-  // dtype); `buffers` is host memory of swap_buffer_bytes over those regions (swap_region(bytes[u], 0, 0))
-  // for `count` slots, the caller's, outliving this. `device`: where the gathers' copy streams are.
-  ParamSwap(const std::string& dir, int rank, std::span<const int64_t> bytes, void* buffers, int count, Device device);
+  // Creates the file in directory `dir` for `rank`, one region per unit (swap_region(its shard's bytes in
+  // the compute dtype, 0, 0)); `buffers` is host memory of swap_buffer_bytes(regions, count) bytes, the
+  // caller's, outliving this. `device`: where the gathers' copy streams are.
+  ParamSwap(const std::string& dir, int rank, std::vector<SwapRegion> regions, void* buffers, int count, Device device);
   ~ParamSwap();
   ParamSwap(const ParamSwap&) = delete;
   ParamSwap& operator=(const ParamSwap&) = delete;
@@ -103,7 +102,8 @@ class ParamSwap {
   void rethrow_locked() const;
 
   int count_;
-  std::vector<int64_t> bytes_, offset_;  // each unit's shard bytes and region offset; the file's size last
+  std::vector<SwapRegion> regions_;
+  std::vector<int64_t> offset_;  // each unit's region's offset in the file; the file's size last
   int64_t slot_bytes_ = 0;
   SwapFile file_;
   char* base_;

@@ -14,21 +14,10 @@ constexpr const char* kParts[] = {"master", "m", "v"};
 
 }  // namespace
 
-namespace {
-
-// Each region's offset in the file (the regions one after the other), and the file's size last.
-std::vector<int64_t> offsets(std::span<const SwapRegion> regions) {
-  std::vector<int64_t> out{0};
-  for (const SwapRegion& r : regions) out.push_back(out.back() + r.size);
-  return out;
-}
-
-}  // namespace
-
 StateSwap::StateSwap(const std::string& dir, int rank, std::vector<SwapRegion> regions, void* buffers, int count)
     : count_(at_least_two(count, "offload.buffer_count")),
       regions_(std::move(regions)),
-      offset_(offsets(regions_)),
+      offset_(swap_offsets(regions_)),
       file_(dir, rank, offset_.back(), {"offload.optimizer: nvme", "optimizer state", "optimizer-state"}),
       base_(swap_aligned(buffers)) {
   for (const SwapRegion& r : regions_) slot_ = std::max(slot_, r.size);

@@ -32,6 +32,12 @@ int64_t swap_file_bytes(std::span<const SwapRegion> regions) {
   return total;
 }
 
+std::vector<int64_t> swap_offsets(std::span<const SwapRegion> regions) {
+  std::vector<int64_t> out{0};
+  for (const SwapRegion& r : regions) out.push_back(out.back() + r.size);
+  return out;
+}
+
 int64_t swap_buffer_bytes(std::span<const SwapRegion> regions, int count) {
   int64_t largest = 0;
   for (const SwapRegion& r : regions) largest = std::max(largest, r.size);

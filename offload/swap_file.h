@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <vector>
 
 namespace zs::offload {
 
@@ -31,6 +32,8 @@ SwapRegion swap_region(int64_t master, int64_t m, int64_t v);
 // The file's bytes (the regions one after the other), and the host bytes of `count` buffers of the
 // largest region, with the slack to align the first to 4 KiB. Pure.
 int64_t swap_file_bytes(std::span<const SwapRegion> regions);
+// Each region's offset in the file, and the file's size last. Pure.
+std::vector<int64_t> swap_offsets(std::span<const SwapRegion> regions);
 int64_t swap_buffer_bytes(std::span<const SwapRegion> regions, int count);
 
 // The first 4 KiB boundary at or after p (host buffers are allocated with kSwapAlignment bytes of slack).

@@ -204,7 +204,8 @@ void Engine::check_fits(const MemoryPlan& plan) const {
   if (!device_.is_cpu() && plan.host_total() > host_free)
     ZS_FAIL(
         "rank {}: the engine's host memory does not fit: it needs {:.2f} GiB per rank ({}) but {:.2f} GiB "
-        "is available{}; offload less (offload.params: none), {}use more ranks or nodes, or a smaller model",
+        "is available{}; offload less (offload.params: none) or put it on disk (offload.optimizer: nvme, "
+        "offload.params: nvme), {}use more ranks or nodes, or a smaller model",
         comm_->rank(), static_cast<double>(plan.host_total()) / gib, parts(plan.host),
         static_cast<double>(host_free) / gib, sharing > 1 ? fmt::format(fmt::runtime(shared), sharing) : "",
         plan.host[static_cast<std::size_t>(MemCategory::checkpoint_staging)] > 0 ? "save synchronously "
@@ -365,10 +366,9 @@ void Engine::setup_offload(std::vector<offload::SwapRegion> on_disk,
   std::unique_ptr<offload::ParamSwap> params;
   if (cfg_.offload.params_on_nvme()) {
     const int count = cfg_.offload.param_buffer_count;
-    std::vector<int64_t> bytes;
-    for (const offload::SwapRegion& r : params_on_disk) bytes.push_back(r.bytes[0]);
     param_swap_buffers_ = host_pool_.take(offload::swap_buffer_bytes(params_on_disk, count), MemCategory::params);
-    params = std::make_unique<offload::ParamSwap>(cfg_.offload.nvme_path, comm_->rank(), bytes,
+    params = std::make_unique<offload::ParamSwap>(cfg_.offload.nvme_path, comm_->rank(),
+                                                  std::vector(params_on_disk.begin(), params_on_disk.end()),
                                                   param_swap_buffers_.data(), count, device_);
     if (comm_->rank() == 0)
       log::info(

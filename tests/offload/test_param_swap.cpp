@@ -48,10 +48,13 @@ struct ParamSwapFixture : ::testing::Test {
     bytes = {(4 << 20) + 2000, 8192, 140000, 6, 246914, 0, 18000};
   }
   void TearDown() override { fs::remove_all(dir); }
+  std::vector<offload::SwapRegion> regions() const {
+    std::vector<offload::SwapRegion> out;
+    for (int64_t b : bytes) out.push_back(offload::swap_region(b, 0, 0));
+    return out;
+  }
   std::vector<char> buffers(int count) const {
-    std::vector<offload::SwapRegion> regions;
-    for (int64_t b : bytes) regions.push_back(offload::swap_region(b, 0, 0));
-    return std::vector<char>(static_cast<std::size_t>(offload::swap_buffer_bytes(regions, count)));
+    return std::vector<char>(static_cast<std::size_t>(offload::swap_buffer_bytes(regions(), count)));
   }
   int units() const { return static_cast<int>(bytes.size()); }
   fs::path dir;
@@ -65,7 +68,7 @@ struct ParamSwapFixture : ::testing::Test {
 // stream; each copy must hold the step's version. Then every unit is read back from the disk.
 TEST_F(ParamSwapFixture, EveryGatherSeesTheLatestShardThroughFewerSlots) {
   std::vector<char> mem = buffers(3);
-  ParamSwap swap(dir.string(), 4, bytes, mem.data(), 3, Device::cpu());
+  ParamSwap swap(dir.string(), 4, regions(), mem.data(), 3, Device::cpu());
   std::printf("O_DIRECT on %s: %s\n", dir.c_str(), swap.direct() ? "yes" : "no (the page cache)");
   EXPECT_TRUE(fs::is_empty(dir)) << "the file is unlinked at once";
   EXPECT_NE(swap.path().find("zeroshard-params.rank4"), std::string::npos) << swap.path();
@@ -135,7 +138,7 @@ TEST_F(ParamSwapFixture, EveryGatherSeesTheLatestShardThroughFewerSlots) {
 TEST_F(ParamSwapFixture, AMissingDirectoryOrTooFewSlotsIsAClearError) {
   std::vector<char> mem = buffers(2);
   try {
-    ParamSwap swap((dir / "nope").string(), 3, bytes, mem.data(), 2, Device::cpu());
+    ParamSwap swap((dir / "nope").string(), 3, regions(), mem.data(), 2, Device::cpu());
     ADD_FAILURE() << "no error";
   } catch (const Error& e) {
     const std::string msg = e.what();
@@ -143,7 +146,7 @@ TEST_F(ParamSwapFixture, AMissingDirectoryOrTooFewSlotsIsAClearError) {
     EXPECT_NE(msg.find("is not a directory"), std::string::npos) << msg;
   }
   try {
-    ParamSwap swap(dir.string(), 3, bytes, mem.data(), 1, Device::cpu());
+    ParamSwap swap(dir.string(), 3, regions(), mem.data(), 1, Device::cpu());
     ADD_FAILURE() << "no error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("offload.param_buffer_count 1 must be at least 2"), std::string::npos)
@@ -160,7 +163,7 @@ TEST_F(ParamSwapFixture, AFailedWriteIsAClearErrorAndNothingHangs) {
   std::vector<char> mem = buffers(2);
   std::string msg;
   {
-    ParamSwap swap(dir.string(), 0, bytes, mem.data(), 2, Device::cpu());
+    ParamSwap swap(dir.string(), 0, regions(), mem.data(), 2, Device::cpu());
     rlimit small = old;
     small.rlim_cur = 4206592 + 65536;  // inside unit 2's region
     setrlimit(RLIMIT_FSIZE, &small);
