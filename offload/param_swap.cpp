@@ -2,21 +2,12 @@
 #include "offload/param_swap.h"
 
 #include <algorithm>
-#include <chrono>
 
+#include "core/clock.h"
 #include "core/error.h"
 #include "core/log.h"
 
 namespace zs::offload {
-
-namespace {
-
-int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
-}  // namespace
 
 ParamSwap::ParamSwap(const std::string& dir, int rank, std::vector<SwapRegion> regions, void* buffers, int count,
                      Device device)
@@ -31,23 +22,11 @@ ParamSwap::ParamSwap(const std::string& dir, int rank, std::vector<SwapRegion> r
   for (Slot& s : slots_) s.copied = make_event(device);
   reads_.ring.resize(slots_.size());
   writes_.ring.resize(slots_.size());
-  reader_ = std::thread([this] { run(false); });
-  writer_ = std::thread([this] { run(true); });
+  threads_.start([this](bool writer) { run(writer); });
 }
 
 ParamSwap::~ParamSwap() {
-  try {
-    drain();
-  } catch (const std::exception& e) {
-    log::warn("offload: the parameters' file failed while shutting down: {}", e.what());
-  }
-  {
-    std::lock_guard lk(mu_);
-    stop_ = true;
-  }
-  cv_.notify_all();
-  reader_.join();
-  writer_.join();
+  threads_.shut_down([this] { drain(); }, "the parameters' file");
 }
 
 void ParamSwap::rethrow_locked() const {
@@ -98,7 +77,7 @@ void ParamSwap::prefetch(int u) {
 }
 
 const void* ParamSwap::acquire(int u) {
-  const int64_t t0 = now_ns();
+  const int64_t t0 = steady_ns();
   std::unique_lock lk(mu_);
   ++requests_;
   acquires_.fetch_add(1, std::memory_order_relaxed);
@@ -115,7 +94,7 @@ const void* ParamSwap::acquire(int u) {
       if (slot.state == State::ready) {
         ++slot.pins;
         slot.used = true;
-        wait_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
+        wait_ns_.fetch_add(steady_ns() - t0, std::memory_order_relaxed);
         return slot_data(s);
       }
     }
@@ -179,8 +158,8 @@ void ParamSwap::run(bool writer) {
   Queue& queue = writer ? writes_ : reads_;
   std::unique_lock lk(mu_);
   for (;;) {
-    cv_.wait(lk, [&] { return stop_ || error_ || queue.size > 0; });
-    if (stop_ || error_) return;  // after an error the swap is unusable; every later call rethrows it
+    cv_.wait(lk, [&] { return threads_.stopping() || error_ || queue.size > 0; });
+    if (threads_.stopping() || error_) return;  // after an error the swap is unusable; every later call rethrows it
     const int s = queue.pop();
     Slot& slot = slots_[static_cast<std::size_t>(s)];
     const int u = slot.unit;  // fixed while the slot is in I/O

@@ -25,10 +25,10 @@
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "core/stream.h"
+#include "offload/io_threads.h"
 #include "offload/swap_file.h"
 
 namespace zs::offload {
@@ -112,12 +112,11 @@ class ParamSwap {
   Queue reads_, writes_;
   int64_t requests_ = 0;
   int in_flight_ = 0;  // reads and writes queued or running
-  bool stop_ = false;
   std::exception_ptr error_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::atomic<int64_t> acquires_{0}, reads_done_{0}, wait_ns_{0};
-  std::thread reader_, writer_;
+  IoThreads threads_{mu_, cv_};  // last: stopped first
 };
 
 }  // namespace zs::offload

@@ -2,21 +2,12 @@
 #include "offload/pipeline.h"
 
 #include <algorithm>
-#include <chrono>
 
+#include "core/clock.h"
 #include "core/error.h"
 #include "core/log.h"
 
 namespace zs::offload {
-
-namespace {
-
-int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
-}  // namespace
 
 int default_cpu_threads(int cores, int ranks_on_node) {
   return std::max(1, cores / std::max(1, ranks_on_node) - 1);
@@ -131,9 +122,9 @@ void Pipeline::update_unit(int u) {
   // The state: in host memory, or read from disk into a buffer ahead of this update (update() queued it).
   StateSwap::Parts state{s.master, s.m, s.v};
   if (swap_) {
-    const int64_t w0 = now_ns();
+    const int64_t w0 = steady_ns();
     state = swap_->acquire(u);
-    disk_wait_ns_.fetch_add(now_ns() - w0, std::memory_order_relaxed);
+    disk_wait_ns_.fetch_add(steady_ns() - w0, std::memory_order_relaxed);
   }
   kernels::UpdateArgs a;
   a.n = s.n;
@@ -150,11 +141,11 @@ void Pipeline::update_unit(int u) {
   }
   a.decay_ranges = s.decay;
   a.num_decay_ranges = s.num_decay;
-  const int64_t t0 = now_ns();
+  const int64_t t0 = steady_ns();
   kernels::optimizer_update(Device::cpu(), step_.h, a);
   if (swap_) swap_->release(u);  // written back behind the next updates
   if (params_) params_->finish(u);
-  update_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
+  update_ns_.fetch_add(steady_ns() - t0, std::memory_order_relaxed);
   update_bytes_.fetch_add(s.n * kernels::update_bytes_per_element(a), std::memory_order_relaxed);
   updates_.fetch_add(1, std::memory_order_relaxed);
   updated_order_.push_back(u);
@@ -225,9 +216,9 @@ void Pipeline::skip() {
 
 void Pipeline::wait_params(int u, Stream& stream) {
   if (!delayed_) {  // its upload is enqueued after its update
-    const int64_t t0 = now_ns();
+    const int64_t t0 = steady_ns();
     updated_[static_cast<std::size_t>(u)]->synchronize();
-    wait_ns_.fetch_add(now_ns() - t0, std::memory_order_relaxed);
+    wait_ns_.fetch_add(steady_ns() - t0, std::memory_order_relaxed);
   }
   if (units_[static_cast<std::size_t>(u)].device_params) stream.wait(*uploaded_[static_cast<std::size_t>(u)]);
 }

@@ -25,23 +25,11 @@ StateSwap::StateSwap(const std::string& dir, int rank, std::vector<SwapRegion> r
   after_.resize(unit_of_.size());
   changed_.resize(unit_of_.size());
   last_job_.assign(regions_.size(), -1);
-  reader_ = std::thread([this] { run(false); });
-  writer_ = std::thread([this] { run(true); });
+  threads_.start([this](bool writer) { run(writer); });
 }
 
 StateSwap::~StateSwap() {
-  try {
-    drain();
-  } catch (const std::exception& e) {
-    log::warn("offload: the optimizer state's file failed while shutting down: {}", e.what());
-  }
-  {
-    std::lock_guard lk(mu_);
-    stop_ = true;
-  }
-  cv_.notify_all();
-  reader_.join();
-  writer_.join();
+  threads_.shut_down([this] { drain(); }, "the optimizer state's file");
 }
 
 StateSwap::Parts StateSwap::parts(int u, char* buffer) const {
@@ -66,12 +54,12 @@ void StateSwap::run(bool writer) {
   std::unique_lock lk(mu_);
   for (;;) {
     cv_.wait(lk, [&] {
-      if (stop_ || error_) return true;
+      if (threads_.stopping() || error_) return true;
       if (writer) return written_ < released_;
       // A read needs its buffer's last job written, and its unit's last job (the state it reads).
       return read_ < queued_ && read_ < written_ + count_ && written_ > after_[static_cast<std::size_t>(read_ % cap)];
     });
-    if (stop_ || error_) return;  // after an error the swap is unusable; every later call rethrows it
+    if (threads_.stopping() || error_) return;  // after an error the swap is unusable; every later call rethrows it
     const int64_t s = writer ? written_ : read_;
     const int u = unit_of_[static_cast<std::size_t>(s % cap)];
     if (writer && !changed_[static_cast<std::size_t>(s % cap)]) {  // unchanged: the disk has it

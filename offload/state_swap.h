@@ -16,9 +16,9 @@
 #include <mutex>
 #include <span>
 #include <string>
-#include <thread>
 #include <vector>
 
+#include "offload/io_threads.h"
 #include "offload/swap_file.h"
 
 namespace zs::offload {
@@ -79,11 +79,10 @@ class StateSwap {
   std::vector<char> changed_;  // ring: the job's release changed the state (else the writer skips it)
   int64_t queued_ = 0, read_ = 0, acquired_ = 0, released_ = 0, written_ = 0;
   int held_ = -1;  // get(): the unit in buffer 0 between steps
-  bool stop_ = false;
   std::exception_ptr error_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  std::thread reader_, writer_;
+  IoThreads threads_{mu_, cv_};  // last: stopped first
 };
 
 }  // namespace zs::offload

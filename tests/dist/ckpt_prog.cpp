@@ -4,7 +4,7 @@
 //   ckpt_prog train DIR STEPS [--kill-at K] [--stall-at K] [--out FILE]   (FILE: the final parameters)
 //   ckpt_prog kill-during-save DIR
 // With ZS_TEST_ASYNC_CHECKPOINT=1 it saves with checkpoint.async; with ZS_TEST_NVME_PATH=DIR its optimizer
-// state is on disk in DIR (offload.optimizer: nvme).
+// state and its parameters are on disk in DIR (offload.optimizer: nvme, offload.params: nvme).
 #include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -44,6 +44,7 @@ int main(int argc, char** argv) {
     cfg.checkpoint.async = env_int("ZS_TEST_ASYNC_CHECKPOINT") == 1;
     if (const char* nvme = std::getenv("ZS_TEST_NVME_PATH")) {
       cfg.offload.optimizer = "nvme";
+      cfg.offload.params = "nvme";
       cfg.offload.nvme_path = nvme;
     }
     if (mode == "train") {

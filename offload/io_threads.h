@@ -1,0 +1,55 @@
+// IoThreads: a file swap's reader and writer threads (StateSwap, ParamSwap). Each runs the owner's
+// run(writer) until it returns, which it does once stopping() (read under the owner's lock) turns true.
+#pragma once
+
+#include <condition_variable>
+#include <exception>
+#include <mutex>
+#include <thread>
+
+#include "core/log.h"
+
+namespace zs::offload {
+
+class IoThreads {
+ public:
+  IoThreads(std::mutex& mu, std::condition_variable& cv) : mu_(mu), cv_(cv) {}
+  ~IoThreads() { stop(); }
+  IoThreads(const IoThreads&) = delete;
+  IoThreads& operator=(const IoThreads&) = delete;
+
+  template <typename Run>
+  void start(Run run) {
+    reader_ = std::thread([run] { run(false); });
+    writer_ = std::thread([run] { run(true); });
+  }
+  bool stopping() const { return stop_; }
+  // The owner's destructor: drain() (a failure is logged, naming `what`), then stop the threads.
+  template <typename Drain>
+  void shut_down(Drain drain, const char* what) {
+    try {
+      drain();
+    } catch (const std::exception& e) {
+      log::warn("offload: {} failed while shutting down: {}", what, e.what());
+    }
+    stop();
+  }
+
+ private:
+  void stop() {
+    {
+      std::lock_guard lk(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    if (reader_.joinable()) reader_.join();
+    if (writer_.joinable()) writer_.join();
+  }
+
+  std::mutex& mu_;
+  std::condition_variable& cv_;
+  bool stop_ = false;
+  std::thread reader_, writer_;
+};
+
+}  // namespace zs::offload
