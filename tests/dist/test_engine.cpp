@@ -636,13 +636,22 @@ TEST(EngineErrors, CheckCollectivesNamesBothSidesAfterTheFirstStep) {
       << m;
 }
 
+// Stages 0-3, and stage 3 with the parameters on disk (whose frozen shards stay in host memory).
 TEST(EngineFrozen, FrozenTensorsTakeNoGradientOrOptimizerMemoryAndNeverChange) {
-  for (int stage = 0; stage <= 3; ++stage) {
+  for (int run = 0; run <= 4; ++run) {
+    const int stage = std::min(run, 3);
     Config cfg = make_config({stage, DType::bf16, 1, 1, 0.0f});
     cfg.checkpoint.async = true;  // frozen tensors are saved too: the staging holds exactly the save's bytes
+    if (run == 4) {
+      cfg.offload.optimizer = "cpu";
+      cfg = params_on_nvme(cfg);
+    }
     MemoryLedger& l = MemoryLedger::global();
-    const int64_t grads0 = l.stats(Device::cpu(), MemCategory::grads).current;
-    const int64_t optim0 = l.stats(Device::cpu(), MemCategory::optim_state).current;
+    auto bytes = [&](MemCategory c) {  // the device's and the host's (offload)
+      return l.stats(Device::cpu(), c).current + l.stats(MemPlace::host_memory(), c).current;
+    };
+    const int64_t grads0 = bytes(MemCategory::grads);
+    const int64_t optim0 = bytes(MemCategory::optim_state);
     Engine engine(cfg, *pg().world);
     // The frozen tensor sits between two trainable ones in registration order.
     const UnitId u =
@@ -663,21 +672,21 @@ TEST(EngineFrozen, FrozenTensorsTakeNoGradientOrOptimizerMemoryAndNeverChange) {
       engine.reduce_grads(u);
       engine.step();
     }
-    EXPECT_EQ(engine.read_param(u, "pos"), pos0) << "stage " << stage;
+    EXPECT_EQ(engine.read_param(u, "pos"), pos0) << "run " << run;
     EXPECT_NE(engine.read_param(u, "w")[3], kInit.value("emb.w", 3)) << "the trainable tensor must have moved";
     // Gradient and optimizer bytes cover the trainable 29*31 + 29 elements (padded), not the 7000 frozen ones.
     const FlatLayout& lay = engine.unit(u).layout;
     const int64_t per = stage == 0 ? lay.padded : lay.shard;
-    EXPECT_EQ(l.stats(Device::cpu(), MemCategory::optim_state).current - optim0, 2 * 4 * per) << "stage " << stage;
-    EXPECT_LT(l.stats(Device::cpu(), MemCategory::grads).current - grads0, 7000 * 4) << "stage " << stage;
-    const std::string dir = (test::job_dir("zs_frozen_") / std::to_string(stage)).string();
+    EXPECT_EQ(bytes(MemCategory::optim_state) - optim0, 2 * 4 * per) << "run " << run;
+    EXPECT_LT(bytes(MemCategory::grads) - grads0, 7000 * 4) << "run " << run;
+    const std::string dir = (test::job_dir("zs_frozen_") / std::to_string(run)).string();
     engine.save_checkpoint(dir);
     engine.wait_checkpoint();
     Engine again(cfg, *pg().world);
     again.add_unit("emb", {{"w", {29, 31}}, {"pos", {1000, 7}, false, false}, {"b", {29}, true, false}});
     again.load_checkpoint(dir);
-    EXPECT_EQ(again.read_param(u, "pos"), pos0) << "stage " << stage;
-    EXPECT_EQ(again.read_param(u, "w"), engine.read_param(u, "w")) << "stage " << stage;
+    EXPECT_EQ(again.read_param(u, "pos"), pos0) << "run " << run;
+    EXPECT_EQ(again.read_param(u, "w"), engine.read_param(u, "w")) << "run " << run;
   }
   pg().world->barrier().wait();
   if (pg().world->rank() == 0) std::filesystem::remove_all(test::job_dir("zs_frozen_"));
