@@ -102,7 +102,7 @@ const void* ParamSwap::acquire(int u) {
   }
 }
 
-void ParamSwap::release(int u, Stream& copy) {
+void ParamSwap::release(int u, Stream& copy, bool again) {
   {
     std::lock_guard lk(mu_);
     const int s = slot_of_[static_cast<std::size_t>(u)];
@@ -111,6 +111,7 @@ void ParamSwap::release(int u, Stream& copy) {
     Slot& slot = slots_[static_cast<std::size_t>(s)];
     copy.record(*slot.copied);
     --slot.pins;
+    if (!again) slot.wanted = -1 - count_;  // older than any request, and past the prefetches' protection
   }
   cv_.notify_all();
 }

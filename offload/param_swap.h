@@ -14,7 +14,9 @@
 // Which slot a unit gets: an empty one, else the least recently wanted one whose shard was used (acquired)
 // since it came in, else the least recently wanted one. A prefetch never waits and never takes a slot whose
 // shard is unused or was wanted in the last `count` requests (prefetches and acquires): it does not push out
-// what the next gathers need, nor a freshly updated shard. acquire and begin_write wait while every slot is
+// what the next gathers need, nor a freshly updated shard. A shard released as not wanted again (its last
+// gather before its next update: the backward's) counts as wanted longest ago, so the reads ahead take its
+// slot first. acquire and begin_write wait while every slot is
 // busy (in I/O, pinned by a gather, or being filled); each busy state ends without them.
 #pragma once
 
@@ -46,10 +48,11 @@ class ParamSwap {
   // The gathers (one thread). prefetch(u): u will be wanted soon; starts its read when a slot is free for
   // it, and returns at once. acquire(u): u's shard, in a slot (read now when it is in none), pinned until
   // release(u, copy): the slot may take other data once the work enqueued on `copy` so far (the gather's
-  // copy out of it) is done. acquire throws when a read or write failed.
+  // copy out of it) is done; `again`: the gathers may want u again before its next write (false: its slot
+  // is the first to reuse). acquire throws when a read or write failed.
   void prefetch(int u);
   const void* acquire(int u);
-  void release(int u, Stream& copy);
+  void release(int u, Stream& copy, bool again = true);
   // The updates (the CPU step's worker; or any thread between steps). begin_write(u): a slot for u's new
   // shard, to be filled whole; finish(u): it is filled, and is written to the disk behind.
   void* begin_write(int u);

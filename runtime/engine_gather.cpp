@@ -148,7 +148,12 @@ void Engine::issue_gather(UnitId id, std::size_t next) {
     offload_->wait_params(u.pipe, *gs);
     if (offload::ParamSwap* disk = offload_->param_swap()) {  // offload.params: nvme: a slot, read if need be
       gather_part(disk->acquire(u.pipe), compute_, 0, P, S);
-      disk->release(u.pipe, *gs);
+      // The step's last gather of the unit (the backward's) frees its slot for the reads ahead: the next
+      // forward takes the shard the CPU step writes.
+      const bool again =
+          recording_ || std::find(order_.begin() + static_cast<std::ptrdiff_t>(std::min(next, order_.size())),
+                                  order_.end(), id) != order_.end();
+      disk->release(u.pipe, *gs, again);
       read_params_ahead(next);
     } else {
       gather_part(u.param_shard.data() ? u.param_shard.data() : offload_->host_param_source(u.pipe), compute_, 0, P, S);

@@ -64,8 +64,9 @@ struct ParamSwapFixture : ::testing::Test {
 // Four steps over 7 units with 3 slots. Each step: the gathers' thread takes the last units, then reads the
 // first ones ahead (stale: the update is about to replace them); the CPU thread updates the units in forward
 // order, starting while those reads are in flight, and the gathers' thread runs the next forward (each unit
-// once its update is done, reading the next two ahead) and backward, copying every acquired slot out on a
-// stream; each copy must hold the step's version. Then every unit is read back from the disk.
+// once its update is done, reading the next two ahead) and backward (releasing each unit as not wanted
+// again), copying every acquired slot out on a stream; each copy must hold the step's version. Then every
+// unit is read back from the disk.
 TEST_F(ParamSwapFixture, EveryGatherSeesTheLatestShardThroughFewerSlots) {
   std::vector<char> mem = buffers(3);
   ParamSwap swap(dir.string(), 4, regions(), mem.data(), 3, Device::cpu());
@@ -97,7 +98,7 @@ TEST_F(ParamSwapFixture, EveryGatherSeesTheLatestShardThroughFewerSlots) {
       }
     });
     std::string bad;
-    auto gather = [&](int u) {
+    auto gather = [&](int u, bool again) {
       auto& out = device[static_cast<std::size_t>(u)];
       const void* src = swap.acquire(u);
       void* dst = out.data();
@@ -105,7 +106,7 @@ TEST_F(ParamSwapFixture, EveryGatherSeesTheLatestShardThroughFewerSlots) {
       copy->submit([dst, src, len] {
         if (len > 0) std::memcpy(dst, src, len);  // (an empty vector's data() may be null)
       });
-      swap.release(u, *copy);
+      swap.release(u, *copy, again);
       copy->synchronize();
       if (const std::string m = mismatch(out.data(), bytes[static_cast<std::size_t>(u)], u, step);
           !m.empty() && bad.empty())
@@ -113,13 +114,13 @@ TEST_F(ParamSwapFixture, EveryGatherSeesTheLatestShardThroughFewerSlots) {
     };
     for (int u = 0; u < n; ++u) {  // forward: each unit once its update is done (wait_params)
       while (updated.load(std::memory_order_acquire) <= u) std::this_thread::yield();
-      gather(u);
+      gather(u, true);
       for (int v = u + 1; v < std::min(n, u + 3); ++v)
         if (updated.load(std::memory_order_acquire) > v) swap.prefetch(v);
     }
     cpu.join();
-    for (int u = n; u-- > 0;) {  // backward
-      gather(u);
+    for (int u = n; u-- > 0;) {  // backward: each unit's last gather before its update
+      gather(u, false);
       if (u > 0) swap.prefetch(u - 1);
     }
     EXPECT_EQ(bad, "") << "step " << step;
