@@ -1,6 +1,7 @@
-// Dynamic loss scaling for f16 (pure state machine): start at 2^16; an overflow skips the step and halves
-// the scale; after `window` steps without overflow the scale doubles, but after an overflow only once
-// `hysteresis` windows have passed cleanly.
+// Loss scaling for f16 (pure state machine). Dynamic: start at 2^16 (or as configured); an overflow skips
+// the step and halves the scale, never below min_scale; after `window` steps without overflow the scale
+// doubles, but after an overflow only once `hysteresis` windows have passed cleanly. Fixed: the scale never
+// changes, and an overflow skips the step.
 #pragma once
 
 #include <cstdint>
@@ -12,12 +13,14 @@ struct LossScaler {
   int64_t window = 1000;
   int hysteresis = 2;
   double min_scale = 1.0;
+  bool fixed = false;
 
   int64_t clean_steps = 0;  // steps since the last overflow or growth
   int windows_to_wait = 0;  // clean windows still needed before growth resumes
 
   // Records one step's outcome; returns whether the step must be skipped.
   bool update(bool overflow) {
+    if (fixed) return overflow;
     if (overflow) {
       scale = scale / 2 > min_scale ? scale / 2 : min_scale;
       clean_steps = 0;

@@ -4,6 +4,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <functional>
@@ -172,8 +173,29 @@ Config parse_config(const std::string& text, const std::string& source) {
   c.precision.param = read_dtype(p, "param", c.precision.param, {"fp32", "bf16", "fp16"});
   c.precision.reduce = read_dtype(p, "reduce", c.precision.reduce, {"fp32", "bf16"});
   c.precision.master = read_dtype(p, "master", c.precision.master, {"fp32"});
-  p.choice("loss_scale", c.precision.loss_scale, {"none", "dynamic"},
-           " (DeepSpeed's loss_scale: 0 is 'dynamic' here; a fixed scale is not supported)");
+  // loss_scale: none, dynamic, or a fixed scale as a number (DeepSpeed's fp16.loss_scale, whose 0 is dynamic).
+  std::string scale =
+      c.precision.loss_scale == "fixed" ? fmt::format("{}", c.precision.fixed_loss_scale) : c.precision.loss_scale;
+  p.get<std::string>("loss_scale", scale);
+  if (scale == "none" || scale == "dynamic") {
+    c.precision.loss_scale = scale;
+  } else {
+    char* end = nullptr;
+    const double v = std::strtod(scale.c_str(), &end);
+    if (end == scale.c_str() || *end != '\0' || !(v > 0) || !std::isfinite(v))
+      p.fail(
+          p.node()["loss_scale"],
+          fmt::format(
+              "precision.loss_scale must be none, dynamic or a fixed scale > 0, got '{}'{}", scale,
+              end != scale.c_str() && *end == '\0' && v == 0 ? " (DeepSpeed's loss_scale: 0 is 'dynamic' here)" : ""));
+    c.precision.loss_scale = "fixed";
+    c.precision.fixed_loss_scale = v;
+  }
+  p.get<int>("initial_scale_power", c.precision.initial_scale_power, between(0, 64), "between 0 and 64");
+  p.get<int64_t>("loss_scale_window", c.precision.loss_scale_window, at_least<int64_t>(1), ">= 1");
+  p.get<int>("hysteresis", c.precision.hysteresis, at_least(1), ">= 1");
+  p.get<double>("min_loss_scale", c.precision.min_loss_scale,
+                std::function<bool(const double&)>([](const double& v) { return v > 0; }), "> 0");
   p.finish();
 
   Section o = top.sub("optimizer");

@@ -30,7 +30,18 @@ struct Config {
     DType param = DType::f32;   // compute dtype of gathered parameters
     DType reduce = DType::f32;  // gradient buffers and reduce-scatter
     DType master = DType::f32;
-    std::string loss_scale = "none";  // none | dynamic (f16)
+    // Loss scaling for f16 (DeepSpeed's fp16 settings of the same names): none; dynamic (start at
+    // 2^initial_scale_power; an overflow skips the step and halves the scale, never below min_loss_scale,
+    // and an overflow at that minimum fails the run; after loss_scale_window clean steps the scale doubles,
+    // after an overflow only once `hysteresis` windows were clean); or fixed (fixed_loss_scale, YAML's
+    // `loss_scale: 128`: an overflow skips the step).
+    std::string loss_scale = "none";  // none | dynamic | fixed
+    double fixed_loss_scale = 0.0;
+    int initial_scale_power = 16;
+    int64_t loss_scale_window = 1000;
+    int hysteresis = 2;
+    double min_loss_scale = 1.0;
+    bool scaled() const { return loss_scale != "none"; }
   } precision;
   struct Optimizer {
     kernels::Optimizer type = kernels::Optimizer::adamw;

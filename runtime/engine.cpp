@@ -221,7 +221,13 @@ void Engine::setup() {
   }
   if (const std::string bad = offload_problem(cfg_); !bad.empty()) ZS_FAIL("{}", bad);
   make_groups();
-  dynamic_scaling_ = cfg_.precision.loss_scale == "dynamic";
+  scaling_ = cfg_.precision.scaled();
+  scaler_ = LossScaler{};
+  scaler_.fixed = cfg_.precision.loss_scale == "fixed";
+  scaler_.scale = scaler_.fixed ? cfg_.precision.fixed_loss_scale : std::ldexp(1.0, cfg_.precision.initial_scale_power);
+  scaler_.window = cfg_.precision.loss_scale_window;
+  scaler_.hysteresis = cfg_.precision.hysteresis;
+  scaler_.min_scale = cfg_.precision.min_loss_scale;
   const char* check = std::getenv("ZS_CHECK_COLLECTIVES");
   check_collectives_ = cfg_.debug.check_collectives || (check && std::string_view(check) == "1");
   const int stage = cfg_.zero.stage, r = shard_rank();
@@ -394,11 +400,12 @@ void Engine::setup_offload(std::vector<offload::SwapRegion> on_disk,
       log::info("offload: the CPU step runs on {} threads per rank ({} ranks on this node; ZS_CPU_THREADS chooses)",
                 kernels::cpu_threads(), local);
   }
-  // Without clipping or loss scaling the update does not depend on the global norm, so each unit's can
+  // Without clipping or loss scaling (dynamic or fixed: an overflow skips the step) the update does not
+  // depend on the global norm, so each unit's can
   // start as soon as its gradients are on the host, behind the rest of the backward (same math, same bits).
   // (Not with the state on disk: its reads follow the order the update takes the units in.)
-  early_update_ = !cfg_.offload.delayed() && cfg_.optimizer.clip_grad_norm <= 0 && !dynamic_scaling_ &&
-                  !cfg_.offload.state_on_nvme();
+  early_update_ =
+      !cfg_.offload.delayed() && cfg_.optimizer.clip_grad_norm <= 0 && !scaling_ && !cfg_.offload.state_on_nvme();
 }
 
 void Engine::init_params(const init::Initializer& init) {

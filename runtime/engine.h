@@ -135,7 +135,7 @@ class Engine {
 
   // With precision.loss_scale: dynamic, multiply the loss (so every gradient) by this before backward;
   // 1 otherwise.
-  double loss_scale() const { return dynamic_scaling_ ? scaler_.scale : 1.0; }
+  double loss_scale() const { return scaling_ ? scaler_.scale : 1.0; }
   // Seconds the host has spent blocked on collectives (gathers, reductions, the step's all-reduce) since
   // the last reset: the communication that compute did not hide.
   double exposed_comm_seconds() const { return exposed_comm_s_; }
@@ -275,7 +275,7 @@ class Engine {
   void enter(Phase p);
 
   int64_t step_ = 0;
-  bool dynamic_scaling_ = false;
+  bool scaling_ = false;  // precision.loss_scale: dynamic or fixed
   bool check_collectives_ = false;
   int64_t collectives_checked_ = 0;  // the fingerprint's sequence number
   double exposed_comm_s_ = 0;

@@ -482,7 +482,11 @@ std::string Engine::load_checkpoint(const std::string& dir) {
               reader->read(entry(u, t), state, first, count, out);
           });
   step_ = m.step;
-  scaler_ = m.scaler;
+  if (!scaler_.fixed) {  // the dynamic scale where it was; its window, hysteresis and minimum are the config's
+    scaler_.scale = m.scaler.scale;
+    scaler_.clean_steps = m.scaler.clean_steps;
+    scaler_.windows_to_wait = m.scaler.windows_to_wait;
+  }
   if (comm_->rank() == 0)
     log::info("loaded checkpoint of step {} from {} (saved by {} ranks at stage {})", m.step, reader->dir(),
               m.world_size, m.stage);

@@ -179,12 +179,20 @@ StepStats Engine::step() {
     wait_timed(w);
     memory_copy(&total, Device::cpu(), t.data, device_, sizeof(float));
   }
-  const double scale = dynamic_scaling_ ? scaler_.scale : 1.0;
+  const double scale = scaling_ ? scaler_.scale : 1.0;
   const double norm = std::sqrt(static_cast<double>(total)) / accum / scale;
   StepStats st;
   st.loss_scale = scale;
-  if (dynamic_scaling_ && scaler_.update(!std::isfinite(norm))) {
-    // Overflow: no update this step, a smaller scale for the next; the scaled gradients are dropped.
+  if (scaling_ && !std::isfinite(norm) && !scaler_.fixed && scale <= scaler_.min_scale) {
+    if (offload_) offload_->drain();  // (as below: nothing in flight when the caller resumes)
+    ZS_FAIL(
+        "rank {}: step {}: the gradients overflow at the minimum loss scale (precision.min_loss_scale {}): every "
+        "step from here on would be skipped; check the loss and the learning rate, lower min_loss_scale, or train "
+        "in bf16",
+        r, step_ + 1, scaler_.min_scale);
+  }
+  if (scaling_ && scaler_.update(!std::isfinite(norm))) {
+    // Overflow: no update this step (dynamic: a smaller scale for the next); the scaled gradients are dropped.
     if (offload_) offload_->skip();
     st.skipped = true;
     st.grad_norm = norm;

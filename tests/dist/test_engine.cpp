@@ -560,6 +560,45 @@ TEST(EngineF16, OverflowSkipsTheStepHalvesTheScaleAndLeavesParametersAlone) {
   EXPECT_EQ(ends[0], ends[1]) << "the state on disk against the device optimizer";
 }
 
+// A fixed loss scale (precision.loss_scale: 1024, DeepSpeed's fp16.loss_scale): the app scales the loss by
+// it, the engine unscales, so the run is bit-identical to a dynamic one that starts at 2^10 and meets no
+// overflow; an overflow skips the step and leaves the scale alone. A dynamic scale already at its minimum
+// that overflows fails the run, naming the setting (DeepSpeed's "cannot decrease scale anymore").
+TEST(EngineF16, AFixedScaleSkipsOverflowsAndADynamicOneFailsAtItsMinimum) {
+  Case c{3, DType::f16, 2, 1, 1.0f};
+  Config fixed = make_config(c), dynamic = make_config(c);
+  fixed.precision.loss_scale = "fixed";
+  fixed.precision.fixed_loss_scale = 1024.0;
+  dynamic.precision.loss_scale = "dynamic";
+  dynamic.precision.initial_scale_power = 10;
+  Engine f(fixed, *pg().world), d(dynamic, *pg().world);
+  std::vector<StepStats> fs, ds;
+  const Trajectory want = train(c, d, 3, nullptr, &ds);
+  const Trajectory got = train(c, f, 3, nullptr, &fs);
+  EXPECT_EQ(got.losses, want.losses);
+  EXPECT_EQ(got.params, want.params);
+  EXPECT_EQ(fs.back().loss_scale, 1024.0);
+  const std::vector<float> before = f.read_param(1, "w");
+  Tamper inf = [&](int, int unit, int tensor, TensorView g) {
+    if (pg().world->rank() == 0 && unit == 1 && tensor == 0) store_from_f32(g.data, g.dtype, 5, INFINITY);
+  };
+  train(c, f, 1, inf, &fs);
+  EXPECT_TRUE(fs.back().skipped);
+  EXPECT_EQ(f.loss_scale(), 1024.0) << "a fixed scale stays";
+  EXPECT_EQ(f.read_param(1, "w"), before);
+  dynamic.precision.initial_scale_power = 0;  // 1, the default minimum
+  Engine low(dynamic, *pg().world);
+  try {
+    train(c, low, 1, inf);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(
+        std::string(e.what()).find("the gradients overflow at the minimum loss scale (precision.min_loss_scale 1)"),
+        std::string::npos)
+        << e.what();
+  }
+}
+
 // A model far beyond this machine fails in init_params before anything is allocated, with the plan's numbers.
 TEST(EngineErrors, ModelThatCannotFitFailsBeforeAllocating) {
   const int64_t before = MemoryLedger::global().total(Device::cpu()).current;

@@ -71,6 +71,24 @@ TEST(Config, WrongTypesAndRangesAreNamed) {
   EXPECT_NE(e.find("optimizer.betas must be two numbers in [0, 1), got [0.9]"), std::string::npos) << e;
   e = error_of("precision: {loss_scale: 0}\n");
   EXPECT_NE(e.find("got '0' (DeepSpeed's loss_scale: 0 is 'dynamic' here"), std::string::npos) << e;
+  // DeepSpeed's fp16 settings: a fixed scale, and the dynamic one's start, window, hysteresis and minimum.
+  const Config fixed = Config::from_yaml("precision: {param: fp16, loss_scale: 128}\n");
+  EXPECT_EQ(fixed.precision.loss_scale, "fixed");
+  EXPECT_EQ(fixed.precision.fixed_loss_scale, 128.0);
+  const Config tuned = Config::from_yaml(
+      "precision: {param: fp16, loss_scale: dynamic, initial_scale_power: 12, loss_scale_window: 500, hysteresis: 3, "
+      "min_loss_scale: 0.25}\n");
+  EXPECT_EQ(tuned.precision.initial_scale_power, 12);
+  EXPECT_EQ(tuned.precision.loss_scale_window, 500);
+  EXPECT_EQ(tuned.precision.hysteresis, 3);
+  EXPECT_EQ(tuned.precision.min_loss_scale, 0.25);
+  e = error_of("precision:\n  loss_scale: -8\n");
+  EXPECT_NE(e.find("train.yaml:2:15: precision.loss_scale must be none, dynamic or a fixed scale > 0, got '-8'"),
+            std::string::npos)
+      << e;
+  EXPECT_NE(error_of("precision: {loss_scale: static}\n").find("got 'static'"), std::string::npos);
+  EXPECT_NE(error_of("precision: {hysteresis: 0}\n").find("precision.hysteresis must be >= 1, got 0"),
+            std::string::npos);
   e = error_of("precision: {param: int8}\n");
   EXPECT_NE(e.find("precision.param must be one of fp32, bf16, fp16, got 'int8'"), std::string::npos) << e;
   e = error_of("checkpoint:\n  async: sometimes\n");
@@ -242,6 +260,12 @@ TEST(LossScaler, HalvesOnOverflowAndGrowsAfterCleanWindows) {
   EXPECT_EQ(s.scale, 65536.0);  // hysteresis 2: the first clean window after an overflow does not grow
   for (int i = 0; i < 3; ++i) s.update(false);
   EXPECT_EQ(s.scale, 131072.0);
+  LossScaler fixed;
+  fixed.fixed = true;
+  fixed.scale = 128.0;
+  EXPECT_TRUE(fixed.update(true));  // an overflow skips the step
+  for (int i = 0; i < 5000; ++i) EXPECT_FALSE(fixed.update(false));
+  EXPECT_EQ(fixed.scale, 128.0);  // and nothing changes it
   LossScaler low;
   low.scale = 1.5;
   low.update(true);
