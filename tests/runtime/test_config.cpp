@@ -116,6 +116,30 @@ TEST(Config, OptimizerStatesInBf16ForAdamAndLionOnly) {
   EXPECT_NE(e.find("SGD keeps its momentum in fp32"), std::string::npos) << e;
 }
 
+// The reference's YAML block (docs/config.md: every key with its default) is a valid config.
+TEST(Config, TheDocumentedReferenceParses) {
+  std::ifstream f(std::string(ZS_SOURCE_DIR) + "/docs/config.md");
+  ASSERT_TRUE(f.good());
+  std::string line, block;
+  bool in = false;
+  while (std::getline(f, line)) {
+    if (line == "```yaml") {
+      in = true;
+    } else if (in && line == "```") {
+      break;
+    } else if (in) {
+      block += line + "\n";
+    }
+  }
+  ASSERT_GT(block.size(), 1000u) << "the YAML block of docs/config.md";
+  const Config c = Config::from_yaml(block, "docs/config.md");
+  const Config d;
+  EXPECT_EQ(c.precision.loss_scale, d.precision.loss_scale);
+  EXPECT_EQ(c.precision.initial_scale_power, d.precision.initial_scale_power);
+  EXPECT_EQ(c.offload.buffer_count, d.offload.buffer_count);
+  EXPECT_EQ(c.offload.param_buffer_count, d.offload.param_buffer_count);
+}
+
 // Offload combinations that are not configurations name the offload section's line and what to change.
 TEST(Config, OffloadNeedsTheStagesItWorksWith) {
   std::string e = error_of("zero: {stage: 0}\noffload: {optimizer: cpu}\n");
