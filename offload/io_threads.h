@@ -1,5 +1,6 @@
-// IoThreads: a file swap's reader and writer threads (StateSwap, ParamSwap). Each runs the owner's
-// run(writer) until it returns, which it does once stopping() (read under the owner's lock) turns true.
+// IoThreads: a file swap's reader and writer threads (StateSwap, ParamSwap) and their first failure. Each
+// runs the owner's run(writer) until it returns, which it does once stopping() or failed() (read under the
+// owner's lock) turns true; after a failure the swap is unusable, and its calls rethrow it.
 #pragma once
 
 #include <condition_variable>
@@ -23,7 +24,27 @@ class IoThreads {
     reader_ = std::thread([run] { run(false); });
     writer_ = std::thread([run] { run(true); });
   }
-  bool stopping() const { return stop_; }
+  bool stopping() const { return stop_ || error_; }
+  bool failed() const { return error_ != nullptr; }
+  void rethrow() const {
+    if (error_) std::rethrow_exception(error_);
+  }
+  // In run(): io() with the owner's lock `lk` released; false when it threw (the failure is kept, the
+  // waiters woken, and the thread should return).
+  template <typename Io>
+  bool unlocked(std::unique_lock<std::mutex>& lk, Io io) {
+    lk.unlock();
+    try {
+      io();
+    } catch (...) {
+      lk.lock();
+      error_ = std::current_exception();
+      cv_.notify_all();
+      return false;
+    }
+    lk.lock();
+    return true;
+  }
   // The owner's destructor: drain() (a failure is logged, naming `what`), then stop the threads.
   template <typename Drain>
   void shut_down(Drain drain, const char* what) {
@@ -49,6 +70,7 @@ class IoThreads {
   std::mutex& mu_;
   std::condition_variable& cv_;
   bool stop_ = false;
+  std::exception_ptr error_;
   std::thread reader_, writer_;
 };
 

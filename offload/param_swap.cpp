@@ -29,10 +29,6 @@ ParamSwap::~ParamSwap() {
   threads_.shut_down([this] { drain(); }, "the parameters' file");
 }
 
-void ParamSwap::rethrow_locked() const {
-  if (error_) std::rethrow_exception(error_);
-}
-
 int ParamSwap::victim(bool prefetching) const {
   int best = -1;
   auto rank = [&](const Slot& s) { return std::pair{!s.used, s.wanted}; };  // used first, then least wanted
@@ -63,7 +59,7 @@ void ParamSwap::claim(int s, int u, State state) {
 void ParamSwap::prefetch(int u) {
   {
     std::lock_guard lk(mu_);
-    if (error_) return;  // acquire reports it
+    if (threads_.failed()) return;  // acquire reports it
     ++requests_;
     if (const int s = slot_of_[static_cast<std::size_t>(u)]; s >= 0) {
       slots_[static_cast<std::size_t>(s)].wanted = requests_;
@@ -82,7 +78,7 @@ const void* ParamSwap::acquire(int u) {
   ++requests_;
   acquires_.fetch_add(1, std::memory_order_relaxed);
   for (;;) {
-    rethrow_locked();
+    threads_.rethrow();
     int s = slot_of_[static_cast<std::size_t>(u)];
     if (s < 0 && (s = victim(false)) >= 0) {
       claim(s, u, State::reading);
@@ -122,7 +118,7 @@ void* ParamSwap::begin_write(int u) {
     std::unique_lock lk(mu_);
     ++requests_;
     for (;;) {
-      rethrow_locked();
+      threads_.rethrow();
       s = slot_of_[static_cast<std::size_t>(u)];
       if (s >= 0 && !busy(slots_[static_cast<std::size_t>(s)])) {
         slots_[static_cast<std::size_t>(s)].state = State::filling;
@@ -159,24 +155,18 @@ void ParamSwap::run(bool writer) {
   Queue& queue = writer ? writes_ : reads_;
   std::unique_lock lk(mu_);
   for (;;) {
-    cv_.wait(lk, [&] { return threads_.stopping() || error_ || queue.size > 0; });
-    if (threads_.stopping() || error_) return;  // after an error the swap is unusable; every later call rethrows it
+    cv_.wait(lk, [&] { return threads_.stopping() || queue.size > 0; });
+    if (threads_.stopping()) return;
     const int s = queue.pop();
     Slot& slot = slots_[static_cast<std::size_t>(s)];
     const int u = slot.unit;  // fixed while the slot is in I/O
-    lk.unlock();
-    try {
+    const bool done = threads_.unlocked(lk, [&] {
       if (!writer) slot.copied->synchronize();  // the slot's last copy out, before it is read over
       const auto i = static_cast<std::size_t>(u);
       file_.io(writer, offset_[i], slot_data(s), regions_[i].size,
                [&] { return fmt::format("unit {}'s parameters", u); });
-    } catch (...) {
-      lk.lock();
-      error_ = std::current_exception();
-      cv_.notify_all();
-      return;
-    }
-    lk.lock();
+    });
+    if (!done) return;
     if (writer)
       slot.writing = false;
     else
@@ -189,8 +179,8 @@ void ParamSwap::run(bool writer) {
 
 void ParamSwap::drain() {
   std::unique_lock lk(mu_);
-  cv_.wait(lk, [&] { return error_ || in_flight_ == 0; });
-  rethrow_locked();
+  cv_.wait(lk, [&] { return threads_.failed() || in_flight_ == 0; });
+  threads_.rethrow();
 }
 
 ParamSwap::Stats ParamSwap::take_stats() {

@@ -23,7 +23,6 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <exception>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -102,7 +101,6 @@ class ParamSwap {
   void claim(int s, int u, State state);  // slot s now holds (or will hold) unit u (under mu_)
   void run(bool writer);                  // an I/O thread
   char* slot_data(int s) const { return base_ + static_cast<int64_t>(s) * slot_bytes_; }
-  void rethrow_locked() const;
 
   int count_;
   std::vector<SwapRegion> regions_;
@@ -115,7 +113,6 @@ class ParamSwap {
   Queue reads_, writes_;
   int64_t requests_ = 0;
   int in_flight_ = 0;  // reads and writes queued or running
-  std::exception_ptr error_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::atomic<int64_t> acquires_{0}, reads_done_{0}, wait_ns_{0};

@@ -54,12 +54,12 @@ void StateSwap::run(bool writer) {
   std::unique_lock lk(mu_);
   for (;;) {
     cv_.wait(lk, [&] {
-      if (threads_.stopping() || error_) return true;
+      if (threads_.stopping()) return true;
       if (writer) return written_ < released_;
       // A read needs its buffer's last job written, and its unit's last job (the state it reads).
       return read_ < queued_ && read_ < written_ + count_ && written_ > after_[static_cast<std::size_t>(read_ % cap)];
     });
-    if (threads_.stopping() || error_) return;  // after an error the swap is unusable; every later call rethrows it
+    if (threads_.stopping()) return;
     const int64_t s = writer ? written_ : read_;
     const int u = unit_of_[static_cast<std::size_t>(s % cap)];
     if (writer && !changed_[static_cast<std::size_t>(s % cap)]) {  // unchanged: the disk has it
@@ -67,23 +67,10 @@ void StateSwap::run(bool writer) {
       cv_.notify_all();
       continue;
     }
-    lk.unlock();
-    try {
-      io(writer, u, buffer(s));
-    } catch (...) {
-      lk.lock();
-      error_ = std::current_exception();
-      cv_.notify_all();
-      return;
-    }
-    lk.lock();
+    if (!threads_.unlocked(lk, [&] { io(writer, u, buffer(s)); })) return;
     ++(writer ? written_ : read_);
     cv_.notify_all();
   }
-}
-
-void StateSwap::rethrow_locked() const {
-  if (error_) std::rethrow_exception(error_);
 }
 
 void StateSwap::prefetch(int u) {
@@ -92,8 +79,8 @@ void StateSwap::prefetch(int u) {
     // The ring holds two steps' jobs and the buffers'; a third step's prefetch waits for the oldest
     // jobs' writes (their acquires were queued before it, so they go on without this thread).
     const auto cap = static_cast<int64_t>(unit_of_.size());
-    cv_.wait(lk, [&] { return error_ || queued_ - written_ < cap; });
-    rethrow_locked();
+    cv_.wait(lk, [&] { return threads_.failed() || queued_ - written_ < cap; });
+    threads_.rethrow();
     unit_of_[static_cast<std::size_t>(queued_ % cap)] = u;
     int64_t& last = last_job_[static_cast<std::size_t>(u)];
     after_[static_cast<std::size_t>(queued_ % cap)] = last;
@@ -106,8 +93,8 @@ void StateSwap::prefetch(int u) {
 StateSwap::Parts StateSwap::acquire(int u) {
   std::unique_lock lk(mu_);
   const auto cap = static_cast<int64_t>(unit_of_.size());
-  cv_.wait(lk, [&] { return error_ || read_ > acquired_; });  // prefetched, then read
-  rethrow_locked();
+  cv_.wait(lk, [&] { return threads_.failed() || read_ > acquired_; });  // prefetched, then read
+  threads_.rethrow();
   ZS_CHECK(unit_of_[static_cast<std::size_t>(acquired_ % cap)] == u,
            "offload: unit {}'s optimizer state acquired out of its prefetch order (a bug)", u);
   return parts(u, buffer(acquired_++));
@@ -127,8 +114,8 @@ void StateSwap::release(int u, bool changed) {
 
 void StateSwap::drain() {
   std::unique_lock lk(mu_);
-  cv_.wait(lk, [&] { return error_ || written_ == queued_; });
-  rethrow_locked();
+  cv_.wait(lk, [&] { return threads_.failed() || written_ == queued_; });
+  threads_.rethrow();
 }
 
 StateSwap::Parts StateSwap::get(int u) {

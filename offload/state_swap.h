@@ -12,7 +12,6 @@
 #include <array>
 #include <condition_variable>
 #include <cstdint>
-#include <exception>
 #include <mutex>
 #include <span>
 #include <string>
@@ -60,7 +59,6 @@ class StateSwap {
   void io(bool write, int u, char* buffer);  // one whole region, synchronously; throws naming the op
   char* buffer(int64_t seq) const { return base_ + (seq % count_) * slot_; }
   Parts parts(int u, char* buffer) const;
-  void rethrow_locked() const;
 
   int count_;
   std::vector<SwapRegion> regions_;
@@ -79,7 +77,6 @@ class StateSwap {
   std::vector<char> changed_;  // ring: the job's release changed the state (else the writer skips it)
   int64_t queued_ = 0, read_ = 0, acquired_ = 0, released_ = 0, written_ = 0;
   int held_ = -1;  // get(): the unit in buffer 0 between steps
-  std::exception_ptr error_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   IoThreads threads_{mu_, cv_};  // last: stopped first

@@ -101,6 +101,17 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{1, DType::f32, 0, 3, 0.0f, kernels::Optimizer::lion, false, 0, false, true}),
     case_name);
 
+// Two runs bit for bit: each step's loss and gradient norm (the norm's sums from both sides, without
+// clipping too), and the final parameters.
+void expect_identical(const Trajectory& got, const Trajectory& want, const std::vector<StepStats>& got_stats,
+                      const std::vector<StepStats>& want_stats, const std::string& what) {
+  EXPECT_EQ(got.losses, want.losses) << what;
+  EXPECT_EQ(got.params, want.params) << what;
+  ASSERT_EQ(got_stats.size(), want_stats.size()) << what;
+  for (std::size_t k = 0; k < got_stats.size(); ++k)
+    EXPECT_EQ(got_stats[k].grad_norm, want_stats[k].grad_norm) << what << ", step " << k + 1;
+}
+
 // Streaming offload runs the same kernels on the same shards in the same order as the device optimizer, on
 // the host: parameters and losses must be bit-identical, at every stage it supports, with the parameters
 // offloaded too (stage 3), and for bf16 compute (the same round-to-nearest-even cast, done on the host).
@@ -163,10 +174,7 @@ TEST(EngineOffload, StateOnDiskIsBitIdenticalToTheStateInMemory) {
     cfg.offload.ratio = run.ratio;
     Engine disk(cfg, *pg().world);
     const Trajectory got = train(c, disk, 12, nullptr, &got_stats);
-    EXPECT_EQ(got.losses, want.losses) << what;
-    EXPECT_EQ(got.params, want.params) << what;
-    for (std::size_t k = 0; k < got_stats.size() && k < want_stats.size(); ++k)
-      EXPECT_EQ(got_stats[k].grad_norm, want_stats[k].grad_norm) << what << ", step " << k + 1;
+    expect_identical(got, want, got_stats, want_stats, what);
     const MemoryReport m = disk.memory();
     EXPECT_EQ(m.on_host[static_cast<std::size_t>(MemCategory::master)].current, 0) << what;
     std::vector<offload::SwapRegion> regions;
@@ -214,10 +222,7 @@ TEST(EngineOffload, ParamsOnDiskAreBitIdenticalToTheDeviceOptimizer) {
     cfg = params_on_nvme(cfg, run.slots);
     Engine disk(cfg, *pg().world);
     const Trajectory got = train(c, disk, 12, nullptr, &got_stats);
-    EXPECT_EQ(got.losses, want.losses) << what;
-    EXPECT_EQ(got.params, want.params) << what;
-    for (std::size_t k = 0; k < got_stats.size() && k < want_stats.size(); ++k)
-      EXPECT_EQ(got_stats[k].grad_norm, want_stats[k].grad_norm) << what << ", step " << k + 1;
+    expect_identical(got, want, got_stats, want_stats, what);
     std::vector<offload::SwapRegion> regions, state_regions;
     for (UnitId u = 0; u < disk.num_units(); ++u) {
       const UnitBuffers b = unit_buffers(disk.unit(u).layout, disk.unit(u).frozen, cfg, true);
@@ -265,11 +270,7 @@ TEST(EngineOffload, PartialOffloadIsBitIdenticalToTheDeviceOptimizer) {
     cfg.offload.ratio = run.ratio;
     Engine split(cfg, *pg().world);
     const Trajectory got = train(c, split, 12, nullptr, &got_stats);
-    EXPECT_EQ(got.losses, want.losses) << what;
-    EXPECT_EQ(got.params, want.params) << what;
-    ASSERT_EQ(got_stats.size(), want_stats.size()) << what;
-    for (std::size_t k = 0; k < got_stats.size(); ++k)  // the norm's sums from both sides (without clipping too)
-      EXPECT_EQ(got_stats[k].grad_norm, want_stats[k].grad_norm) << what << ", step " << k + 1;
+    expect_identical(got, want, got_stats, want_stats, what);
     int on_host = 0;
     for (UnitId u = 0; u < split.num_units(); ++u) on_host += split.unit(u).pipe >= 0;
     EXPECT_GT(on_host, 0) << what;
