@@ -401,9 +401,9 @@ void Engine::setup_offload(std::vector<offload::SwapRegion> on_disk,
                 kernels::cpu_threads(), local);
   }
   // Without clipping or loss scaling (dynamic or fixed: an overflow skips the step) the update does not
-  // depend on the global norm, so each unit's can
-  // start as soon as its gradients are on the host, behind the rest of the backward (same math, same bits).
-  // (Not with the state on disk: its reads follow the order the update takes the units in.)
+  // depend on the global norm, so each unit's can start as soon as its gradients are on the host, behind the
+  // rest of the backward (same math, same bits). (Not with the state on disk: its reads follow the order the
+  // update takes the units in.)
   early_update_ =
       !cfg_.offload.delayed() && cfg_.optimizer.clip_grad_norm <= 0 && !scaling_ && !cfg_.offload.state_on_nvme();
 }
