@@ -32,9 +32,9 @@ SwapRegion swap_region(int64_t master, int64_t m, int64_t v);
 // The file's bytes (the regions one after the other), and the host bytes of `count` buffers of the
 // largest region, with the slack to align the first to 4 KiB. Pure.
 int64_t swap_file_bytes(std::span<const SwapRegion> regions);
+int64_t swap_buffer_bytes(std::span<const SwapRegion> regions, int count);
 // Each region's offset in the file, and the file's size last. Pure.
 std::vector<int64_t> swap_offsets(std::span<const SwapRegion> regions);
-int64_t swap_buffer_bytes(std::span<const SwapRegion> regions, int count);
 
 // The first 4 KiB boundary at or after p (host buffers are allocated with kSwapAlignment bytes of slack).
 char* swap_aligned(void* p);
@@ -69,8 +69,6 @@ class SwapFile {
   const std::string& path() const { return path_; }  // the name it was created under (unlinked)
   bool direct() const { return direct_; }            // O_DIRECT (false where the filesystem refused it)
   int64_t bytes() const { return bytes_; }
-  int rank() const { return rank_; }
-  const Purpose& purpose() const { return purpose_; }
 
  private:
   int try_io(bool write, int64_t offset, void* buffer, int64_t bytes) const noexcept;  // 0 or errno
