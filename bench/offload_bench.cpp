@@ -39,6 +39,7 @@ struct Args {
   std::string nvme_path;         // with nvme: offload.nvme_path (default: the temporary directory)
   int buffers = 4;               // with nvme: offload.buffer_count
   int param_buffers = 5;         // with nvme-params: offload.param_buffer_count
+  int grad_buffers = 4;          // with nvme-grads: offload.grad_buffer_count
   std::string reduce = "f32";
   std::string states = "f32";  // optimizer.state_dtype
   double ratio = 1.0;          // offload.ratio: the share of the optimizer on the host (the last units)
@@ -150,9 +151,11 @@ int main(int argc, char** argv) {
   app.add_option("--buffers", a.buffers, "with --offload nvme: offload.buffer_count")->capture_default_str();
   app.add_option("--param-buffers", a.param_buffers, "with --offload *nvme-params: offload.param_buffer_count")
       ->capture_default_str();
+  app.add_option("--grad-buffers", a.grad_buffers, "with --offload nvme+nvme-grads*: offload.grad_buffer_count")
+      ->capture_default_str();
   app.add_option("--offload", a.offload,
                  "none, optimizer, optimizer+params, delayed, nvme, nvme+params, optimizer+nvme-params, "
-                 "nvme+nvme-params")
+                 "nvme+nvme-params, nvme+nvme-grads, nvme+nvme-grads+params, nvme+nvme-grads+nvme-params")
       ->check(zs::offload_choices())
       ->capture_default_str();
   app.add_option("--reduce", a.reduce, "gradient dtype: f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
@@ -185,6 +188,7 @@ int main(int argc, char** argv) {
     cfg.offload.nvme_path = a.nvme_path.empty() ? std::filesystem::temp_directory_path().string() : a.nvme_path;
     cfg.offload.buffer_count = a.buffers;
     cfg.offload.param_buffer_count = a.param_buffers;
+    cfg.offload.grad_buffer_count = a.grad_buffers;
     Engine e(cfg);
     const int64_t d = a.d;
     e.add_unit("embed", {{"w", {a.vocab, d}}});
@@ -253,6 +257,12 @@ int main(int argc, char** argv) {
           "reads %.1f ms/step\n",
           static_cast<long long>(ot.param_disk.reads), static_cast<long long>(ot.param_disk.acquires),
           ot.param_disk.wait_ms / a.steps);
+    if (ot.grad_disk.acquires > 0)
+      std::printf(
+          "  gradients on disk: %lld of %lld updates read their shard from the disk, the CPU blocked on the reads "
+          "%.1f ms/step, the backward on a free slot %.1f ms/step\n",
+          static_cast<long long>(ot.grad_disk.reads), static_cast<long long>(ot.grad_disk.acquires),
+          ot.grad_disk.wait_ms / a.steps, ot.grad_disk.write_wait_ms / a.steps);
     return 0;
   } catch (const std::exception& ex) {
     std::fprintf(stderr, "offload_bench: %s\n", ex.what());

@@ -1,4 +1,4 @@
-// IoThreads: a file swap's reader and writer threads (StateSwap, ParamSwap) and their first failure. Each
+// IoThreads: a file swap's reader and writer threads (StateSwap, SwapCache) and their first failure. Each
 // runs the owner's run(writer) until it returns, which it does once stopping() or failed() (read under the
 // owner's lock) turns true; after a failure the swap is unusable, and its calls rethrow it.
 #pragma once
@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <exception>
 #include <mutex>
+#include <string_view>
 #include <thread>
 
 #include "core/log.h"
@@ -47,7 +48,7 @@ class IoThreads {
   }
   // The owner's destructor: drain() (a failure is logged, naming `what`), then stop the threads.
   template <typename Drain>
-  void shut_down(Drain drain, const char* what) {
+  void shut_down(Drain drain, std::string_view what) {
     try {
       drain();
     } catch (const std::exception& e) {

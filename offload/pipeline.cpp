@@ -14,7 +14,7 @@ int default_cpu_threads(int cores, int ranks_on_node) {
 }
 
 Pipeline::Pipeline(Device device, DType compute, DType reduce, DType state, bool delayed, std::vector<UnitShard> units,
-                   std::unique_ptr<StateSwap> swap, std::unique_ptr<ParamSwap> params)
+                   std::unique_ptr<StateSwap> swap, std::unique_ptr<SwapCache> params, std::unique_ptr<SwapCache> grads)
     : device_(device),
       compute_(compute),
       reduce_(reduce),
@@ -23,12 +23,14 @@ Pipeline::Pipeline(Device device, DType compute, DType reduce, DType state, bool
       units_(std::move(units)),
       swap_(std::move(swap)),
       params_(std::move(params)),
+      grads_(std::move(grads)),
       download_(make_stream(device)),
       upload_(make_stream(device)),
       cpu_(make_stream(Device::cpu())),
       all_downloaded_(make_event(device)),
       done_(units_.size(), 0) {
   updated_order_.reserve(units_.size());
+  grad_order_.reserve(units_.size());
   for (std::size_t u = 0; u < units_.size(); ++u) {
     downloaded_.push_back(make_event(device));
     uploaded_.push_back(make_event(device));
@@ -49,10 +51,18 @@ Event& Pipeline::download(int u, const void* device_grads, Event* reduced) {
   // Streaming: the CPU must be done reading the slot (the last step's update of u; normally long done).
   if (!delayed_) updated_[static_cast<std::size_t>(u)]->synchronize();
   if (reduced) download_->wait(*reduced);
-  void* host = s.grads[slot_];
+  // With the gradients on disk: into a slot (the host waits while every slot is busy: the disk behind),
+  // which the CPU worker hands to the writer once the copy has landed (before this step's update, which
+  // it queues behind).
+  void* host = grads_ ? grads_->begin_write(u) : s.grads[slot_];
   memory_copy_async(host, device_grads, static_cast<std::size_t>(s.n) * dtype_size(reduce_), *download_);
   Event& done = *downloaded_[static_cast<std::size_t>(u)];
   download_->record(done);
+  if (grads_)
+    cpu_->submit([this, u] {
+      downloaded_[static_cast<std::size_t>(u)]->synchronize();
+      grads_->finish(u);
+    });
   if (early_) {  // its update and upload right behind, while the device goes on with the backward
     // The closure captures only [this, u] (no allocation in std::function).
     cpu_->submit([this, u] {
@@ -126,10 +136,17 @@ void Pipeline::update_unit(int u) {
     state = swap_->acquire(u);
     disk_wait_ns_.fetch_add(steady_ns() - w0, std::memory_order_relaxed);
   }
+  // The gradients on disk: from their slot (read now if it is in none), and the next units' read ahead.
+  const void* grad = s.grads[step_.slot];
+  if (grads_) {
+    grad = grads_->acquire(u);
+    const std::size_t end = std::min(grad_order_.size(), grad_next_ + static_cast<std::size_t>(grads_->count()));
+    for (std::size_t i = ++grad_next_; i < end; ++i) grads_->prefetch(grad_order_[i]);
+  }
   kernels::UpdateArgs a;
   a.n = s.n;
   a.param = static_cast<float*>(state[0]);
-  a.grad = s.grads[step_.slot];
+  a.grad = grad;
   a.grad_dtype = reduce_;
   a.grad_scale = step_.grad_scale;
   a.state1 = state[1];
@@ -145,6 +162,7 @@ void Pipeline::update_unit(int u) {
   kernels::optimizer_update(Device::cpu(), step_.h, a);
   if (swap_) swap_->release(u);  // written back behind the next updates
   if (params_) params_->finish(u);
+  if (grads_) grads_->release(u, nullptr, /*again=*/false);  // its slot takes the next read first
   update_ns_.fetch_add(steady_ns() - t0, std::memory_order_relaxed);
   update_bytes_.fetch_add(s.n * kernels::update_bytes_per_element(a), std::memory_order_relaxed);
   updates_.fetch_add(1, std::memory_order_relaxed);
@@ -160,6 +178,8 @@ void Pipeline::update(const kernels::OptimizerHyper& h, float grad_scale, std::s
   cpu_->synchronize();
   step_ = {h, grad_scale, slot_};
   updated_order_.clear();
+  grad_order_.assign(order.begin(), order.end());
+  grad_next_ = 0;
   if (ahead_) {  // the reads were queued in the backward, in this order
     ZS_CHECK(std::equal(order.begin(), order.end(), ahead_order_.begin(), ahead_order_.end()),
              "offload: the update's order differs from the read-ahead's (a bug)");
@@ -232,6 +252,7 @@ Timing Pipeline::take_timing() {
   t.wait_ms = static_cast<double>(wait_ns_.exchange(0, relaxed)) / 1e6;
   t.disk_wait_ms = static_cast<double>(disk_wait_ns_.exchange(0, relaxed)) / 1e6;
   if (params_) t.param_disk = params_->take_stats();
+  if (grads_) t.grad_disk = grads_->take_stats();
   return t;
 }
 
@@ -242,6 +263,7 @@ void Pipeline::drain() {
   upload_->synchronize();
   if (swap_) swap_->drain();
   if (params_) params_->drain();
+  if (grads_) grads_->drain();
 }
 
 void Pipeline::discard_pending() {

@@ -10,6 +10,10 @@
 // (ZeRO-Offload's one-step-stale update) runs the whole CPU step behind the next forward and backward
 // instead: the parameters a step computes with are two updates old, which changes the math.
 //
+// With the gradients on disk (offload.grads: nvme) the downloads land in a SwapCache's slots instead; the
+// CPU worker hands each to the cache's writer once its copy is done, and the update takes it back from its
+// slot or the disk, reading the next units' ahead.
+//
 // Streams: `download` and `upload` on the device (copy engines on a GPU; worker threads in the CPU build,
 // whose "device" memory is a separate host pool, so ordering bugs show in CI), and a CPU worker for the
 // step. Every hand-off is an event; the host blocks only where the next forward needs an update that the
@@ -24,8 +28,8 @@
 
 #include "core/buffer.h"
 #include "kernels/kernels.h"
-#include "offload/param_swap.h"
 #include "offload/state_swap.h"
+#include "offload/swap_cache.h"
 
 namespace zs::offload {
 
@@ -35,9 +39,10 @@ struct UnitShard {
   float* master = nullptr;  // f32, host (null with a StateSwap: the state is on disk)
   void* m = nullptr;        // optimizer state, host (null when the optimizer keeps none, or on disk)
   void* v = nullptr;
-  void* grads[2] = {};            // reduce dtype, host; [1] is delayed mode's second slot
+  void* grads[2] = {};            // reduce dtype, host; [1] is delayed mode's second slot (null with a
+                                  // SwapCache of the gradients: on disk)
   void* host_params = nullptr;    // compute dtype, host, written by the update (null for f32 with the master
-                                  // in memory: the master is it; null with a ParamSwap: on disk)
+                                  // in memory: the master is it; null with a SwapCache: on disk)
   void* device_params = nullptr;  // where the updated shard is uploaded (null: the parameters stay on the host)
   const kernels::ElementRange* decay = nullptr;  // host
   int64_t num_decay = 0;
@@ -46,15 +51,17 @@ struct UnitShard {
 // Where the offloaded step's time went (Pipeline::take_timing): the CPU worker's time in updates and the
 // bytes those moved (kernels::update_bytes_per_element), the host's time blocked in wait_params on an
 // update the CPU had not finished (streaming: the next forward waiting for the CPU), with the state on
-// disk the CPU worker's time waiting for its reads (the disk behind: more buffers, or a faster disk), and
-// with the parameters on disk the gathers' (ParamSwap::Stats: the host's time blocked on reads).
+// disk the CPU worker's time waiting for its reads (the disk behind: more buffers, or a faster disk), with
+// the parameters on disk the gathers' (SwapCache::Stats: the host's time blocked on reads), and with the
+// gradients on disk the downloads' and the updates' (the host blocked for a free slot: write_wait_ms; the
+// CPU worker for a read: wait_ms).
 struct Timing {
   double update_ms = 0.0;
   double update_bytes = 0.0;
   int64_t updates = 0;
   double wait_ms = 0.0;
   double disk_wait_ms = 0.0;
-  ParamSwap::Stats param_disk;
+  SwapCache::Stats param_disk, grad_disk;
 };
 
 // The CPU step's threads on a GPU machine when ZS_CPU_THREADS does not say: this rank's share of the
@@ -68,8 +75,12 @@ class Pipeline {
   // written back behind it, in the order update() takes the units; no early update then. params: every
   // unit's compute-dtype shard on disk (offload.params: nvme): the update writes it there (through a slot
   // the next gather reads it from), and the gathers take it with param_swap()'s acquire and release.
+  // grads: every unit's reduced gradient shard on disk (offload.grads: nvme, streaming, with a StateSwap):
+  // each download lands in a slot that is written behind, and the update reads it back unless it is still
+  // there (the last ones landed, which the forward order updates first).
   Pipeline(Device device, DType compute, DType reduce, DType state, bool delayed, std::vector<UnitShard> units,
-           std::unique_ptr<StateSwap> swap = nullptr, std::unique_ptr<ParamSwap> params = nullptr);
+           std::unique_ptr<StateSwap> swap = nullptr, std::unique_ptr<SwapCache> params = nullptr,
+           std::unique_ptr<SwapCache> grads = nullptr);
   ~Pipeline();
   Pipeline(const Pipeline&) = delete;
   Pipeline& operator=(const Pipeline&) = delete;
@@ -106,7 +117,7 @@ class Pipeline {
   // it has not yet (streaming).
   void wait_params(int u, Stream& stream);
   // Where unit u's current compute-dtype parameters are on the host: host_params, or the f32 master (not
-  // with a ParamSwap: param_swap()).
+  // with a SwapCache: param_swap()).
   const void* host_param_source(int u) const;
   // True when unit u's update, if one is queued, is done: its parameters may be read ahead.
   bool params_ready(int u) const { return updated_[static_cast<std::size_t>(u)]->query(); }
@@ -120,7 +131,7 @@ class Pipeline {
   // The units' state on disk, or null; between steps (after drain) its get/put read and write a unit's.
   StateSwap* swap() const { return swap_.get(); }
   // The units' parameters on disk, or null.
-  ParamSwap* param_swap() const { return params_.get(); }
+  SwapCache* param_swap() const { return params_.get(); }
 
  private:
   void upload(int u);       // enqueues unit u's updated shard to device_params
@@ -133,7 +144,7 @@ class Pipeline {
   bool delayed_;
   std::vector<UnitShard> units_;
   std::unique_ptr<StateSwap> swap_;
-  std::unique_ptr<ParamSwap> params_;
+  std::unique_ptr<SwapCache> params_, grads_;
   std::unique_ptr<Stream> download_, upload_, cpu_;
   std::vector<std::unique_ptr<Event>> downloaded_, uploaded_, updated_;
   std::unique_ptr<Event> all_downloaded_;
@@ -154,6 +165,9 @@ class Pipeline {
   // read_ahead(): this step's reads are queued, in ahead_order_ (sized once).
   bool ahead_ = false;
   std::vector<int> ahead_order_;
+  // The gradients on disk: the step's update order, and where the CPU worker is in it (the reads ahead).
+  std::vector<int> grad_order_;
+  std::size_t grad_next_ = 0;
   // Timing, summed by the CPU worker (updates) and the host (waits); take_timing() reads and clears them.
   std::atomic<int64_t> update_ns_{0}, update_bytes_{0}, updates_{0}, wait_ns_{0}, disk_wait_ns_{0};
 };

@@ -241,12 +241,14 @@ Config parse_config(const std::string& text, const std::string& source) {
   Section off = top.sub("offload");
   off.choice("optimizer", c.offload.optimizer, {"none", "cpu", "nvme"});
   off.choice("params", c.offload.params, {"none", "cpu", "nvme"});
+  off.choice("grads", c.offload.grads, {"cpu", "nvme"});
   off.get<bool>("pin_memory", c.offload.pin_memory);
   off.choice("mode", c.offload.mode, {"streaming", "delayed"});
   off.get<double>("ratio", c.offload.ratio, Config::Offload::ratio_valid, "in (0, 1]");
   off.get<std::string>("nvme_path", c.offload.nvme_path);
   off.get<int>("buffer_count", c.offload.buffer_count, at_least(2), ">= 2");
   off.get<int>("param_buffer_count", c.offload.param_buffer_count, at_least(2), ">= 2");
+  off.get<int>("grad_buffer_count", c.offload.grad_buffer_count, at_least(2), ">= 2");
   off.finish();
   if (const std::string bad = offload_problem(c); !bad.empty()) top.fail(root["offload"], bad);
   if ((c.offload.state_on_nvme() || c.offload.params_on_nvme()) && c.offload.nvme_path.empty())
@@ -281,16 +283,22 @@ Config parse_config(const std::string& text, const std::string& source) {
 void Config::Offload::choose(std::string_view choice) {
   ZS_CHECK(std::find(std::begin(kChoices), std::end(kChoices), choice) != std::end(kChoices),
            "offload '{}': expected none, optimizer, optimizer+params, delayed, nvme, nvme+params, "
-           "optimizer+nvme-params or nvme+nvme-params",
+           "optimizer+nvme-params, nvme+nvme-params, nvme+nvme-grads, nvme+nvme-grads+params or "
+           "nvme+nvme-grads+nvme-params",
            choice);
   optimizer = choice == "none" ? "none" : choice.starts_with("nvme") ? "nvme" : "cpu";
   params = choice.ends_with("+nvme-params") ? "nvme" : choice.ends_with("+params") ? "cpu" : "none";
+  grads = choice.find("+nvme-grads") != std::string_view::npos ? "nvme" : "cpu";
   mode = choice == "delayed" ? "delayed" : "streaming";
   if (choice != "optimizer") ratio = 1.0;  // a share of the optimizer on the host is the streaming offload's only
 }
 
 std::string_view Config::Offload::choice() const {
   if (!optimizer_on_cpu()) return "none";
+  if (grads_on_nvme())
+    return params_on_nvme()     ? "nvme+nvme-grads+nvme-params"
+           : params_offloaded() ? "nvme+nvme-grads+params"
+                                : "nvme+nvme-grads";
   if (params_on_nvme()) return state_on_nvme() ? "nvme+nvme-params" : "optimizer+nvme-params";
   if (state_on_nvme()) return params_offloaded() ? "nvme+params" : "nvme";
   if (params_offloaded()) return "optimizer+params";
@@ -325,6 +333,9 @@ std::string offload_problem(const Config& c) {
     return "offload.params: nvme with precision.param: fp32 and offload.optimizer: cpu has nothing to move: the "
            "parameters are the f32 master, which the CPU step keeps in host memory; use offload.params: cpu, "
            "precision.param: bf16, or offload.optimizer: nvme";
+  if (c.offload.grads_on_nvme() && (!c.offload.state_on_nvme() || c.offload.delayed()))
+    return "offload.grads: nvme needs offload.optimizer: nvme and mode: streaming (the gradient shards go to disk "
+           "when the optimizer's state is there; each is read back for its update, in the step)";
   if (!Config::Offload::ratio_valid(c.offload.ratio))
     return fmt::format("offload.ratio {} is not in (0, 1]: it is the share of the optimizer kept on the host",
                        c.offload.ratio);

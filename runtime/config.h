@@ -65,13 +65,19 @@ struct Config {
     std::string optimizer = "none";
     // Where stage 3 keeps the parameter shards the CPU step writes and the gathers start from: none (the
     // device), cpu (host memory) or nvme: a file under nvme_path, cached in param_buffer_count host slots
-    // of the largest unit's shard (ZeRO-Infinity's parameters on NVMe; offload/param_swap.h).
+    // of the largest unit's shard (ZeRO-Infinity's parameters on NVMe; offload/swap_cache.h).
     std::string params = "none";
+    // Where the offloaded units' reduced gradient shards wait for the CPU step: cpu (host memory) or nvme: a
+    // file under nvme_path, written as each shard lands and read back for its update, through
+    // grad_buffer_count host slots of the largest unit's shard (DeepSpeed swaps them with the state on
+    // NVMe; offload/swap_cache.h). nvme needs optimizer: nvme and mode: streaming.
+    std::string grads = "cpu";
     bool pin_memory = true;
     std::string mode = "streaming";  // streaming | delayed
     std::string nvme_path;           // offload.optimizer: nvme: an existing directory on a fast local disk
     int buffer_count = 4;            // offload.optimizer: nvme: host buffers for the state in flight, >= 2
     int param_buffer_count = 5;      // offload.params: nvme: host slots for parameter shards, >= 2
+    int grad_buffer_count = 4;       // offload.grads: nvme: host slots for gradient shards, >= 2
     // The share of the trainable parameters whose optimizer runs on the host (DeepSpeed's
     // offload_optimizer.ratio, ZeRO-Offload++): the last units in registration order, at least this share
     // of the elements; the others keep master, m and v on the device and update there, while the host
@@ -83,14 +89,25 @@ struct Config {
     bool state_on_nvme() const { return optimizer == "nvme"; }
     bool params_offloaded() const { return params != "none"; }  // off the device: host memory or disk
     bool params_on_nvme() const { return params == "nvme"; }
+    bool grads_on_nvme() const { return grads == "nvme"; }
     bool delayed() const { return mode == "delayed"; }
     // The tools' one-word form: none, optimizer, optimizer+params, delayed (the optimizer, delayed mode),
-    // nvme and nvme+params (the optimizer's state on NVMe), and optimizer+nvme-params and nvme+nvme-params
-    // (the parameters on NVMe too: ZeRO-Infinity). choose() sets the optimizer, params and mode fields
-    // from it, and ratio to 1 for any word but optimizer (throws on another word); choice() names the
-    // current setting.
-    static constexpr std::string_view kChoices[] = {"none", "optimizer",   "optimizer+params",      "delayed",
-                                                    "nvme", "nvme+params", "optimizer+nvme-params", "nvme+nvme-params"};
+    // nvme and nvme+params (the optimizer's state on NVMe), optimizer+nvme-params and nvme+nvme-params
+    // (the parameters on NVMe too: ZeRO-Infinity), and nvme+nvme-grads, nvme+nvme-grads+params and
+    // nvme+nvme-grads+nvme-params (the gradient shards on NVMe too). choose() sets the optimizer, params,
+    // grads and mode fields from it, and ratio to 1 for any word but optimizer (throws on another word);
+    // choice() names the current setting.
+    static constexpr std::string_view kChoices[] = {"none",
+                                                    "optimizer",
+                                                    "optimizer+params",
+                                                    "delayed",
+                                                    "nvme",
+                                                    "nvme+params",
+                                                    "optimizer+nvme-params",
+                                                    "nvme+nvme-params",
+                                                    "nvme+nvme-grads",
+                                                    "nvme+nvme-grads+params",
+                                                    "nvme+nvme-grads+nvme-params"};
     void choose(std::string_view choice);
     std::string_view choice() const;
   } offload;

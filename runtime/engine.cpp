@@ -241,18 +241,21 @@ void Engine::setup() {
   for (const auto& up : units_) trainable.push_back(up->layout.elements());
   const std::vector<bool> offloaded = offloaded_units(trainable, cfg_);
   std::vector<UnitBuffers> plans;
-  std::vector<offload::SwapRegion> on_disk, params_on_disk;  // by pipe
+  OnDisk on_disk;  // by pipe
   int64_t pool = 0;
   int pipes = 0;
   for (std::size_t i = 0; i < units_.size(); ++i) {
-    plans.push_back(unit_buffers(units_[i]->layout, units_[i]->frozen, cfg_, offloaded[i]));
-    pool += plans.back().host_pool_bytes();
-    if (plans.back().state_on_disk) on_disk.push_back(plans.back().swap_region());
-    if (plans.back().params_on_disk) params_on_disk.push_back(plans.back().param_region());
+    const UnitBuffers& b = plans.emplace_back(unit_buffers(units_[i]->layout, units_[i]->frozen, cfg_, offloaded[i]));
+    pool += b.host_pool_bytes();
+    if (b.state_on_disk) on_disk.state.push_back(b.swap_region());
+    if (b.params_on_disk) on_disk.params.push_back(b.param_region());
+    if (b.grads_on_disk) on_disk.grads.push_back(b.grad_region());
     units_[i]->pipe = offloaded[i] ? pipes++ : -1;
   }
-  pool += offload::pool_part_bytes(offload::swap_buffer_bytes(on_disk, cfg_.offload.buffer_count)) +
-          offload::pool_part_bytes(offload::swap_buffer_bytes(params_on_disk, cfg_.offload.param_buffer_count));
+  for (const auto& [regions, count] : {std::pair{&on_disk.state, cfg_.offload.buffer_count},
+                                       std::pair{&on_disk.params, cfg_.offload.param_buffer_count},
+                                       std::pair{&on_disk.grads, cfg_.offload.grad_buffer_count}})
+    pool += offload::pool_part_bytes(offload::swap_buffer_bytes(*regions, count));
   if (pool > 0) host_pool_ = offload::HostPool(pool, cfg_.offload.pin_memory, device_);  // every offloaded part
   for (std::size_t i = 0; i < units_.size(); ++i) {
     Unit& u = *units_[i];
@@ -274,7 +277,7 @@ void Engine::setup() {
     }
     u.grads = alloc(b.grads, MemCategory::grads);
     u.param_shard = alloc(b.param_shard, MemCategory::params);
-    u.host_grads = host(b.host_grads, MemCategory::grads);
+    if (!b.grads_on_disk) u.host_grads = host(b.host_grads, MemCategory::grads);
     if (!b.params_on_disk) u.host_params = host(b.host_params, b.host_params_category);
     std::vector<bool> decays;
     for (const auto& t : u.tensors)
@@ -286,7 +289,7 @@ void Engine::setup() {
     memory_copy(u.decay_ranges.data(), u.decay_ranges.resident(), ranges.data(), Device::cpu(),
                 ranges.size() * sizeof(kernels::ElementRange));
   }
-  if (cfg_.offload.optimizer_on_cpu()) setup_offload(std::move(on_disk), params_on_disk);
+  if (cfg_.offload.optimizer_on_cpu()) setup_offload(std::move(on_disk));
   const PoolPlan pools = pool_plan(largest, largest_grads, num_units(), cfg_);
   for (int i = 0; i < pools.gather_count; ++i)
     gather_pool_.push_back(
@@ -324,8 +327,21 @@ void Engine::warn_no_direct(const char* contents) const {
       cfg_.offload.nvme_path, contents);
 }
 
-void Engine::setup_offload(std::vector<offload::SwapRegion> on_disk,
-                           std::span<const offload::SwapRegion> params_on_disk) {
+std::unique_ptr<offload::SwapCache> Engine::make_swap_cache(std::vector<offload::SwapRegion> regions, int count,
+                                                            MemCategory category, Buffer& slots,
+                                                            const offload::SwapCache::Use& use) {
+  slots = host_pool_.take(offload::swap_buffer_bytes(regions, count), category);
+  auto cache = std::make_unique<offload::SwapCache>(cfg_.offload.nvme_path, comm_->rank(), std::move(regions),
+                                                    slots.data(), count, device_, use);
+  if (comm_->rank() == 0)
+    log::info("offload: the {} are on disk, {:.2f} GiB for rank 0 in {}, cached in {} host slots of {:.1f} MiB",
+              use.file.contents, static_cast<double>(cache->file_bytes()) / 1073741824.0, cfg_.offload.nvme_path, count,
+              static_cast<double>(slots.bytes() - offload::kSwapAlignment) / count / 1048576.0);
+  if (!cache->direct()) warn_no_direct(use.file.contents);
+  return cache;
+}
+
+void Engine::setup_offload(OnDisk on_disk) {
   const int r = shard_rank();
   const auto cs = static_cast<int64_t>(dtype_size(compute_)), rs = static_cast<int64_t>(dtype_size(reduce_));
   std::vector<offload::UnitShard> shards;
@@ -358,8 +374,8 @@ void Engine::setup_offload(std::vector<offload::SwapRegion> on_disk,
   std::unique_ptr<offload::StateSwap> swap;
   if (cfg_.offload.state_on_nvme()) {
     const int count = cfg_.offload.buffer_count;
-    swap_buffers_ = host_pool_.take(offload::swap_buffer_bytes(on_disk, count), MemCategory::optim_state);
-    swap = std::make_unique<offload::StateSwap>(cfg_.offload.nvme_path, comm_->rank(), std::move(on_disk),
+    swap_buffers_ = host_pool_.take(offload::swap_buffer_bytes(on_disk.state, count), MemCategory::optim_state);
+    swap = std::make_unique<offload::StateSwap>(cfg_.offload.nvme_path, comm_->rank(), std::move(on_disk.state),
                                                 swap_buffers_.data(), count);
     if (comm_->rank() == 0)
       log::info(
@@ -369,23 +385,16 @@ void Engine::setup_offload(std::vector<offload::SwapRegion> on_disk,
           static_cast<double>(swap_buffers_.bytes() - offload::kSwapAlignment) / count / 1048576.0);
     if (!swap->direct()) warn_no_direct("optimizer state");
   }
-  std::unique_ptr<offload::ParamSwap> params;
-  if (cfg_.offload.params_on_nvme()) {
-    const int count = cfg_.offload.param_buffer_count;
-    param_swap_buffers_ = host_pool_.take(offload::swap_buffer_bytes(params_on_disk, count), MemCategory::params);
-    params = std::make_unique<offload::ParamSwap>(cfg_.offload.nvme_path, comm_->rank(),
-                                                  std::vector(params_on_disk.begin(), params_on_disk.end()),
-                                                  param_swap_buffers_.data(), count, device_);
-    if (comm_->rank() == 0)
-      log::info(
-          "offload: the parameters are on disk, {:.2f} GiB for rank 0 in {}, cached in {} host slots of {:.1f} MiB",
-          static_cast<double>(params->file_bytes()) / 1073741824.0, cfg_.offload.nvme_path, count,
-          static_cast<double>(param_swap_buffers_.bytes() - offload::kSwapAlignment) / count / 1048576.0);
-    if (!params->direct()) warn_no_direct("parameters");
-  }
+  std::unique_ptr<offload::SwapCache> params, grads;
+  if (cfg_.offload.params_on_nvme())
+    params = make_swap_cache(std::move(on_disk.params), cfg_.offload.param_buffer_count, MemCategory::params,
+                             param_swap_buffers_, offload::SwapCache::kParams);
+  if (cfg_.offload.grads_on_nvme())
+    grads = make_swap_cache(std::move(on_disk.grads), cfg_.offload.grad_buffer_count, MemCategory::grads,
+                            grad_swap_buffers_, offload::SwapCache::kGrads);
   offload_ = std::make_unique<offload::Pipeline>(device_, compute_, reduce_, cfg_.optimizer.state_dtype,
                                                  cfg_.offload.delayed(), std::move(shards), std::move(swap),
-                                                 std::move(params));
+                                                 std::move(params), std::move(grads));
   if (cfg_.offload.ratio < 1.0 && comm_->rank() == 0)
     log::info(
         "offload: the optimizer of the last {} of {} units ({:.1f} % of the parameters, offload.ratio {}) runs "
@@ -474,7 +483,7 @@ void Engine::install(const ValueSource& source, const StateSource& states) {
     if (state[0].data) memory_copy(state[0].data, state[0].where, train.data(), Device::cpu(), train.size() * 4);
     for (const Buffer* b : {&u.param_shard, &u.host_params})  // the offloaded step's compute-dtype copies
       if (b->data()) upload(b->data(), b->resident(), train);
-    if (offload::ParamSwap* disk = u.pipe >= 0 ? offload_->param_swap() : nullptr) {  // or on disk
+    if (offload::SwapCache* disk = u.pipe >= 0 ? offload_->param_swap() : nullptr) {  // or on disk
       upload(disk->begin_write(u.pipe), Device::cpu(), train);
       disk->finish(u.pipe);
     }

@@ -221,7 +221,15 @@ class Engine {
   // Stages 1-2 with the optimizer offloaded: all-gathers the replica once the unit's shard is back.
   void refresh_replica(UnitId u);
   // on_disk, params_on_disk: by pipe, with the state or the parameters on disk (their files' regions).
-  void setup_offload(std::vector<offload::SwapRegion> on_disk, std::span<const offload::SwapRegion> params_on_disk);
+  // The regions of the offloaded units (by pipe) on disk: the optimizer's state, the parameters, the gradients.
+  struct OnDisk {
+    std::vector<offload::SwapRegion> state, params, grads;
+  };
+  void setup_offload(OnDisk on_disk);
+  // offload.params or offload.grads: nvme: the cache over `regions` in `slots` (taken from the host pool).
+  std::unique_ptr<offload::SwapCache> make_swap_cache(std::vector<offload::SwapRegion> regions, int count,
+                                                      MemCategory category, Buffer& slots,
+                                                      const offload::SwapCache::Use& use);
   void warn_no_direct(const char* contents) const;  // a rank's warning: offload.nvme_path refused O_DIRECT
   TensorView grad_shard(const Unit& u, bool full_grads) const;
   kernels::OptimizerHyper hyper(int64_t step) const;  // the optimizer's settings for step `step` (1-based)
@@ -246,6 +254,7 @@ class Engine {
   offload::HostPool host_pool_;  // the offloaded state's memory; outlives the units' parts of it
   Buffer swap_buffers_;          // offload.optimizer: nvme: the state's host buffers (outlive offload_'s swap)
   Buffer param_swap_buffers_;    // offload.params: nvme: the parameters' host slots (likewise)
+  Buffer grad_swap_buffers_;     // offload.grads: nvme: the gradients' host slots (likewise)
   std::vector<std::unique_ptr<Unit>> units_;
   std::unordered_map<std::string, std::string> full_names_;  // "unit.tensor" -> unit: add_unit's uniqueness check
   std::unique_ptr<offload::Pipeline> offload_;               // offload.optimizer: cpu (drained before the units go)

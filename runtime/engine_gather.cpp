@@ -107,7 +107,7 @@ int Engine::acquire_gather_buffer(UnitId for_unit) {
 
 void Engine::read_params_ahead(std::size_t from) {
   if (recording_) return;  // the order is not known yet
-  offload::ParamSwap& disk = *offload_->param_swap();
+  offload::SwapCache& disk = *offload_->param_swap();
   const auto end = std::min(order_.size(), from + static_cast<std::size_t>(cfg_.offload.param_buffer_count - 1));
   for (std::size_t i = from; i < end; ++i) {
     const int pipe = units_[static_cast<std::size_t>(order_[i])]->pipe;
@@ -146,14 +146,14 @@ void Engine::issue_gather(UnitId id, std::size_t next) {
   };
   if (u.pipe >= 0) {  // the CPU step's output: on the device (param_shard), or on the host (offload.params)
     offload_->wait_params(u.pipe, *gs);
-    if (offload::ParamSwap* disk = offload_->param_swap()) {  // offload.params: nvme: a slot, read if need be
+    if (offload::SwapCache* disk = offload_->param_swap()) {  // offload.params: nvme: a slot, read if need be
       gather_part(disk->acquire(u.pipe), compute_, 0, P, S);
       // The step's last gather of the unit (the backward's) frees its slot for the reads ahead: the next
       // forward takes the shard the CPU step writes.
       const bool again =
           recording_ || std::find(order_.begin() + static_cast<std::ptrdiff_t>(std::min(next, order_.size())),
                                   order_.end(), id) != order_.end();
-      disk->release(u.pipe, *gs, again);
+      disk->release(u.pipe, gs, again);
       read_params_ahead(next);
     } else {
       gather_part(u.param_shard.data() ? u.param_shard.data() : offload_->host_param_source(u.pipe), compute_, 0, P, S);

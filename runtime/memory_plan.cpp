@@ -40,6 +40,7 @@ UnitBuffers unit_buffers(const FlatLayout& layout, const FlatLayout& frozen, con
     if (!full_grads) b.grads = 0;  // the reduce-scatter lands in the gradient pool, then goes to the host
     b.host_grads = S * rs * (cfg.offload.delayed() ? 2 : 1);
     b.state_on_disk = cfg.offload.state_on_nvme();
+    b.grads_on_disk = cfg.offload.grads_on_nvme();
     if (!f32 || b.state_on_disk) b.host_params = S * cs;
     if (b.params_on_host)
       b.host_params_category = MemCategory::params;
@@ -73,7 +74,7 @@ OptimizerStates optimizer_states(const Config& cfg) {
 int64_t UnitBuffers::host_pool_bytes() const {
   if (!offload) return 0;
   auto aligned = offload::pool_part_bytes;
-  return (state_on_disk ? 0 : aligned(master) + aligned(m) + aligned(v)) + aligned(host_grads) +
+  return (state_on_disk ? 0 : aligned(master) + aligned(m) + aligned(v)) + (grads_on_disk ? 0 : aligned(host_grads)) +
          (params_on_disk ? 0 : aligned(host_params)) + (params_on_host ? aligned(frozen_shard) : 0);
 }
 
@@ -105,7 +106,7 @@ MemoryPlan plan_memory(std::span<const std::vector<TensorSpec>> units, const Con
     trainable.push_back(layouts.back().layout.elements());
   }
   const std::vector<bool> offloaded = offloaded_units(trainable, cfg);
-  std::vector<offload::SwapRegion> on_disk, params_on_disk;
+  std::vector<offload::SwapRegion> on_disk, params_on_disk, grads_on_disk;
   for (std::size_t i = 0; i < units.size(); ++i) {
     const std::vector<TensorSpec>& tensors = units[i];
     const UnitLayouts& l = layouts[i];
@@ -122,7 +123,10 @@ MemoryPlan plan_memory(std::span<const std::vector<TensorSpec>> units, const Con
       state(MemCategory::optim_state) += b.m + b.v;
     }
     dev(MemCategory::grads) += b.grads;
-    host(MemCategory::grads) += b.host_grads;
+    if (b.grads_on_disk)
+      grads_on_disk.push_back(b.grad_region());
+    else
+      host(MemCategory::grads) += b.host_grads;
     if (b.params_on_disk)
       params_on_disk.push_back(b.param_region());
     else
@@ -141,11 +145,14 @@ MemoryPlan plan_memory(std::span<const std::vector<TensorSpec>> units, const Con
     }
   }
   // The files, and the host buffers they stream through (a host-pool part each).
-  plan.disk = offload::swap_file_bytes(on_disk) + offload::swap_file_bytes(params_on_disk);
+  plan.disk = offload::swap_file_bytes(on_disk) + offload::swap_file_bytes(params_on_disk) +
+              offload::swap_file_bytes(grads_on_disk);
   if (const int64_t b = offload::swap_buffer_bytes(on_disk, cfg.offload.buffer_count); b > 0)
     host(MemCategory::optim_state) += b;
   if (const int64_t b = offload::swap_buffer_bytes(params_on_disk, cfg.offload.param_buffer_count); b > 0)
     host(MemCategory::params) += b;
+  if (const int64_t b = offload::swap_buffer_bytes(grads_on_disk, cfg.offload.grad_buffer_count); b > 0)
+    host(MemCategory::grads) += b;
   const PoolPlan p = pool_plan(largest, largest_trainable, static_cast<int>(units.size()), cfg);
   dev(MemCategory::gather_buffers) += p.gather_count * p.gather_bytes;
   dev(MemCategory::grads) += p.grad_count * p.grad_bytes;

@@ -40,10 +40,13 @@ struct UnitBuffers {
   // offload.params: nvme: host_params above is the unit's region of the parameters' file, not memory (the
   // frozen shard stays in host memory).
   bool params_on_disk = false;
+  // offload.grads: nvme: host_grads above is the unit's region of the gradients' file, not memory.
+  bool grads_on_disk = false;
   // Host-pool bytes (each part 64-byte aligned in the one pinned allocation).
   int64_t host_pool_bytes() const;
   offload::SwapRegion swap_region() const { return offload::swap_region(master, m, v); }
   offload::SwapRegion param_region() const { return offload::swap_region(host_params, 0, 0); }
+  offload::SwapRegion grad_region() const { return offload::swap_region(host_grads, 0, 0); }
 };
 UnitBuffers unit_buffers(const FlatLayout& layout, const FlatLayout& frozen, const Config& cfg, bool offloaded);
 
@@ -87,7 +90,7 @@ using CategoryBytes = std::array<int64_t, kMemCategoryCount>;
 struct MemoryPlan {
   CategoryBytes device{};  // the engine's device memory by category
   CategoryBytes host{};    // and its host memory (offload, Gloo's staging)
-  int64_t disk = 0;        // offload.*: nvme: this rank's files (the optimizer's state, the parameters)
+  int64_t disk = 0;        // offload.*: nvme: this rank's files (the optimizer's state, parameters, gradients)
   static int64_t sum(const CategoryBytes& b) {
     int64_t t = 0;
     for (int64_t x : b) t += x;

@@ -392,8 +392,9 @@ int main(int argc, char** argv) {
       est->add_option("--offload", q.offloads,
                       "none, optimizer (stages 1-3), optimizer+params (stage 3), delayed (the optimizer, delayed "
                       "mode), nvme or nvme+params (the optimizer's state on disk), optimizer+nvme-params or "
-                      "nvme+nvme-params (the parameters on disk too: ZeRO-Infinity), one or a list; rows that are not "
-                      "a configuration are left out")
+                      "nvme+nvme-params (the parameters on disk too: ZeRO-Infinity), nvme+nvme-grads, "
+                      "nvme+nvme-grads+params or nvme+nvme-grads+nvme-params (the gradient shards on disk too), one "
+                      "or a list; rows that are not a configuration are left out")
           ->check(zs::offload_choices());
   est->add_option("--offload-ratio", q.ratios,
                   "offload.ratio for the optimizer rows, one or a list: the share of the parameters whose optimizer "

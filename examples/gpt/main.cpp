@@ -93,11 +93,13 @@ int main(int argc, char** argv) {
                  "override offload: none, optimizer (stages 1-3), optimizer+params (stage 3), delayed, nvme or "
                  "nvme+params (the optimizer's state on disk, in --nvme-path), optimizer+nvme-params or "
                  "nvme+nvme-params (the parameters on disk too; stage 3, and bf16/f16 with the optimizer's state in "
-                 "memory)")
+                 "memory), nvme+nvme-grads, nvme+nvme-grads+params or nvme+nvme-grads+nvme-params (the gradient "
+                 "shards on disk too)")
       ->check(zs::offload_choices());
-  app.add_option("--nvme-path", nvme_path,
-                 "override offload.nvme_path: the directory for the files of --offload nvme and nvme-params "
-                 "(default: the system's temporary directory)");
+  app.add_option(
+      "--nvme-path", nvme_path,
+      "override offload.nvme_path: the directory for the files of --offload nvme, nvme-params and nvme-grads "
+      "(default: the system's temporary directory)");
   auto* ratio_given = app.add_option("--offload-ratio", offload_ratio,
                                      "override offload.ratio: the share of the parameters whose optimizer runs on the "
                                      "host with --offload optimizer (the last units; the rest on the device)")
@@ -245,8 +247,9 @@ int main(int argc, char** argv) {
       if ((step + 1) % log_every == 0 || last) {
         const double train_loss = mean_over_ranks(window_loss / window);
         // Offloaded: the CPU's update time per step, how long the next forward waited for it, with the state
-        // on disk how long the CPU waited for its reads, and with the parameters on disk how long the gathers
-        // waited for theirs and how many of their shards came from the disk rather than a slot.
+        // on disk how long the CPU waited for its reads, with the parameters on disk how long the gathers
+        // waited for theirs and how many of their shards came from the disk rather than a slot, and with the
+        // gradients on disk how long the CPU waited for theirs and the backward for a free slot.
         const zs::offload::Timing ot = engine.take_offload_timing();
         std::string offload = ot.updates > 0 ? fmt::format(" | CPU step {:.1f} ms, waited {:.1f} ms",
                                                            ot.update_ms / window, ot.wait_ms / window)
@@ -256,6 +259,10 @@ int main(int argc, char** argv) {
         if (ot.updates > 0 && ot.param_disk.acquires > 0)
           offload += fmt::format(", params read {:.1f} ms ({} of {} gathers)", ot.param_disk.wait_ms / window,
                                  ot.param_disk.reads, ot.param_disk.acquires);
+        if (ot.updates > 0 && ot.grad_disk.acquires > 0)
+          offload +=
+              fmt::format(", grads read {:.1f} ms ({} of {}), written behind {:.1f} ms", ot.grad_disk.wait_ms / window,
+                          ot.grad_disk.reads, ot.grad_disk.acquires, ot.grad_disk.write_wait_ms / window);
         if (rank == 0) {
           if (tty) std::printf("\r\033[K");
           std::printf("step %5lld/%d | loss %.3f | val %s | lr %.2e | |g| %.2f | %.0f ms/step | %.1fk tok/s%s\n",

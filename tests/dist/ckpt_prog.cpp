@@ -4,7 +4,7 @@
 //   ckpt_prog train DIR STEPS [--kill-at K] [--stall-at K] [--out FILE]   (FILE: the final parameters)
 //   ckpt_prog kill-during-save DIR
 // With ZS_TEST_ASYNC_CHECKPOINT=1 it saves with checkpoint.async; with ZS_TEST_NVME_PATH=DIR its optimizer
-// state and its parameters are on disk in DIR (offload.optimizer: nvme, offload.params: nvme).
+// state, its parameters and its gradient shards are on disk in DIR (offload.optimizer, params, grads: nvme).
 #include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -45,6 +45,7 @@ int main(int argc, char** argv) {
     if (const char* nvme = std::getenv("ZS_TEST_NVME_PATH")) {
       cfg.offload.optimizer = "nvme";
       cfg.offload.params = "nvme";
+      cfg.offload.grads = "nvme";
       cfg.offload.nvme_path = nvme;
     }
     if (mode == "train") {

@@ -97,6 +97,14 @@ inline Config params_on_nvme(Config cfg, int slots = 2) {
   return cfg;
 }
 
+// cfg (the optimizer's state on disk) with the offloaded units' gradient shards on disk too (offload.grads:
+// nvme), through `slots` host slots (2: fewer than the model's 4 units, so shards go to the disk and back).
+inline Config grads_on_nvme(Config cfg, int slots = 2) {
+  cfg.offload.grads = "nvme";
+  cfg.offload.grad_buffer_count = slots;
+  return cfg;
+}
+
 struct Trajectory {
   double moved = 0;            // RMS change of all parameters over the run, relative to their initial RMS
   std::vector<double> losses;  // mean training loss per step

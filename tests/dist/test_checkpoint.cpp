@@ -167,7 +167,7 @@ TEST(CheckpointStates, ResumeAcrossStateDtypes) {
 // offloaded resumes on the device optimizer (and back, and then into a partial offload, offload.ratio
 // 0.5), bit-identical to training straight through; the same with the optimizer's state on disk
 // (offload.optimizer: nvme), which a save reads from its file and a load writes to it, and with the
-// parameters on disk too (offload.params: nvme), which a load writes.
+// parameters and the gradient shards on disk too (offload.params and grads: nvme; a load writes the first).
 TEST(OffloadedCheckpoint, ResumesOnTheDeviceAndBack) {
   Case device{3, DType::f32, 2, 1, 1.0f}, offloaded = device, part = device;
   offloaded.offload = 2;
@@ -175,9 +175,9 @@ TEST(OffloadedCheckpoint, ResumesOnTheDeviceAndBack) {
   Config part_cfg = make_config(part);
   part_cfg.offload.ratio = 0.5;
   for (const Config& off_cfg : {make_config(offloaded), on_nvme(make_config(offloaded), 3),
-                                params_on_nvme(on_nvme(make_config(offloaded), 3), 3)}) {
-    const std::string what =
-        fmt::format("offload.optimizer: {}, params: {}", off_cfg.offload.optimizer, off_cfg.offload.params);
+                                grads_on_nvme(params_on_nvme(on_nvme(make_config(offloaded), 3), 3))}) {
+    const std::string what = fmt::format("offload.optimizer: {}, params: {}, grads: {}", off_cfg.offload.optimizer,
+                                         off_cfg.offload.params, off_cfg.offload.grads);
     const fs::path dir = shared_dir("offload");
     Engine straight(make_config(device), *pg().world);
     constexpr int kFirst = 30, kSecond = 10, kThird = 10, kFourth = 10;

@@ -245,6 +245,76 @@ TEST(EngineOffload, ParamsOnDiskAreBitIdenticalToTheDeviceOptimizer) {
   }
 }
 
+// The gradient shards on disk (offload.grads: nvme, with the state there): each offloaded unit's reduced
+// shard lands in a host slot that is written to the file behind; the CPU step takes it from the slot or
+// reads it back, in the next forward's order. Bit-identical to the device optimizer at stages 1-3, with
+// accumulation, partial offload, the parameters on disk too, and an f16 run whose step 5 overflows (the
+// step is skipped: nothing reads that step's gradients, and the next step writes over them). The host holds
+// the slots, none of the gradient shards; the ledger equals the plan.
+TEST(EngineOffload, GradsOnDiskAreBitIdenticalToTheDeviceOptimizer) {
+  using O = kernels::Optimizer;
+  struct Run {
+    Case c;
+    int slots = 2;
+    double ratio = 1.0;
+    bool params_on_disk = false;
+  };
+  for (const Run& run : {Run{Case{1, DType::f32, 0, 1, 1.0f}}, Run{Case{2, DType::bf16, 2, 1, 0.0f, O::lion}, 3},
+                         Run{Case{3, DType::f32, 2, 3, 0.5f, O::adam}}, Run{Case{2, DType::f32, 0, 1, 1.0f}, 2, 0.5},
+                         Run{Case{3, DType::bf16, 2, 1, 1.0f, O::adamw, false, 0, false, true}, 2, 1.0, true},
+                         Run{Case{3, DType::f16, 2, 1, 1.0f, O::sgd}, 4}}) {
+    Case c = run.c;
+    const std::string what = fmt::format("{}, {} slots, offload.ratio {}{}", name(c, pg().world->size()), run.slots,
+                                         run.ratio, run.params_on_disk ? ", the parameters on disk" : "");
+    auto with_scale = [&](Config cfg) {
+      if (c.param != DType::f16) return cfg;
+      cfg.precision.loss_scale = "dynamic";
+      cfg.precision.initial_scale_power = 10;
+      return cfg;
+    };
+    Tamper overflow = [&](int step, int unit, int tensor, TensorView g) {
+      if (c.param == DType::f16 && step == 4 && pg().world->rank() == 0 && unit == 2 && tensor == 0)
+        store_from_f32(g.data, g.dtype, 3, INFINITY);
+    };
+    std::vector<StepStats> want_stats, got_stats;
+    Trajectory want;
+    {
+      Engine device(with_scale(make_config(c)), *pg().world);
+      want = train(c, device, 12, overflow, &want_stats);
+    }
+    c.offload = 1;
+    Config cfg = grads_on_nvme(on_nvme(with_scale(make_config(c))), run.slots);
+    cfg.offload.ratio = run.ratio;
+    if (run.params_on_disk) cfg = params_on_nvme(cfg);
+    Engine disk(cfg, *pg().world);
+    const Trajectory got = train(c, disk, 12, overflow, &got_stats);
+    expect_identical(got, want, got_stats, want_stats, what);
+    EXPECT_EQ(got_stats[4].skipped, c.param == DType::f16) << what;
+    std::vector<offload::SwapRegion> regions, others;  // the gradients', and the state's and parameters'
+    for (UnitId u = 0; u < disk.num_units(); ++u) {
+      if (disk.unit(u).pipe < 0) continue;
+      const UnitBuffers b = unit_buffers(disk.unit(u).layout, disk.unit(u).frozen, cfg, true);
+      ASSERT_TRUE(b.grads_on_disk) << what;
+      regions.push_back(b.grad_region());
+      others.push_back(b.swap_region());
+      if (b.params_on_disk) others.push_back(b.param_region());
+    }
+    EXPECT_EQ(regions.size() < 4, run.ratio < 1.0) << what;
+    EXPECT_EQ(disk.memory().on_host[static_cast<std::size_t>(MemCategory::grads)].current,
+              offload::swap_buffer_bytes(regions, run.slots))
+        << what << ": the host holds the slots only";
+    EXPECT_EQ(disk.memory_plan().disk, offload::swap_file_bytes(regions) + offload::swap_file_bytes(others)) << what;
+    disk.synchronize();
+    const offload::Timing t = disk.take_offload_timing();
+    if (static_cast<int>(regions.size()) > run.slots) {
+      EXPECT_GT(t.grad_disk.reads, 0) << what << ": " << regions.size() << " units do not fit " << run.slots
+                                      << " slots";
+    } else {
+      EXPECT_EQ(t.grad_disk.reads, 0) << what << ": each unit keeps its slot";
+    }
+  }
+}
+
 // Partial offload (offload.ratio, DeepSpeed's ZeRO-Offload++): the last units' optimizer on the host, the
 // others' on the device, in the same step. Same kernels, same shards, same order per unit, so again
 // bit-identical to the device optimizer, with and without clipping (the early update), at stages 1-3; the
@@ -413,9 +483,10 @@ TEST(EngineMemory, PlanEqualsTheLedger) {
     const char* optimizer = "none";
     const char* params = "none";
     const char* mode = "streaming";
-    bool hybrid = false;      // zero.hybrid_group: half the world (an even world of 2 or more)
-    double ratio = 1.0;       // offload.ratio
-    bool async_save = false;  // checkpoint.async: the staging is planned, and holds exactly a save's bytes
+    bool hybrid = false;         // zero.hybrid_group: half the world (an even world of 2 or more)
+    double ratio = 1.0;          // offload.ratio
+    bool async_save = false;     // checkpoint.async: the staging is planned, and holds exactly a save's bytes
+    bool grads_on_disk = false;  // offload.grads: nvme
   };
   for (const Run& run :
        {Run{Case{0, DType::f32, 0, 1, 0.0f}},
@@ -443,7 +514,9 @@ TEST(EngineMemory, PlanEqualsTheLedger) {
         Run{Case{2, DType::f32, 0, 1, 0.0f}, "nvme", "none", "delayed"},
         Run{Case{2, DType::f32, 0, 1, 0.0f}, "nvme", "none", "streaming", false, 0.5, true},
         Run{Case{3, DType::bf16, 2, 1, 0.0f}, "cpu", "nvme", "streaming", false, 1.0, true},
-        Run{Case{3, DType::f32, 0, 1, 0.0f}, "nvme", "nvme"}}) {
+        Run{Case{3, DType::f32, 0, 1, 0.0f}, "nvme", "nvme"},
+        Run{Case{2, DType::bf16, 0, 3, 0.0f}, "nvme", "none", "streaming", false, 0.5, false, true},
+        Run{Case{3, DType::bf16, 2, 1, 0.0f}, "nvme", "nvme", "streaming", false, 1.0, true, true}}) {
     const Case& c = run.c;
     const int n = pg().world->size();
     if (run.hybrid && (n < 2 || n % 2)) continue;
@@ -453,12 +526,14 @@ TEST(EngineMemory, PlanEqualsTheLedger) {
     if (run.optimizer == std::string("nvme")) cfg = on_nvme(cfg);
     cfg.offload.params = run.params;
     if (run.params == std::string("nvme")) cfg = params_on_nvme(cfg);
+    if (run.grads_on_disk) cfg = grads_on_nvme(cfg);
     cfg.offload.mode = run.mode;
     cfg.offload.ratio = run.ratio;
     cfg.checkpoint.async = run.async_save;
-    const std::string what = fmt::format("{}, offload optimizer {} params {} {}{}, ratio {}{}",
-                                         name(c, pg().world->size()), run.optimizer, run.params, run.mode,
-                                         run.hybrid ? ", hybrid" : "", run.ratio, run.async_save ? ", async save" : "");
+    const std::string what =
+        fmt::format("{}, offload optimizer {} params {} grads {} {}{}, ratio {}{}", name(c, pg().world->size()),
+                    run.optimizer, run.params, cfg.offload.grads, run.mode, run.hybrid ? ", hybrid" : "", run.ratio,
+                    run.async_save ? ", async save" : "");
     MemoryLedger& l = MemoryLedger::global();
     const MemPlace places[] = {Device::cpu(), MemPlace::host_memory()};
     std::array<CategoryBytes, 2> before{};

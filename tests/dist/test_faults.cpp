@@ -261,8 +261,8 @@ TEST(CheckpointFaults, RankKilledMidWriteLeavesThePreviousCheckpoint) {
 // zsrun --max-restarts: a rank SIGKILLed at step 34 of 60 (checkpoints every 10 steps); the restarted job
 // resumes from step 30 and ends with parameters bit-identical to a run that was never interrupted. The same
 // with checkpoint.async, where the kill may come before step 30's save is committed (then it resumes from 20),
-// and with the optimizer's state and the parameters on disk (offload.optimizer and params: nvme), whose
-// files the killed job leaves none of.
+// and with the optimizer's state, the parameters and the gradient shards on disk (offload.optimizer, params
+// and grads: nvme), whose files the killed job leaves none of.
 TEST(CheckpointFaults, RestartResumesFromTheLatestCheckpointExactly) {
   const fs::path nvme = fresh_dir("ckpt_restart_nvme");
   for (const std::string& env :
@@ -290,7 +290,8 @@ TEST(CheckpointFaults, RestartResumesFromTheLatestCheckpointExactly) {
     fs::remove_all(a);
     fs::remove_all(b);
   }
-  EXPECT_TRUE(fs::is_empty(nvme)) << "the optimizer state's and the parameters' files are unlinked from the start";
+  EXPECT_TRUE(fs::is_empty(nvme))
+      << "the optimizer state's, the parameters' and the gradients' files are unlinked from the start";
   fs::remove_all(nvme);
 }
 

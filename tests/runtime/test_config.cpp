@@ -138,6 +138,8 @@ TEST(Config, TheDocumentedReferenceParses) {
   EXPECT_EQ(c.precision.initial_scale_power, d.precision.initial_scale_power);
   EXPECT_EQ(c.offload.buffer_count, d.offload.buffer_count);
   EXPECT_EQ(c.offload.param_buffer_count, d.offload.param_buffer_count);
+  EXPECT_EQ(c.offload.grads, d.offload.grads);
+  EXPECT_EQ(c.offload.grad_buffer_count, d.offload.grad_buffer_count);
 }
 
 // Offload combinations that are not configurations name the offload section's line and what to change.
@@ -218,6 +220,23 @@ TEST(Config, OffloadNeedsTheStagesItWorksWith) {
   e = error_of("zero: {stage: 3}\noffload: {optimizer: nvme, params: nvme, nvme_path: /x, param_buffer_count: 1}\n");
   EXPECT_NE(e.find("offload.param_buffer_count must be >= 2, got 1"), std::string::npos) << e;
   EXPECT_NO_THROW(Config::from_yaml("zero: {stage: 3}\noffload: {optimizer: nvme, params: nvme, nvme_path: /x}\n"));
+  // The gradient shards on disk too (DeepSpeed swaps them with offload_optimizer: {device: nvme}).
+  const Config grads = Config::from_yaml(
+      "zero: {stage: 2}\noffload: {optimizer: nvme, grads: nvme, nvme_path: /x, grad_buffer_count: 3}\n");
+  EXPECT_TRUE(grads.offload.grads_on_nvme() && grads.offload.state_on_nvme());
+  EXPECT_EQ(grads.offload.grad_buffer_count, 3);
+  EXPECT_EQ(grads.offload.choice(), "nvme+nvme-grads");
+  EXPECT_EQ(Config::from_yaml("").offload.grads, "cpu");
+  EXPECT_EQ(Config::from_yaml("").offload.grad_buffer_count, 4);
+  e = error_of("zero: {stage: 2}\noffload: {optimizer: cpu, grads: nvme, nvme_path: /x}\n");
+  EXPECT_NE(e.find("train.yaml:2:"), std::string::npos) << e;
+  EXPECT_NE(e.find("offload.grads: nvme needs offload.optimizer: nvme and mode: streaming"), std::string::npos) << e;
+  e = error_of("zero: {stage: 2}\noffload: {optimizer: nvme, grads: nvme, nvme_path: /x, mode: delayed}\n");
+  EXPECT_NE(e.find("offload.grads: nvme needs offload.optimizer: nvme and mode: streaming"), std::string::npos) << e;
+  e = error_of("zero: {stage: 2}\noffload: {optimizer: nvme, grads: nvme, nvme_path: /x, grad_buffer_count: 1}\n");
+  EXPECT_NE(e.find("offload.grad_buffer_count must be >= 2, got 1"), std::string::npos) << e;
+  e = error_of("zero: {stage: 2}\noffload: {optimizer: nvme, grads: none, nvme_path: /x}\n");
+  EXPECT_NE(e.find("offload.grads"), std::string::npos) << e;
   Config in_code;  // built in code, the engine refuses it with the same words (offload_problem)
   in_code.zero.stage = 0;
   in_code.offload.optimizer = "cpu";

@@ -115,5 +115,40 @@ TEST(MemoryPlan, ParamsOnDiskKeepSlotsOnTheHost) {
   }
 }
 
+// The gradient shards on disk (offload.grads: nvme) take the offloaded units' reduced shards out of host
+// memory and put the slots in their place; the file holds each unit's shard in the reduce dtype, rounded up
+// to 4 KiB; the device, the state's buffers and the parameters are as before. With offload.ratio, only the
+// offloaded units' shards.
+TEST(MemoryPlan, GradsOnDiskKeepSlotsOnTheHost) {
+  std::vector<std::vector<TensorSpec>> units;
+  for (int64_t rows : {64, 128, 96, 256}) units.push_back({{"w", Shape{rows, 64}}, {"b", Shape{rows}, true, false}});
+  for (double ratio : {1.0, 0.5}) {
+    Config cfg = offload_ratio(ratio);
+    cfg.zero.stage = 2;
+    cfg.offload.optimizer = "nvme";
+    const MemoryPlan memory = plan_memory(units, cfg, 2, 0, false);
+    cfg.offload.grads = "nvme";
+    cfg.offload.grad_buffer_count = 3;
+    const MemoryPlan disk = plan_memory(units, cfg, 2, 0, false);
+    const auto gs = static_cast<std::size_t>(MemCategory::grads);
+    // Each unit's f32 shard: (rows x 65) / 2 elements of 4 B. Ratio 0.5 offloads the last two units (256
+    // rows hold 47 % of the 544: the fewest last units with at least half the elements).
+    int64_t file = 0, shards = 0;
+    const std::vector<int64_t> offloaded =
+        ratio == 1.0 ? std::vector<int64_t>{64, 128, 96, 256} : std::vector<int64_t>{96, 256};
+    for (int64_t rows : offloaded) {
+      file += offload::swap_aligned(rows * 65 / 2 * 4);
+      shards += rows * 65 / 2 * 4;
+    }
+    EXPECT_EQ(disk.disk - memory.disk, file) << ratio;
+    EXPECT_EQ(memory.host[gs], shards) << ratio;
+    EXPECT_EQ(disk.host[gs], 3 * offload::swap_aligned(256 * 65 / 2 * 4) + 4096) << ratio;
+    EXPECT_EQ(disk.device, memory.device) << ratio;
+    CategoryBytes rest_memory = memory.host, rest_disk = disk.host;
+    rest_memory[gs] = rest_disk[gs] = 0;
+    EXPECT_EQ(rest_disk, rest_memory) << ratio;
+  }
+}
+
 }  // namespace
 }  // namespace zs

@@ -198,6 +198,20 @@ TEST(Zsmem, EstimateFollowsThePaddedLayout) {
   EXPECT_EQ(br[1]["host_bytes"]["params"].get<int64_t>(), 5 * 4096 + 4096);
   EXPECT_EQ(br[1]["bytes"], br[0]["bytes"]) << "the device holds the same";
   EXPECT_TRUE(br[1]["deepspeed_estimate"].is_null());
+  // And the gradient shards (nvme+nvme-grads+nvme-params): each unit's f32 shard is 1 KiB, padded to 4 KiB in
+  // a third file; the host keeps 4 slots of 4 KiB (and 4 KiB to align them) instead of the shards.
+  const zs::test::CommandResult all = zsmem(
+      "estimate --params 1000000 --largest-unit 1000 --world 4 --stage 3 --offload nvme+nvme-params "
+      "nvme+nvme-grads+nvme-params --json");
+  ASSERT_EQ(all.rc, 0) << all.output;
+  const auto ar = nlohmann::json::parse(all.output);
+  ASSERT_EQ(ar.size(), 2u);
+  EXPECT_EQ(ar[0]["host_bytes"]["grads"].get<int64_t>(), 1000 * 4 * 256);
+  EXPECT_EQ(ar[1]["offload"], "nvme+nvme-grads+nvme-params");
+  EXPECT_EQ(ar[1]["disk_bytes"].get<int64_t>(), 1000 * 3 * 4096 + 1000 * 4096 + 1000 * 4096);
+  EXPECT_EQ(ar[1]["host_bytes"]["grads"].get<int64_t>(), 4 * 4096 + 4096);
+  EXPECT_EQ(ar[1]["host_bytes"]["params"], ar[0]["host_bytes"]["params"]);
+  EXPECT_EQ(ar[1]["bytes"], ar[0]["bytes"]) << "the device holds the same";
   EXPECT_EQ(zsmem("estimate --params 1000 --largest-unit 10 --optimizer sgd --states bf16").rc, 2);
   const zs::test::CommandResult table =
       zsmem("estimate --model gpt:d=64,L=2,V=256,T=32 --world 1 2 --device-memory 0.001");

@@ -7,6 +7,7 @@
 #include <sys/resource.h>
 
 #include <atomic>
+#include <chrono>
 #include <csignal>
 #include <cstring>
 #include <filesystem>
@@ -16,13 +17,13 @@
 
 #include "core/error.h"
 #include "core/stream.h"
-#include "offload/param_swap.h"
+#include "offload/swap_cache.h"
 
 namespace zs {
 namespace {
 
 namespace fs = std::filesystem;
-using offload::ParamSwap;
+using offload::SwapCache;
 
 uint8_t pattern(int u, int64_t e, int version) {
   return static_cast<uint8_t>(u * 31 + e * 13 + version * 101 + e / 251);
@@ -40,7 +41,7 @@ std::string mismatch(const void* p, int64_t bytes, int u, int version) {
   return "";
 }
 
-struct ParamSwapFixture : ::testing::Test {
+struct SwapCacheFixture : ::testing::Test {
   void SetUp() override {
     dir = fs::temp_directory_path() / fmt::format("zs_param_swap_{}", ::getpid());
     fs::create_directories(dir);
@@ -67,9 +68,9 @@ struct ParamSwapFixture : ::testing::Test {
 // once its update is done, reading the next two ahead) and backward (releasing each unit as not wanted
 // again), copying every acquired slot out on a stream; each copy must hold the step's version. Then every
 // unit is read back from the disk.
-TEST_F(ParamSwapFixture, EveryGatherSeesTheLatestShardThroughFewerSlots) {
+TEST_F(SwapCacheFixture, EveryGatherSeesTheLatestShardThroughFewerSlots) {
   std::vector<char> mem = buffers(3);
-  ParamSwap swap(dir.string(), 4, regions(), mem.data(), 3, Device::cpu());
+  SwapCache swap(dir.string(), 4, regions(), mem.data(), 3, Device::cpu(), SwapCache::kParams);
   std::printf("O_DIRECT on %s: %s\n", dir.c_str(), swap.direct() ? "yes" : "no (the page cache)");
   EXPECT_TRUE(fs::is_empty(dir)) << "the file is unlinked at once";
   EXPECT_NE(swap.path().find("zeroshard-params.rank4"), std::string::npos) << swap.path();
@@ -86,7 +87,7 @@ TEST_F(ParamSwapFixture, EveryGatherSeesTheLatestShardThroughFewerSlots) {
   for (int step = 1; step <= 4; ++step) {
     for (int u = n - 3; u < n; ++u) {
       swap.acquire(u);
-      swap.release(u, *copy);
+      swap.release(u, copy.get());
     }
     for (int u = 0; u < 3; ++u) swap.prefetch(u);  // stale reads in flight as the update starts
     std::atomic<int> updated{0};
@@ -106,7 +107,7 @@ TEST_F(ParamSwapFixture, EveryGatherSeesTheLatestShardThroughFewerSlots) {
       copy->submit([dst, src, len] {
         if (len > 0) std::memcpy(dst, src, len);  // (an empty vector's data() may be null)
       });
-      swap.release(u, *copy, again);
+      swap.release(u, copy.get(), again);
       copy->synchronize();
       if (const std::string m = mismatch(out.data(), bytes[static_cast<std::size_t>(u)], u, step);
           !m.empty() && bad.empty())
@@ -125,7 +126,7 @@ TEST_F(ParamSwapFixture, EveryGatherSeesTheLatestShardThroughFewerSlots) {
     }
     EXPECT_EQ(bad, "") << "step " << step;
   }
-  const ParamSwap::Stats s = swap.take_stats();
+  const SwapCache::Stats s = swap.take_stats();
   EXPECT_EQ(s.acquires, 4 * (2 * n + 3));
   EXPECT_GE(s.reads, 4 * 3) << "7 units do not fit 3 slots";
   // What the disk holds is the last version: every unit read back through the slots, twice, so that the
@@ -134,14 +135,59 @@ TEST_F(ParamSwapFixture, EveryGatherSeesTheLatestShardThroughFewerSlots) {
   for (int pass = 0; pass < 2; ++pass)
     for (int u = 0; u < n; ++u) {
       EXPECT_EQ(mismatch(swap.acquire(u), bytes[static_cast<std::size_t>(u)], u, 4), "") << "pass " << pass;
-      swap.release(u, *copy);
+      swap.release(u, copy.get());
     }
 }
 
-TEST_F(ParamSwapFixture, AMissingDirectoryOrTooFewSlotsIsAClearError) {
+// The gradients' use (offload.grads: nvme), as the offload pipeline runs it: the backward's downloads fill
+// each unit's slot in reverse order and a "copy stream" thread finishes each one once it has landed, while
+// the CPU step's thread, after the backward, reads each unit in forward order (the next two ahead) and
+// releases it as not wanted again. Step 3 is skipped (an overflow: nothing reads the gradients), so step 4
+// writes over unused slots and stale data on the disk. Every update must see its step's gradients.
+TEST_F(SwapCacheFixture, TheUpdateSeesEachStepsGradientsWrittenInReverseOrder) {
+  std::vector<char> mem = buffers(3);
+  SwapCache swap(dir.string(), 1, regions(), mem.data(), 3, Device::cpu(), SwapCache::kGrads);
+  EXPECT_NE(swap.path().find("zeroshard-grads.rank1"), std::string::npos) << swap.path();
+  const int n = units();
+  std::unique_ptr<Stream> copy = make_stream(Device::cpu());  // the downloads, then their finish
+  int64_t acquires = 0;
+  for (int step = 1; step <= 5; ++step) {
+    for (int u = n; u-- > 0;) {  // backward
+      void* slot = swap.begin_write(u);
+      const int64_t len = bytes[static_cast<std::size_t>(u)];
+      copy->submit([slot, len, u, step, &swap] {
+        std::this_thread::sleep_for(std::chrono::microseconds(200));  // the copy lands a little later
+        fill(slot, len, u, step);
+        swap.finish(u);
+      });
+    }
+    if (step == 3) continue;  // skipped: nothing reads this step's gradients
+    std::string bad;
+    std::thread cpu([&] {
+      for (int u = 0; u < n; ++u) {  // the update, in forward order
+        const void* g = swap.acquire(u);
+        for (int v = u + 1; v < std::min(n, u + 3); ++v) swap.prefetch(v);
+        if (const std::string m = mismatch(g, bytes[static_cast<std::size_t>(u)], u, step); !m.empty() && bad.empty())
+          bad = m;
+        swap.release(u, nullptr, /*again=*/false);
+      }
+    });
+    cpu.join();
+    acquires += n;
+    EXPECT_EQ(bad, "") << "step " << step;
+  }
+  copy->synchronize();
+  swap.drain();
+  const SwapCache::Stats s = swap.take_stats();
+  EXPECT_EQ(s.acquires, acquires);
+  EXPECT_GE(s.reads, 4 * (n - 3 - 1)) << "7 units (one empty) do not fit 3 slots: the first in the update order "
+                                         "were landed last and are still there, the others are read back";
+}
+
+TEST_F(SwapCacheFixture, AMissingDirectoryOrTooFewSlotsIsAClearError) {
   std::vector<char> mem = buffers(2);
   try {
-    ParamSwap swap((dir / "nope").string(), 3, regions(), mem.data(), 2, Device::cpu());
+    SwapCache swap((dir / "nope").string(), 3, regions(), mem.data(), 2, Device::cpu(), SwapCache::kParams);
     ADD_FAILURE() << "no error";
   } catch (const Error& e) {
     const std::string msg = e.what();
@@ -149,7 +195,7 @@ TEST_F(ParamSwapFixture, AMissingDirectoryOrTooFewSlotsIsAClearError) {
     EXPECT_NE(msg.find("is not a directory"), std::string::npos) << msg;
   }
   try {
-    ParamSwap swap(dir.string(), 3, regions(), mem.data(), 1, Device::cpu());
+    SwapCache swap(dir.string(), 3, regions(), mem.data(), 1, Device::cpu(), SwapCache::kParams);
     ADD_FAILURE() << "no error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("offload.param_buffer_count 1 must be at least 2"), std::string::npos)
@@ -159,14 +205,14 @@ TEST_F(ParamSwapFixture, AMissingDirectoryOrTooFewSlotsIsAClearError) {
 
 // A file-size limit set after start-up fails a write of an updated shard: drain and acquire name the unit
 // and the operation rather than waiting forever.
-TEST_F(ParamSwapFixture, AFailedWriteIsAClearErrorAndNothingHangs) {
+TEST_F(SwapCacheFixture, AFailedWriteIsAClearErrorAndNothingHangs) {
   rlimit old{};
   getrlimit(RLIMIT_FSIZE, &old);
   signal(SIGXFSZ, SIG_IGN);
   std::vector<char> mem = buffers(2);
   std::string msg;
   {
-    ParamSwap swap(dir.string(), 0, regions(), mem.data(), 2, Device::cpu());
+    SwapCache swap(dir.string(), 0, regions(), mem.data(), 2, Device::cpu(), SwapCache::kParams);
     rlimit small = old;
     small.rlim_cur = 4206592 + 65536;  // inside unit 2's region
     setrlimit(RLIMIT_FSIZE, &small);

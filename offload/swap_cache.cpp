@@ -1,5 +1,5 @@
-// ParamSwap: the slots, their hand-offs between the gathers, the CPU step and the I/O threads.
-#include "offload/param_swap.h"
+// SwapCache: the slots, their hand-offs between the readers, the writers and the I/O threads.
+#include "offload/swap_cache.h"
 
 #include <algorithm>
 
@@ -9,12 +9,13 @@
 
 namespace zs::offload {
 
-ParamSwap::ParamSwap(const std::string& dir, int rank, std::vector<SwapRegion> regions, void* buffers, int count,
-                     Device device)
-    : count_(at_least_two(count, "offload.param_buffer_count")),
+SwapCache::SwapCache(const std::string& dir, int rank, std::vector<SwapRegion> regions, void* buffers, int count,
+                     Device device, Use use)
+    : use_(use),
+      count_(at_least_two(count, use.count_setting)),
       regions_(std::move(regions)),
       offset_(swap_offsets(regions_)),
-      file_(dir, rank, offset_.back(), {"offload.params: nvme", "parameters", "params"}),
+      file_(dir, rank, offset_.back(), use.file),
       base_(swap_aligned(buffers)),
       slots_(static_cast<std::size_t>(count)),
       slot_of_(regions_.size(), -1) {
@@ -25,11 +26,11 @@ ParamSwap::ParamSwap(const std::string& dir, int rank, std::vector<SwapRegion> r
   threads_.start([this](bool writer) { run(writer); });
 }
 
-ParamSwap::~ParamSwap() {
-  threads_.shut_down([this] { drain(); }, "the parameters' file");
+SwapCache::~SwapCache() {
+  threads_.shut_down([this] { drain(); }, fmt::format("the file of the {}", use_.file.contents));
 }
 
-int ParamSwap::victim(bool prefetching) const {
+int SwapCache::victim(bool prefetching) const {
   int best = -1;
   auto rank = [&](const Slot& s) { return std::pair{!s.used, s.wanted}; };  // used first, then least wanted
   for (int i = 0; i < count_; ++i) {
@@ -42,7 +43,7 @@ int ParamSwap::victim(bool prefetching) const {
   return best;
 }
 
-void ParamSwap::claim(int s, int u, State state) {
+void SwapCache::claim(int s, int u, State state) {
   Slot& slot = slots_[static_cast<std::size_t>(s)];
   if (slot.unit >= 0) slot_of_[static_cast<std::size_t>(slot.unit)] = -1;
   slot.unit = u;
@@ -56,7 +57,7 @@ void ParamSwap::claim(int s, int u, State state) {
   }
 }
 
-void ParamSwap::prefetch(int u) {
+void SwapCache::prefetch(int u) {
   {
     std::lock_guard lk(mu_);
     if (threads_.failed()) return;  // acquire reports it
@@ -72,7 +73,7 @@ void ParamSwap::prefetch(int u) {
   cv_.notify_all();
 }
 
-const void* ParamSwap::acquire(int u) {
+const void* SwapCache::acquire(int u) {
   const int64_t t0 = steady_ns();
   std::unique_lock lk(mu_);
   ++requests_;
@@ -98,21 +99,22 @@ const void* ParamSwap::acquire(int u) {
   }
 }
 
-void ParamSwap::release(int u, Stream& copy, bool again) {
+void SwapCache::release(int u, Stream* copy, bool again) {
   {
     std::lock_guard lk(mu_);
     const int s = slot_of_[static_cast<std::size_t>(u)];
     ZS_CHECK(s >= 0 && slots_[static_cast<std::size_t>(s)].pins > 0,
-             "offload: unit {}'s parameters released without acquire (a bug)", u);
+             "offload: unit {}'s {} released without acquire (a bug)", u, use_.file.contents);
     Slot& slot = slots_[static_cast<std::size_t>(s)];
-    copy.record(*slot.copied);
+    if (copy) copy->record(*slot.copied);
     --slot.pins;
     if (!again) slot.wanted = -1 - count_;  // older than any request, and past the prefetches' protection
   }
   cv_.notify_all();
 }
 
-void* ParamSwap::begin_write(int u) {
+void* SwapCache::begin_write(int u) {
+  const int64_t t0 = steady_ns();
   int s = -1;
   {
     std::unique_lock lk(mu_);
@@ -131,16 +133,17 @@ void* ParamSwap::begin_write(int u) {
       cv_.wait(lk);  // the unit's slot to be free of its read, copies and write, or any slot to be
     }
   }
-  slots_[static_cast<std::size_t>(s)].copied->synchronize();  // the last gather's copy out of it is done
+  slots_[static_cast<std::size_t>(s)].copied->synchronize();  // the last copy out of it is done
+  write_wait_ns_.fetch_add(steady_ns() - t0, std::memory_order_relaxed);
   return slot_data(s);
 }
 
-void ParamSwap::finish(int u) {
+void SwapCache::finish(int u) {
   {
     std::lock_guard lk(mu_);
     const int s = slot_of_[static_cast<std::size_t>(u)];
     ZS_CHECK(s >= 0 && slots_[static_cast<std::size_t>(s)].state == State::filling,
-             "offload: unit {}'s parameters finished without begin_write (a bug)", u);
+             "offload: unit {}'s {} finished without begin_write (a bug)", u, use_.file.contents);
     Slot& slot = slots_[static_cast<std::size_t>(s)];
     slot.state = State::ready;
     slot.writing = true;
@@ -151,7 +154,7 @@ void ParamSwap::finish(int u) {
   cv_.notify_all();
 }
 
-void ParamSwap::run(bool writer) {
+void SwapCache::run(bool writer) {
   Queue& queue = writer ? writes_ : reads_;
   std::unique_lock lk(mu_);
   for (;;) {
@@ -164,7 +167,7 @@ void ParamSwap::run(bool writer) {
       if (!writer) slot.copied->synchronize();  // the slot's last copy out, before it is read over
       const auto i = static_cast<std::size_t>(u);
       file_.io(writer, offset_[i], slot_data(s), regions_[i].size,
-               [&] { return fmt::format("unit {}'s parameters", u); });
+               [&] { return fmt::format("unit {}'s {}", u, use_.file.contents); });
     });
     if (!done) return;
     if (writer)
@@ -177,18 +180,19 @@ void ParamSwap::run(bool writer) {
   }
 }
 
-void ParamSwap::drain() {
+void SwapCache::drain() {
   std::unique_lock lk(mu_);
   cv_.wait(lk, [&] { return threads_.failed() || in_flight_ == 0; });
   threads_.rethrow();
 }
 
-ParamSwap::Stats ParamSwap::take_stats() {
+SwapCache::Stats SwapCache::take_stats() {
   constexpr auto relaxed = std::memory_order_relaxed;
   Stats s;
   s.acquires = acquires_.exchange(0, relaxed);
   s.reads = reads_done_.exchange(0, relaxed);
   s.wait_ms = static_cast<double>(wait_ns_.exchange(0, relaxed)) / 1e6;
+  s.write_wait_ms = static_cast<double>(write_wait_ns_.exchange(0, relaxed)) / 1e6;
   return s;
 }
 
