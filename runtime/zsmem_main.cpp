@@ -144,6 +144,15 @@ int estimate(const Model& m, zs::Config cfg, const EstimateQuery& q) {
     if (q.host_bytes > 0) out += (out.empty() ? "host " : ", host ") + format_bytes(q.host_bytes);
     return out.empty() ? "" : "fits " + out;
   };
+  // offload.ratio: one row per share for the streaming optimizer offload (the others have no share to choose).
+  std::vector<std::pair<std::string, double>> choices;
+  for (const std::string& off : q.offloads)
+    for (double r : off == "optimizer" ? q.ratios : std::vector<double>{1.0}) choices.emplace_back(off, r);
+  auto label_of = [](const std::string& off, double ratio) {
+    return ratio < 1.0 ? fmt::format("{} {:.3g}", off, ratio) : off;
+  };
+  std::size_t ow = 21;  // the offload column, wider for a longer label
+  for (const auto& [off, ratio] : choices) ow = std::max(ow, label_of(off, ratio).size());
   if (!q.json) {
     fmt::print(
         "{}: {} parameters in {} units (largest {}); compute {}, gradients {}, {}; stage 3 gathers {} units (prefetch "
@@ -151,15 +160,11 @@ int estimate(const Model& m, zs::Config cfg, const EstimateQuery& q) {
         what, m.params, m.units.size(), m.largest, zs::dtype_name(cfg.precision.param),
         zs::dtype_name(cfg.precision.reduce), zs::kernels::optimizer_name(cfg.optimizer.type), cfg.zero.max_live_units,
         cfg.zero.prefetch, q.cpu ? "CPU (device: cpu)" : "GPU");
-    fmt::print("{:>5} {:>5} {:>21} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>10} | {:>10} | {:>23} {}\n",
-               "world", "stage", "offload", "params", "master", "grads", "optim", "gather", "scratch", "activation",
+    fmt::print("{:>5} {:>5} {:>{}} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>10} | {:>10} | {:>23} {}\n",
+               "world", "stage", "offload", ow, "params", "master", "grads", "optim", "gather", "scratch", "activation",
                "device", "host", "DeepSpeed dev / host", fits_text());
   }
   std::vector<std::string> host_rows;
-  // offload.ratio: one row per share for the streaming optimizer offload (the others have no share to choose).
-  std::vector<std::pair<std::string, double>> choices;
-  for (const std::string& off : q.offloads)
-    for (double r : off == "optimizer" ? q.ratios : std::vector<double>{1.0}) choices.emplace_back(off, r);
   for (int w : q.worlds)
     for (const auto& [off, ratio] : choices)
       for (int s : q.stages) {
@@ -167,7 +172,7 @@ int estimate(const Model& m, zs::Config cfg, const EstimateQuery& q) {
         cfg.offload.choose(off);
         cfg.offload.ratio = ratio;
         if (!zs::offload_problem(cfg).empty()) continue;  // e.g. stage 0 with offload: not a configuration
-        const std::string label = cfg.offload.ratio < 1.0 ? fmt::format("{} {:.3g}", off, cfg.offload.ratio) : off;
+        const std::string label = label_of(off, cfg.offload.ratio);
         const zs::MemoryPlan p = zs::plan_memory(m.units, cfg, w, 0, q.cpu);
         auto dev = [&](MemCategory c) { return static_cast<double>(p.device[static_cast<std::size_t>(c)]); };
         const double scratch = dev(MemCategory::comm_scratch) + dev(MemCategory::other);
@@ -201,8 +206,8 @@ int estimate(const Model& m, zs::Config cfg, const EstimateQuery& q) {
           continue;
         }
         fmt::print(
-            "{:>5} {:>5} {:>21} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>10} | {:>10} | {:>23} {}\n", w,
-            s, label, format_bytes(dev(MemCategory::params)), format_bytes(dev(MemCategory::master)),
+            "{:>5} {:>5} {:>{}} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>10} | {:>10} | {:>23} {}\n", w,
+            s, label, ow, format_bytes(dev(MemCategory::params)), format_bytes(dev(MemCategory::master)),
             format_bytes(dev(MemCategory::grads)), format_bytes(dev(MemCategory::optim_state)),
             format_bytes(dev(MemCategory::gather_buffers)), format_bytes(scratch), act > 0 ? format_bytes(act) : "-",
             format_bytes(total), format_bytes(host),
@@ -212,8 +217,8 @@ int estimate(const Model& m, zs::Config cfg, const EstimateQuery& q) {
         auto on_host = [&](MemCategory c) { return static_cast<double>(p.host[static_cast<std::size_t>(c)]); };
         if (host > 0)
           host_rows.push_back(fmt::format(
-              "{:>5} {:>5} {:>21} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>10} | {:>10}\n", w, s, label,
-              format_bytes(on_host(MemCategory::params)), format_bytes(on_host(MemCategory::master)),
+              "{:>5} {:>5} {:>{}} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>10} | {:>10}\n", w, s, label,
+              ow, format_bytes(on_host(MemCategory::params)), format_bytes(on_host(MemCategory::master)),
               format_bytes(on_host(MemCategory::grads)), format_bytes(on_host(MemCategory::optim_state)),
               format_bytes(on_host(MemCategory::offload_staging) + on_host(MemCategory::checkpoint_staging)),
               format_bytes(on_host(MemCategory::comm_scratch) + on_host(MemCategory::other)),
@@ -225,10 +230,10 @@ int estimate(const Model& m, zs::Config cfg, const EstimateQuery& q) {
   } else {
     if (!host_rows.empty()) {
       fmt::print(
-          "host memory per rank, by category:\n{:>5} {:>5} {:>21} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} "
+          "host memory per rank, by category:\n{:>5} {:>5} {:>{}} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} "
           "{:>10} | {:>10} | {:>10}\n",
-          "world", "stage", "offload", "params", "master", "grads", "optim", "staging", "scratch", "activation", "host",
-          "disk");
+          "world", "stage", "offload", ow, "params", "master", "grads", "optim", "staging", "scratch", "activation",
+          "host", "disk");
       for (const std::string& line : host_rows) fmt::print("{}", line);
     }
     fmt::print(
@@ -239,8 +244,9 @@ int estimate(const Model& m, zs::Config cfg, const EstimateQuery& q) {
         "optimizer state, gradient shards and upload staging (one pinned pool), with --async-checkpoint the copy a\n"
         "save writes from (staging too), Gloo's staging (scratch), and with --batch on the GPU the example's pinned\n"
         "batch staging (activation); with nvme the optimizer state's host buffers (optim), with nvme-params the\n"
-        "parameters' host slots (params). disk: with nvme, the optimizer state's file, with nvme-params the\n"
-        "parameters' file (offload.nvme_path).\n"
+        "parameters' host slots (params), with nvme-grads the gradients' host slots (grads). disk: with nvme, the\n"
+        "optimizer state's file, with nvme-params the parameters' file, with nvme-grads the gradients' file\n"
+        "(offload.nvme_path).\n"
         "DeepSpeed: its published estimators (model states only; host per node shared by its ranks; stage 1 = stage "
         "2).\n");
   }

@@ -111,6 +111,9 @@ if have_cublas "offload_bench"; then
   # The parameters on disk (offload.params: nvme), the state in pinned memory: 2.5 GB of bf16 shards in a
   # file, 5 host slots for 25 units; the gathers read back what the slots do not hold.
   offload "1.3B" 120 optimizer+nvme-params 3 --nvme-path "${ZS_NVME_PATH:-/tmp}"
+  # Everything on disk (offload.grads: nvme too): 5 GB of f32 gradient shards written per step, and read
+  # back but for the last 4 units the backward reduced.
+  offload "1.3B" 300 nvme+nvme-grads+nvme-params 1 --nvme-path "${ZS_NVME_PATH:-/tmp}"
   # The offloaded step is bound by host memory traffic (about 51 GB per step at 1.27 B with f32 gradients
   # and states; bench/RESULTS.md): the ratio falls with fewer bytes (bf16 gradients and states) and with
   # more tokens per step. ZS_GPU_SWEEP=1 measures both (about 5 minutes; run it on its own).

@@ -133,6 +133,27 @@ TEST(EngineCuda, ParamsOnDiskMatchParamsInMemoryAtWorldOne) {
   }
 }
 
+// The gradient shards on disk (offload.grads: nvme) on CUDA: each reduced shard is copied from the device
+// into a pinned host slot and written to the file behind; the CPU step takes it back from the slot or the
+// file; 2 slots for 4 units. Bit-identical to the gradients in pinned memory (the state on disk in both), at
+// stages 2 and 3, with the parameters on disk too.
+TEST(EngineCuda, GradsOnDiskMatchGradsInMemoryAtWorldOne) {
+  ZS_REQUIRE_GPU();
+  auto [cpu_pg, gpu_pg] = cpu_and_gpu_groups();
+  for (const Case& c : {Case{2, DType::bf16, 2, 1, 1.0f, kernels::Optimizer::adamw, false, 1},
+                        Case{3, DType::bf16, 2, 1, 1.0f, kernels::Optimizer::adamw, false, 1}}) {
+    Engine memory(on_nvme(make_config(c)), *gpu_pg.world);
+    const Trajectory want = train(c, memory, 10);
+    Config cfg = grads_on_nvme(on_nvme(make_config(c)));
+    if (c.stage == 3) cfg = params_on_nvme(cfg);
+    Engine disk(cfg, *gpu_pg.world);
+    ASSERT_TRUE(disk.device().is_cuda());
+    const Trajectory got = train(c, disk, 10);
+    EXPECT_EQ(got.losses, want.losses) << name(c, 1);
+    EXPECT_EQ(got.params, want.params) << name(c, 1);
+  }
+}
+
 // checkpoint.async on CUDA: the staging copy comes from device memory into pinned host memory, and the files
 // are the bytes a synchronous save writes, though training changes the device's states while they are written.
 TEST(EngineCuda, AsyncCheckpointWritesWhatASynchronousSaveWrites) {
