@@ -14,9 +14,11 @@ constexpr const char* kParts[] = {"master", "m", "v"};
 
 }  // namespace
 
-StateSwap::StateSwap(const std::string& dir, int rank, std::vector<SwapRegion> regions, void* buffers, int count)
+StateSwap::StateSwap(const std::string& dir, int rank, std::vector<SwapRegion> regions, void* buffers, int count,
+                     std::vector<std::string> names)
     : count_(at_least_two(count, "offload.buffer_count")),
       regions_(std::move(regions)),
+      names_(std::move(names)),
       offset_(swap_offsets(regions_)),
       file_(dir, rank, offset_.back(), {"offload.optimizer: nvme", "optimizer state", "optimizer-state"}),
       base_(swap_aligned(buffers)) {
@@ -45,7 +47,7 @@ void StateSwap::io(bool write, int u, char* buffer) {
     std::string parts;
     for (std::size_t k = 0; k < 3; ++k)
       if (r.bytes[k] > 0) parts += fmt::format("{}{}", parts.empty() ? "" : ", ", kParts[k]);
-    return fmt::format("unit {}'s optimizer state ({})", u, parts);
+    return fmt::format("the optimizer state ({}) of {}", parts, swap_unit(names_, u));
   });
 }
 
@@ -96,7 +98,7 @@ StateSwap::Parts StateSwap::acquire(int u) {
   cv_.wait(lk, [&] { return threads_.failed() || read_ > acquired_; });  // prefetched, then read
   threads_.rethrow();
   ZS_CHECK(unit_of_[static_cast<std::size_t>(acquired_ % cap)] == u,
-           "offload: unit {}'s optimizer state acquired out of its prefetch order (a bug)", u);
+           "offload: the optimizer state of {} acquired out of its prefetch order (a bug)", swap_unit(names_, u));
   return parts(u, buffer(acquired_++));
 }
 
@@ -105,7 +107,7 @@ void StateSwap::release(int u, bool changed) {
     std::lock_guard lk(mu_);
     const auto cap = static_cast<int64_t>(unit_of_.size());
     ZS_CHECK(released_ < acquired_ && unit_of_[static_cast<std::size_t>(released_ % cap)] == u,
-             "offload: unit {}'s optimizer state released out of order (a bug)", u);
+             "offload: the optimizer state of {} released out of order (a bug)", swap_unit(names_, u));
     changed_[static_cast<std::size_t>(released_ % cap)] = changed;
     ++released_;
   }

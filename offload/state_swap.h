@@ -28,7 +28,9 @@ class StateSwap {
 
   // Creates the file in directory `dir` (it must exist), named for `rank`, and allocates it; `buffers` is
   // host memory of swap_buffer_bytes(regions, count) bytes, the caller's, outliving this. count >= 2.
-  StateSwap(const std::string& dir, int rank, std::vector<SwapRegion> regions, void* buffers, int count);
+  // `names`: each region's unit, for errors (swap_unit).
+  StateSwap(const std::string& dir, int rank, std::vector<SwapRegion> regions, void* buffers, int count,
+            std::vector<std::string> names = {});
   ~StateSwap();
   StateSwap(const StateSwap&) = delete;
   StateSwap& operator=(const StateSwap&) = delete;
@@ -62,6 +64,7 @@ class StateSwap {
 
   int count_;
   std::vector<SwapRegion> regions_;
+  std::vector<std::string> names_;
   std::vector<int64_t> offset_;  // each region's offset in the file, and the file's size last
   int64_t slot_ = 0;
   SwapFile file_;

@@ -10,10 +10,11 @@
 namespace zs::offload {
 
 SwapCache::SwapCache(const std::string& dir, int rank, std::vector<SwapRegion> regions, void* buffers, int count,
-                     Device device, Use use)
+                     Device device, Use use, std::vector<std::string> names)
     : use_(use),
       count_(at_least_two(count, use.count_setting)),
       regions_(std::move(regions)),
+      names_(std::move(names)),
       offset_(swap_offsets(regions_)),
       file_(dir, rank, offset_.back(), use.file),
       base_(swap_aligned(buffers)),
@@ -104,7 +105,7 @@ void SwapCache::release(int u, Stream* copy, bool again) {
     std::lock_guard lk(mu_);
     const int s = slot_of_[static_cast<std::size_t>(u)];
     ZS_CHECK(s >= 0 && slots_[static_cast<std::size_t>(s)].pins > 0,
-             "offload: unit {}'s {} released without acquire (a bug)", u, use_.file.contents);
+             "offload: the {} of {} released without acquire (a bug)", use_.file.contents, swap_unit(names_, u));
     Slot& slot = slots_[static_cast<std::size_t>(s)];
     if (copy) copy->record(*slot.copied);
     --slot.pins;
@@ -143,7 +144,7 @@ void SwapCache::finish(int u) {
     std::lock_guard lk(mu_);
     const int s = slot_of_[static_cast<std::size_t>(u)];
     ZS_CHECK(s >= 0 && slots_[static_cast<std::size_t>(s)].state == State::filling,
-             "offload: unit {}'s {} finished without begin_write (a bug)", u, use_.file.contents);
+             "offload: the {} of {} finished without begin_write (a bug)", use_.file.contents, swap_unit(names_, u));
     Slot& slot = slots_[static_cast<std::size_t>(s)];
     slot.state = State::ready;
     slot.writing = true;
@@ -167,7 +168,7 @@ void SwapCache::run(bool writer) {
       if (!writer) slot.copied->synchronize();  // the slot's last copy out, before it is read over
       const auto i = static_cast<std::size_t>(u);
       file_.io(writer, offset_[i], slot_data(s), regions_[i].size,
-               [&] { return fmt::format("unit {}'s {}", u, use_.file.contents); });
+               [&] { return fmt::format("the {} of {}", use_.file.contents, swap_unit(names_, u)); });
     });
     if (!done) return;
     if (writer)

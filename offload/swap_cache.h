@@ -48,9 +48,9 @@ class SwapCache {
 
   // Creates the file in directory `dir` for `rank`, one region per unit (swap_region(its data's bytes, 0,
   // 0)); `buffers` is host memory of swap_buffer_bytes(regions, count) bytes, the caller's, outliving this.
-  // `device`: where the readers' copy streams are.
+  // `device`: where the readers' copy streams are. `names`: each region's unit, for errors (swap_unit).
   SwapCache(const std::string& dir, int rank, std::vector<SwapRegion> regions, void* buffers, int count, Device device,
-            Use use);
+            Use use, std::vector<std::string> names = {});
   ~SwapCache();
   SwapCache(const SwapCache&) = delete;
   SwapCache& operator=(const SwapCache&) = delete;
@@ -89,7 +89,7 @@ class SwapCache {
   struct Slot {
     int unit = -1;
     State state = State::empty;
-    bool writing = false;  // its shard's write to the disk is queued or running
+    bool writing = false;  // its data's write to the disk is queued or running
     bool used = false;     // acquired since it was read or filled
     int pins = 0;
     int64_t wanted = 0;             // requests_ when it was last wanted
@@ -118,6 +118,7 @@ class SwapCache {
   Use use_;
   int count_;
   std::vector<SwapRegion> regions_;
+  std::vector<std::string> names_;
   std::vector<int64_t> offset_;  // each unit's region's offset in the file; the file's size last
   int64_t slot_bytes_ = 0;
   SwapFile file_;

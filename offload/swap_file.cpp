@@ -49,6 +49,12 @@ char* swap_aligned(void* p) {
   return static_cast<char*>(p) + (swap_aligned(static_cast<int64_t>(addr)) - static_cast<int64_t>(addr));
 }
 
+std::string swap_unit(std::span<const std::string> names, int u) {
+  if (u >= 0 && static_cast<std::size_t>(u) < names.size())
+    return fmt::format("unit '{}'", names[static_cast<std::size_t>(u)]);
+  return fmt::format("unit {}", u);
+}
+
 int at_least_two(int count, const char* setting) {
   ZS_CHECK(count >= 2, "{} {} must be at least 2 (one buffer is in I/O while another is in use)", setting, count);
   return count;

@@ -39,6 +39,10 @@ std::vector<int64_t> swap_offsets(std::span<const SwapRegion> regions);
 // The first 4 KiB boundary at or after p (host buffers are allocated with kSwapAlignment bytes of slack).
 char* swap_aligned(void* p);
 
+// How a swap's errors name unit u: "unit 'NAME'" from `names` (the engine's unit names, by region), or
+// "unit U" when there are none. Pure.
+std::string swap_unit(std::span<const std::string> names, int u);
+
 // `count` when it is at least 2 (a buffer in I/O while another is in use); else throws naming `setting`.
 int at_least_two(int count, const char* setting);
 

@@ -114,7 +114,7 @@ Engine::~Engine() {
     try {
       f();
     } catch (const std::exception& e) {
-      log::warn("engine shutdown after a failed collective: {}", e.what());
+      log::warn("engine shutdown after a failure: {}", e.what());
     }
   };
   for (auto& u : units_) quietly([&] { u->pending.wait(); });
@@ -251,6 +251,7 @@ void Engine::setup() {
     if (b.params_on_disk) on_disk.params.push_back(b.param_region());
     if (b.grads_on_disk) on_disk.grads.push_back(b.grad_region());
     units_[i]->pipe = offloaded[i] ? pipes++ : -1;
+    if (offloaded[i]) on_disk.names.push_back(units_[i]->name);
   }
   for (const auto& [regions, count] : {std::pair{&on_disk.state, cfg_.offload.buffer_count},
                                        std::pair{&on_disk.params, cfg_.offload.param_buffer_count},
@@ -327,12 +328,13 @@ void Engine::warn_no_direct(const char* contents) const {
       cfg_.offload.nvme_path, contents);
 }
 
-std::unique_ptr<offload::SwapCache> Engine::make_swap_cache(std::vector<offload::SwapRegion> regions, int count,
+std::unique_ptr<offload::SwapCache> Engine::make_swap_cache(std::vector<offload::SwapRegion> regions,
+                                                            std::vector<std::string> names, int count,
                                                             MemCategory category, Buffer& slots,
                                                             const offload::SwapCache::Use& use) {
   slots = host_pool_.take(offload::swap_buffer_bytes(regions, count), category);
   auto cache = std::make_unique<offload::SwapCache>(cfg_.offload.nvme_path, comm_->rank(), std::move(regions),
-                                                    slots.data(), count, device_, use);
+                                                    slots.data(), count, device_, use, std::move(names));
   if (comm_->rank() == 0)
     log::info("offload: the {} are on disk, {:.2f} GiB for rank 0 in {}, cached in {} host slots of {:.1f} MiB",
               use.file.contents, static_cast<double>(cache->file_bytes()) / 1073741824.0, cfg_.offload.nvme_path, count,
@@ -376,7 +378,7 @@ void Engine::setup_offload(OnDisk on_disk) {
     const int count = cfg_.offload.buffer_count;
     swap_buffers_ = host_pool_.take(offload::swap_buffer_bytes(on_disk.state, count), MemCategory::optim_state);
     swap = std::make_unique<offload::StateSwap>(cfg_.offload.nvme_path, comm_->rank(), std::move(on_disk.state),
-                                                swap_buffers_.data(), count);
+                                                swap_buffers_.data(), count, on_disk.names);
     if (comm_->rank() == 0)
       log::info(
           "offload: the optimizer state is on disk, {:.2f} GiB for rank 0 in {}, streamed through {} host "
@@ -387,10 +389,10 @@ void Engine::setup_offload(OnDisk on_disk) {
   }
   std::unique_ptr<offload::SwapCache> params, grads;
   if (cfg_.offload.params_on_nvme())
-    params = make_swap_cache(std::move(on_disk.params), cfg_.offload.param_buffer_count, MemCategory::params,
-                             param_swap_buffers_, offload::SwapCache::kParams);
+    params = make_swap_cache(std::move(on_disk.params), on_disk.names, cfg_.offload.param_buffer_count,
+                             MemCategory::params, param_swap_buffers_, offload::SwapCache::kParams);
   if (cfg_.offload.grads_on_nvme())
-    grads = make_swap_cache(std::move(on_disk.grads), cfg_.offload.grad_buffer_count, MemCategory::grads,
+    grads = make_swap_cache(std::move(on_disk.grads), on_disk.names, cfg_.offload.grad_buffer_count, MemCategory::grads,
                             grad_swap_buffers_, offload::SwapCache::kGrads);
   offload_ = std::make_unique<offload::Pipeline>(device_, compute_, reduce_, cfg_.optimizer.state_dtype,
                                                  cfg_.offload.delayed(), std::move(shards), std::move(swap),

@@ -224,12 +224,13 @@ class Engine {
   // The regions of the offloaded units (by pipe) on disk: the optimizer's state, the parameters, the gradients.
   struct OnDisk {
     std::vector<offload::SwapRegion> state, params, grads;
+    std::vector<std::string> names;  // the offloaded units', for the files' errors
   };
   void setup_offload(OnDisk on_disk);
   // offload.params or offload.grads: nvme: the cache over `regions` in `slots` (taken from the host pool).
-  std::unique_ptr<offload::SwapCache> make_swap_cache(std::vector<offload::SwapRegion> regions, int count,
-                                                      MemCategory category, Buffer& slots,
-                                                      const offload::SwapCache::Use& use);
+  std::unique_ptr<offload::SwapCache> make_swap_cache(std::vector<offload::SwapRegion> regions,
+                                                      std::vector<std::string> names, int count, MemCategory category,
+                                                      Buffer& slots, const offload::SwapCache::Use& use);
   void warn_no_direct(const char* contents) const;  // a rank's warning: offload.nvme_path refused O_DIRECT
   TensorView grad_shard(const Unit& u, bool full_grads) const;
   kernels::OptimizerHyper hyper(int64_t step) const;  // the optimizer's settings for step `step` (1-based)

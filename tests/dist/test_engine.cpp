@@ -3,9 +3,11 @@
 // on/off; and the ledger against DESIGN §3's formulas for the actual padded layout.
 #include <gtest/gtest.h>
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <functional>
@@ -685,6 +687,38 @@ TEST(EngineErrors, ModelThatCannotFitFailsBeforeAllocating) {
   EXPECT_NE(m.find("GiB is available"), std::string::npos) << m;
   EXPECT_NE(m.find("optim_state"), std::string::npos) << m;
   EXPECT_EQ(MemoryLedger::global().total(Device::cpu()).current, before);
+}
+
+// A disk that refuses a write in the middle of training (a file-size limit set after the first step, so the
+// files exist): with the state, the parameters and the gradients on disk, the step fails naming the rank,
+// the setting, the operation, what was written by the unit's name, and the file; nothing hangs, and the
+// engine's teardown only logs it. At world 1: with more ranks, the one that fails first leaves the others in
+// a collective until zsrun stops them (fail-fast), which a test inside one job cannot do.
+TEST(EngineErrors, AFailedSwapWriteNamesTheUnitAndTheFile) {
+  if (pg().world->size() != 1) GTEST_SKIP() << "world 1 only";
+  const Case c{3, DType::f32, 2, 1, 1.0f, kernels::Optimizer::adamw, false, 1};
+  rlimit old{};
+  getrlimit(RLIMIT_FSIZE, &old);
+  signal(SIGXFSZ, SIG_IGN);
+  std::string m;
+  {
+    Engine engine(grads_on_nvme(params_on_nvme(on_nvme(make_config(c)))), *pg().world);
+    train(c, engine, 1);
+    engine.synchronize();
+    rlimit small = old;
+    small.rlim_cur = 4096;
+    setrlimit(RLIMIT_FSIZE, &small);
+    m = error_of([&] {
+      train(c, engine, 2);
+      engine.synchronize();
+    });
+    setrlimit(RLIMIT_FSIZE, &old);
+  }
+  signal(SIGXFSZ, SIG_DFL);
+  EXPECT_NE(m.find(fmt::format("rank {}: offload.", pg().world->rank())), std::string::npos) << m;
+  EXPECT_NE(m.find(": nvme: writing of the "), std::string::npos) << m;
+  EXPECT_NE(m.find(" of unit '"), std::string::npos) << m;
+  EXPECT_NE(m.find(nvme_dir()), std::string::npos) << m;
 }
 
 // Also with the optimizer offloaded and no clipping, where the CPU updates each unit as its gradients land:

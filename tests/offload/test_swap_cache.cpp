@@ -203,8 +203,8 @@ TEST_F(SwapCacheFixture, AMissingDirectoryOrTooFewSlotsIsAClearError) {
   }
 }
 
-// A file-size limit set after start-up fails a write of an updated shard: drain and acquire name the unit
-// and the operation rather than waiting forever.
+// A file-size limit set after start-up fails a write of an updated shard: drain and acquire name the unit (by
+// the name the engine gives) and the operation rather than waiting forever.
 TEST_F(SwapCacheFixture, AFailedWriteIsAClearErrorAndNothingHangs) {
   rlimit old{};
   getrlimit(RLIMIT_FSIZE, &old);
@@ -212,7 +212,8 @@ TEST_F(SwapCacheFixture, AFailedWriteIsAClearErrorAndNothingHangs) {
   std::vector<char> mem = buffers(2);
   std::string msg;
   {
-    SwapCache swap(dir.string(), 0, regions(), mem.data(), 2, Device::cpu(), SwapCache::kParams);
+    SwapCache swap(dir.string(), 0, regions(), mem.data(), 2, Device::cpu(), SwapCache::kParams,
+                   {"embed", "h.0", "h.1", "h.2", "h.3", "h.4", "head"});
     rlimit small = old;
     small.rlim_cur = 4206592 + 65536;  // inside unit 2's region
     setrlimit(RLIMIT_FSIZE, &small);
@@ -229,7 +230,8 @@ TEST_F(SwapCacheFixture, AFailedWriteIsAClearErrorAndNothingHangs) {
     setrlimit(RLIMIT_FSIZE, &old);
   }  // the destructor logs it and returns
   signal(SIGXFSZ, SIG_DFL);
-  EXPECT_NE(msg.find("rank 0: offload.params: nvme: writing of unit 2's parameters (143360 bytes at offset 4206592)"),
+  EXPECT_NE(msg.find("rank 0: offload.params: nvme: writing of the parameters of unit 'h.1' (143360 bytes at offset "
+                     "4206592)"),
             std::string::npos)
       << msg;
 }
