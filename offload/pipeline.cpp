@@ -243,6 +243,11 @@ void Pipeline::wait_params(int u, Stream& stream) {
   if (units_[static_cast<std::size_t>(u)].device_params) stream.wait(*uploaded_[static_cast<std::size_t>(u)]);
 }
 
+int64_t Pipeline::disk_allocated() const {
+  return (swap_ ? swap_->file_allocated() : 0) + (params_ ? params_->file_allocated() : 0) +
+         (grads_ ? grads_->file_allocated() : 0);
+}
+
 Timing Pipeline::take_timing() {
   constexpr auto relaxed = std::memory_order_relaxed;
   Timing t;

@@ -132,6 +132,8 @@ class Pipeline {
   StateSwap* swap() const { return swap_.get(); }
   // The units' parameters on disk, or null.
   SwapCache* param_swap() const { return params_.get(); }
+  // The bytes this rank's files hold on the disk (state, parameters, gradients; 0 without any).
+  int64_t disk_allocated() const;
 
  private:
   void upload(int u);       // enqueues unit u's updated shard to device_params

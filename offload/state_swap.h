@@ -55,6 +55,7 @@ class StateSwap {
   const std::string& path() const { return file_.path(); }  // the name it was created under (unlinked)
   bool direct() const { return file_.direct(); }            // O_DIRECT (false where the filesystem refused it)
   int64_t file_bytes() const { return file_.bytes(); }
+  int64_t file_allocated() const { return file_.allocated(); }
 
  private:
   void run(bool writer);                     // an I/O thread: the reads, or the writes

@@ -83,6 +83,7 @@ class SwapCache {
   const std::string& path() const { return file_.path(); }
   bool direct() const { return file_.direct(); }
   int64_t file_bytes() const { return file_.bytes(); }
+  int64_t file_allocated() const { return file_.allocated(); }
 
  private:
   enum class State : uint8_t { empty, reading, ready, filling };

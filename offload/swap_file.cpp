@@ -2,6 +2,7 @@
 #include "offload/swap_file.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -53,6 +54,11 @@ std::string swap_unit(std::span<const std::string> names, int u) {
   if (u >= 0 && static_cast<std::size_t>(u) < names.size())
     return fmt::format("unit '{}'", names[static_cast<std::size_t>(u)]);
   return fmt::format("unit {}", u);
+}
+
+int64_t SwapFile::allocated() const {
+  struct stat st {};
+  return ::fstat(fd_, &st) == 0 ? static_cast<int64_t>(st.st_blocks) * 512 : 0;
 }
 
 int at_least_two(int count, const char* setting) {

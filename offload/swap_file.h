@@ -73,6 +73,9 @@ class SwapFile {
   const std::string& path() const { return path_; }  // the name it was created under (unlinked)
   bool direct() const { return direct_; }            // O_DIRECT (false where the filesystem refused it)
   int64_t bytes() const { return bytes_; }
+  // The bytes the filesystem holds for it now (its blocks, as stat counts them): the measured side of
+  // MemoryPlan::disk.
+  int64_t allocated() const;
 
  private:
   int try_io(bool write, int64_t offset, void* buffer, int64_t bytes) const noexcept;  // 0 or errno

@@ -33,6 +33,8 @@ void Engine::write_memory_report(const std::string& dir) const {
   j["peak_total"] = m.device_total.peak;
   j["host_planned_total"] = plan.host_total();
   j["host_peak_total"] = m.host_total.peak;
+  j["disk_planned"] = plan.disk;  // offload.*: nvme: this rank's files, planned and as the filesystem holds them
+  j["disk_allocated"] = offload_ ? offload_->disk_allocated() : 0;
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
   j["peak_rss"] = static_cast<int64_t>(ru.ru_maxrss) * 1024;

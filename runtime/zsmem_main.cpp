@@ -311,10 +311,13 @@ int measure(int nproc, double max_error, bool json_out, const std::string& svg,
     auto error = [](double planned, double peak) { return peak > 0 ? 100.0 * (planned - peak) / peak : 0.0; };
     const double planned = j["planned_total"].get<double>(), peak = j["peak_total"].get<double>();
     const double host_planned = j["host_planned_total"].get<double>(), host_peak = j["host_peak_total"].get<double>();
-    const double err = error(planned, peak), host_err = error(host_planned, host_peak);
-    worst = std::max({worst, std::fabs(err), std::fabs(host_err)});
+    const double disk_planned = j["disk_planned"].get<double>(), disk = j["disk_allocated"].get<double>();
+    const double err = error(planned, peak), host_err = error(host_planned, host_peak),
+                 disk_err = error(disk_planned, disk);
+    worst = std::max({worst, std::fabs(err), std::fabs(host_err), std::fabs(disk_err)});
     j["error_percent"] = err;
     j["host_error_percent"] = host_err;
+    j["disk_error_percent"] = disk_err;
     if (r == 0 && !svg.empty()) {
       std::ofstream(svg) << zs::memory_timeline_svg(j);
       if (!json_out) fmt::print("wrote {}: rank 0's memory over time, by category, with the step's phases\n", svg);
@@ -343,6 +346,9 @@ int measure(int nproc, double max_error, bool json_out, const std::string& svg,
                  format_bytes(device ? planned : host_planned), format_bytes(device ? peak : host_peak),
                  format_bytes(now), err_pct);
     }
+    if (disk_planned > 0 || disk > 0)
+      fmt::print("  {:<6} {:<16} {:>12} {:>12} {:>12} {:>+7.2f}%\n", "disk", "offload files",
+                 format_bytes(disk_planned), format_bytes(disk), format_bytes(disk), disk_err);
     fmt::print("  process peak RSS {} (the OS's count: every page this process touched, in the ledger or not)\n",
                format_bytes(j["peak_rss"].get<double>()));
     if (j.contains("cuda_in_use"))
@@ -444,7 +450,9 @@ int main(int argc, char** argv) {
   est->add_flag("--json", json_out, "machine-readable");
   auto* mea = app.add_subcommand("measure", "run a program under zsrun and compare each rank's ledger with the plan");
   mea->add_option("--nproc", nproc, "ranks")->check(zs::positive());
-  mea->add_option("--max-error", max_error, "exit 1 when a rank's total differs from the prediction by more (%)");
+  mea->add_option("--max-error", max_error,
+                  "exit 1 when a rank's total (device, host, or with nvme its files on disk) differs from the "
+                  "prediction by more (%)");
   mea->add_flag("--json", json_out, "machine-readable");
   std::string svg;
   mea->add_option("--svg", svg, "draw rank 0's memory timeline (by category, with forward/backward/step) here")
