@@ -74,7 +74,7 @@ struct Config {
     std::string grads = "cpu";
     bool pin_memory = true;
     std::string mode = "streaming";  // streaming | delayed
-    std::string nvme_path;           // offload.optimizer: nvme: an existing directory on a fast local disk
+    std::string nvme_path;           // offload.*: nvme: an existing directory on a fast local disk
     int buffer_count = 4;            // offload.optimizer: nvme: host buffers for the state in flight, >= 2
     int param_buffer_count = 5;      // offload.params: nvme: host slots for parameter shards, >= 2
     int grad_buffer_count = 4;       // offload.grads: nvme: host slots for gradient shards, >= 2
