@@ -18,6 +18,9 @@ struct LossScaler {
   int64_t clean_steps = 0;  // steps since the last overflow or growth
   int windows_to_wait = 0;  // clean windows still needed before growth resumes
 
+  // A dynamic scale that cannot halve any more: an overflow now would be skipped at this scale forever.
+  bool at_minimum() const { return !fixed && scale <= min_scale; }
+
   // Records one step's outcome; returns whether the step must be skipped.
   bool update(bool overflow) {
     if (fixed) return overflow;

@@ -108,7 +108,7 @@ int Engine::acquire_gather_buffer(UnitId for_unit) {
 void Engine::read_params_ahead(std::size_t from) {
   if (recording_) return;  // the order is not known yet
   offload::SwapCache& disk = *offload_->param_swap();
-  const auto end = std::min(order_.size(), from + static_cast<std::size_t>(cfg_.offload.param_buffer_count - 1));
+  const auto end = std::min(order_.size(), from + static_cast<std::size_t>(disk.count() - 1));
   for (std::size_t i = from; i < end; ++i) {
     const int pipe = units_[static_cast<std::size_t>(order_[i])]->pipe;
     // Not a unit the CPU is still updating: its read would bring in the shard the update replaces.

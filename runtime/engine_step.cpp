@@ -183,7 +183,7 @@ StepStats Engine::step() {
   const double norm = std::sqrt(static_cast<double>(total)) / accum / scale;
   StepStats st;
   st.loss_scale = scale;
-  if (scaling_ && !std::isfinite(norm) && !scaler_.fixed && scale <= scaler_.min_scale) {
+  if (scaling_ && !std::isfinite(norm) && scaler_.at_minimum()) {
     if (offload_) offload_->drain();  // (as below: nothing in flight when the caller resumes)
     ZS_FAIL(
         "rank {}: step {}: the gradients overflow at the minimum loss scale (precision.min_loss_scale {}): every "

@@ -309,10 +309,14 @@ TEST(LossScaler, HalvesOnOverflowAndGrowsAfterCleanWindows) {
   EXPECT_TRUE(fixed.update(true));  // an overflow skips the step
   for (int i = 0; i < 5000; ++i) EXPECT_FALSE(fixed.update(false));
   EXPECT_EQ(fixed.scale, 128.0);  // and nothing changes it
+  fixed.scale = fixed.min_scale;
+  EXPECT_FALSE(fixed.at_minimum()) << "a fixed scale has no minimum to fail at";
   LossScaler low;
   low.scale = 1.5;
+  EXPECT_FALSE(low.at_minimum());
   low.update(true);
   EXPECT_EQ(low.scale, 1.0);  // never below min_scale
+  EXPECT_TRUE(low.at_minimum());
 }
 
 }  // namespace
