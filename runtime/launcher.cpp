@@ -1,5 +1,6 @@
 // zsrun's supervisor: fork/exec per local rank (own process group, parent-death signal), line-prefixed
-// output, signal forwarding, fail-fast TERM-then-KILL, optional restarts.
+// output (runtime/rank_output.h: the console, --log-dir's files, the failure report's tail), signal
+// forwarding, fail-fast TERM-then-KILL, optional restarts.
 #include "runtime/launcher.h"
 
 #include <fcntl.h>
@@ -15,13 +16,16 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <random>
+#include <tuple>
 
 #include "core/error.h"
 #include "core/socket.h"
 #include "core/store.h"
+#include "runtime/rank_output.h"
 
 extern char** environ;
 
@@ -67,6 +71,10 @@ std::string validate(const Options& o) {
   if (o.nnodes > 1 && o.master_port == 0) return "--master-port 0 (pick a free port) only works with --nnodes 1";
   if (o.max_restarts < 0) return "--max-restarts must be >= 0";
   if (!(o.grace_s >= 0)) return fmt::format("--grace {} must be a number of seconds >= 0", o.grace_s);
+  for (const int lr : o.local_ranks_filter)
+    if (lr < 0 || lr >= o.nproc_per_node)
+      return fmt::format("--local-ranks-filter: local rank {} is outside [0, {}) (--nproc-per-node {})", lr,
+                         o.nproc_per_node, o.nproc_per_node);
   return {};
 }
 
@@ -101,55 +109,6 @@ std::string describe_status(int status) {
   return "stopped";
 }
 
-void write_all(int fd, const std::string& s) {
-  const char* p = s.data();
-  std::size_t n = s.size();
-  while (n > 0) {
-    ssize_t k = ::write(fd, p, n);
-    if (k < 0 && errno == EINTR) continue;
-    if (k <= 0) return;
-    p += k;
-    n -= static_cast<std::size_t>(k);
-  }
-}
-
-// One output pipe of one rank; complete lines are written with the rank's prefix.
-struct OutputPipe {
-  int fd = -1;
-  int out_fd = 1;
-  std::string prefix;
-  std::string pending;
-
-  void drain() {
-    char buf[65536];
-    for (;;) {
-      ssize_t k = ::read(fd, buf, sizeof buf);
-      if (k < 0 && errno == EINTR) continue;
-      if (k < 0 && errno == EAGAIN) return;
-      if (k <= 0) {
-        close_pipe();
-        return;
-      }
-      pending.append(buf, static_cast<std::size_t>(k));
-      std::size_t start = 0, nl;
-      std::string out;
-      while ((nl = pending.find('\n', start)) != std::string::npos) {
-        out += prefix;
-        out.append(pending, start, nl - start + 1);
-        start = nl + 1;
-      }
-      pending.erase(0, start);
-      if (!out.empty()) write_all(out_fd, out);
-    }
-  }
-  void close_pipe() {
-    if (!pending.empty()) write_all(out_fd, prefix + pending + "\n");
-    pending.clear();
-    if (fd >= 0) ::close(fd);
-    fd = -1;
-  }
-};
-
 struct Child {
   int local_rank = 0;
   int rank = 0;
@@ -158,41 +117,57 @@ struct Child {
   int status = 0;
 };
 
+// Lines of a rank's stderr that the failure report can repeat.
+constexpr std::size_t kTailLines = 10;
+
+// A failed attempt: what zsrun says of it, and the rank that most likely caused it.
+struct Failure {
+  std::string text;  // empty: every rank exited 0
+  const Child* cause = nullptr;
+};
+
 // How long after a rank's failure zsrun waits for other failures before it stops the job (see supervise).
 constexpr auto kSettle = std::chrono::milliseconds(250);
 
 // Likely causes first: a rank killed by a signal, then one with an unusual exit status, then the
 // status-1 exits that usually follow a peer's loss; ties by rank.
-std::string describe_failures(std::vector<const Child*> failed) {
+Failure describe_failures(std::vector<const Child*> failed) {
   auto weight = [](const Child* c) { return WIFSIGNALED(c->status) ? 0 : WEXITSTATUS(c->status) != 1 ? 1 : 2; };
   std::sort(failed.begin(), failed.end(), [&](const Child* a, const Child* b) {
     return weight(a) != weight(b) ? weight(a) < weight(b) : a->rank < b->rank;
   });
-  std::string out;
+  Failure f{{}, failed.front()};
   for (const Child* c : failed) {
-    if (!out.empty()) out += ", and ";
-    out +=
+    if (!f.text.empty()) f.text += ", and ";
+    f.text +=
         fmt::format("rank {} (local rank {}, pid {}) {}", c->rank, c->local_rank, c->pid, describe_status(c->status));
   }
-  return out;
+  return f;
 }
 
 class Job {
  public:
-  Job(const Options& o, int master_port, std::string token, int restart, const std::string& program, int sigfd)
+  // `logs`: each local rank's stdout and stderr log files (open_logs), owned from here on; empty without
+  // --log-dir.
+  Job(const Options& o, int master_port, std::string token, int restart, const std::string& program, int sigfd,
+      const std::vector<int>& logs)
       : o_(o), sigfd_(sigfd) {
-    for (int lr = 0; lr < o.nproc_per_node; ++lr) spawn(lr, master_port, token, restart, program);
+    pipes_.reserve(2 * static_cast<std::size_t>(o.nproc_per_node));
+    for (int lr = 0; lr < o.nproc_per_node; ++lr) {
+      const auto i = 2 * static_cast<std::size_t>(lr);
+      spawn(lr, master_port, token, restart, program, logs.empty() ? -1 : logs[i], logs.empty() ? -1 : logs[i + 1]);
+    }
   }
 
-  // Runs until every rank has exited; returns the first failure's description (empty when all exited 0).
-  std::string supervise(int* interrupt_signal) {
-    std::string failure;
+  // Runs until every rank has exited; returns the failure (none when all exited 0).
+  Failure supervise(int* interrupt_signal) {
+    Failure failure;
     std::optional<Clock::time_point> kill_at, settle_at;
     std::vector<const Child*> failed;
     for (;;) {
       bool any_alive = false, any_pipe = false;
       for (auto& c : children_) any_alive |= c.alive;
-      for (auto& p : pipes_) any_pipe |= p.fd >= 0;
+      for (auto& p : pipes_) any_pipe |= p.open();
       if (!any_alive && !any_pipe) break;
       if (!any_alive) {
         // Every rank is gone; what still holds a pipe open is a stray descendant: finish it.
@@ -201,7 +176,7 @@ class Job {
       std::vector<pollfd> fds;
       fds.push_back({sigfd_, POLLIN, 0});
       for (auto& p : pipes_)
-        if (p.fd >= 0) fds.push_back({p.fd, POLLIN, 0});
+        if (p.open()) fds.push_back({p.fd(), POLLIN, 0});
       int timeout_ms = -1;
       for (const auto& at : {kill_at, settle_at})
         if (at) {
@@ -212,8 +187,7 @@ class Job {
       if (!any_alive) timeout_ms = 100;
       int rc = ::poll(fds.data(), fds.size(), timeout_ms);
       if (rc < 0 && errno != EINTR) break;
-      for (auto& p : pipes_)
-        if (p.fd >= 0) p.drain();
+      for (auto& p : pipes_) p.drain();
       if (fds[0].revents & POLLIN) {
         signalfd_siginfo si;
         while (::read(sigfd_, &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
@@ -228,10 +202,10 @@ class Job {
       // are stopped: the rank that died first and the peers that failed because of it (a broken
       // connection) can exit in either order, and describe_failures puts the likely cause first.
       reap([&](const Child& c) {
-        if ((!WIFEXITED(c.status) || WEXITSTATUS(c.status) != 0) && failure.empty() && !*interrupt_signal)
+        if ((!WIFEXITED(c.status) || WEXITSTATUS(c.status) != 0) && failure.text.empty() && !*interrupt_signal)
           failed.push_back(&c);
       });
-      if (!failed.empty() && failure.empty()) {
+      if (!failed.empty() && failure.text.empty()) {
         if (!settle_at) settle_at = Clock::now() + kSettle;
         const bool none_left = std::none_of(children_.begin(), children_.end(), [](const Child& c) { return c.alive; });
         if (none_left || Clock::now() >= *settle_at) {
@@ -250,10 +224,24 @@ class Job {
     return failure;
   }
 
+  // The last lines rank `c` wrote to stderr, to stderr, when the console does not end with them already:
+  // they were filtered out, or other output came after them.
+  void repeat_tail(const Child& c, int attempt) const {
+    const RankOutput& err = pipes_[2 * static_cast<std::size_t>(c.local_rank) + 1];
+    if (err.tail().empty() || err.last_on_screen()) return;
+    const std::size_t n = err.tail().size();
+    std::string out = fmt::format(
+        "zsrun: the last {} rank {} wrote to stderr{}:\n", n == 1 ? "line" : fmt::format("{} lines", n), c.rank,
+        o_.log_dir.empty() ? "" : fmt::format(" (all of it in {})", log_path(o_.log_dir, attempt, c.rank, true)));
+    for (const std::string& line : err.tail()) out += err.prefix() + line + "\n";
+    std::fputs(out.c_str(), stderr);
+  }
+
  private:
   std::chrono::milliseconds grace() const { return std::chrono::milliseconds(static_cast<int64_t>(o_.grace_s * 1000)); }
 
-  void spawn(int local_rank, int master_port, const std::string& token, int restart, const std::string& program) {
+  void spawn(int local_rank, int master_port, const std::string& token, int restart, const std::string& program,
+             int out_log, int err_log) {
     EnvList env = rank_env(o_, local_rank, master_port, token, restart);
     std::vector<std::string> env_strings;
     for (char** e = environ; *e; ++e) {
@@ -293,9 +281,12 @@ class Job {
     ::close(err[1]);
     const int rank = o_.node_rank * o_.nproc_per_node + local_rank;
     children_.push_back({local_rank, rank, pid, true, 0});
-    for (auto [fd, to] : {std::pair{out[0], 1}, std::pair{err[0], 2}}) {
+    const auto& shown = o_.local_ranks_filter;
+    const bool console = shown.empty() || std::find(shown.begin(), shown.end(), local_rank) != shown.end();
+    for (auto [fd, to, log] : {std::tuple{out[0], 1, out_log}, std::tuple{err[0], 2, err_log}}) {
       ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
-      pipes_.push_back({fd, to, fmt::format("[rank{}]: ", rank), {}});
+      pipes_.emplace_back(fd, console ? to : -1, fmt::format("[rank{}]: ", rank), log, to == 2 ? kTailLines : 0,
+                          &console_lines_);
     }
   }
 
@@ -326,8 +317,37 @@ class Job {
   const Options& o_;
   int sigfd_;
   std::vector<Child> children_;
-  std::vector<OutputPipe> pipes_;
+  std::vector<RankOutput> pipes_;  // each local rank's stdout, then its stderr
+  int64_t console_lines_ = 0;      // lines the ranks' streams have written to the console
 };
+
+// --log-dir: creates dir/attempt-K/rank-R and opens each local rank's stdout and stderr log (truncated),
+// in that order; fills `error` and returns nothing when it cannot.
+std::vector<int> open_logs(const Options& o, int attempt, std::string& error) {
+  std::vector<int> fds;
+  if (o.log_dir.empty()) return fds;
+  for (int lr = 0; lr < o.nproc_per_node && error.empty(); ++lr) {
+    const int rank = o.node_rank * o.nproc_per_node + lr;
+    std::error_code ec;
+    std::filesystem::create_directories(std::filesystem::path(log_path(o.log_dir, attempt, rank, false)).parent_path(),
+                                        ec);
+    for (const bool err : {false, true}) {
+      const std::string path = log_path(o.log_dir, attempt, rank, err);
+      const int fd = ec ? -1 : ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      if (fd < 0) {
+        error = fmt::format("--log-dir: cannot create '{}': {}; give a directory this user can write", path,
+                            ec ? ec.message() : std::strerror(errno));
+        break;
+      }
+      fds.push_back(fd);
+    }
+  }
+  if (!error.empty()) {
+    for (const int fd : fds) ::close(fd);
+    fds.clear();
+  }
+  return fds;
+}
 
 }  // namespace
 
@@ -380,23 +400,30 @@ int run(const Options& o) {
   if (o.nnodes == 1 && net::is_loopback(o.master_addr) == false) job.master_addr = "127.0.0.1";
 
   for (int attempt = 0;; ++attempt) {
-    int interrupted = 0;
-    std::string failure;
-    {
-      Job j(job, port, token, attempt, *program, sigfd);
-      failure = j.supervise(&interrupted);
+    std::string log_error;
+    const std::vector<int> logs = open_logs(job, attempt, log_error);
+    if (!log_error.empty()) {
+      std::fprintf(stderr, "zsrun: %s\n", log_error.c_str());
+      return attempt == 0 ? 2 : 1;
     }
+    if (!o.log_dir.empty())
+      std::fprintf(stderr, "zsrun: each rank's output also goes to %s/attempt-%d/rank-N/{stdout,stderr}.log\n",
+                   o.log_dir.c_str(), attempt);
+    int interrupted = 0;
+    Job j(job, port, token, attempt, *program, sigfd, logs);
+    const Failure failure = j.supervise(&interrupted);
     if (interrupted) {
       std::fprintf(stderr, "zsrun: interrupted by %s; stopped every rank\n", sigabbrev_np(interrupted));
       return 128 + interrupted;
     }
-    if (failure.empty()) return 0;
+    if (failure.text.empty()) return 0;
+    j.repeat_tail(*failure.cause, attempt);
     if (attempt < o.max_restarts) {
       std::fprintf(stderr, "zsrun: %s; stopped the other ranks; restarting the job (restart %d of %d)\n",
-                   failure.c_str(), attempt + 1, o.max_restarts);
+                   failure.text.c_str(), attempt + 1, o.max_restarts);
       continue;
     }
-    std::fprintf(stderr, "zsrun: %s; stopped the other ranks\n", failure.c_str());
+    std::fprintf(stderr, "zsrun: %s; stopped the other ranks\n", failure.text.c_str());
     return 1;
   }
 }

@@ -16,6 +16,8 @@ struct Options {
   int max_restarts = 0;
   double grace_s = 5.0;  // between TERM and KILL when stopping ranks
   std::string config;    // --config: the engine YAML, checked before any rank starts; the ranks get ZS_CONFIG
+  std::string log_dir;   // --log-dir: each rank's stdout and stderr also go to files there (log_path)
+  std::vector<int> local_ranks_filter;  // --local-ranks-filter: the local ranks shown on the console (empty: all)
   std::vector<std::string> command;
 };
 

@@ -13,7 +13,8 @@ int main(int argc, char** argv) {
       "zsrun: launch the ranks of a ZeroShard job (torchrun's contract).\n"
       "Each rank gets RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT and ZS_JOB_TOKEN;\n"
       "node 0 hosts the rendezvous store; output lines are prefixed with [rankN]:. When a rank fails the others\n"
-      "get SIGTERM, then SIGKILL after a grace period, and zsrun exits non-zero naming the rank.",
+      "get SIGTERM, then SIGKILL after a grace period, and zsrun exits non-zero naming the rank (and repeating\n"
+      "its last lines on stderr when other output buried them).",
       "zsrun"};
   std::string nproc = "1";
   app.add_option("--nproc-per-node", nproc,
@@ -39,6 +40,13 @@ int main(int argc, char** argv) {
   app.add_option("--config", o.config,
                  "the engine YAML: checked before any rank starts (a bad one fails once, at its line and column); "
                  "the ranks get its path in ZS_CONFIG (zs::Config::from_job)");
+  app.add_option("--log-dir", o.log_dir,
+                 "also write each rank's stdout and stderr, as the program wrote them, to "
+                 "DIR/attempt-K/rank-R/{stdout,stderr}.log (K counts restarts)");
+  app.add_option("--local-ranks-filter", o.local_ranks_filter,
+                 "show only these local ranks' output on the console, e.g. 0 or 0,3 (all of it still goes to "
+                 "--log-dir; a failed rank's last stderr lines are repeated in the failure report)")
+      ->delimiter(',');
   app.add_option("command", o.command, "the program to run on every rank, and its arguments")->required();
   app.positionals_at_end();
   if (const auto stop = zs::parse_command_line(app, argc, argv)) return *stop;

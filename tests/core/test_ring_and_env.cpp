@@ -172,6 +172,12 @@ TEST(Launcher, ValidateRejectsNonsense) {
   o.nnodes = 1;
   o.grace_s = -1;
   EXPECT_NE(launcher::validate(o).find("--grace -1 must be"), std::string::npos);
+  o.grace_s = 5;
+  o.nproc_per_node = 4;
+  o.local_ranks_filter = {0, 3};
+  EXPECT_EQ(launcher::validate(o), "");
+  o.local_ranks_filter = {0, 4};
+  EXPECT_EQ(launcher::validate(o), "--local-ranks-filter: local rank 4 is outside [0, 4) (--nproc-per-node 4)");
 }
 
 // --nproc-per-node as torchrun takes it.

@@ -31,7 +31,10 @@ int main(int argc, char** argv) {
     }
     for (int step = 0;; ++step) {
       if (step == 3 && rank == 1) {
-        if (mode == "exit3") std::exit(3);
+        if (mode == "exit3") {
+          std::fprintf(stderr, "rank %d exits with status 3 on purpose\n", rank);
+          std::exit(3);
+        }
         if (mode == "sigkill") raise(SIGKILL);
         if (mode == "stall") std::this_thread::sleep_for(std::chrono::hours(1));
       }

@@ -33,12 +33,14 @@ struct Result {
   std::vector<pid_t> pids;
 };
 
-Result run_job(const std::string& mode, int nproc, const std::string& extra_env = "") {
+Result run_job(const std::string& mode, int nproc, const std::string& extra_env = "",
+               const std::string& zsrun_flags = "") {
   fs::path dir = fs::temp_directory_path() / fmt_dir(mode);
   fs::remove_all(dir);
   fs::create_directories(dir);
   std::string cmd = "ZS_TEST_PIDDIR=" + dir.string() + " " + extra_env + " " ZS_ZSRUN_PATH " --nproc-per-node " +
-                    std::to_string(nproc) + " --master-port 0 --grace 2 -- " ZS_FAULT_PROG_PATH " " + mode;
+                    std::to_string(nproc) + " --master-port 0 --grace 2 " + zsrun_flags +
+                    " -- " ZS_FAULT_PROG_PATH " " + mode;
   Result r;
   auto t0 = std::chrono::steady_clock::now();
   const CommandResult c = run_command(cmd);
@@ -67,6 +69,11 @@ int free_port() {
   return ntohs(a.sin_port);
 }
 
+std::string file_text(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
 bool alive(pid_t pid) {
   return kill(pid, 0) == 0 || errno != ESRCH;
 }
@@ -90,6 +97,28 @@ TEST(Faults, RankExitingThreeStopsTheJob) {
   EXPECT_NE(r.output.find("zsrun: rank 1 (local rank 1"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("exited with status 3"), std::string::npos) << r.output;
   expect_all_gone(r, 3);
+}
+
+// torchrun's --log-dir and --local-ranks-filter: the console shows local rank 0 only, every rank's streams
+// are in their files as written, and the failed rank's last stderr line, which the console did not show,
+// comes just before the verdict.
+TEST(Faults, WithALogDirAndAFilterTheReportStillShowsTheCause) {
+  const fs::path logs = fs::temp_directory_path() / fmt_dir("logs");
+  fs::remove_all(logs);
+  Result r = run_job("exit3", 3, "", "--log-dir " + logs.string() + " --local-ranks-filter 0");
+  EXPECT_NE(r.rc, 0) << r.output;
+  const std::string err1 = (logs / "attempt-0/rank-1/stderr.log").string();
+  EXPECT_NE(r.output.find("zsrun: the last line rank 1 wrote to stderr (all of it in " + err1 +
+                          "):\n[rank1]: rank 1 exits with status 3 on purpose\nzsrun: rank 1 (local rank 1"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("[rank2]:"), std::string::npos) << r.output;
+  EXPECT_EQ(file_text(err1), "rank 1 exits with status 3 on purpose\n");
+  for (const char* rank : {"rank-0", "rank-2"})
+    for (const char* stream : {"stdout.log", "stderr.log"})
+      EXPECT_TRUE(fs::exists(logs / "attempt-0" / rank / stream)) << rank << stream;
+  expect_all_gone(r, 3);
+  fs::remove_all(logs);
 }
 
 TEST(Faults, RankKilledWhileOthersWaitInACollective) {
@@ -161,8 +190,9 @@ TEST(Zsrun, BadFlagOrMissingProgramExitsTwoWithAMessage) {
   EXPECT_EQ(none.rc, 2) << none.output;
   const CommandResult help = run_command(ZS_ZSRUN_PATH " --help");
   EXPECT_EQ(help.rc, 0);
-  for (const char* opt : {"--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port",
-                          "--max-restarts", "--grace", "--standalone", "ZS_JOB_TOKEN"})
+  for (const char* opt :
+       {"--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port", "--max-restarts", "--grace",
+        "--standalone", "--log-dir", "--local-ranks-filter", "ZS_JOB_TOKEN"})
     EXPECT_NE(help.output.find(opt), std::string::npos) << opt;
   // --config is checked before any rank starts: one located error, exit 2.
   const fs::path yaml = fs::temp_directory_path() / fmt_dir("bad.yaml");
@@ -174,6 +204,14 @@ TEST(Zsrun, BadFlagOrMissingProgramExitsTwoWithAMessage) {
   fs::remove(yaml);
   const CommandResult clash = run_command(ZS_ZSRUN_PATH " --standalone --master-port 5 -- true");
   EXPECT_EQ(clash.rc, 2) << clash.output;
+  const CommandResult filter = run_command(ZS_ZSRUN_PATH " --nproc-per-node 2 --local-ranks-filter 0,2 -- true");
+  EXPECT_EQ(filter.rc, 2) << filter.output;
+  EXPECT_NE(filter.output.find("local rank 2 is outside [0, 2)"), std::string::npos) << filter.output;
+  const CommandResult logs = run_command(ZS_ZSRUN_PATH " --log-dir /proc/zs-no-such-dir -- true");
+  EXPECT_EQ(logs.rc, 2) << logs.output;
+  EXPECT_NE(logs.output.find("--log-dir: cannot create '/proc/zs-no-such-dir/attempt-0/rank-0/stdout.log'"),
+            std::string::npos)
+      << logs.output;
   const CommandResult count = run_command(ZS_ZSRUN_PATH " --nproc-per-node gpus -- true");
   EXPECT_EQ(count.rc, 2) << count.output;
   EXPECT_NE(count.output.find("--nproc-per-node 'gpus' is not a number >= 1, gpu, cpu or auto"), std::string::npos)
@@ -270,8 +308,11 @@ TEST(CheckpointFaults, RestartResumesFromTheLatestCheckpointExactly) {
     const fs::path a = fresh_dir("ckpt_restart_a"), b = fresh_dir("ckpt_restart_b");
     const CommandResult killed = run_command(
         env + job(2, "train " + (a / "ckpt").string() + " 60 --kill-at 34 --out " + (a / "final.safetensors").string(),
-                  "--max-restarts 1"));
+                  "--max-restarts 1 --log-dir " + (a / "logs").string()));
     EXPECT_EQ(killed.rc, 0) << killed.output;
+    // --log-dir keeps each attempt apart.
+    EXPECT_NE(file_text(a / "logs/attempt-1/rank-0/stdout.log").find("resumed from step"), std::string::npos);
+    EXPECT_TRUE(fs::exists(a / "logs/attempt-0/rank-1/stderr.log"));
     EXPECT_NE(killed.output.find("killed by signal 9 (KILL)"), std::string::npos) << killed.output;
     EXPECT_NE(killed.output.find("restarting the job (restart 1 of 1)"), std::string::npos) << killed.output;
     const bool from30 = killed.output.find("resumed from step 30") != std::string::npos;
@@ -280,11 +321,7 @@ TEST(CheckpointFaults, RestartResumesFromTheLatestCheckpointExactly) {
     const CommandResult straight =
         run_command(job(2, "train " + (b / "ckpt").string() + " 60 --out " + (b / "final.safetensors").string()));
     EXPECT_EQ(straight.rc, 0) << straight.output;
-    auto bytes = [](const fs::path& p) {
-      std::ifstream f(p, std::ios::binary);
-      return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-    };
-    const std::string x = bytes(a / "final.safetensors"), y = bytes(b / "final.safetensors");
+    const std::string x = file_text(a / "final.safetensors"), y = file_text(b / "final.safetensors");
     EXPECT_FALSE(x.empty());
     EXPECT_TRUE(x == y) << "the restarted job's final parameters differ from the uninterrupted job's" << env;
     fs::remove_all(a);
