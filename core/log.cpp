@@ -3,8 +3,11 @@
 
 #include <spdlog/sinks/stdout_sinks.h>
 
+#include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <mutex>
+#include <string>
 
 namespace zs::log {
 namespace {
@@ -30,6 +33,23 @@ void set_rank(int rank) {
 
 spdlog::logger& logger() {
   return *instance();
+}
+
+void shutdown_failure(std::string_view context, const std::exception& e) {
+  static std::mutex mu;
+  static std::array<std::string, 8> seen;  // the latest messages, a ring
+  static std::size_t next = 0;
+  const std::string_view what = e.what();
+  bool again = false;
+  {
+    std::lock_guard lk(mu);
+    again = std::find(seen.begin(), seen.end(), what) != seen.end();
+    if (!again) seen[next++ % seen.size()] = what;
+  }
+  if (again)
+    debug("{} (logged above): {}", context, what);
+  else
+    warn("{}: {}", context, what);
 }
 
 }  // namespace zs::log

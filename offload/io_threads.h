@@ -52,7 +52,7 @@ class IoThreads {
     try {
       drain();
     } catch (const std::exception& e) {
-      log::warn("offload: {} failed while shutting down: {}", what, e.what());
+      log::shutdown_failure(fmt::format("offload: {} failed while shutting down", what), e);
     }
     stop();
   }

@@ -42,7 +42,7 @@ Pipeline::~Pipeline() {
   try {
     drain();
   } catch (const std::exception& e) {
-    log::warn("offload: the CPU step failed while shutting down: {}", e.what());
+    log::shutdown_failure("offload: the CPU step failed while shutting down", e);
   }
 }
 

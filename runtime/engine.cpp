@@ -114,7 +114,7 @@ Engine::~Engine() {
     try {
       f();
     } catch (const std::exception& e) {
-      log::warn("engine shutdown after a failure: {}", e.what());
+      log::shutdown_failure("engine shutdown after a failure", e);
     }
   };
   for (auto& u : units_) quietly([&] { u->pending.wait(); });
