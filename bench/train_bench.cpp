@@ -1,6 +1,7 @@
 // train_bench: step time of a layer stack (one linear layer per unit, OpenBLAS sgemm on CPU) through
-// the engine at each ZeRO stage and prefetch depth, and the communication the compute did not hide.
-// Launch with zsrun; rank 0 prints the table.
+// the engine at each ZeRO stage and prefetch depth, and the communication the compute did not hide; with
+// --accumulation, each way of accumulating (--accumulate) and the gradient memory it plans. Launch with
+// zsrun; rank 0 prints the table.
 #include <cblas.h>
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
@@ -25,8 +26,10 @@ struct Args {
   int rounds = 7;
   std::vector<int> stages = {0, 3};
   std::vector<int> prefetch = {0, 2};
-  std::vector<std::string> offload = {"none"};  // none | optimizer | optimizer+params (stage 3) | delayed
-  std::vector<float> clip = {0.0f};             // optimizer.clip_grad_norm (0: off)
+  std::vector<std::string> offload = {"none"};      // none | optimizer | optimizer+params (stage 3) | delayed
+  std::vector<float> clip = {0.0f};                 // optimizer.clip_grad_norm (0: off)
+  int accumulation = 1;                             // zero.grad_accumulation: micro-batches per step
+  std::vector<std::string> accumulate = {"every"};  // every (reduce every micro-batch) | no_sync
 };
 
 // One unit: y = tanh(x W^T + b). The app keeps activations (batch x dim per layer) and computes with the
@@ -37,9 +40,14 @@ struct Stack {
   std::vector<float> dy, dx, w32;
 
   void run_step(Engine& e) {
+    for (int mb = 0; mb < e.config().zero.grad_accumulation; ++mb) micro_batch(e, mb);
+    e.step();
+  }
+
+  void micro_batch(Engine& e, int mb) {
     const int L = a.layers, D = a.dim, B = a.batch;
     acts.assign(static_cast<std::size_t>(L + 1), std::vector<float>(static_cast<std::size_t>(B) * D));
-    for (std::size_t i = 0; i < acts[0].size(); ++i) acts[0][i] = std::sin(0.001f * static_cast<float>(i));
+    for (std::size_t i = 0; i < acts[0].size(); ++i) acts[0][i] = std::sin(0.001f * static_cast<float>(i) + mb);
     for (int l = 0; l < L; ++l) {
       GatheredParams p = e.gather(l);
       const float* w = p.tensor(0).as<float>();
@@ -69,7 +77,6 @@ struct Stack {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, D, D, 1.0f, dy.data(), D, w, D, 0.0f, dx.data(), D);
       std::swap(dx, dy);
     }
-    e.step();
   }
 };
 
@@ -94,6 +101,14 @@ int main(int argc, char** argv) {
                  "clipping norms to run (0: off; an offloaded update then starts as each unit's gradients land)")
       ->check(zs::non_negative())
       ->capture_default_str();
+  app.add_option("--accumulation", a.accumulation, "micro-batches per step (zero.grad_accumulation)")
+      ->check(zs::positive())
+      ->capture_default_str();
+  app.add_option("--accumulate", a.accumulate,
+                 "with accumulation at stages 2-3: every (reduce every micro-batch into the shard), no_sync (keep "
+                 "full gradients, reduce once)")
+      ->check(CLI::IsMember({"every", "no_sync"}))
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   try {
     openblas_set_num_threads(1);  // one core per rank: the ranks share the machine
@@ -102,10 +117,12 @@ int main(int argc, char** argv) {
     ProcessGroup pg = init_process_group(po);
     const bool root = pg.world->rank() == 0;
     if (root) {
-      std::printf("# train_bench: %d ranks, %d layers of %dx%d (%.1f M params), batch %d per rank, f32, AdamW\n",
-                  pg.world->size(), a.layers, a.dim, a.dim, a.layers * (a.dim * (a.dim + 1.0)) / 1e6, a.batch);
-      std::printf("# %5s %8s %-17s %4s %14s %16s %10s\n", "stage", "prefetch", "offload", "clip", "step (ms)",
-                  "exposed comm (ms)", "vs first");
+      std::printf(
+          "# train_bench: %d ranks, %d layers of %dx%d (%.1f M params), batch %d per rank x %d micro-batches, f32, "
+          "AdamW\n",
+          pg.world->size(), a.layers, a.dim, a.dim, a.layers * (a.dim * (a.dim + 1.0)) / 1e6, a.batch, a.accumulation);
+      std::printf("# %5s %8s %-17s %4s %-10s %14s %16s %10s %11s\n", "stage", "prefetch", "offload", "clip",
+                  "accumulate", "step (ms)", "exposed comm (ms)", "vs first", "grads (MiB)");
     }
     // Every configuration lives at once and they take turns, round after round, so drift in the
     // machine's speed hits all of them alike; the median round is reported.
@@ -113,6 +130,7 @@ int main(int argc, char** argv) {
       int stage, prefetch;
       std::string offload;
       float clip;
+      std::string accumulate;
       std::unique_ptr<Engine> engine;
       std::vector<double> ms, exposed;
     };
@@ -120,21 +138,25 @@ int main(int argc, char** argv) {
     for (int stage : a.stages)
       for (int pf : stage == 3 ? a.prefetch : std::vector<int>{0})
         for (const std::string& off : a.offload)
-          for (float clip : a.clip) {
-            Config cfg;
-            cfg.zero.stage = stage;
-            cfg.zero.prefetch = pf;
-            cfg.zero.max_live_units = pf + 2;
-            cfg.optimizer.lr = 1e-4f;
-            cfg.optimizer.clip_grad_norm = clip;
-            cfg.offload.choose(off);
-            if (!offload_problem(cfg).empty()) continue;  // e.g. offload at stage 0: not a configuration
-            auto e = std::make_unique<Engine>(cfg, *pg.world);
-            for (int l = 0; l < a.layers; ++l)
-              e->add_unit("layer" + std::to_string(l), {{"w", {a.dim, a.dim}}, {"b", {a.dim}, true, false}});
-            e->init_params(init::normal(0.02f, 1));
-            runs.push_back({stage, pf, off, clip, std::move(e), {}, {}});
-          }
+          for (float clip : a.clip)
+            for (const std::string& acc :
+                 stage >= 2 && a.accumulation > 1 ? a.accumulate : std::vector<std::string>{"-"}) {
+              Config cfg;
+              cfg.zero.grad_accumulation = a.accumulation;
+              cfg.zero.reduce_every_micro_batch = acc != "no_sync";
+              cfg.zero.stage = stage;
+              cfg.zero.prefetch = pf;
+              cfg.zero.max_live_units = pf + 2;
+              cfg.optimizer.lr = 1e-4f;
+              cfg.optimizer.clip_grad_norm = clip;
+              cfg.offload.choose(off);
+              if (!offload_problem(cfg).empty()) continue;  // e.g. offload at stage 0: not a configuration
+              auto e = std::make_unique<Engine>(cfg, *pg.world);
+              for (int l = 0; l < a.layers; ++l)
+                e->add_unit("layer" + std::to_string(l), {{"w", {a.dim, a.dim}}, {"b", {a.dim}, true, false}});
+              e->init_params(init::normal(0.02f, 1));
+              runs.push_back({stage, pf, off, clip, acc, std::move(e), {}, {}});
+            }
     Stack s{a, {}, {}, {}, {}};
     for (auto& r : runs) s.run_step(*r.engine);  // records each engine's gather order
     for (int round = 0; round < a.rounds; ++round)
@@ -156,8 +178,11 @@ int main(int argc, char** argv) {
     const double base = median(runs.front().ms);
     for (auto& r : runs)
       if (root)
-        std::printf("  %5d %8d %-17s %4g %14.1f %16.1f %9.1f%%   (rounds: %s)\n", r.stage, r.prefetch,
-                    r.offload.c_str(), r.clip, median(r.ms), median(r.exposed), 100.0 * median(r.ms) / base,
+        std::printf("  %5d %8d %-17s %4g %-10s %14.1f %16.1f %9.1f%% %11.1f   (rounds: %s)\n", r.stage, r.prefetch,
+                    r.offload.c_str(), r.clip, r.accumulate.c_str(), median(r.ms), median(r.exposed),
+                    100.0 * median(r.ms) / base,
+                    static_cast<double>(r.engine->memory_plan().device[static_cast<std::size_t>(MemCategory::grads)]) /
+                        (1 << 20),
                     [&] {
                       std::string out;
                       for (double m : r.ms) out += fmt::format("{:.0f} ", m);

@@ -168,6 +168,25 @@ void scale(Device device, TensorView x, float alpha, float* found_nonfinite, Str
 #endif
 }
 
+void add(Device device, TensorView src, TensorView dst, Stream* stream) {
+  const char* op = "add";
+  check_float(src.dtype, "the source", op);
+  check_same_device(device, src, "the source", op);
+  check_same_device(device, dst, "the destination", op);
+  ZS_CHECK(src.dtype == dst.dtype && src.numel() == dst.numel(), "{}: source is {} x {}, destination {} x {}", op,
+           src.numel(), dtype_name(src.dtype), dst.numel(), dtype_name(dst.dtype));
+  if (device.is_cpu()) {
+    const auto& t = table();
+    for_tiles(src.numel(), [&](int64_t b, int64_t e) { t.add(src.data, dst.data, dst.dtype, b, e); });
+    return;
+  }
+#ifdef ZS_WITH_CUDA
+  cuda::add(src.data, dst.data, dst.dtype, dst.numel(), cuda_stream(stream));
+#else
+  ZS_FAIL("{} on {}: this build has no CUDA support", op, device.str());
+#endif
+}
+
 void sum_squares(Device device, TensorView x, float* out, Stream* stream) {
   const char* op = "sum of squares";
   check_float(x.dtype, "the tensor", op);

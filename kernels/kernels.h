@@ -90,6 +90,10 @@ void cast(Device device, TensorView src, TensorView dst, Stream* stream = nullpt
 // if any scaled value is NaN or Inf and left as it is otherwise (clear it before a batch of calls).
 void scale(Device device, TensorView x, float alpha, float* found_nonfinite = nullptr, Stream* stream = nullptr);
 
+// dst += src, elementwise; the same dtype and count (a sum in f32, rounded to nearest even for bf16/f16).
+// Accumulates each micro-batch's reduced gradient shard.
+void add(Device device, TensorView src, TensorView dst, Stream* stream = nullptr);
+
 // *out = sum of x^2 (one float in the device's memory), accumulated in f32 per tile and deterministic for
 // a given size (and, on CUDA, device).
 void sum_squares(Device device, TensorView x, float* out, Stream* stream = nullptr);

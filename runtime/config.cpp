@@ -166,6 +166,7 @@ Config parse_config(const std::string& text, const std::string& source) {
   z.get<bool>("reshard_after_forward", c.zero.reshard_after_forward);
   z.get<int>("hybrid_group", c.zero.hybrid_group, at_least(0), ">= 0");
   z.get<int>("grad_accumulation", c.zero.grad_accumulation, between(1, 1 << 20), ">= 1");
+  z.get<bool>("reduce_every_micro_batch", c.zero.reduce_every_micro_batch);
   z.finish();
   if (const std::string bad = live_units_problem(c); !bad.empty()) top.fail(root["zero"], bad);
 

@@ -20,7 +20,17 @@ struct Config {
     int max_live_units = 4;
     bool reshard_after_forward = true;
     int hybrid_group = 0;       // shard within groups of this many consecutive ranks, replicate across them
-    int grad_accumulation = 1;  // micro-batches per step; gradients are reduced on the last one only
+    int grad_accumulation = 1;  // micro-batches per step
+    // Stages 2-3 with accumulation: true reduce-scatters every micro-batch's gradients and adds them up in
+    // this rank's shard (DeepSpeed ZeRO-2/3, FSDP); false keeps every unit's full gradient until the last
+    // micro-batch and reduces once (FSDP's no_sync: 1/grad_accumulation of the communication, the gradient
+    // memory of stage 1).
+    bool reduce_every_micro_batch = true;
+    // Every unit's gradient is kept whole between reductions: stages 0-1, or accumulation without
+    // reduce_every_micro_batch. Otherwise a rank keeps its shard of the reduced gradients.
+    bool full_grads() const { return stage <= 1 || (grad_accumulation > 1 && !reduce_every_micro_batch); }
+    // Each micro-batch's reduced shard is added to the shard of the ones before (stages 2-3, accumulation).
+    bool sharded_accumulation() const { return !full_grads() && grad_accumulation > 1; }
     // The ranks a unit is sharded over out of `world`, and rank `rank`'s shard index among them.
     int shard_size(int world) const { return hybrid_group > 0 ? hybrid_group : world; }
     int shard_rank(int world, int rank) const { return rank % shard_size(world); }

@@ -315,6 +315,8 @@ void Engine::setup() {
   for (std::size_t i = 0; i < units_.size(); ++i) grads_ready_.push_back(make_event(device_));
   if (cfg_.offload.optimizer_on_cpu())
     for (std::size_t i = 0; i < units_.size(); ++i) shard_summed_.push_back(make_event(device_));
+  if (cfg_.zero.sharded_accumulation())
+    for (std::size_t i = 0; i < units_.size(); ++i) grads_added_.push_back(make_event(device_));
   update_done_ = make_event(device_);
   norm_host_.resize(units_.size());
   ready_ = true;

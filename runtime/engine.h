@@ -268,7 +268,8 @@ class Engine {
     UnitId owner = -1;
     std::unique_ptr<Event> free_after;  // gather pool: compute finished with it
     Work last_reduce;                   // grad pool: the reduce-scatter that read it
-    Event* copied = nullptr;            // grad pool with offload: the copy of its shard to the host
+    Event* copied = nullptr;  // grad pool: the copy of its shard to the host (offload), or its add to the unit's
+                              // shard (sharded accumulation)
   };
   std::vector<PoolBuffer> gather_pool_, grad_pool_;
   int grad_pool_next_ = 0;
@@ -300,6 +301,7 @@ class Engine {
   Buffer control_;       // all_gather_host's (kControlFloats per rank of the world): see control()
   std::vector<std::unique_ptr<Event>> grads_ready_;   // per unit: the app's gradient writes are done
   std::vector<std::unique_ptr<Event>> shard_summed_;  // offload, per unit: its shard reduced and summed
+  std::vector<std::unique_ptr<Event>> grads_added_;   // sharded accumulation, per unit: the micro-batch's add
   std::unique_ptr<Event> update_done_;                // the step's optimizer updates are done
   std::vector<float> norm_host_;                      // per-unit sums of squares, on the host
 };

@@ -22,11 +22,15 @@ int Engine::acquire_grad_buffer(UnitId id) {
     const int b = (grad_pool_next_ + k) % n;
     PoolBuffer& pb = grad_pool_[static_cast<std::size_t>(b)];
     if (pb.owner >= 0) {
+      // Its unit still writes it (it also holds it between reduces when it keeps accumulating a full
+      // gradient; with sharded accumulation each micro-batch's reduce hands the buffer back).
       Unit& prev = *units_[static_cast<std::size_t>(pb.owner)];
-      if (prev.grad_state != GradState::reducing && prev.grad_state != GradState::reduced) continue;
+      if (prev.grad_buffer == b && prev.grad_state != GradState::reducing && prev.grad_state != GradState::reduced)
+        continue;
       consume(pb.last_reduce, &prev);
-      if (pb.copied) consume(*std::exchange(pb.copied, nullptr));  // offload: its shard went to the host
-      prev.grad_buffer = -1;
+      // Offload: its shard went to the host; sharded accumulation: it was added to the unit's shard.
+      if (pb.copied) consume(*std::exchange(pb.copied, nullptr));
+      if (prev.grad_buffer == b) prev.grad_buffer = -1;
     }
     grad_pool_next_ = (b + 1) % n;
     pb.owner = id;
@@ -68,7 +72,8 @@ void Engine::reduce_grads(UnitId id) {
   ZS_CHECK(u.grad_state == GradState::accumulating, "rank {}: reduce_grads('{}') without grads() in this micro-batch",
            comm_->rank(), u.name);
   if (phase_ != Phase::backward) enter(Phase::backward);
-  if (++u.micro_batches < cfg_.zero.grad_accumulation) return;  // reduce on the last micro-batch only
+  const bool last = ++u.micro_batches == cfg_.zero.grad_accumulation;
+  if (!last && cfg_.zero.full_grads()) return;  // full gradients: reduced on the last micro-batch only
   check_agreement(Collective::reduce_grads, id);
   if (u.param_state == ParamState::gathering) {  // stages 1-2: a replica all-gather nobody waited for yet
     consume(u.pending, &u);
@@ -87,16 +92,45 @@ void Engine::reduce_grads(UnitId id) {
   compute_stream_->record(ready);  // the app's gradient writes come first
   rs->wait(ready);
   TensorView full = TensorView::flat(grad_base(u), reduce_, P, device_);
+  const bool accumulated = cfg_.zero.sharded_accumulation();
+  if (accumulated) {
+    // Every micro-batch is reduced: the first into the unit's shard, the others in place and added to it;
+    // the buffer goes back to the pool after the add. The last one's sum is then the unit's reduced
+    // gradient: updated on the device, or copied to the host from there.
+    TensorView acc = u.grads.view(reduce_, S);
+    if (u.micro_batches == 1) {
+      u.pending = reduce_scatter(full, acc);
+    } else {
+      TensorView part = full.slice(S * r, S);
+      u.pending = reduce_scatter(full, part);
+      const Device dev = device_;
+      const DType t = reduce_;
+      rs->submit([dev, src = part.data, dst = acc.data, t, S, rs] {
+        kernels::add(dev, TensorView::flat(src, t, S, dev), TensorView::flat(dst, t, S, dev), rs);
+      });
+    }
+    Event& added = *grads_added_[static_cast<std::size_t>(id)];
+    rs->record(added);
+    PoolBuffer& pb = grad_pool_[static_cast<std::size_t>(u.grad_buffer)];
+    pb.last_reduce = u.pending;
+    pb.copied = &added;
+    if (!last) {  // the next micro-batch's grads() takes a fresh buffer
+      u.grad_buffer = -1;
+      u.grad_state = GradState::none;
+      return;
+    }
+  }
   if (u.pipe >= 0) {
-    // In place, wherever the full gradients are, then this rank's shard to the host for the CPU step.
-    TensorView shard = full.slice(S * r, S);
+    // In place, wherever the full gradients are (or the micro-batches' sum, reduced above), then this
+    // rank's shard to the host for the CPU step.
+    TensorView shard = accumulated ? u.grads.view(reduce_, S) : full.slice(S * r, S);
     if (early_update_ && !early_started_) {  // this step's first shard: the CPU updates each as it lands
       offload_->update_early(hyper(step_ + 1), static_cast<float>(1.0 / cfg_.zero.grad_accumulation));
       early_started_ = true;
     }
     // With the state on disk the step's reads start now, behind the backward (once the order is known).
     if (!update_order_.empty()) offload_->read_ahead(update_order_);
-    u.pending = reduce_scatter(full, shard);
+    if (!accumulated) u.pending = reduce_scatter(full, shard);
     // The norm from the device's copy, as without offload: the host, whose memory traffic bounds the
     // offloaded step, then reads the gradients once (in the update). Summed behind the reduce on its
     // stream; the copy to the host, and so the buffer's reuse, waits for the sum.
@@ -109,11 +143,13 @@ void Engine::reduce_grads(UnitId id) {
     Event& summed = *shard_summed_[static_cast<std::size_t>(id)];
     rs->record(summed);
     Event& copied = offload_->download(u.pipe, shard.data, &summed);
-    if (u.grad_buffer >= 0) {
+    if (u.grad_buffer >= 0 && !accumulated) {
       PoolBuffer& pb = grad_pool_[static_cast<std::size_t>(u.grad_buffer)];
       pb.last_reduce = u.pending;
       pb.copied = &copied;
     }
+  } else if (accumulated) {
+    // (the micro-batches' sum is in the shard: above)
   } else if (stage == 0) {
     u.pending = comm_->all_reduce(full, full, ReduceOp::avg, rs);
   } else if (u.grad_buffer < 0) {
@@ -140,17 +176,18 @@ StepStats Engine::step() {
   enter(Phase::step);
   const int stage = cfg_.zero.stage, r = comm_->rank();
   const int accum = cfg_.zero.grad_accumulation;
-  for (auto& up : units_) {
-    Unit& u = *up;
+  const bool full_grads = cfg_.zero.full_grads();  // else each unit's reduced shard
+  for (std::size_t i = 0; i < units_.size(); ++i) {
+    Unit& u = *units_[i];
     ZS_CHECK(u.grad_state == GradState::reducing, "rank {}: step() but unit '{}' {}", r, u.name,
-             u.grad_state == GradState::none
+             u.grad_state == GradState::none && u.micro_batches == 0
                  ? "got no gradients this step (call grads and reduce_grads for every unit)"
                  : fmt::format("was reduced after {} of {} micro-batches", u.micro_batches, accum));
     wait_timed(u.pending, &u);
+    // Sharded accumulation: the last add into the shard follows the reduce (offloaded: the copy waits).
+    if (cfg_.zero.sharded_accumulation() && u.pipe < 0) consume(*grads_added_[i]);
     u.grad_state = GradState::reduced;
   }
-  // Stages 0-1 (and 2-3 with accumulation) keep whole-unit gradients; stages 2-3 otherwise keep a shard.
-  const bool full_grads = stage <= 1 || accum > 1;
   // Global gradient norm: per-unit sums of squares, one all-reduce over the shards.
   // Each unit's sum lands in the device's scratch: a unit updated on the device is summed now, an offloaded
   // one was summed behind its reduce (reduce_grads).

@@ -27,7 +27,7 @@ UnitBuffers unit_buffers(const FlatLayout& layout, const FlatLayout& frozen, con
   const OptimizerStates states = optimizer_states(cfg);
   if (states.m) b.m = S * ss;
   if (states.v) b.v = S * ss;
-  const bool full_grads = stage <= 1 || cfg.zero.grad_accumulation > 1;
+  const bool full_grads = cfg.zero.full_grads();
   b.grads = (full_grads ? P : S) * rs;
   if (offloaded) {
     // The CPU step owns the f32 master (a copy apart from any f32 replica on the device), m and v, and reads
@@ -37,7 +37,9 @@ UnitBuffers unit_buffers(const FlatLayout& layout, const FlatLayout& frozen, con
     b.params_on_disk = cfg.offload.params_on_nvme();
     b.master = S * 4;
     b.master_category = MemCategory::master;
-    if (!full_grads) b.grads = 0;  // the reduce-scatter lands in the gradient pool, then goes to the host
+    // The reduce-scatter lands in the gradient pool, then goes to the host; with sharded accumulation the
+    // micro-batches' shards add up on the device first.
+    if (!full_grads && !cfg.zero.sharded_accumulation()) b.grads = 0;
     b.host_grads = S * rs * (cfg.offload.delayed() ? 2 : 1);
     b.state_on_disk = cfg.offload.state_on_nvme();
     b.grads_on_disk = cfg.offload.grads_on_nvme();
@@ -85,7 +87,7 @@ PoolPlan pool_plan(int64_t largest_elements, int64_t largest_trainable_elements,
         cfg.zero.reshard_after_forward ? cfg.zero.max_live_units : std::max(cfg.zero.max_live_units, num_units);
     p.gather_bytes = largest_elements * static_cast<int64_t>(dtype_size(cfg.precision.param));
   }
-  if (cfg.zero.stage >= 2 && cfg.zero.grad_accumulation == 1) {
+  if (!cfg.zero.full_grads()) {
     p.grad_count = 2;
     p.grad_bytes = largest_trainable_elements * static_cast<int64_t>(dtype_size(cfg.precision.reduce));
   }

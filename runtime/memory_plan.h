@@ -25,7 +25,7 @@ struct UnitBuffers {
   int64_t master = 0;  // f32 shard (stage 0: whole); absent when the full f32 parameters are the master
   MemCategory master_category = MemCategory::master;  // params when the master is the only copy (f32, stage 3)
   int64_t m = 0, v = 0;                               // optimizer state
-  int64_t grads = 0;  // device, reduce dtype: whole unit (stages 0-1, accumulation) or this rank's shard
+  int64_t grads = 0;  // device, reduce dtype: whole unit (Config::Zero::full_grads) or this rank's shard
   // The unit's optimizer runs on the host (offload.optimizer: cpu, and offloaded_units() chose it): master, m
   // and v above live in the host pool, and:
   bool offload = false;

@@ -37,7 +37,7 @@ struct Unit {
   Buffer frozen_shard;  // compute dtype, this rank's shard of the frozen tensors (stage 3)
   Buffer master;        // f32: whole unit (stage 0) or this rank's shard (1-3); absent when it is full_params
   Buffer m, v;          // optimizer state, same extent as master
-  Buffer grads;         // full (stages 0-1, or 2-3 with accumulation) in the reduce dtype, else the f32 shard
+  Buffer grads;         // reduce dtype: full (Config::Zero::full_grads), else this rank's shard
   Buffer decay_ranges;  // kernels::ElementRange list where the optimizer runs (the device, or the host)
   // offload.optimizer: cpu (master, m and v above are then in the host pool).
   Buffer param_shard;  // device, compute dtype: the shard the stage-3 all-gather starts from

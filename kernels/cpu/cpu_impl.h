@@ -250,6 +250,17 @@ bool scale(void* x, DType t, float alpha, int64_t b, int64_t e) {
   return bad != 0;
 }
 
+void add(const void* src, void* dst, DType t, int64_t b, int64_t e) {
+  alignas(64) float sbuf[kBlock], dbuf[kBlock];
+  for (int64_t i = b; i < e; i += kBlock) {
+    const int64_t n = std::min(kBlock, e - i);
+    const float* s = stage_in(src, t, i, n, sbuf);
+    float* d = stage_inout(dst, t, i, n, dbuf);
+    for (int64_t k = 0; k < n; ++k) d[k] += s[k];
+    stage_out(d, dst, t, i, n);
+  }
+}
+
 float sum_squares(const void* x, DType t, int64_t b, int64_t e) {
   alignas(64) float buf[kBlock];
   float acc[16] = {};

@@ -13,6 +13,8 @@ struct CpuTable {
   void (*cast)(const void* src, DType st, void* dst, DType dt, int64_t b, int64_t e);
   // Returns true when a scaled value is NaN or Inf.
   bool (*scale)(void* x, DType t, float alpha, int64_t b, int64_t e);
+  // dst += src, both of dtype t, summed in f32 (rounded once to t).
+  void (*add)(const void* src, void* dst, DType t, int64_t b, int64_t e);
   // Sum of squares of [b, e) in f32 with 16 interleaved accumulators: the same order on every ISA.
   float (*sum_squares)(const void* x, DType t, int64_t b, int64_t e);
 };

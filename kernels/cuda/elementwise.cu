@@ -1,5 +1,6 @@
-// CUDA element-wise kernels: optimizer updates, casts, scaling with a non-finite check. Grid-stride loops
-// with 64-bit indices; 8 elements per item with 16-byte loads when every pointer is 16-byte aligned.
+// CUDA element-wise kernels: optimizer updates, casts, scaling with a non-finite check, accumulation.
+// Grid-stride loops with 64-bit indices; 8 elements per item with 16-byte loads when every pointer is
+// 16-byte aligned.
 #include <mutex>
 
 #include "core/cuda_check.h"
@@ -157,6 +158,36 @@ void launch_scale(void* x, float alpha, int64_t n, float* found, cudaStream_t st
   ZS_CHECK_CUDA(cudaGetLastError());
 }
 
+template <DType T, int V>
+__global__ void add_kernel(const typename Storage<T>::type* src, typename Storage<T>::type* dst, int64_t n) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t items = n / V;
+  for (int64_t it = tid; it < items; it += stride) {
+    float s[V], d[V];
+    load<T, V>(src, it * V, s);
+    load<T, V>(dst, it * V, d);
+#pragma unroll
+    for (int k = 0; k < V; ++k) d[k] += s[k];
+    store<T, V>(dst, it * V, d);
+  }
+  if constexpr (V > 1) {
+    const int64_t t = items * V + tid;
+    if (t < n) dst[t] = from_f32<T>(to_f32<T>(dst[t]) + to_f32<T>(src[t]));
+  }
+}
+
+template <DType T>
+void launch_add(const void* src, void* dst, int64_t n, cudaStream_t stream) {
+  auto* s = static_cast<const typename Storage<T>::type*>(src);
+  auto* d = static_cast<typename Storage<T>::type*>(dst);
+  if (aligned16(src) && aligned16(dst))
+    add_kernel<T, 8><<<grid_for(n / 8), kThreads, 0, stream>>>(s, d, n);
+  else
+    add_kernel<T, 1><<<grid_for(n), kThreads, 0, stream>>>(s, d, n);
+  ZS_CHECK_CUDA(cudaGetLastError());
+}
+
 }  // namespace
 
 void update(const UpdateScalars& s, const UpdateArgs& a, cudaStream_t stream) {
@@ -191,6 +222,18 @@ void scale(void* x, DType t, float alpha, int64_t n, float* found_nonfinite, cud
       return launch_scale<DType::bf16>(x, alpha, n, found_nonfinite, stream);
     default:
       return launch_scale<DType::f16>(x, alpha, n, found_nonfinite, stream);
+  }
+}
+
+void add(const void* src, void* dst, DType t, int64_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  switch (t) {
+    case DType::f32:
+      return launch_add<DType::f32>(src, dst, n, stream);
+    case DType::bf16:
+      return launch_add<DType::bf16>(src, dst, n, stream);
+    default:
+      return launch_add<DType::f16>(src, dst, n, stream);
   }
 }
 

@@ -36,6 +36,7 @@ struct Case {
   int offload = 0;           // 0: none, 1: the optimizer on the CPU, 2: the optimizer and the parameters
   bool delayed = false;      // offload.mode: delayed (the step computes with parameters two updates old)
   bool bf16_states = false;  // optimizer.state_dtype: bf16
+  bool no_sync = false;      // zero.reduce_every_micro_batch: false (full gradients until the last micro-batch)
 };
 
 inline Config make_config(const Case& c) {
@@ -60,6 +61,7 @@ inline Config make_config(const Case& c) {
   if (c.offload >= 2) cfg.offload.params = "cpu";
   if (c.delayed) cfg.offload.mode = "delayed";
   if (c.bf16_states) cfg.optimizer.state_dtype = DType::bf16;
+  cfg.zero.reduce_every_micro_batch = !c.no_sync;
   return cfg;
 }
 
@@ -411,9 +413,10 @@ inline double worst_rms_error(const std::vector<std::vector<std::vector<double>>
 inline std::string name(const Case& c, int world) {
   static const char* const opt[] = {"adamw", "adam", "sgd", "lion"};
   static const char* const off[] = {"", " offload optimizer", " offload optimizer+params"};
-  return fmt::format("stage {} {} {}{} prefetch {} accumulation {} clip {}{}{}{} (world {})", c.stage,
+  return fmt::format("stage {} {} {}{} prefetch {} accumulation {}{} clip {}{}{}{} (world {})", c.stage,
                      dtype_name(c.param), opt[static_cast<int>(c.opt)], c.cosine ? " cosine" : "", c.prefetch, c.accum,
-                     c.clip, off[c.offload], c.delayed ? " delayed" : "", c.bf16_states ? " bf16 states" : "", world);
+                     c.no_sync ? " no_sync" : "", c.clip, off[c.offload], c.delayed ? " delayed" : "",
+                     c.bf16_states ? " bf16 states" : "", world);
 }
 
 }  // namespace zs::test

@@ -28,10 +28,10 @@ namespace fs = std::filesystem;
 std::string case_name(const ::testing::TestParamInfo<Case>& info) {
   const Case& c = info.param;
   static const char* const opt[] = {"adamw", "adam", "sgd", "lion"};
-  return fmt::format("stage{}_{}_prefetch{}_accum{}_clip{}_{}{}{}{}{}", c.stage, dtype_name(c.param), c.prefetch,
-                     c.accum, static_cast<int>(c.clip * 10), opt[static_cast<int>(c.opt)], c.cosine ? "_cosine" : "",
-                     c.offload ? fmt::format("_offload{}", c.offload) : "", c.delayed ? "_delayed" : "",
-                     c.bf16_states ? "_bf16states" : "");
+  return fmt::format("stage{}_{}_prefetch{}_accum{}{}_clip{}_{}{}{}{}{}", c.stage, dtype_name(c.param), c.prefetch,
+                     c.accum, c.no_sync ? "_nosync" : "", static_cast<int>(c.clip * 10), opt[static_cast<int>(c.opt)],
+                     c.cosine ? "_cosine" : "", c.offload ? fmt::format("_offload{}", c.offload) : "",
+                     c.delayed ? "_delayed" : "", c.bf16_states ? "_bf16states" : "");
 }
 
 class EngineVsReference : public ::testing::TestWithParam<Case> {};
@@ -100,7 +100,11 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{3, DType::f32, 2, 3, 0.0f, kernels::Optimizer::adamw, false, 1, true},
                       // bf16 optimizer states (the reference stores m and v in bf16 too)
                       Case{3, DType::f32, 2, 1, 0.0f, kernels::Optimizer::adamw, false, 0, false, true},
-                      Case{1, DType::f32, 0, 3, 0.0f, kernels::Optimizer::lion, false, 0, false, true}),
+                      Case{1, DType::f32, 0, 3, 0.0f, kernels::Optimizer::lion, false, 0, false, true},
+                      // Accumulation at stages 2-3 reduces every micro-batch into the shard by default (the
+                      // accum 3 cases above); FSDP's no_sync keeps full gradients and reduces once.
+                      Case{3, DType::f32, 2, 3, 1.0f, kernels::Optimizer::adamw, false, 0, false, false, true},
+                      Case{2, DType::f32, 0, 3, 0.0f, kernels::Optimizer::adamw, false, 1, false, false, true}),
     case_name);
 
 // Two runs bit for bit: each step's loss and gradient norm (the norm's sums from both sides, without
@@ -501,6 +505,8 @@ TEST(EngineMemory, PlanEqualsTheLedger) {
         Run{Case{2, DType::bf16, 2, 1, 0.0f}, "cpu", "none", "delayed"},
         Run{Case{3, DType::bf16, 2, 1, 0.0f}, "cpu"},
         Run{Case{3, DType::f32, 0, 3, 0.0f}, "cpu", "cpu"},
+        Run{Case{3, DType::f32, 0, 3, 0.0f, kernels::Optimizer::adamw, false, 0, false, false, true}, "cpu", "cpu"},
+        Run{Case{2, DType::bf16, 0, 3, 0.0f, kernels::Optimizer::adamw, false, 0, false, false, true}},
         Run{Case{3, DType::bf16, 2, 1, 0.0f, kernels::Optimizer::adamw, false, 0, false, true}},
         Run{Case{1, DType::f32, 0, 1, 0.0f, kernels::Optimizer::adamw, false, 0, false, true}, "cpu"},
         Run{Case{3, DType::f32, 2, 1, 0.0f}, "none", "none", "streaming", true},
@@ -921,6 +927,28 @@ TEST(EngineErrors, HoldingMoreThanTheCapIsAClearError) {
   GatheredParams b = engine.gather(ids[1]);
   const std::string m = error_of([&] { GatheredParams c3 = engine.gather(ids[2]); });
   EXPECT_NE(m.find("max_live_units"), std::string::npos) << m;
+}
+
+// A step whose unit was reduced in fewer micro-batches than zero.grad_accumulation says is refused, naming
+// the unit and the count, whether each micro-batch is reduced into the shard or only the last (no_sync).
+TEST(EngineErrors, AStepAfterTooFewMicroBatchesNamesTheUnitAndTheCount) {
+  for (const bool no_sync : {false, true}) {
+    Config cfg = make_config({3, DType::f32, 0, 3, 0.0f});
+    cfg.zero.reduce_every_micro_batch = !no_sync;
+    Engine engine(cfg, *pg().world);
+    const UnitId a = engine.add_unit("a", {{"w", {8, 4}}}), b = engine.add_unit("b", {{"w", {4, 4}}});
+    engine.init_params(kInit);
+    for (int mb = 0; mb < 3; ++mb)
+      for (UnitId u : {b, a}) {
+        if (u == a && mb == 2) continue;  // unit 'a' misses the last micro-batch
+        GatheredParams p = engine.gather(u);
+        engine.grads(u, 0);
+        engine.reduce_grads(u);
+      }
+    const std::string m = error_of([&] { engine.step(); });
+    EXPECT_NE(m.find("step() but unit 'a' was reduced after 2 of 3 micro-batches"), std::string::npos)
+        << m << (no_sync ? " (no_sync)" : "");
+  }
 }
 
 // A tensor is "unit.tensor" in checkpoints and exports: add_unit refuses a name that is not one tensor's.

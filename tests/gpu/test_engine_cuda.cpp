@@ -20,7 +20,8 @@ TEST(EngineCuda, MatchesTheCpuEngineAtWorldOne) {
   auto [cpu_pg, gpu_pg] = cpu_and_gpu_groups();
   for (const Case& c :
        {Case{0, DType::f32, 0, 1, 0.0f}, Case{3, DType::f32, 2, 1, 0.0f}, Case{3, DType::bf16, 2, 3, 0.0f},
-        Case{2, DType::bf16, 2, 1, 0.0f, kernels::Optimizer::adamw, false, 0, false, true}}) {
+        Case{2, DType::bf16, 2, 1, 0.0f, kernels::Optimizer::adamw, false, 0, false, true},
+        Case{3, DType::bf16, 2, 3, 0.0f, kernels::Optimizer::adamw, false, 0, false, false, true}}) {
     Engine on_cpu(make_config(c), *cpu_pg.world);
     Engine on_gpu(make_config(c), *gpu_pg.world);
     ASSERT_TRUE(on_gpu.device().is_cuda());

@@ -95,7 +95,7 @@ TEST(CudaKernels, UpdatesMatchTheCpuBitForBit) {
         }
 }
 
-TEST(CudaKernels, CastScaleAndSumSquaresMatchTheCpu) {
+TEST(CudaKernels, CastScaleAddAndSumSquaresMatchTheCpu) {
   ZS_REQUIRE_GPU();
   const int64_t n = 1000003;
   std::mt19937 rng(2);
@@ -116,6 +116,13 @@ TEST(CudaKernels, CastScaleAndSumSquaresMatchTheCpu) {
     float found = -1;
     ZS_CHECK_CUDA(cudaMemcpy(&found, flag.data(), 4, cudaMemcpyDeviceToHost));
     EXPECT_EQ(found, 0.0f);
+    Twin other(n * 2);  // add: the CPU's half-precision values plus themselves scaled, on both sides
+    std::memcpy(other.host.data(), half.host.data(), other.host.size());
+    scale(Device::cpu(), TensorView::flat(other.host.data(), t, n), -3.0f);
+    other.upload();
+    add(kGpu, TensorView::flat(other.d(), t, n, kGpu), TensorView::flat(half.d(), t, n, kGpu));
+    add(Device::cpu(), TensorView::flat(other.host.data(), t, n), TensorView::flat(half.host.data(), t, n));
+    EXPECT_EQ(half.download(), half.host) << "add " << dtype_name(t);
     float cpu_sum = 0, gpu_sum = 0;
     Buffer out(4, MemoryKind::device, kGpu, MemCategory::other);
     sum_squares(kGpu, TensorView::flat(half.d(), t, n, kGpu), static_cast<float*>(out.data()));

@@ -1,6 +1,7 @@
 // CPU kernels against an f64 scalar reference: every optimizer x gradient dtype x state dtype x fused
 // output, tail sizes, bias correction at steps 1 and 10000, weight-decay ranges that start and end
-// mid-vector; every instruction set bit-identical; reductions deterministic across thread counts.
+// mid-vector; every instruction set bit-identical; reductions deterministic across thread counts; casts,
+// scaling and accumulation (add).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -327,6 +328,39 @@ TEST(Scale, ScalesAndFlagsNonFinite) {
     scale(kCpu, TensorView::flat(x.data(), t, n), 2.0f, &found);
     EXPECT_EQ(found, 1.0f) << dtype_name(t);
   }
+}
+
+// dst += src: each sum is the exact (f64) sum rounded once to the dtype, on every ISA and thread count;
+// Inf and NaN propagate (an overflowing micro-batch must reach the step's non-finite check).
+TEST(Add, IsTheF64SumRoundedOnceOnEveryIsaAndThreadCount) {
+  KernelSettings keep;
+  for (int64_t n : {1, 7, 15, 17, 4096, 1000003}) {
+    std::mt19937 rng(static_cast<uint32_t>(n) + 11);
+    std::normal_distribution<float> nd;
+    for (DType t : {DType::f32, DType::bf16, DType::f16}) {
+      Buf src(t, n), dst0(t, n), want(t, n);
+      for (int64_t i = 0; i < n; ++i) {
+        src.set(i, nd(rng));
+        dst0.set(i, nd(rng) * 3.0f);
+      }
+      if (n > 5) src.set(n - 2, INFINITY), dst0.set(n - 4, NAN);
+      for (int64_t i = 0; i < n; ++i)
+        want.set(i, static_cast<float>(static_cast<double>(dst0.get(i)) + static_cast<double>(src.get(i))));
+      for (const char* isa : isas())
+        for (int threads : {1, 2}) {
+          set_cpu_isa(isa);
+          set_cpu_threads(threads);
+          Buf dst = dst0;
+          add(kCpu, TensorView::flat(src.data(), t, n), TensorView::flat(dst.data(), t, n));
+          int64_t wrong = 0;
+          for (int64_t i = 0; i < n; ++i)
+            wrong += std::isnan(want.get(i)) ? !std::isnan(dst.get(i)) : dst.get(i) != want.get(i);
+          EXPECT_EQ(wrong, 0) << "n=" << n << " " << dtype_name(t) << " " << isa << " threads " << threads;
+        }
+    }
+  }
+  std::vector<float> a(4), b(5);
+  EXPECT_THROW(add(kCpu, TensorView::flat(a.data(), DType::f32, 4), TensorView::flat(b.data(), DType::f32, 5)), Error);
 }
 
 TEST(SumSquares, MatchesF64AndIsDeterministicAcrossThreadsAndIsas) {

@@ -47,6 +47,12 @@ checkpoint: { dir: ckpt, every_steps: 500, keep: 3, async: true }
   EXPECT_TRUE(c.checkpoint.async);
   Config d = Config::from_yaml("");
   EXPECT_FALSE(d.checkpoint.async);
+  EXPECT_TRUE(d.zero.reduce_every_micro_batch);
+  EXPECT_FALSE(d.zero.sharded_accumulation());
+  const Config no_sync = Config::from_yaml("zero: { grad_accumulation: 4, reduce_every_micro_batch: false }");
+  EXPECT_FALSE(no_sync.zero.reduce_every_micro_batch);
+  EXPECT_TRUE(no_sync.zero.full_grads());
+  EXPECT_TRUE(Config::from_yaml("zero: { grad_accumulation: 4 }").zero.sharded_accumulation());
   EXPECT_EQ(d.zero.stage, 3);
   EXPECT_EQ(d.precision.param, DType::f32);
 }

@@ -31,6 +31,32 @@ TEST(MemoryPlan, OffloadRatioTakesTheFewestLastUnitsThatReachIt) {
   EXPECT_TRUE(offloaded_units(std::vector<int64_t>{}, offload_ratio(0.5)).empty());
 }
 
+// Accumulation at stages 2-3 keeps this rank's shard of the gradients (the micro-batches add up there) and
+// the pool of two full-unit buffers the app writes into, as without accumulation; with
+// reduce_every_micro_batch false (FSDP's no_sync) every unit's full gradient instead, and no pool. An
+// offloaded unit adds its micro-batches' shards on the device before the copy to the host. Bytes by hand:
+// units of 4096 + 64 and 8192 + 128 f32 elements at world 4 (padded to 4160 and 8320; shards 1040, 2080).
+TEST(MemoryPlan, AccumulationKeepsTheShardUnlessNoSync) {
+  const std::vector<std::vector<TensorSpec>> units = {{{"w", Shape{64, 64}}, {"b", Shape{64}, true, false}},
+                                                      {{"w", Shape{128, 64}}, {"b", Shape{128}, true, false}}};
+  const auto g = static_cast<std::size_t>(MemCategory::grads);
+  for (int stage : {2, 3}) {
+    Config cfg;
+    cfg.zero.stage = stage;
+    const int64_t one_step = plan_memory(units, cfg, 4, 0, false).device[g];
+    EXPECT_EQ(one_step, 4 * (1040 + 2080) + 2 * 4 * 8320) << "stage " << stage;
+    cfg.zero.grad_accumulation = 4;
+    EXPECT_EQ(plan_memory(units, cfg, 4, 0, false).device[g], one_step) << "stage " << stage;
+    cfg.zero.reduce_every_micro_batch = false;
+    EXPECT_EQ(plan_memory(units, cfg, 4, 0, false).device[g], 4 * (4160 + 8320)) << "stage " << stage;
+  }
+  Config cfg;
+  cfg.offload.optimizer = "cpu";
+  EXPECT_EQ(plan_memory(units, cfg, 4, 0, false).device[g], 2 * 4 * 8320);  // the shards go to the host
+  cfg.zero.grad_accumulation = 2;
+  EXPECT_EQ(plan_memory(units, cfg, 4, 0, false).device[g], 4 * (1040 + 2080) + 2 * 4 * 8320);
+}
+
 // Below ratio 1 the optimizer state splits between the device and the host, and the two add up to the
 // whole offload's host bytes (f32 master, m and v: 12 B per shard element, whatever the split).
 TEST(MemoryPlan, PartialOffloadSplitsTheOptimizerState) {
