@@ -71,7 +71,7 @@ void print_memory(const zs::Engine& e) {
 int main(int argc, char** argv) {
   gpt::Shape shape;
   int steps = 300, batch = 8, log_every = 20, eval_every = 100, eval_batches = 4, save_every = 0, threads = 0;
-  int stage = -1, sample = 0;
+  int stage = -1, sample = 0, accumulation = 0;
   std::string offload, device, precision, nvme_path;  // empty: the config's
   std::string attention = "auto";
   uint64_t seed = 1337;
@@ -81,7 +81,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> data{ZS_EXAMPLE_DATA};
   CLI::App app{"gpt_train: a byte-level GPT trained with ZeroShard (run it under zsrun)", "gpt_train"};
   app.add_option("--steps", steps, "optimizer steps")->capture_default_str()->check(zs::positive());
-  app.add_option("--batch", batch, "sequences per rank per step")->capture_default_str()->check(zs::positive());
+  app.add_option("--batch", batch, "sequences per rank per micro-batch")->capture_default_str()->check(zs::positive());
   app.add_option("--seq", shape.seq, "context length")->capture_default_str()->check(zs::positive());
   app.add_option("--d-model", shape.d, "width")->capture_default_str()->check(zs::positive());
   app.add_option("--layers", shape.layers, "blocks")->capture_default_str()->check(zs::positive());
@@ -89,6 +89,9 @@ int main(int argc, char** argv) {
   app.add_option("--config", config_path,
                  "engine YAML (docs/config.md); default: zsrun --config's, else ZeRO-3, AdamW, cosine");
   app.add_option("--stage", stage, "override zero.stage")->check(CLI::Range(0, 3));
+  app.add_option("--accumulation", accumulation,
+                 "override zero.grad_accumulation: micro-batches of --batch sequences per rank and step")
+      ->check(zs::positive());
   app.add_option("--offload", offload,
                  "override offload: none, optimizer (stages 1-3), optimizer+params (stage 3), delayed, nvme or "
                  "nvme+params (the optimizer's state on disk, in --nvme-path), optimizer+nvme-params or "
@@ -156,6 +159,8 @@ int main(int argc, char** argv) {
                                          : zs::Config::from_yaml_file(config_path);
     if (config_path.empty()) cfg.schedule.total_steps = std::max<int64_t>(steps, cfg.schedule.warmup_steps + 1);
     if (stage >= 0) cfg.zero.stage = stage;
+    if (accumulation > 0) cfg.zero.grad_accumulation = accumulation;
+    const int micro = cfg.zero.grad_accumulation;
     if (!offload.empty()) cfg.offload.choose(offload);
     if (ratio_given->count() > 0) cfg.offload.ratio = offload_ratio;  // the engine checks it (offload_problem)
     if (!nvme_path.empty()) cfg.offload.nvme_path = nvme_path;
@@ -208,9 +213,10 @@ int main(int argc, char** argv) {
                   model.shape().attention == zs::family::Attention::fused ? " (fused attention)" : "",
                   static_cast<double>(gpt::parameter_count(shape)) / 1e6, engine.num_units(), cfg.zero.stage, world,
                   world > 1 ? "s" : "", engine.device().is_cpu() ? "cpu, gloo" : "cuda, nccl", off.c_str());
-      std::printf("data: %zu KB of text from %d files (train %zu KB, validation %zu KB); %d x %d tokens per rank\n",
+      std::printf("data: %zu KB of text from %d files (train %zu KB, validation %zu KB); %d x %d tokens per rank%s\n",
                   (corpus.train.size() + corpus.val.size()) / 1000, corpus.files, corpus.train.size() / 1000,
-                  corpus.val.size() / 1000, batch, shape.seq);
+                  corpus.val.size() / 1000, batch, shape.seq,
+                  micro > 1 ? fmt::format(" and micro-batch, {} micro-batches per step", micro).c_str() : "");
       if (start > 0)
         std::printf("resumed from %s at step %lld%s\n", ckpt_dir.c_str(), static_cast<long long>(start),
                     start >= steps ? ": nothing to train up to --steps (raise it to train on)" : "");
@@ -236,8 +242,11 @@ int main(int argc, char** argv) {
     int window = 0;
     for (int64_t step = start; step < steps; ++step) {
       const auto t0 = std::chrono::steady_clock::now();
-      gpt::sample_batch(corpus.train, seed, step, rank, batch, shape.seq, tokens.data(), targets.data());
-      const double loss = model.train(tokens.data(), targets.data());
+      double loss = 0;  // the step's mean over its micro-batches (each one's own batch of the data)
+      for (int mb = 0; mb < micro; ++mb) {
+        gpt::sample_batch(corpus.train, seed, step * micro + mb, rank, batch, shape.seq, tokens.data(), targets.data());
+        loss += model.train(tokens.data(), targets.data()) / micro;
+      }
       const zs::StepStats st = engine.step();
       window_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       window_loss += loss;
@@ -268,7 +277,7 @@ int main(int argc, char** argv) {
           std::printf("step %5lld/%d | loss %.3f | val %s | lr %.2e | |g| %.2f | %.0f ms/step | %.1fk tok/s%s\n",
                       static_cast<long long>(step + 1), steps, train_loss,
                       std::isnan(val) ? "  -  " : fmt::format("{:.3f}", val).c_str(), st.lr, st.grad_norm,
-                      1e3 * window_s / window, static_cast<double>(n) * world * window / window_s / 1e3,
+                      1e3 * window_s / window, static_cast<double>(n) * micro * world * window / window_s / 1e3,
                       offload.c_str());
           if (step + 1 == log_every || last) print_memory(engine);
           std::fflush(stdout);
