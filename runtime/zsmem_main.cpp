@@ -429,6 +429,10 @@ int main(int argc, char** argv) {
           ->check(zs::non_negative());
   auto* accumulation_given =
       est->add_option("--accumulation", accumulation, "zero.grad_accumulation")->check(zs::positive());
+  bool no_sync = false;
+  est->add_flag("--no-sync", no_sync,
+                "with --accumulation at stages 2-3: zero.reduce_every_micro_batch false (full gradients kept "
+                "between micro-batches, FSDP's no_sync)");
   est->add_option("--batch", q.batch, "sequences per rank: adds the example GPT's activations (CPU or CUDA layers)")
       ->check(zs::non_negative());
   est->add_flag("--checkpoint-activations", q.recompute,
@@ -490,6 +494,7 @@ int main(int argc, char** argv) {
     if (const std::string bad = zs::live_units_problem(cfg); !bad.empty())
       throw Usage("--max-live, --prefetch: " + bad);
     if (accumulation_given->count()) cfg.zero.grad_accumulation = accumulation;
+    if (no_sync) cfg.zero.reduce_every_micro_batch = false;
     if (async_checkpoint) cfg.checkpoint.async = true;
     if (q.batch > 0 && !m.gpt) throw Usage("--batch needs --model gpt:... (activations are known for that family)");
     if (!offload_given->count()) q.offloads = {std::string(cfg.offload.choice())};  // the config's (none by default)

@@ -96,6 +96,23 @@ TEST(Zsmem, PrefetchAndOptionsOverTheConfig) {
   EXPECT_EQ(nlohmann::json::parse(none.output)[0]["offload"], "none");
 }
 
+// --accumulation keeps the gradient shard at stages 2-3 (every micro-batch reduced into it) unless --no-sync,
+// which keeps every unit's full gradient: 1000 units of 1000 parameters, padded at world 4 to 1024 (shards
+// of 256), f32.
+TEST(Zsmem, AccumulationKeepsTheShardUnlessNoSync) {
+  auto grads = [](const std::string& args) {
+    const zs::test::CommandResult p =
+        zsmem("estimate --params 1e6 --largest-unit 1e3 --stage 3 --world 4 --json" + args);
+    EXPECT_EQ(p.rc, 0) << args << "\n" << p.output;
+    return p.rc == 0 ? nlohmann::json::parse(p.output)[0]["bytes"]["grads"].get<int64_t>() : -1;
+  };
+  const int64_t one = grads("");
+  EXPECT_EQ(one, 1000 * 256 * 4 + 2 * 1024 * 4);  // the shards, and the pool's two buffers
+  EXPECT_EQ(grads(" --accumulation 8"), one);
+  EXPECT_EQ(grads(" --accumulation 8 --no-sync"), 1000 * 1024 * 4);
+  EXPECT_EQ(grads(" --no-sync"), one);  // without accumulation there is nothing to keep
+}
+
 // --manifest: the checkpoint's tensors make the units, and (without --config) its precision, optimizer and
 // world size are the defaults. Here SGD without momentum (no state at all), bf16, saved at world 2.
 TEST(Zsmem, AManifestBringsItsModelAndItsSettings) {
