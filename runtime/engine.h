@@ -102,7 +102,8 @@ class Engine {
   // first step; prefetch follows it.
   void set_gather_order(std::vector<UnitId> order);
   GatheredParams gather(UnitId u);
-  // The unit's full gradient buffer, one view per tensor (reduce dtype), zeroed at the start of a step.
+  // The unit's full gradient buffer, one view per tensor (reduce dtype), zeroed at the start of a step (and
+  // of each micro-batch, when stages 2-3 reduce every micro-batch): the app adds its gradients into it.
   TensorView grads(UnitId u, std::string_view tensor);
   TensorView grads(UnitId u, int index);
   void reduce_grads(UnitId u);
