@@ -104,7 +104,10 @@ INSTANTIATE_TEST_SUITE_P(
                       // Accumulation at stages 2-3 reduces every micro-batch into the shard by default (the
                       // accum 3 cases above); FSDP's no_sync keeps full gradients and reduces once.
                       Case{3, DType::f32, 2, 3, 1.0f, kernels::Optimizer::adamw, false, 0, false, false, true},
-                      Case{2, DType::f32, 0, 3, 0.0f, kernels::Optimizer::adamw, false, 1, false, false, true}),
+                      Case{2, DType::f32, 0, 3, 0.0f, kernels::Optimizer::adamw, false, 1, false, false, true},
+                      // ... and offloaded without clipping: each unit's CPU update starts once its last
+                      // micro-batch is added up (the early update)
+                      Case{3, DType::f32, 2, 3, 0.0f, kernels::Optimizer::adamw, false, 1}),
     case_name);
 
 // Two runs bit for bit: each step's loss and gradient norm (the norm's sums from both sides, without
