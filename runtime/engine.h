@@ -269,8 +269,9 @@ class Engine {
     UnitId owner = -1;
     std::unique_ptr<Event> free_after;  // gather pool: compute finished with it
     Work last_reduce;                   // grad pool: the reduce-scatter that read it
-    Event* copied = nullptr;  // grad pool: the copy of its shard to the host (offload), or its add to the unit's
-                              // shard (sharded accumulation)
+    // Grad pool: the last work that reads it after the reduce-scatter: the copy of its shard to the host
+    // (offload), or the add of its shard into the unit's (sharded accumulation); null when none.
+    Event* read_after_reduce = nullptr;
   };
   std::vector<PoolBuffer> gather_pool_, grad_pool_;
   int grad_pool_next_ = 0;

@@ -28,8 +28,7 @@ int Engine::acquire_grad_buffer(UnitId id) {
       if (prev.grad_buffer == b && prev.grad_state != GradState::reducing && prev.grad_state != GradState::reduced)
         continue;
       consume(pb.last_reduce, &prev);
-      // Offload: its shard went to the host; sharded accumulation: it was added to the unit's shard.
-      if (pb.copied) consume(*std::exchange(pb.copied, nullptr));
+      if (pb.read_after_reduce) consume(*std::exchange(pb.read_after_reduce, nullptr));
       if (prev.grad_buffer == b) prev.grad_buffer = -1;
     }
     grad_pool_next_ = (b + 1) % n;
@@ -113,7 +112,7 @@ void Engine::reduce_grads(UnitId id) {
     rs->record(added);
     PoolBuffer& pb = grad_pool_[static_cast<std::size_t>(u.grad_buffer)];
     pb.last_reduce = u.pending;
-    pb.copied = &added;
+    pb.read_after_reduce = &added;
     if (!last) {  // the next micro-batch's grads() takes a fresh buffer
       u.grad_buffer = -1;
       u.grad_state = GradState::none;
@@ -146,7 +145,7 @@ void Engine::reduce_grads(UnitId id) {
     if (u.grad_buffer >= 0 && !accumulated) {
       PoolBuffer& pb = grad_pool_[static_cast<std::size_t>(u.grad_buffer)];
       pb.last_reduce = u.pending;
-      pb.copied = &copied;
+      pb.read_after_reduce = &copied;
     }
   } else if (accumulated) {
     // (the micro-batches' sum is in the shard: above)
