@@ -29,7 +29,7 @@ struct Args {
   std::vector<std::string> offload = {"none"};      // none | optimizer | optimizer+params (stage 3) | delayed
   std::vector<float> clip = {0.0f};                 // optimizer.clip_grad_norm (0: off)
   int accumulation = 1;                             // zero.grad_accumulation: micro-batches per step
-  std::vector<std::string> accumulate = {"every"};  // every (reduce every micro-batch) | no_sync
+  std::vector<std::string> accumulate = {"every"};  // every (reduce every micro-batch) | device | no_sync
 };
 
 // One unit: y = tanh(x W^T + b). The app keeps activations (batch x dim per layer) and computes with the
@@ -105,9 +105,10 @@ int main(int argc, char** argv) {
       ->check(zs::positive())
       ->capture_default_str();
   app.add_option("--accumulate", a.accumulate,
-                 "with accumulation at stages 2-3: every (reduce every micro-batch into the shard), no_sync (keep "
-                 "full gradients, reduce once)")
-      ->check(CLI::IsMember({"every", "no_sync"}))
+                 "with accumulation at stages 2-3: every (reduce every micro-batch into the shard; offloaded units "
+                 "add them up on the host), device (the same, offloaded units adding up on the device: "
+                 "offload.accumulate: device), no_sync (keep full gradients, reduce once)")
+      ->check(CLI::IsMember({"every", "device", "no_sync"}))
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   try {
@@ -150,6 +151,10 @@ int main(int argc, char** argv) {
               cfg.optimizer.lr = 1e-4f;
               cfg.optimizer.clip_grad_norm = clip;
               cfg.offload.choose(off);
+              if (acc == "device") {
+                if (!cfg.offload.optimizer_on_cpu()) continue;  // the same as every without offload
+                cfg.offload.accumulate = "device";
+              }
               if (!offload_problem(cfg).empty()) continue;  // e.g. offload at stage 0: not a configuration
               auto e = std::make_unique<Engine>(cfg, *pg.world);
               for (int l = 0; l < a.layers; ++l)

@@ -14,7 +14,8 @@ int default_cpu_threads(int cores, int ranks_on_node) {
 }
 
 Pipeline::Pipeline(Device device, DType compute, DType reduce, DType state, bool delayed, std::vector<UnitShard> units,
-                   std::unique_ptr<StateSwap> swap, std::unique_ptr<SwapCache> params, std::unique_ptr<SwapCache> grads)
+                   std::unique_ptr<StateSwap> swap, std::unique_ptr<SwapCache> params, std::unique_ptr<SwapCache> grads,
+                   std::vector<void*> staging)
     : device_(device),
       compute_(compute),
       reduce_(reduce),
@@ -28,7 +29,20 @@ Pipeline::Pipeline(Device device, DType compute, DType reduce, DType state, bool
       upload_(make_stream(device)),
       cpu_(make_stream(Device::cpu())),
       all_downloaded_(make_event(device)),
+      staging_(std::move(staging)),
       done_(units_.size(), 0) {
+  ZS_CHECK(staging_.empty() || static_cast<int>(staging_.size()) == kAccumulationStaging,
+           "offload: {} staging buffers for host accumulation, not {}", staging_.size(), kAccumulationStaging);
+  ZS_CHECK(staging_.empty() || !grads_, "offload: host accumulation with the gradients on disk");
+  if (!staging_.empty()) {
+    accumulate_ = make_stream(Device::cpu());
+    for (int k = 0; k < kAccumulationStaging; ++k) {
+      staged_.push_back(make_event(device));
+      staging_free_.push_back(make_event(Device::cpu()));
+    }
+    for (std::size_t u = 0; u < units_.size(); ++u) accumulated_.push_back(make_event(Device::cpu()));
+    host_sums_.resize(units_.size());
+  }
   updated_order_.reserve(units_.size());
   grad_order_.reserve(units_.size());
   for (std::size_t u = 0; u < units_.size(); ++u) {
@@ -46,31 +60,81 @@ Pipeline::~Pipeline() {
   }
 }
 
-Event& Pipeline::download(int u, const void* device_grads, Event* reduced) {
-  const UnitShard& s = units_[static_cast<std::size_t>(u)];
-  // Streaming: the CPU must be done reading the slot (the last step's update of u; normally long done).
-  if (!delayed_) updated_[static_cast<std::size_t>(u)]->synchronize();
+Event& Pipeline::download(int u, const void* device_grads, Event* reduced, Landing landing) {
+  const auto i = static_cast<std::size_t>(u);
+  const UnitShard& s = units_[i];
+  const bool adds = landing == Landing::add || landing == Landing::last;
+  const bool complete = landing == Landing::whole || landing == Landing::last;
+  ZS_CHECK(landing == Landing::whole || !staging_.empty(),
+           "offload: unit #{}: a micro-batch to add up on the host, without its staging buffers", u);
   if (reduced) download_->wait(*reduced);
+  const std::size_t bytes = static_cast<std::size_t>(s.n) * dtype_size(reduce_);
+  if (adds) {
+    // Into the next staging buffer once the add that last read it is done (the host waits here only when
+    // the adds fall two micro-batch shards behind), then added on the accumulating worker.
+    const int k = next_staging_;
+    next_staging_ = (k + 1) % kAccumulationStaging;
+    const auto ki = static_cast<std::size_t>(k);
+    const int64_t w0 = steady_ns();
+    staging_free_[ki]->synchronize();
+    staging_wait_ns_.fetch_add(steady_ns() - w0, std::memory_order_relaxed);
+    memory_copy_async(staging_[ki], device_grads, bytes, *download_);
+    download_->record(*staged_[ki]);
+    accumulate_->submit([this, u, k, dst = s.grads[slot_], complete] { add_staged(u, k, dst, complete); });
+    accumulate_->record(*staging_free_[ki]);
+    if (complete) accumulate_->record(*accumulated_[i]);
+    if (early_ && complete) submit_early(u);
+    return *staged_[ki];
+  }
+  // Streaming: the CPU must be done reading the slot (the last step's update of u; normally long done).
+  if (!delayed_) updated_[i]->synchronize();
   // With the gradients on disk: into a slot (the host waits while every slot is busy: the disk behind),
   // which the CPU worker hands to the writer once the copy has landed (before this step's update, which
   // it queues behind).
   void* host = grads_ ? grads_->begin_write(u) : s.grads[slot_];
-  memory_copy_async(host, device_grads, static_cast<std::size_t>(s.n) * dtype_size(reduce_), *download_);
-  Event& done = *downloaded_[static_cast<std::size_t>(u)];
+  memory_copy_async(host, device_grads, bytes, *download_);
+  Event& done = *downloaded_[i];
   download_->record(done);
   if (grads_)
     cpu_->submit([this, u] {
       downloaded_[static_cast<std::size_t>(u)]->synchronize();
       grads_->finish(u);
     });
-  if (early_) {  // its update and upload right behind, while the device goes on with the backward
-    // The closure captures only [this, u] (no allocation in std::function).
-    cpu_->submit([this, u] {
-      if (!finishing_.load(std::memory_order_acquire)) update_once(u);
-    });
-    cpu_->record(*updated_[static_cast<std::size_t>(u)]);
-  }
+  if (early_ && complete) submit_early(u);
   return done;
+}
+
+void Pipeline::submit_early(int u) {
+  // Its update and upload right behind, while the device goes on with the backward.
+  cpu_->submit([this, u] {
+    if (!finishing_.load(std::memory_order_acquire)) update_once(u);
+  });
+  cpu_->record(*updated_[static_cast<std::size_t>(u)]);
+}
+
+void Pipeline::add_staged(int u, int k, void* dst, bool last) {
+  const auto ki = static_cast<std::size_t>(k);
+  const int64_t n = units_[static_cast<std::size_t>(u)].n;
+  const Device cpu = Device::cpu();
+  staged_[ki]->synchronize();  // its copy has landed
+  const int64_t t0 = steady_ns();
+  const TensorView sum = TensorView::flat(dst, reduce_, n, cpu);
+  kernels::add(cpu, TensorView::flat(staging_[ki], reduce_, n, cpu), sum);
+  // The last micro-batch completes the shard: its sum of squares for the step's norm.
+  if (last) kernels::sum_squares(cpu, sum, &host_sums_[static_cast<std::size_t>(u)]);
+  accumulate_ns_.fetch_add(steady_ns() - t0, std::memory_order_relaxed);
+}
+
+float Pipeline::host_sum_squares(int u) {
+  ZS_CHECK(!staging_.empty(), "offload: unit #{}'s gradients are not added up on the host", u);
+  accumulated_[static_cast<std::size_t>(u)]->synchronize();
+  return host_sums_[static_cast<std::size_t>(u)];
+}
+
+void Pipeline::wait_landed(int u) {
+  const auto i = static_cast<std::size_t>(u);
+  downloaded_[i]->synchronize();
+  if (!staging_.empty()) accumulated_[i]->synchronize();
 }
 
 Event& Pipeline::downloads_done() {
@@ -82,7 +146,7 @@ void Pipeline::update_once(int u) {
   const auto i = static_cast<std::size_t>(u);
   if (done_[i] == epoch_) return;
   done_[i] = epoch_;
-  downloaded_[i]->synchronize();
+  wait_landed(u);
   update_unit(u);
   upload(u);
 }
@@ -195,7 +259,7 @@ void Pipeline::update(const kernels::OptimizerHyper& h, float grad_scale, std::s
     for (int u : order) {
       cpu_->submit([this, u] {
         const auto i = static_cast<std::size_t>(u);
-        downloaded_[i]->synchronize();
+        wait_landed(u);
         if (units_[i].device_params) uploaded_[i]->synchronize();
         update_unit(u);
       });
@@ -207,7 +271,7 @@ void Pipeline::update(const kernels::OptimizerHyper& h, float grad_scale, std::s
   }
   for (int u : order) {  // the first unit the next forward needs is ready first
     cpu_->submit([this, u] {
-      downloaded_[static_cast<std::size_t>(u)]->synchronize();
+      wait_landed(u);
       update_unit(u);
       upload(u);
     });
@@ -256,6 +320,8 @@ Timing Pipeline::take_timing() {
   t.updates = updates_.exchange(0, relaxed);
   t.wait_ms = static_cast<double>(wait_ns_.exchange(0, relaxed)) / 1e6;
   t.disk_wait_ms = static_cast<double>(disk_wait_ns_.exchange(0, relaxed)) / 1e6;
+  t.accumulate_ms = static_cast<double>(accumulate_ns_.exchange(0, relaxed)) / 1e6;
+  t.staging_wait_ms = static_cast<double>(staging_wait_ns_.exchange(0, relaxed)) / 1e6;
   if (params_) t.param_disk = params_->take_stats();
   if (grads_) t.grad_disk = grads_->take_stats();
   return t;
@@ -263,6 +329,7 @@ Timing Pipeline::take_timing() {
 
 void Pipeline::drain() {
   skip();
+  if (accumulate_) accumulate_->synchronize();
   cpu_->synchronize();
   download_->synchronize();
   upload_->synchronize();

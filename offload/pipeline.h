@@ -14,6 +14,11 @@
 // CPU worker hands each to the cache's writer once its copy is done, and the update takes it back from its
 // slot or the disk, reading the next units' ahead.
 //
+// With accumulation (offload.accumulate: host) each micro-batch's reduced shard comes down as it lands:
+// the first into the unit's host gradient shard, the others into one of kAccumulationStaging host buffers
+// that a second CPU worker adds into it; after the last add that worker also takes the shard's sum of
+// squares for the norm, which the device never sees whole.
+//
 // Streams: `download` and `upload` on the device (copy engines on a GPU; worker threads in the CPU build,
 // whose "device" memory is a separate host pool, so ordering bugs show in CI), and a CPU worker for the
 // step. Every hand-off is an event; the host blocks only where the next forward needs an update that the
@@ -61,8 +66,18 @@ struct Timing {
   int64_t updates = 0;
   double wait_ms = 0.0;
   double disk_wait_ms = 0.0;
+  // Host accumulation: the accumulating worker's time in adds (and the last micro-batch's sums of squares),
+  // and the host's time blocked for a free staging buffer (the adds behind the device).
+  double accumulate_ms = 0.0, staging_wait_ms = 0.0;
   SwapCache::Stats param_disk, grad_disk;
 };
+
+// Host buffers a micro-batch's gradient shard is staged in before it is added up (Landing::add, ::last).
+inline constexpr int kAccumulationStaging = 2;
+
+// What a download is to its unit's host gradient shard: the whole of this step's gradients (no host
+// accumulation), or one micro-batch of several: the first (copied in), a middle one or the last (added).
+enum class Landing { whole, first, add, last };
 
 // The CPU step's threads on a GPU machine when ZS_CPU_THREADS does not say: this rank's share of the
 // node's cores, less one for the thread that drives the GPU (measured on an H200's 16-core host: the
@@ -78,17 +93,23 @@ class Pipeline {
   // grads: every unit's reduced gradient shard on disk (offload.grads: nvme, streaming, with a StateSwap):
   // each download lands in a slot that is written behind, and the update reads it back unless it is still
   // there (the last ones landed, which the forward order updates first).
+  // staging: kAccumulationStaging host buffers of the largest unit's shard (reduce dtype) for the
+  // micro-batches added up on the host (Landing::add and ::last); empty when nothing is.
   Pipeline(Device device, DType compute, DType reduce, DType state, bool delayed, std::vector<UnitShard> units,
            std::unique_ptr<StateSwap> swap = nullptr, std::unique_ptr<SwapCache> params = nullptr,
-           std::unique_ptr<SwapCache> grads = nullptr);
+           std::unique_ptr<SwapCache> grads = nullptr, std::vector<void*> staging = {});
   ~Pipeline();
   Pipeline(const Pipeline&) = delete;
   Pipeline& operator=(const Pipeline&) = delete;
 
   // Unit u's reduced gradient shard at `device_grads` (complete at `reduced`, an event of the device)
-  // goes to the host (in an early update, the CPU then updates and uploads it). Returns the event after
-  // which the device buffer may be reused.
-  Event& download(int u, const void* device_grads, Event* reduced);
+  // goes to the host (in an early update, the CPU then updates and uploads it once the step's gradients
+  // are complete: Landing::whole or ::last). Landing::add and ::last add it to the micro-batches before,
+  // through a staging buffer (the host waits while both are still being added from: the CPU behind).
+  // Returns the event after which the device buffer may be reused.
+  Event& download(int u, const void* device_grads, Event* reduced, Landing landing = Landing::whole);
+  // The sum of squares of unit u's gradient shard added up on the host (Landing::last), once it is there.
+  float host_sum_squares(int u);
   // An event after every download enqueued so far: the device gradient buffers are free to reuse after it.
   Event& downloads_done();
   // Early update: this step's updates start as each gradient shard lands, with h and grad_scale (the
@@ -140,6 +161,13 @@ class Pipeline {
   void update_unit(int u);  // with step_
   // CPU worker, early update: updates and uploads u unless it already was this step.
   void update_once(int u);
+  // CPU worker: blocks until unit u's gradients of this step are complete on the host.
+  void wait_landed(int u);
+  // Early update: queues u's update and upload behind what the CPU worker has.
+  void submit_early(int u);
+  // Accumulating worker: adds staging buffer k (its copy waited for) into u's host shard at dst; after the
+  // last micro-batch, its sum of squares.
+  void add_staged(int u, int k, void* dst, bool last);
 
   Device device_;
   DType compute_, reduce_, state_;
@@ -150,6 +178,14 @@ class Pipeline {
   std::unique_ptr<Stream> download_, upload_, cpu_;
   std::vector<std::unique_ptr<Event>> downloaded_, uploaded_, updated_;
   std::unique_ptr<Event> all_downloaded_;
+  // Host accumulation: the staging buffers, each with the event of its copy (device) and of the add that
+  // read it (CPU); the worker that adds (apart from the update's, so a delayed update runs beside it);
+  // after each unit's last add, its sum of squares and an event.
+  std::vector<void*> staging_;
+  std::vector<std::unique_ptr<Event>> staged_, staging_free_, accumulated_;
+  std::unique_ptr<Stream> accumulate_;
+  std::vector<float> host_sums_;
+  int next_staging_ = 0;
   struct StepArgs {
     kernels::OptimizerHyper h;
     float grad_scale = 1.0f;
@@ -171,7 +207,8 @@ class Pipeline {
   std::vector<int> grad_order_;
   std::size_t grad_next_ = 0;
   // Timing, summed by the CPU worker (updates) and the host (waits); take_timing() reads and clears them.
-  std::atomic<int64_t> update_ns_{0}, update_bytes_{0}, updates_{0}, wait_ns_{0}, disk_wait_ns_{0};
+  std::atomic<int64_t> update_ns_{0}, update_bytes_{0}, updates_{0}, wait_ns_{0}, disk_wait_ns_{0}, accumulate_ns_{0},
+      staging_wait_ns_{0};
 };
 
 }  // namespace zs::offload

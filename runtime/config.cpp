@@ -243,6 +243,7 @@ Config parse_config(const std::string& text, const std::string& source) {
   off.choice("optimizer", c.offload.optimizer, {"none", "cpu", "nvme"});
   off.choice("params", c.offload.params, {"none", "cpu", "nvme"});
   off.choice("grads", c.offload.grads, {"cpu", "nvme"});
+  off.choice("accumulate", c.offload.accumulate, {"auto", "host", "device"});
   off.get<bool>("pin_memory", c.offload.pin_memory);
   off.choice("mode", c.offload.mode, {"streaming", "delayed"});
   off.get<double>("ratio", c.offload.ratio, Config::Offload::ratio_valid, "in (0, 1]");
@@ -337,6 +338,9 @@ std::string offload_problem(const Config& c) {
   if (c.offload.grads_on_nvme() && (!c.offload.state_on_nvme() || c.offload.delayed()))
     return "offload.grads: nvme needs offload.optimizer: nvme and mode: streaming (the gradient shards go to disk "
            "when the optimizer's state is there; each is read back for its update, in the step)";
+  if (c.offload.grads_on_nvme() && c.offload.accumulate == "host")
+    return "offload.accumulate: host with offload.grads: nvme would read and write each gradient shard on disk "
+           "every micro-batch; use accumulate: device or auto (the sum is made on the device and written once)";
   if (!Config::Offload::ratio_valid(c.offload.ratio))
     return fmt::format("offload.ratio {} is not in (0, 1]: it is the share of the optimizer kept on the host",
                        c.offload.ratio);

@@ -82,6 +82,13 @@ struct Config {
     // grad_buffer_count host slots of the largest unit's shard (DeepSpeed swaps them with the state on
     // NVMe; offload/swap_cache.h). nvme needs optimizer: nvme and mode: streaming.
     std::string grads = "cpu";
+    // With zero.grad_accumulation at stages 2-3 (each micro-batch reduced into the shard): where an
+    // offloaded unit adds its micro-batches up. host: each reduced shard is copied to the host as it lands
+    // and added into the unit's host gradient shard (DeepSpeed's ZeRO-Offload; no gradient shard on the
+    // device, at the price of a device-to-host copy and a host add per micro-batch); device: added up in a
+    // shard on the device and copied once, after the last (4 bytes per parameter over the shard group on
+    // the device). auto: host, unless grads: nvme (the sum is then made on the device and goes to disk once).
+    std::string accumulate = "auto";  // auto | host | device
     bool pin_memory = true;
     std::string mode = "streaming";  // streaming | delayed
     std::string nvme_path;           // offload.*: nvme: an existing directory on a fast local disk
@@ -101,6 +108,7 @@ struct Config {
     bool params_on_nvme() const { return params == "nvme"; }
     bool grads_on_nvme() const { return grads == "nvme"; }
     bool delayed() const { return mode == "delayed"; }
+    bool accumulate_on_host() const { return accumulate == "host" || (accumulate == "auto" && !grads_on_nvme()); }
     // The tools' one-word form: none, optimizer, optimizer+params, delayed (the optimizer, delayed mode),
     // nvme and nvme+params (the optimizer's state on NVMe), optimizer+nvme-params and nvme+nvme-params
     // (the parameters on NVMe too: ZeRO-Infinity), and nvme+nvme-grads, nvme+nvme-grads+params and
@@ -121,6 +129,11 @@ struct Config {
     void choose(std::string_view choice);
     std::string_view choice() const;
   } offload;
+  // The offloaded units add their micro-batches up in host memory (offload.accumulate, with accumulation
+  // into the shard).
+  bool host_accumulation() const {
+    return offload.optimizer_on_cpu() && zero.sharded_accumulation() && offload.accumulate_on_host();
+  }
   struct Comm {
     std::string backend = "auto";  // auto | gloo | nccl
     double timeout_s = 300;

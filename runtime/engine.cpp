@@ -252,7 +252,10 @@ void Engine::setup() {
     if (b.grads_on_disk) on_disk.grads.push_back(b.grad_region());
     units_[i]->pipe = offloaded[i] ? pipes++ : -1;
     if (offloaded[i]) on_disk.names.push_back(units_[i]->name);
+    if (offloaded[i]) on_disk.largest_shard = std::max(on_disk.largest_shard, units_[i]->layout.shard);
   }
+  const int64_t staging = accumulation_staging_bytes(on_disk.largest_shard, cfg_);  // each
+  pool += offload::kAccumulationStaging * offload::pool_part_bytes(staging);
   for (const auto& [regions, count] : {std::pair{&on_disk.state, cfg_.offload.buffer_count},
                                        std::pair{&on_disk.params, cfg_.offload.param_buffer_count},
                                        std::pair{&on_disk.grads, cfg_.offload.grad_buffer_count}})
@@ -314,7 +317,7 @@ void Engine::setup() {
   }
   for (std::size_t i = 0; i < units_.size(); ++i) grads_ready_.push_back(make_event(device_));
   if (cfg_.offload.optimizer_on_cpu())
-    for (std::size_t i = 0; i < units_.size(); ++i) shard_summed_.push_back(make_event(device_));
+    for (std::size_t i = 0; i < units_.size(); ++i) shard_ready_.push_back(make_event(device_));
   if (cfg_.zero.sharded_accumulation())
     for (std::size_t i = 0; i < units_.size(); ++i) grads_added_.push_back(make_event(device_));
   update_done_ = make_event(device_);
@@ -396,9 +399,14 @@ void Engine::setup_offload(OnDisk on_disk) {
   if (cfg_.offload.grads_on_nvme())
     grads = make_swap_cache(std::move(on_disk.grads), on_disk.names, cfg_.offload.grad_buffer_count, MemCategory::grads,
                             grad_swap_buffers_, offload::SwapCache::kGrads);
+  std::vector<void*> staging;  // with host accumulation
+  if (const int64_t bytes = accumulation_staging_bytes(on_disk.largest_shard, cfg_); bytes > 0)
+    for (int k = 0; k < offload::kAccumulationStaging; ++k)
+      staging.push_back(
+          accumulation_staging_.emplace_back(host_pool_.take(bytes, MemCategory::offload_staging)).data());
   offload_ = std::make_unique<offload::Pipeline>(device_, compute_, reduce_, cfg_.optimizer.state_dtype,
                                                  cfg_.offload.delayed(), std::move(shards), std::move(swap),
-                                                 std::move(params), std::move(grads));
+                                                 std::move(params), std::move(grads), std::move(staging));
   if (cfg_.offload.ratio < 1.0 && comm_->rank() == 0)
     log::info(
         "offload: the optimizer of the last {} of {} units ({:.1f} % of the parameters, offload.ratio {}) runs "

@@ -226,6 +226,7 @@ class Engine {
   struct OnDisk {
     std::vector<offload::SwapRegion> state, params, grads;
     std::vector<std::string> names;  // the offloaded units', for the files' errors
+    int64_t largest_shard = 0;       // elements of the largest offloaded unit's shard
   };
   void setup_offload(OnDisk on_disk);
   // offload.params or offload.grads: nvme: the cache over `regions` in `slots` (taken from the host pool).
@@ -256,7 +257,8 @@ class Engine {
   offload::HostPool host_pool_;  // the offloaded state's memory; outlives the units' parts of it
   Buffer swap_buffers_;          // offload.optimizer: nvme: the state's host buffers (outlive offload_'s swap)
   Buffer param_swap_buffers_;    // offload.params: nvme: the parameters' host slots (likewise)
-  Buffer grad_swap_buffers_;     // offload.grads: nvme: the gradients' host slots (likewise)
+  std::vector<Buffer> accumulation_staging_;  // host accumulation: the micro-batches' staging buffers
+  Buffer grad_swap_buffers_;                  // offload.grads: nvme: the gradients' host slots (likewise)
   std::vector<std::unique_ptr<Unit>> units_;
   std::unordered_map<std::string, std::string> full_names_;  // "unit.tensor" -> unit: add_unit's uniqueness check
   std::unique_ptr<offload::Pipeline> offload_;               // offload.optimizer: cpu (drained before the units go)
@@ -301,11 +303,11 @@ class Engine {
   LossScaler scaler_;
   Buffer norm_scratch_;  // per-unit sums of squares, then the global total (device memory)
   Buffer control_;       // all_gather_host's (kControlFloats per rank of the world): see control()
-  std::vector<std::unique_ptr<Event>> grads_ready_;   // per unit: the app's gradient writes are done
-  std::vector<std::unique_ptr<Event>> shard_summed_;  // offload, per unit: its shard reduced and summed
-  std::vector<std::unique_ptr<Event>> grads_added_;   // sharded accumulation, per unit: the micro-batch's add
-  std::unique_ptr<Event> update_done_;                // the step's optimizer updates are done
-  std::vector<float> norm_host_;                      // per-unit sums of squares, on the host
+  std::vector<std::unique_ptr<Event>> grads_ready_;  // per unit: the app's gradient writes are done
+  std::vector<std::unique_ptr<Event>> shard_ready_;  // offload, per unit: its shard reduced (and summed on the device)
+  std::vector<std::unique_ptr<Event>> grads_added_;  // sharded accumulation, per unit: the micro-batch's add
+  std::unique_ptr<Event> update_done_;               // the step's optimizer updates are done
+  std::vector<float> norm_host_;                     // per-unit sums of squares, on the host
 };
 
 }  // namespace zs

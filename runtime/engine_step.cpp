@@ -92,7 +92,9 @@ void Engine::reduce_grads(UnitId id) {
   rs->wait(ready);
   TensorView full = TensorView::flat(grad_base(u), reduce_, P, device_);
   const bool accumulated = cfg_.zero.sharded_accumulation();
-  if (accumulated) {
+  // Offloaded with offload.accumulate on the host: each micro-batch's shard goes down as it lands (below).
+  const bool on_host = accumulated && u.pipe >= 0 && cfg_.host_accumulation();
+  if (accumulated && !on_host) {
     // Every micro-batch is reduced: the first into the unit's shard, the others in place and added to it;
     // the buffer goes back to the pool after the add. The last one's sum is then the unit's reduced
     // gradient: updated on the device, or copied to the host from there.
@@ -122,30 +124,42 @@ void Engine::reduce_grads(UnitId id) {
   if (u.pipe >= 0) {
     // In place, wherever the full gradients are (or the micro-batches' sum, reduced above), then this
     // rank's shard to the host for the CPU step.
-    TensorView shard = accumulated ? u.grads.view(reduce_, S) : full.slice(S * r, S);
-    if (early_update_ && !early_started_) {  // this step's first shard: the CPU updates each as it lands
+    const bool device_sum = accumulated && !on_host;
+    TensorView shard = device_sum ? u.grads.view(reduce_, S) : full.slice(S * r, S);
+    if (last && early_update_ && !early_started_) {  // this step's first shard: the CPU updates each as it lands
       offload_->update_early(hyper(step_ + 1), static_cast<float>(1.0 / cfg_.zero.grad_accumulation));
       early_started_ = true;
     }
     // With the state on disk the step's reads start now, behind the backward (once the order is known).
-    if (!update_order_.empty()) offload_->read_ahead(update_order_);
-    if (!accumulated) u.pending = reduce_scatter(full, shard);
-    // The norm from the device's copy, as without offload: the host, whose memory traffic bounds the
-    // offloaded step, then reads the gradients once (in the update). Summed behind the reduce on its
-    // stream; the copy to the host, and so the buffer's reuse, waits for the sum.
-    float* out = static_cast<float*>(norm_scratch_.data()) + id;
-    const Device dev = device_;
-    const DType t = reduce_;
-    rs->submit([dev, data = shard.data, t, S, out, rs] {
-      kernels::sum_squares(dev, TensorView::flat(data, t, S, dev), out, rs);
-    });
-    Event& summed = *shard_summed_[static_cast<std::size_t>(id)];
-    rs->record(summed);
-    Event& copied = offload_->download(u.pipe, shard.data, &summed);
-    if (u.grad_buffer >= 0 && !accumulated) {
+    if (last && !update_order_.empty()) offload_->read_ahead(update_order_);
+    if (!device_sum) u.pending = reduce_scatter(full, shard);
+    Event& landed = *shard_ready_[static_cast<std::size_t>(id)];
+    offload::Landing landing = offload::Landing::whole;
+    if (on_host) {
+      // The host adds the micro-batches up and takes the norm's sum of squares after the last.
+      landing = u.micro_batches == 1 ? offload::Landing::first : last ? offload::Landing::last : offload::Landing::add;
+    } else {
+      // The norm from the device's copy, as without offload: the host, whose memory traffic bounds the
+      // offloaded step, then reads the gradients once (in the update). Summed behind the reduce on its
+      // stream; the copy to the host, and so the buffer's reuse, waits for the sum.
+      float* out = static_cast<float*>(norm_scratch_.data()) + id;
+      const Device dev = device_;
+      const DType t = reduce_;
+      rs->submit([dev, data = shard.data, t, S, out, rs] {
+        kernels::sum_squares(dev, TensorView::flat(data, t, S, dev), out, rs);
+      });
+    }
+    rs->record(landed);
+    Event& copied = offload_->download(u.pipe, shard.data, &landed, landing);
+    if (u.grad_buffer >= 0 && !device_sum) {
       PoolBuffer& pb = grad_pool_[static_cast<std::size_t>(u.grad_buffer)];
       pb.last_reduce = u.pending;
       pb.read_after_reduce = &copied;
+    }
+    if (!last) {  // on_host: the next micro-batch's grads() takes a fresh buffer
+      u.grad_buffer = -1;
+      u.grad_state = GradState::none;
+      return;
     }
   } else if (accumulated) {
     // (the micro-batches' sum is in the shard: above)
@@ -206,6 +220,9 @@ StepStats Engine::step() {
   }
   if (on_device) compute_stream_->synchronize();
   memory_copy(host.data(), Device::cpu(), sums, device_, host.size() * sizeof(float));
+  if (cfg_.host_accumulation())  // those units' sums were taken on the host, after their last add
+    for (std::size_t i = 0; i < units_.size(); ++i)
+      if (units_[i]->pipe >= 0) host[i] = offload_->host_sum_squares(units_[i]->pipe);
   float total = 0.0f;
   for (float s : host) total += s;
   if (stage >= 1) {

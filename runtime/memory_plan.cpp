@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "kernels/kernels.h"
+#include "offload/pipeline.h"
 #include "runtime/checkpoint.h"
 
 namespace zs {
@@ -38,8 +39,8 @@ UnitBuffers unit_buffers(const FlatLayout& layout, const FlatLayout& frozen, con
     b.master = S * 4;
     b.master_category = MemCategory::master;
     // The reduce-scatter lands in the gradient pool, then goes to the host; with sharded accumulation the
-    // micro-batches' shards add up on the device first.
-    if (!full_grads && !cfg.zero.sharded_accumulation()) b.grads = 0;
+    // micro-batches' shards add up there (offload.accumulate: host) or on the device first.
+    if (!full_grads && (!cfg.zero.sharded_accumulation() || cfg.host_accumulation())) b.grads = 0;
     b.host_grads = S * rs * (cfg.offload.delayed() ? 2 : 1);
     b.state_on_disk = cfg.offload.state_on_nvme();
     b.grads_on_disk = cfg.offload.grads_on_nvme();
@@ -80,6 +81,11 @@ int64_t UnitBuffers::host_pool_bytes() const {
          (params_on_disk ? 0 : aligned(host_params)) + (params_on_host ? aligned(frozen_shard) : 0);
 }
 
+int64_t accumulation_staging_bytes(int64_t largest_offloaded_shard, const Config& cfg) {
+  if (!cfg.host_accumulation()) return 0;
+  return largest_offloaded_shard * static_cast<int64_t>(dtype_size(cfg.precision.reduce));
+}
+
 PoolPlan pool_plan(int64_t largest_elements, int64_t largest_trainable_elements, int num_units, const Config& cfg) {
   PoolPlan p;
   if (cfg.zero.stage == 3) {
@@ -109,12 +115,14 @@ MemoryPlan plan_memory(std::span<const std::vector<TensorSpec>> units, const Con
   }
   const std::vector<bool> offloaded = offloaded_units(trainable, cfg);
   std::vector<offload::SwapRegion> on_disk, params_on_disk, grads_on_disk;
+  int64_t largest_offloaded_shard = 0;
   for (std::size_t i = 0; i < units.size(); ++i) {
     const std::vector<TensorSpec>& tensors = units[i];
     const UnitLayouts& l = layouts[i];
     largest = std::max(largest, l.layout.padded + l.frozen.padded);
     largest_trainable = std::max(largest_trainable, l.layout.padded);
     const UnitBuffers b = unit_buffers(l.layout, l.frozen, cfg, offloaded[i]);
+    if (b.offload) largest_offloaded_shard = std::max(largest_offloaded_shard, l.layout.shard);
     auto state = [&](MemCategory c) -> int64_t& { return b.offload ? host(c) : dev(c); };
     dev(MemCategory::params) += b.full_params + b.param_shard;
     (b.params_on_host ? host(MemCategory::params) : dev(MemCategory::params)) += b.frozen_shard;
@@ -155,6 +163,8 @@ MemoryPlan plan_memory(std::span<const std::vector<TensorSpec>> units, const Con
     host(MemCategory::params) += b;
   if (const int64_t b = offload::swap_buffer_bytes(grads_on_disk, cfg.offload.grad_buffer_count); b > 0)
     host(MemCategory::grads) += b;
+  host(MemCategory::offload_staging) +=
+      offload::kAccumulationStaging * accumulation_staging_bytes(largest_offloaded_shard, cfg);
   const PoolPlan p = pool_plan(largest, largest_trainable, static_cast<int>(units.size()), cfg);
   dev(MemCategory::gather_buffers) += p.gather_count * p.gather_bytes;
   dev(MemCategory::grads) += p.grad_count * p.grad_bytes;

@@ -50,6 +50,11 @@ struct UnitBuffers {
 };
 UnitBuffers unit_buffers(const FlatLayout& layout, const FlatLayout& frozen, const Config& cfg, bool offloaded);
 
+// With offload.accumulate on the host, each of the offloaded step's kAccumulationStaging host buffers
+// (offload::Pipeline) takes a micro-batch's reduced shard while the one before is added up: the largest
+// offloaded unit's shard in the reduce dtype. 0 otherwise. Pure.
+int64_t accumulation_staging_bytes(int64_t largest_offloaded_shard, const Config& cfg);
+
 // The per-element states the optimizer keeps: m (all but SGD without momentum) and v (Adam, AdamW). Pure.
 struct OptimizerStates {
   bool m = false, v = false;

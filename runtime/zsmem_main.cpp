@@ -433,6 +433,12 @@ int main(int argc, char** argv) {
   est->add_flag("--no-sync", no_sync,
                 "with --accumulation at stages 2-3: zero.reduce_every_micro_batch false (full gradients kept "
                 "between micro-batches, FSDP's no_sync)");
+  std::string accumulate;
+  est->add_option("--offload-accumulate", accumulate,
+                  "offload.accumulate with --accumulation: where offloaded units add their micro-batches up (host: "
+                  "no gradient shard on the device; device: a shard there, copied once; auto: host unless the "
+                  "gradients are on disk)")
+      ->check(CLI::IsMember({"auto", "host", "device"}));
   est->add_option("--batch", q.batch, "sequences per rank: adds the example GPT's activations (CPU or CUDA layers)")
       ->check(zs::non_negative());
   est->add_flag("--checkpoint-activations", q.recompute,
@@ -495,6 +501,7 @@ int main(int argc, char** argv) {
       throw Usage("--max-live, --prefetch: " + bad);
     if (accumulation_given->count()) cfg.zero.grad_accumulation = accumulation;
     if (no_sync) cfg.zero.reduce_every_micro_batch = false;
+    if (!accumulate.empty()) cfg.offload.accumulate = accumulate;
     if (async_checkpoint) cfg.checkpoint.async = true;
     if (q.batch > 0 && !m.gpt) throw Usage("--batch needs --model gpt:... (activations are known for that family)");
     if (!offload_given->count()) q.offloads = {std::string(cfg.offload.choice())};  // the config's (none by default)

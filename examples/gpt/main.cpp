@@ -258,13 +258,17 @@ int main(int argc, char** argv) {
         // Offloaded: the CPU's update time per step, how long the next forward waited for it, with the state
         // on disk how long the CPU waited for its reads, with the parameters on disk how long the gathers
         // waited for theirs and how many of their shards came from the disk rather than a slot, and with the
-        // gradients on disk how long the CPU waited for theirs and the backward for a free slot.
+        // gradients on disk how long the CPU waited for theirs and the backward for a free slot; with the
+        // micro-batches added up on the host, the adds' time and the backward's wait for a staging buffer.
         const zs::offload::Timing ot = engine.take_offload_timing();
         std::string offload = ot.updates > 0 ? fmt::format(" | CPU step {:.1f} ms, waited {:.1f} ms",
                                                            ot.update_ms / window, ot.wait_ms / window)
                                              : "";
         if (ot.updates > 0 && cfg.offload.state_on_nvme())
           offload += fmt::format(", disk {:.1f} ms", ot.disk_wait_ms / window);
+        if (ot.updates > 0 && cfg.host_accumulation())
+          offload += fmt::format(", adds {:.1f} ms (waited {:.1f} ms)", ot.accumulate_ms / window,
+                                 ot.staging_wait_ms / window);
         if (ot.updates > 0 && ot.param_disk.acquires > 0)
           offload += fmt::format(", params read {:.1f} ms ({} of {} gathers)", ot.param_disk.wait_ms / window,
                                  ot.param_disk.reads, ot.param_disk.acquires);

@@ -367,6 +367,83 @@ TEST(EngineOffload, PartialOffloadIsBitIdenticalToTheDeviceOptimizer) {
   }
 }
 
+// Accumulation with the optimizer offloaded (offload.accumulate: host, the default with the gradients in
+// memory): each micro-batch's reduced shard goes to the host as it lands and is added up there, where
+// accumulate: device adds the micro-batches up in a shard on the device and copies the sum once. The same
+// adds in the same order (the CPU kernel on both sides here), the norm's sum of squares over the same sum:
+// bit-identical losses, norms and parameters at stages 2-3, with clipping and without (the early update
+// then starts behind each unit's last add), delayed, partial, with the parameters offloaded, with bf16
+// gradients, and an f16 run whose step 5 overflows in one micro-batch (the step is skipped). The device
+// keeps no gradient shard of an offloaded unit; the host holds two staging buffers of the largest shard.
+TEST(EngineOffload, HostAccumulationIsBitIdenticalToTheDeviceSum) {
+  using O = kernels::Optimizer;
+  struct Run {
+    Case c;
+    double ratio = 1.0;
+    DType reduce = DType::f32;
+  };
+  for (const Run& run : {Run{Case{3, DType::f32, 2, 3, 1.0f, O::adamw, false, 1}},
+                         Run{Case{2, DType::f32, 0, 4, 0.0f, O::lion, false, 1}},
+                         Run{Case{3, DType::bf16, 2, 3, 0.0f, O::adamw, false, 2}},
+                         Run{Case{2, DType::f32, 2, 3, 0.5f, O::adam, false, 1, true}},
+                         Run{Case{3, DType::f32, 2, 2, 0.0f, O::adamw, false, 1}, 0.5},
+                         Run{Case{3, DType::bf16, 2, 3, 1.0f, O::adamw, false, 1}, 1.0, DType::bf16},
+                         Run{Case{2, DType::f16, 0, 3, 1.0f, O::sgd, false, 1}}}) {
+    const Case& c = run.c;
+    const std::string what = fmt::format("{}, offload.ratio {}, {} gradients", name(c, pg().world->size()), run.ratio,
+                                         dtype_name(run.reduce));
+    auto config = [&](const char* accumulate) {
+      Config cfg = make_config(c);
+      cfg.offload.accumulate = accumulate;
+      cfg.offload.ratio = run.ratio;
+      cfg.precision.reduce = run.reduce;
+      if (c.param == DType::f16) {
+        cfg.precision.loss_scale = "dynamic";
+        cfg.precision.initial_scale_power = 10;
+      }
+      return cfg;
+    };
+    Tamper overflow = [&](int step, int unit, int tensor, TensorView g) {
+      if (c.param == DType::f16 && step == 4 && pg().world->rank() == 0 && unit == 1 && tensor == 0)
+        store_from_f32(g.data, g.dtype, 5, INFINITY);
+    };
+    std::vector<StepStats> want_stats, got_stats;
+    Trajectory want;
+    MemoryReport on_device;  // (the ledger counts the process: one engine at a time)
+    {
+      Engine device(config("device"), *pg().world);
+      want = train(c, device, 12, overflow, &want_stats);
+      on_device = device.memory();
+      device.synchronize();
+      EXPECT_EQ(device.take_offload_timing().accumulate_ms, 0.0) << what;
+    }
+    const Config cfg = config("auto");
+    ASSERT_TRUE(cfg.host_accumulation()) << what;
+    Engine host(cfg, *pg().world);
+    const Trajectory got = train(c, host, 12, overflow, &got_stats);
+    expect_identical(got, want, got_stats, want_stats, what);
+    EXPECT_EQ(got_stats[4].skipped, c.param == DType::f16) << what;
+    // Memory: each offloaded unit's shard leaves the device; the host gains the staging buffers.
+    const auto rs = static_cast<int64_t>(dtype_size(run.reduce));
+    int64_t shards = 0, largest = 0;
+    for (UnitId u = 0; u < host.num_units(); ++u) {
+      if (host.unit(u).pipe < 0) continue;
+      shards += host.unit(u).layout.shard * rs;
+      largest = std::max(largest, host.unit(u).layout.shard);
+    }
+    ASSERT_GT(shards, 0) << what;
+    const auto g = static_cast<std::size_t>(MemCategory::grads),
+               st = static_cast<std::size_t>(MemCategory::offload_staging);
+    const MemoryReport on_host = host.memory();
+    EXPECT_EQ(on_device.on_device[g].current - on_host.on_device[g].current, shards) << what;
+    EXPECT_EQ(on_host.on_host[st].current - on_device.on_host[st].current, offload::kAccumulationStaging * largest * rs)
+        << what;
+    host.synchronize();
+    const offload::Timing t = host.take_offload_timing();
+    EXPECT_GT(t.accumulate_ms, 0.0) << what;
+  }
+}
+
 // Hybrid sharding (zero.hybrid_group, FSDP's HYBRID_SHARD): shards within groups of world/2 consecutive ranks,
 // replicated across the two groups, whose reduced shards are averaged. It trains like the single-process
 // trainer (bound as for any world > 1: 1e-5 of each tensor's RMS); a checkpoint it saves (one group's
@@ -508,6 +585,7 @@ TEST(EngineMemory, PlanEqualsTheLedger) {
         Run{Case{2, DType::bf16, 2, 1, 0.0f}, "cpu", "none", "delayed"},
         Run{Case{3, DType::bf16, 2, 1, 0.0f}, "cpu"},
         Run{Case{3, DType::f32, 0, 3, 0.0f}, "cpu", "cpu"},
+        Run{Case{2, DType::f32, 0, 3, 0.0f}, "cpu", "none", "delayed"},
         Run{Case{3, DType::f32, 0, 3, 0.0f, kernels::Optimizer::adamw, false, 0, false, false, true}, "cpu", "cpu"},
         Run{Case{2, DType::bf16, 0, 3, 0.0f, kernels::Optimizer::adamw, false, 0, false, false, true}},
         Run{Case{3, DType::bf16, 2, 1, 0.0f, kernels::Optimizer::adamw, false, 0, false, true}},

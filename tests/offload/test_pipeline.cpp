@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -104,6 +105,64 @@ TEST(OffloadPipeline, EarlyUpdateRunsAsEachShardLandsWithoutTheStep) {
       want[u] = updated(want[u], 0.5f);
     }
   }
+}
+
+// Accumulation on the host: three micro-batches per unit land (first, add, last) through the two staging
+// buffers, in the backward's order; the host shard is their f32 sum in that order, its sum of squares is
+// the CPU kernel's over that sum, and the early update (started before the last micro-batch) updates each
+// unit with the sum, once its last add is done. A download that adds without staging buffers is refused.
+TEST(OffloadPipeline, MicroBatchesAddUpOnTheHostBeforeTheUpdate) {
+  std::vector<UnitData> units{UnitData(1000, 1), UnitData(37, 2), UnitData(4099, 3)};
+  constexpr int kMicro = 3;
+  std::vector<std::vector<std::vector<float>>> micro(units.size());  // [unit][micro-batch]: the device's shards
+  std::vector<UnitData> want = units;
+  int64_t largest = 0;
+  for (std::size_t u = 0; u < units.size(); ++u) {
+    largest = std::max<int64_t>(largest, static_cast<int64_t>(units[u].master.size()));
+    std::vector<float>& sum = want[u].device_grads;
+    for (int k = 0; k < kMicro; ++k) {
+      std::vector<float> g = units[u].device_grads;
+      for (std::size_t e = 0; e < g.size(); ++e)
+        g[e] *= 1.0f + 0.5f * static_cast<float>(k) + 1e-3f * static_cast<float>(e % 7);
+      for (std::size_t e = 0; e < g.size(); ++e) sum[e] = k == 0 ? g[e] : sum[e] + g[e];
+      micro[u].push_back(std::move(g));
+    }
+    want[u] = updated(want[u], 0.5f);
+  }
+  {
+    offload::Pipeline plain(Device::cpu(), DType::bf16, DType::f32, DType::f32, false, shards_of(units));
+    EXPECT_THROW(plain.download(0, micro[0][1].data(), nullptr, offload::Landing::add), Error);
+  }
+  std::vector<std::vector<float>> staging(offload::kAccumulationStaging,
+                                          std::vector<float>(static_cast<std::size_t>(largest)));
+  offload::Pipeline p(Device::cpu(), DType::bf16, DType::f32, DType::f32, /*delayed=*/false, shards_of(units), nullptr,
+                      nullptr, nullptr, {staging[0].data(), staging[1].data()});
+  for (int k = 0; k < kMicro; ++k) {
+    if (k == kMicro - 1) p.update_early(adamw(), 0.5f);
+    const offload::Landing landing = k == 0            ? offload::Landing::first
+                                     : k == kMicro - 1 ? offload::Landing::last
+                                                       : offload::Landing::add;
+    for (int u : {2, 0, 1})
+      p.download(u, micro[static_cast<std::size_t>(u)][static_cast<std::size_t>(k)].data(), nullptr, landing);
+  }
+  for (std::size_t u = 0; u < units.size(); ++u) {
+    float sq = 0.0f;
+    kernels::sum_squares(Device::cpu(),
+                         TensorView::flat(want[u].device_grads.data(), DType::f32,
+                                          static_cast<int64_t>(units[u].master.size()), Device::cpu()),
+                         &sq);
+    EXPECT_EQ(p.host_sum_squares(static_cast<int>(u)), sq) << "unit " << u;
+  }
+  p.drain();
+  EXPECT_EQ(p.updated_order(), (std::vector<int>{2, 0, 1}));
+  for (std::size_t u = 0; u < units.size(); ++u) {
+    EXPECT_EQ(units[u].host_grads, want[u].device_grads) << "unit " << u << ": the micro-batches' sum";
+    EXPECT_EQ(units[u].master, want[u].master) << "unit " << u;
+    EXPECT_EQ(units[u].device_params, want[u].device_params) << "unit " << u;
+  }
+  const offload::Timing t = p.take_timing();
+  EXPECT_GT(t.accumulate_ms, 0.0);
+  EXPECT_EQ(t.updates, 3);
 }
 
 // Streaming with the norm known (the engine sums each shard on the device): update() after the downloads,

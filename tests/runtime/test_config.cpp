@@ -53,6 +53,17 @@ checkpoint: { dir: ckpt, every_steps: 500, keep: 3, async: true }
   EXPECT_FALSE(no_sync.zero.reduce_every_micro_batch);
   EXPECT_TRUE(no_sync.zero.full_grads());
   EXPECT_TRUE(Config::from_yaml("zero: { grad_accumulation: 4 }").zero.sharded_accumulation());
+  // Where offloaded units add their micro-batches up: the host unless the gradients are on disk, or as said.
+  EXPECT_FALSE(d.host_accumulation());
+  EXPECT_TRUE(Config::from_yaml("zero: { grad_accumulation: 4 }\noffload: { optimizer: cpu }").host_accumulation());
+  EXPECT_FALSE(Config::from_yaml("zero: { grad_accumulation: 4 }\noffload: { optimizer: cpu, accumulate: device }")
+                   .host_accumulation());
+  EXPECT_FALSE(Config::from_yaml("zero: { grad_accumulation: 4, reduce_every_micro_batch: false }\n"
+                                 "offload: { optimizer: cpu }")
+                   .host_accumulation());
+  EXPECT_FALSE(Config::from_yaml("zero: { grad_accumulation: 4 }\n"
+                                 "offload: { optimizer: nvme, grads: nvme, nvme_path: /x }")
+                   .host_accumulation());
   EXPECT_EQ(d.zero.stage, 3);
   EXPECT_EQ(d.precision.param, DType::f32);
 }
@@ -239,6 +250,10 @@ TEST(Config, OffloadNeedsTheStagesItWorksWith) {
   EXPECT_NE(e.find("offload.grads: nvme needs offload.optimizer: nvme and mode: streaming"), std::string::npos) << e;
   e = error_of("zero: {stage: 2}\noffload: {optimizer: nvme, grads: nvme, nvme_path: /x, mode: delayed}\n");
   EXPECT_NE(e.find("offload.grads: nvme needs offload.optimizer: nvme and mode: streaming"), std::string::npos) << e;
+  e = error_of("zero: {stage: 2}\noffload: {optimizer: nvme, grads: nvme, nvme_path: /x, accumulate: host}\n");
+  EXPECT_NE(e.find("offload.accumulate: host with offload.grads: nvme"), std::string::npos) << e;
+  e = error_of("offload: {optimizer: cpu, accumulate: gpu}\n");
+  EXPECT_NE(e.find("accumulate"), std::string::npos) << e;
   e = error_of("zero: {stage: 2}\noffload: {optimizer: nvme, grads: nvme, nvme_path: /x, grad_buffer_count: 1}\n");
   EXPECT_NE(e.find("offload.grad_buffer_count must be >= 2, got 1"), std::string::npos) << e;
   e = error_of("zero: {stage: 2}\noffload: {optimizer: nvme, grads: none, nvme_path: /x}\n");

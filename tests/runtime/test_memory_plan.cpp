@@ -54,7 +54,16 @@ TEST(MemoryPlan, AccumulationKeepsTheShardUnlessNoSync) {
   cfg.offload.optimizer = "cpu";
   EXPECT_EQ(plan_memory(units, cfg, 4, 0, false).device[g], 2 * 4 * 8320);  // the shards go to the host
   cfg.zero.grad_accumulation = 2;
-  EXPECT_EQ(plan_memory(units, cfg, 4, 0, false).device[g], 4 * (1040 + 2080) + 2 * 4 * 8320);
+  // Added up on the host (offload.accumulate: auto): still no shard on the device; two staging buffers of
+  // the largest shard on the host. On the device instead, the shards come back.
+  const MemoryPlan on_host = plan_memory(units, cfg, 4, 0, false);
+  EXPECT_EQ(on_host.device[g], 2 * 4 * 8320);
+  EXPECT_EQ(on_host.host[static_cast<std::size_t>(MemCategory::offload_staging)], 2 * 4 * 2080);
+  cfg.offload.accumulate = "device";
+  const MemoryPlan on_device = plan_memory(units, cfg, 4, 0, false);
+  EXPECT_EQ(on_device.device[g], 4 * (1040 + 2080) + 2 * 4 * 8320);
+  EXPECT_EQ(on_device.host[static_cast<std::size_t>(MemCategory::offload_staging)], 0);
+  EXPECT_EQ(on_host.host_total() - on_device.host_total(), 2 * 4 * 2080);
 }
 
 // Below ratio 1 the optimizer state splits between the device and the host, and the two add up to the

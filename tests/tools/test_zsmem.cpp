@@ -113,6 +113,29 @@ TEST(Zsmem, AccumulationKeepsTheShardUnlessNoSync) {
   EXPECT_EQ(grads(" --no-sync"), one);  // without accumulation there is nothing to keep
 }
 
+// With the optimizer offloaded the micro-batches add up on the host by default: no gradient shard on the
+// device (the pool's two buffers only), two staging buffers of the largest shard on the host; with
+// --offload-accumulate device the shards are back on the device and the staging is gone.
+TEST(Zsmem, OffloadedAccumulationAddsUpOnTheHostUnlessTold) {
+  auto bytes = [](const std::string& args) {
+    const zs::test::CommandResult p = zsmem(
+        "estimate --params 1e6 --largest-unit 1e3 --stage 3 --world 4 --offload optimizer --accumulation 8 --json" +
+        args);
+    EXPECT_EQ(p.rc, 0) << args << "\n" << p.output;
+    if (p.rc != 0) return std::pair<int64_t, int64_t>{-1, -1};
+    const nlohmann::json row = nlohmann::json::parse(p.output)[0];
+    return std::pair{row["bytes"]["grads"].get<int64_t>(), row["host_bytes"]["offload_staging"].get<int64_t>()};
+  };
+  const auto [grads, staging] = bytes("");
+  EXPECT_EQ(grads, 2 * 1024 * 4);
+  EXPECT_EQ(staging, 2 * 256 * 4);
+  EXPECT_EQ(bytes(" --offload-accumulate host"), bytes(""));
+  const auto [device_grads, device_staging] = bytes(" --offload-accumulate device");
+  EXPECT_EQ(device_grads, 1000 * 256 * 4 + 2 * 1024 * 4);
+  EXPECT_EQ(device_staging, 0);
+  EXPECT_NE(zsmem("estimate --params 1e6 --largest-unit 1e3 --offload-accumulate gpu").rc, 0);
+}
+
 // --manifest: the checkpoint's tensors make the units, and (without --config) its precision, optimizer and
 // world size are the defaults. Here SGD without momentum (no state at all), bf16, saved at world 2.
 TEST(Zsmem, AManifestBringsItsModelAndItsSettings) {
