@@ -41,8 +41,10 @@ struct Args {
   int param_buffers = 5;         // with nvme-params: offload.param_buffer_count
   int grad_buffers = 4;          // with nvme-grads: offload.grad_buffer_count
   std::string reduce = "f32";
-  std::string states = "f32";  // optimizer.state_dtype
-  double ratio = 1.0;          // offload.ratio: the share of the optimizer on the host (the last units)
+  std::string states = "f32";       // optimizer.state_dtype
+  double ratio = 1.0;               // offload.ratio: the share of the optimizer on the host (the last units)
+  int accumulation = 1;             // zero.grad_accumulation: micro-batches of `tokens` each per step
+  std::string accumulate = "auto";  // offload.accumulate: where offloaded units add the micro-batches up
 };
 
 // Row-major C (m x n) = op(A) op(B) (+ beta C), bf16 inputs, f32 accumulation; C in `ct` (bf16 or f32).
@@ -92,6 +94,11 @@ struct Stack {
   ~Stack() { cublasDestroy(h); }
 
   void step(Engine& e) {
+    for (int mb = 0; mb < e.config().zero.grad_accumulation; ++mb) micro_batch(e);
+    e.step();
+  }
+
+  void micro_batch(Engine& e) {
     const int T = a.tokens, d = a.d, V = a.vocab, L = a.layers;
     const cudaDataType g32 = e.config().precision.reduce == DType::f32 ? CUDA_R_32F : CUDA_R_16BF;
     for (int l = 0; l < L; ++l) {  // block l is unit l + 1; unit 0 is the embedding / head
@@ -132,7 +139,6 @@ struct Stack {
       gemm(h, false, false, T, d, 3 * d, dqkv.data(), 3 * d, wqkv, d, dy.data(), CUDA_R_16BF, d, 0);
       e.reduce_grads(l + 1);
     }
-    e.step();
   }
 };
 
@@ -170,6 +176,13 @@ int main(int argc, char** argv) {
                  "host (the last units), the rest on the GPU")
       ->check(zs::offload_ratio())
       ->capture_default_str();
+  app.add_option("--accumulation", a.accumulation, "micro-batches of --tokens each per step (zero.grad_accumulation)")
+      ->check(zs::positive())
+      ->capture_default_str();
+  app.add_option("--offload-accumulate", a.accumulate,
+                 "offload.accumulate with --accumulation: where offloaded units add the micro-batches up")
+      ->check(CLI::IsMember({"auto", "host", "device"}))
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   try {
     Config cfg;
@@ -189,6 +202,8 @@ int main(int argc, char** argv) {
     cfg.offload.buffer_count = a.buffers;
     cfg.offload.param_buffer_count = a.param_buffers;
     cfg.offload.grad_buffer_count = a.grad_buffers;
+    cfg.zero.grad_accumulation = a.accumulation;
+    cfg.offload.accumulate = a.accumulate;
     Engine e(cfg);
     const int64_t d = a.d;
     e.add_unit("embed", {{"w", {a.vocab, d}}});
@@ -230,15 +245,17 @@ int main(int argc, char** argv) {
     getrusage(RUSAGE_SELF, &ru);
     const DeviceMemoryUse cuda = device_memory_use(e.device());
     const double gib = 1073741824.0;
+    const double tokens = static_cast<double>(a.tokens) * a.accumulation;
     std::printf(
-        "offload_bench: %.3f B params, d=%d L=%d V=%d, %d tokens/step, stage 3 bf16 (reduce %s, states %s, clip %g), "
-        "offload %s (ratio %g)\n"
+        "offload_bench: %.3f B params, d=%d L=%d V=%d, %.0f tokens/step (%d micro-batches), stage 3 bf16 (reduce %s, "
+        "states %s, clip %g), offload %s (ratio %g, accumulate %s)\n"
         "  step_ms %.1f  tokens/s %.0f  TFLOP/s %.1f (GEMMs: 6 x params x tokens)  init %.1f s\n"
         "  ledger peak: device %.2f GiB (params %.2f, grads %.2f, gather %.2f, activations %.2f), host %.2f GiB\n"
         "  cuda in use %.2f GiB of %.2f; process peak RSS %.2f GiB\n",
-        params / 1e9, a.d, a.layers, a.vocab, a.tokens, a.reduce.c_str(), a.states.c_str(), a.clip, a.offload.c_str(),
-        a.ratio, med, a.tokens / (med / 1e3), 6.0 * params * a.tokens / (med / 1e3) / 1e12, init_s,
-        m.device_total.peak / gib, m.on_device[static_cast<std::size_t>(MemCategory::params)].peak / gib,
+        params / 1e9, a.d, a.layers, a.vocab, tokens, a.accumulation, a.reduce.c_str(), a.states.c_str(), a.clip,
+        a.offload.c_str(), a.ratio, a.accumulate.c_str(), med, tokens / (med / 1e3),
+        6.0 * params * tokens / (med / 1e3) / 1e12, init_s, m.device_total.peak / gib,
+        m.on_device[static_cast<std::size_t>(MemCategory::params)].peak / gib,
         m.on_device[static_cast<std::size_t>(MemCategory::grads)].peak / gib,
         m.on_device[static_cast<std::size_t>(MemCategory::gather_buffers)].peak / gib,
         m.on_device[static_cast<std::size_t>(MemCategory::activations)].peak / gib, m.host_total.peak / gib,
@@ -251,6 +268,11 @@ int main(int argc, char** argv) {
           "%.1f ms/step, the CPU waited for the disk %.1f ms/step\n",
           ot.update_ms / a.steps, kernels::cpu_threads(), ot.update_bytes / a.steps / 1e9,
           ot.update_bytes / (ot.update_ms * 1e6), ot.wait_ms / a.steps, ot.disk_wait_ms / a.steps);
+    if (ot.updates > 0 && cfg.host_accumulation())
+      std::printf(
+          "  accumulation on the host: adds %.1f ms/step on the CPU, the backward blocked on a staging buffer "
+          "%.1f ms/step\n",
+          ot.accumulate_ms / a.steps, ot.staging_wait_ms / a.steps);
     if (ot.param_disk.acquires > 0)
       std::printf(
           "  parameters on disk: %lld of %lld gathers read their shard from the disk, the host blocked on the "

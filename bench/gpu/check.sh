@@ -105,6 +105,12 @@ if have_cublas "offload_bench"; then
   # ... and without clipping: the host's units are the backward's first, so their CPU updates start as soon
   # as the backward does and have the rest of it and the next forward up to them to finish in.
   for r in 0.25 0.5; do offload "1.3B no clipping ratio $r" 90 optimizer 3 --offload-ratio "$r" --clip 0; done
+  # Accumulation with the optimizer and parameters offloaded: 4 micro-batches added up on the host (each
+  # shard copied down as it lands; no gradient shard on the GPU) against on the GPU (a shard there, copied
+  # once): the step time each costs, and the ledger's grads.
+  for acc in host device; do
+    offload "1.3B accum 4 $acc" 120 optimizer+params 2 --accumulation 4 --offload-accumulate "$acc"
+  done
   # The optimizer's state on the machine's disk (offload.optimizer: nvme): 15 GB read and written per step
   # at 1.27 B; the step is bound by the disk (its log line names O_DIRECT or the page cache).
   offload "1.3B" 240 nvme 1 --nvme-path "${ZS_NVME_PATH:-/tmp}"
