@@ -454,7 +454,8 @@ TEST(EngineHybrid, ShardsWithinGroupsAndReplicatesAcrossThem) {
   const fs::path dir = job_dir("zs_hybrid_");
   for (const Case& c : {Case{1, DType::f32, 0, 1, 1.0f}, Case{3, DType::f32, 2, 3, 0.5f},
                         Case{3, DType::f32, 2, 1, 0.0f, kernels::Optimizer::adamw, false, 1},
-                        Case{2, DType::f32, 0, 1, 0.5f, kernels::Optimizer::adamw, false, 1}}) {
+                        Case{2, DType::f32, 0, 1, 0.5f, kernels::Optimizer::adamw, false, 1},
+                        Case{3, DType::f32, 2, 3, 0.0f, kernels::Optimizer::adamw, false, 1}}) {
     Config cfg = make_config(c);
     cfg.zero.hybrid_group = n / 2;
     Engine engine(cfg, *pg().world);
