@@ -64,6 +64,14 @@ zsmem_runs() {
       --data . --stage "$stage" --offload "$off" --offload-ratio "${ratio:-1}" ||
       { echo "stage:offload $run: prediction off"; return 1; }
   done
+  # Accumulation: the shards added up on the GPU (no offload), or on the host (offloaded).
+  for run in 3:none 2:optimizer 3:optimizer+params; do
+    IFS=: read -r stage off <<<"$run"
+    "$bundle/bin/zsmem" measure --nproc 1 --max-error 5 -- "$bundle/bin/gpt_train" --device cuda --precision bf16 \
+      --d-model 256 --layers 4 --heads 4 --seq 256 --batch 4 --steps 2 --log-every 2 --eval-every 0 --eval-batches 1 \
+      --data . --stage "$stage" --offload "$off" --accumulation 2 ||
+      { echo "stage:offload $run accumulation 2: prediction off"; return 1; }
+  done
 }
 export bundle && export -f zsmem_runs  # run() starts it under timeout, in a new bash
 have_cublas "zsmem measure" && run "zsmem measure cuda, stage x offload" 180 bash -c zsmem_runs
