@@ -13,6 +13,7 @@
 
 #include "core/error.h"
 #include "runtime/safetensors.h"
+#include "runtime/weight_files.h"
 
 namespace zs::ckpt {
 namespace fs = std::filesystem;
@@ -435,13 +436,14 @@ uint64_t verify_all(Reader& r) {
   return bytes;
 }
 
-void export_safetensors(Reader& r, const std::string& out, DType dtype) {
+void export_safetensors(Reader& r, const std::string& out, DType dtype, int64_t max_file_bytes) {
   ZS_CHECK(dtype == DType::f32 || dtype == DType::bf16, "export: dtype {} is not f32 or bf16", dtype_name(dtype));
   const Manifest& m = r.manifest();
   std::vector<SafetensorsTensor> decl;
   for (const auto& t : m.tensors) decl.push_back({t.name, dtype, t.shape, 0, 0});
-  SafetensorsWriter w(out, std::move(decl),
-                      {{"format", "pt"}, {"step", std::to_string(m.step)}, {"source", std::string(kFormat)}});
+  WeightsWriter w(out, std::move(decl),
+                  {{"format", "pt"}, {"step", std::to_string(m.step)}, {"source", std::string(kFormat)}},
+                  max_file_bytes);
   std::vector<float> values;
   std::vector<uint8_t> cast;
   for (const auto& t : m.tensors) {
@@ -449,7 +451,7 @@ void export_safetensors(Reader& r, const std::string& out, DType dtype) {
     r.read(t, kParam, 0, t.numel(), values.data());
     cast.resize(values.size() * dtype_size(dtype));
     for (std::size_t e = 0; e < values.size(); ++e) store_from_f32(cast.data(), dtype, e, values[e]);
-    w.write(cast.data(), cast.size());
+    w.write_tensor(cast.data(), cast.size());
   }
   w.finish();
 }

@@ -127,8 +127,9 @@ class Reader {
 // bytes verified. Throws at the first problem, naming the file.
 uint64_t verify_all(Reader& r);
 // Writes every tensor's parameter to one safetensors file in `dtype` (f32 or bf16), streaming: one tensor
-// is in memory at a time.
-void export_safetensors(Reader& r, const std::string& out, DType dtype);
+// is in memory at a time; with max_file_bytes > 0, `out` is a directory that gets Hugging Face's sharded
+// layout (runtime/weight_files.h).
+void export_safetensors(Reader& r, const std::string& out, DType dtype, int64_t max_file_bytes = 0);
 
 // What differs between the tensors saved in `source` (a checkpoint, a file) and those of a model ("" when
 // nothing): missing, unexpected, and reshaped or re-frozen tensors, one per line. With extras_differ false,

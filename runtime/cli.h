@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/byte_size.h"
 #include "runtime/config.h"
 
 namespace zs {
@@ -67,6 +68,18 @@ inline CLI::Validator output_file() {
                    : "'" + text + "': directory '" + dir.string() + "' does not exist (create it first)";
       },
       "FILE");
+}
+
+// The validator of a size option (core/byte_size.h): a number and a unit, or a bare number of `bare_unit`
+// bytes (named `bare_name` in the message: "GiB", "bytes").
+inline CLI::Validator byte_size(double bare_unit, std::string bare_name) {
+  return CLI::Validator(
+      [bare_unit, bare_name](std::string& text) -> std::string {
+        return parse_byte_size(text, bare_unit) ? ""
+                                                : "'" + text + "' is not a size: give a number of " + bare_name +
+                                                      " or a number and a unit (80GiB, 5GB, 512MiB)";
+      },
+      "SIZE");
 }
 
 // The validator of an --offload option: Config::Offload::kChoices.

@@ -91,12 +91,16 @@ class Engine {
   // The same with an initialiser per tensor, chosen by its "unit.tensor" name (e.g. ones for norm gains).
   using InitRule = std::function<init::Initializer(std::string_view name)>;
   void init_params(const InitRule& rule);
-  // The same, with values from a safetensors file holding every "unit.tensor" with its declared shape
-  // (F32, BF16, F16 or F64). Each rank reads only its own shards; replicas are completed by all-gather.
+  // The same, with values from safetensors holding every "unit.tensor" with its declared shape (F32, BF16,
+  // F16 or F64): one file, or Hugging Face's sharded layout (its model.safetensors.index.json, or the
+  // directory holding it). Each rank reads only its own shards; replicas are completed by all-gather.
   void load_weights(const std::string& path);
-  // The reverse: every parameter, full, as "unit.tensor" in one safetensors file that rank 0 writes (f32, or
-  // bf16 rounded from the f32 master). Collective; streams tensor by tensor, never holding the model.
-  void save_weights(const std::string& path, DType dtype = DType::f32);
+  // The reverse: every parameter, full, as "unit.tensor" in safetensors that rank 0 writes (f32, or bf16
+  // rounded from the f32 master). Collective; streams tensor by tensor, never holding the model. With
+  // max_file_bytes > 0, `path` is a directory that gets Hugging Face's sharded layout: files
+  // model-0000k-of-0000N.safetensors of at most that many bytes (a larger tensor alone in its file) and
+  // model.safetensors.index.json.
+  void save_weights(const std::string& path, DType dtype = DType::f32, int64_t max_file_bytes = 0);
 
   // Optional: the order of gathers in a step (forward then backward), instead of recording it on the
   // first step; prefetch follows it.

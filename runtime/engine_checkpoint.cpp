@@ -12,6 +12,7 @@
 #include "runtime/checkpoint.h"
 #include "runtime/engine.h"
 #include "runtime/safetensors.h"
+#include "runtime/weight_files.h"
 
 namespace zs {
 namespace fs = std::filesystem;
@@ -377,29 +378,29 @@ void Engine::check_checkpoint_dir() {
 
 void Engine::load_weights(const std::string& path) {
   ZS_CHECK(!ready_, "load_weights: the parameters were already initialised or loaded");
-  SafetensorsFile file(path);
+  WeightFiles files(path);
   // Every name and shape is checked, and every difference listed, before anything is allocated or read.
   std::vector<ckpt::TensorEntry> in_file, model = tensor_entries();
   for (auto& e : model) e.trainable = true;  // a weights file has no frozen tensors
-  for (const SafetensorsTensor& t : file.tensors()) in_file.push_back({t.name, "", t.shape, true, false, t.dtype, {}});
+  for (const SafetensorsTensor& t : files.tensors()) in_file.push_back({t.name, "", t.shape, true, false, t.dtype, {}});
   const std::string diff = ckpt::diff_tensors(in_file, model, "file", /*extras_differ=*/false);
-  ZS_CHECK(diff.empty(), "load_weights('{}'): the file does not fit this model; the tensors that differ:\n{}", path,
-           diff);
+  ZS_CHECK(diff.empty(), "load_weights('{}'): the file does not fit this model; the tensors that differ:\n{}",
+           files.description(), diff);
   setup();
   install([&](const Unit& u, int t, int64_t first, int64_t count, float* out) {
-    file.read_f32(file.tensor(u.full_name(t)), first, count, out);
+    files.read_f32(u.full_name(t), first, count, out);
   });
-  log::debug("load_weights: read {} bytes of {}", file.bytes_read(), path);
-  last_load_bytes_ = file.bytes_read();
+  log::debug("load_weights: read {} bytes of {}", files.bytes_read(), files.description());
+  last_load_bytes_ = files.bytes_read();
 }
 
-void Engine::save_weights(const std::string& path, DType dtype) {
+void Engine::save_weights(const std::string& path, DType dtype, int64_t max_file_bytes) {
   ZS_CHECK(dtype == DType::f32 || dtype == DType::bf16, "save_weights: dtype {} is not f32 or bf16", dtype_name(dtype));
   quiesce("save_weights");
   const bool writer = comm_->rank() == 0;
   bool ok = true;
   std::string error;
-  std::unique_ptr<SafetensorsWriter> w;
+  std::unique_ptr<WeightsWriter> w;
   if (writer)
     attempt(ok, error, [&] {
       std::vector<SafetensorsTensor> decl;
@@ -408,8 +409,9 @@ void Engine::save_weights(const std::string& path, DType dtype) {
           const Shape& s = u->tensors[static_cast<std::size_t>(i)].shape;
           decl.push_back({u->full_name(i), dtype, {s.dims.begin(), s.dims.begin() + s.ndim}, 0, 0});
         }
-      w = std::make_unique<SafetensorsWriter>(
-          path, std::move(decl), std::map<std::string, std::string>{{"format", "pt"}, {"step", std::to_string(step_)}});
+      w = std::make_unique<WeightsWriter>(
+          path, std::move(decl), std::map<std::string, std::string>{{"format", "pt"}, {"step", std::to_string(step_)}},
+          max_file_bytes);
     });
   // Every rank takes part in each tensor's gather, even after rank 0 failed to write: nobody is left waiting.
   std::vector<uint8_t> cast;
@@ -420,7 +422,7 @@ void Engine::save_weights(const std::string& path, DType dtype) {
       attempt(ok, error, [&] {
         cast.resize(v.size() * dtype_size(dtype));
         for (std::size_t e = 0; e < v.size(); ++e) store_from_f32(cast.data(), dtype, e, v[e]);
-        w->write(cast.data(), cast.size());
+        w->write_tensor(cast.data(), cast.size());
       });
     }
   if (writer) attempt(ok, error, [&] { w->finish(); });

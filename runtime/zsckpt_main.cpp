@@ -42,9 +42,18 @@ int main(int argc, char** argv) {
   ins->add_option("DIR", dir, "checkpoint")->required();
   auto* ver = app.add_subcommand("verify", "check every file's size and xxHash64 and every entry");
   ver->add_option("DIR", dir, "checkpoint")->required();
-  auto* exp = app.add_subcommand("export", "write the parameters to one safetensors file, tensor by tensor");
+  auto* exp = app.add_subcommand(
+      "export", "write the parameters to one safetensors file (or Hugging Face's sharded layout), tensor by tensor");
   exp->add_option("DIR", dir, "checkpoint")->required();
-  exp->add_option("--out", out, "the safetensors file to write")->required()->check(zs::output_file());
+  exp->add_option("--out", out, "the safetensors file to write (with --max-file-size: the directory)")
+      ->required()
+      ->check(zs::output_file());
+  std::string max_file_size = "0";
+  exp->add_option("--max-file-size", max_file_size,
+                  "split into files of at most this much tensor data (5GB, 2GiB; a bare number is bytes), written "
+                  "as model-0000k-of-0000N.safetensors with model.safetensors.index.json in --out, as Hugging "
+                  "Face's save_pretrained(max_shard_size) does; 0: one file")
+      ->check(zs::byte_size(1.0, "bytes"));
   exp->add_option("--dtype", dtype, "f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}))->capture_default_str();
   if (const auto stop = zs::parse_command_line(app, argc, argv)) return *stop;
   try {
@@ -56,9 +65,10 @@ int main(int argc, char** argv) {
                  r.manifest().step, r.manifest().files.size(), bytes);
     }
     if (*exp) {
-      zs::ckpt::export_safetensors(r, out, dtype == "bf16" ? zs::DType::bf16 : zs::DType::f32);
-      fmt::print("wrote {} ({} tensors, {}) from step {}\n", out, r.manifest().tensors.size(), dtype,
-                 r.manifest().step);
+      const auto max_bytes = static_cast<int64_t>(*zs::parse_byte_size(max_file_size));
+      zs::ckpt::export_safetensors(r, out, dtype == "bf16" ? zs::DType::bf16 : zs::DType::f32, max_bytes);
+      fmt::print("wrote {}{} ({} tensors, {}) from step {}\n", out, max_bytes > 0 ? " (sharded, with its index)" : "",
+                 r.manifest().tensors.size(), dtype, r.manifest().step);
     }
     return 0;
   } catch (const std::exception& e) {

@@ -373,15 +373,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   double params = 0, largest = 0, max_error = 0;
   std::string device_memory = "0", host_memory = "0";
-  // A bare number of GiB, or a number and a unit (core/byte_size.h).
-  const CLI::Validator byte_size(
-      [](std::string& text) -> std::string {
-        return zs::parse_byte_size(text, kGiB) ? ""
-                                               : "'" + text +
-                                                     "' is not a size: give a number of GiB (80) or a number "
-                                                     "and a unit (80GiB, 85.9GB, 81920MiB)";
-      },
-      "SIZE");
+  const CLI::Validator byte_size = zs::byte_size(kGiB, "GiB");  // a bare number of GiB, or a number and a unit
   std::string spec, manifest, config_path, precision = "f32", reduce = "f32", optimizer = "adamw", states = "f32";
   EstimateQuery q;
   int max_live = 4, prefetch = 2, accumulation = 1, nproc = 1;

@@ -145,6 +145,12 @@ int main(int argc, char** argv) {
                "there is one (implied when zsrun --max-restarts restarts the job)");
   app.add_option("--export", export_path, "write the trained parameters to this safetensors file")
       ->check(zs::output_file());
+  std::string export_file_size = "0";
+  app.add_option("--export-max-file-size", export_file_size,
+                 "with --export: split into files of at most this much data (5GB; a bare number is bytes), "
+                 "written with model.safetensors.index.json into the directory --export names (Hugging Face's "
+                 "sharded layout)")
+      ->check(zs::byte_size(1.0, "bytes"));
   app.add_option("--sample", sample, "print N bytes generated from the model at the end")->check(zs::non_negative());
   app.add_option("--threads", threads, "BLAS threads per rank (default: cores / local ranks)")->check(zs::positive());
   app.add_option("--check-loss-below", check_below, "exit 1 unless the final validation loss is below this");
@@ -302,7 +308,7 @@ int main(int argc, char** argv) {
     if (!ckpt_dir.empty() && engine.steps_done() > start && !saved_by_step) engine.save_checkpoint(ckpt_dir);
     engine.wait_checkpoint();  // (checkpoint.async) the last save is committed, or its failure is the exit status
     if (!export_path.empty()) {
-      engine.save_weights(export_path);
+      engine.save_weights(export_path, zs::DType::f32, static_cast<int64_t>(*zs::parse_byte_size(export_file_size)));
       if (rank == 0) std::printf("exported %s (%d units)\n", export_path.c_str(), engine.num_units());
     }
     if (sample > 0) {

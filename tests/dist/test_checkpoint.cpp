@@ -16,6 +16,7 @@
 #include "runtime/checkpoint.h"
 #include "runtime/engine.h"
 #include "runtime/safetensors.h"
+#include "runtime/weight_files.h"
 #include "tests/dist/dist_main.h"
 #include "tests/dist/engine_harness.h"
 #include "tests/run_command.h"
@@ -573,6 +574,64 @@ TEST(CheckpointRotation, AnUnwritableDirectoryFailsBeforeTraining) {
 
 namespace zs {
 namespace {
+
+// save_weights split at a file size writes Hugging Face's sharded layout (model-0000k-of-0000N.safetensors,
+// each holding at most the limit's bytes of data unless one tensor is larger, and the index), as does
+// zsckpt export --max-file-size from a checkpoint; each reads back as one set with every parameter exact,
+// and load_weights takes either (the directory or the index) at every stage: each rank reads its shards
+// from whichever files hold them.
+TEST(CheckpointTools, ShardedWeightsRoundTripAtEveryStage) {
+  const fs::path root = shared_dir("sharded_weights");
+  const Case c{3, DType::f32, 0, 1, 0.0f};
+  Engine e(make_config(c), *pg().world);
+  train(c, e, 3);
+  const auto params = read_all(e);
+  constexpr int64_t kLimit = 6000;  // bytes of data per file: the test model's tensors are 44 B to 11.2 KB
+  const fs::path weights = root / "weights", exported = root / "exported";
+  e.save_weights(weights.string(), DType::f32, kLimit);
+  e.save_checkpoint((root / "ckpt").string());
+  if (pg().world->rank() == 0) {  // zsckpt export writes the same layout from the checkpoint's files
+    const std::string tool = ZS_ZSCKPT_PATH;
+    const test::CommandResult x = run_command(tool + " export " + (root / "ckpt").string() + " --out " +
+                                              exported.string() + " --max-file-size " + std::to_string(kLimit));
+    EXPECT_EQ(x.rc, 0) << x.output;
+    EXPECT_NE(x.output.find("(sharded, with its index)"), std::string::npos) << x.output;
+    const test::CommandResult bad = run_command(tool + " export " + (root / "ckpt").string() + " --out " +
+                                                exported.string() + " --max-file-size 5x");
+    EXPECT_NE(bad.rc, 0);
+    EXPECT_NE(bad.output.find("'5x' is not a size"), std::string::npos) << bad.output;
+  }
+  pg().world->barrier().wait();
+  for (const fs::path& dir : {weights, exported}) {
+    WeightFiles w(dir.string());
+    int files = 0;
+    for (const auto& f : fs::directory_iterator(dir)) {
+      if (f.path().extension() != ".safetensors") continue;
+      ++files;
+      SafetensorsFile sf(f.path().string());
+      uint64_t data = 0;
+      for (const auto& t : sf.tensors()) data += t.end - t.begin;
+      EXPECT_TRUE(data <= static_cast<uint64_t>(kLimit) || sf.tensors().size() == 1) << f.path() << ": " << data;
+    }
+    EXPECT_GT(files, 2);
+    EXPECT_NE(w.description().find(fmt::format("({} files)", files)), std::string::npos) << w.description();
+    const auto units = model_units();
+    for (std::size_t u = 0; u < units.size(); ++u)
+      for (std::size_t t = 0; t < units[u].second.size(); ++t) {
+        const std::string name = units[u].first + "." + units[u].second[t].name;
+        std::vector<float> got(params[u][t].size());
+        w.read_f32(name, 0, static_cast<int64_t>(got.size()), got.data());
+        for (std::size_t k = 0; k < got.size(); ++k)
+          ASSERT_EQ(got[k], static_cast<float>(params[u][t][k])) << dir << ": " << name << "[" << k << "]";
+      }
+  }
+  for (int stage = 0; stage <= 3; ++stage) {
+    Engine loaded(make_config({stage, DType::f32, 1, 1, 0.0f}), *pg().world);
+    declare(loaded);
+    loaded.load_weights(stage % 2 ? (weights / kWeightsIndex).string() : exported.string());
+    EXPECT_EQ(read_all(loaded), params) << "stage " << stage;
+  }
+}
 
 // zsckpt on a real checkpoint: inspect, verify, export (f32 exact, bf16 rounded), the same for the engine's
 // save_weights, and the export read back by Python's safetensors library when it is installed.
