@@ -1,6 +1,7 @@
 // Weights in one safetensors file or in Hugging Face's sharded layout.
 #include "runtime/weight_files.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -165,6 +166,19 @@ void WeightsWriter::finish() {
     total += t.numel() * static_cast<int64_t>(dtype_size(t.dtype));
   }
   write_file_atomic((fs::path(path_) / kWeightsIndex).string(), weights_index_json(names, file_of_, total));
+}
+
+std::string weight_unit(std::string_view name) {
+  std::size_t begin = 0;
+  while (begin <= name.size()) {
+    const std::size_t end = std::min(name.find('.', begin), name.size());
+    const std::string_view part = name.substr(begin, end - begin);
+    if (!part.empty() && part.find_first_not_of("0123456789") == std::string_view::npos)
+      return std::string(name.substr(0, end));
+    begin = end + 1;
+  }
+  const std::size_t last = name.rfind('.');
+  return std::string(last == std::string_view::npos ? name : name.substr(0, last));
 }
 
 std::vector<int> plan_weight_files(std::span<const int64_t> tensor_bytes, int64_t max_file_bytes) {

@@ -80,6 +80,12 @@ class WeightsWriter {
   std::unique_ptr<SafetensorsWriter> writer_;
 };
 
+// The unit a published model's tensor belongs to when its weights are all one has (zsmem estimate
+// --weights): the name up to its first all-digit component, the block ("model.layers.12.mlp.up_proj.weight"
+// -> "model.layers.12", as FSDP wraps a transformer block), else the module holding it ("model.norm.weight"
+// -> "model.norm"), else the name. Pure.
+std::string weight_unit(std::string_view tensor_name);
+
 // Which file each tensor goes to when a save of tensors of these byte sizes is split at max_file_bytes:
 // in order, a new file whenever the next tensor would not fit (a tensor larger than the limit alone in its
 // own file), as Hugging Face's max_shard_size does. max_file_bytes <= 0: one file. Pure.

@@ -20,6 +20,7 @@
 #include "runtime/memory_plan.h"
 #include "runtime/memory_svg.h"
 #include "runtime/model_family.h"
+#include "runtime/weight_files.h"
 
 namespace {
 
@@ -59,14 +60,34 @@ struct Model {
   bool gpt = false;
   zs::family::Gpt shape;
   std::optional<zs::ckpt::Manifest> saved;  // --manifest: how the checkpoint was trained
+  std::optional<zs::DType> file_dtype;      // --weights: the dtype most of the parameters are stored in
 };
 
-Model load_model(double params, double largest, const std::string& spec, const std::string& manifest) {
-  const int given = (params > 0 || largest > 0) + !spec.empty() + !manifest.empty();
+Model load_model(double params, double largest, const std::string& spec, const std::string& manifest,
+                 const std::string& weights) {
+  const int given = (params > 0 || largest > 0) + !spec.empty() + !manifest.empty() + !weights.empty();
   if (given != 1)
-    throw Usage("give the model one way: --params P --largest-unit L, --model FAMILY:..., or --manifest DIR");
+    throw Usage(
+        "give the model one way: --params P --largest-unit L, --model FAMILY:..., --manifest DIR or --weights PATH");
   Model m;
-  if (params != 0 || largest != 0) {
+  if (!weights.empty()) {
+    // A published model's safetensors (headers only): one unit per block (weight_unit), in first-seen order.
+    const zs::WeightFiles files(weights);
+    std::map<std::string, std::size_t> unit_index;
+    std::map<zs::DType, int64_t> by_dtype;
+    for (const zs::SafetensorsTensor& t : files.tensors()) {
+      const auto [it, added] = unit_index.emplace(zs::weight_unit(t.name), m.units.size());
+      if (added) m.units.emplace_back();
+      m.units[it->second].push_back({t.name, zs::Shape(std::span<const int64_t>(t.shape)), true, t.shape.size() > 1});
+      by_dtype[t.dtype] += t.numel();
+    }
+    if (m.units.empty()) throw Usage(fmt::format("--weights {}: no tensors", files.description()));
+    m.file_dtype = std::max_element(by_dtype.begin(), by_dtype.end(), [](const auto& a, const auto& b) {
+                     return a.second < b.second;
+                   })->first;
+    m.what = fmt::format("the weights {} ({} in the files; one unit per block)", files.description(),
+                         zs::dtype_name(*m.file_dtype));
+  } else if (params != 0 || largest != 0) {
     if (!(params > 0 && largest > 0 && largest <= params))
       throw Usage(fmt::format("--params {} and --largest-unit {} must be positive, the unit no larger than the model",
                               params, largest));
@@ -387,6 +408,11 @@ int main(int argc, char** argv) {
                   "example's attention, which changes --batch's activations; auto: fused on the GPU in bf16)");
   est->add_option("--manifest", manifest,
                   "a checkpoint: its model's tensors, and (without --config) its precision, optimizer and world");
+  std::string weights;
+  est->add_option("--weights", weights,
+                  "a model's safetensors: one file, or Hugging Face's sharded layout (the directory or its "
+                  "model.safetensors.index.json); only the headers are read, one unit per block "
+                  "(model.layers.N); without --precision or --config, bf16/fp16 files mean that compute dtype");
   est->add_option("--config", config_path,
                   "engine YAML: precision, optimizer, zero.*, offload.* (the options below override it)");
   auto* world_given = est->add_option("--world", q.worlds, "ranks (one or a list; default 1, or a --manifest's)")
@@ -465,7 +491,7 @@ int main(int argc, char** argv) {
   if (const auto stop = zs::parse_command_line(app, argc, argv)) return *stop;
   try {
     if (*mea) return measure(nproc, max_error, json_out, svg, command);
-    const Model m = load_model(params, largest, spec, manifest);
+    const Model m = load_model(params, largest, spec, manifest, weights);
     zs::Config cfg = config_path.empty() ? zs::Config{} : zs::Config::from_yaml_file(config_path);
     if (m.saved && config_path.empty()) {  // a checkpoint's own settings, unless the options below say otherwise
       cfg.precision.param = m.saved->param_dtype;
@@ -474,6 +500,8 @@ int main(int argc, char** argv) {
         cfg.optimizer.momentum = static_cast<float>(it->second);
       if (!world_given->count()) q.worlds = {m.saved->world_size};
     }
+    if (m.file_dtype && config_path.empty() && (*m.file_dtype == zs::DType::bf16 || *m.file_dtype == zs::DType::f16))
+      cfg.precision.param = *m.file_dtype;  // the weights' own precision, unless the options below say otherwise
     // The options given override the config (or the defaults, which they share with zs::Config).
     if (precision_given->count()) cfg.precision.param = zs::dtype_parse(precision);
     if (reduce_given->count()) cfg.precision.reduce = zs::dtype_parse(reduce);

@@ -111,6 +111,17 @@ TEST(WeightFiles, AWrongLayoutIsANamedError) {
   EXPECT_NE(e.find("no such file or directory"), std::string::npos) << e;
 }
 
+TEST(WeightFiles, APublishedModelsTensorsGroupIntoBlocks) {
+  EXPECT_EQ(weight_unit("model.layers.12.mlp.up_proj.weight"), "model.layers.12");
+  EXPECT_EQ(weight_unit("transformer.h.0.attn.c_attn.bias"), "transformer.h.0");
+  EXPECT_EQ(weight_unit("model.embed_tokens.weight"), "model.embed_tokens");
+  EXPECT_EQ(weight_unit("model.norm.weight"), "model.norm");
+  EXPECT_EQ(weight_unit("lm_head.weight"), "lm_head");
+  EXPECT_EQ(weight_unit("wte"), "wte");
+  EXPECT_EQ(weight_unit("h.3"), "h.3");
+  EXPECT_EQ(weight_unit("layer1x.w"), "layer1x");  // digits inside a name are not a block index
+}
+
 TEST(WeightFiles, ASaveSplitsInOrderAtTheLimit) {
   const std::vector<int64_t> bytes = {40, 30, 50, 200, 10, 10};
   EXPECT_EQ(plan_weight_files(bytes, 0), (std::vector<int>{0, 0, 0, 0, 0, 0}));

@@ -10,6 +10,12 @@
 
 namespace {
 
+// The line estimate prints about the model: "N parameters in U units (largest L)".
+std::string fmt_params(int64_t params, int units, int64_t largest) {
+  return std::to_string(params) + " parameters in " + std::to_string(units) + " units (largest " +
+         std::to_string(largest) + ")";
+}
+
 zs::test::CommandResult zsmem(const std::string& args) {
   return zs::test::run_command(std::string(ZS_ZSMEM_PATH) + " " + args);
 }
@@ -134,6 +140,65 @@ TEST(Zsmem, OffloadedAccumulationAddsUpOnTheHostUnlessTold) {
   EXPECT_EQ(device_grads, 1000 * 256 * 4 + 2 * 1024 * 4);
   EXPECT_EQ(device_staging, 0);
   EXPECT_NE(zsmem("estimate --params 1e6 --largest-unit 1e3 --offload-accumulate gpu").rc, 0);
+}
+
+// A safetensors file as a publisher writes it: the 8-byte header length, the JSON header, zeroed data.
+void write_safetensors(const std::filesystem::path& p,
+                       const std::vector<std::pair<std::string, std::vector<int64_t>>>& t, const std::string& dtype,
+                       int bytes) {
+  nlohmann::json h = nlohmann::json::object();
+  int64_t at = 0;
+  for (const auto& [name, shape] : t) {
+    int64_t n = bytes;
+    for (int64_t d : shape) n *= d;
+    h[name] = {{"dtype", dtype}, {"shape", shape}, {"data_offsets", {at, at + n}}};
+    at += n;
+  }
+  const std::string header = h.dump();
+  std::ofstream f(p, std::ios::binary);
+  for (int i = 0; i < 8; ++i) f.put(static_cast<char>(static_cast<uint64_t>(header.size()) >> (8 * i)));
+  f << header << std::string(static_cast<std::size_t>(at), '\0');
+}
+
+// --weights: a Llama-shaped model in Hugging Face's sharded layout (bf16, two files and the index). The
+// tensors group into one unit per block, the embedding, the final norm and the head (the count, the
+// parameters and the largest unit checked by hand); the files' bf16 becomes the compute dtype; a missing
+// file is a named error.
+TEST(Zsmem, WeightsOfAPublishedModelGroupIntoBlocks) {
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / "zsmem_weights_test";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const int64_t d = 64, V = 100, F = 176;
+  auto block = [&](int l) {
+    const std::string b = "model.layers." + std::to_string(l) + ".";
+    return std::vector<std::pair<std::string, std::vector<int64_t>>>{
+        {b + "self_attn.q_proj.weight", {d, d}},     {b + "self_attn.k_proj.weight", {d, d}},
+        {b + "self_attn.v_proj.weight", {d, d}},     {b + "self_attn.o_proj.weight", {d, d}},
+        {b + "mlp.gate_proj.weight", {F, d}},        {b + "mlp.up_proj.weight", {F, d}},
+        {b + "mlp.down_proj.weight", {d, F}},        {b + "input_layernorm.weight", {d}},
+        {b + "post_attention_layernorm.weight", {d}}};
+  };
+  auto first = block(0), second = block(1);
+  first.push_back({"model.embed_tokens.weight", {V, d}});
+  second.push_back({"model.norm.weight", {d}});
+  second.push_back({"lm_head.weight", {V, d}});
+  write_safetensors(dir / "model-00001-of-00002.safetensors", first, "BF16", 2);
+  write_safetensors(dir / "model-00002-of-00002.safetensors", second, "BF16", 2);
+  nlohmann::json map = nlohmann::json::object();
+  for (const auto& [name, shape] : first) map[name] = "model-00001-of-00002.safetensors";
+  for (const auto& [name, shape] : second) map[name] = "model-00002-of-00002.safetensors";
+  std::ofstream(dir / "model.safetensors.index.json") << nlohmann::json{{"metadata", {}}, {"weight_map", map}}.dump();
+  const int64_t per_block = 4 * d * d + 3 * F * d + 2 * d, total = 2 * per_block + 2 * V * d + d;
+  const zs::test::CommandResult text = zsmem("estimate --weights " + dir.string() + " --world 2 --stage 3");
+  ASSERT_EQ(text.rc, 0) << text.output;
+  EXPECT_NE(text.output.find(fmt_params(total, 5, per_block)), std::string::npos) << text.output;
+  EXPECT_NE(text.output.find("bf16 in the files"), std::string::npos) << text.output;
+  EXPECT_NE(text.output.find("compute bf16"), std::string::npos) << text.output;
+  std::filesystem::remove(dir / "model-00002-of-00002.safetensors");
+  const zs::test::CommandResult missing = zsmem("estimate --weights " + dir.string());
+  EXPECT_EQ(missing.rc, 1) << missing.output;
+  EXPECT_NE(missing.output.find("which does not exist"), std::string::npos) << missing.output;
+  std::filesystem::remove_all(dir);
 }
 
 // --manifest: the checkpoint's tensors make the units, and (without --config) its precision, optimizer and
