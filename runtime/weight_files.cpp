@@ -98,7 +98,7 @@ void WeightFiles::open_index(const std::string& index) {
   for (const auto& f : files_)
     for (const SafetensorsTensor& t : f->tensors())
       if (auto e = by_name_.find(t.name); e != by_name_.end() && e->second.tensor == &t) tensors_.push_back(t);
-  description_ = fmt::format("{} ({} files)", index, files_.size());
+  description_ = fmt::format("{} and its {} files", index, files_.size());
 }
 
 void WeightFiles::read_f32(const std::string& name, int64_t offset, int64_t count, float* out) {

@@ -70,7 +70,7 @@ TEST(WeightFiles, ShardedLayoutReadsAsOneSet) {
     EXPECT_EQ(out[0], 0.25f);
     EXPECT_EQ(out[1], 0.125f);
     EXPECT_EQ(w.bytes_read(), 16u + 4u);  // the slices, not the files
-    EXPECT_NE(w.description().find("(2 files)"), std::string::npos) << w.description();
+    EXPECT_NE(w.description().find("and its 2 files"), std::string::npos) << w.description();
   }
   const nlohmann::json index = nlohmann::json::parse(std::ifstream(d.path / kWeightsIndex));
   EXPECT_EQ(index["metadata"]["total_size"], 38);
