@@ -55,28 +55,38 @@ void WeightFiles::open_file(const std::string& path) {
 
 WeightFiles::~WeightFiles() = default;
 
+std::vector<std::pair<std::string, std::string>> parse_weights_index(std::string_view text, const std::string& source) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    ZS_FAIL("weights index '{}' is not valid JSON: {}", source, e.what());
+  }
+  ZS_CHECK(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(),
+           "weights index '{}': expected a JSON object with a \"weight_map\" object (tensor name -> file name), as "
+           "Hugging Face's model.safetensors.index.json",
+           source);
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& [name, file] : j["weight_map"].items()) {
+    ZS_CHECK(file.is_string(), "weights index '{}': tensor '{}' maps to {}, not a file name", source, name,
+             file.dump());
+    const std::string f = file.get<std::string>();
+    ZS_CHECK(
+        !f.empty() && f != "." && f != ".." && f.find('/') == std::string::npos && f.find('\0') == std::string::npos,
+        "weights index '{}': tensor '{}' maps to '{}', not a file name beside the index", source, name, f);
+    out.emplace_back(name, f);
+  }
+  return out;
+}
+
 void WeightFiles::open_index(const std::string& index) {
   std::ifstream in(index);
   ZS_CHECK(in.good(), "weights index '{}': cannot read it", index);
   std::stringstream ss;
   ss << in.rdbuf();
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(ss.str());
-  } catch (const nlohmann::json::exception& e) {
-    ZS_FAIL("weights index '{}' is not valid JSON: {}", index, e.what());
-  }
-  ZS_CHECK(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(),
-           "weights index '{}': expected a JSON object with a \"weight_map\" object (tensor name -> file name), as "
-           "Hugging Face's model.safetensors.index.json",
-           index);
   const fs::path dir = fs::path(index).parent_path();
   std::map<std::string, SafetensorsFile*> open;  // by file name, each opened once
-  for (const auto& [name, file] : j["weight_map"].items()) {
-    ZS_CHECK(file.is_string(), "weights index '{}': tensor '{}' maps to {}, not a file name", index, name, file.dump());
-    const std::string f = file.get<std::string>();
-    ZS_CHECK(f.find('/') == std::string::npos && f != ".." && !f.empty(),
-             "weights index '{}': tensor '{}' maps to '{}', not a file name beside the index", index, name, f);
+  for (const auto& [name, f] : parse_weights_index(ss.str(), index)) {
     auto it = open.find(f);
     if (it == open.end()) {
       const fs::path fp = dir / f;

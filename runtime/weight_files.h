@@ -10,6 +10,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "runtime/safetensors.h"
@@ -79,6 +80,11 @@ class WeightsWriter {
   std::size_t next_ = 0;
   std::unique_ptr<SafetensorsWriter> writer_;
 };
+
+// An index's text: its weight_map's (tensor, file) pairs, each file a plain name beside the index. Throws
+// zs::Error naming `source` (malformed JSON at its line and column, no weight_map, a value that is not a
+// file name). Pure, for WeightFiles and its fuzzing.
+std::vector<std::pair<std::string, std::string>> parse_weights_index(std::string_view text, const std::string& source);
 
 // The unit a published model's tensor belongs to when its weights are all one has (zsmem estimate
 // --weights): the name up to its first all-digit component, the block ("model.layers.12.mlp.up_proj.weight"
