@@ -91,6 +91,16 @@ void Engine::reduce_grads(UnitId id) {
   compute_stream_->record(ready);  // the app's gradient writes come first
   rs->wait(ready);
   TensorView full = TensorView::flat(grad_base(u), reduce_, P, device_);
+  // The shard's sum of squares for the step's global norm, behind its reduction on the same stream, so
+  // the step finds it taken while the backward went on.
+  auto sum_squares_behind = [&](TensorView shard) {
+    float* out = static_cast<float*>(norm_scratch_.data()) + id;
+    const Device dev = device_;
+    const DType t = reduce_;
+    rs->submit([dev, data = shard.data, t, n = shard.numel(), out, rs] {
+      kernels::sum_squares(dev, TensorView::flat(data, t, n, dev), out, rs);
+    });
+  };
   const bool accumulated = cfg_.zero.sharded_accumulation();
   // Offloaded with offload.accumulate on the host: each micro-batch's shard goes down as it lands (below).
   const bool on_host = accumulated && u.pipe >= 0 && cfg_.host_accumulation();
@@ -115,13 +125,8 @@ void Engine::reduce_grads(UnitId id) {
     PoolBuffer& pb = grad_pool_[static_cast<std::size_t>(u.grad_buffer)];
     pb.last_reduce = u.pending;
     pb.read_after_reduce = &added;
-    if (!last) {  // the next micro-batch's grads() takes a fresh buffer
-      u.grad_buffer = -1;
-      u.grad_state = GradState::none;
-      return;
-    }
   }
-  if (u.pipe >= 0) {
+  if (u.pipe >= 0 && (last || on_host)) {
     // In place, wherever the full gradients are (or the micro-batches' sum, reduced above), then this
     // rank's shard to the host for the CPU step.
     const bool device_sum = accumulated && !on_host;
@@ -139,15 +144,9 @@ void Engine::reduce_grads(UnitId id) {
       // The host adds the micro-batches up and takes the norm's sum of squares after the last.
       landing = u.micro_batches == 1 ? offload::Landing::first : last ? offload::Landing::last : offload::Landing::add;
     } else {
-      // The norm from the device's copy, as without offload: the host, whose memory traffic bounds the
-      // offloaded step, then reads the gradients once (in the update). Summed behind the reduce on its
-      // stream; the copy to the host, and so the buffer's reuse, waits for the sum.
-      float* out = static_cast<float*>(norm_scratch_.data()) + id;
-      const Device dev = device_;
-      const DType t = reduce_;
-      rs->submit([dev, data = shard.data, t, S, out, rs] {
-        kernels::sum_squares(dev, TensorView::flat(data, t, S, dev), out, rs);
-      });
+      // The norm from the device's copy, so the host, whose memory traffic bounds the offloaded step, reads
+      // the gradients once (in the update); the copy, and so the buffer's reuse, waits for the sum.
+      sum_squares_behind(shard);
     }
     rs->record(landed);
     Event& copied = offload_->download(u.pipe, shard.data, &landed, landing);
@@ -156,13 +155,8 @@ void Engine::reduce_grads(UnitId id) {
       pb.last_reduce = u.pending;
       pb.read_after_reduce = &copied;
     }
-    if (!last) {  // on_host: the next micro-batch's grads() takes a fresh buffer
-      u.grad_buffer = -1;
-      u.grad_state = GradState::none;
-      return;
-    }
   } else if (accumulated) {
-    // (the micro-batches' sum is in the shard: above)
+    // (the micro-batch reduced into the shard: above)
   } else if (stage == 0) {
     u.pending = comm_->all_reduce(full, full, ReduceOp::avg, rs);
   } else if (u.grad_buffer < 0) {
@@ -171,6 +165,12 @@ void Engine::reduce_grads(UnitId id) {
     u.pending = reduce_scatter(full, u.grads.view(reduce_, S));
     grad_pool_[static_cast<std::size_t>(u.grad_buffer)].last_reduce = u.pending;
   }
+  if (!last) {  // micro-batches added up in the shard (or on the host): the next grads() takes a fresh buffer
+    u.grad_buffer = -1;
+    u.grad_state = GradState::none;
+    return;
+  }
+  if (u.pipe < 0) sum_squares_behind(grad_shard(u, cfg_.zero.full_grads()));
   u.grad_state = GradState::reducing;
 }
 
@@ -201,25 +201,14 @@ StepStats Engine::step() {
     if (cfg_.zero.sharded_accumulation() && u.pipe < 0) consume(*grads_added_[i]);
     u.grad_state = GradState::reduced;
   }
-  // Global gradient norm: per-unit sums of squares, one all-reduce over the shards.
-  // Each unit's sum lands in the device's scratch: a unit updated on the device is summed now, an offloaded
-  // one was summed behind its reduce (reduce_grads).
+  // Global gradient norm: per-unit sums of squares, one all-reduce over the shards. Each unit's sum was
+  // taken behind its reduction (reduce_grads) into the device's scratch, or on the host after its last add.
   std::vector<float>& host = norm_host_;
-  float* sums = static_cast<float*>(norm_scratch_.data());
-  bool on_device = false;
-  for (std::size_t i = 0; i < units_.size(); ++i) {
-    if (units_[i]->pipe >= 0) continue;
-    kernels::sum_squares(device_, grad_shard(*units_[i], full_grads), sums + i, compute_stream_.get());
-    on_device = true;
-  }
-  if (offload_) {
-    reduce_stream_->synchronize();
-    // The gradient buffers are zeroed or handed to the next step's units (finish_step) only once their
-    // shards are on the host.
-    consume(offload_->downloads_done());
-  }
-  if (on_device) compute_stream_->synchronize();
-  memory_copy(host.data(), Device::cpu(), sums, device_, host.size() * sizeof(float));
+  reduce_stream_->synchronize();
+  // The gradient buffers are zeroed or handed to the next step's units (finish_step) only once their
+  // shards are on the host.
+  if (offload_) consume(offload_->downloads_done());
+  memory_copy(host.data(), Device::cpu(), norm_scratch_.data(), device_, host.size() * sizeof(float));
   if (cfg_.host_accumulation())  // those units' sums were taken on the host, after their last add
     for (std::size_t i = 0; i < units_.size(); ++i)
       if (units_[i]->pipe >= 0) host[i] = offload_->host_sum_squares(units_[i]->pipe);
