@@ -88,6 +88,26 @@ void check_float(DType t, const char* what, const char* op) {
            dtype_name(t));
 }
 
+// Per-tile partials of f over [0, n), combined in tile order: the result does not depend on the thread count.
+template <typename F>
+float sum_of_tiles(int64_t n, F&& f) {
+  thread_local std::vector<float> partial;
+  const int64_t nt = tiles(n);
+  if (static_cast<int64_t>(partial.size()) < nt) partial.resize(static_cast<std::size_t>(nt));
+  float* parts = partial.data();
+  for_tiles(n, [&](int64_t b, int64_t e) { parts[b / kTile] = f(b, e); });
+  double total = 0.0;
+  for (int64_t i = 0; i < nt; ++i) total += parts[i];
+  return static_cast<float>(total);
+}
+
+void check_add(Device device, const TensorView& src, const TensorView& dst, const char* op) {
+  check_float(src.dtype, "the source", op);
+  check_same_device(device, src, "the source", op);
+  check_same_device(device, dst, "the destination", op);
+  ZS_CHECK(src.dtype == dst.dtype && src.numel() == dst.numel(), "{}: source is {} x {}, destination {} x {}", op,
+           src.numel(), dtype_name(src.dtype), dst.numel(), dtype_name(dst.dtype));
+}
 }  // namespace
 
 int64_t update_bytes_per_element(const UpdateArgs& a) {
@@ -170,11 +190,7 @@ void scale(Device device, TensorView x, float alpha, float* found_nonfinite, Str
 
 void add(Device device, TensorView src, TensorView dst, Stream* stream) {
   const char* op = "add";
-  check_float(src.dtype, "the source", op);
-  check_same_device(device, src, "the source", op);
-  check_same_device(device, dst, "the destination", op);
-  ZS_CHECK(src.dtype == dst.dtype && src.numel() == dst.numel(), "{}: source is {} x {}, destination {} x {}", op,
-           src.numel(), dtype_name(src.dtype), dst.numel(), dtype_name(dst.dtype));
+  check_add(device, src, dst, op);
   if (device.is_cpu()) {
     const auto& t = table();
     for_tiles(src.numel(), [&](int64_t b, int64_t e) { t.add(src.data, dst.data, dst.dtype, b, e); });
@@ -192,20 +208,28 @@ void sum_squares(Device device, TensorView x, float* out, Stream* stream) {
   check_float(x.dtype, "the tensor", op);
   check_same_device(device, x, "the tensor", op);
   if (device.is_cpu()) {
-    // Per-tile partials, combined in tile order: the result does not depend on the thread count.
-    thread_local std::vector<float> partial;
-    const int64_t nt = tiles(x.numel());
-    if (static_cast<int64_t>(partial.size()) < nt) partial.resize(static_cast<std::size_t>(nt));
     const auto& t = table();
-    float* parts = partial.data();
-    for_tiles(x.numel(), [&](int64_t b, int64_t e) { parts[b / kTile] = t.sum_squares(x.data, x.dtype, b, e); });
-    double total = 0.0;
-    for (int64_t i = 0; i < nt; ++i) total += parts[i];
-    *out = static_cast<float>(total);
+    *out = sum_of_tiles(x.numel(), [&](int64_t b, int64_t e) { return t.sum_squares(x.data, x.dtype, b, e); });
     return;
   }
 #ifdef ZS_WITH_CUDA
   cuda::sum_squares(x.data, x.dtype, x.numel(), out, cuda_stream(stream));
+#else
+  ZS_FAIL("{} on {}: this build has no CUDA support", op, device.str());
+#endif
+}
+
+void add_sum_squares(Device device, TensorView src, TensorView dst, float* out, Stream* stream) {
+  const char* op = "add and sum of squares";
+  check_add(device, src, dst, op);
+  if (device.is_cpu()) {
+    const auto& t = table();
+    *out = sum_of_tiles(dst.numel(),
+                        [&](int64_t b, int64_t e) { return t.add_sum_squares(src.data, dst.data, dst.dtype, b, e); });
+    return;
+  }
+#ifdef ZS_WITH_CUDA
+  cuda::add_sum_squares(src.data, dst.data, dst.dtype, dst.numel(), out, cuda_stream(stream));
 #else
   ZS_FAIL("{} on {}: this build has no CUDA support", op, device.str());
 #endif

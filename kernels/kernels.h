@@ -98,6 +98,10 @@ void add(Device device, TensorView src, TensorView dst, Stream* stream = nullptr
 // a given size (and, on CUDA, device).
 void sum_squares(Device device, TensorView x, float* out, Stream* stream = nullptr);
 
+// add, then *out = sum of the new dst^2, in one pass over dst: the same bits as add followed by sum_squares
+// (on CUDA too). Completes an accumulated gradient shard and takes its share of the norm.
+void add_sum_squares(Device device, TensorView src, TensorView dst, float* out, Stream* stream = nullptr);
+
 // Copies each tensor to its element offset in a flat buffer (pack) or back (unpack); same dtypes.
 void pack(Device device, std::span<const TensorView> tensors, std::span<const int64_t> offsets, TensorView flat,
           Stream* stream = nullptr);

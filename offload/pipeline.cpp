@@ -118,10 +118,12 @@ void Pipeline::add_staged(int u, int k, void* dst, bool last) {
   const Device cpu = Device::cpu();
   staged_[ki]->synchronize();  // its copy has landed
   const int64_t t0 = steady_ns();
-  const TensorView sum = TensorView::flat(dst, reduce_, n, cpu);
-  kernels::add(cpu, TensorView::flat(staging_[ki], reduce_, n, cpu), sum);
-  // The last micro-batch completes the shard: its sum of squares for the step's norm.
-  if (last) kernels::sum_squares(cpu, sum, &host_sums_[static_cast<std::size_t>(u)]);
+  const TensorView part = TensorView::flat(staging_[ki], reduce_, n, cpu), sum = TensorView::flat(dst, reduce_, n, cpu);
+  // The last micro-batch completes the shard: its sum of squares for the step's norm, in the same pass.
+  if (last)
+    kernels::add_sum_squares(cpu, part, sum, &host_sums_[static_cast<std::size_t>(u)]);
+  else
+    kernels::add(cpu, part, sum);
   accumulate_ns_.fetch_add(steady_ns() - t0, std::memory_order_relaxed);
 }
 

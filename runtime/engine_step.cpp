@@ -93,11 +93,11 @@ void Engine::reduce_grads(UnitId id) {
   TensorView full = TensorView::flat(grad_base(u), reduce_, P, device_);
   // The shard's sum of squares for the step's global norm, behind its reduction on the same stream, so
   // the step finds it taken while the backward went on.
+  float* norm_out = static_cast<float*>(norm_scratch_.data()) + id;
   auto sum_squares_behind = [&](TensorView shard) {
-    float* out = static_cast<float*>(norm_scratch_.data()) + id;
     const Device dev = device_;
     const DType t = reduce_;
-    rs->submit([dev, data = shard.data, t, n = shard.numel(), out, rs] {
+    rs->submit([dev, data = shard.data, t, n = shard.numel(), out = norm_out, rs] {
       kernels::sum_squares(dev, TensorView::flat(data, t, n, dev), out, rs);
     });
   };
@@ -107,7 +107,8 @@ void Engine::reduce_grads(UnitId id) {
   if (accumulated && !on_host) {
     // Every micro-batch is reduced: the first into the unit's shard, the others in place and added to it;
     // the buffer goes back to the pool after the add. The last one's sum is then the unit's reduced
-    // gradient: updated on the device, or copied to the host from there.
+    // gradient: updated on the device, or copied to the host from there. The last add takes the norm's
+    // sum of squares in the same pass.
     TensorView acc = u.grads.view(reduce_, S);
     if (u.micro_batches == 1) {
       u.pending = reduce_scatter(full, acc);
@@ -116,8 +117,12 @@ void Engine::reduce_grads(UnitId id) {
       u.pending = reduce_scatter(full, part);
       const Device dev = device_;
       const DType t = reduce_;
-      rs->submit([dev, src = part.data, dst = acc.data, t, S, rs] {
-        kernels::add(dev, TensorView::flat(src, t, S, dev), TensorView::flat(dst, t, S, dev), rs);
+      rs->submit([dev, src = part.data, dst = acc.data, t, S, out = last ? norm_out : nullptr, rs] {
+        const TensorView from = TensorView::flat(src, t, S, dev), into = TensorView::flat(dst, t, S, dev);
+        if (out)
+          kernels::add_sum_squares(dev, from, into, out, rs);
+        else
+          kernels::add(dev, from, into, rs);
       });
     }
     Event& added = *grads_added_[static_cast<std::size_t>(id)];
@@ -143,7 +148,7 @@ void Engine::reduce_grads(UnitId id) {
     if (on_host) {
       // The host adds the micro-batches up and takes the norm's sum of squares after the last.
       landing = u.micro_batches == 1 ? offload::Landing::first : last ? offload::Landing::last : offload::Landing::add;
-    } else {
+    } else if (!device_sum) {  // (a device sum's was taken by its last add)
       // The norm from the device's copy, so the host, whose memory traffic bounds the offloaded step, reads
       // the gradients once (in the update); the copy, and so the buffer's reuse, waits for the sum.
       sum_squares_behind(shard);
@@ -170,7 +175,7 @@ void Engine::reduce_grads(UnitId id) {
     u.grad_state = GradState::none;
     return;
   }
-  if (u.pipe < 0) sum_squares_behind(grad_shard(u, cfg_.zero.full_grads()));
+  if (u.pipe < 0 && !accumulated) sum_squares_behind(grad_shard(u, cfg_.zero.full_grads()));
   u.grad_state = GradState::reducing;
 }
 

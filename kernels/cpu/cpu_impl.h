@@ -261,20 +261,43 @@ void add(const void* src, void* dst, DType t, int64_t b, int64_t e) {
   }
 }
 
+// Adds the squares of a block (its length a multiple of 16 but for the range's last) into 16 interleaved
+// accumulators; their sum, in index order, is the range's.
+void add_squares(const float* __restrict v, int64_t n, float* __restrict acc) {
+  int64_t k = 0;
+  for (; k + 16 <= n; k += 16)
+    for (int j = 0; j < 16; ++j) acc[j] += v[k + j] * v[k + j];
+  for (; k < n; ++k) acc[k & 15] += v[k] * v[k];
+}
+
+float total_of(const float* acc) {
+  float total = 0.0f;
+  for (int j = 0; j < 16; ++j) total += acc[j];
+  return total;
+}
+
 float sum_squares(const void* x, DType t, int64_t b, int64_t e) {
   alignas(64) float buf[kBlock];
   float acc[16] = {};
   for (int64_t i = b; i < e; i += kBlock) {
     const int64_t n = std::min(kBlock, e - i);
-    const float* v = stage_in(x, t, i, n, buf);
-    int64_t k = 0;
-    for (; k + 16 <= n; k += 16)
-      for (int j = 0; j < 16; ++j) acc[j] += v[k + j] * v[k + j];
-    for (; k < n; ++k) acc[k & 15] += v[k] * v[k];
+    add_squares(stage_in(x, t, i, n, buf), n, acc);
   }
-  float total = 0.0f;
-  for (float a : acc) total += a;
-  return total;
+  return total_of(acc);
+}
+
+float add_sum_squares(const void* src, void* dst, DType t, int64_t b, int64_t e) {
+  alignas(64) float sbuf[kBlock], dbuf[kBlock];
+  float acc[16] = {};
+  for (int64_t i = b; i < e; i += kBlock) {
+    const int64_t n = std::min(kBlock, e - i);
+    const float* s = stage_in(src, t, i, n, sbuf);
+    float* d = stage_inout(dst, t, i, n, dbuf);
+    for (int64_t k = 0; k < n; ++k) d[k] += s[k];
+    stage_out(d, dst, t, i, n);
+    add_squares(stage_in(dst, t, i, n, dbuf), n, acc);  // the stored (rounded) values, still in L1
+  }
+  return total_of(acc);
 }
 
 }  // namespace

@@ -17,6 +17,8 @@ struct CpuTable {
   void (*add)(const void* src, void* dst, DType t, int64_t b, int64_t e);
   // Sum of squares of [b, e) in f32 with 16 interleaved accumulators: the same order on every ISA.
   float (*sum_squares)(const void* x, DType t, int64_t b, int64_t e);
+  // add, then sum_squares of the result, in one pass: the same bits as the two.
+  float (*add_sum_squares)(const void* src, void* dst, DType t, int64_t b, int64_t e);
 };
 
 const CpuTable& table_scalar();

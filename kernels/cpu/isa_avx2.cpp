@@ -5,7 +5,7 @@
 namespace zs::kernels::cpu {
 
 const CpuTable& table_avx2() {
-  static const CpuTable t{"avx2", &update, &cast, &scale, &add, &sum_squares};
+  static const CpuTable t{"avx2", &update, &cast, &scale, &add, &sum_squares, &add_sum_squares};
   return t;
 }
 

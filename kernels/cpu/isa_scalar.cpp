@@ -5,7 +5,7 @@
 namespace zs::kernels::cpu {
 
 const CpuTable& table_scalar() {
-  static const CpuTable t{"scalar", &update, &cast, &scale, &add, &sum_squares};
+  static const CpuTable t{"scalar", &update, &cast, &scale, &add, &sum_squares, &add_sum_squares};
   return t;
 }
 

@@ -12,5 +12,6 @@ void cast(const void* src, DType st, void* dst, DType dt, int64_t n, cudaStream_
 void scale(void* x, DType t, float alpha, int64_t n, float* found_nonfinite, cudaStream_t stream);
 void add(const void* src, void* dst, DType t, int64_t n, cudaStream_t stream);
 void sum_squares(const void* x, DType t, int64_t n, float* out, cudaStream_t stream);
+void add_sum_squares(const void* src, void* dst, DType t, int64_t n, float* out, cudaStream_t stream);
 
 }  // namespace zs::kernels::cuda

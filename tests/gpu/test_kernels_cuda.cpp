@@ -4,6 +4,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <bit>
 #include <cstring>
 #include <random>
 
@@ -129,6 +130,25 @@ TEST(CudaKernels, CastScaleAddAndSumSquaresMatchTheCpu) {
     sum_squares(Device::cpu(), TensorView::flat(half.host.data(), t, n), &cpu_sum);
     ZS_CHECK_CUDA(cudaMemcpy(&gpu_sum, out.data(), 4, cudaMemcpyDeviceToHost));
     EXPECT_NEAR(gpu_sum, cpu_sum, 1e-5 * cpu_sum) << "sum of squares " << dtype_name(t);
+    // add_sum_squares: on the device the same bits as its add and sum of squares apart; the values the
+    // CPU's, the sum within rounding.
+    Twin fused(n * 2), apart(n * 2);
+    fused.host = apart.host = half.host;
+    fused.upload();
+    apart.upload();
+    Buffer sums(8, MemoryKind::device, kGpu, MemCategory::other);
+    float* d_sums = static_cast<float*>(sums.data());
+    add_sum_squares(kGpu, TensorView::flat(other.d(), t, n, kGpu), TensorView::flat(fused.d(), t, n, kGpu), d_sums);
+    add(kGpu, TensorView::flat(other.d(), t, n, kGpu), TensorView::flat(apart.d(), t, n, kGpu));
+    sum_squares(kGpu, TensorView::flat(apart.d(), t, n, kGpu), d_sums + 1);
+    add_sum_squares(Device::cpu(), TensorView::flat(other.host.data(), t, n), TensorView::flat(fused.host.data(), t, n),
+                    &cpu_sum);
+    float got[2] = {};
+    ZS_CHECK_CUDA(cudaMemcpy(got, d_sums, 8, cudaMemcpyDeviceToHost));
+    EXPECT_EQ(fused.download(), apart.download()) << "add_sum_squares " << dtype_name(t);
+    EXPECT_EQ(fused.download(), fused.host) << "add_sum_squares " << dtype_name(t);
+    EXPECT_EQ(std::bit_cast<uint32_t>(got[0]), std::bit_cast<uint32_t>(got[1])) << "add_sum_squares " << dtype_name(t);
+    EXPECT_NEAR(got[0], cpu_sum, 1e-5 * cpu_sum) << "add_sum_squares " << dtype_name(t);
   }
 }
 

@@ -390,6 +390,49 @@ TEST(SumSquares, MatchesF64AndIsDeterministicAcrossThreadsAndIsas) {
   }
 }
 
+TEST(AddSumSquares, IsTheAddThenTheSumOfSquaresInOnePass) {
+  KernelSettings keep;
+  for (int64_t n : {1, 7, 15, 17, 4096, 1000003}) {
+    std::mt19937 rng(static_cast<uint32_t>(n) + 7);
+    std::normal_distribution<float> nd;
+    for (DType t : {DType::f32, DType::bf16, DType::f16}) {
+      Buf src(t, n), dst0(t, n);
+      for (int64_t i = 0; i < n; ++i) {
+        src.set(i, nd(rng));
+        dst0.set(i, nd(rng) * 2.0f);
+      }
+      // The reference: each element the f64 sum rounded once to t, then the f64 sum of their squares.
+      Buf want(t, n);
+      double want_sum = 0.0;
+      for (int64_t i = 0; i < n; ++i) {
+        want.set(i, static_cast<float>(static_cast<double>(dst0.get(i)) + static_cast<double>(src.get(i))));
+        want_sum += static_cast<double>(want.get(i)) * want.get(i);
+      }
+      for (const char* isa : isas())
+        for (int threads : {1, 2}) {
+          set_cpu_isa(isa);
+          set_cpu_threads(threads);
+          Buf fused = dst0, twice = dst0;
+          float got = -1.0f, apart = -2.0f;
+          add_sum_squares(kCpu, TensorView::flat(src.data(), t, n), TensorView::flat(fused.data(), t, n), &got);
+          add(kCpu, TensorView::flat(src.data(), t, n), TensorView::flat(twice.data(), t, n));
+          sum_squares(kCpu, TensorView::flat(twice.data(), t, n), &apart);
+          const std::string where = fmt::format("n={} {} {} threads {}", n, dtype_name(t), isa, threads);
+          int64_t wrong = 0;
+          for (int64_t i = 0; i < n; ++i) wrong += fused.get(i) != want.get(i);
+          EXPECT_EQ(wrong, 0) << where;
+          EXPECT_NEAR(got, want_sum, 1e-5 * want_sum) << where;
+          EXPECT_EQ(std::bit_cast<uint32_t>(got), std::bit_cast<uint32_t>(apart)) << where;
+        }
+    }
+  }
+  std::vector<float> a(4), b(5);
+  float out = 0.0f;
+  EXPECT_THROW(
+      add_sum_squares(kCpu, TensorView::flat(a.data(), DType::f32, 4), TensorView::flat(b.data(), DType::f32, 5), &out),
+      Error);
+}
+
 TEST(Pack, RoundTripsAtOffsets) {
   std::vector<float> a = {1, 2, 3}, b = {4, 5}, c(7);
   std::iota(c.begin(), c.end(), 10.0f);
