@@ -241,24 +241,26 @@ void Engine::setup() {
   for (const auto& up : units_) trainable.push_back(up->layout.elements());
   const std::vector<bool> offloaded = offloaded_units(trainable, cfg_);
   std::vector<UnitBuffers> plans;
-  OnDisk on_disk;  // by pipe
+  Offloaded off;
+  int64_t largest_offloaded = 0;  // elements of the largest offloaded unit's shard
   int64_t pool = 0;
   int pipes = 0;
   for (std::size_t i = 0; i < units_.size(); ++i) {
     const UnitBuffers& b = plans.emplace_back(unit_buffers(units_[i]->layout, units_[i]->frozen, cfg_, offloaded[i]));
     pool += b.host_pool_bytes();
-    if (b.state_on_disk) on_disk.state.push_back(b.swap_region());
-    if (b.params_on_disk) on_disk.params.push_back(b.param_region());
-    if (b.grads_on_disk) on_disk.grads.push_back(b.grad_region());
+    if (b.state_on_disk) off.state.push_back(b.swap_region());
+    if (b.params_on_disk) off.params.push_back(b.param_region());
+    if (b.grads_on_disk) off.grads.push_back(b.grad_region());
     units_[i]->pipe = offloaded[i] ? pipes++ : -1;
-    if (offloaded[i]) on_disk.names.push_back(units_[i]->name);
-    if (offloaded[i]) on_disk.largest_shard = std::max(on_disk.largest_shard, units_[i]->layout.shard);
+    if (!offloaded[i]) continue;
+    off.names.push_back(units_[i]->name);
+    largest_offloaded = std::max(largest_offloaded, units_[i]->layout.shard);
   }
-  const int64_t staging = accumulation_staging_bytes(on_disk.largest_shard, cfg_);  // each
-  pool += offload::kAccumulationStaging * offload::pool_part_bytes(staging);
-  for (const auto& [regions, count] : {std::pair{&on_disk.state, cfg_.offload.buffer_count},
-                                       std::pair{&on_disk.params, cfg_.offload.param_buffer_count},
-                                       std::pair{&on_disk.grads, cfg_.offload.grad_buffer_count}})
+  off.staging_bytes = accumulation_staging_bytes(largest_offloaded, cfg_);
+  pool += offload::kAccumulationStaging * offload::pool_part_bytes(off.staging_bytes);
+  for (const auto& [regions, count] :
+       {std::pair{&off.state, cfg_.offload.buffer_count}, std::pair{&off.params, cfg_.offload.param_buffer_count},
+        std::pair{&off.grads, cfg_.offload.grad_buffer_count}})
     pool += offload::pool_part_bytes(offload::swap_buffer_bytes(*regions, count));
   if (pool > 0) host_pool_ = offload::HostPool(pool, cfg_.offload.pin_memory, device_);  // every offloaded part
   for (std::size_t i = 0; i < units_.size(); ++i) {
@@ -293,7 +295,7 @@ void Engine::setup() {
     memory_copy(u.decay_ranges.data(), u.decay_ranges.resident(), ranges.data(), Device::cpu(),
                 ranges.size() * sizeof(kernels::ElementRange));
   }
-  if (cfg_.offload.optimizer_on_cpu()) setup_offload(std::move(on_disk));
+  if (cfg_.offload.optimizer_on_cpu()) setup_offload(std::move(off));
   const PoolPlan pools = pool_plan(largest, largest_grads, num_units(), cfg_);
   for (int i = 0; i < pools.gather_count; ++i)
     gather_pool_.push_back(
@@ -348,7 +350,7 @@ std::unique_ptr<offload::SwapCache> Engine::make_swap_cache(std::vector<offload:
   return cache;
 }
 
-void Engine::setup_offload(OnDisk on_disk) {
+void Engine::setup_offload(Offloaded off) {
   const int r = shard_rank();
   const auto cs = static_cast<int64_t>(dtype_size(compute_)), rs = static_cast<int64_t>(dtype_size(reduce_));
   std::vector<offload::UnitShard> shards;
@@ -381,9 +383,9 @@ void Engine::setup_offload(OnDisk on_disk) {
   std::unique_ptr<offload::StateSwap> swap;
   if (cfg_.offload.state_on_nvme()) {
     const int count = cfg_.offload.buffer_count;
-    swap_buffers_ = host_pool_.take(offload::swap_buffer_bytes(on_disk.state, count), MemCategory::optim_state);
-    swap = std::make_unique<offload::StateSwap>(cfg_.offload.nvme_path, comm_->rank(), std::move(on_disk.state),
-                                                swap_buffers_.data(), count, on_disk.names);
+    swap_buffers_ = host_pool_.take(offload::swap_buffer_bytes(off.state, count), MemCategory::optim_state);
+    swap = std::make_unique<offload::StateSwap>(cfg_.offload.nvme_path, comm_->rank(), std::move(off.state),
+                                                swap_buffers_.data(), count, off.names);
     if (comm_->rank() == 0)
       log::info(
           "offload: the optimizer state is on disk, {:.2f} GiB for rank 0 in {}, streamed through {} host "
@@ -394,16 +396,16 @@ void Engine::setup_offload(OnDisk on_disk) {
   }
   std::unique_ptr<offload::SwapCache> params, grads;
   if (cfg_.offload.params_on_nvme())
-    params = make_swap_cache(std::move(on_disk.params), on_disk.names, cfg_.offload.param_buffer_count,
-                             MemCategory::params, param_swap_buffers_, offload::SwapCache::kParams);
+    params = make_swap_cache(std::move(off.params), off.names, cfg_.offload.param_buffer_count, MemCategory::params,
+                             param_swap_buffers_, offload::SwapCache::kParams);
   if (cfg_.offload.grads_on_nvme())
-    grads = make_swap_cache(std::move(on_disk.grads), on_disk.names, cfg_.offload.grad_buffer_count, MemCategory::grads,
+    grads = make_swap_cache(std::move(off.grads), off.names, cfg_.offload.grad_buffer_count, MemCategory::grads,
                             grad_swap_buffers_, offload::SwapCache::kGrads);
   std::vector<void*> staging;  // with host accumulation
-  if (const int64_t bytes = accumulation_staging_bytes(on_disk.largest_shard, cfg_); bytes > 0)
+  if (off.staging_bytes > 0)
     for (int k = 0; k < offload::kAccumulationStaging; ++k)
       staging.push_back(
-          accumulation_staging_.emplace_back(host_pool_.take(bytes, MemCategory::offload_staging)).data());
+          accumulation_staging_.emplace_back(host_pool_.take(off.staging_bytes, MemCategory::offload_staging)).data());
   offload_ = std::make_unique<offload::Pipeline>(device_, compute_, reduce_, cfg_.optimizer.state_dtype,
                                                  cfg_.offload.delayed(), std::move(shards), std::move(swap),
                                                  std::move(params), std::move(grads), std::move(staging));

@@ -225,14 +225,13 @@ class Engine {
   void consume(Event& e);                          // make compute wait for an event (a copy)
   // Stages 1-2 with the optimizer offloaded: all-gathers the replica once the unit's shard is back.
   void refresh_replica(UnitId u);
-  // on_disk, params_on_disk: by pipe, with the state or the parameters on disk (their files' regions).
-  // The regions of the offloaded units (by pipe) on disk: the optimizer's state, the parameters, the gradients.
-  struct OnDisk {
-    std::vector<offload::SwapRegion> state, params, grads;
-    std::vector<std::string> names;  // the offloaded units', for the files' errors
-    int64_t largest_shard = 0;       // elements of the largest offloaded unit's shard
+  // What setup() works out about the offloaded units (by pipe) for setup_offload.
+  struct Offloaded {
+    std::vector<offload::SwapRegion> state, params, grads;  // their regions on disk, by what is there
+    std::vector<std::string> names;                         // theirs, for the files' errors
+    int64_t staging_bytes = 0;                              // each of the host accumulation's staging buffers (0: none)
   };
-  void setup_offload(OnDisk on_disk);
+  void setup_offload(Offloaded offloaded);
   // offload.params or offload.grads: nvme: the cache over `regions` in `slots` (taken from the host pool).
   std::unique_ptr<offload::SwapCache> make_swap_cache(std::vector<offload::SwapRegion> regions,
                                                       std::vector<std::string> names, int count, MemCategory category,
