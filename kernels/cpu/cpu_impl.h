@@ -250,17 +250,6 @@ bool scale(void* x, DType t, float alpha, int64_t b, int64_t e) {
   return bad != 0;
 }
 
-void add(const void* src, void* dst, DType t, int64_t b, int64_t e) {
-  alignas(64) float sbuf[kBlock], dbuf[kBlock];
-  for (int64_t i = b; i < e; i += kBlock) {
-    const int64_t n = std::min(kBlock, e - i);
-    const float* s = stage_in(src, t, i, n, sbuf);
-    float* d = stage_inout(dst, t, i, n, dbuf);
-    for (int64_t k = 0; k < n; ++k) d[k] += s[k];
-    stage_out(d, dst, t, i, n);
-  }
-}
-
 // Adds the squares of a block (its length a multiple of 16 but for the range's last) into 16 interleaved
 // accumulators; their sum, in index order, is the range's.
 void add_squares(const float* __restrict v, int64_t n, float* __restrict acc) {
@@ -286,17 +275,27 @@ float sum_squares(const void* x, DType t, int64_t b, int64_t e) {
   return total_of(acc);
 }
 
-float add_sum_squares(const void* src, void* dst, DType t, int64_t b, int64_t e) {
+// dst += src over [b, e), summed in f32 and rounded once to t; with acc, the squares of the stored values
+// (still in L1) are added into it as sum_squares would.
+void add_into(const void* src, void* dst, DType t, int64_t b, int64_t e, float* acc) {
   alignas(64) float sbuf[kBlock], dbuf[kBlock];
-  float acc[16] = {};
   for (int64_t i = b; i < e; i += kBlock) {
     const int64_t n = std::min(kBlock, e - i);
     const float* s = stage_in(src, t, i, n, sbuf);
     float* d = stage_inout(dst, t, i, n, dbuf);
     for (int64_t k = 0; k < n; ++k) d[k] += s[k];
     stage_out(d, dst, t, i, n);
-    add_squares(stage_in(dst, t, i, n, dbuf), n, acc);  // the stored (rounded) values, still in L1
+    if (acc) add_squares(stage_in(dst, t, i, n, dbuf), n, acc);
   }
+}
+
+void add(const void* src, void* dst, DType t, int64_t b, int64_t e) {
+  add_into(src, dst, t, b, e, nullptr);
+}
+
+float add_sum_squares(const void* src, void* dst, DType t, int64_t b, int64_t e) {
+  float acc[16] = {};
+  add_into(src, dst, t, b, e, acc);
   return total_of(acc);
 }
 
