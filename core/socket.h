@@ -32,6 +32,8 @@ class Socket {
 
 // Binds and listens on host:port (port 0 picks a free one). Returns the socket and the bound port.
 Socket listen_tcp(const std::string& host, int port, int* bound_port);
+// Accepts a connection on a listening socket, with TCP_NODELAY set as on connected ones; -1 on failure.
+int accept_tcp(int listener_fd);
 // Connects, retrying refused connections until `deadline` (the server may not be up yet).
 Socket connect_tcp(const std::string& host, int port, Clock::time_point deadline);
 // The peer's address as text, for logs.

@@ -56,7 +56,7 @@ void StoreServer::accept_loop() {
     if (::poll(p, 2, -1) < 0 && errno == EINTR) continue;
     if (stop_) return;
     if (!(p[0].revents & POLLIN)) continue;
-    int fd = ::accept4(listener_.fd(), nullptr, nullptr, SOCK_CLOEXEC);
+    int fd = net::accept_tcp(listener_.fd());
     if (fd < 0) continue;
     std::lock_guard lk(mu_);
     conn_fds_.push_back(fd);

@@ -33,6 +33,16 @@ TEST(Store, SetGetAddCheckAndPrefixes) {
   EXPECT_TRUE(p.check({"a"}));
 }
 
+// A value far larger than a socket buffer leaves in several sendmsg calls each way and comes back intact.
+TEST(Store, LargeValuesRoundTripWhole) {
+  StoreServer server("127.0.0.1", 0, "secret");
+  TcpStore c("127.0.0.1", server.port(), "secret", 5000ms);
+  std::vector<uint8_t> big(24 << 20);
+  for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<uint8_t>(i * 131 + (i >> 16));
+  c.set("big", big);
+  EXPECT_TRUE(c.get("big", 5000ms) == big);
+}
+
 TEST(Store, ConcurrentClientsAddAndBlockingGets) {
   StoreServer server("127.0.0.1", 0, "secret");
   constexpr int kClients = 8, kAdds = 100;
