@@ -1,5 +1,6 @@
-// Gloo collectives: ring reduce-scatter and all-gather on unbound buffers (true reduce-scatter volume),
-// all-reduce as the two, bf16/f16 reduced in f32, every wait bounded by the group's timeout.
+// Gloo collectives: reduce-scatter and all-gather on unbound buffers, every rank sending to every rank at
+// once (one round of latency, the ring's bytes), all-reduce as the two, bf16/f16 reduced in f32 in rank order,
+// every wait bounded by the group's timeout.
 #include "core/comm_gloo.h"
 
 #include <gloo/common/error.h>
@@ -10,12 +11,15 @@
 #include <gloo/types.h>
 
 #include <algorithm>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <tuple>
 #include <utility>
+#include <vector>
 
+#include "core/chunks.h"
 #include "core/error.h"
-#include "core/ring.h"
 #include "core/stream_cpu.h"
 #include "core/work_pool.h"
 
@@ -60,31 +64,46 @@ class GlooWorkState final : public WorkState {
 
 using Unbound = gloo::transport::UnboundBuffer;
 
-// A stream's collective staging: a send and a receive segment (reductions go through them in f32) with
-// their unbound buffers, and the unbound buffers of the tensors it has moved in place (the engine's gather
-// and gradient buffers come back every step), so a steady step creates none.
+// A transfer posted and not yet waited for: `peer` is the rank it goes to or comes from.
+struct PendingTransfer {
+  Unbound* buf;
+  int peer;
+  bool is_recv;
+};
+
+// A stream's collective staging: an f32 accumulator segment and a receive area of the same size (ledger
+// comm_scratch), the unbound buffers of the tensors it has moved (the engine's gather and gradient buffers
+// come back every step) and its list of pending transfers, so a steady step creates none.
 struct GlooScratch {
-  GlooScratch(gloo::Context& ctx, std::size_t segment_bytes)
-      : mem(2 * segment_bytes, MemoryKind::host, Device::cpu(), MemCategory::comm_scratch),
-        send(ctx.createUnboundBuffer(mem.data(), segment_bytes)),
-        recv(ctx.createUnboundBuffer(static_cast<char*>(mem.data()) + segment_bytes, segment_bytes)) {}
-  // The unbound buffer over [ptr, ptr + bytes), made on first use. One that no longer exists costs only its
-  // entry (an unbound buffer touches its memory only while an operation on it is pending).
-  Unbound& over(gloo::Context& ctx, void* ptr, std::size_t bytes) {
-    auto it = seen.find({ptr, bytes});
+  explicit GlooScratch(std::size_t segment_bytes)
+      : mem(2 * segment_bytes, MemoryKind::host, Device::cpu(), MemCategory::comm_scratch), segment(segment_bytes) {}
+  float* acc() { return static_cast<float*>(mem.data()); }
+  char* recv_area() { return static_cast<char*>(mem.data()) + segment; }
+  // The unbound buffer over [ptr, ptr + bytes) for traffic with `peer`, made on first use: one per peer, so
+  // each wait names the rank it waits on. One that no longer exists costs only its entry (an unbound buffer
+  // touches its memory only while an operation on it is pending).
+  Unbound& over(gloo::Context& ctx, void* ptr, std::size_t bytes, int peer) {
+    const Key key{ptr, bytes, peer};
+    auto it = seen.find(key);
     if (it != seen.end()) return *it->second;
-    if (seen.size() >= kMaxSeen) seen.clear();  // a program that moves ever new tensors: start again
-    return *seen.emplace(std::pair{ptr, bytes}, ctx.createUnboundBuffer(ptr, bytes)).first->second;
+    return *seen.emplace(key, ctx.createUnboundBuffer(ptr, bytes)).first->second;
+  }
+  // Before a collective of an n-rank group (which makes at most 3n buffers, and none of the previous one's is
+  // still pending): a program that moves ever new tensors starts the cache again.
+  void trim(int n) {
+    if (seen.size() + 3 * static_cast<std::size_t>(n) > kMaxSeen) seen.clear();
   }
   static constexpr std::size_t kMaxSeen = 4096;
+  using Key = std::tuple<const void*, std::size_t, int>;
   Buffer mem;
-  std::unique_ptr<Unbound> send, recv;
-  std::map<std::pair<const void*, std::size_t>, std::unique_ptr<Unbound>> seen;
+  std::size_t segment;
+  std::map<Key, std::unique_ptr<Unbound>> seen;
+  std::vector<PendingTransfer> pending;
 };
 
 namespace {
 
-constexpr uint8_t kRingSlotPrefix = 0x40;
+constexpr uint8_t kSlotPrefix = 0x40;
 constexpr uint64_t kConnectTag = 0xffffffffu;  // never reached by a group's op counter in practice
 
 // Adapts our Store to Gloo's rendezvous interface (Gloo's own waits take no deadline of ours).
@@ -108,52 +127,69 @@ class GlooStore final : public gloo::rendezvous::Store {
   Millis timeout_;
 };
 
-// One collective's point-to-point traffic, with errors that name the op (or, with none, the group's
-// connection) and the peer; the description is formatted only for an error.
-class Ring {
+// One collective's point-to-point traffic: transfers are posted (receives first, so the peers hear early
+// that this rank is ready) and then waited for together, with errors that name the op (or, with none, the
+// group's connection) and the peer; the description is formatted only for an error.
+class Peers {
  public:
-  Ring(gloo::Context& ctx, uint64_t seq, Millis timeout, const Comm& comm, const CollectiveOp* op)
+  Peers(gloo::Context& ctx, uint64_t seq, Millis timeout, const Comm& comm, const CollectiveOp* op,
+        std::vector<PendingTransfer>& pending)
       : ctx_(ctx),
-        slot_(gloo::Slot::build(kRingSlotPrefix, static_cast<uint32_t>(seq))),
+        slot_(gloo::Slot::build(kSlotPrefix, static_cast<uint32_t>(seq))),
         timeout_(timeout),
         comm_(comm),
-        op_(op) {}
+        op_(op),
+        pending_(pending) {
+    pending_.clear();
+  }
 
-  int left() const { return (ctx_.rank - 1 + ctx_.size) % ctx_.size; }
-  int right() const { return (ctx_.rank + 1) % ctx_.size; }
+  int rank() const { return ctx_.rank; }
+  int size() const { return ctx_.size; }
 
-  // Sends bytes [send_at, send_at + send_bytes) of `send` to `dst` and receives recv_bytes from `src` into
-  // `recv` at recv_at, concurrently; either may be empty, and one buffer may do both.
-  void exchange(Unbound* send, std::size_t send_at, std::size_t send_bytes, int dst, Unbound* recv, std::size_t recv_at,
-                std::size_t recv_bytes, int src) {
-    try {
-      if (recv_bytes) recv->recv(src, slot_, recv_at, recv_bytes);
-      if (send_bytes) send->send(dst, slot_, send_at, send_bytes);
-      if (recv_bytes) finish(*recv, true, src);
-      if (send_bytes) finish(*send, false, dst);
-    } catch (const gloo::Exception& e) {
-      ZS_FAIL("{} failed: the connection to rank {} or {} broke ({}); that rank has probably died — see its log",
-              what(), src, dst, e.what());
-    }
+  // Posts a receive of `bytes` from `src` into `buf` at `at`, or a send of them to `dst`; nothing for none.
+  void recv(Unbound& buf, std::size_t at, std::size_t bytes, int src) { post(buf, at, bytes, src, true); }
+  void send(Unbound& buf, std::size_t at, std::size_t bytes, int dst) { post(buf, at, bytes, dst, false); }
+
+  // Waits for every posted transfer, receives first: a peer that never sends is the one a timeout names.
+  void wait() {
+    const auto deadline = std::chrono::steady_clock::now() + timeout_;
+    for (const PendingTransfer& t : pending_)
+      if (t.is_recv) finish(t, deadline);
+    for (const PendingTransfer& t : pending_)
+      if (!t.is_recv) finish(t, deadline);
+    pending_.clear();
   }
 
  private:
-  void finish(gloo::transport::UnboundBuffer& b, bool is_recv, int peer) {
-    auto t0 = std::chrono::steady_clock::now();
+  void post(Unbound& buf, std::size_t at, std::size_t bytes, int peer, bool is_recv) {
+    if (bytes == 0) return;
     try {
       if (is_recv)
-        b.waitRecv(timeout_);
+        buf.recv(peer, slot_, at, bytes);
       else
-        b.waitSend(timeout_);
+        buf.send(peer, slot_, at, bytes);
     } catch (const gloo::Exception& e) {
-      const bool timed_out = std::chrono::steady_clock::now() - t0 >= timeout_;
-      if (timed_out)
+      ZS_FAIL("{} failed: the connection to rank {} broke ({}); that rank has probably died — see its log", what(),
+              peer, e.what());
+    }
+    pending_.push_back({&buf, peer, is_recv});
+  }
+
+  void finish(const PendingTransfer& t, std::chrono::steady_clock::time_point deadline) {
+    const auto left = std::chrono::duration_cast<Millis>(deadline - std::chrono::steady_clock::now());
+    try {
+      if (t.is_recv)
+        t.buf->waitRecv(std::max(left, Millis(1)));
+      else
+        t.buf->waitSend(std::max(left, Millis(1)));
+    } catch (const gloo::Exception& e) {
+      if (std::chrono::steady_clock::now() >= deadline)
         ZS_FAIL(
             "{} timed out after {} s waiting to {} rank {}; that rank is stuck, slow or gone (comm.timeout_s "
             "sets the limit)",
-            what(), timeout_.count() / 1000.0, is_recv ? "receive from" : "send to", peer);
+            what(), timeout_.count() / 1000.0, t.is_recv ? "receive from" : "send to", t.peer);
       ZS_FAIL("{} failed while {} rank {}: {}; that rank has probably died — see its log", what(),
-              is_recv ? "receiving from" : "sending to", peer, e.what());
+              t.is_recv ? "receiving from" : "sending to", t.peer, e.what());
     }
   }
   std::string what() const {
@@ -166,6 +202,7 @@ class Ring {
   Millis timeout_;
   const Comm& comm_;
   const CollectiveOp* op_;
+  std::vector<PendingTransfer>& pending_;
 };
 
 // Element access with the dtype fixed at compile time, so the reduction loops vectorise.
@@ -188,81 +225,85 @@ void st(void* p, int64_t i, float v) {
     static_cast<uint16_t*>(p)[i] = f32_to_f16_bits(v);
 }
 
+// acc[i] = acc[i] (op) src[i] in f32 for i < len; the first contribution sets acc.
 template <DType T>
-void load_segment(float* dst, const void* src, int64_t base, int64_t len) {
-  for (int64_t i = 0; i < len; ++i) dst[i] = ld<T>(src, base + i);
+void accumulate(float* acc, const void* src, int64_t len, ReduceOp op, bool first) {
+  if (first)
+    for (int64_t i = 0; i < len; ++i) acc[i] = ld<T>(src, i);
+  else if (op == ReduceOp::max)
+    for (int64_t i = 0; i < len; ++i) acc[i] = std::max(acc[i], ld<T>(src, i));
+  else
+    for (int64_t i = 0; i < len; ++i) acc[i] += ld<T>(src, i);
 }
 
-// dst[i] = recv[i] (op) src[base + i], in f32; when `out` is set the result is scaled and stored there instead.
-template <DType T>
-void combine_segment(ReduceOp op, float* dst, const float* recv, const void* src, int64_t base, int64_t len,
-                     void* out = nullptr, int64_t out_base = 0, float post = 1.0f) {
-  for (int64_t i = 0; i < len; ++i) {
-    const float a = recv[i], b = ld<T>(src, base + i);
-    const float v = op == ReduceOp::max ? std::max(a, b) : a + b;
-    if (out)
-      st<T>(out, out_base + i, v * post);
-    else
-      dst[i] = v;
-  }
+// The peers in posting order: the next rank first, so the ranks do not all start on the same one.
+template <typename F>
+void for_each_peer(int rank, int n, F&& f) {
+  for (int k = 1; k < n; ++k) f((rank + k) % n);
 }
 
-// Ring reduce-scatter of `in` (ring::chunk c of it is rank c's share) into `out` (this rank's chunk), in f32.
+// Reduce-scatter, every rank to every rank at once: one round, and the ring's bytes ((n-1)/n of the input
+// out of each rank). chunks::chunk c of `in` is rank c's share; each peer sends its copy of this rank's chunk
+// in `in`'s dtype, and the n copies are reduced in f32 in rank order (the same order for every chunk,
+// whichever rank owns it) into `out`. When the peers' copies exceed the receive area they come in segments.
 template <DType T>
-void ring_reduce_scatter_t(Ring& ring, int rank, int n, const TensorView& in, void* out, ReduceOp op,
-                           GlooScratch& scratch) {
-  auto* send = static_cast<float*>(scratch.send->ptr);
-  const auto* recv = static_cast<const float*>(scratch.recv->ptr);
+void direct_reduce_scatter_t(Peers& peers, GlooScratch& sc, gloo::Context& ctx, const TensorView& in, void* out,
+                             ReduceOp op) {
+  const int r = peers.rank(), n = peers.size();
+  const std::size_t es = dtype_size(T);
+  auto bytes = [&](int64_t elems) { return static_cast<std::size_t>(elems) * es; };
   const float post = op == ReduceOp::avg ? 1.0f / static_cast<float>(n) : 1.0f;
   const int64_t total = in.numel();
-  if (n == 1) {
-    for (int64_t i = 0; i < total; ++i) st<T>(out, i, ld<T>(in.data, i) * post);
-    return;
-  }
-  const int64_t max_chunk = ring::chunk(total, n, 0).count;  // the first chunks are the larger ones
-  // Segments outermost: each segment makes the whole trip round the ring, so scratch holds one segment.
-  for (int64_t seg = 0; seg < max_chunk; seg += GlooComm::kSegment) {
-    auto seg_len = [&](int c) {
-      return std::clamp<int64_t>(ring::chunk(total, n, c).count - seg, 0, GlooComm::kSegment);
-    };
-    auto elem = [&](int c) { return ring::chunk(total, n, c).offset + seg; };
-    const int c0 = ring::rs_send_chunk(rank, 0, n);
-    load_segment<T>(send, in.data, elem(c0), seg_len(c0));
-    for (int s = 0; s < n - 1; ++s) {
-      const int cs = ring::rs_send_chunk(rank, s, n), cr = ring::rs_recv_chunk(rank, s, n);
-      ring.exchange(scratch.send.get(), 0, static_cast<std::size_t>(seg_len(cs)) * 4, ring.right(), scratch.recv.get(),
-                    0, static_cast<std::size_t>(seg_len(cr)) * 4, ring.left());
-      if (s < n - 2)
-        combine_segment<T>(op, send, recv, in.data, elem(cr), seg_len(cr));
-      else
-        combine_segment<T>(op, nullptr, recv, in.data, elem(cr), seg_len(cr), out, seg, post);
-    }
+  const auto cap = static_cast<int64_t>(
+      std::min(sc.segment / sizeof(float), sc.segment / (es * static_cast<std::size_t>(std::max(n - 1, 1)))));
+  // Where peer q's copy lands in the receive area.
+  auto slot_of = [&](int q) { return bytes(static_cast<int64_t>(q < r ? q : q - 1) * cap); };
+  const char* in_bytes = static_cast<const char*>(in.data);
+  const chunks::Range mine = chunks::chunk(total, n, r);
+  for (int64_t seg = 0; seg < chunks::chunk(total, n, 0).count; seg += cap) {  // chunk 0 is the largest
+    auto piece = [&](int c) { return std::clamp<int64_t>(chunks::chunk(total, n, c).count - seg, 0, cap); };
+    const int64_t len = piece(r);
+    for_each_peer(r, n,
+                  [&](int p) { peers.recv(sc.over(ctx, sc.recv_area(), sc.segment, p), slot_of(p), bytes(len), p); });
+    for_each_peer(r, n, [&](int p) {
+      peers.send(sc.over(ctx, in.data, in.bytes(), p), bytes(chunks::chunk(total, n, p).offset + seg), bytes(piece(p)),
+                 p);
+    });
+    peers.wait();
+    float* acc = sc.acc();
+    for (int q = 0; q < n; ++q)
+      accumulate<T>(acc, q == r ? in_bytes + bytes(mine.offset + seg) : sc.recv_area() + slot_of(q), len, op, q == 0);
+    for (int64_t i = 0; i < len; ++i) st<T>(out, seg + i, acc[i] * post);
   }
 }
 
-void ring_reduce_scatter(Ring& ring, int rank, int n, const TensorView& in, void* out, ReduceOp op,
-                         GlooScratch& scratch) {
+void direct_reduce_scatter(Peers& peers, GlooScratch& sc, gloo::Context& ctx, const TensorView& in, void* out,
+                           ReduceOp op) {
   switch (in.dtype) {
     case DType::f32:
-      return ring_reduce_scatter_t<DType::f32>(ring, rank, n, in, out, op, scratch);
+      return direct_reduce_scatter_t<DType::f32>(peers, sc, ctx, in, out, op);
     case DType::bf16:
-      return ring_reduce_scatter_t<DType::bf16>(ring, rank, n, in, out, op, scratch);
+      return direct_reduce_scatter_t<DType::bf16>(peers, sc, ctx, in, out, op);
     case DType::f16:
-      return ring_reduce_scatter_t<DType::f16>(ring, rank, n, in, out, op, scratch);
+      return direct_reduce_scatter_t<DType::f16>(peers, sc, ctx, in, out, op);
     case DType::f64:
       ZS_FAIL("collectives do not take f64");
   }
 }
 
-// Ring all-gather in place: `buf` holds `total` elements in n ring::chunks; this rank's is already in place.
-void ring_all_gather(Ring& ring, int rank, int n, Unbound& buf, std::size_t elem_size, int64_t total) {
+// All-gather in place, every rank to every rank at once: the output holds `total` elements in n
+// chunks::chunks, this rank's already in place; buf(p) is the unbound buffer over it for traffic with rank p.
+template <typename BufferFor>
+void direct_all_gather(Peers& peers, BufferFor&& buf, std::size_t elem_size, int64_t total) {
+  const int r = peers.rank(), n = peers.size();
   auto bytes = [&](int64_t elems) { return static_cast<std::size_t>(elems) * elem_size; };
-  for (int s = 0; s < n - 1; ++s) {
-    const ring::Range cs = ring::chunk(total, n, ring::ag_send_chunk(rank, s, n));
-    const ring::Range cr = ring::chunk(total, n, ring::ag_recv_chunk(rank, s, n));
-    ring.exchange(&buf, bytes(cs.offset), bytes(cs.count), ring.right(), &buf, bytes(cr.offset), bytes(cr.count),
-                  ring.left());
-  }
+  const chunks::Range mine = chunks::chunk(total, n, r);
+  for_each_peer(r, n, [&](int p) {
+    const chunks::Range c = chunks::chunk(total, n, p);
+    peers.recv(buf(p), bytes(c.offset), bytes(c.count), p);
+  });
+  for_each_peer(r, n, [&](int p) { peers.send(buf(p), bytes(mine.offset), bytes(mine.count), p); });
+  peers.wait();
 }
 
 std::shared_ptr<gloo::transport::Device> make_device(const std::string& host) {
@@ -316,8 +357,12 @@ void GlooComm::connect() {
   // connectFullMesh can return here while a peer is still handshaking; a barrier over the new pairs
   // makes group creation complete on every rank before any of them uses or destroys the group.
   std::vector<char> token(static_cast<std::size_t>(size()), 1);
-  Ring ring(*ctx_, kConnectTag, options().rendezvous_timeout, *this, nullptr);
-  ring_all_gather(ring, rank(), size(), *ctx_->createUnboundBuffer(token.data(), token.size()), 1, size());
+  std::vector<std::unique_ptr<Unbound>> bufs;  // one per peer
+  for (int p = 0; p < size(); ++p) bufs.push_back(ctx_->createUnboundBuffer(token.data(), token.size()));
+  std::vector<PendingTransfer> pending;
+  Peers peers(*ctx_, kConnectTag, options().rendezvous_timeout, *this, nullptr, pending);
+  direct_all_gather(
+      peers, [&](int p) -> Unbound& { return *bufs[static_cast<std::size_t>(p)]; }, 1, size());
 }
 
 std::unique_ptr<Comm> GlooComm::split(int color, int key) {
@@ -330,7 +375,7 @@ std::unique_ptr<Comm> GlooComm::split(int color, int key) {
 GlooScratch& GlooComm::scratch_for(Stream& s) {
   std::lock_guard lk(scratch_mu_);
   std::unique_ptr<GlooScratch>& sc = scratch_[&s];
-  if (!sc) sc = std::make_unique<GlooScratch>(*ctx_, static_cast<std::size_t>(kScratchBytesPerStream / 2));
+  if (!sc) sc = std::make_unique<GlooScratch>(static_cast<std::size_t>(kScratchBytesPerStream / 2));
   return *sc;
 }
 
@@ -354,42 +399,45 @@ Work GlooComm::launch(const CollectiveOp& op, Stream& stream) {
 
 void GlooComm::run(const CollectiveOp& op, GlooScratch& scratch) {
   const int n = size(), r = rank();
-  Ring ring(*ctx_, op.seq, timeout(), *this, &op);
+  scratch.trim(n);
+  Peers peers(*ctx_, op.seq, timeout(), *this, &op, scratch.pending);
   const std::size_t es = dtype_size(op.in.dtype);
-  auto over = [&](const TensorView& t) -> Unbound& { return scratch.over(*ctx_, t.data, t.bytes()); };
+  auto over = [&](const TensorView& t) {
+    return [&scratch, this, &t](int p) -> Unbound& { return scratch.over(*ctx_, t.data, t.bytes(), p); };
+  };
   switch (op.kind) {
     case CollectiveKind::all_gather: {
       const int64_t shard = op.in.numel();
       char* mine = static_cast<char*>(op.out.data) + static_cast<std::size_t>(shard * r) * es;
       if (op.in.data != mine) std::memcpy(mine, op.in.data, static_cast<std::size_t>(shard) * es);
-      ring_all_gather(ring, r, n, over(op.out), es, shard * n);
+      direct_all_gather(peers, over(op.out), es, shard * n);
       break;
     }
     case CollectiveKind::reduce_scatter:
-      ring_reduce_scatter(ring, r, n, op.in, op.out.data, op.reduce, scratch);
+      direct_reduce_scatter(peers, scratch, *ctx_, op.in, op.out.data, op.reduce);
       break;
     case CollectiveKind::all_reduce: {
-      const ring::Range own = ring::chunk(op.in.numel(), n, r);
-      ring_reduce_scatter(ring, r, n, op.in, static_cast<char*>(op.out.data) + own.offset * static_cast<int64_t>(es),
-                          op.reduce, scratch);
-      ring_all_gather(ring, r, n, over(op.out), es, op.in.numel());
+      const chunks::Range own = chunks::chunk(op.in.numel(), n, r);
+      direct_reduce_scatter(peers, scratch, *ctx_, op.in,
+                            static_cast<char*>(op.out.data) + own.offset * static_cast<int64_t>(es), op.reduce);
+      direct_all_gather(peers, over(op.out), es, op.in.numel());
       break;
     }
     case CollectiveKind::broadcast: {
       // Root sends to every other rank directly: one hop, (N-1) x bytes from the root.
       const std::size_t bytes = op.in.bytes();
-      Unbound& buf = over(op.in);
-      if (r == op.root) {
-        for (int p = 0; p < n; ++p)
-          if (p != r) ring.exchange(&buf, 0, bytes, p, nullptr, 0, 0, p);
-      } else {
-        ring.exchange(nullptr, 0, 0, op.root, &buf, 0, bytes, op.root);
-      }
+      if (r == op.root)
+        for_each_peer(r, n, [&](int p) { peers.send(over(op.in)(p), 0, bytes, p); });
+      else
+        peers.recv(over(op.in)(op.root), 0, bytes, op.root);
+      peers.wait();
       break;
     }
     case CollectiveKind::barrier: {
-      // An all-gather of one byte per rank (in the send segment): no rank leaves before every rank has arrived.
-      ring_all_gather(ring, r, n, *scratch.send, 1, n);
+      // An all-gather of one byte per rank (in the accumulator segment): no rank leaves before every rank has
+      // arrived.
+      direct_all_gather(
+          peers, [&](int p) -> Unbound& { return scratch.over(*ctx_, scratch.acc(), n, p); }, 1, n);
       break;
     }
   }

@@ -29,8 +29,8 @@ class GlooComm final : public Comm {
   GlooComm(std::shared_ptr<Store> store, int rank, int size, CommOptions opts, const std::string& host);
   ~GlooComm() override;
 
-  // Collectives move data in segments of this many f32 through a send and a receive staging buffer, one
-  // pair per stream that runs collectives (ledger category comm_scratch).
+  // Reductions go through an f32 accumulator of this many elements and a receive area of the same bytes,
+  // one pair per stream that runs collectives (ledger category comm_scratch).
   static constexpr int64_t kSegment = int64_t{1} << 20;
   static constexpr int64_t kScratchBytesPerStream = 2 * kSegment * static_cast<int64_t>(sizeof(float));
 

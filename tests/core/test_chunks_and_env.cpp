@@ -1,24 +1,24 @@
-// Pure arithmetic: ring chunking and schedules (simulated in-process), launcher variables, job env parsing.
+// Pure arithmetic: per-rank chunks, launcher variables, job env parsing.
 #include <gtest/gtest.h>
 
 #include <map>
 #include <numeric>
 
 #include "core/bootstrap.h"
+#include "core/chunks.h"
 #include "core/error.h"
-#include "core/ring.h"
 #include "runtime/launcher.h"
 
 namespace zs {
 namespace {
 
-TEST(Ring, ChunksCoverEverythingOnce) {
+TEST(Chunks, CoverEverythingOnce) {
   for (int64_t n : {0, 1, 7, 15, 17, 4096, 1000003})
     for (int parts = 1; parts <= 9; ++parts) {
-      const int64_t first = ring::chunk(n, parts, 0).count;
+      const int64_t first = chunks::chunk(n, parts, 0).count;
       int64_t off = 0;
       for (int i = 0; i < parts; ++i) {
-        const ring::Range c = ring::chunk(n, parts, i);
+        const chunks::Range c = chunks::chunk(n, parts, i);
         ASSERT_EQ(c.offset, off);
         ASSERT_LE(c.count, first);
         ASSERT_GE(c.count, first - 1);
@@ -26,47 +26,6 @@ TEST(Ring, ChunksCoverEverythingOnce) {
       }
       ASSERT_EQ(off, n);
     }
-}
-
-// Simulates the ring with exact integer sums: rank r must end holding the full sum of chunk r, having sent
-// exactly N-1 chunks (the reduce-scatter volume).
-TEST(Ring, ReduceScatterAndAllGatherSchedulesAreCorrect) {
-  for (int n = 1; n <= 8; ++n) {
-    // value of chunk c contributed by rank r: 1 << r (so a full sum is 2^n - 1 for every chunk)
-    std::vector<std::vector<int64_t>> acc(static_cast<std::size_t>(n),
-                                          std::vector<int64_t>(static_cast<std::size_t>(n)));
-    for (int r = 0; r < n; ++r)
-      for (int c = 0; c < n; ++c) acc[static_cast<std::size_t>(r)][static_cast<std::size_t>(c)] = int64_t{1} << r;
-    for (int s = 0; s < n - 1; ++s) {
-      auto next = acc;
-      for (int r = 0; r < n; ++r) {
-        const int left = (r - 1 + n) % n;
-        const int cr = ring::rs_recv_chunk(r, s, n);
-        ASSERT_EQ(cr, ring::rs_send_chunk(left, s, n)) << "rank " << r << " step " << s;
-        next[static_cast<std::size_t>(r)][static_cast<std::size_t>(cr)] =
-            acc[static_cast<std::size_t>(left)][static_cast<std::size_t>(cr)] + (int64_t{1} << r);
-      }
-      acc = next;
-    }
-    for (int r = 0; r < n; ++r)
-      EXPECT_EQ(acc[static_cast<std::size_t>(r)][static_cast<std::size_t>(r)], (int64_t{1} << n) - 1) << n << " " << r;
-    // All-gather: each rank starts with only its chunk; after N-1 steps it has all.
-    std::vector<std::vector<bool>> have(static_cast<std::size_t>(n), std::vector<bool>(static_cast<std::size_t>(n)));
-    for (int r = 0; r < n; ++r) have[static_cast<std::size_t>(r)][static_cast<std::size_t>(r)] = true;
-    for (int s = 0; s < n - 1; ++s) {
-      auto next = have;
-      for (int r = 0; r < n; ++r) {
-        const int left = (r - 1 + n) % n;
-        const int cr = ring::ag_recv_chunk(r, s, n);
-        ASSERT_EQ(cr, ring::ag_send_chunk(left, s, n));
-        ASSERT_TRUE(have[static_cast<std::size_t>(left)][static_cast<std::size_t>(cr)]);
-        next[static_cast<std::size_t>(r)][static_cast<std::size_t>(cr)] = true;
-      }
-      have = next;
-    }
-    for (auto& h : have)
-      for (bool b : h) EXPECT_TRUE(b);
-  }
 }
 
 JobEnv env_of(std::map<std::string, std::string> m) {
