@@ -33,6 +33,9 @@ class GlooComm final : public Comm {
   // one pair per stream that runs collectives (ledger category comm_scratch).
   static constexpr int64_t kSegment = int64_t{1} << 20;
   static constexpr int64_t kScratchBytesPerStream = 2 * kSegment * static_cast<int64_t>(sizeof(float));
+  // An all-reduce that receives at most this many bytes in all as whole copies (n-1 of them) takes one round
+  // instead of a reduce-scatter and an all-gather; the result is the same bit for bit.
+  static constexpr int64_t kOneRoundAllReduceBytes = int64_t{64} << 10;
 
   Backend backend() const override { return Backend::gloo; }
   Device device() const override { return Device::cpu(); }

@@ -177,38 +177,40 @@ TEST(Collectives, RandomFloatsSumMatchesF64Reference) {
 }
 
 // The Gloo backend reduces an element's contributions in f32 in rank order, whichever rank owns its chunk,
-// and rounds once to the dtype: a sum (or mean) is bitwise the sequential f32 sum of the ranks' values.
+// and rounds once to the dtype: a sum (or mean) is bitwise the sequential f32 sum of the ranks' values, for
+// a small all-reduce (one round) as for a large one (a reduce-scatter and an all-gather).
 TEST(Collectives, GlooSumsInRankOrderAndRoundsOnce) {
   Comm& c = *pg().world;
   if (c.backend() != Backend::gloo) GTEST_SKIP() << "rank order is the Gloo backend's guarantee";
   const int w = c.size(), r = c.rank();
-  const int64_t n = 20011 * w + (w > 1 ? 1 : 0);  // an all-reduce's chunks differ by one element
-  for (DType t : {DType::f32, DType::bf16, DType::f16})
-    for (ReduceOp op : {ReduceOp::sum, ReduceOp::avg}) {
-      std::vector<std::vector<uint8_t>> bufs;  // every rank's input, made alike on every rank
-      for (int q = 0; q < w; ++q) {
-        std::mt19937 rng(static_cast<unsigned>(77 + q));
-        std::normal_distribution<float> d(0.0f, 3.0f);
-        bufs.push_back(make(t, n));
-        for (int64_t i = 0; i < n; ++i) store_from_f32(bufs.back().data(), t, static_cast<std::size_t>(i), d(rng));
+  const int64_t small = 1001, large = 20011 * w + (w > 1 ? 1 : 0);  // chunks that differ by one element
+  for (int64_t n : {small, large})
+    for (DType t : {DType::f32, DType::bf16, DType::f16})
+      for (ReduceOp op : {ReduceOp::sum, ReduceOp::avg}) {
+        std::vector<std::vector<uint8_t>> bufs;  // every rank's input, made alike on every rank
+        for (int q = 0; q < w; ++q) {
+          std::mt19937 rng(static_cast<unsigned>(77 + q));
+          std::normal_distribution<float> d(0.0f, 3.0f);
+          bufs.push_back(make(t, n));
+          for (int64_t i = 0; i < n; ++i) store_from_f32(bufs.back().data(), t, static_cast<std::size_t>(i), d(rng));
+        }
+        auto want = make(t, n);
+        for (int64_t i = 0; i < n; ++i) {
+          float acc = at(bufs[0], t, i);
+          for (int q = 1; q < w; ++q) acc += at(bufs[static_cast<std::size_t>(q)], t, i);
+          if (op == ReduceOp::avg) acc *= 1.0f / static_cast<float>(w);
+          store_from_f32(want.data(), t, static_cast<std::size_t>(i), acc);
+        }
+        const std::size_t es = dtype_size(t);
+        auto out = make(t, n);
+        c.all_reduce(view(bufs[static_cast<std::size_t>(r)], t, n), view(out, t, n), op).wait();
+        EXPECT_TRUE(out == want) << "all_reduce " << dtype_name(t) << " " << reduce_op_name(op) << " n=" << n;
+        const int64_t shard = n / w;  // reduce-scatter over the first shard * w elements
+        auto mine = make(t, shard);
+        c.reduce_scatter(view(bufs[static_cast<std::size_t>(r)], t, shard * w), view(mine, t, shard), op).wait();
+        EXPECT_TRUE(std::equal(mine.begin(), mine.end(), want.begin() + static_cast<int64_t>(es) * shard * r))
+            << "reduce_scatter " << dtype_name(t) << " " << reduce_op_name(op) << " n=" << n;
       }
-      auto want = make(t, n);
-      for (int64_t i = 0; i < n; ++i) {
-        float acc = at(bufs[0], t, i);
-        for (int q = 1; q < w; ++q) acc += at(bufs[static_cast<std::size_t>(q)], t, i);
-        if (op == ReduceOp::avg) acc *= 1.0f / static_cast<float>(w);
-        store_from_f32(want.data(), t, static_cast<std::size_t>(i), acc);
-      }
-      const std::size_t es = dtype_size(t);
-      auto out = make(t, n);
-      c.all_reduce(view(bufs[static_cast<std::size_t>(r)], t, n), view(out, t, n), op).wait();
-      EXPECT_TRUE(out == want) << "all_reduce " << dtype_name(t) << " " << reduce_op_name(op);
-      const int64_t shard = n / w;  // reduce-scatter over the first shard * w elements
-      auto mine = make(t, shard);
-      c.reduce_scatter(view(bufs[static_cast<std::size_t>(r)], t, shard * w), view(mine, t, shard), op).wait();
-      EXPECT_TRUE(std::equal(mine.begin(), mine.end(), want.begin() + static_cast<int64_t>(es) * shard * r))
-          << "reduce_scatter " << dtype_name(t) << " " << reduce_op_name(op);
-    }
 }
 
 TEST(Collectives, ManyOpsInFlightOnTwoStreams) {
