@@ -245,6 +245,21 @@ void reduce_in_rank_order(float* acc, CopyOf&& copy, int n, int64_t len, ReduceO
   for (int64_t i = 0; i < len; ++i) st<T>(out, i, acc[i] * post);
 }
 
+// Calls f.template operator()<T>() with the collective's dtype T fixed at compile time.
+template <typename F>
+void with_dtype(DType t, F&& f) {
+  switch (t) {
+    case DType::f32:
+      return f.template operator()<DType::f32>();
+    case DType::bf16:
+      return f.template operator()<DType::bf16>();
+    case DType::f16:
+      return f.template operator()<DType::f16>();
+    case DType::f64:
+      ZS_FAIL("collectives do not take f64");
+  }
+}
+
 // The peers in posting order: the next rank first, so the ranks do not all start on the same one.
 template <typename F>
 void for_each_peer(int rank, int n, F&& f) {
@@ -287,16 +302,7 @@ void direct_reduce_scatter_t(Peers& peers, GlooScratch& sc, gloo::Context& ctx, 
 
 void direct_reduce_scatter(Peers& peers, GlooScratch& sc, gloo::Context& ctx, const TensorView& in, void* out,
                            ReduceOp op) {
-  switch (in.dtype) {
-    case DType::f32:
-      return direct_reduce_scatter_t<DType::f32>(peers, sc, ctx, in, out, op);
-    case DType::bf16:
-      return direct_reduce_scatter_t<DType::bf16>(peers, sc, ctx, in, out, op);
-    case DType::f16:
-      return direct_reduce_scatter_t<DType::f16>(peers, sc, ctx, in, out, op);
-    case DType::f64:
-      ZS_FAIL("collectives do not take f64");
-  }
+  with_dtype(in.dtype, [&]<DType T>() { direct_reduce_scatter_t<T>(peers, sc, ctx, in, out, op); });
 }
 
 // All-reduce of a small buffer in one round: every rank sends all of it to every peer and reduces the n
@@ -317,16 +323,7 @@ void one_round_all_reduce_t(Peers& peers, GlooScratch& sc, gloo::Context& ctx, c
 
 void one_round_all_reduce(Peers& peers, GlooScratch& sc, gloo::Context& ctx, const TensorView& in, void* out,
                           ReduceOp op) {
-  switch (in.dtype) {
-    case DType::f32:
-      return one_round_all_reduce_t<DType::f32>(peers, sc, ctx, in, out, op);
-    case DType::bf16:
-      return one_round_all_reduce_t<DType::bf16>(peers, sc, ctx, in, out, op);
-    case DType::f16:
-      return one_round_all_reduce_t<DType::f16>(peers, sc, ctx, in, out, op);
-    case DType::f64:
-      ZS_FAIL("collectives do not take f64");
-  }
+  with_dtype(in.dtype, [&]<DType T>() { one_round_all_reduce_t<T>(peers, sc, ctx, in, out, op); });
 }
 
 // All-gather in place, every rank to every rank at once: the output holds `total` elements in n
