@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <functional>
+#include <limits>
 #include <random>
 
 #include "examples/gpt/model.h"
@@ -80,6 +81,22 @@ TEST(GptLayers, LinearLayerNormGelu) {
   expect_gradient("gelu", gx, gdx, ge);
 }
 
+// The float GELU's tanh: within 2.5e-7 of the double tanh (absolute) from -20 to 20, +-1 beyond, NaN kept.
+TEST(GptLayers, FloatTanhIsWithinTwoAndAHalfE7OfTanh) {
+  double worst = 0;
+  for (int i = -200000; i <= 200000; ++i) {
+    const float u = static_cast<float>(i) * 1e-4f;
+    worst = std::max(worst, std::fabs(static_cast<double>(tanh_approx(u)) - std::tanh(static_cast<double>(u))));
+  }
+  for (float u : {1e-30f, -1e-30f, 1e-7f, 0.0f, -0.0f})
+    worst = std::max(worst, std::fabs(static_cast<double>(tanh_approx(u)) - std::tanh(static_cast<double>(u))));
+  EXPECT_LT(worst, 2.5e-7);
+  EXPECT_EQ(tanh_approx(40.0f), 1.0f);
+  EXPECT_EQ(tanh_approx(-1e30f), -1.0f);
+  EXPECT_EQ(tanh_approx(std::numeric_limits<float>::infinity()), 1.0f);
+  EXPECT_TRUE(std::isnan(tanh_approx(std::numeric_limits<float>::quiet_NaN())));
+}
+
 TEST(GptLayers, CausalAttention) {
   std::mt19937 rng(2);
   const int B = 2, T = 5, d = 8, H = 2;
@@ -95,7 +112,8 @@ TEST(GptLayers, CausalAttention) {
     double s = 0;
     for (int j = 0; j < T; ++j) s += probs[static_cast<std::size_t>(i * T + j)];
     EXPECT_NEAR(s, 1.0, 1e-12);
-    EXPECT_EQ(probs[static_cast<std::size_t>(i * T + T - 1)], i == T - 1 ? probs[static_cast<std::size_t>(i * T + T - 1)] : 0.0);
+    EXPECT_EQ(probs[static_cast<std::size_t>(i * T + T - 1)],
+              i == T - 1 ? probs[static_cast<std::size_t>(i * T + T - 1)] : 0.0);
   }
   attention_backward(qkv.data(), probs.data(), r.data(), dqkv.data(), scratch.data(), B, T, d, H);
   expect_gradient("attention dqkv", qkv, dqkv, f);
@@ -120,7 +138,9 @@ TEST(GptLayers, EmbeddingAndTiedHeadLoss) {
   expect_gradient("embedding dwpe", wpe, dwpe, emb);
 
   Vec hx = random(n * d, rng), logits(n * V), hdx(n * d), hdw(V * d, 0.0);
-  auto loss = [&] { return head_loss<double>(hx.data(), wte.data(), tgt.data(), logits.data(), nullptr, nullptr, n, d, V); };
+  auto loss = [&] {
+    return head_loss<double>(hx.data(), wte.data(), tgt.data(), logits.data(), nullptr, nullptr, n, d, V);
+  };
   const double l = head_loss(hx.data(), wte.data(), tgt.data(), logits.data(), hdx.data(), hdw.data(), n, d, V);
   EXPECT_NEAR(l, loss(), 1e-12);
   expect_gradient("head dx", hx, hdx, loss);
