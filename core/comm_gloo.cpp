@@ -104,6 +104,8 @@ struct GlooScratch {
 namespace {
 
 constexpr uint8_t kSlotPrefix = 0x40;
+// A one-round all-reduce's copies fit the receive area and its elements the accumulator.
+static_assert(GlooComm::kOneRoundAllReduceBytes <= GlooComm::kSegment * static_cast<int64_t>(sizeof(float)));
 constexpr uint64_t kConnectTag = 0xffffffffu;  // never reached by a group's op counter in practice
 
 // Adapts our Store to Gloo's rendezvous interface (Gloo's own waits take no deadline of ours).
@@ -266,6 +268,27 @@ void for_each_peer(int rank, int n, F&& f) {
   for (int k = 1; k < n; ++k) f((rank + k) % n);
 }
 
+// The reduction step both algorithms below share: receives each peer's copy (`len` elements of T) into the
+// receive area, `stride` elements apart in rank order (this rank's own slot left out), sends each peer p the
+// `part(p)` (offset, count) of `in` it reduces, waits, and reduces the n copies, this rank's from `own`, in f32
+// in rank order into `out`.
+template <DType T, typename PartFor>
+void exchange_and_reduce(Peers& peers, GlooScratch& sc, gloo::Context& ctx, const TensorView& in, PartFor&& part,
+                         const void* own, int64_t len, int64_t stride, ReduceOp op, void* out) {
+  const int r = peers.rank(), n = peers.size();
+  auto bytes = [](int64_t elems) { return static_cast<std::size_t>(elems) * dtype_size(T); };
+  auto slot_of = [&](int q) { return bytes(static_cast<int64_t>(q < r ? q : q - 1) * stride); };
+  for_each_peer(r, n,
+                [&](int p) { peers.recv(sc.over(ctx, sc.recv_area(), sc.segment, p), slot_of(p), bytes(len), p); });
+  for_each_peer(r, n, [&](int p) {
+    const chunks::Range to = part(p);
+    peers.send(sc.over(ctx, in.data, in.bytes(), p), bytes(to.offset), bytes(to.count), p);
+  });
+  peers.wait();
+  auto copy = [&](int q) -> const void* { return q == r ? own : sc.recv_area() + slot_of(q); };
+  reduce_in_rank_order<T>(sc.acc(), copy, n, len, op, out);
+}
+
 // Reduce-scatter, every rank to every rank at once: one round, and the ring's bytes ((n-1)/n of the input
 // out of each rank). chunks::chunk c of `in` is rank c's share; each peer sends its copy of this rank's chunk
 // in `in`'s dtype, and the n copies are reduced in f32 in rank order (the same order for every chunk,
@@ -275,28 +298,17 @@ void direct_reduce_scatter_t(Peers& peers, GlooScratch& sc, gloo::Context& ctx, 
                              ReduceOp op) {
   const int r = peers.rank(), n = peers.size();
   const std::size_t es = dtype_size(T);
-  auto bytes = [&](int64_t elems) { return static_cast<std::size_t>(elems) * es; };
   const int64_t total = in.numel();
   const auto cap = static_cast<int64_t>(
       std::min(sc.segment / sizeof(float), sc.segment / (es * static_cast<std::size_t>(std::max(n - 1, 1)))));
-  // Where peer q's copy lands in the receive area.
-  auto slot_of = [&](int q) { return bytes(static_cast<int64_t>(q < r ? q : q - 1) * cap); };
-  const char* in_bytes = static_cast<const char*>(in.data);
-  const chunks::Range mine = chunks::chunk(total, n, r);
   for (int64_t seg = 0; seg < chunks::chunk(total, n, 0).count; seg += cap) {  // chunk 0 is the largest
-    auto piece = [&](int c) { return std::clamp<int64_t>(chunks::chunk(total, n, c).count - seg, 0, cap); };
-    const int64_t len = piece(r);
-    for_each_peer(r, n,
-                  [&](int p) { peers.recv(sc.over(ctx, sc.recv_area(), sc.segment, p), slot_of(p), bytes(len), p); });
-    for_each_peer(r, n, [&](int p) {
-      peers.send(sc.over(ctx, in.data, in.bytes(), p), bytes(chunks::chunk(total, n, p).offset + seg), bytes(piece(p)),
-                 p);
-    });
-    peers.wait();
-    auto copy = [&](int q) -> const void* {
-      return q == r ? in_bytes + bytes(mine.offset + seg) : sc.recv_area() + slot_of(q);
+    auto part = [&](int c) {
+      const chunks::Range ch = chunks::chunk(total, n, c);
+      return chunks::Range{ch.offset + seg, std::clamp<int64_t>(ch.count - seg, 0, cap)};
     };
-    reduce_in_rank_order<T>(sc.acc(), copy, n, len, op, static_cast<char*>(out) + bytes(seg));
+    const chunks::Range own = part(r);
+    exchange_and_reduce<T>(peers, sc, ctx, in, part, static_cast<const char*>(in.data) + own.offset * es, own.count,
+                           cap, op, static_cast<char*>(out) + static_cast<std::size_t>(seg) * es);
   }
 }
 
@@ -308,22 +320,13 @@ void direct_reduce_scatter(Peers& peers, GlooScratch& sc, gloo::Context& ctx, co
 // All-reduce of a small buffer in one round: every rank sends all of it to every peer and reduces the n
 // copies itself, in rank order as the reduce-scatter reduces a chunk, so the result has the same bits as
 // the two-round path's in half the latency, for n-1 times the bytes (see kOneRoundAllReduceBytes).
-template <DType T>
-void one_round_all_reduce_t(Peers& peers, GlooScratch& sc, gloo::Context& ctx, const TensorView& in, void* out,
-                            ReduceOp op) {
-  const int r = peers.rank(), n = peers.size();
-  const std::size_t bytes = in.bytes();
-  auto slot_of = [&](int q) { return static_cast<std::size_t>(q < r ? q : q - 1) * bytes; };
-  for_each_peer(r, n, [&](int p) { peers.recv(sc.over(ctx, sc.recv_area(), sc.segment, p), slot_of(p), bytes, p); });
-  for_each_peer(r, n, [&](int p) { peers.send(sc.over(ctx, in.data, bytes, p), 0, bytes, p); });
-  peers.wait();
-  auto copy = [&](int q) -> const void* { return q == r ? in.data : sc.recv_area() + slot_of(q); };
-  reduce_in_rank_order<T>(sc.acc(), copy, n, in.numel(), op, out);
-}
-
 void one_round_all_reduce(Peers& peers, GlooScratch& sc, gloo::Context& ctx, const TensorView& in, void* out,
                           ReduceOp op) {
-  with_dtype(in.dtype, [&]<DType T>() { one_round_all_reduce_t<T>(peers, sc, ctx, in, out, op); });
+  const chunks::Range whole{0, in.numel()};
+  with_dtype(in.dtype, [&]<DType T>() {
+    exchange_and_reduce<T>(
+        peers, sc, ctx, in, [&](int) { return whole; }, in.data, whole.count, whole.count, op, out);
+  });
 }
 
 // All-gather in place, every rank to every rank at once: the output holds `total` elements in n
